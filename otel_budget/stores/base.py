@@ -1,0 +1,109 @@
+"""The PatchStore protocol every backend implements, and `open_store(url)`."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import re
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import CheckpointError, ConfigError
+
+
+@runtime_checkable
+class PatchStore(Protocol):
+    """Rows of `quilt_patches`, addressed by (patch_type, name), holding JSON objects."""
+
+    def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
+        """The row's content, or None if absent. Raises CheckpointError if it is not
+        a JSON object, StoreError if the store cannot be read."""
+        ...
+
+    def merge_budget(
+        self, name: str, instance_id: str, entry: dict[str, Any], *, day_meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Atomically set instances[instance_id] = entry if entry["seq"] is newer
+        than the stored one; recompute total_usd; return the merged document."""
+        ...
+
+    def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
+        """Insert the row unless (patch_type, name) exists; True if this call inserted."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# scheme -> "module:Class"; imported lazily so optional drivers cost nothing unused.
+_BACKENDS: dict[str, str] = {
+    "memory": "otel_budget.stores.memory:MemoryStore",
+    "sqlite": "otel_budget.stores.sqlite:SQLiteStore",
+    "postgresql": "otel_budget.stores.postgres:PostgresStore",
+    "postgres": "otel_budget.stores.postgres:PostgresStore",
+    "supabase": "otel_budget.stores.supabase:SupabaseStore",
+}
+
+
+def open_store(url: str) -> PatchStore:
+    """Open the store a URL names: `memory://`, `sqlite:///relative.db`,
+    `sqlite:////absolute.db`, `postgresql://user@host/db`, `supabase://`."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"store: expected a URL such as sqlite:///otel_budget.db, got {redact_url(str(url))!r}")
+    scheme = url.split("://", 1)[0].lower()
+    target = _BACKENDS.get(scheme)
+    if target is None:
+        raise ConfigError(
+            f"store: unknown scheme {scheme!r} in {redact_url(url)!r}; "
+            f"expected one of {', '.join(sorted(_BACKENDS))}"
+        )
+    module_name, class_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    store: PatchStore = cls.from_url(url)
+    return store
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password or token replaced, safe for logs and reprs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
+    query = re.sub(
+        r"(?i)((?:password|token|key|secret|apikey|sig)[^=&]*=)[^&]*", r"\1***", parts.query
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def dumps_content(content: dict[str, Any]) -> str:
+    """Serialise a row's content, refusing NaN/inf (not JSON) with a clear error."""
+    try:
+        return json.dumps(content, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"content is not JSON-serialisable: {exc}") from None
+
+
+def loads_content(raw: str | bytes | dict[str, Any], *, patch_type: str, name: str) -> dict[str, Any]:
+    """Parse a row's content; a non-object or invalid JSON names the row."""
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"row {patch_type}/{name} holds invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(
+            f"row {patch_type}/{name} holds {type(value).__name__}, expected a JSON object"
+        )
+    return value
+
+
+def _reject_constant(token: str) -> float:
+    raise ValueError(f"{token} is not a number")
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
