@@ -1,0 +1,34 @@
+"""otel_budget: keep LLM spend honest with an OpenTelemetry counter and a daily cap."""
+
+from .config import BudgetConfig
+from .errors import (
+    BudgetError,
+    BudgetExceeded,
+    CheckpointError,
+    ConfigError,
+    NotifyError,
+    StoreError,
+    UnknownModelError,
+)
+from .meter import BudgetMeter, __version__
+from .notify import LoggingNotifier, WebhookNotifier
+from .reader import BudgetReader
+from .stores.base import PatchStore, open_store
+
+__all__ = [
+    "BudgetConfig",
+    "BudgetError",
+    "BudgetExceeded",
+    "BudgetMeter",
+    "BudgetReader",
+    "CheckpointError",
+    "ConfigError",
+    "LoggingNotifier",
+    "NotifyError",
+    "PatchStore",
+    "StoreError",
+    "UnknownModelError",
+    "WebhookNotifier",
+    "__version__",
+    "open_store",
+]

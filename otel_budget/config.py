@@ -1,0 +1,176 @@
+"""BudgetConfig: every knob, validated once, from arguments or the environment."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+from urllib.parse import unquote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import ConfigError
+from .stores.base import redact_url
+
+_MAX_ID_LENGTH = 200
+
+
+@dataclass(frozen=True, repr=False)
+class BudgetConfig:
+    daily_cap_usd: float
+    alert_ratios: tuple[float, ...] = (0.8,)
+    checkpoint_every: int = 10
+    collect_interval_s: float = 60.0
+    timezone: str = "UTC"
+    instance_id: str | None = None
+    sibling: str = "ag_lu"
+    store_url: str = "sqlite:///otel_budget.db"
+    service_name: str = "otel-budget"
+    _tz: ZoneInfo = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cap = self.daily_cap_usd
+        if not _is_number(cap) or not math.isfinite(cap) or cap <= 0:
+            raise ConfigError(f"daily_cap_usd must be a finite number > 0, got {cap!r}")
+        object.__setattr__(self, "daily_cap_usd", float(cap))
+
+        ratios = self.alert_ratios
+        if isinstance(ratios, (str, bytes)) or not hasattr(ratios, "__iter__"):
+            raise ConfigError(f"alert_ratios must be a sequence of numbers, got {ratios!r}")
+        checked = []
+        for ratio in ratios:
+            if not _is_number(ratio) or not (0 < ratio <= 1):
+                raise ConfigError(f"alert_ratios: each ratio must be in (0, 1], got {ratio!r}")
+            checked.append(float(ratio))
+        object.__setattr__(self, "alert_ratios", tuple(sorted(set(checked))))
+
+        every = self.checkpoint_every
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ConfigError(f"checkpoint_every must be an integer >= 1, got {every!r}")
+
+        interval = self.collect_interval_s
+        if not _is_number(interval) or not math.isfinite(interval) or interval <= 0:
+            raise ConfigError(f"collect_interval_s must be a finite number > 0, got {interval!r}")
+        object.__setattr__(self, "collect_interval_s", float(interval))
+
+        try:
+            tz = ZoneInfo(self.timezone) if isinstance(self.timezone, str) else None
+        except (ZoneInfoNotFoundError, ValueError):
+            tz = None
+        if tz is None:
+            raise ConfigError(f"timezone must be an IANA time zone name, got {self.timezone!r}")
+        object.__setattr__(self, "_tz", tz)
+
+        if self.instance_id is not None:
+            _check_name("instance_id", self.instance_id)
+        _check_name("sibling", self.sibling)
+        _check_name("service_name", self.service_name)
+        if not isinstance(self.store_url, str) or "://" not in self.store_url:
+            raise ConfigError(
+                f"store_url must be a URL such as sqlite:///otel_budget.db, "
+                f"got {redact_url(str(self.store_url))!r}"
+            )
+
+    @property
+    def tzinfo(self) -> ZoneInfo:
+        return self._tz
+
+    def resolved_instance_id(self) -> str:
+        """The configured id, or "{hostname}-{pid}" (unique per process, so replicas
+        on one host never share an entry; pin it to continue an entry after restart)."""
+        return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    def replace(self, **changes: Any) -> BudgetConfig:
+        return replace(self, **changes)
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            if f.init:
+                value = getattr(self, f.name)
+                shown = redact_url(value) if f.name == "store_url" else value
+                parts.append(f"{f.name}={shown!r}")
+        return f"BudgetConfig({', '.join(parts)})"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> BudgetConfig:
+        """Read OTEL_BUDGET_* and the standard OTEL_SERVICE_NAME /
+        OTEL_RESOURCE_ATTRIBUTES (service.instance.id is the default instance id).
+        Explicit keyword arguments win over the environment."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if "OTEL_BUDGET_DAILY_CAP_USD" in env:
+            values["daily_cap_usd"] = _parse_float(env, "OTEL_BUDGET_DAILY_CAP_USD")
+        if "OTEL_BUDGET_ALERT_RATIOS" in env:
+            raw = env["OTEL_BUDGET_ALERT_RATIOS"]
+            try:
+                values["alert_ratios"] = tuple(
+                    float(part) for part in raw.split(",") if part.strip()
+                )
+            except ValueError:
+                raise ConfigError(
+                    f"OTEL_BUDGET_ALERT_RATIOS must be comma-separated numbers, got {raw!r}"
+                ) from None
+        if "OTEL_BUDGET_CHECKPOINT_EVERY" in env:
+            raw = env["OTEL_BUDGET_CHECKPOINT_EVERY"]
+            try:
+                values["checkpoint_every"] = int(raw)
+            except ValueError:
+                raise ConfigError(
+                    f"OTEL_BUDGET_CHECKPOINT_EVERY must be an integer, got {raw!r}"
+                ) from None
+        if "OTEL_BUDGET_COLLECT_INTERVAL_S" in env:
+            values["collect_interval_s"] = _parse_float(env, "OTEL_BUDGET_COLLECT_INTERVAL_S")
+        for key, name in (
+            ("timezone", "OTEL_BUDGET_TIMEZONE"),
+            ("instance_id", "OTEL_BUDGET_INSTANCE_ID"),
+            ("sibling", "OTEL_BUDGET_SIBLING"),
+            ("store_url", "OTEL_BUDGET_STORE"),
+            ("service_name", "OTEL_SERVICE_NAME"),
+        ):
+            if env.get(name, "").strip():
+                values[key] = env[name].strip()
+        if "instance_id" not in values:
+            resource_id = resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")).get(
+                "service.instance.id"
+            )
+            if resource_id:
+                values["instance_id"] = resource_id
+        values.update(overrides)
+        if "daily_cap_usd" not in values:
+            raise ConfigError("daily_cap_usd is required: set OTEL_BUDGET_DAILY_CAP_USD")
+        return cls(**values)
+
+
+def resource_attributes(raw: str) -> dict[str, str]:
+    """Parse OTEL_RESOURCE_ATTRIBUTES ("k=v,k2=v2", values URL-encoded)."""
+    out: dict[str, str] = {}
+    for part in raw.split(","):
+        key, sep, value = part.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = unquote(value.strip())
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_float(env: Mapping[str, str], name: str) -> float:
+    raw = env[name]
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _check_name(field_name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip() or len(value) > _MAX_ID_LENGTH:
+        raise ConfigError(
+            f"{field_name} must be a non-empty string of at most {_MAX_ID_LENGTH} characters, "
+            f"got {value!r:.80}"
+        )
