@@ -1,0 +1,59 @@
+"""The Prometheus alerting rules in dashboards/ pass promtool, and promtool does
+reject a broken copy (so these tests can fail)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
+
+
+def _promtool(promtool_bin: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool_bin, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_rules_are_valid(promtool_bin: str) -> None:
+    result = _promtool(promtool_bin, "check", "rules", "alerts.yaml", cwd=DASHBOARDS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 4 rules found" in result.stdout
+
+
+def test_rule_unit_tests_pass(promtool_bin: str) -> None:
+    result = _promtool(promtool_bin, "test", "rules", "alerts.test.yaml", cwd=DASHBOARDS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_scrape_config_is_valid_and_loads_the_rules(promtool_bin: str) -> None:
+    result = _promtool(promtool_bin, "check", "config", "prometheus.yml", cwd=DASHBOARDS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout
+
+
+def test_a_broken_rule_file_fails(promtool_bin: str, tmp_path: Path) -> None:
+    text = (DASHBOARDS / "alerts.yaml").read_text()
+    broken = text.replace(
+        "max by (job) (llm_budget_utilization_ratio) >= 0.8",
+        "max by (job) (llm_budget_utilization_ratio >= 0.8",
+    )
+    assert broken != text
+    (tmp_path / "alerts.yaml").write_text(broken)
+    result = _promtool(promtool_bin, "check", "rules", "alerts.yaml", cwd=tmp_path)
+    assert result.returncode != 0
+
+
+def test_a_wrong_threshold_fails_the_unit_tests(promtool_bin: str, tmp_path: Path) -> None:
+    # The alert at 90% instead of 80% must be caught by the rule tests.
+    text = (DASHBOARDS / "alerts.yaml").read_text()
+    changed = text.replace(
+        "llm_budget_utilization_ratio) >= 0.8", "llm_budget_utilization_ratio) >= 0.9"
+    )
+    assert changed != text
+    (tmp_path / "alerts.yaml").write_text(changed)
+    shutil.copy(DASHBOARDS / "alerts.test.yaml", tmp_path / "alerts.test.yaml")
+    result = _promtool(promtool_bin, "test", "rules", "alerts.test.yaml", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "LLMBudgetNearCap" in result.stdout + result.stderr
