@@ -1,0 +1,221 @@
+"""The hard cap: guard and reservations, including 32 threads racing for one cap."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from otel_budget.errors import BudgetExceeded
+from otel_budget.reservations import ReservationBook, would_pass_cap
+
+EPS = 1e-9
+
+
+class Ledger:
+    """A stand-in for the meter's live spend: a locked running total plus a call log."""
+
+    def __init__(self, spend: float = 0.0) -> None:
+        self.spend = spend
+        self.calls: list[tuple[float, dict[str, Any] | None]] = []
+        self._lock = threading.Lock()
+
+    def spend_now(self) -> float:
+        with self._lock:
+            return self.spend
+
+    def record(self, usd: float, attrs: Mapping[str, Any] | None) -> None:
+        with self._lock:
+            self.spend += usd
+            self.calls.append((usd, dict(attrs) if attrs else None))
+
+
+def make_book(spend: float = 0.0, cap: float = 10.0) -> tuple[ReservationBook, Ledger]:
+    ledger = Ledger(spend)
+    book = ReservationBook(spend_now=ledger.spend_now, cap_usd=cap, record=ledger.record,
+                           day=lambda: "2026-11-25")
+    return book, ledger
+
+
+@pytest.mark.parametrize(("spend", "reserved", "estimate", "passes"), [
+    (9.0, 0.0, 1.0, False),             # landing exactly on the cap is allowed
+    (9.0, 0.0, 1.0 + 0.5e-9, False),    # within the 1e-9 tolerance
+    (9.0, 0.0, 1.0 + 2e-9, True),       # beyond it
+    (5.0, 4.0, 1.5, True),              # reservations count
+    (0.1 + 0.2, 0.0, 9.7, False),       # float drift does not trip the cap
+    (25.0, 0.0, 0.0, False),            # zero cost always passes, even far over the cap
+])
+def test_would_pass_cap(spend: float, reserved: float, estimate: float, passes: bool) -> None:
+    assert would_pass_cap(spend, reserved, estimate, 10.0) is passes
+
+
+def test_guard_raises_at_the_cap_and_not_before() -> None:
+    book, _ = make_book(spend=7.5)
+    book.guard(2.5)  # exactly on the cap
+    book.guard()
+    with pytest.raises(BudgetExceeded) as info:
+        book.guard(2.51)
+    err = info.value
+    assert (err.date, err.daily_spend_usd, err.reserved_usd, err.estimated_usd,
+            err.daily_cap_usd) == ("2026-11-25", 7.5, 0.0, 2.51, 10.0)
+    assert err.exceeded_by_usd == 0.01
+    assert "2026-11-25" in str(err)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "1", True, None])
+def test_bad_amounts_are_rejected_and_change_nothing(bad: object) -> None:
+    book, ledger = make_book()
+    with pytest.raises(ValueError):
+        book.guard(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        book.reserve(bad)  # type: ignore[arg-type]
+    assert book.held_usd() == 0.0 and ledger.calls == []
+
+
+def test_reservations_count_against_the_cap_until_settled() -> None:
+    book, ledger = make_book(spend=2.0)
+    r = book.reserve(6.0, {"agent": "cloud_lu"})
+    assert book.held_usd() == 6.0
+    book.guard(2.0)
+    with pytest.raises(BudgetExceeded) as info:
+        book.reserve(2.5)
+    assert info.value.reserved_usd == 6.0
+    assert r.settle(1.25) == 1.25
+    assert book.held_usd() == 0.0 and book.open_reservations() == 0
+    assert ledger.calls == [(1.25, {"agent": "cloud_lu"})]
+    book.reserve(6.75).cancel()  # 2 + 1.25 + 6.75 lands on the cap
+    assert ledger.spend == 3.25
+
+
+def test_unsettled_reservation_records_its_maximum_on_exit() -> None:
+    book, ledger = make_book()
+    with book.reserve(0.5) as r:
+        pass
+    assert r.closed and r.settled_usd == 0.5
+    assert ledger.calls == [(0.5, None)]
+
+
+def test_exception_inside_the_block_still_records_the_maximum() -> None:
+    book, ledger = make_book()
+    with pytest.raises(RuntimeError, match="provider timed out"), book.reserve(0.75):
+        raise RuntimeError("provider timed out")
+    assert ledger.calls == [(0.75, None)]
+    assert book.held_usd() == 0.0
+
+
+def test_cancelled_reservation_records_nothing() -> None:
+    book, ledger = make_book()
+    with book.reserve(3.0) as r:
+        r.cancel()
+    assert ledger.calls == [] and book.held_usd() == 0.0
+
+
+def test_settle_records_the_actual_cost_even_above_the_hold() -> None:
+    book, ledger = make_book()
+    with book.reserve(1.0) as r:
+        r.settle(1.5, {"model": "x"})
+    assert ledger.calls == [(1.5, {"model": "x"})]
+
+
+def test_a_reservation_closes_once() -> None:
+    book, ledger = make_book()
+    r = book.reserve(1.0)
+    with pytest.raises(ValueError):
+        r.settle(-1.0)
+    assert book.open_reservations() == 1  # a bad settle leaves it open
+    r.settle(0.5)
+    with pytest.raises(RuntimeError):
+        r.settle(0.5)
+    with pytest.raises(RuntimeError):
+        r.cancel()
+    r.close()  # already settled: nothing more is recorded
+    assert ledger.calls == [(0.5, None)]
+
+
+def test_zero_cost_calls_pass_the_cap() -> None:
+    book, ledger = make_book(spend=12.0)
+    book.guard(0.0)
+    with book.reserve(0.0) as r:
+        r.settle(0.0)
+    with pytest.raises(BudgetExceeded):
+        book.guard(0.01)
+    assert ledger.spend == 12.0
+
+
+def test_cap_may_be_a_callable() -> None:
+    cap = [10.0]
+    ledger = Ledger(8.0)
+    book = ReservationBook(spend_now=ledger.spend_now, cap_usd=lambda: cap[0],
+                           record=ledger.record)
+    book.guard(2.0)
+    cap[0] = 9.0
+    with pytest.raises(BudgetExceeded):
+        book.guard(2.0)
+
+
+def test_32_threads_never_hold_or_record_more_than_the_cap() -> None:
+    cap = 10.0
+    ledger = Ledger()
+    yielding_spend = ledger.spend_now
+
+    def slow_spend_now() -> float:
+        value = yielding_spend()
+        time.sleep(0)  # hand the GIL over between the read and the hold
+        return value
+
+    book = ReservationBook(spend_now=slow_spend_now, cap_usd=cap, record=ledger.record)
+    start = threading.Barrier(33)
+    stop = threading.Event()
+    granted = [0]
+    refused = [0]
+    peaks: list[float] = []
+    errors: list[BaseException] = []
+    count_lock = threading.Lock()
+
+    def caller(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            start.wait()
+            for _ in range(25):
+                try:
+                    with book.reserve(0.75) as r:
+                        with count_lock:
+                            granted[0] += 1
+                        time.sleep(rng.random() * 0.0005)
+                        if rng.random() < 0.2:
+                            r.cancel()
+                        elif rng.random() < 0.5:
+                            r.settle(rng.choice([0.25, 0.5, 0.75]))
+                        # else: leave the block unsettled, which records 0.75
+                except BudgetExceeded:
+                    with count_lock:
+                        refused[0] += 1
+        except BaseException as exc:  # surfaced below, a thread cannot fail the test
+            errors.append(exc)
+
+    def monitor() -> None:
+        start.wait()
+        while not stop.is_set():
+            # Spend first, then held: an amount moving from held to spend in between is
+            # missed (never double counted), so this can only under-estimate.
+            peaks.append(ledger.spend_now() + book.held_usd())
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(32)]
+    watcher = threading.Thread(target=monitor)
+    for t in [*threads, watcher]:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    stop.set()
+    watcher.join(timeout=30)
+
+    assert not errors, errors
+    assert granted[0] > 0 and refused[0] > 0  # the cap was really contended
+    assert max(peaks) <= cap + EPS
+    assert ledger.spend <= cap + EPS
+    assert sum(usd for usd, _ in ledger.calls) <= cap + EPS
+    assert book.held_usd() == 0.0 and book.open_reservations() == 0
