@@ -1,0 +1,251 @@
+"""PostgreSQL store: psycopg 3 with a small connection pool, calling the SQL
+functions of `schema.sql` (apply it first: `otel-budget migrate --url ...`).
+
+Every operation is one short READ COMMITTED transaction with its own statement
+timeout (`SET LOCAL`, so it also holds behind Supabase's transaction pooler,
+where session settings would leak to other clients). Prepared statements are
+off (`prepare_threshold=None`) for the same pooler. Parameters carry explicit
+casts: psycopg sends typed values, and `otel_budget_merge(unknown, ...)` with a
+Python int would not resolve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.types.json import Jsonb
+
+from .. import ledger
+from ..errors import CheckpointError, ConfigError, StoreError
+from .base import dumps_content, redact_url
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The SQLSTATEs schema.sql raises on purpose (see its header).
+_BAD_ARGUMENT = "OB001"
+_BAD_DOCUMENT = "OB002"
+
+_GET = pgsql.SQL(
+    "select q.content from public.quilt_patches as q "
+    "where q.patch_type = %s::text and q.name = %s::text"
+)
+_MERGE = pgsql.SQL("select public.otel_budget_merge(%s::text, %s::text, %s::jsonb, %s::jsonb)")
+_CLAIM = pgsql.SQL("select public.otel_budget_claim(%s::text, %s::text, %s::jsonb)")
+_TIMEOUT = pgsql.SQL("select pg_catalog.set_config('statement_timeout', %s::text, true)")
+
+
+def _dumps(value: Any) -> str:
+    # The same JSON rules as the other stores: NaN/inf are refused before any I/O.
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
+class PostgresStore:
+    """`postgresql://user:password@host:5432/db?sslmode=require` (any libpq URL)."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 4,
+        pool_timeout_s: float = 5.0,
+        statement_timeout_ms: int = 5000,
+        connect_timeout_s: int = 5,
+        reconnect_timeout_s: float = 10.0,
+    ) -> None:
+        try:
+            from psycopg_pool import ConnectionPool
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ConfigError(
+                "store: postgresql:// needs psycopg-pool: pip install 'otel-budget[postgres]'"
+            ) from exc
+        if statement_timeout_ms <= 0 or pool_timeout_s <= 0:
+            raise ConfigError("store: statement_timeout_ms and pool_timeout_s must be > 0")
+        self._redacted = redact_url(conninfo)
+        self._password = _password_of(conninfo)
+        self._statement_timeout = f"{int(statement_timeout_ms)}ms"
+        self._max_size = max_size
+        self._closed = False
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=pool_timeout_s,
+            # Short, so a pool that gave up during an outage tries afresh soon after.
+            reconnect_timeout=reconnect_timeout_s,
+            kwargs={
+                "prepare_threshold": None,
+                "connect_timeout": connect_timeout_s,
+                "application_name": "otel-budget",
+            },
+            configure=_configure,
+            name="otel-budget",
+            # Connections are made in the background: opening never blocks on an
+            # unreachable server, the first operation reports it as a StoreError.
+            open=True,
+        )
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        return cls(url)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._redacted!r})"
+
+    # --- the PatchStore protocol ---------------------------------------------------
+
+    def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
+        row = self._run(
+            f"reading {patch_type}/{name}",
+            lambda conn: conn.execute(_GET, (patch_type, name)).fetchone(),
+            retry=True,
+        )
+        if row is None:
+            return None
+        return _as_object(row[0], patch_type=patch_type, name=name)
+
+    def merge_budget(
+        self, name: str, instance_id: str, entry: dict[str, Any], *, day_meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        entry, day_meta = _prepare_merge(instance_id, entry, day_meta)
+        row = self._run(
+            f"merging into budget/{name}",
+            lambda conn: conn.execute(
+                _MERGE,
+                (name, instance_id, Jsonb(entry, dumps=_dumps), Jsonb(day_meta, dumps=_dumps)),
+            ).fetchone(),
+            retry=True,  # idempotent: the same seq applies at most once
+        )
+        assert row is not None  # a scalar function always returns one row
+        return _as_object(row[0], patch_type=ledger.BUDGET_TYPE, name=name)
+
+    def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
+        dumps_content(content)  # CheckpointError for NaN/inf, before any I/O
+        payload = Jsonb(content, dumps=_dumps)
+        try:
+            row = self._run(
+                f"claiming {patch_type}/{name}",
+                lambda conn: conn.execute(_CLAIM, (patch_type, name, payload)).fetchone(),
+                retry=False,
+            )
+        except _Ambiguous:
+            # The connection broke after the claim was sent: it may have committed.
+            # Try again; if the row is there now, it is ours exactly when it holds
+            # our content (nudge documents name their instance and time).
+            row = self._run(
+                f"claiming {patch_type}/{name}",
+                lambda conn: conn.execute(_CLAIM, (patch_type, name, payload)).fetchone(),
+                retry=True,
+            )
+            if row is not None and row[0] is False:
+                stored = self.get(patch_type, name)
+                return stored is not None and stored == json.loads(_dumps(content))
+        assert row is not None
+        return bool(row[0])
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.close()
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def _run(self, what: str, work: Callable[[psycopg.Connection[Any]], T], *, retry: bool) -> T:
+        """Run `work` in one transaction. A connection that broke under us (the
+        server restarted, a pooler dropped it) is replaced and, when `retry`,
+        the work is tried again, up to once per pooled connection."""
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
+        attempts = self._max_size + 1 if retry else 1
+        for attempt in range(attempts):
+            try:
+                with self._pool.connection() as conn, conn.transaction():
+                    conn.execute(_TIMEOUT, (self._statement_timeout,))
+                    return work(conn)
+            except psycopg.Error as exc:
+                if exc.sqlstate in (_BAD_ARGUMENT, _BAD_DOCUMENT):
+                    raise CheckpointError(self._message(exc)) from None
+                broken = _is_broken_connection(exc)
+                if broken and attempt + 1 < attempts:
+                    _log.info("retrying %s on a new connection: %s", what, self._message(exc))
+                    continue
+                if broken and not retry:
+                    raise _Ambiguous(what) from None
+                raise StoreError(
+                    f"PostgreSQL {self._redacted}: {what} failed: {self._message(exc)}"
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _message(self, exc: BaseException) -> str:
+        diag = getattr(exc, "diag", None)
+        text = (diag.message_primary if diag is not None else None) or str(exc)
+        text = " ".join(text.split())
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate == "42883" or (sqlstate == "42P01" and "quilt_patches" in text):
+            text += " (apply the schema first: otel-budget migrate --url ...)"
+        elif sqlstate:
+            text += f" [SQLSTATE {sqlstate}]"
+        if self._password:
+            for form in {self._password, unquote(self._password)}:
+                text = text.replace(form, "***")
+        return text
+
+
+class _Ambiguous(Exception):
+    """A write whose outcome is unknown: the connection broke after sending it."""
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+
+
+def _is_broken_connection(exc: psycopg.Error) -> bool:
+    from psycopg_pool import PoolTimeout
+
+    if isinstance(exc, PoolTimeout):
+        return False  # no connection at all: nothing to retry on right now
+    sqlstate = exc.sqlstate or ""
+    # 57P01-03: admin shutdown / crash shutdown / cannot connect now; 08: connection.
+    return isinstance(exc, psycopg.OperationalError) and (
+        sqlstate.startswith(("08", "57P")) or not sqlstate
+    )
+
+
+def _password_of(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _prepare_merge(
+    instance_id: str, entry: dict[str, Any], day_meta: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check the arguments as ledger.merge_entry does, before any I/O, and round
+    spend_usd in Python: the SQL rounds a decimal, Python a binary float, and the
+    two differ on exact ties, so the store hands the SQL an already-rounded value."""
+    if not isinstance(instance_id, str):
+        raise CheckpointError(f"instance id must be a string, got {instance_id!r}")
+    checked = ledger.validate_entry(dict(entry), where=f"entry for {instance_id!r}")
+    checked["spend_usd"] = ledger.round_usd(checked["spend_usd"])
+    if not isinstance(day_meta, dict):
+        raise CheckpointError(f"day_meta must be an object, got {type(day_meta).__name__}")
+    dumps_content(checked)
+    dumps_content(day_meta)
+    return checked, day_meta
+
+
+def _as_object(value: Any, *, patch_type: str, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise CheckpointError(
+            f"row {patch_type}/{name} holds {type(value).__name__}, expected a JSON object"
+        )
+    return value
