@@ -1,0 +1,178 @@
+"""`otel-budget report`: the picture drawn from stored budget documents, on a real
+SQLite store filled through merge_budget as meters would fill it."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otel_budget import ledger
+from otel_budget.cli import main
+from otel_budget.errors import BudgetError, ConfigError
+from otel_budget.report import breakdown, load_report, render_png
+from otel_budget.stores.sqlite import SQLiteStore
+
+TODAY = date(2026, 11, 25)
+SONNET = "claude-sonnet-4-20250514"
+HAIKU = "claude-3-5-haiku-20241022"
+
+
+def _entry(seq: int, items: list[tuple[dict[str, str], float]]) -> dict[str, Any]:
+    return {
+        "spend_usd": ledger.round_usd(sum(v for _, v in items)),
+        "seq": seq,
+        "updated_at": "2026-11-25T10:00:00+00:00",
+        "by_attributes": [{"attributes": a, "spend_usd": v} for a, v in items],
+    }
+
+
+def _fill(store: SQLiteStore, today: date) -> None:
+    """Three weeks of history with gaps, a day over the cap, a cap change, and
+    today written by two instances (one of them twice, as checkpoints do)."""
+    for back in range(1, 21):
+        if back in (4, 5, 11):
+            continue  # days nobody ran
+        day = today - timedelta(days=back)
+        cap = 40.0 if back > 10 else 50.0
+        spend = 52.5 if back == 3 else 10.0 + (back % 7) * 5.0
+        store.merge_budget(
+            ledger.budget_name(day), "host-a-1",
+            _entry(1, [({"gen_ai.request.model": SONNET, "agent": "cloud_lu"}, spend)]),
+            day_meta={"date": day.isoformat(), "timezone": "UTC", "daily_cap_usd": cap},
+        )
+    name = ledger.budget_name(today)
+    meta = {"date": today.isoformat(), "timezone": "UTC", "daily_cap_usd": 50.0}
+    store.merge_budget(name, "host-a-1", _entry(1, [
+        ({"gen_ai.request.model": SONNET, "agent": "cloud_lu"}, 10.0),
+    ]), day_meta=meta)
+    store.merge_budget(name, "host-a-1", _entry(2, [
+        ({"gen_ai.request.model": SONNET, "agent": "cloud_lu"}, 20.0),
+        ({"gen_ai.request.model": HAIKU, "agent": "cloud_lu"}, 1.25),
+    ]), day_meta=meta)
+    store.merge_budget(name, "host-b-2", _entry(7, [
+        ({"gen_ai.request.model": SONNET, "agent": "ag_lu"}, 8.0),
+        ({"gen_ai.request.model": HAIKU}, 0.75),
+        ({"agent": "ag_lu"}, 2.0),
+    ]), day_meta=meta)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    s = SQLiteStore(tmp_path / "budget.db")
+    yield s
+    s.close()
+
+
+def test_load_report_reads_each_day_by_name(store: SQLiteStore) -> None:
+    _fill(store, TODAY)
+    report = load_report(store, days=30, cap_usd=99.0, today=TODAY)
+    assert len(report.days) == 30
+    assert report.days[0].day == TODAY - timedelta(days=29)
+    assert report.today.day == TODAY
+    assert report.days_with_data == 18  # 20 past days minus 3 gaps, plus today
+    by_day = {d.day: d for d in report.days}
+    assert by_day[TODAY - timedelta(days=4)].spend_usd is None
+    # A day without a document falls back to the given cap.
+    assert by_day[TODAY - timedelta(days=4)].cap_usd == 99.0
+    assert by_day[TODAY - timedelta(days=3)].spend_usd == 52.5
+    assert by_day[TODAY - timedelta(days=15)].cap_usd == 40.0
+    # Today: host-a's newest entry (seq 2) plus host-b's.
+    assert report.today.spend_usd == 32.0
+    assert report.today.cap_usd == 50.0
+    assert report.today.by_model == {SONNET: 28.0, HAIKU: 2.0, "(unset)": 2.0}
+    assert report.today.by_agent == {"cloud_lu": 21.25, "ag_lu": 10.0, "(unset)": 0.75}
+    assert report.unreadable == ()
+
+
+def test_breakdown_ignores_zero_and_sums_instances() -> None:
+    doc = {"instances": {
+        "a": _entry(1, [({"agent": "x"}, 1.0), ({"agent": "y"}, 0.0)]),
+        "b": _entry(1, [({"agent": "x"}, 0.1), ({"agent": "x", "m": "1"}, 0.2)]),
+    }}
+    assert breakdown(doc, "agent") == {"x": 1.3}
+    assert breakdown({}, "agent") == {}
+
+
+def test_a_corrupt_document_is_skipped_and_named(store: SQLiteStore) -> None:
+    _fill(store, TODAY)
+    bad = ledger.budget_name(TODAY - timedelta(days=4))
+    assert store.insert_if_absent("budget", bad, {"instances": {"x": {"spend_usd": "lots"}}})
+    report = load_report(store, days=7, today=TODAY)
+    assert report.unreadable == (bad,)
+    assert report.days_with_data == 5
+
+
+def test_days_must_be_sensible(store: SQLiteStore) -> None:
+    for days in (0, -1, 367, True):
+        with pytest.raises(ConfigError):
+            load_report(store, days=days, today=TODAY)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert data.rstrip(b"\x00")[-8:-4] == b"IEND", "truncated PNG"
+    return width, height
+
+
+def test_render_png_writes_a_plausible_image(store: SQLiteStore, tmp_path: Path) -> None:
+    _fill(store, TODAY)
+    out = render_png(load_report(store, days=30, today=TODAY), tmp_path / "r.png")
+    width, height = _png_size(out)
+    assert (width, height) == (1210, 880)
+    # A chart with bars, lines and text, not an empty canvas.
+    assert 30_000 < out.stat().st_size < 2_000_000
+
+
+def test_render_png_with_an_empty_store(store: SQLiteStore, tmp_path: Path) -> None:
+    out = render_png(load_report(store, days=3, today=TODAY), tmp_path / "empty.png")
+    assert _png_size(out) == (1210, 880)
+
+
+def test_missing_matplotlib_is_a_clear_error(
+    store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Boundary stand-in: an environment without the optional extra installed.
+    for name in list(sys.modules):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(BudgetError, match=r"otel-budget\[report\]"):
+        render_png(load_report(store, days=1, today=TODAY), tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("OTEL_BUDGET_DAILY_CAP_USD", "OTEL_BUDGET_STORE", "OTEL_BUDGET_TIMEZONE",
+                "OTEL_RESOURCE_ATTRIBUTES", "OTEL_BUDGET_ALERT_RATIOS"):
+        monkeypatch.delenv(var, raising=False)
+    db = tmp_path / "budget.db"
+    s = SQLiteStore(db)
+    _fill(s, datetime.now(UTC).date())
+    s.close()
+    out = tmp_path / "report.png"
+    code = main(["report", "--png", str(out), "--days", "14", "--store", f"sqlite:///{db}"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed
+    assert "today $32.00 of $50.00" in printed
+    assert _png_size(out) == (1210, 880)
+
+
+def test_cli_report_refuses_a_missing_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.db"
+    code = main(["report", "--png", str(tmp_path / "r.png"), "--store", f"sqlite:///{missing}"])
+    assert code == 2
+    assert "no SQLite database" in capsys.readouterr().err
+    assert not missing.exists()
