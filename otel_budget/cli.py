@@ -23,6 +23,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "otel_budget.cli_demo",
     "otel_budget.cli_bench",
     "otel_budget.cli_report",
+    "otel_budget.cli_prices",
 )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+from decimal import Decimal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from numbers import Real
@@ -23,8 +24,10 @@ from .config import BudgetConfig
 from .errors import BudgetError
 from .health import build_health
 from .notify import Notifier
+from .pricing import PriceTable
 from .reader import SCOPE_NAME, SPEND_INSTRUMENT, BudgetReader, BudgetSnapshot, LiveTotal
 from .stores.base import PatchStore, open_store
+from .usage import UsageMixin
 
 if TYPE_CHECKING:
     from .health_server import HealthServer
@@ -37,7 +40,7 @@ _INF = math.inf
 Attributes = Mapping[str, Any]
 
 
-class BudgetMeter:
+class BudgetMeter(UsageMixin):
     """Records LLM spend and keeps the daily budget. See README for the lifecycle."""
 
     def __init__(
@@ -48,6 +51,7 @@ class BudgetMeter:
         notifiers: Sequence[Notifier] = (),
         metric_readers: Sequence[MetricReader] = (),
         clock: Callable[[], datetime] | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         if not isinstance(config, BudgetConfig):
             raise TypeError(f"config must be a BudgetConfig, got {type(config).__name__}")
@@ -83,6 +87,7 @@ class BudgetMeter:
             SPEND_INSTRUMENT, unit="USD", description="Money spent on LLM calls"
         )
         self._otel_meter = otel_meter
+        self._init_usage(otel_meter, prices)  # record_usage, guard, reserve (usage.py)
         self._register_gauges()
         self._started = False
         self._closed = False
@@ -235,7 +240,7 @@ class BudgetMeter:
 
 
 def _checked_amount(cost: Any) -> float:
-    if isinstance(cost, bool) or not isinstance(cost, Real):
+    if isinstance(cost, bool) or not isinstance(cost, (Real, Decimal)):
         raise TypeError(f"cost_usd must be a real number, got {type(cost).__name__}")
     try:
         value = float(cost)

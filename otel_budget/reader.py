@@ -105,7 +105,7 @@ class BudgetReader(MetricReader):
         self._last_points: dict[ledger.AttributesKey, float] = {}
         self._own_at_collect = 0.0
         self._own_attrs_at_collect: dict[ledger.AttributesKey, float] = {}
-        self._live_at_collect = 0.0
+        self._live_day_start = 0.0
         self._others_usd = 0.0
         self._seq = 0
         self._collections = 0
@@ -183,8 +183,9 @@ class BudgetReader(MetricReader):
         with self._collect_lock:
             if self._closed:
                 return
-            # Read the live total before the SDK snapshot: a record() racing with us
-            # is then counted twice until the next collection, never missed.
+            # The live total is the exact amount (each record() counted once); the
+            # SDK's points only split it by attributes, and may differ from it by a
+            # record() racing with this collection.
             live_snapshot = self._live.value
             self._latest = None
             self.collect()
@@ -231,9 +232,8 @@ class BudgetReader(MetricReader):
         }
         attrs = ledger.add_maps(self._own_base_attrs, delta)
         with self._state_lock:
-            self._own_at_collect = self._own_base + sum(delta.values())
+            self._own_at_collect = self._own_base + (live_snapshot - self._live_day_start)
             self._own_attrs_at_collect = attrs
-            self._live_at_collect = live_snapshot
             self._last_points = dict(points)
 
     def _begin_day(
@@ -246,7 +246,7 @@ class BudgetReader(MetricReader):
             self._points_baseline = dict(points)
             self._own_at_collect = 0.0
             self._own_attrs_at_collect = {}
-            self._live_at_collect = live_snapshot
+            self._live_day_start = live_snapshot
             self._others_usd = 0.0
             self._seq = 0
             self._checkpointed_own = 0.0
@@ -405,7 +405,7 @@ class BudgetReader(MetricReader):
         return now
 
     def _own_now(self) -> float:
-        return self._own_at_collect + (self._live.value - self._live_at_collect)
+        return self._own_base + (self._live.value - self._live_day_start)
 
     def daily_spend(self) -> float:
         with self._state_lock:

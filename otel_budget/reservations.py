@@ -144,6 +144,11 @@ class Reservation:
         self.settled_usd: float | None = None
         self.closed = False
 
+    @property
+    def book(self) -> ReservationBook:
+        """The book this reservation is held in."""
+        return self._book
+
     def __repr__(self) -> str:
         state = "open" if not self.closed else f"settled={self.settled_usd!r}"
         return f"Reservation(max_usd={self.max_usd!r}, {state})"

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from otel_budget.stores.base import PatchStore
+from otel_budget.stores.memory import MemoryStore
+from otel_budget.stores.sqlite import SQLiteStore
+from tests.store_kinds import STORE_KINDS
+
+pytest_plugins = [
+    name for name in ("tests.pg_server", "tests.supabase_gateway", "tests.prom_server",
+                      "tests.otlp_receivers")
+    if (Path(__file__).parent / f"{name.split('.')[-1]}.py").exists()
+]
+
+StoreFactory = Callable[[], PatchStore]
+
+
+class FakeClock:
+    """A movable, thread-safe clock returning aware datetimes."""
+
+    def __init__(self, start: datetime) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, **delta: float) -> None:
+        with self._lock:
+            self._now += timedelta(**delta)
+
+    def set(self, when: datetime) -> None:
+        with self._lock:
+            self._now = when
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc))
+
+
+@pytest.fixture
+def memory_store_factory() -> StoreFactory:
+    shared = MemoryStore()
+    return lambda: shared
+
+
+@pytest.fixture
+def sqlite_store_factory(tmp_path: Path) -> Iterator[StoreFactory]:
+    opened: list[SQLiteStore] = []
+
+    def factory() -> PatchStore:
+        store = SQLiteStore(tmp_path / "budget.db")
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture(params=sorted(STORE_KINDS))
+def store_factory(request: pytest.FixtureRequest) -> StoreFactory:
+    factory: StoreFactory = request.getfixturevalue(STORE_KINDS[request.param])
+    return factory
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> PatchStore:
+    return store_factory()

@@ -1,0 +1,437 @@
+"""BudgetMeter end to end on real stores (memory and SQLite files)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from datetime import datetime, timezone
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
+
+from otel_budget import BudgetConfig, BudgetError, BudgetMeter, StoreError
+from otel_budget.ledger import BUDGET_TYPE, NUDGE_TYPE
+from otel_budget.stores.base import PatchStore
+from otel_budget.stores.memory import MemoryStore
+from tests.conftest import FakeClock, StoreFactory
+
+TODAY = "budget_2026-11-25"
+
+
+def make(store: PatchStore, clock: FakeClock, instance_id: str = "a", *,
+         cap: float = 10.0, notifiers: list[Any] | None = None, **config: Any) -> BudgetMeter:
+    cfg = BudgetConfig(daily_cap_usd=cap, instance_id=instance_id,
+                       collect_interval_s=3600, **config)
+    return BudgetMeter(cfg, store=store, notifiers=notifiers or [], clock=clock)
+
+
+def test_checkpoint_on_exactly_the_tenth_collection(store: PatchStore, clock: FakeClock) -> None:
+    meter = make(store, clock).start()
+    meter.record(1.25, {"agent": "cloud_lu"})
+    for _ in range(9):
+        meter.collect()
+    assert store.get(BUDGET_TYPE, TODAY) is None
+    meter.collect()
+    doc = store.get(BUDGET_TYPE, TODAY)
+    assert doc is not None and doc["instances"]["a"]["seq"] == 1
+    assert doc["instances"]["a"]["spend_usd"] == 1.25
+    meter.record(1.0)
+    for _ in range(9):
+        meter.collect()
+    assert store.get(BUDGET_TYPE, TODAY)["instances"]["a"]["seq"] == 1
+    meter.collect()
+    doc = store.get(BUDGET_TYPE, TODAY)
+    assert doc["instances"]["a"]["seq"] == 2 and doc["total_usd"] == 2.25
+    assert meter.health()["collections"] == 20
+    meter.shutdown()
+
+
+def test_collections_count_without_any_record(store: PatchStore, clock: FakeClock) -> None:
+    meter = make(store, clock, checkpoint_every=3).start()
+    for _ in range(3):
+        meter.collect()
+    doc = store.get(BUDGET_TYPE, TODAY)
+    assert doc is not None and doc["instances"]["a"] == {
+        "spend_usd": 0.0, "seq": 1, "updated_at": doc["instances"]["a"]["updated_at"],
+        "by_attributes": []}
+    meter.shutdown()
+
+
+def test_restore_same_instance_continues_its_entry(store_factory: StoreFactory,
+                                                   clock: FakeClock) -> None:
+    first = make(store_factory(), clock).start()
+    first.record(3.0, {"agent": "x"})
+    first.shutdown()
+    stored = store_factory().get(BUDGET_TYPE, TODAY)["instances"]["a"]
+
+    second = make(store_factory(), clock).start()
+    assert second.daily_spend() == 3.0
+    assert second.health()["restore"]["continued_entry"] is True
+    second.record(1.5, {"agent": "y"})
+    assert second.daily_spend() == 4.5
+    second.checkpoint()
+    entry = store_factory().get(BUDGET_TYPE, TODAY)["instances"]["a"]
+    assert entry["spend_usd"] == 4.5 and entry["seq"] > stored["seq"]
+    assert {tuple(r["attributes"].items()): r["spend_usd"] for r in entry["by_attributes"]} == {
+        (("agent", "x"),): 3.0, (("agent", "y"),): 1.5}
+    second.shutdown()
+
+
+def test_restore_with_new_instance_counts_the_fleet(store_factory: StoreFactory,
+                                                    clock: FakeClock) -> None:
+    first = make(store_factory(), clock, "a").start()
+    first.record(3.0)
+    first.shutdown()
+    second = make(store_factory(), clock, "b").start()
+    assert second.daily_spend() == 3.0
+    assert second.health()["restore"]["continued_entry"] is False
+    second.record(0.5)
+    second.checkpoint()
+    doc = store_factory().get(BUDGET_TYPE, TODAY)
+    assert doc["instances"]["a"]["spend_usd"] == 3.0
+    assert doc["instances"]["b"]["spend_usd"] == 0.5
+    assert doc["total_usd"] == 3.5
+    second.shutdown()
+
+
+def test_two_instances_sum_exactly(store_factory: StoreFactory, clock: FakeClock) -> None:
+    a = make(store_factory(), clock, "a").start()
+    b = make(store_factory(), clock, "b").start()
+    expected = 0.0
+    for i in range(300):
+        amount = 0.001 * (i % 7) + 0.0001
+        (a if i % 2 else b).record(amount)
+        expected += amount
+    a.checkpoint()
+    b.checkpoint()
+    doc = store_factory().get(BUDGET_TYPE, TODAY)
+    assert doc["total_usd"] == round(expected, 9)
+    assert b.daily_spend() == round(expected, 9), "b's merge returned a's latest entry"
+    a.checkpoint()
+    assert a.daily_spend() == round(expected, 9)
+    a.shutdown()
+    b.shutdown()
+
+
+@pytest.mark.parametrize("bad, error", [
+    (math.nan, ValueError), (math.inf, ValueError), (-math.inf, ValueError), (-0.01, ValueError),
+    ("0.5", TypeError), (True, TypeError), (None, TypeError), ([1.0], TypeError),
+    (Decimal("NaN"), ValueError), (Decimal("-1"), ValueError), (10**400, ValueError),
+])
+def test_bad_amounts_are_rejected_and_change_nothing(clock: FakeClock, bad: Any,
+                                                     error: type[Exception]) -> None:
+    reader = InMemoryMetricReader()
+    meter = BudgetMeter(BudgetConfig(daily_cap_usd=10, instance_id="a"), store=MemoryStore(),
+                        metric_readers=[reader], clock=clock).start()
+    meter.record(1.0, {"agent": "x"})
+    with pytest.raises(error):
+        meter.record(bad, {"agent": "x"})
+    assert meter.daily_spend() == 1.0
+    assert _spend_points(reader) == {(("agent", "x"),): 1.0}
+    meter.shutdown()
+
+
+def test_bad_attributes_are_rejected(clock: FakeClock) -> None:
+    meter = make(MemoryStore(), clock).start()
+    with pytest.raises(TypeError):
+        meter.record(1.0, ["agent", "x"])  # type: ignore[arg-type]
+    assert meter.daily_spend() == 0.0
+    meter.shutdown()
+
+
+def test_other_real_numbers_are_accepted(clock: FakeClock) -> None:
+    meter = make(MemoryStore(), clock).start()
+    meter.record(2)
+    meter.record(Decimal("0.25"))
+    meter.record(Fraction(1, 4))
+    meter.record(0)
+    assert meter.daily_spend() == 2.5
+    meter.shutdown()
+
+
+def _spend_points(reader: InMemoryMetricReader) -> dict[tuple[Any, ...], float]:
+    data = reader.get_metrics_data()
+    out: dict[tuple[Any, ...], float] = {}
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "llm.spend":
+                    assert metric.unit == "USD"
+                    assert isinstance(metric.data, Sum) and metric.data.is_monotonic
+                    for p in metric.data.data_points:
+                        out[tuple(sorted(p.attributes.items()))] = p.value
+    return out
+
+
+def test_counter_is_visible_to_a_reader_passed_in(clock: FakeClock) -> None:
+    reader = InMemoryMetricReader()
+    meter = BudgetMeter(BudgetConfig(daily_cap_usd=10, instance_id="a", service_name="svc"),
+                        store=MemoryStore(), metric_readers=[reader], clock=clock).start()
+    meter.record(0.045864, {"gen_ai.request.model": "claude-sonnet-4-20250514",
+                            "agent": "cloud_lu"})
+    meter.record(0.5, {"agent": "planner"})
+    assert _spend_points(reader) == {
+        (("agent", "cloud_lu"), ("gen_ai.request.model", "claude-sonnet-4-20250514")): 0.045864,
+        (("agent", "planner"),): 0.5,
+    }
+    data = reader.get_metrics_data()
+    resource = data.resource_metrics[0].resource.attributes
+    assert resource["service.name"] == "svc" and resource["service.instance.id"] == "a"
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics
+             for m in sm.metrics}
+    assert {"llm.budget.daily_spend", "llm.budget.remaining", "llm.budget.store.up"} <= names
+    meter.shutdown()
+
+
+def test_daily_spend_is_live_between_collections(clock: FakeClock) -> None:
+    meter = make(MemoryStore(), clock).start()
+    meter.record(1.0)
+    assert meter.daily_spend() == 1.0
+    meter.collect()
+    meter.record(0.25)
+    assert meter.daily_spend() == 1.25
+    assert meter.remaining() == 8.75
+    meter.record(20.0)
+    assert meter.remaining() == 0.0
+    meter.shutdown()
+
+
+def test_concurrent_records_are_all_counted(store: PatchStore, clock: FakeClock) -> None:
+    meter = make(store, clock, cap=1e6).start()
+
+    def work() -> None:
+        for _ in range(2000):
+            meter.record(0.001, {"agent": "t"})
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for _ in range(5):
+        meter.collect()
+    for t in threads:
+        t.join()
+    assert meter.daily_spend() == 16.0
+    meter.checkpoint()
+    assert store.get(BUDGET_TYPE, TODAY)["total_usd"] == 16.0
+    meter.shutdown()
+
+
+def test_nudge_exactly_once_across_restart_and_second_instance(
+        store_factory: StoreFactory, clock: FakeClock) -> None:
+    delivered: list[dict[str, Any]] = []
+    a = make(store_factory(), clock, "a", notifiers=[delivered.append]).start()
+    a.record(7.99)
+    a.collect()
+    assert delivered == []
+    a.record(0.01)  # exactly 80% of 10 (float sum 7.999999...) counts
+    a.collect()
+    a.collect()
+    assert len(delivered) == 1
+    nudge = delivered[0]
+    assert nudge["to"] == "ag_lu" and nudge["kind"] == "budget_alert" and nudge["ratio"] == 0.8
+    assert nudge["date"] == "2026-11-25" and nudge["instance_id"] == "a"
+    assert nudge["daily_spend_usd"] == 8.0 and nudge["daily_cap_usd"] == 10.0
+    assert store_factory().get(NUDGE_TYPE, "budget_alert_2026-11-25_80") == nudge
+    a.shutdown()
+
+    restarted = make(store_factory(), clock, "a", notifiers=[delivered.append]).start()
+    restarted.record(0.5)
+    restarted.collect()
+    other = make(store_factory(), clock, "b", notifiers=[delivered.append]).start()
+    other.record(0.5)
+    other.collect()
+    assert len(delivered) == 1
+    assert restarted.health()["alerts_sent"] == [0.8] == other.health()["alerts_sent"]
+    restarted.shutdown()
+    other.shutdown()
+
+
+def test_failing_notifier_is_retried_until_it_succeeds(store: PatchStore,
+                                                       clock: FakeClock) -> None:
+    attempts: list[dict[str, Any]] = []
+    steady: list[dict[str, Any]] = []
+
+    def flaky(nudge: dict[str, Any]) -> None:
+        attempts.append(nudge)
+        if len(attempts) < 3:
+            raise ConnectionError("sibling inbox down")
+
+    meter = make(store, clock, notifiers=[flaky, steady.append], alert_ratios=(0.5, 0.8)).start()
+    meter.record(9.0)
+    for _ in range(6):
+        meter.collect()
+    ratios_ok = sorted(n["ratio"] for n in attempts[2:])
+    assert ratios_ok == [0.5, 0.8], "each ratio delivered once the notifier recovers"
+    assert len(attempts) == 4, "never called again after a success"
+    assert sorted(n["ratio"] for n in steady) == [0.5, 0.8], "a good notifier is called once"
+    meter.shutdown()
+
+
+def test_day_rollover_writes_final_checkpoint_and_rearms(store: PatchStore) -> None:
+    clock = FakeClock(datetime(2026, 11, 25, 23, 59, 50, tzinfo=timezone.utc))
+    delivered: list[dict[str, Any]] = []
+    meter = make(store, clock, notifiers=[delivered.append]).start()
+    meter.record(8.5, {"agent": "late"})
+    meter.collect()
+    assert [n["date"] for n in delivered] == ["2026-11-25"]
+    meter.record(0.5)
+    clock.advance(seconds=20)
+    meter.collect()  # crosses midnight: final checkpoint of the 25th
+    old = store.get(BUDGET_TYPE, TODAY)
+    assert old["total_usd"] == 9.0 and old["date"] == "2026-11-25"
+    assert meter.daily_spend() == 0.0
+    health = meter.health()
+    assert health["date"] == "2026-11-26" and health["alerts_sent"] == []
+    meter.record(8.0)
+    meter.collect()
+    assert [n["date"] for n in delivered] == ["2026-11-25", "2026-11-26"]
+    meter.checkpoint()
+    new = store.get(BUDGET_TYPE, "budget_2026-11-26")
+    assert new["total_usd"] == 8.0 and new["instances"]["a"]["seq"] == 1
+    assert store.get(BUDGET_TYPE, TODAY) == old, "the old day is not touched again"
+    meter.shutdown()
+
+
+def test_non_utc_time_zone_names_the_local_day(store: PatchStore) -> None:
+    # 07:30 UTC on the 25th is 23:30 on the 24th in Los Angeles (PST, UTC-8).
+    clock = FakeClock(datetime(2026, 11, 25, 7, 30, tzinfo=timezone.utc))
+    meter = make(store, clock, timezone="America/Los_Angeles").start()
+    meter.record(1.0)
+    meter.checkpoint()
+    doc = store.get(BUDGET_TYPE, "budget_2026-11-24")
+    assert doc["timezone"] == "America/Los_Angeles" and doc["total_usd"] == 1.0
+    clock.advance(hours=1)
+    meter.collect()
+    meter.record(2.0)
+    meter.checkpoint()
+    assert store.get(BUDGET_TYPE, "budget_2026-11-25")["total_usd"] == 2.0
+    assert store.get(BUDGET_TYPE, "budget_2026-11-24")["total_usd"] == 1.0
+    meter.shutdown()
+
+
+class FailingStore:
+    """Fault injection (a test double): delegates to a real store unless `down`."""
+
+    def __init__(self, inner: PatchStore) -> None:
+        self.inner, self.down = inner, False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreError("store unreachable (injected)")
+
+    def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
+        self._check()
+        return self.inner.get(patch_type, name)
+
+    def merge_budget(self, name: str, instance_id: str, entry: dict[str, Any], *,
+                     day_meta: dict[str, Any]) -> dict[str, Any]:
+        self._check()
+        return self.inner.merge_budget(name, instance_id, entry, day_meta=day_meta)
+
+    def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
+        self._check()
+        return self.inner.insert_if_absent(patch_type, name, content)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_store_outage_degrades_then_recovers_losing_nothing(store: PatchStore,
+                                                            clock: FakeClock) -> None:
+    flaky = FailingStore(store)
+    meter = make(flaky, clock, checkpoint_every=2).start()
+    meter.record(1.0)
+    meter.collect()
+    meter.collect()
+    assert meter.health()["status"] == "ok"
+    flaky.down = True
+    meter.record(2.0)
+    meter.collect()
+    meter.collect()
+    health = meter.health()
+    assert health["status"] == "degraded" and health["store_up"] is False
+    assert "unreachable" in health["last_checkpoint"]["error"]
+    assert health["unflushed_usd"] == 2.0 and health["daily_spend_usd"] == 3.0
+    json.dumps(health)
+    flaky.down = False
+    meter.collect()
+    meter.collect()
+    health = meter.health()
+    assert health["status"] == "ok" and health["unflushed_usd"] == 0.0
+    assert store.get(BUDGET_TYPE, TODAY)["total_usd"] == 3.0
+    meter.shutdown()
+
+
+def test_unreachable_store_at_start_degrades_and_restores_later(clock: FakeClock) -> None:
+    inner = MemoryStore()
+    inner.merge_budget(TODAY, "a", {"spend_usd": 4.0, "seq": 9, "by_attributes": []},
+                       day_meta={"date": "2026-11-25"})
+    flaky = FailingStore(inner)
+    flaky.down = True
+    meter = make(flaky, clock, checkpoint_every=1).start()
+    meter.record(1.0)
+    meter.collect()
+    assert meter.health()["status"] == "degraded"
+    assert inner.get(BUDGET_TYPE, TODAY)["instances"]["a"]["spend_usd"] == 4.0
+    flaky.down = False
+    meter.collect()
+    assert meter.daily_spend() == 5.0
+    entry = inner.get(BUDGET_TYPE, TODAY)["instances"]["a"]
+    assert entry["spend_usd"] == 5.0 and entry["seq"] == 10, "continued, never overwritten"
+    assert meter.health()["status"] == "ok"
+    meter.shutdown()
+
+
+def test_health_is_json_and_complete(store: PatchStore, clock: FakeClock) -> None:
+    meter = make(store, clock).start()
+    meter.record(2.5)
+    meter.checkpoint()
+    clock.advance(seconds=30)
+    meter.record(0.5)
+    health = json.loads(json.dumps(meter.health()))
+    assert health["status"] == "ok" and health["daily_spend_usd"] == 3.0
+    assert health["utilization"] == 0.3 and health["remaining_usd"] == 7.0
+    assert health["checkpoint_age_s"] == 30.0 and health["unflushed_usd"] == 0.5
+    assert health["last_checkpoint"]["ok"] is True and health["last_checkpoint"]["seq"] == 1
+    assert health["restore"]["ok"] is True and health["instance_id"] == "a"
+    meter.shutdown()
+
+
+def test_lifecycle_context_manager_and_record_after_shutdown(store: PatchStore,
+                                                             clock: FakeClock) -> None:
+    with make(store, clock) as meter:
+        meter.record(1.0)
+    assert store.get(BUDGET_TYPE, TODAY)["total_usd"] == 1.0, "final checkpoint at exit"
+    meter.shutdown()  # idempotent
+    with pytest.raises(BudgetError):
+        meter.record(1.0)
+    with pytest.raises(BudgetError):
+        meter.start()
+    assert store.get(BUDGET_TYPE, "budget_1999-01-01") is None, "a store passed in stays open"
+
+
+def test_store_opened_from_url_is_closed_at_shutdown(tmp_path: Any, clock: FakeClock) -> None:
+    cfg = BudgetConfig(daily_cap_usd=5, instance_id="a",
+                       store_url=f"sqlite:///{tmp_path}/own.db")
+    meter = BudgetMeter(cfg, clock=clock).start()
+    meter.record(1.0)
+    meter.shutdown()
+    assert meter.store._conn is None  # type: ignore[attr-defined]
+    assert (tmp_path / "own.db").exists()
+
+
+def test_timer_collects_in_the_background(store: PatchStore, clock: FakeClock) -> None:
+    cfg = BudgetConfig(daily_cap_usd=10, instance_id="a", collect_interval_s=0.02,
+                       checkpoint_every=5)
+    meter = BudgetMeter(cfg, store=store, clock=clock).start()
+    meter.record(1.0)
+    deadline = datetime.now().timestamp() + 5
+    while store.get(BUDGET_TYPE, TODAY) is None and datetime.now().timestamp() < deadline:
+        threading.Event().wait(0.02)
+    assert store.get(BUDGET_TYPE, TODAY)["total_usd"] == 1.0
+    assert meter.health()["collections"] >= 5
+    meter.shutdown()
