@@ -24,6 +24,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "otel_budget.cli_bench",
     "otel_budget.cli_report",
     "otel_budget.cli_prices",
+    "otel_budget.cli_serve",
 )
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from dashboard_queries import (
+
+from tests.dashboard_queries import (
     iter_panels,
     load_dashboard,
     panel_queries,
