@@ -104,13 +104,11 @@ def by_attributes_to_map(items: Iterable[Mapping[str, Any]]) -> dict[AttributesK
 
 def map_to_by_attributes(totals: Mapping[AttributesKey, float]) -> list[dict[str, Any]]:
     """Largest spend first, so a truncated view still shows what matters."""
-    rows = [
-        {"attributes": _key_to_dict(key), "spend_usd": round_usd(value)}
-        for key, value in totals.items()
-        if round_usd(value) > 0.0
-    ]
-    rows.sort(key=lambda row: (-row["spend_usd"], sorted(row["attributes"].items())))
-    return rows
+    ordered = sorted(
+        ((round_usd(value), key) for key, value in totals.items() if round_usd(value) > 0.0),
+        key=lambda pair: (-pair[0], repr(pair[1])),
+    )
+    return [{"attributes": _key_to_dict(key), "spend_usd": spend} for spend, key in ordered]
 
 
 def add_maps(

@@ -6,9 +6,9 @@ from __future__ import annotations
 import atexit
 import logging
 import math
-from decimal import Decimal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from numbers import Real
 from types import TracebackType
 from typing import TYPE_CHECKING, Any

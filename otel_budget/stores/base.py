@@ -49,7 +49,9 @@ def open_store(url: str) -> PatchStore:
     """Open the store a URL names: `memory://`, `sqlite:///relative.db`,
     `sqlite:////absolute.db`, `postgresql://user@host/db`, `supabase://`."""
     if not isinstance(url, str) or "://" not in url:
-        raise ConfigError(f"store: expected a URL such as sqlite:///otel_budget.db, got {redact_url(str(url))!r}")
+        raise ConfigError(
+            f"store: expected a URL such as sqlite:///otel_budget.db, got {redact_url(str(url))!r}"
+        )
     scheme = url.split("://", 1)[0].lower()
     target = _BACKENDS.get(scheme)
     if target is None:
