@@ -11,8 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from otel_budget import CheckpointError
-from otel_budget import ledger
+from otel_budget import CheckpointError, ledger
 from otel_budget.threshold import AlertBook, build_nudge
 
 UTC = timezone.utc
