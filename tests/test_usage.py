@@ -1,0 +1,257 @@
+"""record_usage, guard and reserve through a real BudgetMeter (memory store) with an
+InMemoryMetricReader: priced spend, GenAI token histogram, unpriced calls, the hard cap."""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+
+from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, UnknownModelError
+from otel_budget.ledger import BUDGET_TYPE
+from otel_budget.pricing import ModelPrice, PriceTable
+from otel_budget.stores.memory import MemoryStore
+from otel_budget.usage import TOKEN_BUCKETS, bench_record_usage
+from tests.conftest import FakeClock
+
+SONNET = "claude-sonnet-4-20250514"
+
+
+class Setup:
+    def __init__(self, clock: FakeClock, prices: PriceTable | None = None,
+                 cap: float = 10.0) -> None:
+        self.store = MemoryStore()
+        self.reader = InMemoryMetricReader()
+        config = BudgetConfig(daily_cap_usd=cap, instance_id="a", collect_interval_s=3600)
+        self.meter = BudgetMeter(config, store=self.store, metric_readers=[self.reader],
+                                 clock=clock, prices=prices)
+
+    def points(self, name: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        if data is None:
+            return []
+        return [
+            point
+            for rm in data.resource_metrics for sm in rm.scope_metrics for metric in sm.metrics
+            if metric.name == name for point in metric.data.data_points
+        ]
+
+    def unit(self, name: str) -> str:
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        return next(str(m.unit) for rm in data.resource_metrics for sm in rm.scope_metrics
+                    for m in sm.metrics if m.name == name)
+
+    def tokens(self) -> dict[tuple[str, str], HistogramDataPoint]:
+        return {(p.attributes["gen_ai.request.model"], p.attributes["gen_ai.token.type"]): p
+                for p in self.points("gen_ai.client.token.usage")}
+
+
+@pytest.fixture
+def packaged() -> PriceTable:
+    return PriceTable.load_default(environ={})
+
+
+@pytest.fixture
+def setup(clock: FakeClock, packaged: PriceTable) -> Any:
+    s = Setup(clock, packaged)
+    s.meter.start()
+    yield s
+    s.meter.shutdown()
+
+
+def test_record_usage_prices_records_spend_and_token_usage(setup: Setup) -> None:
+    cost = setup.meter.record_usage(SONNET, 1000, 500, cached_input_tokens=2000,
+                                    cache_write_tokens=400, attributes={"agent": "cloud_lu"})
+    # 1000 x $3 + 500 x $15 + 2000 x $0.30 + 400 x $3.75 per million
+    assert cost == 0.0126
+    assert setup.meter.daily_spend() == 0.0126
+
+    [spend] = setup.points("llm.spend")
+    assert dict(spend.attributes or {}) == {"agent": "cloud_lu", "gen_ai.request.model": SONNET,
+                                      "gen_ai.provider.name": "anthropic"}
+    assert spend.value == 0.0126
+
+    assert setup.unit("gen_ai.client.token.usage") == "{token}"
+    tokens = setup.tokens()
+    assert set(tokens) == {(SONNET, "input"), (SONNET, "output")}
+    inp, out = tokens[(SONNET, "input")], tokens[(SONNET, "output")]
+    assert dict(inp.attributes or {}) == {
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic",
+        "gen_ai.request.model": SONNET, "gen_ai.token.type": "input",
+    }
+    # Input counts every prompt token: fresh + cache reads + cache writes.
+    assert (inp.count, inp.sum, out.count, out.sum) == (1, 3400, 1, 500)
+    assert tuple(inp.explicit_bounds) == TOKEN_BUCKETS
+    assert TOKEN_BUCKETS[0] == 1 and TOKEN_BUCKETS[-1] == 67108864
+
+
+def test_spend_reaches_the_checkpoint_exactly(setup: Setup) -> None:
+    for _ in range(1000):
+        # Haiku 5.5: 3 x $0.10 + 7 x $0.50 = $3.8 per million -> 0.0000038 each
+        setup.meter.record_usage("claude-haiku-5-5", 3, 7, attributes={"agent": "x"})
+    assert setup.meter.daily_spend() == 0.0038
+    setup.meter.checkpoint()
+    doc = setup.store.get(BUDGET_TYPE, "budget_2026-11-25")
+    assert doc is not None and doc["total_usd"] == 0.0038
+    [row] = doc["instances"]["a"]["by_attributes"]
+    assert row["attributes"]["gen_ai.request.model"] == "claude-haiku-5-5"
+    assert row["attributes"]["gen_ai.provider.name"] == "anthropic"
+
+
+def test_caller_attributes_choose_operation_and_provider(setup: Setup) -> None:
+    setup.meter.record_usage(
+        "gemini-4-neon", 100, 10,
+        attributes={"gen_ai.operation.name": "generate_content",
+                    "gen_ai.provider.name": "gcp.vertex_ai", "tenant": "t1",
+                    "gen_ai.response.model": "gemini-4-neon-001"},
+    )
+    [inp] = [p for p in setup.points("gen_ai.client.token.usage")
+             if p.attributes["gen_ai.token.type"] == "input"]
+    assert dict(inp.attributes or {}) == {
+        "gen_ai.operation.name": "generate_content", "gen_ai.provider.name": "gcp.vertex_ai",
+        "gen_ai.request.model": "gemini-4-neon", "gen_ai.token.type": "input",
+        "gen_ai.response.model": "gemini-4-neon-001",
+    }  # the tenant stays on the spend counter only (bounded histogram series)
+    [spend] = setup.points("llm.spend")
+    assert spend.attributes["tenant"] == "t1"
+
+
+def test_unknown_model_raises_and_records_nothing(setup: Setup) -> None:
+    with pytest.raises(UnknownModelError, match="my-finetune"):
+        setup.meter.record_usage("my-finetune", 1000, 1000)
+    assert setup.meter.daily_spend() == 0.0
+    assert setup.points("llm.spend") == []
+    assert setup.points("gen_ai.client.token.usage") == []
+    assert setup.points("llm.spend.unpriced") == []
+
+
+def test_fallback_price_records_and_counts_unpriced_calls(
+    clock: FakeClock, packaged: PriceTable, caplog: pytest.LogCaptureFixture
+) -> None:
+    table = packaged.with_fallback(ModelPrice.flat(1, 2))
+    s = Setup(clock, table)
+    with caplog.at_level(logging.WARNING, logger="otel_budget"):
+        assert s.meter.record_usage("local-llama", 1000, 1000) == 0.003
+        assert s.meter.record_usage("local-llama", 1000, 1000) == 0.003
+        assert s.meter.record_usage("other-local", 0, 1_000_000) == 2.0
+        assert s.meter.record_usage(SONNET, 1000, 0) == 0.003  # priced: not counted
+    assert s.meter.daily_spend() == 2.009
+    unpriced = {p.attributes["gen_ai.request.model"]: p.value
+                for p in s.points("llm.spend.unpriced")}
+    assert unpriced == {"local-llama": 2, "other-local": 1}
+    assert s.unit("llm.spend.unpriced") == "{call}"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # once per model
+    assert "local-llama" in warnings[0] and "other-local" in warnings[1]
+    s.meter.shutdown()
+
+
+@pytest.mark.parametrize("position", range(4))
+@pytest.mark.parametrize("bad", [-1, 1.5, "7", True, None])
+def test_bad_token_counts_change_nothing(setup: Setup, position: int, bad: object) -> None:
+    counts: list[object] = [100, 100, 0, 0]
+    counts[position] = bad
+    with pytest.raises((TypeError, ValueError)):
+        setup.meter.record_usage(SONNET, counts[0], counts[1],  # type: ignore[arg-type]
+                                 cached_input_tokens=counts[2],  # type: ignore[arg-type]
+                                 cache_write_tokens=counts[3])  # type: ignore[arg-type]
+    assert setup.meter.daily_spend() == 0.0
+    assert setup.points("llm.spend") == []
+    assert setup.points("gen_ai.client.token.usage") == []
+
+
+def test_bad_model_or_attributes_change_nothing(setup: Setup) -> None:
+    with pytest.raises(ValueError):
+        setup.meter.record_usage("", 1, 1)
+    with pytest.raises(TypeError):
+        setup.meter.record_usage(SONNET, 1, 1, attributes=[("a", 1)])  # type: ignore[arg-type]
+    assert setup.meter.daily_spend() == 0.0
+
+
+def test_scheduled_price_change_follows_the_meters_day(packaged: PriceTable) -> None:
+    clock = FakeClock(datetime(2026, 11, 30, 23, 59, tzinfo=timezone.utc))
+    s = Setup(clock, packaged)
+    s.meter.start()
+    assert s.meter.record_usage("gemini-4-argon", 1_000_000, 0) == 2.0
+    clock.advance(minutes=2)
+    s.meter.collect()  # the day boundary
+    assert s.meter.record_usage("gemini-4-argon", 1_000_000, 0) == 4.0
+    s.meter.shutdown()
+
+
+def test_price_table_is_loaded_lazily_from_the_environment(
+    clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "prices.toml"
+    path.write_text(
+        '[models."acme-chat"]\nprovider = "acme"\ninput = 1\noutput = 1\n'
+        'cached_input = 1\ncache_write = 1\nsource = "https://acme.example"\n'
+        "checked = 2026-11-01\n", encoding="utf-8")
+    monkeypatch.setenv("OTEL_BUDGET_PRICES", str(path))
+    s = Setup(clock)  # no prices= : the default table, read on first use
+    assert s.meter.record_usage("acme-chat", 500_000, 500_000) == 1.0
+    assert s.meter.prices.version == "2026.11.25+user"
+    s.meter.shutdown()
+
+
+def test_prices_keyword_must_be_a_price_table(clock: FakeClock) -> None:
+    with pytest.raises(TypeError, match="PriceTable"):
+        Setup(clock, prices={"x": 1})  # type: ignore[arg-type]
+
+
+# --- the hard cap through the meter ---------------------------------------------------
+
+def test_guard_uses_fleet_spend_and_the_configured_cap(setup: Setup) -> None:
+    setup.meter.record(9.5)
+    setup.meter.guard(0.5)
+    with pytest.raises(BudgetExceeded) as info:
+        setup.meter.guard(0.6)
+    assert info.value.date == "2026-11-25"
+    assert (info.value.daily_spend_usd, info.value.daily_cap_usd) == (9.5, 10.0)
+    setup.meter.guard(0.0)
+
+
+def test_reservation_settled_by_record_usage_is_recorded_once(setup: Setup) -> None:
+    setup.meter.record(9.0)
+    with setup.meter.reserve(0.5) as r:
+        assert setup.meter.reserved_usd() == 0.5
+        with pytest.raises(BudgetExceeded):
+            setup.meter.guard(0.6)
+        cost = setup.meter.record_usage(SONNET, 10_000, 1_000, reservation=r)
+    assert cost == 0.045  # 10000 x $3 + 1000 x $15
+    assert setup.meter.reserved_usd() == 0.0
+    assert setup.meter.daily_spend() == 9.045
+    assert setup.tokens()[(SONNET, "input")].sum == 10_000
+
+
+def test_unsettled_reservation_records_max_through_the_meter(setup: Setup) -> None:
+    with setup.meter.reserve(0.25, {"agent": "cloud_lu"}):
+        pass
+    assert setup.meter.daily_spend() == 0.25
+    [spend] = setup.points("llm.spend")
+    assert dict(spend.attributes or {}) == {"agent": "cloud_lu"}
+
+
+def test_reservation_of_another_meter_is_refused(setup: Setup, clock: FakeClock,
+                                                 packaged: PriceTable) -> None:
+    other = Setup(clock, packaged)
+    with other.meter.reserve(1.0) as r:
+        with pytest.raises(ValueError, match="another BudgetMeter"):
+            setup.meter.record_usage(SONNET, 1, 1, reservation=r)
+        r.cancel()
+    assert setup.meter.daily_spend() == 0.0
+    other.meter.shutdown()
+
+
+def test_bench_record_usage_reports_a_ratio() -> None:
+    result = bench_record_usage(n=2000, rounds=2)
+    assert set(result) == {"record_us", "record_usage_us", "record_usage_vs_record"}
+    assert result["record_usage_us"] > 0 and math.isfinite(result["record_usage_vs_record"])
+    # record_usage does everything record does and more.
+    assert result["record_usage_vs_record"] > 1.0
