@@ -16,6 +16,9 @@ Fixtures:
   migration) and returning its URL.
 - `private_pg_server` (function): a second server of the test's own, for tests
   that stop it (the outage test), so no other test ever sees it down.
+- `postgres_store_factory` (function): `() -> PostgresStore` on the emptied
+  `pg_url` database, each call a new store (its own pool); all closed afterwards.
+  This is the "postgresql" entry of tests/store_kinds.py.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import psycopg
 import pytest
 
 from otel_budget.stores.migrate import apply_migration
+from otel_budget.stores.postgres import PostgresStore
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl) were not found on PATH, via "
@@ -248,6 +252,20 @@ def private_pg_server() -> Iterator[PgServer]:
         yield server
     finally:
         server.destroy()
+
+
+@pytest.fixture
+def postgres_store_factory(pg_clean: str) -> Iterator[Callable[..., PostgresStore]]:
+    opened: list[PostgresStore] = []
+
+    def make(**kwargs: object) -> PostgresStore:
+        store = PostgresStore(pg_clean, **kwargs)  # type: ignore[arg-type]
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:

@@ -24,14 +24,11 @@ from psycopg.types.json import Jsonb
 from .. import ledger
 from ..errors import CheckpointError, ConfigError, StoreError
 from .base import dumps_content, redact_url
+from .sqlfunctions import CHECKPOINT_SQLSTATES, MIGRATE_HINT, as_object, prepare_merge
 
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# The SQLSTATEs schema.sql raises on purpose (see its header).
-_BAD_ARGUMENT = "OB001"
-_BAD_DOCUMENT = "OB002"
 
 _GET = pgsql.SQL(
     "select q.content from public.quilt_patches as q "
@@ -110,12 +107,12 @@ class PostgresStore:
         )
         if row is None:
             return None
-        return _as_object(row[0], patch_type=patch_type, name=name)
+        return as_object(row[0], patch_type=patch_type, name=name)
 
     def merge_budget(
         self, name: str, instance_id: str, entry: dict[str, Any], *, day_meta: dict[str, Any]
     ) -> dict[str, Any]:
-        entry, day_meta = _prepare_merge(instance_id, entry, day_meta)
+        entry, day_meta = prepare_merge(instance_id, entry, day_meta)
         row = self._run(
             f"merging into budget/{name}",
             lambda conn: conn.execute(
@@ -125,7 +122,7 @@ class PostgresStore:
             retry=True,  # idempotent: the same seq applies at most once
         )
         assert row is not None  # a scalar function always returns one row
-        return _as_object(row[0], patch_type=ledger.BUDGET_TYPE, name=name)
+        return as_object(row[0], patch_type=ledger.BUDGET_TYPE, name=name)
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
         dumps_content(content)  # CheckpointError for NaN/inf, before any I/O
@@ -171,7 +168,7 @@ class PostgresStore:
                     conn.execute(_TIMEOUT, (self._statement_timeout,))
                     return work(conn)
             except psycopg.Error as exc:
-                if exc.sqlstate in (_BAD_ARGUMENT, _BAD_DOCUMENT):
+                if exc.sqlstate in CHECKPOINT_SQLSTATES:
                     raise CheckpointError(self._message(exc)) from None
                 broken = _is_broken_connection(exc)
                 if broken and attempt + 1 < attempts:
@@ -190,7 +187,7 @@ class PostgresStore:
         text = " ".join(text.split())
         sqlstate = getattr(exc, "sqlstate", None)
         if sqlstate == "42883" or (sqlstate == "42P01" and "quilt_patches" in text):
-            text += " (apply the schema first: otel-budget migrate --url ...)"
+            text += f" ({MIGRATE_HINT})"
         elif sqlstate:
             text += f" [SQLSTATE {sqlstate}]"
         if self._password:
@@ -225,27 +222,3 @@ def _password_of(url: str) -> str | None:
     except ValueError:
         return None
 
-
-def _prepare_merge(
-    instance_id: str, entry: dict[str, Any], day_meta: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check the arguments as ledger.merge_entry does, before any I/O, and round
-    spend_usd in Python: the SQL rounds a decimal, Python a binary float, and the
-    two differ on exact ties, so the store hands the SQL an already-rounded value."""
-    if not isinstance(instance_id, str):
-        raise CheckpointError(f"instance id must be a string, got {instance_id!r}")
-    checked = ledger.validate_entry(dict(entry), where=f"entry for {instance_id!r}")
-    checked["spend_usd"] = ledger.round_usd(checked["spend_usd"])
-    if not isinstance(day_meta, dict):
-        raise CheckpointError(f"day_meta must be an object, got {type(day_meta).__name__}")
-    dumps_content(checked)
-    dumps_content(day_meta)
-    return checked, day_meta
-
-
-def _as_object(value: Any, *, patch_type: str, name: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise CheckpointError(
-            f"row {patch_type}/{name} holds {type(value).__name__}, expected a JSON object"
-        )
-    return value

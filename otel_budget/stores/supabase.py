@@ -1,0 +1,272 @@
+"""Supabase store: supabase-py against the Data API (PostgREST), calling the SQL
+functions of `schema.sql` as RPCs (run the migration in the SQL editor or with
+`otel-budget migrate`).
+
+Why the RPCs: a REST upsert of the whole document is a blind overwrite, and a
+read-modify-write through it loses concurrent replicas' updates; the function
+merges one instance's entry inside the database, atomically.
+
+supabase-py is given an `httpx.Client` of ours: explicit timeouts, HTTP/1.1 (its
+default HTTP/2 connections drop when idle), and a hook that notes each response's
+status, since supabase-py's `APIError` does not carry it. supabase-py never
+retries POST (every RPC here is one), so this store retries its calls itself,
+with bounded exponential backoff, on network errors and 5xx answers; a 4xx is
+final. That is safe because a merge with the same seq applies at most once, and a
+claim that may have landed is resolved by reading the row back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from .. import ledger
+from ..errors import CheckpointError, ConfigError, StoreError
+from .base import dumps_content
+from .sqlfunctions import CHECKPOINT_SQLSTATES, MIGRATE_HINT, as_object, prepare_merge
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TABLE = "quilt_patches"
+URL_ENV = "SUPABASE_URL"
+KEY_ENVS = ("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_KEY")
+
+
+class SupabaseStore:
+    """`supabase://`: the project URL from SUPABASE_URL and the service role key
+    from SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_KEY). Or pass `url` and `key`, or
+    an existing supabase-py `client` (which the store then does not close)."""
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        key: str | None = None,
+        client: Any = None,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+        max_attempts: int = 4,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 4.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_attempts < 1:
+            raise ConfigError("store: max_attempts must be >= 1")
+        self._max_attempts = max_attempts
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._sleep = sleep
+        self._local = threading.local()
+        self._http: httpx.Client | None = None
+        self._closed = False
+        if client is not None:
+            self._client = client
+            self._key = key
+            self._where = _host_of(str(getattr(client, "supabase_url", url or "")))
+            return
+        if not url or not key:
+            raise ConfigError(
+                f"store: supabase:// needs {URL_ENV} and {KEY_ENVS[0]} (or {KEY_ENVS[1]})"
+            )
+        self._key = key
+        self._where = _host_of(url)
+        try:
+            import supabase
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ConfigError("store: supabase:// needs supabase-py: pip install supabase") from exc
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            http2=False,
+            follow_redirects=True,
+            event_hooks={"response": [self._note_status]},
+        )
+        options: dict[str, Any] = {
+            "httpx_client": self._http,
+            "auto_refresh_token": False,
+            "persist_session": False,
+        }
+        if "postgrest_client_retry" in {f.name for f in dataclasses.fields(supabase.ClientOptions)}:
+            # Its retries (GET only, sleeping 1, 2, 4 s) would stack on ours.
+            options["postgrest_client_retry"] = False
+        try:
+            self._client = supabase.create_client(
+                url, key, options=supabase.ClientOptions(**options)
+            )
+        except Exception as exc:
+            self._http.close()
+            raise ConfigError(
+                f"store: cannot create the Supabase client for {self._where}: "
+                f"{self._scrub(str(exc))}"
+            ) from None
+
+    @classmethod
+    def from_url(cls, url: str) -> SupabaseStore:
+        """`supabase://` reads the environment; `supabase://<project>.supabase.co`
+        names the project's host (https) and still takes the key from it."""
+        host = urlsplit(url).netloc
+        project_url = f"https://{host}" if host else os.environ.get(URL_ENV, "").strip()
+        key = next((v for name in KEY_ENVS if (v := os.environ.get(name, "").strip())), "")
+        if not project_url:
+            raise ConfigError(f"store: supabase:// needs the project URL in {URL_ENV}")
+        if not key:
+            raise ConfigError(
+                f"store: supabase:// needs the service role key in {KEY_ENVS[0]} (or {KEY_ENVS[1]})"
+            )
+        return cls(url=project_url, key=key)
+
+    def __repr__(self) -> str:
+        return f"SupabaseStore({self._where!r})"
+
+    # --- the PatchStore protocol ---------------------------------------------------
+
+    def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
+        response = self._call(
+            f"reading {patch_type}/{name}",
+            lambda: self._client.table(TABLE)
+            .select("content")
+            .eq("patch_type", patch_type)
+            .eq("name", name)
+            .limit(1)
+            .execute(),
+        )
+        rows = response.data
+        if not rows:
+            return None
+        return as_object(rows[0].get("content"), patch_type=patch_type, name=name)
+
+    def merge_budget(
+        self, name: str, instance_id: str, entry: dict[str, Any], *, day_meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        entry, day_meta = prepare_merge(instance_id, entry, day_meta)
+        params = {
+            "p_name": name,
+            "p_instance_id": instance_id,
+            "p_entry": entry,
+            "p_day_meta": day_meta,
+        }
+        response = self._call(
+            f"merging into budget/{name}",
+            lambda: self._client.rpc("otel_budget_merge", params).execute(),
+        )
+        return as_object(response.data, patch_type=ledger.BUDGET_TYPE, name=name)
+
+    def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
+        dumps_content(content)  # CheckpointError for NaN/inf, before any I/O
+        params = {"p_type": patch_type, "p_name": name, "p_content": content}
+        attempts: list[int] = []
+
+        def claim() -> Any:
+            attempts.append(1)
+            return self._client.rpc("otel_budget_claim", params).execute()
+
+        inserted = self._call(f"claiming {patch_type}/{name}", claim).data
+        if inserted is not True and inserted is not False:
+            raise StoreError(
+                f"Supabase {self._where}: otel_budget_claim answered {inserted!r:.80}, "
+                "expected true or false (is the migration applied?)"
+            )
+        if not inserted and len(attempts) > 1:
+            # An earlier attempt may have inserted the row before its answer was
+            # lost; it did exactly when the row holds our content.
+            stored = self.get(patch_type, name)
+            return stored is not None and stored == json.loads(dumps_content(content))
+        return inserted
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._http is not None:
+                self._http.close()
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def _note_status(self, response: httpx.Response) -> None:
+        self._local.status = response.status_code
+
+    def _call(self, what: str, request: Callable[[], T]) -> T:
+        from postgrest.exceptions import APIError
+
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
+        for attempt in range(1, self._max_attempts + 1):
+            self._local.status = None
+            try:
+                return request()
+            except APIError as exc:
+                if (exc.code or "") in CHECKPOINT_SQLSTATES:
+                    raise CheckpointError(self._scrub(exc.message or str(exc))) from None
+                status = self._local.status or _status_for(exc.code)
+                problem = self._describe_api_error(exc, status)
+                retryable = status is not None and status >= 500
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                retryable = isinstance(exc, httpx.TransportError)
+            if not retryable or attempt == self._max_attempts:
+                raise StoreError(
+                    f"Supabase {self._where}: {what} failed"
+                    f"{f' after {attempt} attempts' if attempt > 1 else ''}: {self._scrub(problem)}"
+                ) from None
+            delay = min(self._max_backoff_s, self._backoff_s * 2 ** (attempt - 1))
+            delay *= random.uniform(0.5, 1.0)  # spread replicas retrying together
+            _log.info(
+                "%s failed (%s); retry %d in %.2fs", what, self._scrub(problem), attempt, delay
+            )
+            self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _describe_api_error(self, exc: Any, status: int | None) -> str:
+        code = exc.code or (str(status) if status else "error")
+        text = f"{code} {exc.message or ''}".strip()
+        if exc.code == "PGRST202" or exc.code == "42883":
+            text += f" ({MIGRATE_HINT})"
+        elif exc.code == "42501" or status in (401, 403):
+            text += f" (use the service role key: {KEY_ENVS[0]})"
+        elif exc.details and status is not None and status >= 500:
+            text += f" ({' '.join(str(exc.details).split())[:200]})"
+        return text
+
+    def _scrub(self, text: str) -> str:
+        if self._key:
+            text = text.replace(self._key, "***")
+        return text
+
+
+def _status_for(code: str | None) -> int | None:
+    """The HTTP status PostgREST answers an error code with (docs.postgrest.org,
+    "Errors"), for clients whose responses we cannot see."""
+    if not code:
+        return None
+    if code.isdigit() and len(code) == 3:  # a non-JSON body: supabase-py puts the status here
+        return int(code)
+    if code.startswith("PGRST"):
+        return 503 if code in ("PGRST000", "PGRST001", "PGRST002") else (
+            504 if code == "PGRST003" else 400
+        )
+    exact = {"23503": 409, "23505": 409, "25006": 405, "53400": 500, "P0001": 400,
+             "42883": 404, "42P01": 404, "42P17": 500, "42501": 401}
+    if code in exact:
+        return exact[code]
+    prefixes = {"08": 503, "09": 500, "0L": 403, "0P": 403, "25": 500, "28": 403, "2D": 500,
+                "38": 500, "39": 500, "3B": 500, "40": 500, "53": 503, "54": 500, "55": 500,
+                "57": 500, "58": 500, "F0": 500, "HV": 500, "P0": 500, "XX": 500}
+    return prefixes.get(code[:2], 400)
+
+
+def _host_of(url: str) -> str:
+    try:
+        return urlsplit(url).netloc or "<supabase>"
+    except ValueError:
+        return "<supabase>"
+
