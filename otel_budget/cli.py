@@ -25,6 +25,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "otel_budget.cli_report",
     "otel_budget.cli_prices",
     "otel_budget.cli_serve",
+    "otel_budget.cli_migrate",
 )
 
 

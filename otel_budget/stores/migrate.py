@@ -34,7 +34,7 @@ def apply_migration(url: str, *, connect_timeout_s: int = 10) -> None:
     except psycopg.Error as exc:
         raise StoreError(
             f"applying the otel_budget migration to {redact_url(url)} failed: "
-            f"{_scrub(str(exc).strip(), url)}"
+            f"{_scrub(' '.join(str(exc).split()), url)}"
         ) from None
 
 
