@@ -141,9 +141,10 @@ class BudgetMeter(UsageMixin):
         if self._closed:
             raise BudgetError("record() after shutdown(): this spend would be lost")
         self._counter.add(cost_usd, attributes)
+        nanos = round(cost_usd * 1e9)
         live = self._live
         with live.lock:
-            live.value += cost_usd
+            live.nanos += nanos
 
     # --- on demand ------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from .threshold import AlertBook, build_nudge
 
 SCOPE_NAME = "otel_budget"
 SPEND_INSTRUMENT = "llm.spend"
+NANOS = 1_000_000_000
 
 _log = logging.getLogger("otel_budget")
 
@@ -38,16 +39,19 @@ def utc_now() -> datetime:
 
 
 class LiveTotal:
-    """This process's cumulative recorded USD, bumped by every `record()`.
+    """This process's cumulative recorded spend in integer nano-USD, bumped by every
+    `record()`.
 
-    It exists so `daily_spend()` is live between collections; the lock is the only
-    synchronisation `record()` adds to what the SDK already does."""
+    It exists so `daily_spend()` is live between collections and exact: a float sum
+    drifts (0.001 added 400,000 times is 399.99999999745), an integer sum of amounts
+    rounded to 1e-9 does not. The lock is the only synchronisation `record()` adds to
+    what the SDK already does."""
 
-    __slots__ = ("lock", "value")
+    __slots__ = ("lock", "nanos")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.value = 0.0
+        self.nanos = 0
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ class BudgetReader(MetricReader):
         self._last_points: dict[ledger.AttributesKey, float] = {}
         self._own_at_collect = 0.0
         self._own_attrs_at_collect: dict[ledger.AttributesKey, float] = {}
-        self._live_day_start = 0.0
+        self._live_day_start = 0
         self._others_usd = 0.0
         self._seq = 0
         self._collections = 0
@@ -186,7 +190,7 @@ class BudgetReader(MetricReader):
             # The live total is the exact amount (each record() counted once); the
             # SDK's points only split it by attributes, and may differ from it by a
             # record() racing with this collection.
-            live_snapshot = self._live.value
+            live_snapshot = self._live.nanos
             self._latest = None
             self.collect()
             points = self._spend_points(self._latest) if self._latest else self._last_points
@@ -225,19 +229,19 @@ class BudgetReader(MetricReader):
         return points
 
     def _update_own(
-        self, points: Mapping[ledger.AttributesKey, float], live_snapshot: float
+        self, points: Mapping[ledger.AttributesKey, float], live_snapshot: int
     ) -> None:
         delta = {
             key: value - self._points_baseline.get(key, 0.0) for key, value in points.items()
         }
         attrs = ledger.add_maps(self._own_base_attrs, delta)
         with self._state_lock:
-            self._own_at_collect = self._own_base + (live_snapshot - self._live_day_start)
+            self._own_at_collect = self._own_base + (live_snapshot - self._live_day_start) / NANOS
             self._own_attrs_at_collect = attrs
             self._last_points = dict(points)
 
     def _begin_day(
-        self, day: date, points: Mapping[ledger.AttributesKey, float], live_snapshot: float
+        self, day: date, points: Mapping[ledger.AttributesKey, float], live_snapshot: int
     ) -> None:
         with self._state_lock:
             self._day = day
@@ -405,7 +409,7 @@ class BudgetReader(MetricReader):
         return now
 
     def _own_now(self) -> float:
-        return self._own_base + (self._live.value - self._live_day_start)
+        return self._own_base + (self._live.nanos - self._live_day_start) / NANOS
 
     def daily_spend(self) -> float:
         with self._state_lock:

@@ -435,3 +435,20 @@ def test_timer_collects_in_the_background(store: PatchStore, clock: FakeClock) -
     assert store.get(BUDGET_TYPE, TODAY)["total_usd"] == 1.0
     assert meter.health()["collections"] >= 5
     meter.shutdown()
+
+
+def test_long_float_sums_do_not_drift_below_the_threshold(clock: FakeClock) -> None:
+    # DESIGN decision 8: 0.001 summed 400,000 times in a float is 399.99999999745...;
+    # the meter must still see exactly $400.00, i.e. 80% of a $500 cap.
+    delivered: list[dict[str, Any]] = []
+    meter = make(MemoryStore(), clock, cap=500.0, notifiers=[delivered.append]).start()
+    record = meter.record
+    for _ in range(400_000):
+        record(0.001)
+    assert meter.daily_spend() == 400.0
+    meter.collect()
+    assert [n["ratio"] for n in delivered] == [0.8]
+    assert delivered[0]["daily_spend_usd"] == 400.0
+    meter.checkpoint()
+    assert meter.store.get(BUDGET_TYPE, TODAY)["total_usd"] == 400.0
+    meter.shutdown()
