@@ -12,7 +12,9 @@ from .errors import (
 )
 from .meter import BudgetMeter, __version__
 from .notify import LoggingNotifier, WebhookNotifier
+from .pricing import ModelPrice, PriceTable, TokenUsage
 from .reader import BudgetReader
+from .reservations import Reservation
 from .stores.base import PatchStore, open_store
 
 __all__ = [
@@ -24,9 +26,13 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "LoggingNotifier",
+    "ModelPrice",
     "NotifyError",
     "PatchStore",
+    "PriceTable",
+    "Reservation",
     "StoreError",
+    "TokenUsage",
     "UnknownModelError",
     "WebhookNotifier",
     "__version__",

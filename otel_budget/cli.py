@@ -43,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `otel-budget status | head`
+        sys.stderr.close()
+        return 0
     return code
 
 

@@ -126,6 +126,11 @@ def run_bench(calls: int = 100_000, rounds: int = 7) -> dict[str, Any]:
         results["restore_ms"] = round(statistics.median(samples) * 1e3, 3)
         store.close()
 
+    from .usage import bench_record_usage
+
+    usage = bench_record_usage(n=max(2000, calls // 5))
+    results["record_usage_us"] = usage["record_usage_us"]
+    results["record_usage_vs_record"] = usage["record_usage_vs_record"]
     results.update(_optional_benches())
     return results
 

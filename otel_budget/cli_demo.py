@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .config import BudgetConfig
-from .errors import ConfigError
+from .errors import BudgetExceeded, ConfigError
 from .meter import BudgetMeter
 
-# (model, provider, input $/M, output $/M, typical input tokens, typical output tokens)
+# (model id as a dispatcher reports it, typical input, output and cache-read tokens);
+# priced by the packaged price table through record_usage().
 _MODELS = (
-    ("claude-sonnet-4-20250514", "anthropic", 3.00, 15.00, 2400, 600),
-    ("claude-3-5-haiku-20241022", "anthropic", 0.80, 4.00, 1500, 300),
-    ("gpt-4o-2024-08-06", "openai", 2.50, 10.00, 1800, 450),
-    ("gemini-2.0-flash", "gcp.gemini", 0.10, 0.40, 3000, 500),
+    ("claude-sonnet-4-20250514", 2400, 600, 6000),
+    ("claude-haiku-4-5-20251001", 1500, 300, 3000),
+    ("gpt-6-sol", 1800, 450, 0),
+    ("gemini-4-hydrogen", 3000, 500, 0),
 )
 _AGENTS = ("cloud_lu", "planner", "coder", "reviewer")
 
@@ -97,12 +98,19 @@ def _dispatch(
     calls = 0
     last_seq = meter.reader.snapshot().last_checkpoint.get("seq")
     while (elapsed := time.monotonic() - start) < seconds:
-        model, provider, in_price, out_price, in_tokens, out_tokens = rng.choice(_MODELS)
-        tokens_in = int(in_tokens * rng.uniform(0.3, 1.7))
-        tokens_out = int(out_tokens * rng.uniform(0.2, 1.8))
-        cost = (tokens_in * in_price + tokens_out * out_price) / 1_000_000
-        meter.record(cost, {"gen_ai.request.model": model, "gen_ai.provider.name": provider,
-                            "agent": rng.choice(_AGENTS)})
+        model, in_tokens, out_tokens, cached_tokens = rng.choice(_MODELS)
+        try:
+            meter.guard(estimated_usd=0.02)  # the hard cap: refuse calls that could pass it
+        except BudgetExceeded as exc:
+            view.event(f"HARD CAP: call refused ({exc}); the dispatcher stops for today")
+            break
+        meter.record_usage(
+            model,
+            int(in_tokens * rng.uniform(0.3, 1.7)),
+            int(out_tokens * rng.uniform(0.2, 1.8)),
+            cached_input_tokens=int(cached_tokens * rng.uniform(0.0, 1.0)),
+            attributes={"agent": rng.choice(_AGENTS)},
+        )
         calls += 1
         health = meter.health()
         checkpoint = health["last_checkpoint"]
