@@ -1,0 +1,168 @@
+"""The `otel-budget` command line, run for real in subprocesses: the demo end to end, then
+`status` (text and JSON) against the file it wrote, errors, and `bench --json`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ENTRY_POINT = Path(sys.executable).parent / "otel-budget"
+DEMO_STORE = "sqlite:///otel_budget_demo.db"
+
+
+def run_cli(cwd: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    return subprocess.run(
+        [sys.executable, "-m", "otel_budget.cli", *args], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@dataclass
+class Demo:
+    cwd: Path
+    result: subprocess.CompletedProcess[str]
+    day: str
+    document: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    cwd = tmp_path_factory.mktemp("demo")
+    result = run_cli(cwd, "demo", "--duration", "3", "--rate", "200", "--cap", "1.0")
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    db = cwd / "otel_budget_demo.db"
+    assert db.is_file(), "the demo defaults to a SQLite file in the working directory"
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT name, content FROM quilt_patches WHERE patch_type = 'budget'"
+        ).fetchall()
+    assert len(rows) == 1, rows
+    name, content = rows[0]
+    return Demo(cwd, result, name.removeprefix("budget_"), json.loads(content))
+
+
+def money(pattern: str, text: str) -> float:
+    match = re.search(pattern, text)
+    assert match, f"{pattern!r} not in output:\n{text}"
+    return float(match.group(1))
+
+
+def test_demo_runs_end_to_end(demo: Demo) -> None:
+    out = demo.result.stdout
+    assert "Traceback" not in demo.result.stderr
+    assert re.search(r"checkpoint (seq \d+|written)", out), out
+    assert "NUDGE" in out and "ag_lu" in out
+    stored_before_restart = money(r"checkpoint written at shutdown: \$([0-9.]+)", out)
+    restored = money(r"RESTART: restored \$([0-9.]+)", out)
+    assert restored > 0
+    assert restored == stored_before_restart, "the restart restores what was checkpointed"
+    assert out.index("RESTART") > out.index("checkpoint written at shutdown")
+    final = money(r"done: \d+ calls, \$([0-9.]+) spent", out)
+    assert final >= restored
+    assert final == pytest.approx(demo.document["total_usd"], abs=1e-6)
+    assert "alerts today: [0.8]" in out
+
+
+def test_status_json_agrees_with_the_document(demo: Demo) -> None:
+    result = run_cli(demo.cwd, "status", "--store", DEMO_STORE, "--date", demo.day, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    doc = demo.document
+    assert report["date"] == demo.day and report["found"] is True
+    assert report["total_usd"] == doc["total_usd"]
+    instance_sum = sum(e["spend_usd"] for e in report["instances"].values())
+    assert math.isclose(report["total_usd"], round(instance_sum, 9), abs_tol=1e-9)
+    assert report["instances"].keys() == doc["instances"].keys()
+    for key, entry in report["instances"].items():
+        assert entry["spend_usd"] == doc["instances"][key]["spend_usd"]
+        assert entry["seq"] == doc["instances"][key]["seq"]
+    attribute_sum = sum(row["spend_usd"] for row in report["by_attributes"])
+    assert math.isclose(attribute_sum, report["total_usd"], abs_tol=1e-6)
+    assert report["daily_cap_usd"] == 1.0
+    assert report["utilization"] == pytest.approx(report["total_usd"] / 1.0, abs=1e-6)
+    [nudge] = report["nudges"]
+    assert nudge["to"] == "ag_lu" and nudge["kind"] == "budget_alert"
+    assert nudge["ratio"] == 0.8 and nudge["date"] == demo.day
+    assert nudge["daily_spend_usd"] >= 0.8 - 1e-9
+
+
+def test_status_text_through_the_console_script(demo: Demo) -> None:
+    assert ENTRY_POINT.is_file(), f"console script not installed at {ENTRY_POINT}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run(
+        [str(ENTRY_POINT), "status", "--store", DEMO_STORE, "--date", demo.day],
+        cwd=demo.cwd, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    total = demo.document["total_usd"]
+    assert f"${total:.6f}" in out
+    assert "$1.00" in out
+    for instance_id, entry in demo.document["instances"].items():
+        assert instance_id in out and f"seq {entry['seq']}" in out
+    assert "agent=" in out and "gen_ai.request.model=" in out
+    assert re.search(r"nudge: 80% -> ag_lu", out), out
+
+
+def test_status_on_a_missing_file_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "status", "--store", "sqlite:///nope.db")
+    assert_one_line_error(result, "nope.db")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_status_on_a_corrupt_document_names_the_row(tmp_path: Path) -> None:
+    db = tmp_path / "bad.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE quilt_patches (id INTEGER PRIMARY KEY, patch_type TEXT, "
+                     "name TEXT, content TEXT, created_at TEXT, updated_at TEXT, "
+                     "UNIQUE (patch_type, name))")
+        conn.execute("INSERT INTO quilt_patches (patch_type, name, content) "
+                     "VALUES ('budget', 'budget_2026-11-25', '[oops')")
+    result = run_cli(tmp_path, "status", "--store", "sqlite:///bad.db", "--date", "2026-11-25")
+    assert_one_line_error(result, "budget_2026-11-25")
+
+
+def test_status_with_an_unknown_store_scheme(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "status", "--store", "mysql://u:pw-SECRET@h/db")
+    line = assert_one_line_error(result, "mysql")
+    assert "pw-SECRET" not in line
+
+
+@pytest.mark.parametrize("args", [("--rate", "-1"), ("--duration", "0")])
+def test_demo_with_bad_flags_is_one_clear_line(tmp_path: Path, args: tuple[str, ...]) -> None:
+    result = run_cli(tmp_path, "demo", *args)
+    assert_one_line_error(result, args[0])
+    assert list(tmp_path.iterdir()) == [], "nothing is written before the flags are checked"
+
+
+def test_bench_json(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "bench", "--calls", "2000", "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    for key in ("record_vs_counter_add", "collect_1000_attribute_sets_ms",
+                "sqlite_checkpoint_ms", "restore_ms"):
+        value = figures[key]
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), key
+        assert math.isfinite(value) and value > 0, (key, value)
+    assert list(tmp_path.iterdir()) == [], "bench cleans up after itself"
