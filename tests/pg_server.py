@@ -186,11 +186,12 @@ def _bindir_or_fail() -> Path:
     return bindir
 
 
-def start_server() -> PgServer:
+def start_server(*, supabase_roles: bool = True) -> PgServer:
     server = PgServer(_bindir_or_fail())
     try:
         server.start()
-        server.admin(SUPABASE_ROLES_SQL)
+        if supabase_roles:
+            server.admin(SUPABASE_ROLES_SQL)
     except BaseException:
         server.destroy()
         raise

@@ -186,7 +186,9 @@ class PostgresStore:
         text = (diag.message_primary if diag is not None else None) or str(exc)
         text = " ".join(text.split())
         sqlstate = getattr(exc, "sqlstate", None)
-        if sqlstate == "42883" or (sqlstate == "42P01" and "quilt_patches" in text):
+        if _is_pool_timeout(exc):
+            text += " (the server is unreachable, or every pooled connection is busy)"
+        elif sqlstate == "42883" or (sqlstate == "42P01" and "quilt_patches" in text):
             text += f" ({MIGRATE_HINT})"
         elif sqlstate:
             text += f" [SQLSTATE {sqlstate}]"
@@ -204,10 +206,14 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
 
 
-def _is_broken_connection(exc: psycopg.Error) -> bool:
+def _is_pool_timeout(exc: BaseException) -> bool:
     from psycopg_pool import PoolTimeout
 
-    if isinstance(exc, PoolTimeout):
+    return isinstance(exc, PoolTimeout)
+
+
+def _is_broken_connection(exc: psycopg.Error) -> bool:
+    if _is_pool_timeout(exc):
         return False  # no connection at all: nothing to retry on right now
     sqlstate = exc.sqlstate or ""
     # 57P01-03: admin shutdown / crash shutdown / cannot connect now; 08: connection.
