@@ -3,8 +3,9 @@
   otlp_grpc_receiver   a grpc MetricsService (what the Collector's otlp/grpc receiver is)
   otlp_http_receiver   an HTTP server decoding POST /v1/metrics ExportMetricsServiceRequest
 
-Both put every decoded request in `.requests` (a queue.Queue) and expose
-`.endpoint`, the value to give the exporter / OTEL_EXPORTER_OTLP_ENDPOINT.
+Both put every decoded request in `.requests` (a queue.Queue) with its headers
+(lower-cased names) and expose `.endpoint`, the value to give the exporter /
+OTEL_EXPORTER_OTLP_ENDPOINT.
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ class HttpReceiver(_Receiver):
                     return
                 request = ExportRequest()
                 request.ParseFromString(body)
-                receiver.requests.put(Received(request, dict(self.headers.items())))
+                receiver.requests.put(
+                    Received(request, {k.lower(): v for k, v in self.headers.items()})
+                )
                 self._reply(
                     200, metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
                 )

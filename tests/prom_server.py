@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,12 +124,19 @@ class PromServer:
                 )
             time.sleep(0.25)
 
-    def wait_for_scrapes(self, n: int = 2, timeout: float = 20.0) -> None:
-        """Wait until every target of our job has been scraped successfully n times."""
+    def wait_for_scrapes(self, n: int = 2, timeout: float = 20.0, job: str | None = None) -> None:
+        """Wait until every target of `job` (default: the first job) has been scraped
+        successfully at least n times, the last one included."""
+        job = job or self.job
         self.wait_for(
-            f'count_over_time(up{{job="{self.job}"}}[1h]) >= {n} and up{{job="{self.job}"}} == 1',
+            f'sum_over_time(up{{job="{job}"}}[1h]) >= {n} and up{{job="{job}"}} == 1',
             timeout=timeout,
         )
+
+    def scrapes(self, job: str | None = None) -> int:
+        """How many successful scrapes of `job`'s (single) target Prometheus has stored."""
+        result = self.query(f'sum_over_time(up{{job="{job or self.job}"}}[1h])')
+        return int(float(result[0]["value"][1])) if result else 0
 
     def targets(self) -> list[dict[str, Any]]:
         active: list[dict[str, Any]] = self.api("targets")["activeTargets"]
@@ -162,8 +169,7 @@ class PromServer:
 
 def _write_config(
     path: Path,
-    targets: Sequence[str],
-    job: str,
+    jobs: Mapping[str, Sequence[str]],
     honor_labels: bool,
     rule_files: Sequence[Path],
     interval: str,
@@ -173,29 +179,35 @@ def _write_config(
         "global": {"scrape_interval": interval, "evaluation_interval": interval,
                    "scrape_timeout": interval},
         "rule_files": [str(p) for p in rule_files],
-        "scrape_configs": [{
-            "job_name": job,
-            "honor_labels": honor_labels,
-            "metrics_path": "/metrics",
-            "static_configs": [{"targets": list(targets)}],
-        }],
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "honor_labels": honor_labels,
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": list(targets)}],
+            }
+            for job, targets in jobs.items()
+        ],
     }
     path.write_text(json.dumps(config, indent=2))
 
 
-def _start(
+def launch_prometheus(
     binary: str,
     workdir: Path,
-    targets: Sequence[str],
-    job: str,
-    honor_labels: bool,
-    rule_files: Sequence[Path],
-    interval: str,
-    startup_timeout: float,
+    jobs: Mapping[str, Sequence[str]],
+    *,
+    honor_labels: bool = False,
+    rule_files: Sequence[Path] = (),
+    interval: str = "1s",
+    startup_timeout: float = 30.0,
 ) -> PromServer:
+    """Start Prometheus scraping {job: ["host:port", ...]}; the caller stops it.
+    Note: Prometheus 2.x sends discovered targets to the scraper at most every 5 s,
+    so the first scrape comes about 5-6 s after start, whatever the interval."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "prometheus.yml"
-    _write_config(config_path, targets, job, honor_labels, rule_files, interval)
+    _write_config(config_path, jobs, honor_labels, rule_files, interval)
     log_path = workdir / "prometheus.log"
     # The port is free when chosen but could be taken before Prometheus binds it;
     # a few attempts make that race harmless.
@@ -215,7 +227,8 @@ def _start(
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=workdir,
             )
-        server = PromServer(f"http://127.0.0.1:{port}", process, log_path, job, config_path)
+        server = PromServer(f"http://127.0.0.1:{port}", process, log_path, next(iter(jobs)),
+                            config_path)
         if _wait_ready(server, startup_timeout):
             return server
         server.stop()
@@ -270,8 +283,10 @@ def start_prometheus(
         startup_timeout: float = 30.0,
     ) -> PromServer:
         workdir = tmp_path_factory.mktemp("prometheus")
-        server = _start(prometheus_bin, workdir, targets, job, honor_labels, rule_files,
-                        interval, startup_timeout)
+        server = launch_prometheus(
+            prometheus_bin, workdir, {job: targets}, honor_labels=honor_labels,
+            rule_files=rule_files, interval=interval, startup_timeout=startup_timeout,
+        )
         servers.append(server)
         return server
 
