@@ -30,7 +30,8 @@ def test_defaults_follow_the_design() -> None:
 
 
 def test_config_is_frozen_and_numbers_are_normalised() -> None:
-    config = BudgetConfig(daily_cap_usd=50, alert_ratios=[0.95, 0.8, 0.8], collect_interval_s=5)
+    config = BudgetConfig(daily_cap_usd=50, alert_ratios=[0.95, 0.8, 0.8],  # type: ignore[arg-type]
+                          collect_interval_s=5)
     assert isinstance(config.daily_cap_usd, float)
     assert isinstance(config.collect_interval_s, float)
     assert config.alert_ratios == (0.8, 0.95)

@@ -20,8 +20,8 @@ META = {"date": "2026-11-25", "timezone": "UTC", "daily_cap_usd": 50.0,
         "updated_at": "2026-11-25T10:00:00+00:00"}
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def entry(spend: float, seq: int, **extra: Any) -> dict[str, Any]:
@@ -240,7 +240,7 @@ def test_map_to_by_attributes_drops_zero_rows() -> None:
 
 
 def test_add_maps_does_not_mutate() -> None:
-    base = {(("a", 1),): 1.0}
+    base: dict[ledger.AttributesKey, float] = {(("a", 1),): 1.0}
     out = ledger.add_maps(base, {(("a", 1),): 0.5, (("b", 2),): 2.0})
     assert out == {(("a", 1),): 1.5, (("b", 2),): 2.0}
     assert base == {(("a", 1),): 1.0}
@@ -306,7 +306,7 @@ def test_merge_into_nothing_creates_the_document() -> None:
 
 
 def test_merge_newer_seq_applies_and_recomputes_the_total() -> None:
-    existing = {**META, "total_usd": 999.0,  # a wrong stored total is not trusted
+    existing: dict[str, Any] = {**META, "total_usd": 999.0,  # a wrong stored total is not trusted
                 "instances": {"a": entry(1.0, 4), "b": entry(2.0, 7)}}
     snapshot = copy.deepcopy(existing)
     new_meta = {**META, "daily_cap_usd": 75.0, "updated_at": "2026-11-25T11:00:00+00:00"}

@@ -198,7 +198,7 @@ def test_a_lock_held_past_the_busy_timeout_is_a_store_error_and_changes_nothing(
 
 # (raw content, does `get` reject it too?) `get` only promises a JSON object; the shape of
 # a budget document is checked by merge_budget and by the meter's restore.
-CORRUPT = {
+CORRUPT: dict[str, tuple[str | bytes, bool]] = {
     "not-json": ("{not json", True),
     "truncated": ('{"instances": {"a": {"spend_usd": 1.0', True),
     "json-array": ("[1, 2, 3]", True),
