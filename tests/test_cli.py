@@ -149,6 +149,14 @@ def test_status_with_an_unknown_store_scheme(tmp_path: Path) -> None:
     assert "pw-SECRET" not in line
 
 
+def test_status_with_a_two_slash_sqlite_url_explains_the_form(tmp_path: Path) -> None:
+    # `sqlite://budget.db` is a common slip for `sqlite:///budget.db`; the error must
+    # show the expected form, not look for a mangled file name ("udget.db").
+    result = run_cli(tmp_path, "status", "--store", "sqlite://budget.db")
+    line = assert_one_line_error(result, "sqlite:///")
+    assert "'udget.db'" not in line
+
+
 @pytest.mark.parametrize("args", [("--rate", "-1"), ("--duration", "0")])
 def test_demo_with_bad_flags_is_one_clear_line(tmp_path: Path, args: tuple[str, ...]) -> None:
     result = run_cli(tmp_path, "demo", *args)

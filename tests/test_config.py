@@ -211,6 +211,20 @@ def test_repr_hides_store_secrets(url: str) -> None:
     assert "s3cr3t-PW" not in str(config)
 
 
+@pytest.mark.parametrize("url", [
+    "postgresql:/budget:s3cr3t-PW@db.internal/quilt",   # one slash short
+    "postgresql//budget:s3cr3t-PW@db.internal/quilt",   # colon missing
+    "budget:s3cr3t-PW@db.internal:5432/quilt",          # scheme missing
+])
+def test_a_mistyped_store_url_does_not_leak_its_password(url: str) -> None:
+    with pytest.raises(ConfigError, match="store_url") as info:
+        BudgetConfig(daily_cap_usd=1.0, store_url=url)
+    assert "s3cr3t-PW" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        BudgetConfig.from_env({**BASE_ENV, "OTEL_BUDGET_STORE": url})
+    assert "s3cr3t-PW" not in str(info.value)
+
+
 def test_repr_of_a_config_read_from_the_environment_hides_the_password() -> None:
     config = BudgetConfig.from_env(
         {**BASE_ENV, "OTEL_BUDGET_STORE": "postgresql://u:s3cr3t-PW@h/db"}

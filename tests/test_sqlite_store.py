@@ -107,7 +107,10 @@ def test_malformed_sqlite_urls_are_config_errors(
 
 
 @pytest.mark.parametrize("url", ["mysql://budget:pw-SECRET-9@db/quilt", "redis://x",
-                                 "budget.db", "/var/lib/budget.db", ""])
+                                 "budget.db", "/var/lib/budget.db", "",
+                                 # mistyped URLs still hold a password that must not leak
+                                 "postgresql:/budget:pw-SECRET-9@db/quilt",
+                                 "budget:pw-SECRET-9@db:5432/quilt"])
 def test_unknown_or_missing_scheme_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError) as info:
         open_store(url)
