@@ -3,6 +3,7 @@ rows that must be reported (naming the row) and never touched."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -259,3 +260,32 @@ def test_meter_start_on_a_corrupt_row_raises_and_never_writes_it(
     assert meter.health()["status"] == "degraded"
     meter.shutdown()
     assert raw_rows(path) == before
+
+
+def test_a_relative_path_is_fixed_when_the_store_is_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A daemonising host does chdir("/") and forks after set-up; the child reconnects
+    # (SQLite connections must not cross a fork) and must reach the same file.
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///rel.db")
+    store.merge_budget(NAME, "parent", entry(1.0, 1), day_meta=META)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    pid = os.fork()
+    if pid == 0:  # child: report through the exit status only
+        code = 1
+        try:
+            store.merge_budget(NAME, "child", entry(2.0, 1), day_meta=META)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    try:
+        doc = store.get(BUDGET_TYPE, NAME)
+    finally:
+        store.close()
+    assert doc is not None and doc["total_usd"] == 3.0
+    assert list(elsewhere.iterdir()) == [], "no second database next to the new cwd"
