@@ -61,15 +61,16 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             document = self.server.health()
             body = json.dumps(document, sort_keys=True).encode("utf-8")
+            status = 200 if document.get("status") == "ok" else 503
         except Exception as exc:
             self._fail("health", exc)
             return
-        status = 200 if document.get("status") == "ok" else 503
         self._send(status, body, "application/json")
 
     def _metrics(self) -> None:
         try:
             body, content_type = self.server.metrics()
+            body = bytes(body)
         except Exception as exc:
             self._fail("metrics", exc)
             return

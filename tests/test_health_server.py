@@ -78,9 +78,14 @@ def test_failing_callables_answer_500_without_the_message_and_keep_serving() -> 
         assert _get(server.url + "/nothing")[0] == 404
 
 
-def test_unserialisable_health_is_500_not_a_crash() -> None:
+def test_unserialisable_or_malformed_results_are_500_not_a_crash() -> None:
     with serve_health(lambda: {"status": "ok", "bad": object()}, _metrics) as server:
         assert _get(server.url + "/healthz")[0] == 500
+    not_a_dict: Any = lambda: ["ok"]  # noqa: E731
+    not_a_pair: Any = lambda: b"x"  # noqa: E731
+    with serve_health(not_a_dict, not_a_pair) as server:
+        assert _get(server.url + "/healthz")[0] == 500
+        assert _get(server.url + "/metrics")[0] == 500
 
 
 def test_port_zero_picks_a_free_port_and_binds_loopback() -> None:
