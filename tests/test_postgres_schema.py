@@ -1,0 +1,206 @@
+"""schema.sql on a real PostgreSQL: idempotent, service-role-only on Supabase-like
+roles, applicable to plain PostgreSQL, able to adopt a pre-existing table; and
+`otel-budget migrate`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors as pgerrors
+
+from otel_budget import StoreError
+from otel_budget.cli import main
+from otel_budget.stores.migrate import apply_migration, schema_sql
+from otel_budget.stores.postgres import PostgresStore
+from tests.pg_server import PgServer, start_server
+
+FUNCTIONS = ("otel_budget_merge", "otel_budget_claim")
+MERGE_CALL = ("select public.otel_budget_merge('budget_x', 'i', "
+              "'{\"spend_usd\": 1, \"seq\": 1}'::jsonb, '{}'::jsonb)")
+CLAIM_CALL = "select public.otel_budget_claim('sibling_nudge', 'n', '{}'::jsonb)"
+
+
+def _catalog(url: str) -> dict[str, Any]:
+    """Everything the migration defines, with oids: a re-created object would show."""
+    queries = {
+        "table": "select c.oid, c.relacl::text, c.relrowsecurity, c.relforcerowsecurity "
+                 "from pg_class c where c.oid = 'public.quilt_patches'::regclass",
+        "columns": "select column_name, data_type, is_nullable, column_default, is_identity, "
+                   "identity_generation from information_schema.columns "
+                   "where table_schema = 'public' and table_name = 'quilt_patches' "
+                   "order by ordinal_position",
+        "constraints": "select oid, conname, pg_get_constraintdef(oid) from pg_constraint "
+                       "where conrelid = 'public.quilt_patches'::regclass order by conname",
+        "indexes": "select indexdef from pg_indexes where tablename = 'quilt_patches' order by 1",
+        "policies": "select policyname, roles::text, cmd, qual, with_check from pg_policies "
+                    "where tablename = 'quilt_patches' order by 1",
+        "functions": "select p.oid, p.oid::regprocedure::text, p.prosrc, p.proacl::text, "
+                     "p.proconfig::text, p.prosecdef, p.provolatile from pg_proc p "
+                     "where p.proname like 'otel_budget%' order by 2",
+        "rows": "select id, patch_type, name, content::text, created_at, updated_at "
+                "from public.quilt_patches order by id",
+    }
+    with psycopg.connect(url) as conn:
+        return {key: conn.execute(q).fetchall() for key, q in queries.items()}  # type: ignore[arg-type]
+
+
+def test_running_the_migration_twice_changes_nothing(
+    pg_fresh_database: Callable[..., str],
+) -> None:
+    url = pg_fresh_database(migrate=True)
+    store = PostgresStore(url)
+    try:
+        store.merge_budget("budget_2026-11-25", "a", {"spend_usd": 1.25, "seq": 3},
+                           day_meta={"date": "2026-11-25"})
+        store.insert_if_absent("sibling_nudge", "budget_alert_2026-11-25_80", {"to": "ag_lu"})
+    finally:
+        store.close()
+    before = _catalog(url)
+    apply_migration(url)
+    apply_migration(url)
+    assert _catalog(url) == before
+    assert len(before["rows"]) == 2 and len(before["functions"]) == 4
+
+
+def test_functions_are_security_invoker_with_an_empty_search_path(pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(
+            "select proname, prosecdef, proconfig from pg_proc "
+            "where proname like 'otel_budget%' order by 1").fetchall()
+        rls = conn.execute("select relrowsecurity from pg_class "
+                           "where oid = 'public.quilt_patches'::regclass").fetchone()
+    assert rows and all(secdef is False for _, secdef, _ in rows)
+    assert all(config == ['search_path=""'] for _, _, config in rows)
+    assert {name for name, _, _ in rows} >= set(FUNCTIONS)
+    assert rls == (True,)
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+@pytest.mark.parametrize("statement", [
+    "select count(*) from public.quilt_patches",
+    "insert into public.quilt_patches (patch_type, name) values ('x', 'y')",
+    MERGE_CALL,
+    CLAIM_CALL,
+], ids=["select", "insert", "merge", "claim"])
+def test_anon_and_authenticated_are_refused(pg_clean: str, role: str, statement: str) -> None:
+    with psycopg.connect(pg_clean) as conn:
+        conn.execute(f"set role {role}")  # type: ignore[arg-type]
+        with pytest.raises(pgerrors.InsufficientPrivilege):
+            conn.execute(statement)  # type: ignore[arg-type]
+
+
+def test_service_role_can_do_everything_the_stores_do(pg_clean: str) -> None:
+    with psycopg.connect(pg_clean) as conn:
+        conn.execute("set role service_role")
+        doc = conn.execute(MERGE_CALL).fetchone()
+        claimed = conn.execute(CLAIM_CALL).fetchone()
+        again = conn.execute(CLAIM_CALL).fetchone()
+        count = conn.execute("select count(*) from public.quilt_patches").fetchone()
+    assert doc is not None and doc[0]["total_usd"] == 1
+    assert claimed == (True,) and again == (False,) and count == (2,)
+
+
+def test_row_level_security_hides_rows_even_if_anon_is_granted_the_table(
+    pg_fresh_database: Callable[..., str],
+) -> None:
+    url = pg_fresh_database(migrate=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("insert into public.quilt_patches (patch_type, name) values ('budget', 'b')")
+        conn.execute("grant select, update on public.quilt_patches to anon")  # a mistake
+        conn.execute("set role anon")
+        assert conn.execute("select count(*) from public.quilt_patches").fetchone() == (0,)
+        cur = conn.execute("update public.quilt_patches set content = '{\"pwned\": 1}'")
+        assert cur.rowcount == 0
+
+
+def test_the_migration_applies_to_plain_postgresql_without_supabase_roles() -> None:
+    server: PgServer = start_server(supabase_roles=False)
+    try:
+        url = server.url("postgres")
+        apply_migration(url)
+        apply_migration(url)
+        store = PostgresStore(url)
+        try:
+            doc = store.merge_budget("budget_2026-11-25", "a", {"spend_usd": 2.5, "seq": 1},
+                                     day_meta={})
+            assert doc["total_usd"] == 2.5
+            assert store.insert_if_absent("sibling_nudge", "n", {"a": 1}) is True
+        finally:
+            store.close()
+        with psycopg.connect(url) as conn:
+            roles = conn.execute("select count(*) from pg_roles where rolname in "
+                                 "('anon', 'authenticated', 'service_role')").fetchone()
+            policies = conn.execute("select count(*) from pg_policies").fetchone()
+        assert roles == (0,) and policies == (0,)
+    finally:
+        server.destroy()
+
+
+def test_the_migration_adopts_an_existing_quilt_patches_table(
+    pg_fresh_database: Callable[..., str],
+) -> None:
+    url = pg_fresh_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        # The platform's original table: no unique constraint, no timestamps.
+        conn.execute("create table public.quilt_patches (id bigserial primary key, "
+                     "patch_type text not null, name text not null, content jsonb)")
+        conn.execute("insert into public.quilt_patches (patch_type, name, content) values "
+                     "('budget', 'budget_2026-11-24', '{\"total_usd\": 3}'), "
+                     "('other', 'x', '{\"keep\": true}')")
+    apply_migration(url)
+    store = PostgresStore(url)
+    try:
+        doc = store.merge_budget("budget_2026-11-25", "a", {"spend_usd": 1.0, "seq": 1},
+                                 day_meta={})
+        assert doc["total_usd"] == 1.0
+        assert store.get("other", "x") == {"keep": True}
+        assert store.get("budget", "budget_2026-11-24") == {"total_usd": 3}
+    finally:
+        store.close()
+    apply_migration(url)  # and idempotent from there on
+
+
+def test_an_existing_table_that_cannot_be_adopted_is_a_clear_error(
+    pg_fresh_database: Callable[..., str],
+) -> None:
+    url = pg_fresh_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create table public.quilt_patches (id bigserial primary key, "
+                     "patch_type text not null, name text not null, content json)")
+    with pytest.raises(StoreError, match="needs jsonb"):
+        apply_migration(url)
+
+    duplicated = pg_fresh_database()
+    with psycopg.connect(duplicated, autocommit=True) as conn:
+        conn.execute("create table public.quilt_patches (id bigserial primary key, "
+                     "patch_type text not null, name text not null, content jsonb)")
+        conn.execute("insert into public.quilt_patches (patch_type, name, content) values "
+                     "('budget', 'b', '{}'), ('budget', 'b', '{}')")
+    with pytest.raises(StoreError, match="quilt_patches_type_name_key"):
+        apply_migration(duplicated)
+    with psycopg.connect(duplicated) as conn:  # the failed migration left nothing behind
+        assert conn.execute("select count(*) from pg_proc "
+                            "where proname like 'otel_budget%'").fetchone() == (0,)
+
+
+def test_cli_migrate_prints_and_applies(
+    pg_fresh_database: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["migrate", "--print"]) == 0
+    assert capsys.readouterr().out == schema_sql()
+
+    url = pg_fresh_database()
+    assert main(["migrate", "--url", url]) == 0
+    assert "schema applied" in capsys.readouterr().out
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select to_regclass('public.quilt_patches') is not null"
+                            ).fetchone() == (True,)
+
+    assert main(["migrate", "--url", "https://project.supabase.co"]) == 2
+    assert "postgresql://" in capsys.readouterr().err
+    assert main(["migrate", "--url", "postgresql://u:hunter2-pw@127.0.0.1:1/db"]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2-pw" not in err and "u:***@" in err
