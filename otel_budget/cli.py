@@ -18,6 +18,7 @@ from . import ledger
 from .config import BudgetConfig
 from .errors import BudgetError, ConfigError
 from .stores.base import PatchStore, open_store
+from .stores.sqlite import sqlite_path
 
 _COMMAND_MODULES: tuple[str, ...] = (
     "otel_budget.cli_demo",
@@ -75,8 +76,8 @@ def _register_status(subparsers: Any) -> None:
 
 def open_existing_store(url: str) -> PatchStore:
     """Open a store for reading without creating an empty SQLite file by mistake."""
-    if url.startswith("sqlite://"):
-        path = Path(url.split("://", 1)[1][1:])
+    if url.startswith("sqlite:"):
+        path = Path(sqlite_path(url))
         if not path.exists():
             raise ConfigError(f"no SQLite store at {str(path)!r}")
     return open_store(url)

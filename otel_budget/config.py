@@ -105,7 +105,7 @@ class BudgetConfig:
         values: dict[str, Any] = {}
         if "OTEL_BUDGET_DAILY_CAP_USD" in env:
             values["daily_cap_usd"] = _parse_float(env, "OTEL_BUDGET_DAILY_CAP_USD")
-        if "OTEL_BUDGET_ALERT_RATIOS" in env:
+        if env.get("OTEL_BUDGET_ALERT_RATIOS", "").strip():
             raw = env["OTEL_BUDGET_ALERT_RATIOS"]
             try:
                 values["alert_ratios"] = tuple(
@@ -140,10 +140,33 @@ class BudgetConfig:
             )
             if resource_id:
                 values["instance_id"] = resource_id
+        from_environment = {key: var for key, var in _ENV_VARS.items() if key in values}
+        for key in overrides:
+            from_environment.pop(key, None)
         values.update(overrides)
         if "daily_cap_usd" not in values:
             raise ConfigError("daily_cap_usd is required: set OTEL_BUDGET_DAILY_CAP_USD")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            # Name the variable the user has to fix, not only the field.
+            for key, var in from_environment.items():
+                if str(exc).startswith(key):
+                    raise ConfigError(f"{var}: {exc}") from None
+            raise
+
+
+_ENV_VARS = {
+    "daily_cap_usd": "OTEL_BUDGET_DAILY_CAP_USD",
+    "alert_ratios": "OTEL_BUDGET_ALERT_RATIOS",
+    "checkpoint_every": "OTEL_BUDGET_CHECKPOINT_EVERY",
+    "collect_interval_s": "OTEL_BUDGET_COLLECT_INTERVAL_S",
+    "timezone": "OTEL_BUDGET_TIMEZONE",
+    "instance_id": "OTEL_BUDGET_INSTANCE_ID",
+    "sibling": "OTEL_BUDGET_SIBLING",
+    "store_url": "OTEL_BUDGET_STORE",
+    "service_name": "OTEL_SERVICE_NAME",
+}
 
 
 def resource_attributes(raw: str) -> dict[str, str]:

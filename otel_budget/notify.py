@@ -17,6 +17,18 @@ Notifier = Callable[[dict[str, Any]], object]
 _log = logging.getLogger("otel_budget.notify")
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib would turn a redirected POST into a body-less GET and report success:
+    a redirect is a failed delivery instead (retried, and visible in the logs)."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        raise urllib.error.HTTPError(req.full_url, code, "redirect not followed", headers, fp)
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+
+
 class LoggingNotifier:
     """Logs the nudge at WARNING on the `otel_budget.notify` logger (or one you pass)."""
 
@@ -55,7 +67,7 @@ class WebhookNotifier:
         body = json.dumps(nudge).encode()
         request = urllib.request.Request(self._url, data=body, headers=self._headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
+            with _NO_REDIRECTS.open(request, timeout=self._timeout_s) as response:
                 response.read()
         except urllib.error.HTTPError as exc:
             raise NotifyError(f"webhook to {self._where} answered HTTP {exc.code}") from None

@@ -77,7 +77,10 @@ def redact_url(url: str) -> str:
     query = re.sub(
         r"(?i)((?:password|token|key|secret|apikey|sig)[^=&]*=)[^&]*", r"\1***", parts.query
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    shown = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    # A malformed URL ("postgresql:/user:pw@host") has no parsed password: mask any
+    # "user:secret@" shape anyway.
+    return re.sub(r"(:)[^:@/]+(@)", r"\1***\2", shown)
 
 
 def dumps_content(content: dict[str, Any]) -> str:

@@ -33,11 +33,23 @@ CREATE TABLE IF NOT EXISTS quilt_patches (
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 
+def sqlite_path(url: str) -> str:
+    """sqlite:///rel.db -> "rel.db" (relative to the working directory);
+    sqlite:////abs.db -> "/abs.db"."""
+    path = url.split("://", 1)[1] if "://" in url else ""
+    if not path.startswith("/") or len(path) < 2:
+        raise ConfigError(
+            f"store: sqlite URL must look like sqlite:///file.db or sqlite:////abs/file.db, got {url!r}"
+        )
+    return path[1:]
+
+
 class SQLiteStore:
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 30.0) -> None:
-        self._path = Path(path)
         if not str(path):
             raise ConfigError("store: sqlite URL needs a file path, e.g. sqlite:///otel_budget.db")
+        # Absolute now: a daemon that chdirs (or a forked child) must reopen the same file.
+        self._path = Path(os.path.abspath(path))
         self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
@@ -46,13 +58,7 @@ class SQLiteStore:
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
-        # sqlite:///rel.db -> "rel.db"; sqlite:////abs.db -> "/abs.db"
-        path = url.split("://", 1)[1]
-        if not path.startswith("/"):
-            raise ConfigError(
-                f"store: sqlite URL must look like sqlite:///file.db or sqlite:////abs/file.db, got {url!r}"
-            )
-        return cls(path[1:])
+        return cls(sqlite_path(url))
 
     @property
     def path(self) -> Path:
