@@ -152,7 +152,9 @@ class BudgetConfig:
             # Name the variable the user has to fix, not only the field.
             for key, var in from_environment.items():
                 if str(exc).startswith(key):
-                    raise ConfigError(f"{var}: {exc}") from None
+                    raw = env.get(var, "")
+                    shown = redact_url(raw) if key == "store_url" else raw
+                    raise ConfigError(f"{var}={shown!r}: {exc}") from None
             raise
 
 
