@@ -69,21 +69,23 @@ class Faults:
     connection without answering), `lost_answer` (run the request, commit, then
     answer 502 as a proxy whose upstream vanished would)."""
 
-    queue: deque[tuple[str, str, int]] = field(default_factory=deque)
+    queue: deque[tuple[str, str, int, str]] = field(default_factory=deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, kind: str, *, path_contains: str = "", status: int = 503, times: int = 1) -> None:
+    def add(self, kind: str, *, path_contains: str = "", status: int = 503, times: int = 1,
+            message: str = "injected fault") -> None:
+        """`message` may contain `{apikey}`: a careless proxy echoing the request's key."""
         with self.lock:
             for _ in range(times):
-                self.queue.append((kind, path_contains, status))
+                self.queue.append((kind, path_contains, status, message))
 
-    def take(self, path: str) -> tuple[str, int] | None:
+    def take(self, path: str) -> tuple[str, int, str] | None:
         with self.lock:
             for item in list(self.queue):
-                kind, needle, status = item
+                kind, needle, status, message = item
                 if needle in path:
                     self.queue.remove(item)
-                    return kind, status
+                    return kind, status, message
         return None
 
     def clear(self) -> None:
@@ -153,7 +155,8 @@ class SupabaseGateway:
                 req.connection.shutdown(2)
             return
         if fault is not None and fault[0] == "status":
-            self._send(req, fault[1], {"message": "injected fault", "code": None,
+            message = fault[2].replace("{apikey}", req.headers.get("apikey") or "")
+            self._send(req, fault[1], {"message": message, "code": None,
                                        "details": None, "hint": None})
             return
         role = self._authorise(req)
