@@ -1,5 +1,6 @@
 """otel_budget: keep LLM spend honest with an OpenTelemetry counter and a daily cap."""
 
+from .autoconfig import from_env
 from .config import BudgetConfig
 from .errors import (
     BudgetError,
@@ -36,5 +37,6 @@ __all__ = [
     "UnknownModelError",
     "WebhookNotifier",
     "__version__",
+    "from_env",
     "open_store",
 ]
