@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import grpc
+import grpc  # type: ignore[import-untyped,unused-ignore]
 import pytest
 from opentelemetry.proto.collector.metrics.v1 import (
     metrics_service_pb2,
@@ -67,7 +67,9 @@ class GrpcReceiver(_Receiver):
                 return metrics_service_pb2.ExportMetricsServiceResponse()
 
         self._server = grpc.server(ThreadPoolExecutor(max_workers=2))
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Servicer(), self._server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call,unused-ignore]
+            Servicer(), self._server
+        )
         port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()
         self.port = port
