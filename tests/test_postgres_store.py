@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
+import os
 import random
 import threading
 from collections.abc import Callable
@@ -165,3 +167,32 @@ def test_the_benchmark_reports_median_and_p99(
         assert 0 < figures["median_ms"] <= figures["p99_ms"] <= figures["max_ms"]
     with psycopg.connect(url) as conn:  # it cleans up after itself
         assert conn.execute("select count(*) from public.quilt_patches").fetchone() == (0,)
+
+
+def _use_after_fork(store: Any, instance: str) -> None:
+    doc = store.merge_budget(NAME, instance, {"spend_usd": 1.0, "seq": 1}, day_meta={})
+    store.close()
+    os._exit(0 if instance in doc["instances"] else 3)
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "supabase"])
+def test_a_store_keeps_working_in_a_forked_child_and_its_parent(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Pre-forking servers create the store, then fork workers: a child gets its own
+    connections, and neither its use nor its close() disturbs the parent's."""
+    if kind == "postgresql":
+        store: Any = request.getfixturevalue("postgres_store_factory")()
+    else:
+        store = request.getfixturevalue("supabase_store_factory")()
+    store.merge_budget(NAME, "parent", {"spend_usd": 1.0, "seq": 1}, day_meta={})
+    children = [multiprocessing.get_context("fork").Process(
+        target=_use_after_fork, args=(store, f"child-{i}")) for i in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=30)
+    assert [c.exitcode for c in children] == [0, 0]
+    doc = store.merge_budget(NAME, "parent", {"spend_usd": 2.0, "seq": 2}, day_meta={})
+    assert set(doc["instances"]) == {"parent", "child-0", "child-1"}
+    assert doc["total_usd"] == 4.0

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -71,7 +73,7 @@ class PostgresStore:
         self._statement_timeout = f"{int(statement_timeout_ms)}ms"
         self._max_size = max_size
         self._closed = False
-        self._pool = ConnectionPool(
+        self._make_pool: Callable[[], Any] = lambda: ConnectionPool(
             conninfo,
             min_size=min_size,
             max_size=max_size,
@@ -89,6 +91,9 @@ class PostgresStore:
             # unreachable server, the first operation reports it as a StoreError.
             open=True,
         )
+        self._lock = threading.Lock()
+        self._pool = self._make_pool()
+        self._pid = os.getpid()
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -151,7 +156,8 @@ class PostgresStore:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._pool.close()
+            if self._pid == os.getpid():  # never close the parent's connections
+                self._pool.close()
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -164,7 +170,7 @@ class PostgresStore:
         attempts = self._max_size + 1 if retry else 1
         for attempt in range(attempts):
             try:
-                with self._pool.connection() as conn, conn.transaction():
+                with self._current_pool().connection() as conn, conn.transaction():
                     conn.execute(_TIMEOUT, (self._statement_timeout,))
                     return work(conn)
             except psycopg.Error as exc:
@@ -180,6 +186,16 @@ class PostgresStore:
                     f"PostgreSQL {self._redacted}: {what} failed: {self._message(exc)}"
                 ) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _current_pool(self) -> Any:
+        # A forked child (a pre-forking web server) must not share the parent's
+        # sockets, and the pool's worker threads did not survive the fork.
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._pool = self._make_pool()
+                    self._pid = os.getpid()
+        return self._pool
 
     def _message(self, exc: BaseException) -> str:
         diag = getattr(exc, "diag", None)

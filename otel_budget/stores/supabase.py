@@ -70,6 +70,7 @@ class SupabaseStore:
         self._sleep = sleep
         self._local = threading.local()
         self._http: httpx.Client | None = None
+        self._pid = os.getpid()
         self._closed = False
         if client is not None:
             self._client = client
@@ -82,12 +83,20 @@ class SupabaseStore:
             )
         self._key = key
         self._where = _host_of(url)
+        self._url = url
+        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._lock = threading.Lock()
+        self._client = self._build_client()
+
+    def _build_client(self) -> Any:
         try:
             import supabase
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ConfigError("store: supabase:// needs supabase-py: pip install supabase") from exc
+        assert self._key is not None
+        self._pid = os.getpid()
         self._http = httpx.Client(
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            timeout=self._timeout,
             http2=False,
             follow_redirects=True,
             event_hooks={"response": [self._note_status]},
@@ -101,8 +110,8 @@ class SupabaseStore:
             # Its retries (GET only, sleeping 1, 2, 4 s) would stack on ours.
             options["postgrest_client_retry"] = False
         try:
-            self._client = supabase.create_client(
-                url, key, options=supabase.ClientOptions(**options)
+            return supabase.create_client(
+                self._url, self._key, options=supabase.ClientOptions(**options)
             )
         except Exception as exc:
             self._http.close()
@@ -110,6 +119,14 @@ class SupabaseStore:
                 f"store: cannot create the Supabase client for {self._where}: "
                 f"{self._scrub(str(exc))}"
             ) from None
+
+    def _current_client(self) -> Any:
+        # A forked child must not share the parent's keep-alive sockets.
+        if self._http is not None and self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._client = self._build_client()
+        return self._client
 
     @classmethod
     def from_url(cls, url: str) -> SupabaseStore:
@@ -134,7 +151,7 @@ class SupabaseStore:
     def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
         response = self._call(
             f"reading {patch_type}/{name}",
-            lambda: self._client.table(TABLE)
+            lambda: self._current_client().table(TABLE)
             .select("content")
             .eq("patch_type", patch_type)
             .eq("name", name)
@@ -158,7 +175,7 @@ class SupabaseStore:
         }
         response = self._call(
             f"merging into budget/{name}",
-            lambda: self._client.rpc("otel_budget_merge", params).execute(),
+            lambda: self._current_client().rpc("otel_budget_merge", params).execute(),
         )
         return as_object(response.data, patch_type=ledger.BUDGET_TYPE, name=name)
 
@@ -169,7 +186,7 @@ class SupabaseStore:
 
         def claim() -> Any:
             attempts.append(1)
-            return self._client.rpc("otel_budget_claim", params).execute()
+            return self._current_client().rpc("otel_budget_claim", params).execute()
 
         inserted = self._call(f"claiming {patch_type}/{name}", claim).data
         if inserted is not True and inserted is not False:
@@ -187,7 +204,7 @@ class SupabaseStore:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self._http is not None:
+            if self._http is not None and self._pid == os.getpid():
                 self._http.close()
 
     # --- plumbing ------------------------------------------------------------------
