@@ -162,7 +162,7 @@ class PgServer:
 
     def admin(self, sql: str, dbname: str = "postgres") -> None:
         with psycopg.connect(self.url(dbname), autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql.encode())
 
     def create_database(self, name: str, *, migrate: bool) -> str:
         self.admin(f'create database "{name}"')

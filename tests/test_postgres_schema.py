@@ -44,7 +44,7 @@ def _catalog(url: str) -> dict[str, Any]:
                 "from public.quilt_patches order by id",
     }
     with psycopg.connect(url) as conn:
-        return {key: conn.execute(q).fetchall() for key, q in queries.items()}  # type: ignore[arg-type]
+        return {key: conn.execute(q).fetchall() for key, q in queries.items()}
 
 
 def test_running_the_migration_twice_changes_nothing(
@@ -87,9 +87,9 @@ def test_functions_are_security_invoker_with_an_empty_search_path(pg_url: str) -
 ], ids=["select", "insert", "merge", "claim"])
 def test_anon_and_authenticated_are_refused(pg_clean: str, role: str, statement: str) -> None:
     with psycopg.connect(pg_clean) as conn:
-        conn.execute(f"set role {role}")  # type: ignore[arg-type]
+        conn.execute(f"set role {role}")
         with pytest.raises(pgerrors.InsufficientPrivilege):
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
 
 
 def test_service_role_can_do_everything_the_stores_do(pg_clean: str) -> None:
