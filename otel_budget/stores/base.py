@@ -7,7 +7,7 @@ import json
 import math
 import re
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ..errors import CheckpointError, ConfigError
 
@@ -77,7 +77,9 @@ def redact_url(url: str) -> str:
     query = re.sub(
         r"(?i)((?:password|token|key|secret|apikey|sig)[^=&]*=)[^&]*", r"\1***", parts.query
     )
-    shown = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    shown = f"{parts.scheme}://{netloc}{parts.path}" if "://" in url else url.split("?")[0]
+    if query:
+        shown += f"?{query}"
     # A malformed URL ("postgresql:/user:pw@host") has no parsed password: mask any
     # "user:secret@" shape anyway.
     return re.sub(r"(:)[^:@/]+(@)", r"\1***\2", shown)
