@@ -125,13 +125,8 @@ class BudgetConfig:
                 ) from None
         if "OTEL_BUDGET_COLLECT_INTERVAL_S" in env:
             values["collect_interval_s"] = _parse_float(env, "OTEL_BUDGET_COLLECT_INTERVAL_S")
-        for key, name in (
-            ("timezone", "OTEL_BUDGET_TIMEZONE"),
-            ("instance_id", "OTEL_BUDGET_INSTANCE_ID"),
-            ("sibling", "OTEL_BUDGET_SIBLING"),
-            ("store_url", "OTEL_BUDGET_STORE"),
-            ("service_name", "OTEL_SERVICE_NAME"),
-        ):
+        for key in _TEXT_FIELDS:
+            name = _ENV_VARS[key]
             if env.get(name, "").strip():
                 values[key] = env[name].strip()
         if "instance_id" not in values:
@@ -169,6 +164,9 @@ _ENV_VARS = {
     "store_url": "OTEL_BUDGET_STORE",
     "service_name": "OTEL_SERVICE_NAME",
 }
+
+
+_TEXT_FIELDS = ("timezone", "instance_id", "sibling", "store_url", "service_name")
 
 
 def resource_attributes(raw: str) -> dict[str, str]:

@@ -29,6 +29,16 @@ def _open(target: tuple[str, str, str]) -> PatchStore:
     return PostgresStore(url, min_size=1, max_size=1)
 
 
+def _read_day(target: tuple[str, str, str]) -> dict[str, Any]:
+    store = _open(target)
+    try:
+        doc = store.get(BUDGET_TYPE, DAY)
+    finally:
+        store.close()
+    assert doc is not None
+    return doc
+
+
 def _checkpointing_replica(
     target: tuple[str, str, str], index: int, checkpoints: int, barrier: Any
 ) -> float:
@@ -69,13 +79,9 @@ def _assert_exact_total(doc: dict[str, Any], finals: list[float]) -> None:
 
 
 def test_eight_processes_times_200_checkpoints_lose_nothing(pg_clean: str) -> None:
-    finals = _run_replicas(("postgresql", pg_clean, ""), replicas=8, checkpoints=200)
-    store = PostgresStore(pg_clean)
-    try:
-        doc = store.get(BUDGET_TYPE, DAY)
-    finally:
-        store.close()
-    assert doc is not None
+    target = ("postgresql", pg_clean, "")
+    finals = _run_replicas(target, replicas=8, checkpoints=200)
+    doc = _read_day(target)
     _assert_exact_total(doc, finals)
     assert {e["seq"] for e in doc["instances"].values()} == {200}
 
@@ -85,12 +91,7 @@ def test_replicas_through_the_supabase_gateway_lose_nothing(
 ) -> None:
     target = ("supabase", supabase_gateway.url, supabase_gateway.service_key)
     finals = _run_replicas(target, replicas=4, checkpoints=40)
-    store = _open(target)
-    try:
-        doc = store.get(BUDGET_TYPE, DAY)
-    finally:
-        store.close()
-    assert doc is not None
+    doc = _read_day(target)
     _assert_exact_total(doc, finals)
 
 
