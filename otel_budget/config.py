@@ -11,15 +11,20 @@ from typing import Any
 from urllib.parse import unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .budgets import Budget, budget_from_mapping, check_ratios, daily_budget, load_budgets_file
 from .errors import ConfigError
 from .stores.base import redact_url
 
 _MAX_ID_LENGTH = 200
+#: The environment cannot ask for collections faster than this (a typo such as
+#: 1e-9 would spin a core); the API may go lower, for tests.
+MIN_ENV_COLLECT_INTERVAL_S = 1.0
+DEFAULT_MAX_CALL_USD = 1_000_000.0
 
 
 @dataclass(frozen=True, repr=False)
 class BudgetConfig:
-    daily_cap_usd: float
+    daily_cap_usd: float | None = None
     alert_ratios: tuple[float, ...] = (0.8,)
     checkpoint_every: int = 10
     collect_interval_s: float = 60.0
@@ -28,23 +33,64 @@ class BudgetConfig:
     sibling: str = "ag_lu"
     store_url: str = "sqlite:///otel_budget.db"
     service_name: str = "otel-budget"
+    budgets: tuple[Budget, ...] = ()
+    max_attribute_sets: int = 2000
+    spool_dir: str | None = None
+    max_call_usd: float = DEFAULT_MAX_CALL_USD
+    token_metrics: bool | None = None
     _tz: ZoneInfo = field(init=False, compare=False)
+    _all_budgets: tuple[Budget, ...] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         cap = self.daily_cap_usd
-        if not _is_number(cap) or not math.isfinite(cap) or cap <= 0:
-            raise ConfigError(f"daily_cap_usd must be a finite number > 0, got {cap!r}")
-        object.__setattr__(self, "daily_cap_usd", float(cap))
+        if cap is not None:
+            if not _is_number(cap) or not math.isfinite(cap) or cap <= 0:
+                raise ConfigError(f"daily_cap_usd must be a finite number > 0, got {cap!r}")
+            object.__setattr__(self, "daily_cap_usd", float(cap))
 
-        ratios = self.alert_ratios
-        if isinstance(ratios, (str, bytes)) or not hasattr(ratios, "__iter__"):
-            raise ConfigError(f"alert_ratios must be a sequence of numbers, got {ratios!r}")
-        checked = []
-        for ratio in ratios:
-            if not _is_number(ratio) or not (0 < ratio <= 1):
-                raise ConfigError(f"alert_ratios: each ratio must be in (0, 1], got {ratio!r}")
-            checked.append(float(ratio))
-        object.__setattr__(self, "alert_ratios", tuple(sorted(set(checked))))
+        object.__setattr__(self, "alert_ratios", check_ratios(self.alert_ratios, "alert_ratios"))
+
+        budgets = self.budgets
+        if isinstance(budgets, (str, bytes, Mapping)) or not hasattr(budgets, "__iter__"):
+            raise ConfigError(f"budgets must be a sequence of Budget, got {budgets!r:.80}")
+        checked_budgets: list[Budget] = []
+        for item in budgets:
+            checked_budgets.append(
+                item if isinstance(item, Budget) else budget_from_mapping(item, "budgets")
+            )
+        object.__setattr__(self, "budgets", tuple(checked_budgets))
+        every: list[Budget] = []
+        if cap is not None:
+            every.append(daily_budget(float(cap), self.alert_ratios))
+        every.extend(checked_budgets)
+        if not every:
+            raise ConfigError(
+                "no budget configured: set daily_cap_usd (OTEL_BUDGET_DAILY_CAP_USD) or "
+                "budgets (OTEL_BUDGET_BUDGETS_FILE)"
+            )
+        seen: set[str] = set()
+        for budget in every:
+            if budget.name in seen:
+                raise ConfigError(
+                    f"budget {budget.name!r}: name: names must be unique"
+                    + (" ('daily' is the budget daily_cap_usd defines)" if budget.name == "daily"
+                       else "")
+                )
+            seen.add(budget.name)
+        object.__setattr__(self, "_all_budgets", tuple(every))
+
+        limit = self.max_attribute_sets
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ConfigError(f"max_attribute_sets must be an integer >= 1, got {limit!r}")
+        max_call = self.max_call_usd
+        if not _is_number(max_call) or not math.isfinite(max_call) or max_call <= 0:
+            raise ConfigError(f"max_call_usd must be a finite number > 0, got {max_call!r}")
+        object.__setattr__(self, "max_call_usd", float(max_call))
+        if self.spool_dir is not None and (not isinstance(self.spool_dir, str)
+                                           or not self.spool_dir.strip()):
+            raise ConfigError(f"spool_dir must be a directory path, got {self.spool_dir!r}")
+        if self.token_metrics is not None and not isinstance(self.token_metrics, bool):
+            raise ConfigError(f"token_metrics must be True, False or None, got {self.token_metrics!r}")
 
         every = self.checkpoint_every
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
@@ -77,9 +123,20 @@ class BudgetConfig:
     def tzinfo(self) -> ZoneInfo:
         return self._tz
 
+    @property
+    def all_budgets(self) -> tuple[Budget, ...]:
+        """Every budget: the "daily" one daily_cap_usd defines (first), then `budgets`."""
+        return self._all_budgets
+
+    def budget(self, name: str) -> Budget | None:
+        for budget in self._all_budgets:
+            if budget.name == name:
+                return budget
+        return None
+
     def resolved_instance_id(self) -> str:
-        """The configured id, or "{hostname}-{pid}" (unique per process, so replicas
-        on one host never share an entry; pin it to continue an entry after restart)."""
+        """The configured id, or "{hostname}-{pid}". It is only a label: every process
+        writes as its own writer, so processes sharing an instance id never collide."""
         return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
 
     def replace(self, **changes: Any) -> BudgetConfig:
@@ -124,7 +181,31 @@ class BudgetConfig:
                     f"OTEL_BUDGET_CHECKPOINT_EVERY must be an integer, got {raw!r}"
                 ) from None
         if "OTEL_BUDGET_COLLECT_INTERVAL_S" in env:
-            values["collect_interval_s"] = _parse_float(env, "OTEL_BUDGET_COLLECT_INTERVAL_S")
+            interval = _parse_float(env, "OTEL_BUDGET_COLLECT_INTERVAL_S")
+            if not (interval >= MIN_ENV_COLLECT_INTERVAL_S):
+                raise ConfigError(
+                    f"OTEL_BUDGET_COLLECT_INTERVAL_S={env['OTEL_BUDGET_COLLECT_INTERVAL_S']!r}: "
+                    f"must be at least {MIN_ENV_COLLECT_INTERVAL_S:g} seconds"
+                )
+            values["collect_interval_s"] = interval
+        if "OTEL_BUDGET_MAX_ATTRIBUTE_SETS" in env:
+            raw = env["OTEL_BUDGET_MAX_ATTRIBUTE_SETS"]
+            try:
+                values["max_attribute_sets"] = int(raw)
+            except ValueError:
+                raise ConfigError(
+                    f"OTEL_BUDGET_MAX_ATTRIBUTE_SETS must be an integer, got {raw!r}"
+                ) from None
+        if "OTEL_BUDGET_MAX_CALL_USD" in env:
+            values["max_call_usd"] = _parse_float(env, "OTEL_BUDGET_MAX_CALL_USD")
+        if env.get("OTEL_BUDGET_TOKEN_METRICS", "").strip():
+            raw = env["OTEL_BUDGET_TOKEN_METRICS"].strip().lower()
+            if raw not in ("true", "false"):
+                raise ConfigError(f"OTEL_BUDGET_TOKEN_METRICS must be true or false, got {raw!r}")
+            values["token_metrics"] = raw == "true"
+        if env.get("OTEL_BUDGET_BUDGETS_FILE", "").strip():
+            values["budgets"] = load_budgets_file(env["OTEL_BUDGET_BUDGETS_FILE"].strip(),
+                                                  "OTEL_BUDGET_BUDGETS_FILE")
         for key in _TEXT_FIELDS:
             name = _ENV_VARS[key]
             if env.get(name, "").strip():
@@ -134,13 +215,16 @@ class BudgetConfig:
                 "service.instance.id"
             )
             if resource_id:
+                if len(resource_id) > _MAX_ID_LENGTH or not resource_id.strip():
+                    raise ConfigError(
+                        "OTEL_RESOURCE_ATTRIBUTES: service.instance.id must be a non-empty "
+                        f"string of at most {_MAX_ID_LENGTH} characters, got {resource_id!r:.80}"
+                    )
                 values["instance_id"] = resource_id
         from_environment = {key: var for key, var in _ENV_VARS.items() if key in values}
         for key in overrides:
             from_environment.pop(key, None)
         values.update(overrides)
-        if "daily_cap_usd" not in values:
-            raise ConfigError("daily_cap_usd is required: set OTEL_BUDGET_DAILY_CAP_USD")
         try:
             return cls(**values)
         except ConfigError as exc:
@@ -163,10 +247,14 @@ _ENV_VARS = {
     "sibling": "OTEL_BUDGET_SIBLING",
     "store_url": "OTEL_BUDGET_STORE",
     "service_name": "OTEL_SERVICE_NAME",
+    "spool_dir": "OTEL_BUDGET_SPOOL_DIR",
+    "max_attribute_sets": "OTEL_BUDGET_MAX_ATTRIBUTE_SETS",
+    "max_call_usd": "OTEL_BUDGET_MAX_CALL_USD",
+    "budgets": "OTEL_BUDGET_BUDGETS_FILE",
 }
 
 
-_TEXT_FIELDS = ("timezone", "instance_id", "sibling", "store_url", "service_name")
+_TEXT_FIELDS = ("timezone", "instance_id", "sibling", "store_url", "service_name", "spool_dir")
 
 
 def resource_attributes(raw: str) -> dict[str, str]:

@@ -24,22 +24,25 @@ class NotifyError(BudgetError):
 
 
 class BudgetExceeded(BudgetError):
-    """A guarded call would pass the daily cap."""
+    """A guarded call would pass a hard budget's cap. `.budget` names the budget."""
 
     def __init__(
         self, *, date: str, daily_spend_usd: float, reserved_usd: float,
-        estimated_usd: float, daily_cap_usd: float,
+        estimated_usd: float, daily_cap_usd: float, budget: str = "daily",
+        window: str | None = None,
     ) -> None:
+        self.budget = budget
+        self.window = window or date
         self.date = date
-        self.daily_spend_usd = daily_spend_usd
+        self.daily_spend_usd = self.spend_usd = daily_spend_usd
         self.reserved_usd = reserved_usd
         self.estimated_usd = estimated_usd
-        self.daily_cap_usd = daily_cap_usd
+        self.daily_cap_usd = self.cap_usd = daily_cap_usd
         self.exceeded_by_usd = round(
             daily_spend_usd + reserved_usd + estimated_usd - daily_cap_usd, 9
         )
         super().__init__(
-            f"daily budget for {date} would be exceeded by ${self.exceeded_by_usd:.6f}: "
+            f"budget {budget!r} ({self.window}) would be exceeded by ${self.exceeded_by_usd:.6f}: "
             f"spent ${daily_spend_usd:.6f} + reserved ${reserved_usd:.6f} "
             f"+ estimated ${estimated_usd:.6f} > cap ${daily_cap_usd:.6f}"
         )

@@ -1,35 +1,67 @@
-"""The health report: a JSON-serialisable dict built from a BudgetSnapshot (no I/O)."""
+"""The health report: a JSON-serialisable dict built from the tracker's state and the
+budgets (no I/O beyond listing the spool directory)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
-
-from . import ledger
-from .reader import BudgetSnapshot
 
 
 def build_health(
-    snapshot: BudgetSnapshot, *, daily_cap_usd: float, instance_id: str, timezone: str
+    state: dict[str, Any],
+    budgets: Sequence[dict[str, Any]],
+    *,
+    instance_id: str,
+    timezone: str,
+    timer_expected: bool,
+    timer_running: bool,
+    overdue_after_s: float,
+    spool: dict[str, Any] | None,
+    pending_nudges: Sequence[dict[str, Any]] = (),
+    unpriced_calls: int = 0,
 ) -> dict[str, Any]:
-    """`status` is "degraded" while the last checkpoint or the restore failed."""
-    checkpoint_failed = snapshot.last_checkpoint.get("ok") is False
-    restore_failed = snapshot.restore.get("ok") is False
-    spend = snapshot.daily_spend_usd
+    """`status` is "degraded" while the last checkpoint or the last read of the store
+    failed, a started meter's timer is not running, the checkpoint is overdue (a
+    stalled store), or checkpoints wait in the spool."""
+    reasons = []
+    if state["checkpoint_failed"]:
+        reasons.append("last checkpoint failed")
+    if state["restore"].get("ok") is False:
+        reasons.append("reading the store failed")
+    if timer_expected and not timer_running:
+        reasons.append("collection timer not running")
+    if timer_expected and state["checkpoint_age_s"] > overdue_after_s:
+        reasons.append(f"no checkpoint for {state['checkpoint_age_s']:.0f} s")
+    if spool and spool.get("entries"):
+        reasons.append(f"{spool['entries']} checkpoint(s) spooled locally")
+    if state.get("spool_error"):
+        reasons.append("spool not writable")
+    daily = next((b for b in budgets if b["name"] == "daily"), None)
     return {
-        "status": "degraded" if checkpoint_failed or restore_failed else "ok",
-        "date": snapshot.day.isoformat(),
+        "status": "degraded" if reasons else "ok",
+        "reasons": reasons,
+        "date": state["date"],
         "timezone": timezone,
-        "daily_spend_usd": spend,
-        "daily_cap_usd": daily_cap_usd,
-        "utilization": ledger.utilization(spend, daily_cap_usd),
-        "remaining_usd": ledger.remaining_usd(spend, daily_cap_usd),
-        "alerts_sent": list(snapshot.alerts_sent),
+        "daily_spend_usd": daily["spend_usd"] if daily else state["fleet_spend_usd"],
+        "daily_cap_usd": daily["cap_usd"] if daily else None,
+        "utilization": daily["utilization"] if daily else None,
+        "remaining_usd": daily["remaining_usd"] if daily else None,
+        "alerts_sent": daily["alerts_sent"] if daily else [],
+        "fleet_spend_usd": state["fleet_spend_usd"],
+        "budgets": list(budgets),
         "instance_id": instance_id,
-        "instance_spend_usd": snapshot.own_spend_usd,
-        "collections": snapshot.collections,
-        "last_checkpoint": snapshot.last_checkpoint,
-        "checkpoint_age_s": snapshot.checkpoint_age_s,
-        "unflushed_usd": snapshot.unflushed_usd,
-        "store_up": snapshot.store_up,
-        "restore": snapshot.restore,
+        "writer_id": state["writer_id"],
+        "instance_spend_usd": state["instance_spend_usd"],
+        "collections": state["collections"],
+        "last_checkpoint": state["last_checkpoint"],
+        "checkpoint_age_s": state["checkpoint_age_s"],
+        "unflushed_usd": state["unflushed_usd"],
+        "store_up": state["store_up"],
+        "restore": state["restore"],
+        "timer_running": timer_running,
+        "spool": spool,
+        "pending_final_entries": state["pending_final_entries"],
+        "pending_nudges": len(pending_nudges),
+        "attribute_sets_today": state["attribute_sets_today"],
+        "unpriced_calls": unpriced_calls,
     }

@@ -207,3 +207,167 @@ def other_instances_total(content: Mapping[str, Any] | None, instance_id: str) -
     return round_usd(
         sum(float(e["spend_usd"]) for key, e in instances.items() if key != instance_id)
     )
+
+
+# --- version 2: money in integer nano-USD, validated at the door -------------------
+
+NANOS_PER_USD = 1_000_000_000
+OVERFLOW_ATTRIBUTES: dict[str, Any] = {"otel.metric.overflow": True}
+MAX_ATTRIBUTE_KEY_LENGTH = 256
+MAX_ATTRIBUTE_VALUE_LENGTH = 4096
+MAX_ATTRIBUTES = 64
+
+
+def to_nanos(usd: float) -> int:
+    return round(usd * NANOS_PER_USD)
+
+
+def from_nanos(nanos: int) -> float:
+    return round_usd(nanos / NANOS_PER_USD)
+
+
+def check_amount(value: Any, name: str, max_usd: float) -> float:
+    """A caller's USD amount: a real number, finite, >= 0 and at most `max_usd`.
+    Decimal and Fraction are accepted (they are real numbers); bool and str are not."""
+    from decimal import Decimal
+    from numbers import Real
+
+    if isinstance(value, bool) or not isinstance(value, (Real, Decimal)):
+        raise TypeError(f"{name} must be a real number of USD, got {type(value).__name__}")
+    try:
+        amount = float(value)
+    except (OverflowError, ValueError):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r:.40}") from None
+    if not (0.0 <= amount < math.inf):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r:.40}")
+    if amount > max_usd:
+        raise ValueError(
+            f"{name}={amount!r} is more than max_call_usd={max_usd!r}: refused as a likely "
+            "unit error (raise BudgetConfig(max_call_usd=...) if it is real)"
+        )
+    return amount
+
+
+def _check_text(text: str, what: str) -> None:
+    if "\x00" in text:
+        raise ValueError(f"{what} contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} contains a lone surrogate (not valid Unicode text)") from None
+
+
+def _check_scalar(value: Any, what: str) -> None:
+    if isinstance(value, str):
+        if len(value) > MAX_ATTRIBUTE_VALUE_LENGTH:
+            raise ValueError(f"{what} is longer than {MAX_ATTRIBUTE_VALUE_LENGTH} characters")
+        _check_text(value, what)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{what} must be finite, got {value!r}")
+    elif not isinstance(value, (bool, int)):
+        raise TypeError(f"{what} must be str, bool, int or float, got {type(value).__name__}")
+
+
+def check_attributes(attributes: Any) -> dict[str, Any]:
+    """OpenTelemetry's attribute rules, strictly: str keys; str/bool/int/finite float
+    values or homogeneous sequences of them; no NUL, no lone surrogates; bounded
+    lengths. Returns a plain dict (sequences become tuples), or raises
+    TypeError/ValueError naming the key."""
+    if not isinstance(attributes, Mapping):
+        raise TypeError(f"attributes must be a mapping, got {type(attributes).__name__}")
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise ValueError(f"attributes: more than {MAX_ATTRIBUTES} keys")
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"attribute keys must be non-empty strings, got {key!r:.80}")
+        if len(key) > MAX_ATTRIBUTE_KEY_LENGTH:
+            raise ValueError(f"attribute key {key[:40]!r}... is longer than "
+                             f"{MAX_ATTRIBUTE_KEY_LENGTH} characters")
+        _check_text(key, f"attribute key {key!r:.80}")
+        what = f"attribute {key!r}"
+        if isinstance(value, (list, tuple)):
+            if len({type(v) for v in value}) > 1:
+                raise TypeError(f"{what}: a sequence must hold values of one type")
+            for item in value:
+                _check_scalar(item, what)
+            out[key] = tuple(value)
+        else:
+            _check_scalar(value, what)
+            out[key] = value
+    return out
+
+
+# --- budget windows -----------------------------------------------------------------
+
+def window_id(day: date, period: str) -> str:
+    """2026-11-25 (day), 2026-W48 (ISO week, from Monday), 2026-11 (month)."""
+    if period == "day":
+        return day.isoformat()
+    if period == "week":
+        year, week, _ = day.isocalendar()
+        return f"{year}-W{week:02d}"
+    if period == "month":
+        return f"{day.year}-{day.month:02d}"
+    raise ValueError(f"unknown period {period!r}")
+
+
+def window_start(day: date, period: str) -> date:
+    if period == "day":
+        return day
+    if period == "week":
+        return day - timedelta(days=day.weekday())
+    if period == "month":
+        return day.replace(day=1)
+    raise ValueError(f"unknown period {period!r}")
+
+
+def window_days_before(day: date, period: str) -> list[date]:
+    """The days of `day`'s window that come before it (empty for a day budget)."""
+    start = window_start(day, period)
+    return [start + timedelta(days=i) for i in range((day - start).days)]
+
+
+def budget_nudge_name(budget: str, window: str, ratio: float) -> str:
+    """The "daily" budget keeps version 1's `budget_alert_{date}_{pct}`."""
+    if budget == "daily":
+        return f"budget_alert_{window}_{ratio_pct(ratio)}"
+    return f"budget_alert_{budget}_{window}_{ratio_pct(ratio)}"
+
+
+def spend_of_breakdown(
+    by_attributes: Iterable[Mapping[str, Any]], matches: Any
+) -> float:
+    """A budget's share of a stored breakdown (`matches(attributes) -> bool`); the
+    overflow bucket cannot be attributed, so it is left out (an estimate)."""
+    total = 0.0
+    for item in by_attributes:
+        attributes = item.get("attributes") or {}
+        if attributes.get("otel.metric.overflow") is True:
+            continue
+        if matches(attributes):
+            total += float(item["spend_usd"])
+    return round_usd(total)
+
+
+def group_instances(
+    writer_entries: Iterable[Mapping[str, Any]], legacy: Mapping[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """instance_id -> {spend_usd, writers, updated_at} over v2 writer rows and a v1
+    day document (whose entries each count as one writer)."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def add(instance: str, spend: float, updated: Any) -> None:
+        row = out.setdefault(instance, {"spend_usd": 0.0, "writers": 0, "updated_at": None})
+        row["spend_usd"] = round_usd(row["spend_usd"] + float(spend))
+        row["writers"] += 1
+        if isinstance(updated, str) and (row["updated_at"] is None or updated > row["updated_at"]):
+            row["updated_at"] = updated
+
+    for entry in writer_entries:
+        add(str(entry.get("instance_id") or entry.get("writer_id")), entry["spend_usd"],
+            entry.get("updated_at"))
+    for instance, entry in ((legacy or {}).get("instances") or {}).items():
+        add(instance, entry["spend_usd"], entry.get("updated_at"))
+    return dict(sorted(out.items()))

@@ -1,47 +1,60 @@
-"""BudgetMeter: the one object a dispatcher holds. It owns a MeterProvider with the
-BudgetReader, a Prometheus reader for /metrics, and whatever readers you pass."""
+"""BudgetMeter: the one object a dispatcher holds, composed of the ledger (what this
+process recorded), the tracker (budgets, checkpoints, alerts), the reader (the
+collection timer), the notifier dispatcher and the reservation book.
+
+Instruments are observable (asynchronous): `record()` adds to the ledger and touches
+no SDK aggregation, so its cost does not grow with the number of readers; each
+collection reads the ledger. They live on the app's MeterProvider when one is given
+(its resource and exporters), else on one this meter builds.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
-from decimal import Decimal
-from numbers import Real
+import os
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import date, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from . import ledger
 from .config import BudgetConfig
 from .errors import BudgetError
 from .health import build_health
-from .notify import Notifier
-from .pricing import PriceTable
-from .reader import SCOPE_NAME, SPEND_INSTRUMENT, BudgetReader, BudgetSnapshot, LiveTotal
+from .notify import Notifier, NotifierDispatcher
+from .reader import SCOPE_NAME, SPEND_INSTRUMENT, BudgetReader
+from .reservations import Reservation, ReservationBook
+from .spool import Spool
 from .stores.base import PatchStore, open_store
-from .usage import UsageMixin
+from .tracker import BudgetTracker
 
 if TYPE_CHECKING:
     from .health_server import HealthServer
+    from .pricing import ModelPrice, PriceTable
+    from .usage import UsageRecorder
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _log = logging.getLogger("otel_budget")
-_INF = math.inf
 
 Attributes = Mapping[str, Any]
+INSTANCE_ATTRIBUTE = "otel_budget.instance.id"
+DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
 
 
-class BudgetMeter(UsageMixin):
-    """Records LLM spend and keeps the daily budget. See README for the lifecycle."""
+class BudgetMeter:
+    """Records LLM spend and keeps the budgets. See README for the lifecycle."""
 
     def __init__(
         self,
@@ -52,73 +65,213 @@ class BudgetMeter(UsageMixin):
         metric_readers: Sequence[MetricReader] = (),
         clock: Callable[[], datetime] | None = None,
         prices: PriceTable | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         if not isinstance(config, BudgetConfig):
             raise TypeError(f"config must be a BudgetConfig, got {type(config).__name__}")
         for notifier in notifiers:
             if not callable(notifier):
                 raise TypeError(f"notifier {notifier!r} is not callable")
+        if meter_provider is not None and metric_readers:
+            raise ValueError("pass metric_readers to your own MeterProvider, not here, "
+                             "when you pass meter_provider")
         self._config = config
         self._owns_store = store is None
         self._store: PatchStore = store if store is not None else open_store(config.store_url)
         self._instance_id = config.resolved_instance_id()
-        self._live = LiveTotal()
-        self._reader = BudgetReader(
+        self._max_call = config.max_call_usd
+        self._dispatcher = NotifierDispatcher(list(notifiers))
+        self._tracker = BudgetTracker(
             config, self._store, instance_id=self._instance_id,
-            notifiers=notifiers, clock=clock, live=self._live,
+            submit_nudge=self._dispatcher.submit, clock=clock,
+            spool=Spool(config.spool_dir, _store_key(self._store)),
         )
-        # A private registry: two meters in one process must not collide in the
-        # global one, and the reader is attached now so /metrics shows everything
-        # recorded since construction, whenever the server is started.
-        self._registry = CollectorRegistry(auto_describe=True)
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-
-        self._prometheus_reader = PrometheusMetricReader(registry=self._registry)
-        resource = Resource.create(
-            {"service.name": config.service_name, "service.instance.id": self._instance_id}
+        self._ledger = self._tracker.ledger
+        self._budget_index = {b.name: b for b in config.all_budgets}
+        self._book = ReservationBook(
+            budgets=config.all_budgets, spend_of=self._tracker.budget_spend,
+            window_of=self._tracker.window_of, record=self.record,
+            check_amount=self._check_amount,
         )
-        self._provider = MeterProvider(
-            resource=resource,
-            metric_readers=[self._reader, self._prometheus_reader, *metric_readers],
-            shutdown_on_exit=False,
-        )
-        otel_meter = self._provider.get_meter(SCOPE_NAME, __version__)
-        self._counter = otel_meter.create_counter(
-            SPEND_INSTRUMENT, unit="USD", description="Money spent on LLM calls"
-        )
-        self._otel_meter = otel_meter
-        self._init_usage(otel_meter, prices)  # record_usage, guard, reserve (usage.py)
-        self._register_gauges()
+        self._providers_to_shutdown: list[MeterProvider] = []
+        self._wire_provider(meter_provider, metric_readers)
+        self._prices = prices
+        self._usage: UsageRecorder | None = None
+        self._usage_lock = threading.Lock()
         self._started = False
         self._closed = False
+        self_ref = weakref.ref(self)
 
-    # --- lifecycle ------------------------------------------------------------
+        def after_fork() -> None:
+            meter = self_ref()
+            if meter is not None:
+                meter._after_fork_in_child()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    # --- wiring -------------------------------------------------------------------
+
+    def _wire_provider(
+        self, app_provider: MeterProvider | None, metric_readers: Sequence[MetricReader]
+    ) -> None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import CollectorRegistry
+
+        # A private registry: two meters in one process must not collide in the global
+        # one. The Prometheus reader costs record() nothing (it touches no SDK state).
+        self._registry = CollectorRegistry(auto_describe=True)
+        prometheus = PrometheusMetricReader(registry=self._registry)
+        self._resource = Resource.create({
+            "service.name": self._config.service_name,
+            # Unique per process (the specification requires it); the human label
+            # travels as an attribute.
+            "service.instance.id": self._tracker.writer_id,
+            INSTANCE_ATTRIBUTE: self._instance_id,
+        })
+        bound = _find_budget_reader(app_provider) if app_provider is not None else None
+        if app_provider is None:
+            self._reader = BudgetReader()
+            provider = MeterProvider(
+                resource=self._resource,
+                metric_readers=[self._reader, prometheus, *metric_readers],
+                shutdown_on_exit=False,
+            )
+            self._providers_to_shutdown.append(provider)
+            self._export_provider = self._local_provider = provider
+            self._owns_export_provider = True
+        else:
+            self._export_provider = app_provider
+            self._owns_export_provider = False
+            # The app's provider exports; /metrics and the collections of a provider
+            # we cannot add readers to come from a private one over the same ledger.
+            self._reader = bound or BudgetReader()
+            readers: list[MetricReader] = [prometheus] if bound else [self._reader, prometheus]
+            self._local_provider = MeterProvider(resource=self._resource,
+                                                 metric_readers=readers,
+                                                 shutdown_on_exit=False)
+            self._providers_to_shutdown.append(self._local_provider)
+        self._reader.bind(self._tracker, interval_s=self._config.collect_interval_s)
+        self._export_meter = self._export_provider.get_meter(SCOPE_NAME, __version__)
+        self._register_instruments(self._export_meter)
+        if self._local_provider is not self._export_provider:
+            self._register_instruments(self._local_provider.get_meter(SCOPE_NAME, __version__))
+        token_metrics = self._config.token_metrics
+        self._token_metrics = self._owns_export_provider if token_metrics is None else token_metrics
+
+    def _register_instruments(self, otel_meter: Meter) -> None:
+        ledger_ = self._ledger
+
+        def spend(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(ledger.from_nanos(nanos), attrs)
+                    for attrs, nanos in ledger_.export_points()]
+
+        otel_meter.create_observable_counter(
+            SPEND_INSTRUMENT, callbacks=[spend], unit="USD",
+            description="Money spent on LLM calls",
+        )
+
+        def per_budget(value: Callable[[dict[str, Any]], float | None],
+                       only_daily: bool = False) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            def callback(options: CallbackOptions) -> Iterable[Observation]:
+                out = []
+                for row in self._tracker.budgets():
+                    if only_daily and row["period"] != "day":
+                        continue
+                    number = value(row)
+                    if number is not None:
+                        out.append(Observation(number, {"budget": row["name"],
+                                                        "period": row["period"]}))
+                return out
+            return callback
+
+        def state(value: Callable[[dict[str, Any]], float]) -> Callable[[CallbackOptions],
+                                                                         Iterable[Observation]]:
+            def callback(options: CallbackOptions) -> Iterable[Observation]:
+                return [Observation(value(self._state_for_gauges()))]
+            return callback
+
+        gauges: list[tuple[str, str, str, Callable[[CallbackOptions], Iterable[Observation]]]] = [
+            ("llm.budget.daily_spend", "USD", "Spend today, per daily budget",
+             per_budget(lambda r: r["spend_usd"], only_daily=True)),
+            ("llm.budget.daily_cap", "USD", "Cap of each daily budget",
+             per_budget(lambda r: r["cap_usd"], only_daily=True)),
+            ("llm.budget.spend", "USD", "Spend in the budget's current window",
+             per_budget(lambda r: r["spend_usd"])),
+            ("llm.budget.cap", "USD", "The budget's cap", per_budget(lambda r: r["cap_usd"])),
+            ("llm.budget.remaining", "USD", "Cap minus spend in the window, never below 0",
+             per_budget(lambda r: r["remaining_usd"])),
+            ("llm.budget.utilization.ratio", "1", "Spend in the window divided by the cap",
+             per_budget(lambda r: r["utilization"])),
+            ("llm.budget.alerts.sent", "{alert}", "Alert thresholds claimed in the window",
+             per_budget(lambda r: len(r["alerts_sent"]))),
+            ("llm.budget.unflushed", "USD", "This process's spend not yet checkpointed",
+             state(lambda s: s["unflushed_usd"])),
+            ("llm.budget.checkpoint.age", "s", "Seconds since the last successful checkpoint",
+             state(lambda s: s["checkpoint_age_s"])),
+            ("llm.budget.store.up", "{status}", "1 while the store answers, else 0",
+             state(lambda s: 1 if s["store_up"] else 0)),
+        ]
+        for name, unit, description, callback in gauges:
+            otel_meter.create_observable_gauge(name, callbacks=[callback], unit=unit,
+                                               description=description)
+
+    def _state_for_gauges(self) -> dict[str, Any]:
+        return self._tracker.state()
+
+    # --- lifecycle ----------------------------------------------------------------
 
     def start(self) -> BudgetMeter:
-        """Restore today's document and start the collection timer. A corrupt
-        document raises CheckpointError and leaves it untouched."""
+        """Read the fleet's spend for every budget's window and start the collection
+        timer. A corrupt stored row raises CheckpointError and is left untouched; an
+        unreachable store only degrades health (retried every collection)."""
         if self._closed:
             raise BudgetError("this BudgetMeter has been shut down; create a new one")
         if not self._started:
-            self._reader.restore()
+            self._tracker.restore_strict()
+            self._tracker.store_round(checkpoint=False, wait=True)  # spooled entries
             self._reader.start_timer()
             atexit.register(self.shutdown)
             self._started = True
         return self
 
-    def shutdown(self) -> None:
-        """Write the final checkpoint and stop. Idempotent."""
+    def shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> None:
+        """Stop, writing this process's final entries within `timeout` seconds in all.
+        Entries the store does not take in time are spooled locally (replayed by the
+        next meter on this host with this store). Idempotent."""
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + max(0.0, float(timeout))
         atexit.unregister(self.shutdown)
-        try:
-            self._provider.shutdown()
-        except Exception:
-            _log.exception("otel_budget: shutting down the MeterProvider failed")
-        finally:
-            if self._owns_store:
-                self._store.close()
+        self._reader.stop_timer(_left(deadline) * 0.2)
+        entries = self._tracker.final_entries()
+        # Spool first: a store that hangs past the deadline must not lose the tail.
+        self._tracker.spool_entries(entries)
+        done = threading.Event()
+
+        def write() -> None:
+            try:
+                if self._tracker.store_round(checkpoint=False, wait=True,
+                                             timeout_s=_left(deadline)):
+                    self._tracker.write_entries(entries)
+            except Exception:
+                _log.exception("otel_budget: final checkpoint failed (spooled)")
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=write, name="OtelBudgetShutdown", daemon=True)
+        worker.start()
+        if not done.wait(_left(deadline) * 0.8):
+            _log.warning("otel_budget: the store did not take the final checkpoint within "
+                         "%.1f s; it stays spooled", timeout)
+        self._dispatcher.close(_left(deadline))
+        for provider in self._providers_to_shutdown:
+            try:
+                provider.shutdown(timeout_millis=max(1.0, _left(deadline) * 1000))
+            except Exception:
+                _log.exception("otel_budget: shutting down the MeterProvider failed")
+        if self._owns_store and done.is_set():
+            self._store.close()
 
     def __enter__(self) -> BudgetMeter:
         return self.start()
@@ -129,49 +282,188 @@ class BudgetMeter(UsageMixin):
     ) -> None:
         self.shutdown()
 
-    # --- the hot path ---------------------------------------------------------
+    async def astart(self) -> BudgetMeter:
+        """start() without blocking the event loop on store I/O."""
+        return await asyncio.to_thread(self.start)
+
+    async def acheckpoint(self) -> bool:
+        return await asyncio.to_thread(self.checkpoint)
+
+    async def ashutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> None:
+        await asyncio.to_thread(self.shutdown, timeout)
+
+    async def __aenter__(self) -> BudgetMeter:
+        return await self.astart()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.ashutdown()
+
+    def _after_fork_in_child(self) -> None:
+        self._tracker.after_fork_in_child()
+        # A new writer is a new OTel service instance; the SDK keeps the resource on
+        # its configuration object, which every reader's storage shares.
+        resource = Resource.create({
+            "service.name": self._config.service_name,
+            "service.instance.id": self._tracker.writer_id,
+            INSTANCE_ATTRIBUTE: self._instance_id,
+        })
+        for provider in self._providers_to_shutdown:
+            config = getattr(provider, "_sdk_config", None)
+            if config is not None:
+                config.resource = resource
+        self._resource = resource
+        if self._started and not self._closed:
+            self._reader.after_fork_in_child()
+
+    # --- the hot path ---------------------------------------------------------------
 
     def record(self, cost_usd: float, attributes: Attributes | None = None) -> None:
-        """Count one call's cost. A cost that is not a finite real number >= 0
-        raises ValueError/TypeError and changes nothing. No I/O."""
-        if type(cost_usd) is not float or not (0.0 <= cost_usd < _INF):
-            cost_usd = _checked_amount(cost_usd)
+        """Count one call's cost. A cost that is not a real number, finite, >= 0 and at
+        most max_call_usd, or attributes OpenTelemetry would refuse, raise
+        ValueError/TypeError and change nothing. No I/O."""
+        if type(cost_usd) is not float or not (0.0 <= cost_usd <= self._max_call):
+            cost_usd = self._check_amount(cost_usd, "cost_usd")
         if attributes is not None and type(attributes) is not dict:
-            attributes = _checked_attributes(attributes)
+            attributes = ledger.check_attributes(attributes)
         if self._closed:
             raise BudgetError("record() after shutdown(): this spend would be lost")
-        self._counter.add(cost_usd, attributes)
-        nanos = round(cost_usd * 1e9)
-        live = self._live
-        with live.lock:
-            live.nanos += nanos
+        self._ledger.add(round(cost_usd * 1e9), attributes)
 
-    # --- on demand ------------------------------------------------------------
+    def _check_amount(self, value: object, name: str) -> float:
+        return ledger.check_amount(value, name, self._max_call)
+
+    # --- usage and pricing (composed, see usage.py) ---------------------------------
+
+    @property
+    def usage(self) -> UsageRecorder:
+        recorder = self._usage
+        if recorder is None:
+            with self._usage_lock:
+                if self._usage is None:
+                    from .usage import UsageRecorder
+
+                    self._usage = UsageRecorder(
+                        record=self.record, otel_meter=self._export_meter,
+                        prices=self._prices, token_metrics=self._token_metrics,
+                        day=lambda: self._tracker.day,
+                    )
+                recorder = self._usage
+        return recorder
+
+    @property
+    def prices(self) -> PriceTable:
+        return self.usage.prices
+
+    def price_for(self, model: str) -> ModelPrice:
+        return self.usage.price_for(model)
+
+    def record_usage(self, *args: Any, **kwargs: Any) -> float:
+        """Price one call from its token counts (or a TokenUsage) and record it;
+        see UsageRecorder.record_usage."""
+        return self.usage.record_usage(*args, **kwargs)
+
+    def record_response(self, response: Any, attributes: Attributes | None = None,
+                        **kwargs: Any) -> float:
+        """Price and record a provider's response object (Anthropic, OpenAI, Gemini,
+        Bedrock Converse); returns the cost in USD. Never raises after a paid call for
+        an unknown model: see README "Pricing from responses"."""
+        return self.usage.record_response(response, attributes, **kwargs)
+
+    # --- hard budgets -----------------------------------------------------------------
+
+    def guard(self, estimated_usd: float = 0.0, attributes: Attributes | None = None) -> None:
+        """Raise BudgetExceeded when a hard budget covering `attributes` (with None, the
+        budgets that match every call) would pass its cap: spend in its window +
+        open reservations + the estimate. Landing exactly on a cap is allowed."""
+        self._book.guard(estimated_usd, attributes)
+
+    def reserve(self, max_usd: float, attributes: Attributes | None = None, *,
+                on_error: str = "record") -> Reservation:
+        """Hold `max_usd` against every hard budget covering `attributes` while a call
+        is in flight, checking and holding in one atomic step::
+
+            with meter.reserve(0.50, {"agent": "coder"}) as r:
+                response = call_the_model()
+                r.settle(actual_usd)
+
+        Leaving the block without settle() or cancel() records `max_usd`; with
+        on_error="release", leaving it by an exception releases the hold instead."""
+        return self._book.reserve(max_usd, attributes, on_error=on_error)
+
+    @asynccontextmanager
+    async def areserve(self, max_usd: float, attributes: Attributes | None = None, *,
+                       on_error: str = "record") -> AsyncIterator[Reservation]:
+        """`reserve` for asyncio: the check is in memory, so a refusal is immediate and
+        nothing blocks the event loop. Cancellation counts as an error (on_error)."""
+        reservation = self._book.reserve(max_usd, attributes, on_error=on_error)
+        try:
+            yield reservation
+        except BaseException as exc:
+            reservation.close(exc)
+            raise
+        else:
+            reservation.close()
+
+    def reserved_usd(self, budget: str | None = None) -> float:
+        """USD held by open reservations in this process."""
+        return self._book.held_usd(budget)
+
+    # --- on demand ----------------------------------------------------------------------
 
     def collect(self) -> None:
         """One collection now: what the timer does every collect_interval_s."""
         self._reader.run_collection(counted=True)
 
-    def checkpoint(self) -> bool:
-        """Write this instance's entry now; True if the store accepted it."""
-        self._reader.run_collection(counted=False, checkpoint=True)
-        return self._reader.snapshot().last_checkpoint.get("ok") is True
+    def checkpoint(self, timeout: float = 30.0) -> bool:
+        """Write this process's entry now; True if the store took it."""
+        if not self._reader.run_collection(counted=False, checkpoint=True, wait=True):
+            return False
+        return bool(self._tracker.state()["last_checkpoint"]["ok"])
 
     def daily_spend(self) -> float:
-        """Fleet-wide spend today as known now (USD, rounded to 1e-9)."""
-        return self._reader.daily_spend()
+        """The "daily" budget's spend today (fleet-wide, as known now); without a
+        "daily" budget, the fleet's whole spend today."""
+        if "daily" in self._budget_index:
+            return self._tracker.budget_spend("daily")
+        return self._tracker.day_total()
 
     def remaining(self) -> float:
-        return ledger.remaining_usd(self.daily_spend(), self._config.daily_cap_usd)
+        """The "daily" budget's cap minus its spend, never below 0 (inf without one)."""
+        budget = self._budget_index.get("daily")
+        if budget is None:
+            return float("inf")
+        return ledger.remaining_usd(self.daily_spend(), budget.cap_usd)
+
+    def budgets(self) -> list[dict[str, Any]]:
+        """One dict per budget: name, period, window, match, cap_usd, spend_usd,
+        remaining_usd, utilization, alerts_sent, hard (and enforce, reserved_usd)."""
+        rows = self._tracker.budgets()
+        for row in rows:
+            row["reserved_usd"] = self._book.held_usd(row["name"]) if row["hard"] else 0.0
+        return rows
 
     def health(self) -> dict[str, Any]:
+        usage = self._usage
         return build_health(
-            self._reader.snapshot(), daily_cap_usd=self._config.daily_cap_usd,
-            instance_id=self._instance_id, timezone=self._config.timezone,
+            self._tracker.state(), self.budgets(), instance_id=self._instance_id,
+            timezone=self._config.timezone,
+            timer_expected=self._started and not self._closed,
+            timer_running=self._reader.timer_running,
+            overdue_after_s=2 * self._config.checkpoint_every * self._config.collect_interval_s
+            + self._config.collect_interval_s,
+            spool=self._tracker.spool_summary(),
+            pending_nudges=self._dispatcher.pending(),
+            unpriced_calls=usage.unpriced_calls() if usage is not None else 0,
         )
 
     def render_metrics(self) -> tuple[bytes, str]:
-        """The Prometheus text exposition of everything this meter records."""
+        """The Prometheus text exposition of this meter's instruments (one collection of
+        its local provider at scrape time)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
         return generate_latest(self._registry), CONTENT_TYPE_LATEST
 
     def serve_health(self, host: str = "127.0.0.1", port: int = 0) -> HealthServer:
@@ -180,7 +472,7 @@ class BudgetMeter(UsageMixin):
 
         return serve_health(self.health, self.render_metrics, host=host, port=port)
 
-    # --- accessors --------------------------------------------------------------
+    # --- accessors ------------------------------------------------------------------------
 
     @property
     def config(self) -> BudgetConfig:
@@ -189,6 +481,10 @@ class BudgetMeter(UsageMixin):
     @property
     def instance_id(self) -> str:
         return self._instance_id
+
+    @property
+    def writer_id(self) -> str:
+        return self._tracker.writer_id
 
     @property
     def store(self) -> PatchStore:
@@ -200,59 +496,38 @@ class BudgetMeter(UsageMixin):
 
     @property
     def meter_provider(self) -> MeterProvider:
-        return self._provider
+        """The provider the exported instruments live on (the app's, if given)."""
+        return self._export_provider
+
+    @property
+    def day(self) -> date:
+        return self._tracker.day
 
     def __repr__(self) -> str:
-        return (
-            f"BudgetMeter(instance_id={self._instance_id!r}, "
-            f"daily_cap_usd={self._config.daily_cap_usd}, store={self._store!r})"
-        )
-
-    # --- gauges -----------------------------------------------------------------
-
-    def _register_gauges(self) -> None:
-        cap = self._config.daily_cap_usd
-
-        def gauge(
-            name: str, unit: str, description: str, value: Callable[[BudgetSnapshot], float]
-        ) -> None:
-            def callback(options: CallbackOptions) -> Iterable[Observation]:
-                return [Observation(value(self._reader.snapshot()))]
-
-            self._otel_meter.create_observable_gauge(
-                name, callbacks=[callback], unit=unit, description=description
-            )
-
-        gauge("llm.budget.daily_spend", "USD", "Fleet-wide spend today",
-              lambda s: s.daily_spend_usd)
-        gauge("llm.budget.daily_cap", "USD", "Daily spend cap", lambda s: cap)
-        gauge("llm.budget.remaining", "USD", "Cap minus spend today, never below 0",
-              lambda s: ledger.remaining_usd(s.daily_spend_usd, cap))
-        gauge("llm.budget.utilization.ratio", "1", "Spend today divided by the cap",
-              lambda s: ledger.utilization(s.daily_spend_usd, cap))
-        gauge("llm.budget.unflushed", "USD", "This instance's spend not yet checkpointed",
-              lambda s: s.unflushed_usd)
-        gauge("llm.budget.checkpoint.age", "s", "Seconds since the last successful checkpoint",
-              lambda s: s.checkpoint_age_s)
-        gauge("llm.budget.store.up", "{status}", "1 while the store answers, else 0",
-              lambda s: 1 if s.store_up else 0)
-        gauge("llm.budget.alerts.sent", "{alert}", "Alert thresholds claimed today",
-              lambda s: len(s.alerts_sent))
+        names = ", ".join(self._budget_index)
+        return (f"BudgetMeter(instance_id={self._instance_id!r}, writer_id={self.writer_id!r}, "
+                f"budgets=[{names}], store={self._store!r})")
 
 
-def _checked_amount(cost: Any) -> float:
-    if isinstance(cost, bool) or not isinstance(cost, (Real, Decimal)):
-        raise TypeError(f"cost_usd must be a real number, got {type(cost).__name__}")
-    try:
-        value = float(cost)
-    except (OverflowError, ValueError):
-        raise ValueError(f"cost_usd must be a finite number >= 0, got {cost!r}") from None
-    if not (0.0 <= value < _INF):
-        raise ValueError(f"cost_usd must be a finite number >= 0, got {cost!r}")
-    return value
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
 
 
-def _checked_attributes(attributes: Any) -> dict[str, Any]:
-    if not isinstance(attributes, Mapping):
-        raise TypeError(f"attributes must be a mapping, got {type(attributes).__name__}")
-    return dict(attributes)
+def _find_budget_reader(provider: MeterProvider) -> BudgetReader | None:
+    readers = getattr(provider, "_all_metric_readers", ()) or ()
+    for reader in readers:
+        if isinstance(reader, BudgetReader):
+            return reader
+    return None
+
+
+def _store_key(store: PatchStore) -> str:
+    """What names a store for the spool: the same database gives the same key in
+    every process on the host."""
+    key = getattr(store, "spool_key", None)
+    if isinstance(key, str) and key:
+        return key
+    path = getattr(store, "path", None)
+    if path is not None:
+        return f"sqlite:{path}"
+    return f"{type(store).__name__}:{id(store)}"

@@ -1,8 +1,8 @@
-"""The hard cap: a guard and a thread-safe reservation book.
+"""Hard budgets: a guard and a thread-safe reservation book.
 
-Independent of the meter: the book is given a ``spend_now()`` callable (the fleet's spend
-today, live), the cap, and a ``record(usd, attributes)`` callable used when a reservation
-is settled. One lock makes "check the cap, then hold the amount" atomic, so concurrent
+Independent of the meter: the book is given the budgets, a ``spend_of(name)`` callable
+(a budget's live spend in its window), and a ``record(usd, attributes)`` callable used
+when a reservation is settled. One lock makes "check the cap, then hold the amount" atomic, so concurrent
 callers in one process cannot all pass the check and overshoot together.
 
 Cap semantics are those of :func:`otel_budget.ledger.passes_cap`: landing exactly on the
@@ -12,28 +12,17 @@ allowed, even past the cap.
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from . import ledger
+from .budgets import Budget
 from .errors import BudgetExceeded
 
 Attributes = Mapping[str, Any]
 RecordFn = Callable[[float, Attributes | None], object]
-
-
-def check_usd(value: object, name: str) -> float:
-    """A caller-supplied USD amount: a finite number >= 0 (not a bool or a string)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    amount = float(value)
-    if not math.isfinite(amount) or amount < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return amount
 
 
 def would_pass_cap(
@@ -45,102 +34,129 @@ def would_pass_cap(
     return ledger.passes_cap(spend_usd + reserved_usd + estimate_usd, cap_usd)
 
 
-def _utc_day() -> str:
-    return datetime.now(UTC).date().isoformat()
+ON_ERROR = ("record", "release")
 
 
 class ReservationBook:
-    """Holds in-flight maximum costs against the daily cap."""
+    """Holds in-flight maximum costs against every hard budget they fall under.
+
+    `spend_of(name)` is the budget's live spend in its current window and
+    `window_of(name)` its window id; `check_amount(value, name)` validates a USD
+    amount (the meter's one validation). One lock makes "check every cap, then hold
+    the amount" atomic, so concurrent callers in one process cannot all pass the
+    check and overshoot together."""
 
     def __init__(
         self,
         *,
-        spend_now: Callable[[], float],
-        cap_usd: float | Callable[[], float],
+        budgets: Sequence[Budget],
+        spend_of: Callable[[str], float],
+        window_of: Callable[[str], str],
         record: RecordFn,
-        day: Callable[[], str] = _utc_day,
+        check_amount: Callable[[object, str], float],
     ) -> None:
-        self._spend_now = spend_now
-        self._cap = cap_usd if callable(cap_usd) else (lambda: float(cap_usd))
+        self._hard = tuple(b for b in budgets if b.hard)
+        self._spend_of = spend_of
+        self._window_of = window_of
         self._record = record
-        self._day = day
+        self._check_amount = check_amount
         # Re-entrant: `record` may call back into held_usd() (e.g. a health snapshot).
         self._lock = threading.RLock()
-        self._held = 0.0
-        self._open: dict[int, float] = {}
+        self._held: dict[str, float] = {}
+        self._open: dict[int, tuple[float, tuple[str, ...]]] = {}
         self._next_id = 0
 
-    def held_usd(self) -> float:
-        """Total USD held by open reservations."""
+    def held_usd(self, budget: str | None = None) -> float:
+        """USD held by open reservations (against one budget, or in all)."""
         with self._lock:
-            return ledger.round_usd(self._held)
+            if budget is None:
+                return ledger.round_usd(sum(amount for amount, _ in self._open.values()))
+            return ledger.round_usd(self._held.get(budget, 0.0))
 
     def open_reservations(self) -> int:
         with self._lock:
             return len(self._open)
 
-    def guard(self, estimated_usd: float = 0.0) -> None:
-        """Raise BudgetExceeded if spend + held reservations + the estimate passes the cap."""
-        estimate = check_usd(estimated_usd, "estimated_usd")
+    def guard(self, estimated_usd: float = 0.0, attributes: Attributes | None = None) -> None:
+        """Raise BudgetExceeded if any hard budget covering `attributes` would pass its
+        cap with spend + held reservations + the estimate."""
+        estimate = self._check_amount(estimated_usd, "estimated_usd")
         with self._lock:
-            self._check(estimate)
+            self._check(estimate, self._covering(attributes))
 
-    def reserve(self, max_usd: float, attributes: Attributes | None = None) -> Reservation:
-        """Check the cap and hold `max_usd` in one step; raise BudgetExceeded if it would pass.
-
-        Use the result as a context manager; see :class:`Reservation`.
-        """
-        amount = check_usd(max_usd, "max_usd")
+    def reserve(self, max_usd: float, attributes: Attributes | None = None, *,
+                on_error: str = "record") -> Reservation:
+        """Check the caps and hold `max_usd` in one step; raise BudgetExceeded if it
+        would pass one. See :class:`Reservation`."""
+        amount = self._check_amount(max_usd, "max_usd")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+        budgets = self._covering(attributes)
         with self._lock:
-            self._check(amount)
+            self._check(amount, budgets)
             self._next_id += 1
             token = self._next_id
-            self._open[token] = amount
-            self._held += amount
-        return Reservation(self, token, amount, dict(attributes) if attributes else None)
+            names = tuple(b.name for b in budgets)
+            self._open[token] = (amount, names)
+            for name in names:
+                self._held[name] = self._held.get(name, 0.0) + amount
+        return Reservation(self, token, amount, dict(attributes) if attributes else None,
+                           on_error=on_error)
 
-    def _check(self, estimate: float) -> None:
-        spend = float(self._spend_now())
-        cap = float(self._cap())
-        held = ledger.round_usd(self._held)
-        if would_pass_cap(spend, held, estimate, cap):
-            raise BudgetExceeded(
-                date=self._day(), daily_spend_usd=ledger.round_usd(spend), reserved_usd=held,
-                estimated_usd=estimate, daily_cap_usd=cap,
-            )
+    def _covering(self, attributes: Attributes | None) -> tuple[Budget, ...]:
+        return tuple(b for b in self._hard if b.covers(attributes))
+
+    def _check(self, estimate: float, budgets: Sequence[Budget]) -> None:
+        for budget in budgets:
+            spend = float(self._spend_of(budget.name))
+            held = ledger.round_usd(self._held.get(budget.name, 0.0))
+            if would_pass_cap(spend, held, estimate, budget.cap_usd):
+                window = self._window_of(budget.name)
+                raise BudgetExceeded(
+                    date=window, daily_spend_usd=ledger.round_usd(spend), reserved_usd=held,
+                    estimated_usd=estimate, daily_cap_usd=budget.cap_usd,
+                    budget=budget.name, window=window,
+                )
 
     def _close(self, token: int, actual: float | None, attributes: Attributes | None) -> None:
         with self._lock:
-            amount = self._open.get(token)
-            if amount is None:
+            held = self._open.get(token)
+            if held is None:
                 raise RuntimeError("this reservation was already settled or cancelled")
             if actual is not None:
                 # Record before releasing the hold (both under the lock): a concurrent
                 # check sees the amount at least once, never zero times.
                 self._record(actual, attributes)
+            amount, names = held
             del self._open[token]
-            self._held -= amount
-            if not self._open:
-                self._held = 0.0  # no float residue once nothing is held
+            for name in names:
+                left = self._held.get(name, 0.0) - amount
+                if left <= ledger.USD_EPSILON or not self._open:
+                    self._held.pop(name, None)  # no float residue once nothing is held
+                else:
+                    self._held[name] = left
 
 
 class Reservation:
-    """An amount held against the cap while a call is in flight.
+    """An amount held against the hard budgets while a call is in flight.
 
     ``settle(actual_usd)`` records the actual cost and releases the hold; ``cancel()``
-    releases it without recording. Leaving the ``with`` block without either (including
-    by an exception) records the held maximum: the call may have been paid for, and
-    over-counting is the safe side of a cap.
+    releases it without recording. Leaving the ``with`` block without either records
+    the held maximum (the provider may have billed; over-counting is the safe side
+    of a cap), except that with ``on_error="release"`` an exception leaving the block
+    releases the hold instead (for callers who know the call never reached the
+    provider). A settled amount always wins.
     """
 
     def __init__(
         self, book: ReservationBook, token: int, max_usd: float,
-        attributes: Attributes | None,
+        attributes: Attributes | None, *, on_error: str = "record",
     ) -> None:
         self._book = book
         self._token = token
         self.max_usd = max_usd
         self._attributes = attributes
+        self.on_error = on_error
         self.settled_usd: float | None = None
         self.closed = False
 
@@ -149,13 +165,17 @@ class Reservation:
         """The book this reservation is held in."""
         return self._book
 
+    @property
+    def attributes(self) -> Attributes | None:
+        return self._attributes
+
     def __repr__(self) -> str:
         state = "open" if not self.closed else f"settled={self.settled_usd!r}"
         return f"Reservation(max_usd={self.max_usd!r}, {state})"
 
     def settle(self, actual_usd: float, attributes: Attributes | None = None) -> float:
         """Record the actual cost (even if above the hold) and release the hold."""
-        actual = check_usd(actual_usd, "actual_usd")
+        actual = self._book._check_amount(actual_usd, "actual_usd")
         attrs = attributes if attributes is not None else self._attributes
         self._book._close(self._token, actual, attrs)
         self.settled_usd = actual
@@ -167,9 +187,14 @@ class Reservation:
         self._book._close(self._token, None, None)
         self.closed = True
 
-    def close(self) -> None:
-        """Settle at the held maximum unless already settled or cancelled."""
-        if not self.closed:
+    def close(self, exc: BaseException | None = None) -> None:
+        """Settle at the held maximum unless settled or cancelled already (or, with
+        on_error="release", release it when `exc` says the block failed)."""
+        if self.closed:
+            return
+        if exc is not None and self.on_error == "release":
+            self.cancel()
+        else:
             self.settle(self.max_usd)
 
     def __enter__(self) -> Reservation:
@@ -179,4 +204,4 @@ class Reservation:
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        self.close(exc)

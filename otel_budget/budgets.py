@@ -1,0 +1,189 @@
+"""Budget: one cap on the spend of the calls it matches, over a day, ISO week or month.
+
+Validated once, at construction; everything here is pure (no I/O but reading the
+TOML file a user names)."""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+PERIODS = ("day", "week", "month")
+ENFORCE_MODES = ("process", "fleet")
+DAILY = "daily"
+#: Budget names end up in row names and metric attributes: keep them plain.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+_SCALARS = (str, bool, int, float)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_ratios(ratios: Any, where: str) -> tuple[float, ...]:
+    if isinstance(ratios, (str, bytes)) or not hasattr(ratios, "__iter__"):
+        raise ConfigError(f"{where} must be a sequence of numbers, got {ratios!r:.80}")
+    checked = []
+    for ratio in ratios:
+        if not _is_number(ratio) or not (0 < ratio <= 1):
+            raise ConfigError(f"{where}: each ratio must be in (0, 1], got {ratio!r}")
+        checked.append(float(ratio))
+    return tuple(sorted(set(checked)))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """`match` maps attribute keys to a value or a list of values; a call counts
+    toward the budget when its attributes have every key with one of the values
+    (`None` matches every call). `hard` budgets are enforced by `guard`/`reserve`."""
+
+    name: str
+    cap_usd: float
+    period: str = "day"
+    match: Mapping[str, Any] | None = None
+    alert_ratios: tuple[float, ...] = (0.8,)
+    hard: bool = False
+    enforce: str = "process"
+    _match: tuple[tuple[str, frozenset[Any]], ...] = field(
+        init=False, compare=False, repr=False, hash=False
+    )
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(
+                f"budget {name!r:.80}: name: must be 1-100 characters of letters, digits, "
+                "'_', '.', ':' or '-', starting with a letter or digit"
+            )
+        where = f"budget {name!r}"
+        cap = self.cap_usd
+        if not _is_number(cap) or not math.isfinite(cap) or cap <= 0:
+            raise ConfigError(f"{where}: cap_usd: must be a finite number > 0, got {cap!r}")
+        object.__setattr__(self, "cap_usd", float(cap))
+        if self.period not in PERIODS:
+            raise ConfigError(f"{where}: period: must be one of {', '.join(PERIODS)}, "
+                              f"got {self.period!r}")
+        object.__setattr__(self, "alert_ratios",
+                           check_ratios(self.alert_ratios, f"{where}: alert_ratios"))
+        if not isinstance(self.hard, bool):
+            raise ConfigError(f"{where}: hard: must be true or false, got {self.hard!r}")
+        if self.enforce not in ENFORCE_MODES:
+            raise ConfigError(f"{where}: enforce: must be one of {', '.join(ENFORCE_MODES)}, "
+                              f"got {self.enforce!r}")
+        if self.enforce == "fleet" and not self.hard:
+            raise ConfigError(f"{where}: enforce: 'fleet' applies to hard budgets only "
+                              "(set hard=True)")
+        object.__setattr__(self, "_match", _compile_match(self.match, where))
+        if self.match is not None:
+            # A frozen, canonical copy: lists for multi-valued keys, as given.
+            object.__setattr__(self, "match", {
+                key: (sorted(values, key=repr) if len(values) > 1 else next(iter(values)))
+                for key, values in self._match
+            })
+
+    def matches(self, attributes: Mapping[str, Any] | None) -> bool:
+        """True when a call with these attributes counts toward this budget."""
+        if not self._match:
+            return True
+        if not attributes:
+            return False
+        for key, allowed in self._match:
+            value = attributes.get(key, _MISSING)
+            try:
+                if value not in allowed:
+                    return False
+            except TypeError:  # an unhashable value (a list) matches no scalar
+                return False
+        return True
+
+    def covers(self, attributes: Mapping[str, Any] | None) -> bool:
+        """Whether `guard`/`reserve` with these attributes must check this budget:
+        with no attributes, only the budgets that match every call."""
+        if attributes is None:
+            return not self._match
+        return self.matches(attributes)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "period": self.period,
+                "match": dict(self.match) if self.match is not None else None,
+                "cap_usd": self.cap_usd, "hard": self.hard, "enforce": self.enforce}
+
+
+_MISSING = object()
+
+
+def _compile_match(match: Any, where: str) -> tuple[tuple[str, frozenset[Any]], ...]:
+    if match is None:
+        return ()
+    if not isinstance(match, Mapping):
+        raise ConfigError(f"{where}: match: must be a mapping of attribute -> value(s), "
+                          f"got {type(match).__name__}")
+    if not match:
+        raise ConfigError(f"{where}: match: empty; use None to match every call")
+    compiled = []
+    for key, wanted in match.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{where}: match: keys must be non-empty strings, got {key!r}")
+        values = list(wanted) if isinstance(wanted, (list, tuple, set, frozenset)) else [wanted]
+        if not values:
+            raise ConfigError(f"{where}: match: {key!r} lists no values")
+        for value in values:
+            if not isinstance(value, _SCALARS) or (isinstance(value, float)
+                                                   and not math.isfinite(value)):
+                raise ConfigError(f"{where}: match: {key!r} values must be strings, numbers "
+                                  f"or booleans, got {value!r:.80}")
+        compiled.append((key, frozenset(values)))
+    return tuple(sorted(compiled, key=lambda kv: kv[0]))
+
+
+def daily_budget(cap_usd: float, alert_ratios: tuple[float, ...]) -> Budget:
+    """The budget `daily_cap_usd` means: every call, per day, enforced by guard/reserve."""
+    return Budget(DAILY, cap_usd, period="day", match=None, alert_ratios=alert_ratios, hard=True)
+
+
+_FIELDS = ("name", "cap_usd", "period", "match", "alert_ratios", "hard", "enforce")
+
+
+def budget_from_mapping(raw: Any, where: str) -> Budget:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: each budget must be a Budget or a table, got {raw!r:.80}")
+    name = raw.get("name")
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: budget {name!r}: {unknown[0]}: unknown field "
+                          f"(expected {', '.join(_FIELDS)})")
+    if "name" not in raw or "cap_usd" not in raw:
+        missing = "name" if "name" not in raw else "cap_usd"
+        raise ConfigError(f"{where}: budget {name!r}: {missing}: required")
+    kwargs = dict(raw)
+    if "alert_ratios" in kwargs and isinstance(kwargs["alert_ratios"], list):
+        kwargs["alert_ratios"] = tuple(kwargs["alert_ratios"])
+    try:
+        return Budget(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_budgets_file(path: str, where: str) -> tuple[Budget, ...]:
+    """Budgets from a TOML file of `[[budget]]` tables."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}={path!r}: no such file") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{where}={path!r}: cannot read budgets: {exc}") from None
+    tables = data.get("budget", [])
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError(f"{where}={path!r}: expected one or more [[budget]] tables")
+    return tuple(budget_from_mapping(table, f"{where}={path!r}") for table in tables)
+
+
+def budgets_by_name(budgets: Iterable[Budget]) -> dict[str, Budget]:
+    return {budget.name: budget for budget in budgets}

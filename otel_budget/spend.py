@@ -1,0 +1,225 @@
+"""The per-process exact ledger: integer nano-USD per (day, attribute set) and per
+budget, the one place a recorded dollar lives in this process.
+
+`record()` adds here under one small lock and touches nothing else: the exported
+`llm.spend` counter, the checkpoint, `daily_spend()` and the guard all read these
+sums. Integers, because a float sum drifts (0.001 added 400,000 times is
+399.99999999745) and a cap compared with a drifted sum is off by a call.
+
+Two kinds of sums are kept, because they live for different times:
+- the day's sums (reset at each day boundary in the configured zone): what this
+  writer checkpoints, with at most `max_attribute_sets` attribute sets a day and
+  the rest in one overflow set, so the limit starts afresh each day;
+- the lifetime sums per attribute set behind the cumulative `llm.spend` counter
+  (a counter must not reset at midnight), bounded the same way.
+Totals are exact whatever the breakdowns hold.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from . import ledger
+from .budgets import Budget
+
+Attributes = Mapping[str, Any]
+_EMPTY_KEY: frozenset[Any] = frozenset()
+#: Attribute sets whose cell is remembered for the fast path, per day, as a multiple
+#: of max_attribute_sets (beyond it, new sets take the slow path on every call).
+_CELL_CACHE_FACTOR = 4
+
+
+@dataclass(frozen=True)
+class DaySnapshot:
+    """One writer's spend on one day, as of one instant."""
+
+    day: date
+    total_nanos: int
+    by_attributes: tuple[tuple[dict[str, Any], int], ...]
+    by_budget: dict[str, int]
+
+    @property
+    def total_usd(self) -> float:
+        return ledger.from_nanos(self.total_nanos)
+
+    def budget_usd(self, name: str) -> float:
+        return ledger.from_nanos(self.by_budget.get(name, 0))
+
+
+class _Bucket:
+    __slots__ = ("attributes", "nanos")
+
+    def __init__(self, attributes: dict[str, Any]) -> None:
+        self.attributes = attributes
+        self.nanos = 0
+
+
+def _key(attributes: Attributes) -> frozenset[Any]:
+    # The SDK's own choice of key: cheap, order-free.
+    return frozenset((k, tuple(v) if isinstance(v, list) else v) for k, v in attributes.items())
+
+
+class SpendLedger:
+    def __init__(
+        self,
+        budgets: Sequence[Budget],
+        *,
+        tz: ZoneInfo,
+        max_attribute_sets: int,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._budgets = tuple(budgets)
+        self._budget_names = tuple(b.name for b in self._budgets)
+        self._tz = tz
+        self._limit = max_attribute_sets
+        self._clock = clock
+        # A fake clock (tests) is read on every call; the real one through time.time(),
+        # which is what keeps record() cheap.
+        self._now_ts: Callable[[], float] = (
+            (lambda: clock().timestamp()) if clock is not None else time.time
+        )
+        self._lock = threading.Lock()
+        self._export: dict[frozenset[Any], _Bucket] = {}
+        self._export_overflow = _Bucket(dict(ledger.OVERFLOW_ATTRIBUTES))
+        self._closed_days: list[DaySnapshot] = []
+        self._start_day(self._now_date())
+
+    # --- the hot path -----------------------------------------------------------
+
+    def add(self, nanos: int, attributes: Attributes | None) -> None:
+        """Count `nanos` for a call with these attributes (already a dict or None).
+        Attributes are validated the first time a set is seen each day; a bad set
+        raises TypeError/ValueError and changes nothing."""
+        if attributes:
+            try:
+                key = frozenset(attributes.items())
+            except TypeError:  # a list value, or something unhashable to refuse
+                key = _key(ledger.check_attributes(attributes))
+        else:
+            key = _EMPTY_KEY
+        with self._lock:
+            if self._now_ts() >= self._boundary_ts:
+                self._roll()
+            cell = self._cells.get(key)
+            if cell is None:
+                cell = self._admit(key, attributes)
+            day_bucket, export_bucket, budget_indexes = cell
+            day_bucket.nanos += nanos
+            export_bucket.nanos += nanos
+            self._day_total += nanos
+            budget_nanos = self._budget_nanos
+            for index in budget_indexes:
+                budget_nanos[index] += nanos
+
+    def _admit(
+        self, key: frozenset[Any], attributes: Attributes | None
+    ) -> tuple[_Bucket, _Bucket, tuple[int, ...]]:
+        attrs = ledger.check_attributes(attributes) if attributes else {}
+        export = self._export.get(key)
+        if export is None:
+            if len(self._export) < self._limit:
+                export = self._export[key] = _Bucket(attrs)
+            else:
+                export = self._export_overflow
+        day = self._day_sets.get(key)
+        if day is None:
+            if len(self._day_sets) < self._limit:
+                day = self._day_sets[key] = _Bucket(attrs)
+            else:
+                day = self._day_overflow
+        indexes = tuple(i for i, budget in enumerate(self._budgets) if budget.matches(attrs))
+        cell = (day, export, indexes)
+        if len(self._cells) < self._limit * _CELL_CACHE_FACTOR:
+            self._cells[key] = cell
+        return cell
+
+    # --- days -------------------------------------------------------------------
+
+    def _now_date(self) -> date:
+        now = self._clock() if self._clock is not None else datetime.now(timezone.utc)
+        return ledger.day_of(now, self._tz)
+
+    def _start_day(self, day: date) -> None:
+        self._day = day
+        self._boundary_ts = ledger.next_day_start(
+            datetime.combine(day, datetime.min.time(), tzinfo=self._tz), self._tz
+        ).timestamp()
+        self._cells: dict[frozenset[Any], tuple[_Bucket, _Bucket, tuple[int, ...]]] = {}
+        self._day_sets: dict[frozenset[Any], _Bucket] = {}
+        self._day_overflow = _Bucket(dict(ledger.OVERFLOW_ATTRIBUTES))
+        self._day_total = 0
+        self._budget_nanos = [0] * len(self._budgets)
+
+    def _roll(self) -> None:
+        """Close the day (its snapshot waits for its final checkpoint) and open today."""
+        today = self._now_date()
+        if today <= self._day:  # the boundary moved under a zone change: stay
+            return
+        self._closed_days.append(self._snapshot_locked())
+        self._start_day(today)
+
+    def roll_if_due(self) -> None:
+        with self._lock:
+            if self._now_ts() >= self._boundary_ts:
+                self._roll()
+
+    def take_closed_days(self) -> list[DaySnapshot]:
+        """Snapshots of days that ended since the last call, oldest first."""
+        with self._lock:
+            closed, self._closed_days = self._closed_days, []
+            return closed
+
+    @property
+    def day(self) -> date:
+        return self._day
+
+    # --- reading ----------------------------------------------------------------
+
+    def _snapshot_locked(self) -> DaySnapshot:
+        items = [(b.attributes, b.nanos) for b in self._day_sets.values() if b.nanos]
+        if self._day_overflow.nanos:
+            items.append((self._day_overflow.attributes, self._day_overflow.nanos))
+        return DaySnapshot(
+            day=self._day, total_nanos=self._day_total, by_attributes=tuple(items),
+            by_budget=dict(zip(self._budget_names, self._budget_nanos, strict=True)),
+        )
+
+    def snapshot(self) -> DaySnapshot:
+        with self._lock:
+            return self._snapshot_locked()
+
+    def today_nanos(self) -> tuple[date, int, list[int]]:
+        """(day, total, per-budget sums in configuration order): cheap, for live reads."""
+        with self._lock:
+            return self._day, self._day_total, list(self._budget_nanos)
+
+    def export_points(self) -> list[tuple[dict[str, Any], int]]:
+        """Lifetime sums per attribute set, for the cumulative `llm.spend` counter."""
+        with self._lock:
+            points = [(b.attributes, b.nanos) for b in self._export.values()]
+            if self._export_overflow.nanos:
+                points.append((self._export_overflow.attributes, self._export_overflow.nanos))
+            return points
+
+    def attribute_sets_today(self) -> int:
+        with self._lock:
+            return len(self._day_sets)
+
+    # --- fork -------------------------------------------------------------------
+
+    def reset_after_fork(self) -> DaySnapshot:
+        """In a forked child: return what the parent had counted today (it stays the
+        parent's to checkpoint) and start from zero with a fresh lock."""
+        self._lock = threading.Lock()
+        inherited = self._snapshot_locked()
+        self._export = {}
+        self._export_overflow = _Bucket(dict(ledger.OVERFLOW_ATTRIBUTES))
+        self._closed_days = []
+        self._start_day(self._day)
+        return inherited
