@@ -43,9 +43,9 @@ class MemoryStore(ContextStore):
     def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
         self._check_open()
         with self._lock:
-            row = self._rows.get((patch_type, name))
-        if row is None:
-            return None
+            if (patch_type, name) not in self._rows:
+                return None
+            row = self._rows[(patch_type, name)]
         if not isinstance(row, dict):
             raise CheckpointError(
                 f"row {patch_type}/{name} holds {type(row).__name__}, expected a JSON object"
@@ -59,18 +59,19 @@ class MemoryStore(ContextStore):
         day, writer = checked["date"], checked["writer_id"]
         name = writer_row_name(day, writer)
         with self._lock:
+            present = (WRITER_TYPE, name) in self._rows
             stored = self._rows.get((WRITER_TYPE, name))
-            if stored is not None:
+            if present:
                 validate_writer_entry(stored, where=f"row {WRITER_TYPE}/{name}")
-            applied = stored is None or checked["seq"] > stored["seq"]
+            applied = not present or checked["seq"] > stored["seq"]
+            # Summed before writing: a malformed row elsewhere fails the merge whole.
+            others = self._summarize(day, exclude=name)
             if applied:
                 self._rows[(WRITER_TYPE, name)] = copy.deepcopy(checked)
                 self._days.setdefault(day, set()).add(name)
                 stored_seq = checked["seq"]
             else:
-                assert stored is not None
                 stored_seq = stored["seq"]
-            others = self._summarize(day, exclude=name)
         return {"applied": applied, "stored_seq": stored_seq, "others": others}
 
     def day_totals(self, days: Sequence[str]) -> dict[str, DayTotals]:
