@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from otel_budget import CheckpointError, StoreError
+from otel_budget import CheckpointError
 from otel_budget.stores.base import PatchStore
 from otel_budget.stores.entries import LEGACY_TYPE, WRITER_TYPE, writer_row_name
 from otel_budget.stores.memory import MemoryStore

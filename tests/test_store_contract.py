@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -226,7 +227,7 @@ def test_a_closed_store_refuses_every_method(store_factory: StoreFactory) -> Non
     store.merge_writer(entry("w1", 1.0, 1))
     store.close()
     store.close()  # idempotent
-    calls = {
+    calls: dict[str, Callable[[], Any]] = {
         "get": lambda: store.get(WRITER_TYPE, writer_row_name(DAY, "w1")),
         "insert_if_absent": lambda: store.insert_if_absent(NUDGE_TYPE, "n", {"a": 1}),
         "merge_writer": lambda: store.merge_writer(entry("w1", 2.0, 2)),

@@ -55,7 +55,7 @@ def test_a_good_entry_is_returned_as_is() -> None:
     good(by_budget={"x\x00": 1.0}), good(note="nul\x00"),
 ])
 def test_malformed_entries_name_the_place(bad: Any) -> None:
-    with pytest.raises(CheckpointError, match="^checkpoint of w-1: "):
+    with pytest.raises(CheckpointError, match=r"^checkpoint of w-1: "):
         validate_writer_entry(bad, where="checkpoint of w-1")
 
 
@@ -104,6 +104,7 @@ def test_totals_from_json_normalises_database_numbers() -> None:
 
 def test_check_days() -> None:
     assert check_days(("2026-11-25", "2026-11-24", "2026-11-25")) == ["2026-11-25", "2026-11-24"]
+    bad: Any
     for bad in (["2026-02-30"], "2026-11-25", [20261125]):
         with pytest.raises(CheckpointError):
             check_days(bad)

@@ -60,7 +60,7 @@ class MemoryStore(ContextStore):
         name = writer_row_name(day, writer)
         with self._lock:
             present = (WRITER_TYPE, name) in self._rows
-            stored = self._rows.get((WRITER_TYPE, name))
+            stored: Any = self._rows.get((WRITER_TYPE, name))
             if present:
                 validate_writer_entry(stored, where=f"row {WRITER_TYPE}/{name}")
             applied = not present or checked["seq"] > stored["seq"]
