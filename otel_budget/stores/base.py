@@ -5,9 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import re
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 from ..errors import CheckpointError, ConfigError
 
@@ -67,22 +65,9 @@ def open_store(url: str) -> PatchStore:
 
 def redact_url(url: str) -> str:
     """The URL with any password or token replaced, safe for logs and reprs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
-    query = re.sub(
-        r"(?i)((?:password|token|key|secret|apikey|sig)[^=&]*=)[^&]*", r"\1***", parts.query
-    )
-    shown = f"{parts.scheme}://{netloc}{parts.path}" if "://" in url else url.split("?")[0]
-    if query:
-        shown += f"?{query}"
-    # A malformed URL ("postgresql:/user:pw@host") has no parsed password: mask any
-    # "user:secret@" shape anyway.
-    return re.sub(r"(:)[^:@/]+(@)", r"\1***\2", shown)
+    from ..redact import redact_dsn
+
+    return redact_dsn(url)
 
 
 def dumps_content(content: dict[str, Any]) -> str:
