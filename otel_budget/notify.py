@@ -1,32 +1,95 @@
-"""Notifiers: callables that receive the nudge document once it has been claimed."""
+"""Notifiers: callables that receive the nudge document once it has been claimed.
+
+A notifier is any callable taking the nudge dict; raising means "not delivered".
+`NotifierDispatcher` delivers nudges off the caller's thread, retrying each notifier
+with exponential backoff and abandoning calls that hang. `WebhookNotifier` POSTs the
+nudge as JSON within one deadline for the whole call; `SlackNotifier` posts a Slack
+`{"text": ...}` message to an incoming-webhook URL.
+"""
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
 import logging
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping
+import os
+import random
+import select
+import socket
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, NotifyError
+from .redact import describe_exception, redact_secrets
+
+__all__ = [
+    "LoggingNotifier",
+    "Notifier",
+    "NotifierDispatcher",
+    "SlackNotifier",
+    "WebhookNotifier",
+    "nudge_summary",
+]
 
 Notifier = Callable[[dict[str, Any]], object]
 
 _log = logging.getLogger("otel_budget.notify")
 
-
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """urllib would turn a redirected POST into a body-less GET and report success:
-    a redirect is a failed delivery instead (retried, and visible in the logs)."""
-
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
-                         newurl: str) -> None:
-        raise urllib.error.HTTPError(req.full_url, code, "redirect not followed", headers, fp)
+_MAX_RESPONSE_BYTES = 64 * 1024
 
 
-_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+def _pct(ratio: Any) -> str:
+    try:
+        return format(round(float(ratio) * 100, 2), "g")
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _money(value: Any) -> str:
+    try:
+        return f"${float(value):,.2f}"
+    except (TypeError, ValueError):
+        return "$?"
+
+
+def nudge_summary(nudge: Mapping[str, Any]) -> str:
+    """One readable line naming the budget, window, spend, cap and threshold.
+
+    Works for version 1 nudges (`date`, `daily_spend_usd`, `daily_cap_usd`) and
+    version 2 ones (`budget`, `period`, `window`, `spend_usd`, `cap_usd`)."""
+    budget = nudge.get("budget") or "daily"
+    period = nudge.get("period") or "day"
+    window = nudge.get("window") or nudge.get("date") or "?"
+    spend = nudge.get("spend_usd", nudge.get("daily_spend_usd"))
+    cap = nudge.get("cap_usd", nudge.get("daily_cap_usd"))
+    try:
+        used = f"{float(spend) / float(cap) * 100:.1f}%" if cap else "?"
+    except (TypeError, ValueError):
+        used = "?"
+    text = (
+        f"Budget alert: budget {budget!s} ({period} {window}) has spent {_money(spend)} "
+        f"of its {_money(cap)} cap ({used} used; {_pct(nudge.get('ratio'))}% threshold reached)"
+    )
+    instance = nudge.get("instance_id")
+    if instance:
+        text += f" on {instance}"
+    to = nudge.get("to")
+    if to:
+        text += f" -> {to}"
+    return text
+
+
+def _nudge_name(nudge: Mapping[str, Any]) -> str:
+    """A short id for logs: budget/window/pct."""
+    budget = nudge.get("budget") or "daily"
+    window = nudge.get("window") or nudge.get("date") or "?"
+    return f"{budget}/{window}/{_pct(nudge.get('ratio'))}%"
 
 
 class LoggingNotifier:
@@ -38,44 +101,486 @@ class LoggingNotifier:
     def __call__(self, nudge: dict[str, Any]) -> None:
         self._logger.warning(
             "budget alert for %s: %.6f of %.2f USD spent (%s%% threshold reached) -> %s",
-            nudge.get("date"), nudge.get("daily_spend_usd", 0.0), nudge.get("daily_cap_usd", 0.0),
-            format(round(float(nudge.get("ratio", 0.0)) * 100, 2), "g"), nudge.get("to"),
+            nudge.get("window") or nudge.get("date"),
+            float(nudge.get("spend_usd", nudge.get("daily_spend_usd", 0.0))),
+            float(nudge.get("cap_usd", nudge.get("daily_cap_usd", 0.0))),
+            _pct(nudge.get("ratio", 0.0)), nudge.get("to"),
         )
 
     def __repr__(self) -> str:
         return f"LoggingNotifier(logger={self._logger.name!r})"
 
 
+# --- webhooks ---------------------------------------------------------------------------
+
+class _DeadlineRaw(io.RawIOBase):
+    """Reads a socket with the timeout recomputed from one deadline before each read,
+    so a server trickling a byte at a time cannot stretch the call past it."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("webhook deadline passed")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
+
+
+class _DeadlineSocket:
+    """What http.client.HTTPResponse needs from a socket: `makefile`."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineRaw(self._sock, self._deadline))
+
+
+class _Connection(http.client.HTTPConnection):
+    """An HTTPConnection over a socket we opened and close ourselves: http.client
+    closes its socket as soon as an answer says "Connection: close", while our
+    deadline-bound reader still has the body to read from it."""
+
+    def close(self) -> None:
+        self.sock = None
+
+
+def _remaining(deadline: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("webhook deadline passed")
+    return remaining
+
+
+def _tls_handshake(sock: ssl.SSLSocket, deadline: float) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            try:
+                sock.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                ready = select.select([sock], [], [], _remaining(deadline))[0]
+            except ssl.SSLWantWriteError:
+                ready = select.select([], [sock], [], _remaining(deadline))[1]
+            if not ready:
+                raise TimeoutError("webhook TLS handshake timed out")
+    finally:
+        sock.setblocking(True)
+
+
 class WebhookNotifier:
-    """POSTs the nudge as JSON. The URL (and any headers) are treated as secrets:
-    webhook URLs carry their token in the path, so only the host is ever shown."""
+    """POSTs the nudge as JSON; any 2xx answer is a delivery.
+
+    `timeout_s` bounds the whole call (connect, TLS handshake, send, and reading the
+    answer together), not each socket operation. Redirects are not followed (a 3xx is
+    a failed delivery: urllib would have turned the POST into a body-less GET). The
+    URL and headers are secrets (webhook URLs carry their token in the path): only
+    `scheme://host` is ever shown. Proxy environment variables are not used."""
 
     def __init__(
         self, url: str, *, timeout_s: float = 5.0, headers: Mapping[str, str] | None = None
     ) -> None:
-        parts = urlsplit(url) if isinstance(url, str) else None
+        try:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            port = parts.port if parts is not None else None
+        except ValueError:
+            parts, port = None, None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError("webhook url must be an http(s) URL with a host")
-        if not (timeout_s > 0):
+        if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
             raise ConfigError(f"webhook timeout_s must be > 0, got {timeout_s!r}")
-        self._url = url
-        self._where = f"{parts.scheme}://{parts.hostname}"
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = port or (443 if self._https else 80)
+        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host_header = self._host if ":" not in self._host else f"[{self._host}]"
+        if port is not None:
+            host_header += f":{port}"
+        self._host_header = host_header
+        self._where = f"{parts.scheme}://{host_header}"
         self._timeout_s = float(timeout_s)
         self._headers = {"Content-Type": "application/json", **dict(headers or {})}
 
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    def _body(self, nudge: dict[str, Any]) -> bytes:
+        return json.dumps(nudge).encode()
+
     def __call__(self, nudge: dict[str, Any]) -> None:
-        body = json.dumps(nudge).encode()
-        request = urllib.request.Request(self._url, data=body, headers=self._headers, method="POST")
+        self._post(self._body(nudge))
+
+    def _post(self, body: bytes) -> None:
+        deadline = time.monotonic() + self._timeout_s
+        sock: socket.socket | None = None
         try:
-            with _NO_REDIRECTS.open(request, timeout=self._timeout_s) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            raise NotifyError(f"webhook to {self._where} answered HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+            sock = socket.create_connection((self._host, self._port), timeout=_remaining(deadline))
+            if self._https:
+                context = ssl.create_default_context()
+                tls = context.wrap_socket(
+                    sock, server_hostname=self._host, do_handshake_on_connect=False
+                )
+                sock = tls
+                _tls_handshake(tls, deadline)
+            conn = _Connection(self._host, self._port)
+            conn.sock = sock
+            # Each read of the answer gets only what is left of the deadline.
+            conn.response_class = _response_class(deadline)  # type: ignore[assignment]
+            sock.settimeout(_remaining(deadline))  # sendall: total time since 3.5
+            conn.putrequest("POST", self._target, skip_host=True, skip_accept_encoding=True)
+            conn.putheader("Host", self._host_header)
+            for name, value in self._headers.items():
+                conn.putheader(name, value)
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            response = conn.getresponse()
+            status = response.status
+            response.read(_MAX_RESPONSE_BYTES)
+        except TimeoutError:
             raise NotifyError(
-                f"webhook to {self._where} failed: {type(reason).__name__}"
+                f"webhook to {self._where} failed: timeout after {self._timeout_s:g} s"
             ) from None
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise NotifyError(f"webhook to {self._where} failed: {type(exc).__name__}") from None
+        finally:
+            if sock is not None:
+                sock.close()
+        if 300 <= status < 400:
+            raise NotifyError(
+                f"webhook to {self._where} answered HTTP {status} (redirect not followed)"
+            )
+        if not 200 <= status < 300:
+            raise NotifyError(f"webhook to {self._where} answered HTTP {status}")
 
     def __repr__(self) -> str:
-        return f"WebhookNotifier(host={self._where!r}, url=<redacted>)"
+        return f"{type(self).__name__}(host={self._where!r}, url=<redacted>)"
+
+
+def _response_class(deadline: float) -> Callable[..., http.client.HTTPResponse]:
+    def make(sock: socket.socket, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:
+        return http.client.HTTPResponse(_DeadlineSocket(sock, deadline), *args, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+class SlackNotifier(WebhookNotifier):
+    """Posts `{"text": "<one line>"}` to a Slack-compatible incoming webhook
+    (`https://hooks.slack.com/services/T.../B.../...`; Mattermost, Rocket.Chat and
+    Discord's `/slack` endpoints accept the same body). The line names the budget,
+    window, spend, cap, share used and threshold; `prefix` (e.g. ":warning:" or
+    "<!here>") is put in front as given."""
+
+    def __init__(
+        self, url: str, *, timeout_s: float = 5.0, headers: Mapping[str, str] | None = None,
+        prefix: str = "",
+    ) -> None:
+        super().__init__(url, timeout_s=timeout_s, headers=headers)
+        self._prefix = prefix
+
+    def text(self, nudge: Mapping[str, Any]) -> str:
+        summary = nudge_summary(nudge)
+        # Slack reads &, < and > as markup: escape them in our text.
+        summary = summary.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return f"{self._prefix} {summary}" if self._prefix else summary
+
+    def _body(self, nudge: dict[str, Any]) -> bytes:
+        return json.dumps({"text": self.text(nudge)}).encode()
+
+
+# --- the dispatcher ---------------------------------------------------------------------
+
+class _Delivery:
+    __slots__ = ("nudge", "remaining")
+
+    def __init__(self, nudge: dict[str, Any], remaining: set[int]) -> None:
+        self.nudge = nudge
+        self.remaining = remaining
+
+
+class _NotifierState:
+    __slots__ = ("abandoned", "call_deadline", "call_id", "delivery", "failures", "inflight",
+                 "next_at", "shown")
+
+    def __init__(self, shown: str) -> None:
+        self.shown = shown
+        self.failures = 0
+        self.next_at = 0.0
+        self.inflight = False
+        self.abandoned = False
+        self.call_deadline = 0.0
+        self.call_id = 0
+        self.delivery: _Delivery | None = None
+
+
+_DISPATCHERS: weakref.WeakSet[NotifierDispatcher] = weakref.WeakSet()
+_MAX_IDLE_WAIT_S = 1.0  # the worker re-checks that its dispatcher is still referenced
+
+
+def _after_fork_in_child() -> None:
+    for dispatcher in list(_DISPATCHERS):
+        dispatcher._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class NotifierDispatcher:
+    """Delivers nudges to notifiers from a background thread.
+
+    `submit(nudge)` only queues. A daemon worker calls every notifier that has not
+    yet taken the nudge, each call in a helper thread with a deadline of
+    `call_timeout_s`: a call that has not returned by then counts as a failure and is
+    abandoned; that notifier is skipped until the stuck call returns (at most one
+    call per notifier is ever in flight, so threads stay bounded by the number of
+    notifiers). A failing notifier is retried after an exponential backoff
+    (`backoff_initial_s`, doubling up to `backoff_max_s`, with jitter: each delay is
+    drawn from [d/2, d]); a success resets it. Notifiers run in parallel: one that
+    hangs or fails does not delay the others. Failures are logged at WARNING with
+    the notifier's (redacted) repr and a redacted message, never a URL.
+
+    `close(timeout_s)` retries every pending delivery once more at once, waits at
+    most `timeout_s` in total, then stops the worker; what is still undelivered is
+    logged and dropped. Nudges submitted after `close()` are logged and dropped.
+
+    After `os.fork()` the child's dispatcher starts empty (the parent still owns what
+    was queued) and starts its worker on its first `submit`."""
+
+    def __init__(
+        self,
+        notifiers: Iterable[Notifier],
+        *,
+        call_timeout_s: float = 10.0,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 300.0,
+    ) -> None:
+        self._notifiers = list(notifiers)
+        for notifier in self._notifiers:
+            if not callable(notifier):
+                raise ConfigError(f"notifier {_shown(notifier)} is not callable")
+        for name, value in (("call_timeout_s", call_timeout_s),
+                            ("backoff_initial_s", backoff_initial_s),
+                            ("backoff_max_s", backoff_max_s)):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+                raise ConfigError(f"NotifierDispatcher {name} must be > 0, got {value!r}")
+        if backoff_max_s < backoff_initial_s:
+            raise ConfigError("NotifierDispatcher backoff_max_s must be >= backoff_initial_s")
+        self._call_timeout_s = float(call_timeout_s)
+        self._backoff_initial_s = float(backoff_initial_s)
+        self._backoff_max_s = float(backoff_max_s)
+        self._random = random.Random()
+        self._init_state()
+        _DISPATCHERS.add(self)
+
+    def _init_state(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[_Delivery] = []
+        self._states = [_NotifierState(_shown(n)) for n in self._notifiers]
+        self._worker: threading.Thread | None = None
+        self._closing = False
+        self._closed = False
+
+    def _reset_after_fork(self) -> None:
+        closed = self._closed
+        self._init_state()
+        self._closing = self._closed = closed
+
+    # --- public API --------------------------------------------------------------------
+
+    def submit(self, nudge: Mapping[str, Any]) -> None:
+        """Queue `nudge` for every notifier; returns at once."""
+        copy = dict(nudge)
+        with self._cond:
+            if self._closing:
+                _log.warning("notifier dispatcher is closed: nudge %s not delivered",
+                             _nudge_name(copy))
+                return
+            if not self._notifiers:
+                return
+            self._pending.append(_Delivery(copy, set(range(len(self._notifiers)))))
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(
+                    target=_worker_main, args=(weakref.ref(self),),
+                    name="otel-budget-notify", daemon=True,
+                )
+                self._worker.start()
+            self._cond.notify_all()
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Copies of the nudges some notifier has not yet taken, oldest first."""
+        with self._cond:
+            return [dict(d.nudge) for d in self._pending]
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per notifier: its (redacted) repr, consecutive failures, seconds until the
+        next retry, and whether a call is stuck past its deadline."""
+        now = time.monotonic()
+        with self._cond:
+            return [
+                {"notifier": s.shown, "failures": s.failures,
+                 "retry_in_s": round(max(0.0, s.next_at - now), 3) if s.failures else 0.0,
+                 "stuck": s.abandoned}
+                for s in self._states
+            ]
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Deliver what is pending within `timeout_s` (in total), then stop."""
+        deadline = time.monotonic() + max(0.0, float(timeout_s))
+        with self._cond:
+            if self._closed:
+                return
+            if not self._closing:
+                self._closing = True
+                now = time.monotonic()
+                for state in self._states:
+                    state.next_at = min(state.next_at, now)  # one last try, now
+                self._cond.notify_all()
+            while self._pending and self._worker is not None and self._worker.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            self._closed = True
+            left = list(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+            worker = self._worker
+        for delivery in left:
+            _log.warning(
+                "notifier dispatcher closed with nudge %s undelivered to %s",
+                _nudge_name(delivery.nudge),
+                ", ".join(self._states[i].shown for i in sorted(delivery.remaining)),
+            )
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(max(0.0, deadline - time.monotonic()))
+
+    def __enter__(self) -> NotifierDispatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"NotifierDispatcher([{', '.join(s.shown for s in self._states)}])"
+
+    # --- the worker ------------------------------------------------------------------------
+
+    def _backoff(self, failures: int) -> float:
+        delay = min(self._backoff_max_s, self._backoff_initial_s * 2.0 ** min(failures - 1, 62))
+        return delay * (0.5 + 0.5 * self._random.random())
+
+    def _step(self) -> bool:
+        """Start due calls, abandon overdue ones, wait for the next event. Runs with
+        the worker holding `self`; returns False when the worker should stop."""
+        with self._cond:
+            if self._closed:
+                return False
+            now = time.monotonic()
+            wake = now + _MAX_IDLE_WAIT_S
+            for index, state in enumerate(self._states):
+                if state.inflight:
+                    if not state.abandoned:
+                        if state.call_deadline <= now:
+                            self._abandon(index, state, now)
+                        else:
+                            wake = min(wake, state.call_deadline)
+                    continue
+                delivery = next((d for d in self._pending if index in d.remaining), None)
+                if delivery is None:
+                    continue
+                if state.next_at > now:
+                    wake = min(wake, state.next_at)
+                    continue
+                self._start_call(index, state, delivery, now)
+                wake = min(wake, state.call_deadline)
+            self._cond.wait(max(0.0, wake - time.monotonic()))
+            return not self._closed
+
+    def _start_call(self, index: int, state: _NotifierState, delivery: _Delivery,
+                    now: float) -> None:
+        state.inflight = True
+        state.abandoned = False
+        state.call_id += 1
+        state.call_deadline = now + self._call_timeout_s
+        state.delivery = delivery
+        thread = threading.Thread(
+            target=self._call, args=(index, state.call_id, delivery),
+            name=f"otel-budget-notify-{index}", daemon=True,
+        )
+        thread.start()
+
+    def _abandon(self, index: int, state: _NotifierState, now: float) -> None:
+        state.abandoned = True
+        state.failures += 1
+        delay = self._backoff(state.failures)
+        state.next_at = now + delay
+        _log.warning(
+            "notifier %s did not return within %g s for nudge %s; abandoned it "
+            "(skipped until it returns; attempt %d)",
+            state.shown, self._call_timeout_s, _nudge_name(state.delivery.nudge)
+            if state.delivery else "?", state.failures,
+        )
+
+    def _call(self, index: int, call_id: int, delivery: _Delivery) -> None:
+        notifier = self._notifiers[index]
+        error: BaseException | None = None
+        try:
+            notifier(dict(delivery.nudge))
+        except BaseException as exc:  # a notifier's failure must not kill the thread
+            error = exc
+        with self._cond:
+            state = self._states[index] if index < len(self._states) else None
+            if state is None or state.call_id != call_id or state.delivery is not delivery:
+                return  # reset by a fork, or otherwise stale
+            was_abandoned = state.abandoned
+            state.inflight = False
+            state.abandoned = False
+            state.delivery = None
+            if error is None:
+                # Even a late success delivered the nudge: never send it twice.
+                delivery.remaining.discard(index)
+                if not delivery.remaining and delivery in self._pending:
+                    self._pending.remove(delivery)
+                state.failures = 0
+                state.next_at = 0.0
+                if was_abandoned:
+                    _log.info("notifier %s returned late but delivered nudge %s",
+                              state.shown, _nudge_name(delivery.nudge))
+            elif not was_abandoned:
+                state.failures += 1
+                delay = self._backoff(state.failures)
+                state.next_at = time.monotonic() + delay
+                _log.warning(
+                    "notifier %s failed for nudge %s (attempt %d; retry in %.1f s): %s",
+                    state.shown, _nudge_name(delivery.nudge), state.failures, delay,
+                    describe_exception(error),
+                )
+            self._cond.notify_all()
+
+
+def _worker_main(ref: weakref.ref[NotifierDispatcher]) -> None:
+    while True:
+        dispatcher = ref()
+        if dispatcher is None:
+            return
+        keep_going = dispatcher._step()
+        del dispatcher
+        if not keep_going:
+            return
+
+
+def _shown(notifier: object) -> str:
+    try:
+        text = repr(notifier)
+    except Exception:
+        text = f"<{type(notifier).__name__}>"
+    return redact_secrets(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -16,7 +17,13 @@ from typing import Any
 import pytest
 
 from otel_budget import BudgetConfig, BudgetMeter, ConfigError, NotifyError
-from otel_budget.notify import LoggingNotifier, WebhookNotifier
+from otel_budget.notify import (
+    LoggingNotifier,
+    NotifierDispatcher,
+    SlackNotifier,
+    WebhookNotifier,
+    nudge_summary,
+)
 from otel_budget.stores.memory import MemoryStore
 
 TOKEN = "T0KEN-SECRET-123"
@@ -232,3 +239,371 @@ def test_meter_with_a_failing_webhook_keeps_the_token_secret(
         assert len(hook.requests) == 2, "never called again after a success"
     assert json.loads(hook.requests[-1]["body"])["ratio"] == 0.8
     assert_no_secret(caplog.text)
+
+
+# --- whole-call deadline against a trickling server -----------------------------------------
+
+class Trickler:
+    """A raw TCP server that reads the request, then sends one byte every `every_s`
+    forever (until stopped): per-read socket timeouts never fire against it."""
+
+    def __init__(self, every_s: float = 0.5, prefix: bytes = b"HTTP/1.1 200 OK\r\n") -> None:
+        self.every_s = every_s
+        self.prefix = prefix
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self.connections = 0
+        self.threads: list[threading.Thread] = []
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.connections += 1
+            thread = threading.Thread(target=self._trickle, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(0.5)
+            try:
+                conn.recv(65536)
+                for i in range(10_000):  # bounded: ~80 min at 0.5 s; stop ends it first
+                    if self.stop.wait(self.every_s if i else 0.0):
+                        return
+                    conn.sendall(self.prefix[i:i + 1] if i < len(self.prefix) else b"x")
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        self.acceptor.join(5)
+        for thread in self.threads:
+            thread.join(5)
+
+
+@pytest.fixture
+def trickler() -> Iterator[Trickler]:
+    server = Trickler()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_a_trickling_server_cannot_stretch_the_call_past_its_deadline(trickler: Trickler) -> None:
+    notifier = WebhookNotifier(f"http://127.0.0.1:{trickler.port}/hooks/{TOKEN}", timeout_s=1.5)
+    started = time.monotonic()
+    with pytest.raises(NotifyError) as info:
+        notifier(dict(NUDGE))
+    elapsed = time.monotonic() - started
+    assert 1.0 < elapsed < 2.5, f"a 1.5 s deadline took {elapsed:.2f} s"
+    assert "timeout" in str(info.value).lower()
+    assert_error_is_clean(info.value)
+
+
+def test_dispatcher_close_returns_within_its_deadline_against_a_trickler(
+    trickler: Trickler, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    notifier = WebhookNotifier(f"http://127.0.0.1:{trickler.port}/hooks/{TOKEN}", timeout_s=1.0)
+    dispatcher = NotifierDispatcher([notifier], call_timeout_s=5.0, backoff_initial_s=0.2)
+    started = time.monotonic()
+    dispatcher.submit(dict(NUDGE))
+    assert time.monotonic() - started < 0.2, "submit does not wait for delivery"
+    time.sleep(1.5)  # the first call has failed on its own deadline by now
+    assert trickler.connections >= 1
+    assert dispatcher.pending() == [NUDGE]
+    started = time.monotonic()
+    dispatcher.close(timeout_s=1.0)
+    assert time.monotonic() - started < 1.5
+    assert dispatcher.pending() == []
+    assert any("timeout" in r.getMessage() for r in caplog.records)
+    assert_no_secret(caplog.text)
+
+
+# --- the dispatcher: backoff against a failing server, then exactly one delivery ---------------
+
+def test_failing_webhook_is_retried_with_backoff_then_delivered_exactly_once(
+    hook_server: tuple[Hook, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    hook, port = hook_server
+    hook.status = 500
+    dispatcher = NotifierDispatcher([WebhookNotifier(hook_url(port), timeout_s=1.0)],
+                                    backoff_initial_s=0.5, backoff_max_s=30.0)
+    try:
+        dispatcher.submit(dict(NUDGE))
+        time.sleep(5.0)
+        failed = len(hook.requests)
+        # delays drawn from [d/2, d] with d = 0.5, 1, 2, 4: at most 5 POSTs in 5 s
+        assert 2 <= failed <= 6, failed
+        [status] = dispatcher.status()
+        assert status["failures"] == failed and status["retry_in_s"] > 0
+        hook.status = 200
+        deadline = time.monotonic() + 15
+        while dispatcher.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert dispatcher.pending() == []
+        delivered = len(hook.requests)
+        assert delivered == failed + 1
+        time.sleep(0.5)
+        assert len(hook.requests) == delivered, "never posted again after a success"
+        assert json.loads(hook.requests[-1]["body"]) == NUDGE
+        assert dispatcher.status()[0]["failures"] == 0
+    finally:
+        dispatcher.close(timeout_s=1.0)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and all("HTTP 500" in r.getMessage() for r in warnings)
+    assert_no_secret(caplog.text)
+
+
+def test_a_hanging_notifier_does_not_block_submit_or_the_others() -> None:
+    release = threading.Event()
+    calls: list[str] = []
+    delivered = threading.Event()
+
+    def hangs(nudge: dict[str, Any]) -> None:
+        calls.append("hang")
+        release.wait(30)
+
+    def works(nudge: dict[str, Any]) -> None:
+        calls.append("work")
+        delivered.set()
+
+    dispatcher = NotifierDispatcher([hangs, works], call_timeout_s=0.3,
+                                    backoff_initial_s=0.05, backoff_max_s=0.1)
+    try:
+        before = threading.active_count()
+        started = time.monotonic()
+        dispatcher.submit(dict(NUDGE))
+        assert time.monotonic() - started < 0.1
+        assert delivered.wait(2.0), "the healthy notifier delivered while the other hangs"
+        time.sleep(1.5)  # many backoff periods: the stuck notifier is not called again
+        assert calls.count("hang") == 1, calls
+        assert calls.count("work") == 1, calls
+        assert threading.active_count() <= before + 2, "one worker + one stuck call at most"
+        [stuck, ok] = dispatcher.status()
+        assert stuck["stuck"] is True and ok["stuck"] is False
+        assert dispatcher.pending() == [NUDGE]
+        release.set()  # the stuck call returns (successfully): that counts as delivered
+        deadline = time.monotonic() + 5
+        while dispatcher.pending() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert dispatcher.pending() == []
+        assert calls.count("hang") == 1
+    finally:
+        release.set()
+        dispatcher.close(timeout_s=1.0)
+
+
+def test_a_stuck_notifier_failing_late_is_retried_once_it_returns() -> None:
+    release = threading.Event()
+    attempts: list[float] = []
+
+    def flaky(nudge: dict[str, Any]) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            release.wait(30)
+            raise RuntimeError("late failure")
+
+    dispatcher = NotifierDispatcher([flaky], call_timeout_s=0.2, backoff_initial_s=0.05,
+                                    backoff_max_s=0.1)
+    try:
+        dispatcher.submit(dict(NUDGE))
+        time.sleep(0.6)
+        assert len(attempts) == 1
+        release.set()
+        deadline = time.monotonic() + 5
+        while dispatcher.pending() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert dispatcher.pending() == [] and len(attempts) == 2
+    finally:
+        release.set()
+        dispatcher.close(timeout_s=1.0)
+
+
+def test_close_waits_for_pending_then_returns_and_later_submits_are_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    got: list[dict[str, Any]] = []
+
+    def slow(nudge: dict[str, Any]) -> None:
+        time.sleep(0.2)
+        got.append(nudge)
+
+    dispatcher = NotifierDispatcher([slow])
+    dispatcher.submit(dict(NUDGE))
+    dispatcher.submit(dict(NUDGE, ratio=0.9))
+    started = time.monotonic()
+    dispatcher.close(timeout_s=3.0)
+    assert time.monotonic() - started < 2.0
+    assert [n["ratio"] for n in got] == [0.8, 0.9]
+    caplog.set_level(logging.WARNING)
+    dispatcher.submit(dict(NUDGE, ratio=1.0))
+    assert dispatcher.pending() == [] and "closed" in caplog.text
+    dispatcher.close(timeout_s=1.0)  # idempotent
+
+
+def test_close_never_waits_longer_than_its_timeout() -> None:
+    release = threading.Event()
+    dispatcher = NotifierDispatcher([lambda nudge: release.wait(30)], call_timeout_s=20.0)
+    try:
+        dispatcher.submit(dict(NUDGE))
+        time.sleep(0.1)
+        started = time.monotonic()
+        dispatcher.close(timeout_s=0.5)
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+
+
+def test_a_failing_notifier_logs_its_redacted_repr_and_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+
+    class Leaky:
+        def __call__(self, nudge: dict[str, Any]) -> None:
+            raise ConnectionError(f"cannot reach https://notify.example.com/hooks/{TOKEN}")
+
+        def __repr__(self) -> str:
+            return f"Leaky(https://notify.example.com/hooks/{TOKEN})"
+
+    dispatcher = NotifierDispatcher([Leaky()], backoff_initial_s=10.0, backoff_max_s=10.0)
+    dispatcher.submit(dict(NUDGE))
+    deadline = time.monotonic() + 5
+    while not caplog.records and time.monotonic() < deadline:
+        time.sleep(0.02)
+    dispatcher.close(timeout_s=0.5)
+    assert "Leaky(https://notify.example.com/***)" in caplog.text
+    assert "ConnectionError" in caplog.text
+    assert_no_secret(caplog.text)
+    assert_no_secret(repr(dispatcher))
+
+
+def test_notifiers_get_their_own_copy_of_the_nudge() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def mutates(nudge: dict[str, Any]) -> None:
+        nudge["ratio"] = 99
+
+    dispatcher = NotifierDispatcher([mutates, seen.append])
+    dispatcher.submit(dict(NUDGE))
+    dispatcher.close(timeout_s=2.0)
+    assert seen == [NUDGE]
+
+
+@pytest.mark.parametrize("kwargs", [{"call_timeout_s": 0}, {"backoff_initial_s": -1.0},
+                                    {"backoff_initial_s": 5.0, "backoff_max_s": 1.0}])
+def test_invalid_dispatcher_settings_are_config_errors(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        NotifierDispatcher([LoggingNotifier()], **kwargs)
+
+
+def test_a_non_callable_notifier_is_a_config_error() -> None:
+    not_callable: Any = object()
+    with pytest.raises(ConfigError):
+        NotifierDispatcher([not_callable])
+
+
+def test_dispatchers_are_garbage_collected_with_their_worker() -> None:
+    import gc
+    import weakref
+
+    dispatcher = NotifierDispatcher([lambda nudge: None])
+    dispatcher.submit(dict(NUDGE))
+    time.sleep(0.1)
+    ref = weakref.ref(dispatcher)
+    worker = dispatcher._worker
+    del dispatcher
+    deadline = time.monotonic() + 5
+    while ref() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    assert ref() is None
+    assert worker is not None
+    worker.join(3)
+    assert not worker.is_alive()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_after_fork_the_child_starts_empty_and_delivers_its_own() -> None:
+    release = threading.Event()
+    read_fd, write_fd = os.pipe()
+
+    def notifier(nudge: dict[str, Any]) -> None:
+        if os.getpid() == parent:
+            release.wait(30)
+        else:
+            os.write(write_fd, json.dumps(nudge).encode() + b"\n")
+
+    parent = os.getpid()
+    dispatcher = NotifierDispatcher([notifier], call_timeout_s=20.0)
+    try:
+        dispatcher.submit(dict(NUDGE))
+        time.sleep(0.1)  # the parent's call is in flight, its lock maybe held
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                if dispatcher.pending() == []:
+                    dispatcher.submit(dict(NUDGE, ratio=0.9))
+                    dispatcher.close(timeout_s=5.0)
+                    code = 0 if dispatcher.pending() == [] else 3
+                else:
+                    code = 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            lines = pipe.read().splitlines()
+        assert [json.loads(line)["ratio"] for line in lines] == [0.9]
+        assert dispatcher.pending() == [NUDGE], "the parent still owns its delivery"
+    finally:
+        release.set()
+        dispatcher.close(timeout_s=2.0)
+
+
+# --- Slack -------------------------------------------------------------------------------------
+
+NUDGE_V2 = dict(NUDGE, budget="team-search", period="week", window="2026-W48",
+                match={"team": "search"}, spend_usd=412.5, cap_usd=500.0)
+
+
+def test_slack_posts_a_text_body_naming_budget_window_spend_cap_and_ratio(
+    hook_server: tuple[Hook, int],
+) -> None:
+    hook, port = hook_server
+    notifier = SlackNotifier(hook_url(port))
+    notifier(dict(NUDGE_V2))
+    notifier(dict(NUDGE))
+    v2, v1 = (json.loads(r["body"]) for r in hook.requests)
+    assert list(v2) == ["text"] and list(v1) == ["text"]
+    for fragment in ("team-search", "2026-W48", "$412.50", "$500.00", "82.5%", "80%"):
+        assert fragment in v2["text"], v2["text"]
+    for fragment in ("daily", "2026-11-25", "$40.10", "$50.00", "80%"):
+        assert fragment in v1["text"], v1["text"]
+    assert "\n" not in v1["text"] and "\n" not in v2["text"]
+    assert_no_secret(repr(notifier))
+
+
+def test_slack_escapes_markup_and_keeps_a_prefix() -> None:
+    notifier = SlackNotifier("https://hooks.slack.com/services/T0/B0/x", prefix="<!here>")
+    text = notifier.text(dict(NUDGE_V2, budget="a<b>&c"))
+    assert text.startswith("<!here> ") and "a&lt;b&gt;&amp;c" in text
+    assert "hooks.slack.com" in repr(notifier) and "/services" not in repr(notifier)
+
+
+def test_nudge_summary_tolerates_missing_fields() -> None:
+    assert "Budget alert" in nudge_summary({})

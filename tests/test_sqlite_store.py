@@ -1,9 +1,10 @@
-"""The embedded SQLite store on real files: URL forms, WAL, locking, errors, and corrupt
-rows that must be reported (naming the row) and never touched."""
+"""The embedded SQLite store on real files: URL forms, WAL, locking, errors, a file
+deleted or replaced under the store, the day view, and several processes."""
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -13,26 +14,17 @@ from typing import Any
 
 import pytest
 
-from otel_budget import (
-    BudgetConfig,
-    BudgetMeter,
-    CheckpointError,
-    ConfigError,
-    StoreError,
-    open_store,
-)
-from otel_budget.ledger import BUDGET_TYPE
+from otel_budget import ConfigError, StoreError, open_store
+from otel_budget.stores.entries import LEGACY_TYPE, WRITER_TYPE, writer_row_name
 from otel_budget.stores.sqlite import SQLiteStore
-from tests.conftest import FakeClock
 
-NAME = "budget_2026-11-25"  # today for the `clock` fixture
-META = {"date": "2026-11-25", "timezone": "UTC", "daily_cap_usd": 10.0,
-        "updated_at": "2026-11-25T10:00:00+00:00"}
+DAY = "2026-11-25"
+NAME = writer_row_name(DAY, "a")
 
 
-def entry(spend: float, seq: int) -> dict[str, Any]:
-    return {"spend_usd": spend, "seq": seq, "updated_at": "2026-11-25T10:00:00+00:00",
-            "by_attributes": []}
+def entry(spend: float, seq: int, writer: str = "a", day: str = DAY) -> dict[str, Any]:
+    return {"date": day, "writer_id": writer, "instance_id": "host", "spend_usd": spend,
+            "seq": seq, "updated_at": f"{day}T10:00:00+00:00", "by_attributes": []}
 
 
 def raw_rows(path: Path) -> list[tuple[Any, ...]]:
@@ -48,7 +40,7 @@ def write_raw(path: Path, name: str, content: str | bytes) -> None:
     conn = sqlite3.connect(path)
     try:
         conn.execute("INSERT INTO quilt_patches (patch_type, name, content) VALUES (?, ?, ?)",
-                     (BUDGET_TYPE, name, content))
+                     (LEGACY_TYPE, name, content))
         conn.commit()
     finally:
         conn.close()
@@ -75,7 +67,7 @@ def test_three_slashes_are_relative_to_the_working_directory(
                           ("sqlite:///sub/nested.db", tmp_path / "sub" / "nested.db")):
         store = open_store(url)
         try:
-            store.merge_budget(NAME, "a", entry(1.0, 1), day_meta=META)
+            store.merge_writer(entry(1.0, 1))
         finally:
             store.close()
         assert expected.is_file(), url
@@ -91,7 +83,7 @@ def test_four_slashes_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert url.startswith("sqlite:////")
     store = open_store(url)
     try:
-        store.merge_budget(NAME, "a", entry(1.0, 1), day_meta=META)
+        store.merge_writer(entry(1.0, 1))
     finally:
         store.close()
     assert target.is_file()
@@ -140,11 +132,12 @@ def test_wal_mode_is_on(db: tuple[Path, SQLiteStore]) -> None:
 
 def test_stored_values_carry_no_float_noise(db: tuple[Path, SQLiteStore]) -> None:
     path, store = db
-    store.merge_budget(NAME, "a", entry(0.1 + 0.2, 1), day_meta=META)
-    store.merge_budget(NAME, "b", entry(0.36300000000000004, 1), day_meta=META)
-    content = raw_rows(path)[0][3].decode()
+    store.merge_writer(entry(0.1 + 0.2, 1))
+    store.merge_writer(entry(0.36300000000000004, 1, writer="b"))
+    content = b"".join(row[3] for row in raw_rows(path)).decode()
     assert "0.30000000000000004" not in content and "0.36300000000000004" not in content
-    assert '"total_usd":0.663' in content
+    assert '"spend_usd":0.3,' in content and '"spend_usd":0.363,' in content
+    assert store.day_totals([DAY])[DAY]["total_usd"] == 0.663
 
 
 # --- locking -----------------------------------------------------------------------------
@@ -167,10 +160,10 @@ def test_merge_waits_for_another_writer(db: tuple[Path, SQLiteStore]) -> None:
     holder.start()
     assert locked.wait(5)
     started = time.monotonic()
-    doc = store.merge_budget(NAME, "a", entry(2.0, 1), day_meta=META)
+    result = store.merge_writer(entry(2.0, 1))
     waited = time.monotonic() - started
     holder.join()
-    assert doc["total_usd"] == 2.0
+    assert result["applied"] is True
     assert waited >= 0.2, "it waited for the lock rather than failing or skipping it"
 
 
@@ -180,7 +173,7 @@ def test_a_lock_held_past_the_busy_timeout_is_a_store_error_and_changes_nothing(
     path = tmp_path / "busy.db"
     store = SQLiteStore(path, busy_timeout_s=0.2)
     try:
-        store.merge_budget(NAME, "a", entry(1.0, 1), day_meta=META)
+        store.merge_writer(entry(1.0, 1))
         before = raw_rows(path)
         locked = threading.Event()
         holder = threading.Thread(target=_hold_write_lock, args=(path, 0.8, locked))
@@ -188,88 +181,172 @@ def test_a_lock_held_past_the_busy_timeout_is_a_store_error_and_changes_nothing(
         assert locked.wait(5)
         started = time.monotonic()
         with pytest.raises(StoreError, match=NAME):
-            store.merge_budget(NAME, "a", entry(5.0, 2), day_meta=META)
+            store.merge_writer(entry(5.0, 2))
         assert time.monotonic() - started < 0.7
         holder.join()
         assert raw_rows(path) == before
         # the store is usable again once the lock is gone
-        assert store.merge_budget(NAME, "a", entry(5.0, 2), day_meta=META)["total_usd"] == 5.0
+        assert store.merge_writer(entry(5.0, 2))["applied"] is True
+        assert store.day_totals([DAY])[DAY]["total_usd"] == 5.0
     finally:
         store.close()
 
 
-# --- corrupt rows ----------------------------------------------------------------------------
-
-# (raw content, does `get` reject it too?) `get` only promises a JSON object; the shape of
-# a budget document is checked by merge_budget and by the meter's restore.
-CORRUPT: dict[str, tuple[str | bytes, bool]] = {
-    "not-json": ("{not json", True),
-    "truncated": ('{"instances": {"a": {"spend_usd": 1.0', True),
-    "json-array": ("[1, 2, 3]", True),
-    "json-string": ('"budget"', True),
-    "nan": ('{"instances": {"host-b": {"spend_usd": NaN, "seq": 2}}}', True),
-    "invalid-utf8-blob": (b"\xff\xfe{}", True),
-    "instances-not-object": ('{"instances": [1, 2]}', False),
-    "negative-spend": ('{"instances": {"host-b": {"spend_usd": -3.5, "seq": 2}}}', False),
-    "seq-missing": ('{"instances": {"host-b": {"spend_usd": 3.5}}}', False),
-}
+def test_the_default_busy_timeout_is_five_seconds(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    try:
+        conn = store._connection()
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    finally:
+        store.close()
+    with SQLiteStore(tmp_path / "t.db", busy_timeout_s=0.25) as quick:
+        assert quick._connection().execute("PRAGMA busy_timeout").fetchone()[0] == 250
 
 
-@pytest.mark.parametrize("case", sorted(CORRUPT))
-def test_corrupt_row_is_reported_and_left_untouched(
-    db: tuple[Path, SQLiteStore], case: str
-) -> None:
+# --- in-memory databases are refused -------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://:memory:",
+                                 "sqlite:///file::memory:?cache=shared",
+                                 "sqlite:///file:budget?mode=memory&cache=shared"])
+def test_an_in_memory_sqlite_url_is_a_config_error_pointing_to_memory(url: str) -> None:
+    with pytest.raises(ConfigError, match="memory://"):
+        open_store(url)
+
+
+def test_an_in_memory_path_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="memory://"):
+        SQLiteStore(":memory:")
+
+
+# --- the file deleted or replaced under the store -------------------------------------------
+
+def test_a_deleted_directory_is_a_store_error_not_a_write_into_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "state"
+    folder.mkdir()
+    store = SQLiteStore(folder / "budget.db")
+    try:
+        store.merge_writer(entry(1.0, 1))
+        for leftover in folder.iterdir():
+            leftover.unlink()
+        folder.rmdir()
+        with pytest.raises(StoreError, match=re.escape(str(folder / "budget.db"))):
+            store.merge_writer(entry(2.0, 2))
+        with pytest.raises(StoreError, match=r"budget\.db"):
+            store.insert_if_absent("sibling_nudge", "n", {"a": 1})
+        assert not folder.exists()
+    finally:
+        store.close()
+
+
+def test_an_unlinked_file_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "budget.db"
+    store = SQLiteStore(path)
+    try:
+        store.merge_writer(entry(1.0, 1))
+        path.unlink()
+        with pytest.raises(StoreError, match="gone"):
+            store.merge_writer(entry(2.0, 2))
+        assert not path.exists(), "the store did not silently create a new file"
+    finally:
+        store.close()
+
+
+def test_a_swapped_file_is_a_store_error_and_neither_file_changes(tmp_path: Path) -> None:
+    path = tmp_path / "budget.db"
+    store = SQLiteStore(path)
+    try:
+        store.merge_writer(entry(1.0, 1))
+        other = SQLiteStore(tmp_path / "other.db")
+        other.merge_writer(entry(9.0, 1, writer="z"))
+        other.close()
+        os.replace(path, tmp_path / "moved.db")
+        os.replace(tmp_path / "other.db", path)
+        before = raw_rows(path)
+        with pytest.raises(StoreError, match="replaced"):
+            store.merge_writer(entry(2.0, 2))
+        with pytest.raises(StoreError, match="replaced"):
+            store.insert_if_absent("sibling_nudge", "n", {"a": 1})
+        assert raw_rows(path) == before, "the file now at the path is not written either"
+    finally:
+        store.close()
+
+
+# --- the day view and the index -----------------------------------------------------------
+
+def test_the_day_view_sums_writer_rows_and_legacy_documents(db: tuple[Path, SQLiteStore]) -> None:
     path, store = db
-    content, get_rejects = CORRUPT[case]
-    write_raw(path, NAME, content)
-    before = raw_rows(path)
-
-    if get_rejects:
-        with pytest.raises(CheckpointError, match=NAME):
-            store.get(BUDGET_TYPE, NAME)
-    else:
-        assert isinstance(store.get(BUDGET_TYPE, NAME), dict)
-    with pytest.raises(CheckpointError, match=NAME):
-        store.merge_budget(NAME, "host-a", entry(1.0, 1), day_meta=META)
-    assert raw_rows(path) == before
-
-    # the store still works for other rows
-    doc = store.merge_budget("budget_2026-11-26", "host-a", entry(1.0, 1), day_meta=META)
-    assert doc["total_usd"] == 1.0
-    assert raw_rows(path)[0] == before[0]
-
-
-@pytest.mark.parametrize("case", ["not-json", "json-array", "instances-not-object",
-                                  "negative-spend"])
-def test_meter_start_on_a_corrupt_row_raises_and_never_writes_it(
-    db: tuple[Path, SQLiteStore], clock: FakeClock, case: str
-) -> None:
-    path, store = db
-    write_raw(path, NAME, CORRUPT[case][0])
-    before = raw_rows(path)
-    config = BudgetConfig(daily_cap_usd=10.0, instance_id="host-a", collect_interval_s=3600.0)
-    meter = BudgetMeter(config, store=store, clock=clock)
-    with pytest.raises(CheckpointError, match=NAME):
-        meter.start()
-    # A caller that carries on regardless must still not overwrite the row: not at the
-    # 10th collection, not on demand, not at shutdown.
-    meter.record(1.0)
-    for _ in range(10):
-        meter.collect()
-    meter.checkpoint()
-    assert meter.health()["status"] == "degraded"
-    meter.shutdown()
-    assert raw_rows(path) == before
+    store.merge_writer(entry(1.25, 1, writer="a"))
+    store.merge_writer(entry(2.5, 1, writer="b") | {"updated_at": "2026-11-25T11:00:00+00:00"})
+    store.merge_writer(entry(4.0, 1, writer="a", day="2026-11-26"))
+    legacy = {"date": "2026-11-24", "total_usd": 7.5, "updated_at": "2026-11-24T23:00:00+00:00",
+              "instances": {"x": {"spend_usd": 5.0, "seq": 1}, "y": {"spend_usd": 2.5, "seq": 1}}}
+    store.insert_if_absent(LEGACY_TYPE, "budget_2026-11-24", legacy)
+    # A day with both layouts (the day of the upgrade) adds them up.
+    store.insert_if_absent(LEGACY_TYPE, "budget_2026-11-26", {
+        "date": "2026-11-26", "total_usd": 1.0, "updated_at": "2026-11-26T01:00:00+00:00",
+        "instances": {"old": {"spend_usd": 1.0, "seq": 4}}})
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT date, total_usd, writers, updated_at FROM otel_budget_days "
+                            "ORDER BY date").fetchall()
+        one = conn.execute("SELECT total_usd FROM otel_budget_days WHERE date = ?",
+                           (DAY,)).fetchone()
+    assert rows == [
+        ("2026-11-24", 7.5, 2, "2026-11-24T23:00:00+00:00"),
+        (DAY, 3.75, 2, "2026-11-25T11:00:00+00:00"),
+        ("2026-11-26", 5.0, 2, "2026-11-26T10:00:00+00:00"),
+    ]
+    assert one == (3.75,)
 
 
-def test_a_relative_path_is_fixed_when_the_store_is_opened(
+def test_the_day_is_found_through_the_index(db: tuple[Path, SQLiteStore]) -> None:
+    path, _ = db
+    with sqlite3.connect(path) as conn:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT name FROM quilt_patches WHERE patch_type = 'budget_writer' "
+            "AND json_extract(content, '$.date') = ?", (DAY,)).fetchall()
+    assert "USING INDEX quilt_patches_writer_day" in str(plan)
+
+
+# --- several processes ---------------------------------------------------------------------
+
+def _sqlite_writer(path: str, index: int, rounds: int) -> None:
+    store = SQLiteStore(path)
+    try:
+        for seq in range(1, rounds + 1):
+            store.merge_writer(entry(round(seq * 0.013 + index * 1e-9, 9), seq, writer=f"p{index}"))
+    finally:
+        store.close()
+
+
+def test_four_processes_on_one_file_lose_nothing(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "shared.db"
+    SQLiteStore(path).close()
+    rounds = 60
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_sqlite_writer, args=(str(path), i, rounds)) for i in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+    with SQLiteStore(path) as store:
+        entries = store.writer_entries([DAY])
+        totals = store.day_totals([DAY])[DAY]
+    assert {e["writer_id"]: e["seq"] for e in entries} == {f"p{i}": rounds for i in range(4)}
+    expected = round(sum(round(rounds * 0.013 + i * 1e-9, 9) for i in range(4)), 9)
+    assert totals["writers"] == 4 and abs(totals["total_usd"] - expected) < 1e-9
+
+
+def test_a_forked_child_uses_its_own_connection_on_the_same_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A daemonising host does chdir("/") and forks after set-up; the child reconnects
     # (SQLite connections must not cross a fork) and must reach the same file.
     monkeypatch.chdir(tmp_path)
     store = open_store("sqlite:///rel.db")
-    store.merge_budget(NAME, "parent", entry(1.0, 1), day_meta=META)
+    store.merge_writer(entry(1.0, 1, writer="parent"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -277,15 +354,17 @@ def test_a_relative_path_is_fixed_when_the_store_is_opened(
     if pid == 0:  # child: report through the exit status only
         code = 1
         try:
-            store.merge_budget(NAME, "child", entry(2.0, 1), day_meta=META)
+            store.merge_writer(entry(2.0, 1, writer="child"))
+            store.close()
             code = 0
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     try:
-        doc = store.get(BUDGET_TYPE, NAME)
+        totals = store.day_totals([DAY])[DAY]  # the parent's connection survived the child
+        assert store.get(WRITER_TYPE, writer_row_name(DAY, "child")) is not None
     finally:
         store.close()
-    assert doc is not None and doc["total_usd"] == 3.0
+    assert totals["total_usd"] == 3.0 and totals["writers"] == 2
     assert list(elsewhere.iterdir()) == [], "no second database next to the new cwd"

@@ -1,5 +1,5 @@
-"""Bad data against the durable stores: malformed stored documents, seqs going
-backwards, instance ids and names carrying quotes or SQL, huge attribute sets.
+"""Bad data against the stores: malformed stored writer rows, seqs going backwards,
+writer ids and names carrying quotes or SQL, huge attribute sets.
 
 Each must end in a clear StoreError/CheckpointError or a correct result, never in
 SQL injection or an overwritten row. The rows are planted and read back raw
@@ -19,14 +19,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from otel_budget import CheckpointError, StoreError
-from otel_budget.ledger import BUDGET_TYPE, NUDGE_TYPE
+from otel_budget import CheckpointError
 from otel_budget.stores.base import PatchStore
+from otel_budget.stores.entries import LEGACY_TYPE, WRITER_TYPE, writer_row_name
+from otel_budget.stores.memory import MemoryStore
 from otel_budget.stores.postgres import PostgresStore
 from otel_budget.stores.sqlite import SQLiteStore
 
-NAME = "budget_2026-11-25"
-META = {"date": "2026-11-25", "timezone": "UTC", "daily_cap_usd": 50.0}
+DAY = "2026-11-25"
+NUDGE_TYPE = "sibling_nudge"
 SENTINEL = ("sibling_nudge", "budget_alert_2026-11-24_80")
 SENTINEL_CONTENT = {"to": "ag_lu", "kind": "budget_alert", "ratio": 0.8}
 
@@ -63,8 +64,20 @@ def _pg_helpers(url: str) -> tuple[Callable[[str, str, str], None],
     return put_raw, raw, count
 
 
-@pytest.fixture(params=["postgresql", "supabase", "sqlite"])
+@pytest.fixture(params=["memory", "postgresql", "supabase", "sqlite"])
 def kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kind]:
+    if request.param == "memory":
+        mem = MemoryStore()
+
+        def mem_put(patch_type: str, name: str, content: str) -> None:
+            mem.put_raw(patch_type, name, json.loads(content))
+
+        def mem_raw(patch_type: str, name: str) -> tuple[Any, ...] | None:
+            row = mem._rows.get((patch_type, name))
+            return None if row is None else (json.dumps(row, sort_keys=True),)
+
+        yield Kind("memory", mem, mem_put, mem_raw, lambda: len(mem._rows))
+        return
     if request.param == "sqlite":
         path = tmp_path / "bad.db"
         store: PatchStore = SQLiteStore(path)
@@ -97,67 +110,88 @@ def kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kind]:
     store.close()
 
 
-def _entry(spend: float, seq: int, **extra: Any) -> dict[str, Any]:
-    return {"spend_usd": spend, "seq": seq, "updated_at": "2026-11-25T10:00:00+00:00",
+def _entry(writer: str, spend: float, seq: int, **extra: Any) -> dict[str, Any]:
+    return {"date": DAY, "writer_id": writer, "instance_id": "host-a", "spend_usd": spend,
+            "seq": seq, "updated_at": "2026-11-25T10:00:00+00:00",
             "by_attributes": [{"attributes": {"agent": "cloud_lu"}, "spend_usd": spend}],
             **extra}
 
 
-# --- malformed stored documents -------------------------------------------------------
+# --- malformed stored writer rows -------------------------------------------------------
 
 MALFORMED = {
     "array": "[]",
     "string": '"a budget"',
     "number": "42",
     "json null": "null",
-    "instances is a list": '{"instances": []}',
-    "entry is a number": '{"total_usd": 5, "instances": {"a": 5}}',
-    "spend is text": '{"instances": {"a": {"spend_usd": "abc", "seq": 1}}}',
-    "spend negative": '{"instances": {"a": {"spend_usd": -3, "seq": 1}}}',
-    "seq fractional": '{"instances": {"a": {"spend_usd": 1, "seq": 1.5}}}',
-    "seq missing": '{"instances": {"a": {"spend_usd": 1}}}',
-    "by_attributes not a list": '{"instances": {"a": {"spend_usd": 1, "seq": 1, '
-                                '"by_attributes": {"agent": 1}}}}',
+    "empty object": "{}",
+    "spend is text": json.dumps(_entry("a", 1.0, 1) | {"spend_usd": "abc"}),
+    "spend negative": json.dumps(_entry("a", 1.0, 1) | {"spend_usd": -3}),
+    "seq fractional": json.dumps(_entry("a", 1.0, 1) | {"seq": 1.5}),
+    "seq missing": json.dumps({k: v for k, v in _entry("a", 1.0, 1).items() if k != "seq"}),
+    "by_attributes not a list": json.dumps(_entry("a", 1.0, 1) | {"by_attributes": {"a": 1}}),
+    "by_budget negative": json.dumps(_entry("a", 1.0, 1) | {"by_budget": {"daily": -1}}),
 }
 
 
 @pytest.mark.parametrize("content", MALFORMED.values(), ids=list(MALFORMED))
-@pytest.mark.parametrize("writer", ["another instance", "the broken instance"])
-def test_malformed_document_is_reported_and_never_overwritten(
-    kind: Kind, content: str, writer: str
+def test_a_malformed_stored_row_is_reported_and_never_overwritten(
+    kind: Kind, content: str
 ) -> None:
-    kind.put_raw(BUDGET_TYPE, NAME, content)
+    name = writer_row_name(DAY, "a")
+    kind.put_raw(WRITER_TYPE, name, content)
     kind.put_raw(*SENTINEL, json.dumps(SENTINEL_CONTENT))
-    before = kind.raw(BUDGET_TYPE, NAME)
-    instance = "b" if writer == "another instance" else "a"
+    before = kind.raw(WRITER_TYPE, name)
     with pytest.raises(CheckpointError) as caught:
-        kind.store.merge_budget(NAME, instance, _entry(1.0, 99), day_meta=META)
-    assert NAME in str(caught.value), "the message names the row"
-    assert kind.raw(BUDGET_TYPE, NAME) == before
+        kind.store.merge_writer(_entry("a", 1.0, 99))
+    assert name in str(caught.value), "the message names the row"
+    assert kind.raw(WRITER_TYPE, name) == before
     assert kind.store.get(*SENTINEL) == SENTINEL_CONTENT
+    # Other days and writers are unaffected by a row they never read.
+    other = kind.store.merge_writer(_entry("a", 1.0, 1) | {"date": "2026-11-26"})
+    assert other["applied"] is True
+
+
+@pytest.mark.parametrize("field", ["spend_usd", "by_budget"])
+def test_a_malformed_amount_in_another_writers_row_is_reported_not_counted_as_zero(
+    kind: Kind, field: str
+) -> None:
+    bad = _entry("b", 1.0, 1) | (
+        {"spend_usd": "abc"} if field == "spend_usd" else {"by_budget": {"daily": "x"}})
+    kind.put_raw(WRITER_TYPE, writer_row_name(DAY, "b"), json.dumps(bad))
+    with pytest.raises(CheckpointError, match="budget_2026-11-25/b"):
+        kind.store.day_totals([DAY])
+    with pytest.raises(CheckpointError, match="budget_2026-11-25/b"):
+        kind.store.merge_writer(_entry("a", 1.0, 1))
+    assert kind.raw(WRITER_TYPE, writer_row_name(DAY, "a")) is None, "nothing written"
 
 
 @pytest.mark.parametrize("content", ["[]", '"a budget"', "42", "null"])
 def test_reading_a_non_object_names_the_row(kind: Kind, content: str) -> None:
-    kind.put_raw(BUDGET_TYPE, NAME, content)
-    with pytest.raises(CheckpointError, match=NAME):
-        kind.store.get(BUDGET_TYPE, NAME)
+    name = f"budget_{DAY}"
+    kind.put_raw(LEGACY_TYPE, name, content)
+    with pytest.raises(CheckpointError, match=name):
+        kind.store.get(LEGACY_TYPE, name)
 
 
 def test_sqlite_invalid_json_text_is_reported_not_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "broken.db"
     store = SQLiteStore(path)
+    name = f"budget_{DAY}"
     try:
         with sqlite3.connect(path) as conn:
             conn.execute("insert into quilt_patches (patch_type, name, content) "
-                         "values ('budget', ?, '{\"instances\": {')", (NAME,))
-        with pytest.raises(CheckpointError, match=NAME):
-            store.get(BUDGET_TYPE, NAME)
-        with pytest.raises(CheckpointError, match=NAME):
-            store.merge_budget(NAME, "a", _entry(1.0, 1), day_meta=META)
+                         "values ('budget', ?, '{\"instances\": {')", (name,))
+        with pytest.raises(CheckpointError, match=name):
+            store.get(LEGACY_TYPE, name)
+        store.merge_writer(_entry("a", 1.0, 1))
         with sqlite3.connect(path) as conn:
-            assert conn.execute("select content from quilt_patches").fetchone() == (
-                '{"instances": {',)
+            assert conn.execute(
+                "select content from quilt_patches where patch_type = 'budget'"
+            ).fetchone() == ('{"instances": {',)
+            # The view skips what it cannot read rather than failing every reader.
+            assert conn.execute("select * from otel_budget_days").fetchall() == [
+                (DAY, 1.0, 1, "2026-11-25T10:00:00+00:00")]
     finally:
         store.close()
 
@@ -166,23 +200,14 @@ def test_sqlite_invalid_json_text_is_reported_not_overwritten(tmp_path: Path) ->
 
 @pytest.mark.parametrize("stale_seq", [4, 5, 0])
 def test_seq_going_backwards_leaves_the_row_as_it_was(kind: Kind, stale_seq: int) -> None:
-    kind.store.merge_budget(NAME, "b", _entry(0.5, 1), day_meta=META)
-    stored = kind.store.merge_budget(NAME, "a", _entry(5.0, 5), day_meta=META)
-    before = kind.raw(BUDGET_TYPE, NAME)
-    later_meta = {**META, "daily_cap_usd": 99.0, "updated_at": "later"}
-    doc = kind.store.merge_budget(NAME, "a", _entry(9.0, stale_seq), day_meta=later_meta)
-    assert doc == stored, "the stored document is returned, unchanged"
-    assert doc["instances"]["a"]["spend_usd"] == 5.0 and doc["daily_cap_usd"] == 50.0
-    assert kind.raw(BUDGET_TYPE, NAME) == before, "not even updated_at moves"
-
-
-def test_seqs_beyond_64_bits_still_compare(kind: Kind) -> None:
-    big = 2**70
-    kind.store.merge_budget(NAME, "a", _entry(1.0, big), day_meta=META)
-    assert kind.store.merge_budget(NAME, "a", _entry(2.0, big - 1),
-                                   day_meta=META)["instances"]["a"]["spend_usd"] == 1.0
-    doc = kind.store.merge_budget(NAME, "a", _entry(3.0, big + 1), day_meta=META)
-    assert doc["instances"]["a"] == _entry(3.0, big + 1)
+    kind.store.merge_writer(_entry("b", 0.5, 1))
+    kind.store.merge_writer(_entry("a", 5.0, 5))
+    name = writer_row_name(DAY, "a")
+    before = kind.raw(WRITER_TYPE, name)
+    result = kind.store.merge_writer(_entry("a", 9.0, stale_seq))
+    assert result["applied"] is False and result["stored_seq"] == 5
+    assert result["others"]["total_usd"] == 0.5
+    assert kind.raw(WRITER_TYPE, name) == before, "not even updated_at moves"
 
 
 # --- quotes and SQL in ids and names -------------------------------------------------------
@@ -197,51 +222,48 @@ AWKWARD = [
     "tab\tnew\nline",
     "%s %(x)s {} $1",
     "eq.x,or(seq.gt.0)",
+    "50%_",
     "🙂 ünïcødé",
     " ",
 ]
 
 
-@pytest.mark.parametrize("instance_id", AWKWARD)
-def test_awkward_instance_ids_are_data_not_sql(kind: Kind, instance_id: str) -> None:
+@pytest.mark.parametrize("writer", AWKWARD)
+def test_awkward_writer_ids_are_data_not_sql(kind: Kind, writer: str) -> None:
     kind.put_raw(*SENTINEL, json.dumps(SENTINEL_CONTENT))
-    kind.store.merge_budget(NAME, "plain", _entry(1.0, 1), day_meta=META)
-    doc = kind.store.merge_budget(NAME, instance_id, _entry(2.0, 3), day_meta=META)
-    assert set(doc["instances"]) == {"plain", instance_id}
-    assert doc["instances"][instance_id] == _entry(2.0, 3)
-    again = kind.store.merge_budget(NAME, instance_id, _entry(7.0, 2), day_meta=META)
-    assert again["instances"][instance_id]["spend_usd"] == 2.0  # its own seq, compared
-    assert kind.store.get(BUDGET_TYPE, NAME) == doc and doc["total_usd"] == 3.0
+    kind.store.merge_writer(_entry("plain", 1.0, 1))
+    result = kind.store.merge_writer(_entry(writer, 2.0, 3, instance_id=writer))
+    assert result["applied"] is True and result["others"]["total_usd"] == 1.0
+    again = kind.store.merge_writer(_entry(writer, 7.0, 2))
+    assert again["applied"] is False and again["stored_seq"] == 3  # its own seq, compared
+    assert kind.store.get(WRITER_TYPE, writer_row_name(DAY, writer)) == _entry(
+        writer, 2.0, 3, instance_id=writer)
+    assert kind.store.day_totals([DAY])[DAY]["total_usd"] == 3.0
+    assert {e["writer_id"] for e in kind.store.writer_entries([DAY])} == {"plain", writer}
     assert kind.store.get(*SENTINEL) == SENTINEL_CONTENT
-    assert kind.table_count() == 2
+    assert kind.table_count() == 3
 
 
 @pytest.mark.parametrize("name", AWKWARD)
 def test_awkward_row_names_are_data_not_sql(kind: Kind, name: str) -> None:
     kind.put_raw(*SENTINEL, json.dumps(SENTINEL_CONTENT))
-    doc = kind.store.merge_budget(name, "a", _entry(1.5, 1), day_meta=META)
-    assert kind.store.get(BUDGET_TYPE, name) == doc
-    assert kind.store.get(BUDGET_TYPE, name + "' OR '1'='1") is None
+    assert kind.store.get(NUDGE_TYPE, name + "' OR '1'='1") is None
     assert kind.store.insert_if_absent(NUDGE_TYPE, name, {"n": name}) is True
     assert kind.store.insert_if_absent(NUDGE_TYPE, name, {"n": "again"}) is False
     assert kind.store.get(NUDGE_TYPE, name) == {"n": name}
     assert kind.store.get(*SENTINEL) == SENTINEL_CONTENT
-    assert kind.table_count() == 3
+    assert kind.table_count() == 2
 
 
-def test_nul_characters_are_refused_by_postgres_or_kept_by_sqlite(kind: Kind) -> None:
-    kind.store.merge_budget(NAME, "a", _entry(1.0, 1), day_meta=META)
-    before = kind.raw(BUDGET_TYPE, NAME)
-    if kind.name == "sqlite":
-        doc = kind.store.merge_budget(NAME, "nul\x00id", _entry(1.0, 1), day_meta=META)
-        assert "nul\x00id" in doc["instances"]
-        return
-    # PostgreSQL text and jsonb cannot hold U+0000: a clear error, nothing written.
-    with pytest.raises((StoreError, CheckpointError)):
-        kind.store.merge_budget(NAME, "nul\x00id", _entry(1.0, 1), day_meta=META)
-    with pytest.raises((StoreError, CheckpointError)):
-        kind.store.merge_budget(NAME, "a", _entry(2.0, 2, note="nul\x00"), day_meta=META)
-    assert kind.raw(BUDGET_TYPE, NAME) == before
+def test_nul_characters_are_refused_before_any_io(kind: Kind) -> None:
+    kind.store.merge_writer(_entry("a", 1.0, 1))
+    before = kind.raw(WRITER_TYPE, writer_row_name(DAY, "a"))
+    with pytest.raises(CheckpointError):
+        kind.store.merge_writer(_entry("nul\x00id", 1.0, 1))
+    with pytest.raises(CheckpointError):
+        kind.store.merge_writer(_entry("a", 2.0, 2, note="nul\x00"))
+    assert kind.raw(WRITER_TYPE, writer_row_name(DAY, "a")) == before
+    assert kind.table_count() == 1
 
 
 # --- huge attribute sets ------------------------------------------------------------------
@@ -253,23 +275,22 @@ def test_a_huge_attribute_set_round_trips(kind: Kind) -> None:
          "spend_usd": 0.000123}
         for i in range(3000)
     ]
-    entry = _entry(0.369, 1) | {"by_attributes": items}
+    entry = _entry("wide", 0.369, 1) | {"by_attributes": items}
     assert len(json.dumps(entry)) > 600_000
-    doc = kind.store.merge_budget(NAME, "wide", entry, day_meta=META)
-    assert doc["instances"]["wide"]["by_attributes"] == items
-    assert kind.store.get(BUDGET_TYPE, NAME) == doc
-    assert doc["total_usd"] == 0.369
+    assert kind.store.merge_writer(entry)["applied"] is True
+    assert kind.store.get(WRITER_TYPE, writer_row_name(DAY, "wide")) == entry
+    assert kind.store.writer_entries([DAY]) == [entry]
+    assert kind.store.day_totals([DAY])[DAY]["total_usd"] == 0.369
 
 
 def test_a_huge_attribute_set_with_one_bad_value_writes_nothing(kind: Kind) -> None:
-    first = kind.store.merge_budget(NAME, "wide", _entry(0.1, 1), day_meta=META)
+    kind.store.merge_writer(_entry("wide", 0.1, 1))
+    first = kind.store.get(WRITER_TYPE, writer_row_name(DAY, "wide"))
     items = [{"attributes": {"k": i}, "spend_usd": 0.001} for i in range(2000)]
     items[1234]["spend_usd"] = math.nan
     with pytest.raises(CheckpointError):
-        kind.store.merge_budget(NAME, "wide", _entry(0.2, 2) | {"by_attributes": items},
-                                day_meta=META)
+        kind.store.merge_writer(_entry("wide", 0.2, 2) | {"by_attributes": items})
     items[1234] = {"attributes": {"k": math.inf}, "spend_usd": 0.001}
     with pytest.raises(CheckpointError):
-        kind.store.merge_budget(NAME, "wide", _entry(0.2, 2) | {"by_attributes": items},
-                                day_meta=META)
-    assert kind.store.get(BUDGET_TYPE, NAME) == first
+        kind.store.merge_writer(_entry("wide", 0.2, 2) | {"by_attributes": items})
+    assert kind.store.get(WRITER_TYPE, writer_row_name(DAY, "wide")) == first

@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import re
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 from ..errors import CheckpointError, ConfigError
+from .entries import DayTotals, MergeResult
 
 
 @runtime_checkable
@@ -21,18 +21,35 @@ class PatchStore(Protocol):
         a JSON object, StoreError if the store cannot be read."""
         ...
 
-    def merge_budget(
-        self, name: str, instance_id: str, entry: dict[str, Any], *, day_meta: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Atomically set instances[instance_id] = entry if entry["seq"] is newer
-        than the stored one; recompute total_usd; return the merged document."""
+    def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
+        """Validate `entry` (CheckpointError before any I/O), round its amounts to
+        1e-9, and atomically store it as the writer's row for its day if its seq is
+        newer than the stored one (an equal or older seq is a no-op). Returns
+        whether it applied, the seq now stored, and the totals of the day's OTHER
+        writers. A malformed stored row for this writer: CheckpointError naming it."""
+        ...
+
+    def day_totals(self, days: Sequence[str]) -> dict[str, DayTotals]:
+        """Every day's totals over its writer rows, in one round trip; a day
+        without rows gets zero totals."""
+        ...
+
+    def writer_entries(self, days: Sequence[str], *, breakdown: bool = True) -> list[dict[str, Any]]:
+        """Every writer row's content for those days, in one round trip; without
+        `breakdown`, `by_attributes` may be left out."""
         ...
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
         """Insert the row unless (patch_type, name) exists; True if this call inserted."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Idempotent; afterwards every method raises StoreError."""
+        ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 # scheme -> "module:Class"; imported lazily so optional drivers cost nothing unused.
@@ -67,22 +84,9 @@ def open_store(url: str) -> PatchStore:
 
 def redact_url(url: str) -> str:
     """The URL with any password or token replaced, safe for logs and reprs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
-    query = re.sub(
-        r"(?i)((?:password|token|key|secret|apikey|sig)[^=&]*=)[^&]*", r"\1***", parts.query
-    )
-    shown = f"{parts.scheme}://{netloc}{parts.path}" if "://" in url else url.split("?")[0]
-    if query:
-        shown += f"?{query}"
-    # A malformed URL ("postgresql:/user:pw@host") has no parsed password: mask any
-    # "user:secret@" shape anyway.
-    return re.sub(r"(:)[^:@/]+(@)", r"\1***\2", shown)
+    from ..redact import redact_dsn
+
+    return redact_dsn(url)
 
 
 def dumps_content(content: dict[str, Any]) -> str:
@@ -114,3 +118,16 @@ def _reject_constant(token: str) -> float:
 
 def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class ContextStore:
+    """`with store:` closes the store at exit."""
+
+    def close(self) -> None:  # pragma: no cover - every store defines it
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Sequence
 from typing import Any
 
-from .. import ledger
-from .base import dumps_content
+from ..errors import CheckpointError, StoreError
+from .base import ContextStore, dumps_content
+from .entries import (
+    WRITER_TYPE,
+    DayTotals,
+    MergeResult,
+    check_days,
+    normalize_writer_entry,
+    summarize,
+    validate_writer_entry,
+    writer_row_name,
+)
 
 
-class MemoryStore:
+class MemoryStore(ContextStore):
     def __init__(self) -> None:
-        self._rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self._rows: dict[tuple[str, str], Any] = {}
+        # name -> writer row name, per day: the in-memory "index" on the date.
+        self._days: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -22,25 +36,76 @@ class MemoryStore:
     def __repr__(self) -> str:
         return f"MemoryStore(rows={len(self._rows)})"
 
-    def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._rows.get((patch_type, name))
-            return copy.deepcopy(row) if row is not None else None
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
 
-    def merge_budget(
-        self, name: str, instance_id: str, entry: dict[str, Any], *, day_meta: dict[str, Any]
-    ) -> dict[str, Any]:
+    def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
+        self._check_open()
         with self._lock:
-            existing = self._rows.get((ledger.BUDGET_TYPE, name))
-            doc, applied = ledger.merge_entry(
-                existing, instance_id, entry, name=name, day_meta=day_meta
+            if (patch_type, name) not in self._rows:
+                return None
+            row = self._rows[(patch_type, name)]
+        if not isinstance(row, dict):
+            raise CheckpointError(
+                f"row {patch_type}/{name} holds {type(row).__name__}, expected a JSON object"
             )
+        return copy.deepcopy(row)
+
+    def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
+        self._check_open()
+        checked = normalize_writer_entry(entry, where="writer entry")
+        dumps_content(checked)
+        day, writer = checked["date"], checked["writer_id"]
+        name = writer_row_name(day, writer)
+        with self._lock:
+            present = (WRITER_TYPE, name) in self._rows
+            stored: Any = self._rows.get((WRITER_TYPE, name))
+            if present:
+                validate_writer_entry(stored, where=f"row {WRITER_TYPE}/{name}")
+            applied = not present or checked["seq"] > stored["seq"]
+            # Summed before writing: a malformed row elsewhere fails the merge whole.
+            others = self._summarize(day, exclude=name)
             if applied:
-                dumps_content(doc)  # same JSON rules as the durable stores
-                self._rows[(ledger.BUDGET_TYPE, name)] = copy.deepcopy(doc)
-            return doc
+                self._rows[(WRITER_TYPE, name)] = copy.deepcopy(checked)
+                self._days.setdefault(day, set()).add(name)
+                stored_seq = checked["seq"]
+            else:
+                stored_seq = stored["seq"]
+        return {"applied": applied, "stored_seq": stored_seq, "others": others}
+
+    def day_totals(self, days: Sequence[str]) -> dict[str, DayTotals]:
+        self._check_open()
+        wanted = check_days(days)
+        with self._lock:
+            return {day: self._summarize(day, exclude=None) for day in wanted}
+
+    def writer_entries(
+        self, days: Sequence[str], *, breakdown: bool = True
+    ) -> list[dict[str, Any]]:
+        self._check_open()
+        wanted = check_days(days)
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            for day in sorted(wanted):
+                for name in sorted(self._days.get(day, ())):
+                    row = copy.deepcopy(self._rows[(WRITER_TYPE, name)])
+                    if not breakdown:
+                        row.pop("by_attributes", None)
+                    out.append(row)
+        return out
+
+    def _summarize(self, day: str, *, exclude: str | None) -> DayTotals:
+        rows = []
+        for name in sorted(self._days.get(day, ())):
+            if name == exclude:
+                continue
+            rows.append(validate_writer_entry(
+                self._rows[(WRITER_TYPE, name)], where=f"row {WRITER_TYPE}/{name}"))
+        return summarize(day, rows)
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
+        self._check_open()
         dumps_content(content)
         with self._lock:
             if (patch_type, name) in self._rows:
@@ -52,6 +117,10 @@ class MemoryStore:
         """Test hook: store anything, however malformed."""
         with self._lock:
             self._rows[(patch_type, name)] = content
+            if patch_type == WRITER_TYPE and isinstance(content, dict):
+                day = content.get("date")
+                if isinstance(day, str):
+                    self._days.setdefault(day, set()).add(name)
 
     def close(self) -> None:
-        pass
+        self._closed = True

@@ -5,7 +5,7 @@ Every operation is one short READ COMMITTED transaction with its own statement
 timeout (`SET LOCAL`, so it also holds behind Supabase's transaction pooler,
 where session settings would leak to other clients). Prepared statements are
 off (`prepare_threshold=None`) for the same pooler. Parameters carry explicit
-casts: psycopg sends typed values, and `otel_budget_merge(unknown, ...)` with a
+casts: psycopg sends typed values, and `otel_budget_claim(unknown, ...)` with a
 Python int would not resolve.
 """
 
@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -23,10 +23,18 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
-from .. import ledger
 from ..errors import CheckpointError, ConfigError, StoreError
-from .base import dumps_content, redact_url
-from .sqlfunctions import CHECKPOINT_SQLSTATES, MIGRATE_HINT, as_object, prepare_merge
+from .base import ContextStore, dumps_content, redact_url
+from .entries import WRITER_TYPE, DayTotals, MergeResult, check_days, writer_row_name
+from .sqlfunctions import (
+    CHECKPOINT_SQLSTATES,
+    MIGRATE_HINT,
+    as_object,
+    days_totals,
+    entry_list,
+    merge_result,
+    prepare_writer_entry,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -36,7 +44,9 @@ _GET = pgsql.SQL(
     "select q.content from public.quilt_patches as q "
     "where q.patch_type = %s::text and q.name = %s::text"
 )
-_MERGE = pgsql.SQL("select public.otel_budget_merge(%s::text, %s::text, %s::jsonb, %s::jsonb)")
+_MERGE = pgsql.SQL("select public.otel_budget_merge_writer(%s::jsonb)")
+_TOTALS = pgsql.SQL("select public.otel_budget_day_totals(%s::text[])")
+_ENTRIES = pgsql.SQL("select public.otel_budget_writer_entries(%s::text[], %s::boolean)")
 _CLAIM = pgsql.SQL("select public.otel_budget_claim(%s::text, %s::text, %s::jsonb)")
 _TIMEOUT = pgsql.SQL("select pg_catalog.set_config('statement_timeout', %s::text, true)")
 
@@ -46,7 +56,7 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
 
-class PostgresStore:
+class PostgresStore(ContextStore):
     """`postgresql://user:password@host:5432/db?sslmode=require` (any libpq URL)."""
 
     def __init__(
@@ -105,6 +115,7 @@ class PostgresStore:
     # --- the PatchStore protocol ---------------------------------------------------
 
     def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
+        self._check_open()
         row = self._run(
             f"reading {patch_type}/{name}",
             lambda conn: conn.execute(_GET, (patch_type, name)).fetchone(),
@@ -114,22 +125,44 @@ class PostgresStore:
             return None
         return as_object(row[0], patch_type=patch_type, name=name)
 
-    def merge_budget(
-        self, name: str, instance_id: str, entry: dict[str, Any], *, day_meta: dict[str, Any]
-    ) -> dict[str, Any]:
-        entry, day_meta = prepare_merge(instance_id, entry, day_meta)
+    def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
+        self._check_open()
+        checked = prepare_writer_entry(entry)
+        day = checked["date"]
         row = self._run(
-            f"merging into budget/{name}",
-            lambda conn: conn.execute(
-                _MERGE,
-                (name, instance_id, Jsonb(entry, dumps=_dumps), Jsonb(day_meta, dumps=_dumps)),
-            ).fetchone(),
+            f"merging {WRITER_TYPE}/{writer_row_name(day, checked['writer_id'])}",
+            lambda conn: conn.execute(_MERGE, (Jsonb(checked, dumps=_dumps),)).fetchone(),
             retry=True,  # idempotent: the same seq applies at most once
         )
         assert row is not None  # a scalar function always returns one row
-        return as_object(row[0], patch_type=ledger.BUDGET_TYPE, name=name)
+        return merge_result(row[0], day)
+
+    def day_totals(self, days: Sequence[str]) -> dict[str, DayTotals]:
+        self._check_open()
+        wanted = check_days(days)
+        row = self._run(
+            "reading day totals",
+            lambda conn: conn.execute(_TOTALS, (wanted,)).fetchone(),
+            retry=True,
+        )
+        assert row is not None
+        return days_totals(wanted, row[0])
+
+    def writer_entries(
+        self, days: Sequence[str], *, breakdown: bool = True
+    ) -> list[dict[str, Any]]:
+        self._check_open()
+        wanted = check_days(days)
+        row = self._run(
+            "reading writer entries",
+            lambda conn: conn.execute(_ENTRIES, (wanted, breakdown)).fetchone(),
+            retry=True,
+        )
+        assert row is not None
+        return entry_list(row[0])
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
+        self._check_open()
         dumps_content(content)  # CheckpointError for NaN/inf, before any I/O
         payload = Jsonb(content, dumps=_dumps)
         try:
@@ -160,6 +193,10 @@ class PostgresStore:
                 self._pool.close()
 
     # --- plumbing ------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
 
     def _run(self, what: str, work: Callable[[psycopg.Connection[Any]], T], *, retry: bool) -> T:
         """Run `work` in one transaction. A connection that broke under us (the

@@ -12,7 +12,7 @@
 -- Errors raised on purpose use two SQLSTATEs of their own (PostgREST answers both
 -- with HTTP 400, so clients do not retry them):
 --   OB001  an argument is malformed (the entry, the day metadata, a missing name)
---   OB002  a stored budget document is malformed; it is left as it was
+--   OB002  a stored budget document or writer row is malformed; it is left as it was
 
 -- Two migrations racing on one database would trip over each other's CREATEs.
 select pg_catalog.pg_advisory_xact_lock(7429183501);
@@ -274,6 +274,315 @@ end
 $fn$;
 
 
+-- ---------------------------------------------------------------------------
+-- Version 2: one row per (day, writer), patch_type 'budget_writer',
+-- name 'budget_<date>/<writer_id>', content the writer's entry. A writer is one
+-- recording process; it alone writes its row, so merges never contend on a
+-- shared row. The day's writer rows are found by date through this index (the
+-- name's prefix is not usable: LIKE under a non-C collation cannot use a btree).
+create index if not exists quilt_patches_writer_day
+    on public.quilt_patches ((content ->> 'date'))
+    where patch_type = 'budget_writer';
+
+
+-- NULL if `p_entry` is a well-formed writer entry, else what is wrong with it.
+-- Mirrors otel_budget.stores.entries.writer_entry_problem (jsonb itself refuses
+-- NUL characters and lone surrogates).
+create or replace function public.otel_budget_writer_problem(p_entry jsonb)
+returns text
+language plpgsql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_key text;
+    v_bad text;
+begin
+    if p_entry is null or jsonb_typeof(p_entry) <> 'object' then
+        return format('entry is %s, expected an object', coalesce(jsonb_typeof(p_entry), 'missing'));
+    end if;
+    if jsonb_typeof(p_entry -> 'date') is distinct from 'string'
+       or (p_entry ->> 'date') !~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$' then
+        return format('date must be a ''YYYY-MM-DD'' string, got %s',
+                      coalesce(left((p_entry -> 'date')::text, 60), 'nothing'));
+    end if;
+    foreach v_key in array array['writer_id', 'instance_id'] loop
+        if jsonb_typeof(p_entry -> v_key) is distinct from 'string'
+           or length(p_entry ->> v_key) not between 1 and 200 then
+            return format('%s must be a non-empty string of at most 200 characters', v_key);
+        end if;
+    end loop;
+    if jsonb_typeof(p_entry -> 'spend_usd') is distinct from 'number' then
+        return format('spend_usd must be a finite number >= 0, got %s',
+                      coalesce(left((p_entry -> 'spend_usd')::text, 60), 'nothing'));
+    end if;
+    if (p_entry ->> 'spend_usd')::numeric < 0 then
+        return format('spend_usd must be a finite number >= 0, got %s', p_entry ->> 'spend_usd');
+    end if;
+    -- jsonb keeps the scale a number was written with: 3.0 (a float) is not 3.
+    if jsonb_typeof(p_entry -> 'seq') is distinct from 'number'
+       or (p_entry ->> 'seq') !~ '^[0-9]+$' then
+        return format('seq must be an integer >= 0, got %s',
+                      coalesce(left((p_entry -> 'seq')::text, 60), 'nothing'));
+    end if;
+    if jsonb_typeof(p_entry -> 'updated_at') is distinct from 'string' then
+        return 'updated_at must be a string';
+    end if;
+    if p_entry ? 'timezone' and jsonb_typeof(p_entry -> 'timezone') <> 'string' then
+        return 'timezone must be a string';
+    end if;
+    if p_entry ? 'by_attributes' then
+        if jsonb_typeof(p_entry -> 'by_attributes') <> 'array' then
+            return 'by_attributes must be a list';
+        end if;
+        select left(e.value::text, 200) into v_bad
+          from jsonb_array_elements(p_entry -> 'by_attributes') as e
+         where jsonb_typeof(e.value) <> 'object'
+            or jsonb_typeof(e.value -> 'attributes') is distinct from 'object'
+            or case when jsonb_typeof(e.value -> 'spend_usd') = 'number'
+                    then (e.value ->> 'spend_usd')::numeric < 0 else true end
+         limit 1;
+        if found then
+            return format('malformed by_attributes item %s', v_bad);
+        end if;
+    end if;
+    if p_entry ? 'by_budget' then
+        if jsonb_typeof(p_entry -> 'by_budget') <> 'object' then
+            return 'by_budget must be an object';
+        end if;
+        select e.key into v_bad
+          from jsonb_each(p_entry -> 'by_budget') as e
+         where case when jsonb_typeof(e.value) = 'number'
+                    then (e.value #>> '{}')::numeric < 0 else true end
+         limit 1;
+        if found then
+            return format('by_budget[%L] must be a finite number >= 0', v_bad);
+        end if;
+    end if;
+    return null;
+end
+$fn$;
+
+
+-- An amount of a stored writer row, or OB002 naming the row. Used by the sums,
+-- so one malformed row is reported rather than silently counted as 0.
+create or replace function public.otel_budget_usd(p_value jsonb, p_name text)
+returns numeric
+language plpgsql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+begin
+    if jsonb_typeof(p_value) = 'number' then
+        if (p_value #>> '{}')::numeric >= 0 then
+            return (p_value #>> '{}')::numeric;
+        end if;
+    end if;
+    raise exception using
+        errcode = 'OB002',
+        message = format('row budget_writer/%s: amount %s is not a number >= 0',
+                         p_name, coalesce(left(p_value::text, 60), 'missing'));
+end
+$fn$;
+
+
+-- The totals of each day in p_days over its writer rows, leaving out the writer
+-- p_exclude_writer if given: {"<day>": {"date", "total_usd", "writers",
+-- "updated_at", "by_budget", "budget_writers"}}. Every day in p_days is a key,
+-- zero when it has no rows. Mirrors otel_budget.stores.entries.summarize.
+create or replace function public.otel_budget_day_totals(
+    p_days text[],
+    p_exclude_writer text default null
+)
+returns jsonb
+language sql
+stable
+security invoker
+set search_path = ''
+as $fn$
+    with wr as materialized (
+        select q.name, q.content -> 'spend_usd' as spend, q.content ->> 'date' as day,
+               q.content ->> 'updated_at' as updated_at, q.content -> 'by_budget' as by_budget
+          from public.quilt_patches as q
+         where q.patch_type = 'budget_writer'
+           and (q.content ->> 'date') = any (p_days)
+           and (p_exclude_writer is null
+                or (q.content ->> 'writer_id') is distinct from p_exclude_writer)
+    ),
+    totals as (
+        select r.day,
+               round(sum(public.otel_budget_usd(r.spend, r.name)), 9) as total_usd,
+               count(*) as writers,
+               max(r.updated_at) as updated_at
+          from wr as r
+         group by r.day
+    ),
+    budgets as (
+        select b.day,
+               pg_catalog.jsonb_object_agg(b.key, b.total) as by_budget,
+               pg_catalog.jsonb_object_agg(b.key, b.n) as budget_writers
+          from (select r.day, e.key,
+                       round(sum(public.otel_budget_usd(e.value, r.name)), 9) as total,
+                       count(*) as n
+                  from wr as r
+                 cross join lateral pg_catalog.jsonb_each(
+                       case when jsonb_typeof(r.by_budget) = 'object'
+                            then r.by_budget else '{}'::jsonb end) as e
+                 group by r.day, e.key) as b
+         group by b.day
+    )
+    select coalesce(pg_catalog.jsonb_object_agg(d.day, pg_catalog.jsonb_build_object(
+               'date', d.day,
+               'total_usd', coalesce(t.total_usd, 0),
+               'writers', coalesce(t.writers, 0),
+               'updated_at', t.updated_at,
+               'by_budget', coalesce(b.by_budget, '{}'::jsonb),
+               'budget_writers', coalesce(b.budget_writers, '{}'::jsonb))), '{}'::jsonb)
+      from (select distinct u.day from pg_catalog.unnest(p_days) as u(day) where u.day is not null) as d
+      left join totals as t on t.day = d.day
+      left join budgets as b on b.day = d.day
+$fn$;
+
+
+-- Every writer row's content for the days in p_days, ordered by date and name;
+-- without p_breakdown, by_attributes is left out (it is most of the bytes).
+create or replace function public.otel_budget_writer_entries(
+    p_days text[],
+    p_breakdown boolean default true
+)
+returns jsonb
+language sql
+stable
+security invoker
+set search_path = ''
+as $fn$
+    select coalesce(pg_catalog.jsonb_agg(
+               case when p_breakdown then q.content else q.content - 'by_attributes' end
+               order by q.content ->> 'date', q.name), '[]'::jsonb)
+      from public.quilt_patches as q
+     where q.patch_type = 'budget_writer'
+       and (q.content ->> 'date') = any (p_days)
+$fn$;
+
+
+-- Store p_entry as its writer's row for its day if its seq is newer than the
+-- stored one (an equal or older seq changes nothing), and return
+-- {"applied", "stored_seq", "others"}: others = otel_budget_day_totals of the
+-- day without this writer. One INSERT ... ON CONFLICT DO UPDATE on the writer's
+-- own row; the stored row is validated inside the WHERE, on the locked version,
+-- and a malformed one raises OB002 naming it, changing nothing.
+create or replace function public.otel_budget_merge_writer(p_entry jsonb)
+returns jsonb
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_problem text;
+    v_day text;
+    v_writer text;
+    v_name text;
+    v_seq numeric;
+    v_stored jsonb;
+    v_stored_seq numeric;
+    v_applied boolean := false;
+begin
+    v_problem := public.otel_budget_writer_problem(p_entry);
+    if v_problem is not null then
+        raise exception using errcode = 'OB001',
+            message = format('writer entry: %s', v_problem);
+    end if;
+    v_day := p_entry ->> 'date';
+    v_writer := p_entry ->> 'writer_id';
+    v_name := 'budget_' || v_day || '/' || v_writer;
+    v_seq := (p_entry ->> 'seq')::numeric;
+
+    for attempt in 1..3 loop
+        insert into public.quilt_patches as q (patch_type, name, content)
+        values ('budget_writer', v_name,
+                p_entry || jsonb_build_object('spend_usd', round((p_entry ->> 'spend_usd')::numeric, 9)))
+        on conflict (patch_type, name) do update
+            set content = excluded.content, updated_at = now()
+            where public.otel_budget_stored_seq(q.content, v_name) < v_seq;
+        if found then
+            v_applied := true;
+            v_stored_seq := v_seq;
+            exit;
+        end if;
+        select q.content into v_stored
+          from public.quilt_patches as q
+         where q.patch_type = 'budget_writer' and q.name = v_name;
+        if found then
+            v_stored_seq := public.otel_budget_stored_seq(v_stored, v_name);
+            exit;
+        end if;
+    end loop;
+    if v_stored_seq is null then
+        raise exception using errcode = '40001',
+            message = format('otel_budget_merge_writer: row %L kept disappearing', v_name);
+    end if;
+    return jsonb_build_object(
+        'applied', v_applied,
+        'stored_seq', v_stored_seq,
+        'others', public.otel_budget_day_totals(array[v_day], v_writer) -> v_day);
+end
+$fn$;
+
+
+-- The seq of a stored writer row, or OB002 naming the row if it is malformed.
+create or replace function public.otel_budget_stored_seq(p_content jsonb, p_name text)
+returns numeric
+language plpgsql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_problem text := public.otel_budget_writer_problem(p_content);
+begin
+    if v_problem is not null then
+        raise exception using
+            errcode = 'OB002',
+            message = format('row budget_writer/%s: %s', p_name, v_problem);
+    end if;
+    return (p_content ->> 'seq')::numeric;
+end
+$fn$;
+
+
+-- One row per date: version 2 writer rows and version 1 day documents together.
+-- `select * from public.otel_budget_days where date = '2026-11-25'`.
+create or replace view public.otel_budget_days
+with (security_invoker = true) as
+select d.day as "date",
+       round(sum(d.total), 9) as total_usd,
+       sum(d.writers)::bigint as writers,
+       max(d.updated_at) as updated_at
+  from (
+      select q.content ->> 'date' as day,
+             case when jsonb_typeof(q.content -> 'spend_usd') = 'number'
+                  then (q.content ->> 'spend_usd')::numeric end as total,
+             1 as writers,
+             q.content ->> 'updated_at' as updated_at
+        from public.quilt_patches as q
+       where q.patch_type = 'budget_writer'
+      union all
+      select coalesce(q.content ->> 'date', substr(q.name, 8)),
+             case when jsonb_typeof(q.content -> 'total_usd') = 'number'
+                  then (q.content ->> 'total_usd')::numeric end,
+             case when jsonb_typeof(q.content -> 'instances') = 'object'
+                  then (select count(*) from pg_catalog.jsonb_object_keys(q.content -> 'instances'))
+                  else 0 end,
+             q.content ->> 'updated_at'
+        from public.quilt_patches as q
+       where q.patch_type = 'budget' and jsonb_typeof(q.content) = 'object'
+  ) as d
+ group by d.day;
+
+
 -- Privileges. PUBLIC has EXECUTE on new functions by default everywhere; on
 -- Supabase, anon and authenticated also get everything by default privileges,
 -- so revoking from PUBLIC alone would leave them in.
@@ -285,10 +594,17 @@ declare
         'public.otel_budget_entry_problem(jsonb)',
         'public.otel_budget_checked(jsonb, text)',
         'public.otel_budget_merge(text, text, jsonb, jsonb)',
-        'public.otel_budget_claim(text, text, jsonb)'
+        'public.otel_budget_claim(text, text, jsonb)',
+        'public.otel_budget_writer_problem(jsonb)',
+        'public.otel_budget_usd(jsonb, text)',
+        'public.otel_budget_stored_seq(jsonb, text)',
+        'public.otel_budget_day_totals(text[], text)',
+        'public.otel_budget_writer_entries(text[], boolean)',
+        'public.otel_budget_merge_writer(jsonb)'
     ];
 begin
     revoke all on table public.quilt_patches from public;
+    revoke all on table public.otel_budget_days from public;
     foreach v_object in array v_functions loop
         execute format('revoke all on function %s from public', v_object);
     end loop;
@@ -296,6 +612,7 @@ begin
     foreach v_role in array array['anon', 'authenticated'] loop
         if exists (select 1 from pg_catalog.pg_roles where rolname = v_role) then
             execute format('revoke all on table public.quilt_patches from %I', v_role);
+            execute format('revoke all on table public.otel_budget_days from %I', v_role);
             foreach v_object in array v_functions loop
                 execute format('revoke all on function %s from %I', v_object, v_role);
             end loop;
@@ -304,6 +621,7 @@ begin
 
     if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
         execute 'grant select, insert, update, delete on table public.quilt_patches to service_role';
+        execute 'grant select on table public.otel_budget_days to service_role';
         foreach v_object in array v_functions loop
             execute format('grant execute on function %s to service_role', v_object);
         end loop;

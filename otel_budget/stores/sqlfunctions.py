@@ -5,9 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import ledger
 from ..errors import CheckpointError
 from .base import dumps_content
+from .entries import (
+    DayTotals,
+    MergeResult,
+    empty_totals,
+    normalize_writer_entry,
+    totals_from_json,
+)
 
 #: SQLSTATEs schema.sql raises on purpose: a malformed argument, a malformed stored
 #: document. Both mean CheckpointError; neither is worth a retry.
@@ -18,21 +24,44 @@ CHECKPOINT_SQLSTATES = frozenset({BAD_ARGUMENT, BAD_DOCUMENT})
 MIGRATE_HINT = "apply the schema first: otel-budget migrate, or schema.sql in the SQL editor"
 
 
-def prepare_merge(
-    instance_id: str, entry: dict[str, Any], day_meta: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check the arguments as ledger.merge_entry does, before any I/O (same
-    CheckpointError as the other stores), and round spend_usd here: the SQL rounds
-    a decimal, Python a binary float, and the two differ on exact ties."""
-    if not isinstance(instance_id, str):
-        raise CheckpointError(f"instance id must be a string, got {instance_id!r}")
-    checked = ledger.validate_entry(dict(entry), where=f"entry for {instance_id!r}")
-    checked["spend_usd"] = ledger.round_usd(checked["spend_usd"])
-    if not isinstance(day_meta, dict):
-        raise CheckpointError(f"day_meta must be an object, got {type(day_meta).__name__}")
+def prepare_writer_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """Check and round the entry as every store does, before any I/O (the same
+    CheckpointError as the other stores). Rounded here: the SQL rounds a decimal,
+    Python a binary float, and the two differ on exact ties."""
+    checked = normalize_writer_entry(entry, where="writer entry")
     dumps_content(checked)
-    dumps_content(day_meta)
-    return checked, day_meta
+    return checked
+
+
+def days_totals(days: list[str], value: Any) -> dict[str, DayTotals]:
+    """The answer of otel_budget_day_totals as {day: DayTotals}, every day present."""
+    if not isinstance(value, dict):
+        raise CheckpointError(
+            f"otel_budget_day_totals answered {type(value).__name__}, expected an object"
+        )
+    return {day: totals_from_json(day, value.get(day, empty_totals(day))) for day in days}
+
+
+def merge_result(value: Any, day: str) -> MergeResult:
+    """The answer of otel_budget_merge_writer as a MergeResult."""
+    if not isinstance(value, dict) or not isinstance(value.get("applied"), bool):
+        raise CheckpointError(
+            f"otel_budget_merge_writer answered {str(value)[:80]!r}, expected an object"
+        )
+    return {
+        "applied": value["applied"],
+        "stored_seq": int(value["stored_seq"]),
+        "others": totals_from_json(day, value.get("others")),
+    }
+
+
+def entry_list(value: Any) -> list[dict[str, Any]]:
+    """The answer of otel_budget_writer_entries: a list of objects."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise CheckpointError(
+            f"otel_budget_writer_entries answered {str(value)[:80]!r}, expected a list of objects"
+        )
+    return value
 
 
 def as_object(value: Any, *, patch_type: str, name: str) -> dict[str, Any]:

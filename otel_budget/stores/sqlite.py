@@ -2,23 +2,42 @@
 
 WAL lets readers run beside the writer; every merge is one `BEGIN IMMEDIATE`
 transaction, which takes the write lock before reading, so two processes can never
-both read the old document and overwrite each other (a deferred BEGIN could, and
-would also fail with SQLITE_BUSY without waiting for the busy timeout).
+both read the old row and overwrite each other (a deferred BEGIN could, and would
+also fail with SQLITE_BUSY without waiting for the busy timeout).
+
+Each writer owns one row per day; a merge reads and writes that row only, then
+sums the day's other writer rows, found through an expression index on the date.
+
+The store remembers which file it opened (device and inode): if the file is
+deleted or replaced under it, a write raises StoreError instead of landing in an
+unlinked file nobody will ever read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import ledger
-from ..errors import ConfigError, StoreError
-from .base import dumps_content, loads_content
+from ..errors import CheckpointError, ConfigError, StoreError
+from .base import ContextStore, dumps_content, loads_content
+from .entries import (
+    WRITER_TYPE,
+    DayTotals,
+    MergeResult,
+    check_days,
+    normalize_writer_entry,
+    summarize,
+    validate_writer_entry,
+    writer_row_name,
+)
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS quilt_patches (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     patch_type TEXT NOT NULL,
@@ -28,15 +47,60 @@ CREATE TABLE IF NOT EXISTS quilt_patches (
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     UNIQUE (patch_type, name)
 )
-"""
+""",
+    # The day's writer rows without a scan. Queries must spell the expression and
+    # the predicate exactly so for SQLite to use it.
+    """
+CREATE INDEX IF NOT EXISTS quilt_patches_writer_day
+    ON quilt_patches (json_extract(content, '$.date'))
+    WHERE patch_type = 'budget_writer'
+""",
+    # One row per date: version 2 writer rows and version 1 day documents together.
+    """
+CREATE VIEW IF NOT EXISTS otel_budget_days (date, total_usd, writers, updated_at) AS
+SELECT day, round(sum(total), 9), sum(writers), max(updated_at) FROM (
+    SELECT json_extract(content, '$.date') AS day,
+           CASE WHEN json_type(content, '$.spend_usd') IN ('integer', 'real')
+                THEN json_extract(content, '$.spend_usd') END AS total,
+           1 AS writers,
+           json_extract(content, '$.updated_at') AS updated_at
+      FROM quilt_patches
+     WHERE patch_type = 'budget_writer' AND json_valid(content)
+    UNION ALL
+    SELECT coalesce(json_extract(content, '$.date'), substr(name, 8)),
+           CASE WHEN json_type(content, '$.total_usd') IN ('integer', 'real')
+                THEN json_extract(content, '$.total_usd') END,
+           CASE WHEN json_type(content, '$.instances') = 'object'
+                THEN (SELECT count(*) FROM json_each(content, '$.instances')) ELSE 0 END,
+           json_extract(content, '$.updated_at')
+      FROM quilt_patches
+     WHERE patch_type = 'budget' AND json_valid(content) AND json_type(content) = 'object'
+)
+GROUP BY day
+""",
+)
 
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+_DAY_ROWS = (
+    "SELECT name, json_extract(content, '$.spend_usd'), json_extract(content, '$.updated_at'), "
+    "json_extract(content, '$.by_budget') FROM quilt_patches "
+    "WHERE patch_type = 'budget_writer' AND json_extract(content, '$.date') = ?"
+)
+
+_IN_MEMORY_HINT = (
+    "store: an in-memory SQLite database cannot be shared between processes or even "
+    "store handles; use memory:// for a throwaway store, or a file path such as "
+    "sqlite:///otel_budget.db"
+)
 
 
 def sqlite_path(url: str) -> str:
     """sqlite:///rel.db -> "rel.db" (relative to the working directory);
     sqlite:////abs.db -> "/abs.db"."""
     path = url.split("://", 1)[1] if "://" in url else ""
+    if _is_in_memory(path):
+        raise ConfigError(_IN_MEMORY_HINT)
     if not path.startswith("/") or len(path) < 2:
         raise ConfigError(
             f"store: sqlite URL must look like sqlite:///file.db or sqlite:////abs/file.db, got {url!r}"
@@ -44,16 +108,27 @@ def sqlite_path(url: str) -> str:
     return path[1:]
 
 
-class SQLiteStore:
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 30.0) -> None:
+def _is_in_memory(path: str) -> bool:
+    lowered = path.lower()
+    return ":memory:" in lowered or "mode=memory" in lowered
+
+
+class SQLiteStore(ContextStore):
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 5.0) -> None:
         if not str(path):
             raise ConfigError("store: sqlite URL needs a file path, e.g. sqlite:///otel_budget.db")
+        if _is_in_memory(str(path)):
+            raise ConfigError(_IN_MEMORY_HINT)
+        if busy_timeout_s < 0:
+            raise ConfigError("store: busy_timeout_s must be >= 0")
         # Absolute now: a daemon that chdirs (or a forked child) must reopen the same file.
         self._path = Path(os.path.abspath(path))
         self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
+        self._identity: tuple[int, int] | None = None
+        self._closed = False
         self._connection()  # fail at open time, not at the first checkpoint
 
     @classmethod
@@ -68,8 +143,12 @@ class SQLiteStore:
         return f"SQLiteStore({str(self._path)!r})"
 
     def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
         # A forked child must not share the parent's connection (SQLite forbids it).
         if self._conn is None or self._pid != os.getpid():
+            if self._identity is not None:
+                self._check_file()  # a child reopening must reach the same file
             try:
                 conn = sqlite3.connect(
                     self._path, timeout=self._busy_timeout_s,
@@ -79,16 +158,43 @@ class SQLiteStore:
                 # FULL: the checkpoint is the only durable record of money spent.
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
-                conn.execute(_SCHEMA)
-            except sqlite3.Error as exc:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                st = os.stat(self._path)
+            except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"cannot open SQLite store {str(self._path)!r}: {exc}") from None
+            if self._identity is None:
+                self._identity = (st.st_dev, st.st_ino)
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
+    def _check_file(self) -> None:
+        """StoreError if the path no longer names the file this store opened."""
+        try:
+            st = os.stat(self._path)
+        except OSError as exc:
+            raise StoreError(
+                f"SQLite store {str(self._path)!r} is gone ({exc.strerror}); "
+                "refusing to write into a deleted file"
+            ) from None
+        if (st.st_dev, st.st_ino) != self._identity:
+            raise StoreError(
+                f"SQLite store {str(self._path)!r} was replaced by another file since it "
+                "was opened; reopen the store"
+            )
+
+    def _writable(self) -> sqlite3.Connection:
+        conn = self._connection()
+        self._check_file()
+        return conn
+
+    # --- the PatchStore protocol ---------------------------------------------------
+
     def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
         with self._lock:
+            conn = self._connection()
             try:
-                row = self._connection().execute(
+                row = conn.execute(
                     "SELECT content FROM quilt_patches WHERE patch_type = ? AND name = ?",
                     (patch_type, name),
                 ).fetchone()
@@ -98,45 +204,97 @@ class SQLiteStore:
             return None
         return loads_content(row[0], patch_type=patch_type, name=name)
 
-    def merge_budget(
-        self, name: str, instance_id: str, entry: dict[str, Any], *, day_meta: dict[str, Any]
-    ) -> dict[str, Any]:
+    def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
+        checked = normalize_writer_entry(entry, where="writer entry")
+        payload = dumps_content(checked)
+        day = checked["date"]
+        name = writer_row_name(day, checked["writer_id"])
+        where = f"row {WRITER_TYPE}/{name}"
         with self._lock:
-            conn = self._connection()
+            conn = self._writable()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    # Checked again under the write lock: a swap may have raced the first check.
+                    self._check_file()
                     row = conn.execute(
                         "SELECT content FROM quilt_patches WHERE patch_type = ? AND name = ?",
-                        (ledger.BUDGET_TYPE, name),
+                        (WRITER_TYPE, name),
                     ).fetchone()
-                    existing = (
-                        loads_content(row[0], patch_type=ledger.BUDGET_TYPE, name=name)
-                        if row is not None else None
-                    )
-                    doc, applied = ledger.merge_entry(
-                        existing, instance_id, entry, name=name, day_meta=day_meta
-                    )
+                    stored_seq: int | None = None
+                    if row is not None:
+                        stored = validate_writer_entry(
+                            loads_content(row[0], patch_type=WRITER_TYPE, name=name), where=where
+                        )
+                        stored_seq = stored["seq"]
+                    applied = stored_seq is None or checked["seq"] > stored_seq
                     if applied:
                         conn.execute(
                             "INSERT INTO quilt_patches (patch_type, name, content) VALUES (?, ?, ?) "
                             "ON CONFLICT (patch_type, name) DO UPDATE SET "
                             f"content = excluded.content, updated_at = {_NOW}",
-                            (ledger.BUDGET_TYPE, name, dumps_content(doc)),
+                            (WRITER_TYPE, name, payload),
                         )
+                        stored_seq = checked["seq"]
+                    others = self._totals(conn, day, exclude=name)
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise StoreError(f"merging into budget/{name} failed: {exc}") from None
-        return doc
+                raise StoreError(f"merging {WRITER_TYPE}/{name} failed: {exc}") from None
+        assert stored_seq is not None
+        return {"applied": applied, "stored_seq": stored_seq, "others": others}
+
+    def day_totals(self, days: Sequence[str]) -> dict[str, DayTotals]:
+        wanted = check_days(days)
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN")  # one snapshot for every day
+                try:
+                    return {day: self._totals(conn, day, exclude=None) for day in wanted}
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"reading day totals failed: {exc}") from None
+
+    def writer_entries(
+        self, days: Sequence[str], *, breakdown: bool = True
+    ) -> list[dict[str, Any]]:
+        wanted = check_days(days)
+        content = "content" if breakdown else "json_remove(content, '$.by_attributes')"
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN")
+                try:
+                    for day in sorted(wanted):
+                        rows = conn.execute(
+                            f"SELECT name, {content} FROM quilt_patches "
+                            "WHERE patch_type = 'budget_writer' "
+                            "AND json_extract(content, '$.date') = ? ORDER BY name",
+                            (day,),
+                        ).fetchall()
+                        out.extend(
+                            loads_content(text, patch_type=WRITER_TYPE, name=name)
+                            for name, text in rows
+                        )
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"reading writer entries failed: {exc}") from None
+        return out
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
         payload = dumps_content(content)
         with self._lock:
+            conn = self._writable()
             try:
-                cur = self._connection().execute(
+                cur = conn.execute(
                     "INSERT INTO quilt_patches (patch_type, name, content) VALUES (?, ?, ?) "
                     "ON CONFLICT (patch_type, name) DO NOTHING",
                     (patch_type, name, payload),
@@ -147,6 +305,38 @@ class SQLiteStore:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
+
+    # --- plumbing ------------------------------------------------------------------
+
+    @staticmethod
+    def _totals(conn: sqlite3.Connection, day: str, *, exclude: str | None) -> DayTotals:
+        rows: list[dict[str, Any]] = []
+        for name, spend, updated_at, by_budget in conn.execute(_DAY_ROWS, (day,)):
+            if name == exclude:
+                continue
+            where = f"row {WRITER_TYPE}/{name}"
+            entry: dict[str, Any] = {"spend_usd": spend, "updated_at": updated_at}
+            if by_budget is not None:
+                try:
+                    entry["by_budget"] = json.loads(by_budget)
+                except ValueError:
+                    raise CheckpointError(f"{where}: by_budget is not JSON") from None
+            _check_amounts(entry, where=where)
+            rows.append(entry)
+        return summarize(day, rows)
+
+
+def _check_amounts(entry: dict[str, Any], *, where: str) -> None:
+    """The parts of another writer's row the day's sum reads, checked cheaply."""
+    probe = {
+        "date": "2000-01-01", "writer_id": "w", "instance_id": "i", "seq": 0,
+        "updated_at": entry["updated_at"] if isinstance(entry["updated_at"], str) else "",
+        "spend_usd": entry["spend_usd"],
+    }
+    if "by_budget" in entry:
+        probe["by_budget"] = entry["by_budget"]
+    validate_writer_entry(probe, where=where)

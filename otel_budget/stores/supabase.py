@@ -4,14 +4,14 @@ functions of `schema.sql` as RPCs (run the migration in the SQL editor or with
 
 Why the RPCs: a REST upsert of the whole document is a blind overwrite, and a
 read-modify-write through it loses concurrent replicas' updates; the function
-merges one instance's entry inside the database, atomically.
+stores one writer's entry inside the database, atomically, only if its seq is newer.
 
 supabase-py is given an `httpx.Client` of ours: explicit timeouts, HTTP/1.1 (its
 default HTTP/2 connections drop when idle), and a hook that notes each response's
 status, since supabase-py's `APIError` does not carry it. supabase-py never
 retries POST (every RPC here is one), so this store retries its calls itself,
 with bounded exponential backoff, on network errors and 5xx answers; a 4xx is
-final. That is safe because a merge with the same seq applies at most once, and a
+final. That is safe because an entry with the same seq applies at most once, and a
 claim that may have landed is resolved by reading the row back.
 """
 
@@ -24,16 +24,24 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
-from .. import ledger
 from ..errors import CheckpointError, ConfigError, StoreError
-from .base import dumps_content
-from .sqlfunctions import CHECKPOINT_SQLSTATES, MIGRATE_HINT, as_object, prepare_merge
+from .base import ContextStore, dumps_content
+from .entries import WRITER_TYPE, DayTotals, MergeResult, check_days, writer_row_name
+from .sqlfunctions import (
+    CHECKPOINT_SQLSTATES,
+    MIGRATE_HINT,
+    as_object,
+    days_totals,
+    entry_list,
+    merge_result,
+    prepare_writer_entry,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -44,7 +52,7 @@ URL_ENV = "SUPABASE_URL"
 KEY_ENVS = ("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_KEY")
 
 
-class SupabaseStore:
+class SupabaseStore(ContextStore):
     """`supabase://`: the project URL from SUPABASE_URL and the service role key
     from SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_KEY). Or pass `url` and `key`, or
     an existing supabase-py `client` (which the store then does not close)."""
@@ -149,6 +157,7 @@ class SupabaseStore:
     # --- the PatchStore protocol ---------------------------------------------------
 
     def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
+        self._check_open()
         response = self._call(
             f"reading {patch_type}/{name}",
             lambda: self._current_client().table(TABLE)
@@ -163,23 +172,44 @@ class SupabaseStore:
             return None
         return as_object(rows[0].get("content"), patch_type=patch_type, name=name)
 
-    def merge_budget(
-        self, name: str, instance_id: str, entry: dict[str, Any], *, day_meta: dict[str, Any]
-    ) -> dict[str, Any]:
-        entry, day_meta = prepare_merge(instance_id, entry, day_meta)
-        params = {
-            "p_name": name,
-            "p_instance_id": instance_id,
-            "p_entry": entry,
-            "p_day_meta": day_meta,
-        }
+    def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
+        self._check_open()
+        checked = prepare_writer_entry(entry)
+        day = checked["date"]
         response = self._call(
-            f"merging into budget/{name}",
-            lambda: self._current_client().rpc("otel_budget_merge", params).execute(),
+            f"merging {WRITER_TYPE}/{writer_row_name(day, checked['writer_id'])}",
+            lambda: self._current_client()
+            .rpc("otel_budget_merge_writer", {"p_entry": checked})
+            .execute(),
         )
-        return as_object(response.data, patch_type=ledger.BUDGET_TYPE, name=name)
+        return merge_result(response.data, day)
+
+    def day_totals(self, days: Sequence[str]) -> dict[str, DayTotals]:
+        self._check_open()
+        wanted = check_days(days)
+        response = self._call(
+            "reading day totals",
+            lambda: self._current_client()
+            .rpc("otel_budget_day_totals", {"p_days": wanted})
+            .execute(),
+        )
+        return days_totals(wanted, response.data)
+
+    def writer_entries(
+        self, days: Sequence[str], *, breakdown: bool = True
+    ) -> list[dict[str, Any]]:
+        self._check_open()
+        wanted = check_days(days)
+        response = self._call(
+            "reading writer entries",
+            lambda: self._current_client()
+            .rpc("otel_budget_writer_entries", {"p_days": wanted, "p_breakdown": breakdown})
+            .execute(),
+        )
+        return entry_list(response.data)
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
+        self._check_open()
         dumps_content(content)  # CheckpointError for NaN/inf, before any I/O
         params = {"p_type": patch_type, "p_name": name, "p_content": content}
         attempts: list[int] = []
@@ -208,6 +238,10 @@ class SupabaseStore:
                 self._http.close()
 
     # --- plumbing ------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
 
     def _note_status(self, response: httpx.Response) -> None:
         self._local.status = response.status_code

@@ -1,0 +1,239 @@
+"""Version 2 writer rows: their names, their validation, and the sum of a day.
+
+Pure: no I/O. Every store validates with `validate_writer_entry` before it writes,
+and `summarize` is the reference the SQL aggregates are tested against.
+
+A *writer* is one recording process (a fresh random id at each start and after a
+fork); it owns exactly one row per day, `(WRITER_TYPE, writer_row_name(day, id))`,
+and nobody else ever writes it. An *instance* is the human label grouping writers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from datetime import date as _date
+from decimal import Decimal
+from typing import Any, TypedDict
+
+from ..errors import CheckpointError
+
+WRITER_TYPE = "budget_writer"
+#: Version 1 day documents (`name='budget_YYYY-MM-DD'`): still read, never written.
+LEGACY_TYPE = "budget"
+
+MAX_ID_CHARS = 200
+_DECIMALS = 9
+_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+class DayTotals(TypedDict):
+    date: str
+    total_usd: float
+    writers: int
+    updated_at: str | None
+    by_budget: dict[str, float]
+    budget_writers: dict[str, int]
+
+
+class MergeResult(TypedDict):
+    applied: bool
+    stored_seq: int
+    others: DayTotals
+
+
+def writer_row_name(day: str, writer_id: str) -> str:
+    return f"budget_{day}/{writer_id}"
+
+
+def round_usd(value: float) -> float:
+    """Round to 1e-9 USD; -0.0 folds into 0.0."""
+    return round(float(value), _DECIMALS) + 0.0
+
+
+def is_day(value: Any) -> bool:
+    if not isinstance(value, str) or not _DAY.match(value):
+        return False
+    try:
+        _date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_amount(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def _string_problem(value: str) -> str | None:
+    if "\x00" in value:
+        return "contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate"
+    return None
+
+
+def _strings_problem(value: Any, path: str) -> str | None:
+    """The first string (key or value, at any depth) PostgreSQL's jsonb would refuse."""
+    if isinstance(value, str):
+        problem = _string_problem(value)
+        return f"{path} {problem}" if problem else None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and (problem := _string_problem(key)):
+                return f"a key in {path} {problem}"
+            if not isinstance(key, str):
+                return f"{path} has a non-string key {key!r:.40}"
+            if found := _strings_problem(item, f"{path}.{key}"):
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            if found := _strings_problem(item, f"{path}[{i}]"):
+                return found
+    elif isinstance(value, float) and not math.isfinite(value):
+        return f"{path} is {value}, not JSON"
+    return None
+
+
+def writer_entry_problem(entry: Any) -> str | None:
+    """None if `entry` is a well-formed writer entry, else what is wrong with it."""
+    if not isinstance(entry, dict):
+        return f"entry is {type(entry).__name__}, expected an object"
+    if not is_day(entry.get("date")):
+        return f"date must be a 'YYYY-MM-DD' string, got {entry.get('date')!r:.60}"
+    for key in ("writer_id", "instance_id"):
+        value = entry.get(key)
+        if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+            return f"{key} must be a non-empty string of at most {MAX_ID_CHARS} characters"
+    if not _is_amount(entry.get("spend_usd")):
+        return f"spend_usd must be a finite number >= 0, got {entry.get('spend_usd')!r:.60}"
+    seq = entry.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        return f"seq must be an integer >= 0, got {seq!r:.60}"
+    if not isinstance(entry.get("updated_at"), str):
+        return "updated_at must be a string"
+    if "timezone" in entry and not isinstance(entry["timezone"], str):
+        return "timezone must be a string"
+    if "by_attributes" in entry:
+        items = entry["by_attributes"]
+        if not isinstance(items, list):
+            return "by_attributes must be a list"
+        for i, item in enumerate(items):
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("attributes"), dict)
+                or not _is_amount(item.get("spend_usd"))
+            ):
+                return f"by_attributes[{i}] must be {{'attributes': dict, 'spend_usd': number >= 0}}"
+    if "by_budget" in entry:
+        budgets = entry["by_budget"]
+        if not isinstance(budgets, dict):
+            return "by_budget must be an object"
+        for key, value in budgets.items():
+            if not isinstance(key, str) or not _is_amount(value):
+                return f"by_budget[{key!r:.60}] must be a finite number >= 0, got {value!r:.60}"
+    return _strings_problem(entry, "entry")
+
+
+def validate_writer_entry(entry: Any, *, where: str) -> dict[str, Any]:
+    """`entry` itself if well-formed, else CheckpointError naming `where`."""
+    problem = writer_entry_problem(entry)
+    if problem is not None:
+        raise CheckpointError(f"{where}: {problem}")
+    assert isinstance(entry, dict)
+    return entry
+
+
+def normalize_writer_entry(entry: Any, *, where: str) -> dict[str, Any]:
+    """A validated copy with every amount rounded to 1e-9: what the stores write."""
+    checked = dict(validate_writer_entry(entry, where=where))
+    checked["spend_usd"] = round_usd(checked["spend_usd"])
+    if "by_attributes" in checked:
+        checked["by_attributes"] = [
+            {**item, "spend_usd": round_usd(item["spend_usd"])}
+            for item in checked["by_attributes"]
+        ]
+    if "by_budget" in checked:
+        checked["by_budget"] = {k: round_usd(v) for k, v in checked["by_budget"].items()}
+    return checked
+
+
+def _exact(value: float) -> Decimal:
+    # The decimal the value's JSON text spells: what PostgreSQL's numeric sums.
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
+def _to_usd(total: Decimal) -> float:
+    return round_usd(float(round(total, _DECIMALS)))
+
+
+def empty_totals(day: str) -> DayTotals:
+    return {"date": day, "total_usd": 0.0, "writers": 0, "updated_at": None,
+            "by_budget": {}, "budget_writers": {}}
+
+
+def summarize(day: str, entries: Iterable[Mapping[str, Any]]) -> DayTotals:
+    """The day's totals over `entries` (valid writer entries). Sums are exact
+    decimals of the stored JSON numbers, rounded once to 1e-9, as in SQL."""
+    total = Decimal(0)
+    writers = 0
+    updated: str | None = None
+    budgets: dict[str, Decimal] = {}
+    counts: dict[str, int] = {}
+    for entry in entries:
+        writers += 1
+        total += _exact(entry["spend_usd"])
+        stamp = entry.get("updated_at")
+        if isinstance(stamp, str) and (updated is None or stamp > updated):
+            updated = stamp
+        for name, amount in (entry.get("by_budget") or {}).items():
+            budgets[name] = budgets.get(name, Decimal(0)) + _exact(amount)
+            counts[name] = counts.get(name, 0) + 1
+    return {
+        "date": day,
+        "total_usd": _to_usd(total),
+        "writers": writers,
+        "updated_at": updated,
+        "by_budget": {k: _to_usd(v) for k, v in sorted(budgets.items())},
+        "budget_writers": dict(sorted(counts.items())),
+    }
+
+
+def totals_from_json(day: str, value: Any) -> DayTotals:
+    """A DayTotals as a database returned it (numbers may come back as int)."""
+    if not isinstance(value, dict):
+        raise CheckpointError(f"day totals for {day}: got {type(value).__name__}, expected an object")
+    try:
+        return {
+            "date": str(value.get("date", day)),
+            "total_usd": round_usd(value["total_usd"]),
+            "writers": int(value["writers"]),
+            "updated_at": value.get("updated_at"),
+            "by_budget": {str(k): round_usd(v) for k, v in sorted((value.get("by_budget") or {}).items())},
+            "budget_writers": {
+                str(k): int(v) for k, v in sorted((value.get("budget_writers") or {}).items())
+            },
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"day totals for {day} are malformed: {exc!r}") from None
+
+
+def check_days(days: Iterable[str]) -> list[str]:
+    """The days, each a 'YYYY-MM-DD' string (CheckpointError otherwise), deduplicated in order."""
+    if isinstance(days, str):
+        raise CheckpointError("days must be a sequence of 'YYYY-MM-DD' strings, not one string")
+    out: list[str] = []
+    for day in days:
+        if not is_day(day):
+            raise CheckpointError(f"day must be a 'YYYY-MM-DD' string, got {day!r:.60}")
+        if day not in out:
+            out.append(day)
+    return out
