@@ -1,6 +1,7 @@
-"""otel_budget: keep LLM spend honest with an OpenTelemetry counter and a daily cap."""
+"""otel_budget: keep LLM spend honest with an OpenTelemetry counter and budgets."""
 
 from .autoconfig import from_env
+from .budgets import Budget
 from .config import BudgetConfig
 from .errors import (
     BudgetError,
@@ -12,13 +13,15 @@ from .errors import (
     UnknownModelError,
 )
 from .meter import BudgetMeter, __version__
-from .notify import LoggingNotifier, WebhookNotifier
+from .notify import LoggingNotifier, NotifierDispatcher, SlackNotifier, WebhookNotifier
 from .pricing import ModelPrice, PriceTable, TokenUsage
+from .read import read_day
 from .reader import BudgetReader
 from .reservations import Reservation
 from .stores.base import PatchStore, open_store
 
 __all__ = [
+    "Budget",
     "BudgetConfig",
     "BudgetError",
     "BudgetExceeded",
@@ -28,10 +31,12 @@ __all__ = [
     "ConfigError",
     "LoggingNotifier",
     "ModelPrice",
+    "NotifierDispatcher",
     "NotifyError",
     "PatchStore",
     "PriceTable",
     "Reservation",
+    "SlackNotifier",
     "StoreError",
     "TokenUsage",
     "UnknownModelError",
@@ -39,4 +44,5 @@ __all__ = [
     "__version__",
     "from_env",
     "open_store",
+    "read_day",
 ]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -39,6 +40,23 @@ class FakeClock:
     def set(self, when: datetime) -> None:
         with self._lock:
             self._now = when
+
+
+@pytest.fixture(autouse=True)
+def _private_spool(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Meters spool into the per-user cache by default: keep tests out of the real one."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Poll until `condition()` is truthy (notifiers deliver on their own thread)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return bool(condition())
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""BudgetMeter end to end on real stores (memory and SQLite files)."""
+"""BudgetMeter end to end on real stores (memory, SQLite files, PostgreSQL, Supabase)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
 
-from otel_budget import BudgetConfig, BudgetError, BudgetMeter, StoreError
-from otel_budget.ledger import BUDGET_TYPE, NUDGE_TYPE
+from otel_budget import BudgetConfig, BudgetError, BudgetMeter, StoreError, read_day
+from otel_budget.ledger import NUDGE_TYPE
 from otel_budget.stores.base import PatchStore
 from otel_budget.stores.memory import MemoryStore
-from tests.conftest import FakeClock, StoreFactory
+from tests.conftest import FakeClock, StoreFactory, wait_for
 
-TODAY = "budget_2026-11-25"
+TODAY = "2026-11-25"
 
 
 def make(store: PatchStore, clock: FakeClock, instance_id: str = "a", *,
@@ -29,23 +29,27 @@ def make(store: PatchStore, clock: FakeClock, instance_id: str = "a", *,
     return BudgetMeter(cfg, store=store, notifiers=notifiers or [], clock=clock)
 
 
+def own_entries(store: PatchStore, meter: BudgetMeter, day: str = TODAY) -> list[dict[str, Any]]:
+    return [e for e in store.writer_entries([day]) if e["writer_id"] == meter.writer_id]
+
+
 def test_checkpoint_on_exactly_the_tenth_collection(store: PatchStore, clock: FakeClock) -> None:
     meter = make(store, clock).start()
     meter.record(1.25, {"agent": "cloud_lu"})
     for _ in range(9):
         meter.collect()
-    assert store.get(BUDGET_TYPE, TODAY) is None
+    assert own_entries(store, meter) == []
     meter.collect()
-    doc = store.get(BUDGET_TYPE, TODAY)
-    assert doc is not None and doc["instances"]["a"]["seq"] == 1
-    assert doc["instances"]["a"]["spend_usd"] == 1.25
+    [entry] = own_entries(store, meter)
+    assert entry["seq"] == 1 and entry["spend_usd"] == 1.25 and entry["instance_id"] == "a"
+    assert entry["by_budget"] == {"daily": 1.25}
     meter.record(1.0)
     for _ in range(9):
         meter.collect()
-    assert store.get(BUDGET_TYPE, TODAY)["instances"]["a"]["seq"] == 1
+    assert own_entries(store, meter)[0]["seq"] == 1
     meter.collect()
-    doc = store.get(BUDGET_TYPE, TODAY)
-    assert doc["instances"]["a"]["seq"] == 2 and doc["total_usd"] == 2.25
+    assert own_entries(store, meter)[0]["seq"] == 2
+    assert read_day(store, TODAY)["total_usd"] == 2.25
     assert meter.health()["collections"] == 20
     meter.shutdown()
 
@@ -54,48 +58,46 @@ def test_collections_count_without_any_record(store: PatchStore, clock: FakeCloc
     meter = make(store, clock, checkpoint_every=3).start()
     for _ in range(3):
         meter.collect()
-    doc = store.get(BUDGET_TYPE, TODAY)
-    assert doc is not None and doc["instances"]["a"] == {
-        "spend_usd": 0.0, "seq": 1, "updated_at": doc["instances"]["a"]["updated_at"],
-        "by_attributes": []}
+    [entry] = own_entries(store, meter)
+    assert entry["spend_usd"] == 0.0 and entry["seq"] == 1 and entry["by_attributes"] == []
     meter.shutdown()
 
 
-def test_restore_same_instance_continues_its_entry(store_factory: StoreFactory,
-                                                   clock: FakeClock) -> None:
+def test_restart_with_the_same_instance_id_is_a_new_writer(store_factory: StoreFactory,
+                                                           clock: FakeClock) -> None:
     first = make(store_factory(), clock).start()
     first.record(3.0, {"agent": "x"})
     first.shutdown()
-    stored = store_factory().get(BUDGET_TYPE, TODAY)["instances"]["a"]
 
     second = make(store_factory(), clock).start()
+    assert second.writer_id != first.writer_id
     assert second.daily_spend() == 3.0
-    assert second.health()["restore"]["continued_entry"] is True
     second.record(1.5, {"agent": "y"})
     assert second.daily_spend() == 4.5
     second.checkpoint()
-    entry = store_factory().get(BUDGET_TYPE, TODAY)["instances"]["a"]
-    assert entry["spend_usd"] == 4.5 and entry["seq"] > stored["seq"]
-    assert {tuple(r["attributes"].items()): r["spend_usd"] for r in entry["by_attributes"]} == {
+    day = read_day(store_factory(), TODAY)
+    assert day["total_usd"] == 4.5
+    assert day["instances"]["a"]["writers"] == 2 and day["instances"]["a"]["spend_usd"] == 4.5
+    assert {tuple(r["attributes"].items()): r["spend_usd"] for r in day["by_attributes"]} == {
         (("agent", "x"),): 3.0, (("agent", "y"),): 1.5}
     second.shutdown()
 
 
-def test_restore_with_new_instance_counts_the_fleet(store_factory: StoreFactory,
-                                                    clock: FakeClock) -> None:
-    first = make(store_factory(), clock, "a").start()
-    first.record(3.0)
-    first.shutdown()
-    second = make(store_factory(), clock, "b").start()
-    assert second.daily_spend() == 3.0
-    assert second.health()["restore"]["continued_entry"] is False
-    second.record(0.5)
-    second.checkpoint()
-    doc = store_factory().get(BUDGET_TYPE, TODAY)
-    assert doc["instances"]["a"]["spend_usd"] == 3.0
-    assert doc["instances"]["b"]["spend_usd"] == 0.5
-    assert doc["total_usd"] == 3.5
-    second.shutdown()
+def test_two_processes_sharing_an_instance_id_never_overwrite(store_factory: StoreFactory,
+                                                              clock: FakeClock) -> None:
+    a = make(store_factory(), clock, "pod-7").start()
+    b = make(store_factory(), clock, "pod-7").start()
+    a.record(1.0)
+    b.record(2.0)
+    for _ in range(3):
+        a.checkpoint()
+        b.checkpoint()
+    day = read_day(store_factory(), TODAY)
+    assert day["total_usd"] == 3.0 and day["instances"]["pod-7"]["writers"] == 2
+    assert a.health()["status"] == "ok" and b.health()["status"] == "ok"
+    assert a.daily_spend() == 3.0 == b.daily_spend()
+    a.shutdown()
+    b.shutdown()
 
 
 def test_two_instances_sum_exactly(store_factory: StoreFactory, clock: FakeClock) -> None:
@@ -108,8 +110,7 @@ def test_two_instances_sum_exactly(store_factory: StoreFactory, clock: FakeClock
         expected += amount
     a.checkpoint()
     b.checkpoint()
-    doc = store_factory().get(BUDGET_TYPE, TODAY)
-    assert doc["total_usd"] == round(expected, 9)
+    assert read_day(store_factory(), TODAY)["total_usd"] == round(expected, 9)
     assert b.daily_spend() == round(expected, 9), "b's merge returned a's latest entry"
     a.checkpoint()
     assert a.daily_spend() == round(expected, 9)
@@ -180,7 +181,9 @@ def test_counter_is_visible_to_a_reader_passed_in(clock: FakeClock) -> None:
     }
     data = reader.get_metrics_data()
     resource = data.resource_metrics[0].resource.attributes
-    assert resource["service.name"] == "svc" and resource["service.instance.id"] == "a"
+    assert resource["service.name"] == "svc"
+    assert resource["service.instance.id"] == meter.writer_id, "unique per process"
+    assert resource["otel_budget.instance.id"] == "a"
     names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics
              for m in sm.metrics}
     assert {"llm.budget.daily_spend", "llm.budget.remaining", "llm.budget.store.up"} <= names
@@ -216,7 +219,7 @@ def test_concurrent_records_are_all_counted(store: PatchStore, clock: FakeClock)
         t.join()
     assert meter.daily_spend() == 16.0
     meter.checkpoint()
-    assert store.get(BUDGET_TYPE, TODAY)["total_usd"] == 16.0
+    assert read_day(store, TODAY)["total_usd"] == 16.0
     meter.shutdown()
 
 
@@ -229,12 +232,12 @@ def test_nudge_exactly_once_across_restart_and_second_instance(
     assert delivered == []
     a.record(0.01)  # exactly 80% of 10 (float sum 7.999999...) counts
     a.collect()
-    a.collect()
-    assert len(delivered) == 1
+    assert wait_for(lambda: len(delivered) == 1)
     nudge = delivered[0]
     assert nudge["to"] == "ag_lu" and nudge["kind"] == "budget_alert" and nudge["ratio"] == 0.8
     assert nudge["date"] == "2026-11-25" and nudge["instance_id"] == "a"
     assert nudge["daily_spend_usd"] == 8.0 and nudge["daily_cap_usd"] == 10.0
+    assert nudge["budget"] == "daily" and nudge["window"] == TODAY and nudge["period"] == "day"
     assert store_factory().get(NUDGE_TYPE, "budget_alert_2026-11-25_80") == nudge
     a.shutdown()
 
@@ -244,7 +247,7 @@ def test_nudge_exactly_once_across_restart_and_second_instance(
     other = make(store_factory(), clock, "b", notifiers=[delivered.append]).start()
     other.record(0.5)
     other.collect()
-    assert len(delivered) == 1
+    assert not wait_for(lambda: len(delivered) > 1, timeout=0.3)
     assert restarted.health()["alerts_sent"] == [0.8] == other.health()["alerts_sent"]
     restarted.shutdown()
     other.shutdown()
@@ -260,10 +263,15 @@ def test_failing_notifier_is_retried_until_it_succeeds(store: PatchStore,
         if len(attempts) < 3:
             raise ConnectionError("sibling inbox down")
 
-    meter = make(store, clock, notifiers=[flaky, steady.append], alert_ratios=(0.5, 0.8)).start()
+    meter = make(store, clock, notifiers=[flaky, steady.append], alert_ratios=(0.5, 0.8))
+    meter._dispatcher = type(meter._dispatcher)([flaky, steady.append], backoff_initial_s=0.01,
+                                                backoff_max_s=0.02)
+    meter._tracker._submit_nudge = meter._dispatcher.submit
+    meter.start()
     meter.record(9.0)
-    for _ in range(6):
-        meter.collect()
+    meter.collect()
+    assert wait_for(lambda: len(attempts) >= 4 and len(steady) == 2)
+    assert not wait_for(lambda: len(attempts) > 4, timeout=0.3)
     ratios_ok = sorted(n["ratio"] for n in attempts[2:])
     assert ratios_ok == [0.5, 0.8], "each ratio delivered once the notifier recovers"
     assert len(attempts) == 4, "never called again after a success"
@@ -277,22 +285,22 @@ def test_day_rollover_writes_final_checkpoint_and_rearms(store: PatchStore) -> N
     meter = make(store, clock, notifiers=[delivered.append]).start()
     meter.record(8.5, {"agent": "late"})
     meter.collect()
-    assert [n["date"] for n in delivered] == ["2026-11-25"]
+    assert wait_for(lambda: [n["date"] for n in delivered] == ["2026-11-25"])
     meter.record(0.5)
     clock.advance(seconds=20)
     meter.collect()  # crosses midnight: final checkpoint of the 25th
-    old = store.get(BUDGET_TYPE, TODAY)
-    assert old["total_usd"] == 9.0 and old["date"] == "2026-11-25"
+    old = read_day(store, TODAY)
+    assert old["total_usd"] == 9.0
     assert meter.daily_spend() == 0.0
     health = meter.health()
     assert health["date"] == "2026-11-26" and health["alerts_sent"] == []
     meter.record(8.0)
     meter.collect()
-    assert [n["date"] for n in delivered] == ["2026-11-25", "2026-11-26"]
+    assert wait_for(lambda: [n["date"] for n in delivered] == ["2026-11-25", "2026-11-26"])
     meter.checkpoint()
-    new = store.get(BUDGET_TYPE, "budget_2026-11-26")
-    assert new["total_usd"] == 8.0 and new["instances"]["a"]["seq"] == 1
-    assert store.get(BUDGET_TYPE, TODAY) == old, "the old day is not touched again"
+    new = read_day(store, "2026-11-26")
+    assert new["total_usd"] == 8.0
+    assert read_day(store, TODAY) == old, "the old day is not touched again"
     meter.shutdown()
 
 
@@ -302,14 +310,14 @@ def test_non_utc_time_zone_names_the_local_day(store: PatchStore) -> None:
     meter = make(store, clock, timezone="America/Los_Angeles").start()
     meter.record(1.0)
     meter.checkpoint()
-    doc = store.get(BUDGET_TYPE, "budget_2026-11-24")
-    assert doc["timezone"] == "America/Los_Angeles" and doc["total_usd"] == 1.0
+    [entry] = own_entries(store, meter, "2026-11-24")
+    assert entry["timezone"] == "America/Los_Angeles" and entry["spend_usd"] == 1.0
     clock.advance(hours=1)
     meter.collect()
     meter.record(2.0)
     meter.checkpoint()
-    assert store.get(BUDGET_TYPE, "budget_2026-11-25")["total_usd"] == 2.0
-    assert store.get(BUDGET_TYPE, "budget_2026-11-24")["total_usd"] == 1.0
+    assert read_day(store, "2026-11-25")["total_usd"] == 2.0
+    assert read_day(store, "2026-11-24")["total_usd"] == 1.0
     meter.shutdown()
 
 
@@ -323,21 +331,15 @@ class FailingStore:
         if self.down:
             raise StoreError("store unreachable (injected)")
 
-    def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
-        self._check()
-        return self.inner.get(patch_type, name)
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if not callable(target) or name == "close":
+            return target
 
-    def merge_budget(self, name: str, instance_id: str, entry: dict[str, Any], *,
-                     day_meta: dict[str, Any]) -> dict[str, Any]:
-        self._check()
-        return self.inner.merge_budget(name, instance_id, entry, day_meta=day_meta)
-
-    def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
-        self._check()
-        return self.inner.insert_if_absent(patch_type, name, content)
-
-    def close(self) -> None:
-        self.inner.close()
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._check()
+            return target(*args, **kwargs)
+        return call
 
 
 def test_store_outage_degrades_then_recovers_losing_nothing(store: PatchStore,
@@ -356,32 +358,34 @@ def test_store_outage_degrades_then_recovers_losing_nothing(store: PatchStore,
     assert health["status"] == "degraded" and health["store_up"] is False
     assert "unreachable" in health["last_checkpoint"]["error"]
     assert health["unflushed_usd"] == 2.0 and health["daily_spend_usd"] == 3.0
+    assert health["spool"]["entries"] == 1 and health["spool"]["spend_usd"] == 3.0
     json.dumps(health)
     flaky.down = False
     meter.collect()
     meter.collect()
     health = meter.health()
-    assert health["status"] == "ok" and health["unflushed_usd"] == 0.0
-    assert store.get(BUDGET_TYPE, TODAY)["total_usd"] == 3.0
+    assert health["status"] == "ok" and health["unflushed_usd"] == 0.0, health["reasons"]
+    assert health["spool"]["entries"] == 0
+    assert read_day(store, TODAY)["total_usd"] == 3.0
     meter.shutdown()
 
 
 def test_unreachable_store_at_start_degrades_and_restores_later(clock: FakeClock) -> None:
     inner = MemoryStore()
-    inner.merge_budget(TODAY, "a", {"spend_usd": 4.0, "seq": 9, "by_attributes": []},
-                       day_meta={"date": "2026-11-25"})
+    earlier = make(inner, clock).start()
+    earlier.record(4.0)
+    earlier.shutdown()
     flaky = FailingStore(inner)
     flaky.down = True
     meter = make(flaky, clock, checkpoint_every=1).start()
     meter.record(1.0)
     meter.collect()
     assert meter.health()["status"] == "degraded"
-    assert inner.get(BUDGET_TYPE, TODAY)["instances"]["a"]["spend_usd"] == 4.0
+    assert meter.daily_spend() == 1.0, "the fleet is unknown until the store answers"
     flaky.down = False
     meter.collect()
     assert meter.daily_spend() == 5.0
-    entry = inner.get(BUDGET_TYPE, TODAY)["instances"]["a"]
-    assert entry["spend_usd"] == 5.0 and entry["seq"] == 10, "continued, never overwritten"
+    assert read_day(inner, TODAY)["total_usd"] == 5.0
     assert meter.health()["status"] == "ok"
     meter.shutdown()
 
@@ -395,7 +399,7 @@ def test_health_is_json_and_complete(store: PatchStore, clock: FakeClock) -> Non
     health = json.loads(json.dumps(meter.health()))
     assert health["status"] == "ok" and health["daily_spend_usd"] == 3.0
     assert health["utilization"] == 0.3 and health["remaining_usd"] == 7.0
-    assert health["checkpoint_age_s"] == 30.0 and health["unflushed_usd"] == 0.5
+    assert health["unflushed_usd"] == 0.5
     assert health["last_checkpoint"]["ok"] is True and health["last_checkpoint"]["seq"] == 1
     assert health["restore"]["ok"] is True and health["instance_id"] == "a"
     meter.shutdown()
@@ -405,13 +409,13 @@ def test_lifecycle_context_manager_and_record_after_shutdown(store: PatchStore,
                                                              clock: FakeClock) -> None:
     with make(store, clock) as meter:
         meter.record(1.0)
-    assert store.get(BUDGET_TYPE, TODAY)["total_usd"] == 1.0, "final checkpoint at exit"
+    assert read_day(store, TODAY)["total_usd"] == 1.0, "final checkpoint at exit"
     meter.shutdown()  # idempotent
     with pytest.raises(BudgetError):
         meter.record(1.0)
     with pytest.raises(BudgetError):
         meter.start()
-    assert store.get(BUDGET_TYPE, "budget_1999-01-01") is None, "a store passed in stays open"
+    assert store.get("budget", "budget_1999-01-01") is None, "a store passed in stays open"
 
 
 def test_store_opened_from_url_is_closed_at_shutdown(tmp_path: Any, clock: FakeClock) -> None:
@@ -420,7 +424,8 @@ def test_store_opened_from_url_is_closed_at_shutdown(tmp_path: Any, clock: FakeC
     meter = BudgetMeter(cfg, clock=clock).start()
     meter.record(1.0)
     meter.shutdown()
-    assert meter.store._conn is None  # type: ignore[attr-defined]
+    with pytest.raises(StoreError):
+        meter.store.get("budget", "x")
     assert (tmp_path / "own.db").exists()
 
 
@@ -430,9 +435,9 @@ def test_timer_collects_in_the_background(store: PatchStore, clock: FakeClock) -
     meter = BudgetMeter(cfg, store=store, clock=clock).start()
     meter.record(1.0)
     deadline = datetime.now().timestamp() + 5
-    while store.get(BUDGET_TYPE, TODAY) is None and datetime.now().timestamp() < deadline:
+    while not own_entries(store, meter) and datetime.now().timestamp() < deadline:
         threading.Event().wait(0.02)
-    assert store.get(BUDGET_TYPE, TODAY)["total_usd"] == 1.0
+    assert read_day(store, TODAY)["total_usd"] == 1.0
     assert meter.health()["collections"] >= 5
     meter.shutdown()
 
@@ -447,8 +452,8 @@ def test_long_float_sums_do_not_drift_below_the_threshold(clock: FakeClock) -> N
         record(0.001)
     assert meter.daily_spend() == 400.0
     meter.collect()
-    assert [n["ratio"] for n in delivered] == [0.8]
+    assert wait_for(lambda: [n["ratio"] for n in delivered] == [0.8])
     assert delivered[0]["daily_spend_usd"] == 400.0
     meter.checkpoint()
-    assert meter.store.get(BUDGET_TYPE, TODAY)["total_usd"] == 400.0
+    assert read_day(meter.store, TODAY)["total_usd"] == 400.0
     meter.shutdown()

@@ -1,0 +1,62 @@
+"""`read_day(store, day)`: one day's spend as a person wants it, whatever the layout
+(version 2 writer rows, a version 1 day document, or both on the upgrade day)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from . import ledger
+from .stores.base import PatchStore
+
+
+def read_day(store: PatchStore, day: date | str) -> dict[str, Any]:
+    """{"date", "total_usd", "writers", "instances": {instance_id: {"spend_usd",
+    "writers", "updated_at"}}, "by_budget", "by_attributes", "nudges", "legacy"}.
+    A malformed stored row raises CheckpointError naming it."""
+    if isinstance(day, date):
+        name = day.isoformat()
+    else:
+        try:
+            name = date.fromisoformat(str(day)).isoformat()
+        except ValueError:
+            raise ValueError(f"day must be a date or 'YYYY-MM-DD', got {day!r:.40}") from None
+    entries = store.writer_entries([name], breakdown=True)
+    legacy_name = ledger.budget_name(date.fromisoformat(name))
+    legacy = store.get(ledger.BUDGET_TYPE, legacy_name)
+    if legacy is not None:
+        ledger.validate_budget_document(legacy, name=legacy_name)
+    by_budget: dict[str, float] = {}
+    breakdown: dict[ledger.AttributesKey, float] = {}
+    for entry in entries:
+        for budget, usd in (entry.get("by_budget") or {}).items():
+            by_budget[budget] = ledger.round_usd(by_budget.get(budget, 0.0) + float(usd))
+        breakdown = ledger.add_maps(breakdown,
+                                    ledger.by_attributes_to_map(entry.get("by_attributes", [])))
+    for entry in ((legacy or {}).get("instances") or {}).values():
+        breakdown = ledger.add_maps(breakdown,
+                                    ledger.by_attributes_to_map(entry.get("by_attributes", [])))
+    total = sum(float(e["spend_usd"]) for e in entries)
+    if legacy:
+        total += ledger.document_total(legacy)
+    instances = ledger.group_instances(entries, legacy)
+    nudges = list_nudges(store, name)
+    return {
+        "date": name,
+        "total_usd": ledger.round_usd(total),
+        "writers": sum(row["writers"] for row in instances.values()),
+        "instances": instances,
+        "by_budget": dict(sorted(by_budget.items())),
+        "by_attributes": ledger.map_to_by_attributes(breakdown),
+        "nudges": nudges,
+        "legacy": legacy is not None,
+    }
+
+
+def list_nudges(store: PatchStore, day: str) -> list[dict[str, Any]]:
+    """Nudge documents claimed on `day` (for any budget and window)."""
+    finder = getattr(store, "nudges_on", None)
+    if finder is None:
+        return []
+    nudges: list[dict[str, Any]] = finder(day)
+    return sorted(nudges, key=lambda n: (str(n.get("budget", "daily")), float(n.get("ratio", 0))))
