@@ -226,6 +226,11 @@ def from_nanos(nanos: int) -> float:
     return round_usd(nanos / NANOS_PER_USD)
 
 
+class AmountTypeError(TypeError, ValueError):
+    """An amount of the wrong type. Both a TypeError (what it is) and a ValueError
+    (what DESIGN decision 6 promises for every bad amount), so either catch works."""
+
+
 def check_amount(value: Any, name: str, max_usd: float) -> float:
     """A caller's USD amount: a real number, finite, >= 0 and at most `max_usd`.
     Decimal and Fraction are accepted (they are real numbers); bool and str are not."""
@@ -233,7 +238,7 @@ def check_amount(value: Any, name: str, max_usd: float) -> float:
     from numbers import Real
 
     if isinstance(value, bool) or not isinstance(value, (Real, Decimal)):
-        raise TypeError(f"{name} must be a real number of USD, got {type(value).__name__}")
+        raise AmountTypeError(f"{name} must be a real number of USD, got {type(value).__name__}")
     try:
         amount = float(value)
     except (OverflowError, ValueError):

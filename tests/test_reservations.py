@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from otel_budget.budgets import Budget
 from otel_budget.errors import BudgetExceeded
+from otel_budget.ledger import check_amount
 from otel_budget.reservations import ReservationBook, would_pass_cap
 
 EPS = 1e-9
@@ -36,8 +38,11 @@ class Ledger:
 
 def make_book(spend: float = 0.0, cap: float = 10.0) -> tuple[ReservationBook, Ledger]:
     ledger = Ledger(spend)
-    book = ReservationBook(spend_now=ledger.spend_now, cap_usd=cap, record=ledger.record,
-                           day=lambda: "2026-11-25")
+    book = ReservationBook(
+        budgets=[Budget("daily", cap, hard=True)], spend_of=lambda name: ledger.spend_now(),
+        window_of=lambda name: "2026-11-25", record=ledger.record,
+        check_amount=lambda value, name: check_amount(value, name, 1e6),
+    )
     return book, ledger
 
 
@@ -146,15 +151,29 @@ def test_zero_cost_calls_pass_the_cap() -> None:
     assert ledger.spend == 12.0
 
 
-def test_cap_may_be_a_callable() -> None:
-    cap = [10.0]
-    ledger = Ledger(8.0)
-    book = ReservationBook(spend_now=ledger.spend_now, cap_usd=lambda: cap[0],
-                           record=ledger.record)
-    book.guard(2.0)
-    cap[0] = 9.0
-    with pytest.raises(BudgetExceeded):
-        book.guard(2.0)
+def test_only_the_hard_budgets_covering_the_attributes_are_checked() -> None:
+    spend = {"opus": 4.9, "daily": 4.9, "soft": 100.0}
+    calls: list[tuple[float, Any]] = []
+    book = ReservationBook(
+        budgets=[Budget("daily", 50.0, hard=True),
+                 Budget("opus", 5.0, match={"model": ["opus", "opus-4"]}, hard=True),
+                 Budget("soft", 1.0)],
+        spend_of=spend.__getitem__, window_of=lambda name: "2026-11-25",
+        record=lambda usd, attrs: calls.append((usd, attrs)),
+        check_amount=lambda value, name: check_amount(value, name, 1e6))
+    with pytest.raises(BudgetExceeded) as info:
+        book.reserve(0.2, {"model": "opus"})
+    assert info.value.budget == "opus" and info.value.window == "2026-11-25"
+    assert info.value.cap_usd == 5.0 and info.value.spend_usd == 4.9
+    with book.reserve(0.2, {"model": "haiku"}) as r:  # the opus cap does not apply
+        r.settle(0.1)
+    book.guard(0.2)  # no attributes: only budgets that match every call ("daily")
+    with book.reserve(0.1, {"model": "opus-4"}):
+        assert book.held_usd("opus") == 0.1 and book.held_usd("daily") == 0.1
+        with pytest.raises(BudgetExceeded):
+            book.guard(0.05, {"model": "opus"})
+    assert calls == [(0.1, {"model": "haiku"}), (0.1, {"model": "opus-4"})]
+    assert book.held_usd() == 0.0
 
 
 def test_32_threads_never_hold_or_record_more_than_the_cap() -> None:
@@ -167,7 +186,10 @@ def test_32_threads_never_hold_or_record_more_than_the_cap() -> None:
         time.sleep(0)  # hand the GIL over between the read and the hold
         return value
 
-    book = ReservationBook(spend_now=slow_spend_now, cap_usd=cap, record=ledger.record)
+    book = ReservationBook(
+        budgets=[Budget("daily", cap, hard=True)], spend_of=lambda name: slow_spend_now(),
+        window_of=lambda name: "2026-11-25", record=ledger.record,
+        check_amount=lambda value, name: check_amount(value, name, 1e6))
     start = threading.Barrier(33)
     stop = threading.Event()
     granted = [0]
