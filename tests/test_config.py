@@ -53,7 +53,6 @@ def test_boundary_values_are_accepted() -> None:
     ("daily_cap_usd", math.inf, "inf"),
     ("daily_cap_usd", True, "True"),
     ("daily_cap_usd", "50", "'50'"),
-    ("daily_cap_usd", None, "None"),
     ("alert_ratios", (0.8, 0.0), "0.0"),
     ("alert_ratios", (1.5,), "1.5"),
     ("alert_ratios", (-0.2,), "-0.2"),
@@ -236,3 +235,10 @@ def test_resolved_instance_id() -> None:
     default = BudgetConfig(daily_cap_usd=1.0)
     assert default.resolved_instance_id() == f"{socket.gethostname()}-{os.getpid()}"
     assert BudgetConfig(daily_cap_usd=1.0, instance_id="pinned").resolved_instance_id() == "pinned"
+
+
+def test_no_budget_at_all_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="no budget configured"):
+        BudgetConfig()
+    with pytest.raises(ConfigError, match="no budget configured"):
+        BudgetConfig.from_env({})
