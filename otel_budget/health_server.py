@@ -233,8 +233,14 @@ class _Core:
                 sock, address = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and friends: try again on the next event
+            except OSError as exc:
+                # EMFILE and friends: free the longest-idle connection's descriptor and
+                # try again; with none to free, pause briefly instead of spinning.
                 log.warning("health server cannot accept: %s", type(exc).__name__)
+                if pending:
+                    self._drop(min(pending.values(), key=lambda c: c.last), pending)
+                    continue
+                time.sleep(0.05)
                 return
             sock.setblocking(False)
             if len(pending) >= self.max_connections:
