@@ -13,10 +13,10 @@ import pytest
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, UnknownModelError
+from otel_budget.cli_bench_pricing import bench_record_usage
 from otel_budget.ledger import BUDGET_TYPE
 from otel_budget.pricing import ModelPrice, PriceTable
 from otel_budget.stores.memory import MemoryStore
-from otel_budget.cli_bench_pricing import bench_record_usage
 from otel_budget.usage import TOKEN_BUCKETS
 from tests.conftest import FakeClock
 

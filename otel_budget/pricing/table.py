@@ -776,7 +776,7 @@ def _parse_model(
 
 
 def _parse_rates(table: Mapping[str, Any], fail: Any, prefix: str = "") -> Rates:
-    values = []
+    values: list[Decimal] = []
     for name in _RATE_FIELDS:
         if name not in table:
             if name == "cache_write_long":
