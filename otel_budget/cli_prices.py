@@ -81,7 +81,15 @@ def _show_one(table: PriceTable, model: str, day: date | None, *, as_json: bool)
         f"  output        ${_usd(price.rates.output)} / MTok",
         f"  cached input  ${_usd(price.rates.cached_input)} / MTok",
         f"  cache write   ${_usd(price.rates.cache_write)} / MTok",
+        f"  long-TTL write ${_usd(price.rates.cache_write_long)} / MTok "
+        "(Anthropic 1-hour, OpenAI 12-hour)",
     ]
+    if price.service_tiers:
+        lines.append("  tiers         " + ", ".join(
+            f"{name} x{_usd(mult)}" for name, mult in price.service_tiers))
+    if price.server_tools:
+        lines.append("  server tools  " + ", ".join(
+            f"{name} ${_usd(usd)} / 1,000 requests" for name, usd in price.server_tools))
     if price.long_context is not None:
         lc = price.long_context
         lines.append(
