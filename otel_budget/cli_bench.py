@@ -126,7 +126,7 @@ def run_bench(calls: int = 100_000, rounds: int = 7) -> dict[str, Any]:
         results["restore_ms"] = round(statistics.median(samples) * 1e3, 3)
         store.close()
 
-    from .usage import bench_record_usage
+    from .cli_bench_pricing import bench_record_usage
 
     usage = bench_record_usage(n=max(2000, calls // 5))
     results["record_usage_us"] = usage["record_usage_us"]

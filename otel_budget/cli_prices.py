@@ -11,6 +11,8 @@ from typing import Any
 from .errors import ConfigError
 from .pricing import PRICES_ENV, ModelPrice, PriceTable
 
+_DIFF_FIELDS = ("input", "output", "cached_input", "cache_write", "cache_write_long")
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -28,12 +30,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--on", metavar="YYYY-MM-DD",
                         help="show the prices in effect on this day (default: today, UTC)")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--diff-litellm", action="store_true",
+                        help="show where LiteLLM's bundled price map disagrees with ours "
+                             "(needs pip install litellm; nothing is fetched)")
     parser.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     table = PriceTable.load(args.file) if args.file else PriceTable.load_default()
     day = _parse_day(args.on)
+    if getattr(args, "diff_litellm", False):
+        return _diff_litellm(table, day, as_json=args.json)
     if args.model:
         return _show_one(table, args.model, day, as_json=args.json)
     entries = [price.as_of(day) if day else price for price in table]
@@ -74,7 +81,15 @@ def _show_one(table: PriceTable, model: str, day: date | None, *, as_json: bool)
         f"  output        ${_usd(price.rates.output)} / MTok",
         f"  cached input  ${_usd(price.rates.cached_input)} / MTok",
         f"  cache write   ${_usd(price.rates.cache_write)} / MTok",
+        f"  long-TTL write ${_usd(price.rates.cache_write_long)} / MTok "
+        "(Anthropic 1-hour, OpenAI 12-hour)",
     ]
+    if price.service_tiers:
+        lines.append("  tiers         " + ", ".join(
+            f"{name} x{_usd(mult)}" for name, mult in price.service_tiers))
+    if price.server_tools:
+        lines.append("  server tools  " + ", ".join(
+            f"{name} ${_usd(usd)} / 1,000 requests" for name, usd in price.server_tools))
     if price.long_context is not None:
         lc = price.long_context
         lines.append(
@@ -125,3 +140,44 @@ def _print_table(table: PriceTable, entries: list[ModelPrice]) -> None:
         out.write("  ".join(cells) + "  " + row[-1] + "\n")
     out.write("* long-context tier or scheduled price change: "
               "`otel-budget prices MODEL` shows it\n")
+
+
+def _diff_litellm(table: PriceTable, day: date | None, *, as_json: bool) -> int:
+    """For each of our models, LiteLLM's first-party entries that resolve to it (same
+    provider: Anthropic's, OpenAI's, the Gemini API's own ids, not resellers' or cloud
+    regional ones, whose prices legitimately differ) and the rates where they differ."""
+    from .pricing.litellm_source import litellm_models
+
+    theirs = litellm_models()
+    rows: list[dict[str, Any]] = []
+    missing: list[str] = []
+    seen: set[str] = set()
+    for key, other in sorted(theirs.items()):
+        found = table.match(key)
+        if found is None:
+            continue
+        ours = found[0].as_of(day) if day else found[0]
+        if other.provider != ours.provider:
+            continue
+        seen.add(ours.model)
+        for name in _DIFF_FIELDS:
+            if name == "cache_write_long" and getattr(other.rates, name) == other.rates.cache_write:
+                continue  # LiteLLM has no long-TTL price for this entry
+            a, b = getattr(ours.rates, name), getattr(other.rates, name)
+            if a != b:
+                rows.append({"model": ours.model, "litellm_id": key, "rate": name,
+                             "ours": float(a), "litellm": float(b)})
+    missing = sorted(p.model for p in table if p.model not in seen)
+    if as_json:
+        print(json.dumps({"version": table.version, "differences": rows,
+                          "not_in_litellm": missing}, indent=2))
+        return 0
+    out = sys.stdout
+    out.write(f"price table {table.version} vs LiteLLM (USD per million tokens): "
+              f"{len(rows)} difference(s)\n")
+    for row in rows:
+        out.write(f"  {row['model']:<28} {row['litellm_id']:<44} {row['rate']:<16} "
+                  f"ours {_usd(row['ours'])}  litellm {_usd(row['litellm'])}\n")
+    if missing:
+        out.write(f"not in LiteLLM's map: {', '.join(missing)}\n")
+    return 0

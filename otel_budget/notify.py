@@ -58,6 +58,13 @@ def _money(value: Any) -> str:
         return "$?"
 
 
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def nudge_summary(nudge: Mapping[str, Any]) -> str:
     """One readable line naming the budget, window, spend, cap and threshold.
 
@@ -102,8 +109,8 @@ class LoggingNotifier:
         self._logger.warning(
             "budget alert for %s: %.6f of %.2f USD spent (%s%% threshold reached) -> %s",
             nudge.get("window") or nudge.get("date"),
-            float(nudge.get("spend_usd", nudge.get("daily_spend_usd", 0.0))),
-            float(nudge.get("cap_usd", nudge.get("daily_cap_usd", 0.0))),
+            _float(nudge.get("spend_usd", nudge.get("daily_spend_usd"))),
+            _float(nudge.get("cap_usd", nudge.get("daily_cap_usd"))),
             _pct(nudge.get("ratio", 0.0)), nudge.get("to"),
         )
 
@@ -391,6 +398,7 @@ class NotifierDispatcher:
 
     def _reset_after_fork(self) -> None:
         closed = self._closed
+        self._random = random.Random()  # not the parent's jitter sequence
         self._init_state()
         self._closing = self._closed = closed
 

@@ -1,32 +1,48 @@
-"""Token usage for BudgetMeter: `record_usage`, the hard-cap `guard`/`reserve`, and the
-GenAI `gen_ai.client.token.usage` histogram.
+"""Token usage -> USD for a meter: :class:`UsageRecorder` (composition, no meter import).
 
-Kept out of meter.py: BudgetMeter inherits :class:`UsageMixin` and calls
-``self._init_usage(otel_meter, prices)`` once in its constructor.
+The meter builds one ``UsageRecorder(record=..., otel_meter=..., prices=..., token_metrics=...,
+day=...)`` and delegates ``record_usage``, ``record_response``, ``price_for``,
+``estimate_usd`` and ``unpriced_calls`` to it. ``record`` is the meter's own validated
+``record(cost_usd, attributes)``.
 
 Token counts follow the disjoint convention documented in :mod:`otel_budget.pricing`:
-``input_tokens`` excludes cache reads and writes (Anthropic's reporting); split OpenAI's
-``prompt_tokens`` or Gemini's ``promptTokenCount`` with ``TokenUsage.from_openai`` /
-``from_gemini`` first.
+``input_tokens`` excludes cache reads and writes (Anthropic's reporting); for OpenAI,
+Gemini and Bedrock usage objects use ``TokenUsage.from_openai`` / ``from_gemini`` /
+``from_bedrock``, or pass the whole response to ``record_response``.
+
+Never drop a paid call: after a call, a model missing from the price table is recorded
+with the fallback price if one is set, else at $0; either way its tokens are recorded, the
+call is counted in ``llm.spend.unpriced`` and in :meth:`UsageRecorder.unpriced_calls`, and
+one warning per model is logged. Only :meth:`UsageRecorder.price_for` and
+:meth:`UsageRecorder.estimate_usd` (before a call) raise UnknownModelError.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.metrics import Counter, Histogram, Meter
 
-from .pricing import ModelPrice, PriceTable, check_token_counts, price_call_decimal
-from .reservations import Reservation, ReservationBook
+from .errors import UnknownModelError
+from .pricing import (
+    ModelPrice,
+    PriceTable,
+    TokenUsage,
+    check_token_counts,
+    check_usage,
+    price_call_decimal,
+    usage_from_response,
+)
+from .pricing.table import STANDARD_TIER
 
 if TYPE_CHECKING:
     from .config import BudgetConfig
     from .reader import BudgetReader
+    from .reservations import Reservation, ReservationBook
 
 _log = logging.getLogger("otel_budget")
 
@@ -40,6 +56,7 @@ MODEL_ATTR = "gen_ai.request.model"
 PROVIDER_ATTR = "gen_ai.provider.name"
 OPERATION_ATTR = "gen_ai.operation.name"
 TOKEN_TYPE_ATTR = "gen_ai.token.type"
+SERVICE_TIER_ATTR = "llm.service_tier"
 # Attributes from the caller that the token histogram carries too (semconv-recommended);
 # anything else (agent, tenant, ...) stays on the spend counter only.
 _HISTOGRAM_PASSTHROUGH = ("gen_ai.response.model", "server.address", "server.port")
@@ -47,8 +64,265 @@ _HISTOGRAM_PASSTHROUGH = ("gen_ai.response.model", "server.address", "server.por
 Attributes = Mapping[str, Any]
 
 
+class Settles(Protocol):
+    """What ``reservation=`` needs: ``settle(cost_usd, attributes)``."""
+
+    def settle(self, actual_usd: float, attributes: Attributes | None = None) -> float: ...
+
+
+_UNPRICED = ModelPrice.flat(0, 0, model="unpriced", source="none: unknown model, recorded at $0")
+
+
+class UsageRecorder:
+    """Prices calls from token counts or provider responses and records them.
+
+    ``record(cost_usd, attributes)`` records spend and raises ValueError/TypeError on bad
+    input; nothing else (tokens, unpriced count) is recorded unless it succeeded.
+    ``token_metrics=True`` also records the GenAI ``gen_ai.client.token.usage`` histogram
+    (leave it off when an instrumentation library already emits it). ``day()`` is the
+    meter's current day: prices are resolved for it and :meth:`unpriced_calls` resets when
+    it changes.
+    """
+
+    def __init__(
+        self, *, record: Callable[[float, Mapping[str, Any] | None], None],
+        otel_meter: Meter, prices: PriceTable | None, token_metrics: bool,
+        day: Callable[[], date],
+    ) -> None:
+        if prices is not None and not isinstance(prices, PriceTable):
+            raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")
+        self._record = record
+        self._prices = prices
+        self._day = day
+        self._lock = threading.Lock()
+        self._price_cache: dict[str, ModelPrice | None] = {}
+        self._price_cache_day: date | None = None
+        self._warned: set[str] = set()
+        self._unpriced_day: date | None = None
+        self._unpriced_count = 0
+        self._histogram: Histogram | None = None
+        if token_metrics:
+            self._histogram = otel_meter.create_histogram(
+                TOKEN_USAGE_INSTRUMENT, unit="{token}",
+                description="Number of input and output tokens used.",
+                explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+            )
+        self._unpriced: Counter = otel_meter.create_counter(
+            UNPRICED_INSTRUMENT, unit="{call}",
+            description="Calls recorded without a known price (fallback price or $0) "
+                        "because their model is not in the price table",
+        )
+
+    # --- prices -------------------------------------------------------------------
+
+    @property
+    def prices(self) -> PriceTable:
+        """The price table in use (by default :meth:`PriceTable.load_default`: the packaged
+        table, ``$OTEL_BUDGET_PRICES`` and ``$OTEL_BUDGET_FALLBACK_PRICE``, loaded on first
+        use)."""
+        table = self._prices
+        if table is None:
+            with self._lock:
+                if self._prices is None:
+                    self._prices = PriceTable.load_default()
+                table = self._prices
+        return table
+
+    def _lookup(self, model: str) -> ModelPrice | None:
+        """The table's price for `model` today, the fallback if the table has one, else
+        None. Cached per day (scheduled price changes take effect at the boundary)."""
+        day = self._day()
+        cache = self._price_cache
+        if day != self._price_cache_day:
+            cache = self._price_cache = {}
+            self._price_cache_day = day
+        try:
+            return cache[model]
+        except KeyError:
+            pass
+        table = self.prices
+        price = table.find(model, on=day)
+        if price is None and table.fallback is not None:
+            price = table.resolve(model, on=day)
+        if len(cache) < 1024:  # unknown ids must not grow it forever
+            cache[model] = price
+        return price
+
+    def price_for(self, model: str) -> ModelPrice:
+        """The model's price today: raises UnknownModelError unless the table has a
+        fallback price (then returned with ``is_fallback=True``)."""
+        _check_model(model)
+        price = self._lookup(model)
+        if price is None:
+            self.prices.resolve(model, on=self._day())  # raises with the usual message
+            raise UnknownModelError(model)  # pragma: no cover
+        return price
+
+    def estimate_usd(self, model: str, input_tokens: int, max_output_tokens: int) -> float:
+        """The most a call can cost, before making it (for ``guard``/``reserve``):
+        `input_tokens` at the input rate plus `max_output_tokens` at the output rate (long
+        context tier applied). Raises UnknownModelError for an unknown model without a
+        fallback price."""
+        usage = check_token_counts(input_tokens, max_output_tokens)
+        return float(price_call_decimal(self.price_for(model), usage))
+
+    # --- recording -----------------------------------------------------------------
+
+    def record_usage(
+        self,
+        model: str,
+        input_tokens: int | TokenUsage | None = None,
+        output_tokens: int | None = None,
+        *,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        cache_write_long_tokens: int = 0,
+        web_search_requests: int = 0,
+        service_tier: str = STANDARD_TIER,
+        usage: TokenUsage | None = None,
+        attributes: Attributes | None = None,
+        reservation: Settles | None = None,
+    ) -> float:
+        """Price one call, record the cost (and the token usage) and return it in USD
+        (exact to 1e-9).
+
+        Either token counts, ``record_usage(model, 1000, 500, cached_input_tokens=...)``, or
+        a :class:`TokenUsage`, ``record_usage(model, usage)`` /
+        ``record_usage(model, usage=TokenUsage.from_openai(resp.usage))``.
+        ``input_tokens`` excludes cache reads (``cached_input_tokens``) and cache writes
+        (``cache_write_tokens``: 5-minute/30-minute TTL; ``cache_write_long_tokens``:
+        Anthropic 1-hour, OpenAI 12-hour); ``output_tokens`` includes reasoning tokens;
+        ``web_search_requests`` are server-side searches; ``service_tier`` (``batch``,
+        ``flex``, ``priority``...) applies the table's multiplier. Counts must be
+        non-negative ints: anything else raises TypeError/ValueError and records nothing.
+
+        The spend carries ``attributes`` plus ``gen_ai.request.model`` and
+        ``gen_ai.provider.name`` (the table's provider unless ``attributes`` names one), and
+        ``llm.service_tier`` when the tier is not standard. A model not in the table is
+        never an error here (the call has been paid for): see the module docstring.
+        Pass ``reservation`` (anything with ``settle(cost, attributes)``) to settle it with
+        this cost instead of recording the cost separately.
+        """
+        if isinstance(input_tokens, TokenUsage):
+            if usage is not None:
+                raise TypeError("pass the TokenUsage once (positionally or as usage=)")
+            usage, input_tokens = input_tokens, None
+        if usage is not None:
+            if input_tokens is not None or output_tokens is not None:
+                raise TypeError("pass either token counts or usage=, not both")
+            checked = check_usage(usage)
+        else:
+            checked = check_token_counts(
+                input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
+                cache_write_long_tokens, web_search_requests, service_tier)
+        return self._record_checked(model, checked, attributes, reservation, None)
+
+    def record_response(
+        self, response: Any, attributes: Attributes | None = None, *,
+        reservation: Settles | None = None,
+    ) -> float:
+        """Price and record one provider response; returns the cost in USD.
+
+        Anthropic ``Message`` (also a stream's final message), OpenAI ``ChatCompletion``
+        (or the last stream chunk, the one with usage), OpenAI Responses ``Response`` (or
+        its ``response.completed`` event), Gemini ``GenerateContentResponse``, Bedrock
+        Converse response dicts, or the dict form of any of them; duck-typed, no SDK
+        needed. The model comes from the response (Gemini: ``model_version``, else
+        ``attributes["gen_ai.request.model"]``; Bedrock: ``attributes
+        ["gen_ai.request.model"]``, else a ``modelId``/``model`` key in the dict). The
+        service tier comes from ``attributes["llm.service_tier"]`` if given (e.g.
+        ``"batch"`` for batch results), else from the response. Everything the response
+        reports is billed: cache reads, 5-minute and 1-hour cache writes, reasoning/
+        thinking tokens as output, Gemini tool-use prompt tokens as input, web searches.
+        A response none of the adapters recognise raises TypeError, one without usage
+        ValueError, and nothing is recorded.
+        """
+        if attributes is not None and not isinstance(attributes, Mapping):
+            raise TypeError(f"attributes must be a mapping, got {type(attributes).__name__}")
+        found = usage_from_response(response, attributes)
+        provider = found.provider if found.provider == "aws.bedrock" else None
+        return self._record_checked(found.model, found.usage, attributes, reservation,
+                                    provider)
+
+    def _record_checked(
+        self, model: str, usage: TokenUsage, attributes: Attributes | None,
+        reservation: Settles | None, provider_hint: str | None,
+    ) -> float:
+        _check_model(model)
+        if attributes is not None and not isinstance(attributes, Mapping):
+            raise TypeError(f"attributes must be a mapping, got {type(attributes).__name__}")
+        price = self._lookup(model)
+        unpriced = price is None or price.is_fallback
+        cost = float(price_call_decimal(price or _UNPRICED, usage))
+
+        spend_attrs: dict[str, Any] = dict(attributes) if attributes else {}
+        spend_attrs[MODEL_ATTR] = model
+        if PROVIDER_ATTR not in spend_attrs:
+            spend_attrs[PROVIDER_ATTR] = provider_hint or (
+                price.provider if price is not None else "unknown")
+        provider = spend_attrs[PROVIDER_ATTR]
+        if usage.service_tier != STANDARD_TIER:
+            spend_attrs.setdefault(SERVICE_TIER_ATTR, usage.service_tier)
+        # Validates cost and attributes; raises before any other side effect.
+        if reservation is not None:
+            reservation.settle(cost, spend_attrs)
+        else:
+            self._record(cost, spend_attrs)
+
+        histogram = self._histogram
+        if histogram is not None:
+            token_attrs: dict[str, Any] = {
+                OPERATION_ATTR: spend_attrs.get(OPERATION_ATTR, DEFAULT_OPERATION),
+                PROVIDER_ATTR: provider,
+                MODEL_ATTR: model,
+            }
+            for key in _HISTOGRAM_PASSTHROUGH:
+                if key in spend_attrs:
+                    token_attrs[key] = spend_attrs[key]
+            histogram.record(usage.prompt_tokens, {**token_attrs, TOKEN_TYPE_ATTR: "input"})
+            histogram.record(usage.output_tokens, {**token_attrs, TOKEN_TYPE_ATTR: "output"})
+        if unpriced:
+            self._count_unpriced(model, provider, price)
+        return cost
+
+    def _count_unpriced(self, model: str, provider: str, price: ModelPrice | None) -> None:
+        self._unpriced.add(1, {MODEL_ATTR: model, PROVIDER_ATTR: provider})
+        day = self._day()
+        with self._lock:
+            if day != self._unpriced_day:
+                self._unpriced_day = day
+                self._unpriced_count = 0
+            self._unpriced_count += 1
+            first = model not in self._warned
+            if first and len(self._warned) < 10_000:
+                self._warned.add(model)
+        if first:
+            if price is None:
+                _log.warning(
+                    "otel_budget: model %r is not in price table %s and no fallback price is "
+                    "set; its calls are recorded at $0 and counted in %s (set "
+                    "OTEL_BUDGET_FALLBACK_PRICE or add it via OTEL_BUDGET_PRICES)",
+                    model, self.prices.version, UNPRICED_INSTRUMENT)
+            else:
+                _log.warning(
+                    "otel_budget: model %r is not in price table %s; recorded at the "
+                    "fallback price (input $%s, output $%s per MTok)", model,
+                    self.prices.version, price.rates.input, price.rates.output)
+
+    def unpriced_calls(self) -> int:
+        """Calls recorded today (the ``day()`` in effect) without a known price."""
+        with self._lock:
+            return self._unpriced_count if self._unpriced_day == self._day() else 0
+
+
+def _check_model(model: object) -> None:
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model must be a non-empty string, got {model!r}")
+
+
 class UsageMixin:
-    """record_usage / guard / reserve, for BudgetMeter."""
+    """Transitional: BudgetMeter (version 1 meter.py) inherits this until the new meter
+    composes :class:`UsageRecorder` itself. Everything delegates to the recorder."""
 
     if TYPE_CHECKING:
         _config: BudgetConfig
@@ -58,135 +332,42 @@ class UsageMixin:
         def daily_spend(self) -> float: ...
 
     def _init_usage(self, otel_meter: Meter, prices: PriceTable | None) -> None:
-        if prices is not None and not isinstance(prices, PriceTable):
-            raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")
-        self._prices = prices
-        self._prices_lock = threading.Lock()
-        self._price_cache: dict[str, ModelPrice] = {}
-        self._price_cache_day: date | None = None
-        self._warned_unpriced: set[str] = set()
-        self._token_histogram: Histogram = otel_meter.create_histogram(
-            TOKEN_USAGE_INSTRUMENT, unit="{token}",
-            description="Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
-        )
-        self._unpriced: Counter = otel_meter.create_counter(
-            UNPRICED_INSTRUMENT, unit="{call}",
-            description="Calls priced with the fallback price because their model is not "
-                        "in the price table",
-        )
-        self._book = ReservationBook(
+        from .reservations import ReservationBook
+
+        self._usage = UsageRecorder(record=self.record, otel_meter=otel_meter, prices=prices,
+                                    token_metrics=True, day=lambda: self._reader.day)
+        self._book: ReservationBook = ReservationBook(
             spend_now=self.daily_spend,
             cap_usd=lambda: self._config.daily_cap_usd,
             record=self.record,
             day=lambda: self._reader.day.isoformat(),
         )
 
-    # --- prices -------------------------------------------------------------------
-
     @property
     def prices(self) -> PriceTable:
-        """The price table in use (the packaged one plus $OTEL_BUDGET_PRICES by default,
-        loaded on first use)."""
-        table = self._prices
-        if table is None:
-            with self._prices_lock:
-                if self._prices is None:
-                    self._prices = PriceTable.load_default()
-                table = self._prices
-        return table
+        return self._usage.prices
 
     def price_for(self, model: str) -> ModelPrice:
-        """The model's price today (the meter's day): raises UnknownModelError unless the
-        table has a fallback price."""
-        if not isinstance(model, str) or not model.strip():
-            raise ValueError(f"model must be a non-empty string, got {model!r}")
-        day = self._reader.day
-        if day != self._price_cache_day:
-            # A new day may bring a scheduled price change: resolve everything again.
-            self._price_cache = {}
-            self._price_cache_day = day
-        price = self._price_cache.get(model)
-        if price is None:
-            price = self.prices.resolve(model, on=day)
-            if len(self._price_cache) < 1024:  # unknown ids must not grow it forever
-                self._price_cache[model] = price
-        return price
+        return self._usage.price_for(model)
 
-    # --- recording -----------------------------------------------------------------
+    def estimate_usd(self, model: str, input_tokens: int, max_output_tokens: int) -> float:
+        return self._usage.estimate_usd(model, input_tokens, max_output_tokens)
 
-    def record_usage(
-        self,
-        model: str,
-        input_tokens: int,
-        output_tokens: int,
-        *,
-        cached_input_tokens: int = 0,
-        cache_write_tokens: int = 0,
-        attributes: Attributes | None = None,
-        reservation: Reservation | None = None,
-    ) -> float:
-        """Price one call from its token counts, record the cost and the token usage, and
-        return the cost in USD (exact to 1e-9).
+    def unpriced_calls(self) -> int:
+        return self._usage.unpriced_calls()
 
-        ``input_tokens`` excludes cache reads (``cached_input_tokens``) and cache writes
-        (``cache_write_tokens``); ``output_tokens`` includes reasoning tokens. Counts must be
-        non-negative ints: anything else raises TypeError/ValueError and records nothing.
-        An unknown model raises UnknownModelError and records nothing, unless the price
-        table has a fallback price: then the call is recorded at that price and counted in
-        ``llm.spend.unpriced`` (with one warning per model).
+    def record_usage(self, model: str, *args: Any, **kwargs: Any) -> float:
+        self._check_reservation(kwargs.get("reservation"))
+        return self._usage.record_usage(model, *args, **kwargs)
 
-        The spend carries ``attributes`` plus ``gen_ai.request.model`` and
-        ``gen_ai.provider.name`` (the table's provider unless ``attributes`` names one).
-        Pass ``reservation`` (from :meth:`reserve`) to settle it with this cost instead of
-        recording the cost separately.
-        """
-        usage = check_token_counts(input_tokens, output_tokens, cached_input_tokens,
-                                   cache_write_tokens)
-        if attributes is not None and not isinstance(attributes, Mapping):
-            raise TypeError(f"attributes must be a mapping, got {type(attributes).__name__}")
+    def record_response(self, response: Any, attributes: Attributes | None = None, *,
+                        reservation: Reservation | None = None) -> float:
+        self._check_reservation(reservation)
+        return self._usage.record_response(response, attributes, reservation=reservation)
+
+    def _check_reservation(self, reservation: Reservation | None) -> None:
         if reservation is not None and reservation.book is not self._book:
             raise ValueError("the reservation belongs to another BudgetMeter")
-        price = self.price_for(model)
-        cost = float(price_call_decimal(price, usage))
-
-        spend_attrs: dict[str, Any] = dict(attributes) if attributes else {}
-        spend_attrs[MODEL_ATTR] = model
-        provider = spend_attrs.setdefault(PROVIDER_ATTR, price.provider)
-        if reservation is not None:
-            reservation.settle(cost, spend_attrs)
-        else:
-            self.record(cost, spend_attrs)
-
-        token_attrs: dict[str, Any] = {
-            OPERATION_ATTR: spend_attrs.get(OPERATION_ATTR, DEFAULT_OPERATION),
-            PROVIDER_ATTR: provider,
-            MODEL_ATTR: model,
-        }
-        for key in _HISTOGRAM_PASSTHROUGH:
-            if key in spend_attrs:
-                token_attrs[key] = spend_attrs[key]
-        histogram = self._token_histogram
-        histogram.record(
-            usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens,
-            {**token_attrs, TOKEN_TYPE_ATTR: "input"},
-        )
-        histogram.record(usage.output_tokens, {**token_attrs, TOKEN_TYPE_ATTR: "output"})
-
-        if price.is_fallback:
-            self._unpriced.add(1, {MODEL_ATTR: model, PROVIDER_ATTR: provider})
-            with self._prices_lock:
-                first = model not in self._warned_unpriced
-                self._warned_unpriced.add(model)
-            if first:
-                _log.warning(
-                    "otel_budget: model %r is not in price table %s; recorded at the "
-                    "fallback price (input $%s, output $%s per MTok)", model,
-                    self.prices.version, price.rates.input, price.rates.output,
-                )
-        return cost
-
-    # --- the hard cap ----------------------------------------------------------------
 
     def guard(self, estimated_usd: float = 0.0) -> None:
         """Raise BudgetExceeded when today's fleet spend + open reservations + the estimate
@@ -194,63 +375,9 @@ class UsageMixin:
         self._book.guard(estimated_usd)
 
     def reserve(self, max_usd: float, attributes: Attributes | None = None) -> Reservation:
-        """Hold `max_usd` against the cap while a call is in flight, checking the cap and
-        holding in one atomic step (raises BudgetExceeded if it would pass)::
-
-            with meter.reserve(0.50) as r:
-                response = call_the_model()
-                r.settle(actual_usd)          # or meter.record_usage(..., reservation=r)
-
-        Leaving the block without settle() or cancel() records `max_usd`.
-        """
+        """Hold `max_usd` against the cap while a call is in flight (see README)."""
         return self._book.reserve(max_usd, attributes)
 
     def reserved_usd(self) -> float:
         """USD held by open reservations in this process."""
         return self._book.held_usd()
-
-
-def bench_record_usage(n: int = 20_000, rounds: int = 5) -> dict[str, float]:
-    """Time `record_usage()` against `record()` on the same meter (memory store).
-
-    Returns per-call microseconds (best round) and their ratio, for `otel-budget bench`.
-    """
-    from .config import BudgetConfig
-    from .meter import BudgetMeter
-    from .stores.memory import MemoryStore
-
-    config = BudgetConfig(daily_cap_usd=1e12, instance_id="bench", checkpoint_every=10**9)
-    meter = BudgetMeter(config, store=MemoryStore())
-    try:
-        model = "claude-sonnet-4-20250514"
-        attrs = {"agent": "cloud_lu"}
-        spend_attrs = {**attrs, MODEL_ATTR: model, PROVIDER_ATTR: "anthropic"}
-        record: Callable[..., Any] = meter.record
-        record_usage: Callable[..., Any] = meter.record_usage
-        record_usage(model, 1, 1, attributes=attrs)  # loads the table outside the timing
-
-        def run_record() -> None:
-            for _ in range(n):
-                record(0.0126, spend_attrs)
-
-        def run_usage() -> None:
-            for _ in range(n):
-                record_usage(model, 1000, 500, cached_input_tokens=2000, attributes=attrs)
-
-        best_record = best_usage = float("inf")
-        for _ in range(rounds):  # interleaved so machine noise hits both alike
-            best_record = min(best_record, _per_call(run_record, n))
-            best_usage = min(best_usage, _per_call(run_usage, n))
-        return {
-            "record_us": round(best_record * 1e6, 3),
-            "record_usage_us": round(best_usage * 1e6, 3),
-            "record_usage_vs_record": round(best_usage / best_record, 3),
-        }
-    finally:
-        meter.shutdown()
-
-
-def _per_call(fn: Callable[[], None], n: int) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) / n

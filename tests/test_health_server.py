@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -124,3 +125,171 @@ def test_serves_concurrent_requests_while_one_is_slow() -> None:
         finally:
             release.set()
             slow.join(5)
+
+
+# --- idle connections, bounded threads, slow clients ----------------------------------------
+
+def _silent_sockets(port: int, count: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        socks.append(sock)
+    return socks
+
+
+def _close_all(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        sock.close()
+
+
+def _closed_by_peer(sock: socket.socket, within_s: float) -> bool:
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_silent_sockets_pin_no_threads_and_healthz_still_answers() -> None:
+    before = threading.active_count()
+    with serve_health(lambda: {"status": "ok"}, _metrics, max_threads=4,
+                      idle_timeout_s=30.0) as server:
+        socks = _silent_sockets(server.port, 100)
+        try:
+            time.sleep(0.3)
+            started = time.monotonic()
+            assert _get(server.url + "/healthz")[0] == 200
+            assert time.monotonic() - started < 2.0
+            # A burst of real requests uses the pool, never more than max_threads.
+            results: list[int] = []
+            clients = [threading.Thread(target=lambda: results.append(
+                _get(server.url + "/healthz")[0])) for _ in range(20)]
+            for client in clients:
+                client.start()
+            for client in clients:
+                client.join(10)
+            assert len(results) == 20 and set(results) <= {200, 503}
+            server_threads = [t for t in threading.enumerate()
+                              if t.name.startswith("otel-budget-health")]
+            assert len(server_threads) <= 4 + 1, [t.name for t in server_threads]
+            assert threading.active_count() <= before + 4 + 1 + 1
+        finally:
+            _close_all(socks)
+
+
+def test_silent_sockets_are_closed_after_the_idle_timeout() -> None:
+    with serve_health(lambda: {"status": "ok"}, _metrics, idle_timeout_s=0.5) as server:
+        socks = _silent_sockets(server.port, 10)
+        try:
+            started = time.monotonic()
+            assert all(_closed_by_peer(sock, 3.0) for sock in socks)
+            assert 0.4 < time.monotonic() - started < 2.0
+            assert _get(server.url + "/healthz")[0] == 200
+        finally:
+            _close_all(socks)
+
+
+def test_a_slow_client_within_the_timeout_is_served() -> None:
+    request = b"GET /healthz HTTP/1.0\n\n"
+    with serve_health(lambda: {"status": "ok"}, _metrics, idle_timeout_s=1.5) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for byte in request:
+            sock.sendall(bytes([byte]))
+            time.sleep(0.2)  # each gap is well within the idle timeout
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.0 200"), answer[:80]
+    assert answer.endswith(b'{"status": "ok"}')
+
+
+def test_a_client_trickling_forever_is_cut_off_at_four_idle_timeouts() -> None:
+    with serve_health(lambda: {"status": "ok"}, _metrics, idle_timeout_s=0.3) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            for _ in range(60):  # ~6 s at most
+                sock.sendall(b"X")
+                time.sleep(0.1)
+        elapsed = time.monotonic() - started
+    assert elapsed < 3.0, f"cut off after {elapsed:.2f} s"
+
+
+def test_connections_beyond_the_cap_evict_the_longest_idle() -> None:
+    with serve_health(lambda: {"status": "ok"}, _metrics, idle_timeout_s=30.0,
+                      max_connections=10) as server:
+        old = _silent_sockets(server.port, 10)
+        time.sleep(0.2)
+        new = _silent_sockets(server.port, 5)
+        try:
+            assert sum(_closed_by_peer(sock, 1.0) for sock in old[:5]) == 5
+            assert _get(server.url + "/healthz")[0] == 200
+        finally:
+            _close_all(old + new)
+
+
+def test_a_full_pool_answers_503_busy_at_once() -> None:
+    release = threading.Event()
+
+    def slow_metrics() -> tuple[bytes, str]:
+        release.wait(10)
+        return _metrics()
+
+    with serve_health(lambda: {"status": "ok"}, slow_metrics, max_threads=1) as server:
+        stuck = [threading.Thread(target=_get, args=(server.url + "/metrics",))
+                 for _ in range(2)]  # one being answered, one waiting
+        try:
+            for thread in stuck:
+                thread.start()
+                time.sleep(0.2)
+            started = time.monotonic()
+            status, headers, body = _get(server.url + "/healthz")
+            assert (status, body) == (503, b"busy\n")
+            assert headers.get("Retry-After") == "1"
+            assert time.monotonic() - started < 1.0
+        finally:
+            release.set()
+            for thread in stuck:
+                thread.join(5)
+        assert _get(server.url + "/healthz")[0] == 200
+
+
+def test_shutdown_is_prompt_with_idle_sockets_open() -> None:
+    server = serve_health(lambda: {"status": "ok"}, _metrics, idle_timeout_s=60.0)
+    socks = _silent_sockets(server.port, 50)
+    try:
+        time.sleep(0.2)
+        started = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - started < 1.0
+        assert all(_closed_by_peer(sock, 1.0) for sock in socks)
+    finally:
+        _close_all(socks)
+        server.shutdown()
+
+
+# --- text that does not encode -----------------------------------------------------------------
+
+def test_a_lone_surrogate_in_health_or_metrics_is_not_a_500() -> None:
+    def metrics() -> tuple[bytes, str]:
+        body: Any = "# bad \ud800 label\nx 1.0\n"
+        return body, "text/plain; charset=utf-8; x=\ud800"
+
+    doc = {"status": "ok", "instance": "host-\ud800", "\udcff": 1}
+    with serve_health(lambda: doc, metrics) as server:
+        status, _, body = _get(server.url + "/healthz")
+        assert status == 200
+        assert json.loads(body)["instance"] == "host-\ud800"
+        status, headers, body = _get(server.url + "/metrics")
+        assert status == 200
+        assert body == b"# bad \\ud800 label\nx 1.0\n"
+        assert headers["Content-Type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize("kwargs", [{"idle_timeout_s": 0}, {"max_threads": 0},
+                                    {"max_connections": 0}])
+def test_invalid_limits_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        serve_health(lambda: {"status": "ok"}, _metrics, **kwargs)

@@ -607,3 +607,20 @@ def test_slack_escapes_markup_and_keeps_a_prefix() -> None:
 
 def test_nudge_summary_tolerates_missing_fields() -> None:
     assert "Budget alert" in nudge_summary({})
+
+
+def test_logging_notifier_reads_version_2_nudges(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    LoggingNotifier()(dict(NUDGE_V2))
+    message = caplog.records[-1].getMessage()
+    assert "2026-W48" in message and "412.5" in message and "500.00" in message
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_redirects_are_not_followed(hook_server: tuple[Hook, int], status: int) -> None:
+    hook, port = hook_server
+    hook.status = status
+    with pytest.raises(NotifyError, match="redirect not followed") as info:
+        WebhookNotifier(hook_url(port))(dict(NUDGE))
+    assert len(hook.requests) == 1
+    assert_error_is_clean(info.value)

@@ -13,10 +13,11 @@ import pytest
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, UnknownModelError
+from otel_budget.cli_bench_pricing import bench_record_usage
 from otel_budget.ledger import BUDGET_TYPE
 from otel_budget.pricing import ModelPrice, PriceTable
 from otel_budget.stores.memory import MemoryStore
-from otel_budget.usage import TOKEN_BUCKETS, bench_record_usage
+from otel_budget.usage import TOKEN_BUCKETS
 from tests.conftest import FakeClock
 
 SONNET = "claude-sonnet-4-20250514"
@@ -122,13 +123,22 @@ def test_caller_attributes_choose_operation_and_provider(setup: Setup) -> None:
     assert spend.attributes["tenant"] == "t1"
 
 
-def test_unknown_model_raises_and_records_nothing(setup: Setup) -> None:
-    with pytest.raises(UnknownModelError, match="my-finetune"):
-        setup.meter.record_usage("my-finetune", 1000, 1000)
+def test_unknown_model_after_a_call_is_recorded_at_zero_never_dropped(setup: Setup) -> None:
+    # The call has been paid for: no exception, $0 in spend (so it shows in the
+    # breakdown), tokens recorded, counted as unpriced.
+    assert setup.meter.record_usage("my-finetune", 1000, 1000) == 0.0
     assert setup.meter.daily_spend() == 0.0
-    assert setup.points("llm.spend") == []
-    assert setup.points("gen_ai.client.token.usage") == []
-    assert setup.points("llm.spend.unpriced") == []
+    [spend] = setup.points("llm.spend")
+    assert spend.attributes["gen_ai.request.model"] == "my-finetune"
+    assert {k[1] for k in setup.tokens() if k[0] == "my-finetune"} == {"input", "output"}
+    [unpriced] = setup.points("llm.spend.unpriced")
+    assert unpriced.value == 1
+    assert setup.meter.unpriced_calls() == 1
+    # Before a call, an unknown model without a fallback is an error.
+    with pytest.raises(UnknownModelError, match="my-finetune"):
+        setup.meter.price_for("my-finetune")
+    with pytest.raises(UnknownModelError, match="my-finetune"):
+        setup.meter.estimate_usd("my-finetune", 10, 10)
 
 
 def test_fallback_price_records_and_counts_unpriced_calls(

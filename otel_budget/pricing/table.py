@@ -22,12 +22,18 @@ so they must be split first; :meth:`TokenUsage.from_openai` and
 :meth:`TokenUsage.from_gemini` do that (passing ``prompt_tokens`` straight in as
 ``input_tokens`` would bill the cached part twice). The disjoint form was chosen because
 each token then has exactly one rate and no combination of counts can be inconsistent.
+
+Beyond the four counts, a :class:`TokenUsage` carries what else the provider bills:
+``cache_write_long_tokens`` (cache writes with the long TTL: Anthropic's 1-hour writes,
+OpenAI's 12-hour retention; disjoint from ``cache_write_tokens``, which are the default
+5-minute / 30-minute writes), ``web_search_requests`` (server-side web searches, priced per
+request) and ``service_tier`` (``standard``, ``batch``, ``flex``, ``priority``, ...; the
+table's tier multiplier applies to every token rate).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -37,20 +43,24 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .errors import ConfigError, UnknownModelError
+from ..errors import ConfigError, UnknownModelError
+from .ids import candidates, normalize
 
 PRICES_ENV = "OTEL_BUDGET_PRICES"
+FALLBACK_ENV = "OTEL_BUDGET_FALLBACK_PRICE"
 PACKAGED_NAME = "prices.toml"
+STANDARD_TIER = "standard"
 
 _MILLION = Decimal(1_000_000)
 _NANO_USD = Decimal("0.000000001")
-_RATE_FIELDS = ("input", "output", "cached_input", "cache_write")
+_RATE_FIELDS = ("input", "output", "cached_input", "cache_write", "cache_write_long")
 _MODEL_FIELDS = frozenset(
     {*_RATE_FIELDS, "provider", "source", "checked", "note", "aliases", "prefixes",
-     "long_context", "changes"}
+     "long_context", "changes", "service_tiers", "server_tools"}
 )
-# A trailing snapshot date: -20250514, -2026-09-22 (OpenAI) or @20250929 (Vertex AI).
-_DATE_SUFFIX = re.compile(r"[-@]20\d{2}(?:-\d{2}-\d{2}|\d{4})$")
+_PROVIDER_FIELDS = frozenset({"service_tiers", "server_tools", "source", "checked", "note"})
+_THOUSAND = Decimal(1000)
+_MISS = object()
 
 
 @dataclass(frozen=True)
@@ -61,18 +71,23 @@ class Rates:
     output: Decimal
     cached_input: Decimal
     cache_write: Decimal
+    cache_write_long: Decimal
 
     @classmethod
     def of(
         cls, input: float | str | Decimal, output: float | str | Decimal,
         cached_input: float | str | Decimal | None = None,
         cache_write: float | str | Decimal | None = None,
+        cache_write_long: float | str | Decimal | None = None,
     ) -> Rates:
-        """Rates from plain numbers; cache rates default to the input rate."""
+        """Rates from plain numbers; cache rates default to the input rate and the
+        long-TTL cache write to the cache-write rate."""
+        write = input if cache_write is None else cache_write
         values = [_to_decimal(v, name) for v, name in (
             (input, "input"), (output, "output"),
             (input if cached_input is None else cached_input, "cached_input"),
-            (input if cache_write is None else cache_write, "cache_write"),
+            (write, "cache_write"),
+            (write if cache_write_long is None else cache_write_long, "cache_write_long"),
         )]
         return cls(*values)
 
@@ -99,7 +114,13 @@ class PriceChange:
 @dataclass(frozen=True)
 class ModelPrice:
     """One model's price. ``rates`` are the ones in effect for the day it was resolved for
-    (see :meth:`PriceTable.resolve`); ``changes`` keeps the whole schedule for display."""
+    (see :meth:`PriceTable.resolve`); ``changes`` keeps the whole schedule for display.
+
+    ``service_tiers`` maps a tier name (``batch``, ``flex``, ``priority``, ...) to the
+    multiplier applied to every token rate for calls in that tier; ``server_tools`` maps a
+    server tool (``web_search``) to its price in USD per 1,000 requests. Both come from the
+    provider's defaults in the table unless the model overrides them.
+    """
 
     model: str
     provider: str
@@ -112,6 +133,8 @@ class ModelPrice:
     long_context: LongContext | None = None
     changes: tuple[PriceChange, ...] = ()
     is_fallback: bool = False
+    service_tiers: tuple[tuple[str, Decimal], ...] = ()
+    server_tools: tuple[tuple[str, Decimal], ...] = ()
 
     @classmethod
     def flat(
@@ -119,11 +142,12 @@ class ModelPrice:
         cached_input: float | str | Decimal | None = None,
         cache_write: float | str | Decimal | None = None, *,
         provider: str = "unknown", model: str = "fallback", note: str = "",
+        source: str = "configured",
     ) -> ModelPrice:
         """A simple price, e.g. a fallback: ``ModelPrice.flat(3, 15)``."""
         return cls(model=model, provider=provider,
                    rates=Rates.of(input, output, cached_input, cache_write),
-                   source="configured", note=note)
+                   source=source, note=note)
 
     def as_of(self, day: date) -> ModelPrice:
         """This price with the rates in effect on `day`."""
@@ -131,7 +155,22 @@ class ModelPrice:
         for change in self.changes:
             if change.effective_from <= day:
                 rates = change.rates
-        return replace(self, rates=rates)
+        return replace(self, rates=rates) if rates is not self.rates else self
+
+    def tier_multiplier(self, tier: str) -> Decimal:
+        """The multiplier for `tier` (1 for ``standard`` and for tiers the table does not
+        price differently)."""
+        for name, multiplier in self.service_tiers:
+            if name == tier:
+                return multiplier
+        return _ONE
+
+    def tool_price(self, tool: str) -> Decimal:
+        """USD per 1,000 requests of server tool `tool` (0 when not priced)."""
+        for name, usd in self.server_tools:
+            if name == tool:
+                return usd
+        return _ZERO
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -154,54 +193,125 @@ class ModelPrice:
                 {"from": c.effective_from.isoformat(), **c.rates.as_dict()}
                 for c in self.changes
             ]
+        if self.service_tiers:
+            out["service_tiers"] = {k: float(v) for k, v in self.service_tiers}
+        if self.server_tools:
+            out["server_tools"] = {k: float(v) for k, v in self.server_tools}
         if self.is_fallback:
             out["is_fallback"] = True
         return out
 
 
+_ONE = Decimal(1)
+_ZERO = Decimal(0)
+
+
 class TokenUsage(NamedTuple):
-    """Token counts in this module's disjoint convention (see the module docstring)."""
+    """What one call used, in this module's disjoint convention (see the module docstring).
+
+    Build it from a provider's usage object (SDK object or its dict form; ``None`` fields
+    count as 0) with :meth:`from_anthropic`, :meth:`from_openai`, :meth:`from_gemini` or
+    :meth:`from_bedrock`, or from a whole response with
+    :func:`otel_budget.pricing.usage_from_response`.
+    """
 
     input_tokens: int
     output_tokens: int
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_long_tokens: int = 0
+    web_search_requests: int = 0
+    service_tier: str = STANDARD_TIER
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Every prompt token: plain input, cache reads and both kinds of cache writes."""
+        return (self.input_tokens + self.cached_input_tokens + self.cache_write_tokens
+                + self.cache_write_long_tokens)
 
     @classmethod
     def from_anthropic(
-        cls, input_tokens: int, output_tokens: int,
-        cache_read_input_tokens: int = 0, cache_creation_input_tokens: int = 0,
+        cls, usage: Any = None, output_tokens: int | None = None,
+        cache_read_input_tokens: int = 0, cache_creation_input_tokens: int = 0, *,
+        input_tokens: int | None = None,
     ) -> TokenUsage:
-        """Anthropic's usage fields are already disjoint."""
-        return cls(input_tokens, output_tokens, cache_read_input_tokens,
-                   cache_creation_input_tokens)
+        """From an Anthropic ``Usage`` (``message.usage``) or its dict form.
+
+        Anthropic's counts are already disjoint. ``cache_creation.ephemeral_1h_input_tokens``
+        become ``cache_write_long_tokens`` (the rest of ``cache_creation_input_tokens`` are
+        5-minute writes); ``server_tool_use.web_search_requests`` and ``service_tier`` are
+        kept. The legacy form ``from_anthropic(input_tokens, output_tokens, cache_read,
+        cache_creation)`` with ints still works.
+        """
+        if usage is None or isinstance(usage, int):
+            return check_token_counts(
+                usage if input_tokens is None else input_tokens,
+                output_tokens, cache_read_input_tokens, cache_creation_input_tokens)
+        from .responses import anthropic_usage
+
+        return anthropic_usage(usage)
 
     @classmethod
     def from_openai(
-        cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+        cls, usage: Any = None, completion_tokens: int | None = None,
+        cached_tokens: int = 0, *, prompt_tokens: int | None = None,
     ) -> TokenUsage:
-        """OpenAI's ``prompt_tokens`` include ``cached_tokens``; split them."""
-        return cls(_split(prompt_tokens, cached_tokens, "prompt_tokens", "cached_tokens"),
-                   completion_tokens, cached_tokens)
+        """From an OpenAI ``CompletionUsage`` (Chat Completions) or ``ResponseUsage``
+        (Responses API), or their dict forms.
+
+        OpenAI's prompt/input count *includes* cached tokens and cache writes; they are
+        split out (12-hour writes become ``cache_write_long_tokens``). Reasoning tokens are
+        already inside the completion/output count. The legacy form
+        ``from_openai(prompt_tokens=, completion_tokens=, cached_tokens=)`` still works.
+        """
+        if usage is None or isinstance(usage, int):
+            prompt = usage if prompt_tokens is None else prompt_tokens
+            return cls(_split(prompt, cached_tokens, "prompt_tokens", "cached_tokens"),
+                       _check_count("completion_tokens", completion_tokens), cached_tokens)
+        from .responses import openai_usage
+
+        return openai_usage(usage)
 
     @classmethod
     def from_gemini(
-        cls, prompt_token_count: int, candidates_token_count: int,
-        cached_content_token_count: int = 0, thoughts_token_count: int = 0,
+        cls, usage: Any = None, candidates_token_count: int | None = None,
+        cached_content_token_count: int = 0, thoughts_token_count: int = 0, *,
+        prompt_token_count: int | None = None,
     ) -> TokenUsage:
-        """Gemini's prompt count includes cached tokens; thoughts are billed as output."""
-        _check_count("thoughts_token_count", thoughts_token_count)
-        _check_count("candidates_token_count", candidates_token_count)
-        return cls(
-            _split(prompt_token_count, cached_content_token_count,
-                   "prompt_token_count", "cached_content_token_count"),
-            candidates_token_count + thoughts_token_count, cached_content_token_count,
-        )
+        """From a Gemini ``GenerateContentResponseUsageMetadata`` (``usage_metadata``) or
+        its dict form (snake_case or the REST API's camelCase).
+
+        The prompt count includes cached tokens, which are split out; thoughts are billed
+        as output; ``tool_use_prompt_token_count`` (tool results fed back) is billed as
+        input. ``traffic_type`` gives the service tier. The legacy int form still works.
+        """
+        if usage is None or isinstance(usage, int):
+            _check_count("thoughts_token_count", thoughts_token_count)
+            _check_count("candidates_token_count", candidates_token_count)
+            assert isinstance(candidates_token_count, int)
+            prompt = usage if prompt_token_count is None else prompt_token_count
+            return cls(
+                _split(prompt, cached_content_token_count,
+                       "prompt_token_count", "cached_content_token_count"),
+                candidates_token_count + thoughts_token_count, cached_content_token_count,
+            )
+        from .responses import gemini_usage
+
+        return gemini_usage(usage)
+
+    @classmethod
+    def from_bedrock(cls, usage: Any) -> TokenUsage:
+        """From a Bedrock Converse ``usage`` dict (``inputTokens``, ``outputTokens``,
+        ``cacheReadInputTokens``, ``cacheWriteInputTokens``); ``inputTokens`` excludes
+        cache reads and writes, as on Anthropic's API."""
+        from .responses import bedrock_usage
+
+        return bedrock_usage(usage)
 
 
-def _split(total: int, part: int, total_name: str, part_name: str) -> int:
-    _check_count(total_name, total)
-    _check_count(part_name, part)
+def _split(total: object, part: object, total_name: str, part_name: str) -> int:
+    total = _check_count(total_name, total)
+    part = _check_count(part_name, part)
     if part > total:
         raise ValueError(f"{part_name} ({part}) cannot exceed {total_name} ({total})")
     return total - part
@@ -218,48 +328,91 @@ def _check_count(name: str, value: object) -> int:
 def check_token_counts(
     input_tokens: object, output_tokens: object,
     cached_input_tokens: object = 0, cache_write_tokens: object = 0,
+    cache_write_long_tokens: object = 0, web_search_requests: object = 0,
+    service_tier: object = STANDARD_TIER,
 ) -> TokenUsage:
     """Validate token counts (non-negative ints, not bool/float/str) and return them.
 
     Raises TypeError or ValueError naming the offending argument.
     """
+    if not isinstance(service_tier, str):
+        raise TypeError(f"service_tier must be a str, got {type(service_tier).__name__}")
     return TokenUsage(
         _check_count("input_tokens", input_tokens),
         _check_count("output_tokens", output_tokens),
         _check_count("cached_input_tokens", cached_input_tokens),
         _check_count("cache_write_tokens", cache_write_tokens),
+        _check_count("cache_write_long_tokens", cache_write_long_tokens),
+        _check_count("web_search_requests", web_search_requests),
+        normalize_tier(service_tier),
     )
+
+
+def check_usage(usage: object) -> TokenUsage:
+    """Validate a TokenUsage (it is a tuple, so anyone can build a bad one)."""
+    if not isinstance(usage, TokenUsage):
+        raise TypeError(f"usage must be a TokenUsage, got {type(usage).__name__}")
+    return check_token_counts(*usage)
+
+
+_TIER_NAMES = {
+    "": STANDARD_TIER, "standard": STANDARD_TIER, "default": STANDARD_TIER,
+    "auto": STANDARD_TIER, "on_demand": STANDARD_TIER, "traffic_type_unspecified": STANDARD_TIER,
+    "on_demand_flex": "flex", "on_demand_priority": "priority", "on_demand_offpeak": "flex",
+}
+
+
+def normalize_tier(tier: str | None) -> str:
+    """A provider's service-tier name in the table's vocabulary: None/default/auto/
+    ON_DEMAND -> ``standard``, Gemini ``ON_DEMAND_FLEX`` -> ``flex``,
+    ``ON_DEMAND_PRIORITY`` -> ``priority``; anything else lower-cased as is."""
+    if tier is None:
+        return STANDARD_TIER
+    key = tier.strip().lower()
+    if key.startswith("traffictype."):
+        key = key[len("traffictype."):]
+    return _TIER_NAMES.get(key, key)
 
 
 def price_call(
     price: ModelPrice, input_tokens: int, output_tokens: int,
     cached_input_tokens: int = 0, cache_write_tokens: int = 0,
+    cache_write_long_tokens: int = 0, web_search_requests: int = 0,
+    service_tier: str = STANDARD_TIER,
 ) -> float:
     """The USD cost of one call, exact to 1e-9 USD.
 
     Counts follow the disjoint convention of this module: ``input_tokens`` excludes cache
     reads and writes. When the model has a long-context tier and the prompt
     (input + cached + cache-write tokens) is above its threshold, the whole request,
-    output included, is billed at the long-context rates. Uses ``price.rates`` as they
-    are, so resolve the price for the right day first (:meth:`PriceTable.resolve`).
+    output included, is billed at the long-context rates. The service tier's multiplier
+    applies to every token rate; web searches cost the table's per-1,000 price. Uses
+    ``price.rates`` as they are, so resolve the price for the right day first
+    (:meth:`PriceTable.resolve`).
     """
     usage = check_token_counts(input_tokens, output_tokens, cached_input_tokens,
-                               cache_write_tokens)
+                               cache_write_tokens, cache_write_long_tokens,
+                               web_search_requests, service_tier)
     return float(price_call_decimal(price, usage))
 
 
 def price_call_decimal(price: ModelPrice, usage: TokenUsage) -> Decimal:
     """:func:`price_call` on already validated counts, as a Decimal rounded to 1e-9."""
     rates = price.rates
-    prompt = usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens
-    if price.long_context is not None and prompt > price.long_context.threshold_tokens:
-        rates = price.long_context.rates
+    lc = price.long_context
+    if lc is not None and usage.prompt_tokens > lc.threshold_tokens:
+        rates = lc.rates
     total = (
         usage.input_tokens * rates.input
         + usage.output_tokens * rates.output
         + usage.cached_input_tokens * rates.cached_input
         + usage.cache_write_tokens * rates.cache_write
+        + usage.cache_write_long_tokens * rates.cache_write_long
     ) / _MILLION
+    if usage.service_tier != STANDARD_TIER:
+        total *= price.tier_multiplier(usage.service_tier)
+    if usage.web_search_requests:
+        total += usage.web_search_requests * price.tool_price("web_search") / _THOUSAND
     return total.quantize(_NANO_USD, rounding=ROUND_HALF_EVEN)
 
 
@@ -275,6 +428,8 @@ class PriceTable:
     fallback: ModelPrice | None = None
     _aliases: Mapping[str, str] = field(default_factory=dict, repr=False)
     _prefixes: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    _memo: dict[str, tuple[ModelPrice, str] | None] = field(
+        default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -291,14 +446,14 @@ class PriceTable:
         ordered = tuple(sorted(prefixes.items(), key=lambda kv: -len(kv[0])))
         if fallback is not None and not fallback.is_fallback:
             fallback = replace(fallback, is_fallback=True)
-        return cls(dict(models), version, sources, fallback, aliases, ordered)
+        return cls(dict(models), version, sources, fallback, aliases, ordered, {})
 
     # loading
 
     @classmethod
     def packaged(cls, *, fallback: ModelPrice | None = None) -> PriceTable:
         """The price table shipped with otel_budget."""
-        resource = resources.files("otel_budget").joinpath(PACKAGED_NAME)
+        resource = resources.files("otel_budget.pricing").joinpath(PACKAGED_NAME)
         text = resource.read_text(encoding="utf-8")
         version, models = _parse(text, where=f"packaged {PACKAGED_NAME}", require_version=True)
         return cls.build(models, version=version, sources=(f"packaged {PACKAGED_NAME}",),
@@ -339,15 +494,40 @@ class PriceTable:
 
     @classmethod
     def load_default(
-        cls, *, fallback: ModelPrice | None = None,
-        environ: Mapping[str, str] | None = None,
+        cls, environ: Mapping[str, str] | None = None, *,
+        fallback: ModelPrice | None = None,
     ) -> PriceTable:
-        """The packaged table plus the file named by ``OTEL_BUDGET_PRICES``, if set."""
+        """The packaged table plus the file named by ``OTEL_BUDGET_PRICES``, if set, with
+        the fallback price from ``OTEL_BUDGET_FALLBACK_PRICE="in,out"`` (USD per million
+        input, output tokens) unless `fallback` is given. Bad values raise ConfigError
+        naming the variable."""
         env = os.environ if environ is None else environ
         path = env.get(PRICES_ENV, "").strip()
+        if fallback is None:
+            fallback = parse_fallback_price(env.get(FALLBACK_ENV))
         return cls.load(path or None, fallback=fallback)
 
     from_env = load_default
+
+    @classmethod
+    def from_litellm(
+        cls, base: PriceTable | None = None, *, model_cost: Mapping[str, Any] | None = None,
+    ) -> PriceTable:
+        """`base` (default :meth:`load_default`) extended with LiteLLM's price map for the
+        models `base` does not know; where both know a model, `base` wins.
+
+        Needs ``pip install litellm`` (ConfigError otherwise). LiteLLM's bundled copy of
+        its map is used (``LITELLM_LOCAL_MODEL_COST_MAP=True`` is set before import):
+        nothing is fetched. `model_cost` replaces LiteLLM's map (tests)."""
+        from .litellm_source import litellm_models
+
+        base = cls.load_default() if base is None else base
+        extra = {k: v for k, v in litellm_models(model_cost).items()
+                 if base.match(k) is None}
+        merged = {**extra, **base.models}
+        return cls.build(merged, version=f"{base.version}+litellm",
+                         sources=(*base.sources, "litellm model_cost"),
+                         fallback=base.fallback)
 
     def with_fallback(self, fallback: ModelPrice | None) -> PriceTable:
         return PriceTable.build(self.models, version=self.version, sources=self.sources,
@@ -362,26 +542,37 @@ class PriceTable:
         return iter(self.models[k] for k in sorted(self.models))
 
     def match(self, model: str) -> tuple[ModelPrice, str] | None:
-        """(entry, how) where how is 'exact', 'alias', 'dated' or 'prefix'; None if no entry.
+        """(entry, how) where how is 'exact', 'alias', 'normalized', 'dated'
+        or 'prefix'; None if no entry.
 
-        Order: exact id, declared alias, the id without a trailing date stamp (exact or
-        alias), then the longest declared prefix. Matching ignores case and surrounding
-        whitespace.
+        Each id from :func:`otel_budget.pricing.ids.candidates` (as given, then without a
+        route/publisher path or Bedrock decorations, then without a version tag or date
+        stamp) is tried as an exact id or alias; then the longest declared prefix. Matching
+        ignores case and surrounding whitespace. Results are memoized per table.
         """
         if not isinstance(model, str):
             raise TypeError(f"model must be a str, got {type(model).__name__}")
-        key = model.strip().lower()
-        found = self._exact_or_alias(key)
-        if found is not None:
-            return found
-        undated = _DATE_SUFFIX.sub("", key)
-        if undated != key:
-            found = self._exact_or_alias(undated)
+        memo = self._memo
+        found = memo.get(model, _MISS)
+        if found is not _MISS:
+            return found  # type: ignore[return-value]
+        found = self._match(model)
+        if len(memo) < 4096:  # unknown ids must not grow it forever
+            memo[model] = found
+        return found
+
+    def _match(self, model: str) -> tuple[ModelPrice, str] | None:
+        keys = candidates(model)
+        for i, key in enumerate(keys):
+            found = self._exact_or_alias(key)
             if found is not None:
-                return found[0], "dated"
-        for prefix, model_id in self._prefixes:
-            if key.startswith(prefix):
-                return self.models[model_id], "prefix"
+                if i == 0:
+                    return found
+                return found[0], ("normalized" if key == normalize(model) else "dated")
+        for key in keys:
+            for prefix, model_id in self._prefixes:
+                if key.startswith(prefix):
+                    return self.models[model_id], "prefix"
         return None
 
     def _exact_or_alias(self, key: str) -> tuple[ModelPrice, str] | None:
@@ -419,6 +610,25 @@ def _today() -> date:
     return datetime.now(UTC).date()
 
 
+def parse_fallback_price(text: str | None) -> ModelPrice | None:
+    """``"3,15"`` (USD per million input, output tokens) -> a fallback ModelPrice; None or
+    blank -> None. Anything else raises ConfigError naming OTEL_BUDGET_FALLBACK_PRICE."""
+    if text is None or not text.strip():
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2:
+        raise ConfigError(
+            f"{FALLBACK_ENV}: expected 'input,output' USD per million tokens, e.g. '3,15'; "
+            f"got {text!r}")
+    try:
+        values = [_to_decimal(p, name) for p, name in zip(parts, ("input", "output"),
+                                                           strict=True)]
+    except ValueError as exc:
+        raise ConfigError(f"{FALLBACK_ENV}: {exc} (in {text!r})") from None
+    return replace(ModelPrice.flat(values[0], values[1], source=f"${FALLBACK_ENV}"),
+                   is_fallback=True)
+
+
 # --- parsing ---------------------------------------------------------------------------------
 
 def _to_decimal(value: object, name: str) -> Decimal:
@@ -438,7 +648,7 @@ def _parse(text: str, *, where: str, require_version: bool) -> tuple[str, dict[s
         doc = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: invalid TOML: {exc}") from None
-    unknown = set(doc) - {"version", "models"}
+    unknown = set(doc) - {"version", "models", "providers"}
     if unknown:
         raise ConfigError(f"{where}: unknown top-level field(s) {sorted(unknown)}")
     version = doc.get("version")
@@ -449,6 +659,7 @@ def _parse(text: str, *, where: str, require_version: bool) -> tuple[str, dict[s
     raw_models = doc.get("models")
     if not isinstance(raw_models, dict) or not raw_models:
         raise ConfigError(f"{where}: missing field 'models' (a table of model entries)")
+    defaults = _parse_providers(doc.get("providers", {}), where=where)
     models: dict[str, ModelPrice] = {}
     claimed: dict[str, str] = {}
     for raw_id, entry in raw_models.items():
@@ -458,7 +669,8 @@ def _parse(text: str, *, where: str, require_version: bool) -> tuple[str, dict[s
             raise ConfigError(f"{where}: {field_prefix}: model id must not be empty")
         if model_id in models:
             raise ConfigError(f"{where}: {field_prefix}: duplicate model id (ids ignore case)")
-        price = _parse_model(model_id, entry, where=where, field_prefix=field_prefix)
+        price = _parse_model(model_id, entry, where=where, field_prefix=field_prefix,
+                             defaults=defaults)
         for name in (*price.aliases, *price.prefixes):
             other = claimed.get(name)
             if other is not None and other != model_id:
@@ -476,7 +688,53 @@ def _parse(text: str, *, where: str, require_version: bool) -> tuple[str, dict[s
     return (version.strip() if isinstance(version, str) else ""), models
 
 
-def _parse_model(model_id: str, entry: object, *, where: str, field_prefix: str) -> ModelPrice:
+_Pairs = tuple[tuple[str, Decimal], ...]
+
+
+def _parse_providers(raw: object, *, where: str) -> dict[str, tuple[_Pairs, _Pairs]]:
+    """``[providers.NAME]``: service_tiers / server_tools every model of NAME inherits."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: providers: must be a table of provider tables")
+    out: dict[str, tuple[_Pairs, _Pairs]] = {}
+    for name, entry in raw.items():
+        def fail(field_name: str, problem: str, name: str = name) -> ConfigError:
+            return ConfigError(f"{where}: providers.{name}.{field_name}: {problem}")
+
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: providers.{name}: must be a table")
+        unknown = set(entry) - _PROVIDER_FIELDS
+        if unknown:
+            raise fail(sorted(unknown)[0], f"unknown field (expected some of "
+                                           f"{sorted(_PROVIDER_FIELDS)})")
+        out[name.strip()] = (_number_map(entry, "service_tiers", fail),
+                             _number_map(entry, "server_tools", fail))
+    return out
+
+
+def _number_map(entry: Mapping[str, Any], name: str, fail: Any) -> _Pairs:
+    raw = entry.get(name, {})
+    if not isinstance(raw, dict):
+        raise fail(name, "must be a table of numbers")
+    pairs = []
+    for key, value in raw.items():
+        try:
+            pairs.append((normalize_tier(key) if name == "service_tiers" else key.strip(),
+                          _to_decimal(value, f"{name}.{key}")))
+        except ValueError as exc:
+            raise fail(f"{name}.{key}", str(exc)) from None
+    return tuple(sorted(pairs))
+
+
+def _merge_pairs(base: _Pairs, override: _Pairs) -> _Pairs:
+    merged = dict(base)
+    merged.update(override)
+    return tuple(sorted(merged.items()))
+
+
+def _parse_model(
+    model_id: str, entry: object, *, where: str, field_prefix: str,
+    defaults: Mapping[str, tuple[_Pairs, _Pairs]] | None = None,
+) -> ModelPrice:
     def fail(name: str, problem: str) -> ConfigError:
         return ConfigError(f"{where}: {field_prefix}.{name}: {problem}")
 
@@ -507,17 +765,23 @@ def _parse_model(model_id: str, entry: object, *, where: str, field_prefix: str)
     changes = _parse_changes(entry.get("changes"), fail)
     if long_context is not None and changes:
         raise fail("changes", "cannot be combined with long_context")
+    tiers, tools = (defaults or {}).get(provider, ((), ()))
     return ModelPrice(
         model=model_id, provider=provider, rates=rates, source=source,
         checked=checked.isoformat(), note=note, aliases=aliases, prefixes=prefixes,
         long_context=long_context, changes=changes,
+        service_tiers=_merge_pairs(tiers, _number_map(entry, "service_tiers", fail)),
+        server_tools=_merge_pairs(tools, _number_map(entry, "server_tools", fail)),
     )
 
 
 def _parse_rates(table: Mapping[str, Any], fail: Any, prefix: str = "") -> Rates:
-    values = []
+    values: list[Decimal] = []
     for name in _RATE_FIELDS:
         if name not in table:
+            if name == "cache_write_long":
+                values.append(values[3])  # no long-TTL write price: the cache-write rate
+                continue
             raise fail(prefix + name, "missing field (USD per million tokens)")
         try:
             values.append(_to_decimal(table[name], prefix + name))
