@@ -95,6 +95,10 @@ class BudgetMeter:
         )
         self._providers_to_shutdown: list[MeterProvider] = []
         self._wire_provider(meter_provider, metric_readers)
+        from .pricing import PriceTable
+
+        if prices is not None and not isinstance(prices, PriceTable):
+            raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")
         self._prices = prices
         self._usage: UsageRecorder | None = None
         self._usage_lock = threading.Lock()
@@ -360,17 +364,33 @@ class BudgetMeter:
     def price_for(self, model: str) -> ModelPrice:
         return self.usage.price_for(model)
 
-    def record_usage(self, *args: Any, **kwargs: Any) -> float:
+    def record_usage(self, *args: Any, reservation: Reservation | None = None,
+                     **kwargs: Any) -> float:
         """Price one call from its token counts (or a TokenUsage) and record it;
-        see UsageRecorder.record_usage."""
-        return self.usage.record_usage(*args, **kwargs)
+        see UsageRecorder.record_usage. `reservation` settles it with the cost."""
+        self._own_reservation(reservation)
+        return self.usage.record_usage(*args, reservation=reservation, **kwargs)
 
-    def record_response(self, response: Any, attributes: Attributes | None = None,
-                        **kwargs: Any) -> float:
+    def record_response(self, response: Any, attributes: Attributes | None = None, *,
+                        reservation: Reservation | None = None) -> float:
         """Price and record a provider's response object (Anthropic, OpenAI, Gemini,
         Bedrock Converse); returns the cost in USD. Never raises after a paid call for
         an unknown model: see README "Pricing from responses"."""
-        return self.usage.record_response(response, attributes, **kwargs)
+        self._own_reservation(reservation)
+        return self.usage.record_response(response, attributes, reservation=reservation)
+
+    def estimate_usd(self, model: str, input_tokens: int, max_output_tokens: int) -> float:
+        """A call's maximum cost before it is made (for guard/reserve); raises
+        UnknownModelError for a model without a price and no fallback price."""
+        return self.usage.estimate_usd(model, input_tokens, max_output_tokens)
+
+    def unpriced_calls(self) -> int:
+        """Today's calls in this process recorded without a known price."""
+        return self._usage.unpriced_calls() if self._usage is not None else 0
+
+    def _own_reservation(self, reservation: Reservation | None) -> None:
+        if reservation is not None and reservation.book is not self._book:
+            raise ValueError("the reservation belongs to another BudgetMeter")
 
     # --- hard budgets -----------------------------------------------------------------
 
@@ -446,7 +466,6 @@ class BudgetMeter:
         return rows
 
     def health(self) -> dict[str, Any]:
-        usage = self._usage
         return build_health(
             self._tracker.state(), self.budgets(), instance_id=self._instance_id,
             timezone=self._config.timezone,
@@ -456,7 +475,7 @@ class BudgetMeter:
             + self._config.collect_interval_s,
             spool=self._tracker.spool_summary(),
             pending_nudges=self._dispatcher.pending(),
-            unpriced_calls=usage.unpriced_calls() if usage is not None else 0,
+            unpriced_calls=self.unpriced_calls(),
         )
 
     def render_metrics(self) -> tuple[bytes, str]:

@@ -40,9 +40,7 @@ from .pricing import (
 from .pricing.table import STANDARD_TIER
 
 if TYPE_CHECKING:
-    from .config import BudgetConfig
-    from .reader import BudgetReader
-    from .reservations import Reservation, ReservationBook
+    pass
 
 _log = logging.getLogger("otel_budget")
 
@@ -318,66 +316,3 @@ class UsageRecorder:
 def _check_model(model: object) -> None:
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model must be a non-empty string, got {model!r}")
-
-
-class UsageMixin:
-    """Transitional: BudgetMeter (version 1 meter.py) inherits this until the new meter
-    composes :class:`UsageRecorder` itself. Everything delegates to the recorder."""
-
-    if TYPE_CHECKING:
-        _config: BudgetConfig
-        _reader: BudgetReader
-
-        def record(self, cost_usd: float, attributes: Attributes | None = None) -> None: ...
-        def daily_spend(self) -> float: ...
-
-    def _init_usage(self, otel_meter: Meter, prices: PriceTable | None) -> None:
-        from .reservations import ReservationBook
-
-        self._usage = UsageRecorder(record=self.record, otel_meter=otel_meter, prices=prices,
-                                    token_metrics=True, day=lambda: self._reader.day)
-        self._book: ReservationBook = ReservationBook(
-            spend_now=self.daily_spend,
-            cap_usd=lambda: self._config.daily_cap_usd,
-            record=self.record,
-            day=lambda: self._reader.day.isoformat(),
-        )
-
-    @property
-    def prices(self) -> PriceTable:
-        return self._usage.prices
-
-    def price_for(self, model: str) -> ModelPrice:
-        return self._usage.price_for(model)
-
-    def estimate_usd(self, model: str, input_tokens: int, max_output_tokens: int) -> float:
-        return self._usage.estimate_usd(model, input_tokens, max_output_tokens)
-
-    def unpriced_calls(self) -> int:
-        return self._usage.unpriced_calls()
-
-    def record_usage(self, model: str, *args: Any, **kwargs: Any) -> float:
-        self._check_reservation(kwargs.get("reservation"))
-        return self._usage.record_usage(model, *args, **kwargs)
-
-    def record_response(self, response: Any, attributes: Attributes | None = None, *,
-                        reservation: Reservation | None = None) -> float:
-        self._check_reservation(reservation)
-        return self._usage.record_response(response, attributes, reservation=reservation)
-
-    def _check_reservation(self, reservation: Reservation | None) -> None:
-        if reservation is not None and reservation.book is not self._book:
-            raise ValueError("the reservation belongs to another BudgetMeter")
-
-    def guard(self, estimated_usd: float = 0.0) -> None:
-        """Raise BudgetExceeded when today's fleet spend + open reservations + the estimate
-        would pass the cap (landing exactly on it is allowed; zero cost always passes)."""
-        self._book.guard(estimated_usd)
-
-    def reserve(self, max_usd: float, attributes: Attributes | None = None) -> Reservation:
-        """Hold `max_usd` against the cap while a call is in flight (see README)."""
-        return self._book.reserve(max_usd, attributes)
-
-    def reserved_usd(self) -> float:
-        """USD held by open reservations in this process."""
-        return self._book.held_usd()

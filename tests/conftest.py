@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -7,6 +8,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+
+# LiteLLM (a test-only peer) fetches its price map from the internet at import unless
+# told to use the copy it ships; this machine has no internet.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from otel_budget.stores.base import PatchStore
 from otel_budget.stores.memory import MemoryStore

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
-from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, UnknownModelError
+from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, UnknownModelError, read_day
 from otel_budget.cli_bench_pricing import bench_record_usage
-from otel_budget.ledger import BUDGET_TYPE
+
 from otel_budget.pricing import ModelPrice, PriceTable
 from otel_budget.stores.memory import MemoryStore
 from otel_budget.usage import TOKEN_BUCKETS
@@ -98,9 +98,9 @@ def test_spend_reaches_the_checkpoint_exactly(setup: Setup) -> None:
         setup.meter.record_usage("claude-haiku-5-5", 3, 7, attributes={"agent": "x"})
     assert setup.meter.daily_spend() == 0.0038
     setup.meter.checkpoint()
-    doc = setup.store.get(BUDGET_TYPE, "budget_2026-11-25")
-    assert doc is not None and doc["total_usd"] == 0.0038
-    [row] = doc["instances"]["a"]["by_attributes"]
+    day = read_day(setup.store, "2026-11-25")
+    assert day["total_usd"] == 0.0038
+    [row] = day["by_attributes"]
     assert row["attributes"]["gen_ai.request.model"] == "claude-haiku-5-5"
     assert row["attributes"]["gen_ai.provider.name"] == "anthropic"
 
