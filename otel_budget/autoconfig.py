@@ -23,6 +23,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from opentelemetry.metrics import get_meter_provider
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
     MetricReader,
@@ -33,10 +35,12 @@ from opentelemetry.util.re import parse_env_headers
 from .config import BudgetConfig
 from .errors import ConfigError
 from .meter import BudgetMeter
-from .notify import LoggingNotifier, Notifier, WebhookNotifier
+from .notify import LoggingNotifier, Notifier, SlackNotifier, WebhookNotifier
+from .pricing import PriceTable
 from .stores.base import PatchStore
 
-__all__ = ["PROTOCOLS", "from_env", "otlp_exporter_from_env", "otlp_reader_from_env"]
+__all__ = ["EXPORTERS", "PROTOCOLS", "from_env", "otlp_exporter_from_env", "otlp_reader_from_env",
+           "readers_from_env"]
 
 _log = logging.getLogger("otel_budget")
 
@@ -56,26 +60,45 @@ def from_env(
     metric_readers: Sequence[MetricReader] = (),
     clock: Callable[[], datetime] | None = None,
     start: bool = True,
+    meter_provider: MeterProvider | None = None,
+    prices: PriceTable | None = None,
     **config_overrides: Any,
 ) -> BudgetMeter:
     """Build (and by default start) a BudgetMeter from the environment.
 
-    With no OTLP endpoint configured nothing is exported; the budget is still kept,
-    checkpointed, and shown by health() and /metrics. `notifiers` defaults to a
-    LoggingNotifier, plus a WebhookNotifier when OTEL_BUDGET_WEBHOOK_URL is set.
-    Keyword arguments other than these override BudgetConfig fields."""
+    Where the instruments go:
+    - `meter_provider` if given;
+    - else the global SDK MeterProvider when the app has set one (as
+      `opentelemetry-instrument` does): the app's resource and exporters, no second
+      exporter;
+    - else a provider of our own, exporting as OTEL_METRICS_EXPORTER says
+      (`otlp`, `console`, `prometheus` = served by `serve_health`, `none`; unset:
+      OTLP when an endpoint variable is set, else nothing).
+    With OTEL_SDK_DISABLED=true nothing is exported; the budget is still kept,
+    checkpointed and enforced. `notifiers` defaults to a LoggingNotifier, plus a
+    WebhookNotifier when OTEL_BUDGET_WEBHOOK_URL is set (SlackNotifier for a Slack
+    URL). Keyword arguments other than these override BudgetConfig fields."""
     env: Mapping[str, str] = os.environ if environ is None else environ
     config = BudgetConfig.from_env(env, **config_overrides)
-    readers = list(metric_readers)
-    otlp_reader = otlp_reader_from_env(env)
-    if otlp_reader is not None:
-        readers.append(otlp_reader)
+    if prices is None and environ is not None:
+        prices = PriceTable.load_default(environ=env)
     if notifiers is None:
         notifiers = _notifiers_from_env(env)
-    meter = BudgetMeter(
-        config, store=store, notifiers=notifiers, metric_readers=readers,
-        clock=clock,
-    )
+    provider = meter_provider
+    if provider is None and not metric_readers:
+        found = get_meter_provider()
+        if isinstance(found, MeterProvider):
+            provider = found
+            _log.info("otel_budget: using the application's MeterProvider")
+    if provider is not None:
+        meter = BudgetMeter(config, store=store, notifiers=notifiers, clock=clock,
+                            meter_provider=provider, prices=prices)
+    else:
+        readers = list(metric_readers)
+        if not _sdk_disabled(env):
+            readers.extend(readers_from_env(env))
+        meter = BudgetMeter(config, store=store, notifiers=notifiers, metric_readers=readers,
+                            clock=clock, prices=prices)
     if start:
         try:
             meter.start()
@@ -83,6 +106,49 @@ def from_env(
             meter.shutdown()
             raise
     return meter
+
+
+EXPORTERS = ("otlp", "console", "prometheus", "none")
+
+
+def _sdk_disabled(env: Mapping[str, str]) -> bool:
+    return (_get(env, "OTEL_SDK_DISABLED") or "").lower() == "true"
+
+
+def readers_from_env(environ: Mapping[str, str] | None = None) -> list[MetricReader]:
+    """The metric readers OTEL_METRICS_EXPORTER asks for (see from_env)."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    raw = _get(env, "OTEL_METRICS_EXPORTER")
+    names = [part.strip().lower() for part in (raw or "").split(",") if part.strip()]
+    for name in names:
+        if name not in EXPORTERS:
+            raise ConfigError(
+                f"OTEL_METRICS_EXPORTER={raw!r}: unknown exporter {name!r}; "
+                f"expected {', '.join(EXPORTERS)}"
+            )
+    readers: list[MetricReader] = []
+    if raw is None:
+        otlp = otlp_reader_from_env(env)  # only when an endpoint is set
+        return [otlp] if otlp is not None else []
+    if "none" in names:
+        return []
+    interval = _millis(env, "OTEL_METRIC_EXPORT_INTERVAL", _DEFAULT_INTERVAL_MS)
+    if "otlp" in names:
+        exporter = otlp_exporter_from_env(env, default_endpoint=True)
+        assert exporter is not None
+        readers.append(PeriodicExportingMetricReader(
+            exporter, export_interval_millis=interval,
+            export_timeout_millis=_millis(env, "OTEL_METRIC_EXPORT_TIMEOUT", _DEFAULT_TIMEOUT_MS),
+        ))
+    if "console" in names:
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(),
+                                                     export_interval_millis=interval))
+    if "prometheus" in names:
+        _log.info("otel_budget: OTEL_METRICS_EXPORTER=prometheus: serve /metrics with "
+                  "meter.serve_health() or `otel-budget serve`")
+    return readers
 
 
 def otlp_reader_from_env(environ: Mapping[str, str] | None = None) -> MetricReader | None:
@@ -99,8 +165,11 @@ def otlp_reader_from_env(environ: Mapping[str, str] | None = None) -> MetricRead
     )
 
 
-def otlp_exporter_from_env(environ: Mapping[str, str] | None = None) -> MetricExporter | None:
-    """The OTLP metric exporter the environment asks for, or None without an endpoint."""
+def otlp_exporter_from_env(
+    environ: Mapping[str, str] | None = None, *, default_endpoint: bool = False
+) -> MetricExporter | None:
+    """The OTLP metric exporter the environment asks for, or None without an endpoint
+    (with `default_endpoint`, the specification's localhost default instead)."""
     env: Mapping[str, str] = os.environ if environ is None else environ
     protocol = (
         _get(env, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
@@ -113,7 +182,10 @@ def otlp_exporter_from_env(environ: Mapping[str, str] | None = None) -> MetricEx
         )
     endpoint = _metrics_endpoint(env, protocol)
     if endpoint is None:
-        return None
+        if not default_endpoint:
+            return None
+        endpoint = ("http://localhost:4317" if protocol == "grpc"
+                    else "http://localhost:4318/v1/metrics")
     headers = _headers(env)
     timeout_s = _millis(env, "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
                         _millis(env, "OTEL_EXPORTER_OTLP_TIMEOUT", 10_000.0)) / 1000.0
@@ -219,5 +291,6 @@ def _notifiers_from_env(env: Mapping[str, str]) -> list[Notifier]:
     notifiers: list[Notifier] = [LoggingNotifier()]
     webhook = _get(env, "OTEL_BUDGET_WEBHOOK_URL")
     if webhook:
-        notifiers.append(WebhookNotifier(webhook))
+        slack = urlsplit(webhook).hostname == "hooks.slack.com"
+        notifiers.append(SlackNotifier(webhook) if slack else WebhookNotifier(webhook))
     return notifiers

@@ -59,17 +59,17 @@ class BudgetConfig:
                 item if isinstance(item, Budget) else budget_from_mapping(item, "budgets")
             )
         object.__setattr__(self, "budgets", tuple(checked_budgets))
-        every: list[Budget] = []
+        all_budgets: list[Budget] = []
         if cap is not None:
-            every.append(daily_budget(float(cap), self.alert_ratios))
-        every.extend(checked_budgets)
-        if not every:
+            all_budgets.append(daily_budget(float(cap), self.alert_ratios))
+        all_budgets.extend(checked_budgets)
+        if not all_budgets:
             raise ConfigError(
                 "no budget configured: set daily_cap_usd (OTEL_BUDGET_DAILY_CAP_USD) or "
                 "budgets (OTEL_BUDGET_BUDGETS_FILE)"
             )
         seen: set[str] = set()
-        for budget in every:
+        for budget in all_budgets:
             if budget.name in seen:
                 raise ConfigError(
                     f"budget {budget.name!r}: name: names must be unique"
@@ -77,7 +77,7 @@ class BudgetConfig:
                        else "")
                 )
             seen.add(budget.name)
-        object.__setattr__(self, "_all_budgets", tuple(every))
+        object.__setattr__(self, "_all_budgets", tuple(all_budgets))
 
         limit = self.max_attribute_sets
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:

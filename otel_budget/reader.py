@@ -41,7 +41,6 @@ class BudgetReader(MetricReader):
         self._timer_wanted = False
         self._closed = False
         self._latest: MetricsData | None = None
-        self._attached = False  # registered on a MeterProvider (SDK collect works)
 
     # --- wiring -----------------------------------------------------------------
 
@@ -50,10 +49,6 @@ class BudgetReader(MetricReader):
             raise ValueError("this BudgetReader already serves another BudgetMeter")
         self._tracker = tracker
         self._interval = interval_s
-
-    def _set_collect_callback(self, func: Any) -> None:
-        super()._set_collect_callback(func)
-        self._attached = True
 
     def _receive_metrics(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -108,7 +103,7 @@ class BudgetReader(MetricReader):
         tracker = self._tracker
         if tracker is None or self._closed:
             return False
-        if self._attached:
+        if self._collect is not None:  # registered on a MeterProvider
             try:
                 self.collect()
             except Exception:

@@ -1,8 +1,7 @@
 """A picture of the budget drawn from the stored documents alone: each day's spend
 against the cap and the alert ratios, and today's spend by model and by agent.
 
-No metrics backend is needed, only the store the meters checkpoint to. The store
-protocol has no list call, so the report asks for each day's document by name.
+No metrics backend is needed, only the store the meters checkpoint to (read_day).
 matplotlib is an optional extra (`pip install otel-budget[report]`); it is imported
 only here, through the object API and the Agg canvas, so the host's pyplot backend
 is never touched.
@@ -20,7 +19,8 @@ from zoneinfo import ZoneInfo
 
 from . import ledger
 from .errors import BudgetError, CheckpointError, ConfigError
-from .stores.base import PatchStore, is_finite_number
+from .read import read_day
+from .stores.base import PatchStore
 
 __all__ = ["BudgetReport", "DaySpend", "breakdown", "load_report", "render_png"]
 
@@ -36,7 +36,7 @@ _TOP = 8  # bars per breakdown; the rest is folded into "other"
 class DaySpend:
     day: date
     spend_usd: float | None  # None: no document for that day
-    cap_usd: float | None  # as stored (the last writer's cap), else the configured one
+    cap_usd: float | None  # the configured one (a budget's cap is configuration)
     by_model: dict[str, float] = field(default_factory=dict)
     by_agent: dict[str, float] = field(default_factory=dict)
 
@@ -57,15 +57,14 @@ class BudgetReport:
         return sum(1 for d in self.days if d.spend_usd is not None)
 
 
-def breakdown(document: Mapping[str, Any], key: str) -> dict[str, float]:
-    """Spend per value of attribute `key`, summed over every instance's by_attributes.
-    Spend recorded without that attribute is shown as "(unset)"."""
+def breakdown(by_attributes: Iterable[Mapping[str, Any]], key: str) -> dict[str, float]:
+    """Spend per value of attribute `key` in a day's breakdown (read_day's
+    `by_attributes`). Spend recorded without that attribute is shown as "(unset)"."""
     totals: dict[str, float] = {}
-    for entry in (document.get("instances") or {}).values():
-        for item in entry.get("by_attributes") or []:
-            value = (item.get("attributes") or {}).get(key)
-            label = UNSET if value is None else str(value)
-            totals[label] = totals.get(label, 0.0) + float(item["spend_usd"])
+    for item in by_attributes:
+        value = (item.get("attributes") or {}).get(key)
+        label = UNSET if value is None else str(value)
+        totals[label] = totals.get(label, 0.0) + float(item["spend_usd"])
     return {k: ledger.round_usd(v) for k, v in totals.items() if ledger.round_usd(v) > 0}
 
 
@@ -78,7 +77,7 @@ def load_report(
     alert_ratios: Sequence[float] = (0.8,),
     today: date | None = None,
 ) -> BudgetReport:
-    """Read the last `days` budget documents (today included) from `store`."""
+    """Read the last `days` days (today included) from `store`, whatever their layout."""
     if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 366:
         raise ConfigError(f"days must be an integer from 1 to 366, got {days!r}")
     tz = ZoneInfo(timezone_name)
@@ -88,26 +87,20 @@ def load_report(
     unreadable: list[str] = []
     for offset in range(days - 1, -1, -1):
         day = today - timedelta(days=offset)
-        name = ledger.budget_name(day)
         try:
-            doc = store.get(ledger.BUDGET_TYPE, name)
-            if doc is not None:
-                ledger.validate_budget_document(doc, name=name)
+            spent = read_day(store, day)
         except CheckpointError as exc:
             # One corrupt old row must not hide the other 29 days; it is reported.
-            _log.warning("otel_budget report: skipping %s: %s", name, exc)
-            unreadable.append(name)
-            doc = None
-        if doc is None:
+            _log.warning("otel_budget report: skipping %s: %s", day, exc)
+            unreadable.append(ledger.budget_name(day))
+            spent = None
+        if spent is None or not spent["instances"]:
             out.append(DaySpend(day, None, cap_usd))
             continue
-        stored_cap: Any = doc.get("daily_cap_usd")
-        day_cap = cap_usd
-        if is_finite_number(stored_cap) and stored_cap > 0:
-            day_cap = float(stored_cap)
+        items = spent["by_attributes"]
         out.append(DaySpend(
-            day, ledger.document_total(doc), day_cap,
-            by_model=breakdown(doc, MODEL_KEY), by_agent=breakdown(doc, AGENT_KEY),
+            day, spent["total_usd"], cap_usd,
+            by_model=breakdown(items, MODEL_KEY), by_agent=breakdown(items, AGENT_KEY),
         ))
     return BudgetReport(tuple(out), tuple(sorted(alert_ratios)), timezone_name, tuple(unreadable))
 

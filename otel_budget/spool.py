@@ -10,6 +10,7 @@ newer one its owner wrote meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -74,10 +75,8 @@ class Spool:
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise
         self._fsync_dir()
         self.discard(entry["writer_id"], entry["date"], below_seq=int(entry["seq"]))
@@ -121,10 +120,8 @@ class Spool:
             except (OSError, ValueError) as exc:
                 _log.error("otel_budget: spool file %s is unreadable (%s); set aside as .bad",
                            path, type(exc).__name__)
-                try:
+                with contextlib.suppress(OSError):
                     os.replace(path, path.with_suffix(".bad"))
-                except OSError:
-                    pass
                 continue
             out.append(SpooledEntry(path, entry))
         out.sort(key=lambda item: (str(item.entry.get("date")), item.path.name))
@@ -144,10 +141,8 @@ class Spool:
 
     @staticmethod
     def _unlink(path: Path) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        except FileNotFoundError:
-            pass
 
     def _fsync_dir(self) -> None:
         try:

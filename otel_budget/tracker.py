@@ -12,6 +12,7 @@ that finds a round running asks it to go again instead of waiting.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -392,10 +393,8 @@ class BudgetTracker:
             except CheckpointError as exc:
                 _log.error("otel_budget: spooled entry %s is refused by the store (%s); "
                            "set aside", item.path.name, describe(exc))
-                try:
+                with contextlib.suppress(OSError):
                     os.replace(item.path, item.path.with_suffix(".bad"))
-                except OSError:
-                    pass
                 continue
             except Exception:
                 return  # the store is still down: keep the rest for the next round

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from otel_budget import cli_prices
+from otel_budget.cli import prices as cli_prices
 from otel_budget.errors import ConfigError, UnknownModelError
 from otel_budget.pricing import (
     ModelPrice,

@@ -375,7 +375,7 @@ def test_thread_safe_unpriced_count() -> None:
 
 def test_bench_vs_litellm_runs() -> None:
     pytest.importorskip("litellm")
-    from otel_budget.cli_bench_pricing import bench_vs_litellm
+    from otel_budget.cli.bench_pricing import bench_vs_litellm
 
     result = bench_vs_litellm(n=50, rounds=1)
     assert result["ours_usd"] == pytest.approx(result["litellm_usd"], abs=1e-9)
@@ -386,7 +386,7 @@ def test_cli_diff_litellm_runs(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("litellm")
     import argparse
 
-    from otel_budget import cli_prices
+    from otel_budget.cli import prices as cli_prices
 
     args = argparse.Namespace(model=None, file=None, on=None, json=True, diff_litellm=True)
     assert cli_prices.handle(args) == 0

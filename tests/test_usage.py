@@ -13,7 +13,7 @@ import pytest
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, UnknownModelError, read_day
-from otel_budget.cli_bench_pricing import bench_record_usage
+from otel_budget.cli.bench_pricing import bench_record_usage
 
 from otel_budget.pricing import ModelPrice, PriceTable
 from otel_budget.stores.memory import MemoryStore

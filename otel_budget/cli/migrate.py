@@ -8,9 +8,9 @@ import os
 import sys
 from typing import Any
 
-from .errors import ConfigError
-from .stores.base import redact_url
-from .stores.migrate import apply_migration, schema_sql
+from ..errors import ConfigError
+from ..stores.base import redact_url
+from ..stores.migrate import apply_migration, schema_sql
 
 URL_ENV = "OTEL_BUDGET_MIGRATE_URL"
 

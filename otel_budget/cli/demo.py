@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import BudgetConfig
-from .errors import BudgetExceeded, ConfigError
-from .meter import BudgetMeter
+from ..config import BudgetConfig
+from ..errors import BudgetExceeded, ConfigError
+from ..meter import BudgetMeter
 
 # (model id as a dispatcher reports it, typical input, output and cache-read tokens);
 # priced by the packaged price table through record_usage().
@@ -53,6 +53,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def run_demo(
     config: BudgetConfig, *, rate: float, duration_s: float, seed: int, out: TextIO = sys.stdout
 ) -> int:
+    if config.daily_cap_usd is None:
+        raise ConfigError("the demo needs a daily cap (--cap)")
     rng = random.Random(seed)
     view = _Progress(out, config.daily_cap_usd)
     nudges: list[dict[str, Any]] = []
@@ -74,7 +76,7 @@ def run_demo(
             spend = meter.daily_spend()
             if phase == 2:
                 view.event(f"RESTART: restored ${spend:.6f} from {config.store_url} "
-                           f"(seq {meter.reader.snapshot().seq}); counting on")
+                           f"(this process is now writer {meter.writer_id}); counting on")
             elif spend:
                 view.event(f"continuing today's demo budget: ${spend:.6f} already spent")
             calls += _dispatch(meter, rng, rate, duration_s / 2, view, calls_before=calls)
@@ -96,7 +98,7 @@ def _dispatch(
 ) -> int:
     start = time.monotonic()
     calls = 0
-    last_seq = meter.reader.snapshot().last_checkpoint.get("seq")
+    last_seq = meter.health()["last_checkpoint"]["seq"]
     while (elapsed := time.monotonic() - start) < seconds:
         model, in_tokens, out_tokens, cached_tokens = rng.choice(_MODELS)
         try:

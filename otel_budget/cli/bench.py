@@ -18,10 +18,10 @@ from typing import Any
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from .config import BudgetConfig
-from .meter import BudgetMeter
-from .stores.memory import MemoryStore
-from .stores.sqlite import SQLiteStore
+from ..config import BudgetConfig
+from ..meter import BudgetMeter
+from ..stores.memory import MemoryStore
+from ..stores.sqlite import SQLiteStore
 
 _ATTRS = {"gen_ai.request.model": "claude-sonnet-4-20250514", "agent": "cloud_lu"}
 
@@ -126,7 +126,7 @@ def run_bench(calls: int = 100_000, rounds: int = 7) -> dict[str, Any]:
         results["restore_ms"] = round(statistics.median(samples) * 1e3, 3)
         store.close()
 
-    from .cli_bench_pricing import bench_record_usage
+    from .bench_pricing import bench_record_usage
 
     usage = bench_record_usage(n=max(2000, calls // 5))
     results["record_usage_us"] = usage["record_usage_us"]
@@ -139,7 +139,7 @@ def _optional_benches() -> dict[str, Any]:
     extra: dict[str, Any] = {}
     pg_url = os.environ.get("OTEL_BUDGET_BENCH_POSTGRES_URL")
     if pg_url:
-        from .stores.pgbench import run_postgres_bench
+        from ..stores.pgbench import run_postgres_bench
 
         extra["postgres"] = run_postgres_bench(pg_url)
     return extra

@@ -11,8 +11,8 @@ import threading
 from types import FrameType
 from typing import Any
 
-from .autoconfig import from_env
-from .errors import ConfigError
+from ..autoconfig import from_env
+from ..errors import ConfigError
 
 DEFAULT_PORT = 9464  # the port OpenTelemetry's Prometheus exporters conventionally use
 

@@ -8,8 +8,8 @@ import sys
 from datetime import date
 from typing import Any
 
-from .errors import ConfigError
-from .pricing import PRICES_ENV, ModelPrice, PriceTable
+from ..errors import ConfigError
+from ..pricing import PRICES_ENV, ModelPrice, PriceTable
 
 _DIFF_FIELDS = ("input", "output", "cached_input", "cache_write", "cache_write_long")
 
@@ -146,7 +146,7 @@ def _diff_litellm(table: PriceTable, day: date | None, *, as_json: bool) -> int:
     """For each of our models, LiteLLM's first-party entries that resolve to it (same
     provider: Anthropic's, OpenAI's, the Gemini API's own ids, not resellers' or cloud
     regional ones, whose prices legitimately differ) and the rates where they differ."""
-    from .pricing.litellm_source import litellm_models
+    from ..pricing.litellm_source import litellm_models
 
     theirs = litellm_models()
     rows: list[dict[str, Any]] = []

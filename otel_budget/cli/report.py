@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import BudgetConfig
-from .errors import ConfigError
-from .report import load_report, render_png
-from .stores.base import open_store, redact_url
+from ..config import BudgetConfig
+from ..errors import ConfigError
+from ..report import load_report, render_png
+from ..stores.base import open_store, redact_url
 
 
 def register(subparsers: Any) -> None:

@@ -1,0 +1,96 @@
+"""`otel-budget status`: one day's spend, per instance and per budget, from any store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .. import ledger
+from ..config import BudgetConfig
+from ..errors import ConfigError
+from ..read import read_day
+from ..stores.base import PatchStore, open_store
+from ..stores.sqlite import sqlite_path
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("status", help="show a day's spend from any store")
+    p.add_argument("--store", help="store URL (default: $OTEL_BUDGET_STORE or sqlite:///otel_budget.db)")
+    p.add_argument("--date", help="YYYY-MM-DD (default: today in --timezone)")
+    p.add_argument("--timezone", help="IANA zone for 'today' (default: $OTEL_BUDGET_TIMEZONE or UTC)")
+    p.add_argument("--budget", action="append", default=None,
+                   help="show only this budget (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_status)
+
+
+def open_existing_store(url: str) -> PatchStore:
+    """Open a store for reading without creating an empty SQLite file by mistake."""
+    if url.startswith("sqlite:"):
+        path = Path(sqlite_path(url))
+        if not path.exists():
+            raise ConfigError(f"no SQLite store at {str(path)!r}")
+    return open_store(url)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    env = os.environ
+    url = args.store or env.get("OTEL_BUDGET_STORE") or "sqlite:///otel_budget.db"
+    tz_name = args.timezone or env.get("OTEL_BUDGET_TIMEZONE") or "UTC"
+    # Validate through BudgetConfig so status and the meter agree on what is valid.
+    config = BudgetConfig(daily_cap_usd=1.0, timezone=tz_name, store_url=str(url))
+    if args.date:
+        try:
+            day = date.fromisoformat(args.date)
+        except ValueError:
+            raise ConfigError(f"--date must be YYYY-MM-DD, got {args.date!r}") from None
+    else:
+        day = ledger.day_of(datetime.now(timezone.utc), config.tzinfo)
+    with open_existing_store(config.store_url) as store:
+        report = status_report(store, day, budgets=args.budget)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(format_status(report))
+    return 0
+
+
+def status_report(store: PatchStore, day: date, budgets: list[str] | None = None) -> dict[str, Any]:
+    """read_day's keys (date, total_usd, instances, nudges, ...), plus `found` and,
+    filtered by `budgets`, each budget's spend that day."""
+    report = read_day(store, day)
+    report["found"] = bool(report["instances"])
+    if budgets:
+        report["by_budget"] = {k: v for k, v in report["by_budget"].items() if k in budgets}
+        report["nudges"] = [n for n in report["nudges"] if n.get("budget", "daily") in budgets]
+    return report
+
+
+def format_status(report: dict[str, Any]) -> str:
+    if not report["found"]:
+        return f"{report['date']}: nothing recorded yet"
+    lines = [f"{report['date']}: ${report['total_usd']:.6f} spent by {report['writers']} "
+             f"writer(s) in {len(report['instances'])} instance(s)", "budgets (this day):"]
+    for name, usd in report["by_budget"].items():
+        lines.append(f"  {name:<32} ${usd:>14.6f}")
+    lines.append("instances:")
+    for key, entry in report["instances"].items():
+        lines.append(f"  {key:<32} ${entry['spend_usd']:>14.6f}  writers {entry['writers']}")
+    lines.append("by attributes:")
+    for row in report["by_attributes"][:20]:
+        attrs = ", ".join(f"{k}={v}" for k, v in sorted(row["attributes"].items())) or "(none)"
+        lines.append(f"  ${row['spend_usd']:>14.6f}  {attrs}")
+    if len(report["by_attributes"]) > 20:
+        lines.append(f"  ... {len(report['by_attributes']) - 20} more (use --json)")
+    for nudge in report["nudges"]:
+        lines.append(
+            f"nudge: {nudge.get('budget', 'daily')} {nudge.get('window', nudge['date'])} "
+            f"{ledger.ratio_pct(float(nudge['ratio']))}% -> {nudge['to']} "
+            f"by {nudge['instance_id']} at {nudge['created_at']}")
+    if not report["nudges"]:
+        lines.append("nudges: none")
+    return "\n".join(lines)
