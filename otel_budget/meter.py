@@ -61,7 +61,7 @@ class BudgetMeter:
         config: BudgetConfig,
         *,
         store: PatchStore | None = None,
-        notifiers: Sequence[Notifier] = (),
+        notifiers: Sequence[Notifier] | NotifierDispatcher = (),
         metric_readers: Sequence[MetricReader] = (),
         clock: Callable[[], datetime] | None = None,
         prices: PriceTable | None = None,
@@ -69,9 +69,10 @@ class BudgetMeter:
     ) -> None:
         if not isinstance(config, BudgetConfig):
             raise TypeError(f"config must be a BudgetConfig, got {type(config).__name__}")
-        for notifier in notifiers:
-            if not callable(notifier):
-                raise TypeError(f"notifier {notifier!r} is not callable")
+        if not isinstance(notifiers, NotifierDispatcher):
+            for notifier in notifiers:
+                if not callable(notifier):
+                    raise TypeError(f"notifier {notifier!r} is not callable")
         if meter_provider is not None and metric_readers:
             raise ValueError("pass metric_readers to your own MeterProvider, not here, "
                              "when you pass meter_provider")
@@ -80,7 +81,10 @@ class BudgetMeter:
         self._store: PatchStore = store if store is not None else open_store(config.store_url)
         self._instance_id = config.resolved_instance_id()
         self._max_call = config.max_call_usd
-        self._dispatcher = NotifierDispatcher(list(notifiers))
+        # Pass a NotifierDispatcher to tune delivery (timeouts, backoff); it is closed
+        # at shutdown either way.
+        self._dispatcher = (notifiers if isinstance(notifiers, NotifierDispatcher)
+                            else NotifierDispatcher(list(notifiers)))
         self._tracker = BudgetTracker(
             config, self._store, instance_id=self._instance_id,
             submit_nudge=self._dispatcher.submit, clock=clock,

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
 
-from otel_budget import BudgetConfig, BudgetError, BudgetMeter, StoreError, read_day
+from otel_budget import (
+    BudgetConfig,
+    BudgetError,
+    BudgetMeter,
+    NotifierDispatcher,
+    StoreError,
+    read_day,
+)
 from otel_budget.ledger import NUDGE_TYPE
 from otel_budget.stores.base import PatchStore
 from otel_budget.stores.memory import MemoryStore
@@ -23,7 +30,7 @@ TODAY = "2026-11-25"
 
 
 def make(store: PatchStore, clock: FakeClock, instance_id: str = "a", *,
-         cap: float = 10.0, notifiers: list[Any] | None = None, **config: Any) -> BudgetMeter:
+         cap: float = 10.0, notifiers: Any = None, **config: Any) -> BudgetMeter:
     cfg = BudgetConfig(daily_cap_usd=cap, instance_id=instance_id,
                        collect_interval_s=3600, **config)
     return BudgetMeter(cfg, store=store, notifiers=notifiers or [], clock=clock)
@@ -263,11 +270,9 @@ def test_failing_notifier_is_retried_until_it_succeeds(store: PatchStore,
         if len(attempts) < 3:
             raise ConnectionError("sibling inbox down")
 
-    meter = make(store, clock, notifiers=[flaky, steady.append], alert_ratios=(0.5, 0.8))
-    meter._dispatcher = type(meter._dispatcher)([flaky, steady.append], backoff_initial_s=0.01,
-                                                backoff_max_s=0.02)
-    meter._tracker._submit_nudge = meter._dispatcher.submit
-    meter.start()
+    dispatcher = NotifierDispatcher([flaky, steady.append], backoff_initial_s=0.01,
+                                    backoff_max_s=0.02)
+    meter = make(store, clock, notifiers=dispatcher, alert_ratios=(0.5, 0.8)).start()
     meter.record(9.0)
     meter.collect()
     assert wait_for(lambda: len(attempts) >= 4 and len(steady) == 2)

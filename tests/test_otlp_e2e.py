@@ -37,6 +37,12 @@ GAUGE_UNITS = {
     "llm.budget.store.up": "{status}",
     "llm.budget.alerts.sent": "{alert}",
 }
+# The budget gauges carry the budget's name (and period); the process gauges carry nothing.
+BUDGET_POINT: dict[str, dict[str, str]] = {
+    name: {"budget": "daily", "period": "day"}
+    for name in ("llm.budget.daily_spend", "llm.budget.daily_cap", "llm.budget.remaining",
+                 "llm.budget.utilization.ratio", "llm.budget.alerts.sent")
+}
 
 
 @pytest.fixture
@@ -74,7 +80,7 @@ def _assert_budget_metrics(metrics: dict[str, MetricSeen], *, instance_id: str) 
     for name, unit in GAUGE_UNITS.items():
         assert name in metrics, f"{name} not exported; got {sorted(metrics)}"
         assert (metrics[name].kind, metrics[name].unit) == ("gauge", unit), name
-    value = {name: metrics[name].value() for name in GAUGE_UNITS}
+    value = {name: metrics[name].value(**BUDGET_POINT.get(name, {})) for name in GAUGE_UNITS}
     assert value["llm.budget.daily_spend"] == 4.0
     assert value["llm.budget.daily_cap"] == 10.0
     assert value["llm.budget.remaining"] == 6.0
@@ -86,7 +92,10 @@ def _assert_budget_metrics(metrics: dict[str, MetricSeen], *, instance_id: str) 
 
     resource = dict(spend.resource)
     assert resource["service.name"] == "dispatcher"
-    assert resource["service.instance.id"] == instance_id
+    # service.instance.id is unique per process (the specification requires it); the
+    # shared label (the Operator's pod-7) rides along as otel_budget.instance.id.
+    assert resource["otel_budget.instance.id"] == instance_id
+    assert resource["service.instance.id"] not in ("", instance_id)
     # Other OTEL_RESOURCE_ATTRIBUTES ride along (Resource.create merges them).
     assert resource.get("deployment.environment.name") == "e2e"
     assert resource["telemetry.sdk.language"] == "python"
@@ -173,8 +182,10 @@ def test_reader_passed_in_directly(
     _export_now(meter)
     metrics = metrics_in(otlp_grpc_receiver.get().request)
     assert metrics["llm.spend"].value(**{"gen_ai.request.model": HAIKU, "agent": "ag_lu"}) == 1.25
-    assert metrics["llm.budget.daily_spend"].value() == 4.0
-    assert dict(metrics["llm.spend"].resource)["service.instance.id"] == "direct-1"
+    assert metrics["llm.budget.daily_spend"].value(budget="daily", period="day") == 4.0
+    resource = dict(metrics["llm.spend"].resource)
+    assert resource["service.instance.id"] == meter.writer_id
+    assert resource["otel_budget.instance.id"] == "direct-1"
     meter.shutdown()
     store.close()
 

@@ -1,5 +1,5 @@
-"""`otel-budget report`: the picture drawn from stored budget documents, on a real
-SQLite store filled through merge_budget as meters would fill it."""
+"""`otel-budget report`: the picture drawn from the store, on a real SQLite store
+holding version 1 day documents and version 2 writer rows."""
 
 from __future__ import annotations
 
@@ -31,34 +31,37 @@ def _entry(seq: int, items: list[tuple[dict[str, str], float]]) -> dict[str, Any
     }
 
 
+def _writer(day: date, writer: str, instance: str, seq: int,
+            items: list[tuple[dict[str, str], float]]) -> dict[str, Any]:
+    return {**_entry(seq, items), "date": day.isoformat(), "writer_id": writer,
+            "instance_id": instance}
+
+
 def _fill(store: SQLiteStore, today: date) -> None:
-    """Three weeks of history with gaps, a day over the cap, a cap change, and
-    today written by two instances (one of them twice, as checkpoints do)."""
+    """Three weeks of history with gaps and a day over the cap, written as version 1
+    day documents (what an upgraded store holds), and today written by three writers
+    of two instances in version 2 rows (one of them twice, as checkpoints do)."""
     for back in range(1, 21):
         if back in (4, 5, 11):
             continue  # days nobody ran
         day = today - timedelta(days=back)
-        cap = 40.0 if back > 10 else 50.0
         spend = 52.5 if back == 3 else 10.0 + (back % 7) * 5.0
-        store.merge_budget(
-            ledger.budget_name(day), "host-a-1",
-            _entry(1, [({"gen_ai.request.model": SONNET, "agent": "cloud_lu"}, spend)]),
-            day_meta={"date": day.isoformat(), "timezone": "UTC", "daily_cap_usd": cap},
-        )
-    name = ledger.budget_name(today)
-    meta = {"date": today.isoformat(), "timezone": "UTC", "daily_cap_usd": 50.0}
-    store.merge_budget(name, "host-a-1", _entry(1, [
+        entry = _entry(1, [({"gen_ai.request.model": SONNET, "agent": "cloud_lu"}, spend)])
+        assert store.insert_if_absent("budget", ledger.budget_name(day), {
+            "date": day.isoformat(), "timezone": "UTC", "daily_cap_usd": 50.0,
+            "total_usd": spend, "instances": {"host-a-1": entry}})
+    store.merge_writer(_writer(today, "w1", "host-a-1", 1, [
         ({"gen_ai.request.model": SONNET, "agent": "cloud_lu"}, 10.0),
-    ]), day_meta=meta)
-    store.merge_budget(name, "host-a-1", _entry(2, [
+    ]))
+    store.merge_writer(_writer(today, "w1", "host-a-1", 2, [
         ({"gen_ai.request.model": SONNET, "agent": "cloud_lu"}, 20.0),
         ({"gen_ai.request.model": HAIKU, "agent": "cloud_lu"}, 1.25),
-    ]), day_meta=meta)
-    store.merge_budget(name, "host-b-2", _entry(7, [
+    ]))
+    store.merge_writer(_writer(today, "w2", "host-b-2", 7, [
         ({"gen_ai.request.model": SONNET, "agent": "ag_lu"}, 8.0),
         ({"gen_ai.request.model": HAIKU}, 0.75),
-        ({"agent": "ag_lu"}, 2.0),
-    ]), day_meta=meta)
+    ]))
+    store.merge_writer(_writer(today, "w3", "host-b-2", 1, [({"agent": "ag_lu"}, 2.0)]))
 
 
 @pytest.fixture
@@ -77,25 +80,21 @@ def test_load_report_reads_each_day_by_name(store: SQLiteStore) -> None:
     assert report.days_with_data == 18  # 20 past days minus 3 gaps, plus today
     by_day = {d.day: d for d in report.days}
     assert by_day[TODAY - timedelta(days=4)].spend_usd is None
-    # A day without a document falls back to the given cap.
-    assert by_day[TODAY - timedelta(days=4)].cap_usd == 99.0
+    # A budget's cap is configuration, never a stored value.
+    assert {d.cap_usd for d in report.days} == {99.0}
     assert by_day[TODAY - timedelta(days=3)].spend_usd == 52.5
-    assert by_day[TODAY - timedelta(days=15)].cap_usd == 40.0
-    # Today: host-a's newest entry (seq 2) plus host-b's.
+    # Today: host-a's newest entry (seq 2) plus host-b's two writers.
     assert report.today.spend_usd == 32.0
-    assert report.today.cap_usd == 50.0
     assert report.today.by_model == {SONNET: 28.0, HAIKU: 2.0, "(unset)": 2.0}
     assert report.today.by_agent == {"cloud_lu": 21.25, "ag_lu": 10.0, "(unset)": 0.75}
     assert report.unreadable == ()
 
 
-def test_breakdown_ignores_zero_and_sums_instances() -> None:
-    doc = {"instances": {
-        "a": _entry(1, [({"agent": "x"}, 1.0), ({"agent": "y"}, 0.0)]),
-        "b": _entry(1, [({"agent": "x"}, 0.1), ({"agent": "x", "m": "1"}, 0.2)]),
-    }}
-    assert breakdown(doc, "agent") == {"x": 1.3}
-    assert breakdown({}, "agent") == {}
+def test_breakdown_ignores_zero_and_sums_sets() -> None:
+    items = [*_entry(1, [({"agent": "x"}, 1.0), ({"agent": "y"}, 0.0)])["by_attributes"],
+             *_entry(1, [({"agent": "x"}, 0.1), ({"agent": "x", "m": "1"}, 0.2)])["by_attributes"]]
+    assert breakdown(items, "agent") == {"x": 1.3}
+    assert breakdown([], "agent") == {}
 
 
 def test_a_corrupt_document_is_skipped_and_named(store: SQLiteStore) -> None:
@@ -160,7 +159,8 @@ def test_cli_report(
     _fill(s, datetime.now(UTC).date())
     s.close()
     out = tmp_path / "report.png"
-    code = main(["report", "--png", str(out), "--days", "14", "--store", f"sqlite:///{db}"])
+    code = main(["report", "--png", str(out), "--days", "14", "--store", f"sqlite:///{db}",
+                 "--cap", "50"])
     assert code == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed

@@ -30,8 +30,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--store", metavar="URL",
                         help="store URL (default: $OTEL_BUDGET_STORE or sqlite:///otel_budget.db)")
     parser.add_argument("--cap", type=float, metavar="USD",
-                        help="cap for days whose document has none "
-                             "(default: $OTEL_BUDGET_DAILY_CAP_USD)")
+                        help="the cap to draw (default: $OTEL_BUDGET_DAILY_CAP_USD; "
+                             "none drawn otherwise)")
     parser.add_argument("--timezone", metavar="TZ",
                         help="budget time zone (default: $OTEL_BUDGET_TIMEZONE or UTC)")
     parser.set_defaults(func=handle)
@@ -43,8 +43,8 @@ def handle(args: argparse.Namespace) -> int:
     if args.cap is not None:
         overrides["daily_cap_usd"] = args.cap
     elif not cap_known:
-        # The cap is only a fallback here (documents carry theirs); a placeholder
-        # lets BudgetConfig validate the rest of the environment.
+        # No cap to draw; a placeholder lets BudgetConfig validate the rest of the
+        # environment.
         overrides["daily_cap_usd"] = 1.0
     if args.store:
         overrides["store_url"] = args.store
