@@ -69,7 +69,7 @@ def test_bad_budgets_name_the_budget_and_the_field(kwargs: dict[str, Any], field
 
 
 def test_budget_names_are_unique_and_one_must_exist() -> None:
-    with pytest.raises(ConfigError, match="'daily'.*unique"):
+    with pytest.raises(ConfigError, match=r"'daily'.*unique"):
         BudgetConfig(daily_cap_usd=5, budgets=[Budget("daily", 3)])
     with pytest.raises(ConfigError, match="unique"):
         BudgetConfig(budgets=[Budget("x", 3), Budget("x", 4)])
