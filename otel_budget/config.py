@@ -285,3 +285,7 @@ def _check_name(field_name: str, value: Any) -> None:
             f"{field_name} must be a non-empty string of at most {_MAX_ID_LENGTH} characters, "
             f"got {value!r:.80}"
         )
+    # It ends up in stored rows and metric labels: PostgreSQL's jsonb refuses NUL and
+    # lone surrogates, and so would every checkpoint of the day.
+    if "\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value):
+        raise ConfigError(f"{field_name} must be valid text without NUL, got {value!r:.80}")

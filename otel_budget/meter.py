@@ -228,14 +228,16 @@ class BudgetMeter:
 
     # --- lifecycle ----------------------------------------------------------------
 
-    def start(self) -> BudgetMeter:
+    def start(self, *, strict: bool = True) -> BudgetMeter:
         """Read the fleet's spend for every budget's window and start the collection
-        timer. A corrupt stored row raises CheckpointError and is left untouched; an
-        unreachable store only degrades health (retried every collection)."""
+        timer. A corrupt stored row raises CheckpointError naming it (and is left
+        untouched) unless `strict=False`, which starts degraded instead (a server
+        that must keep serving); an unreachable store only degrades health (retried
+        every collection)."""
         if self._closed:
             raise BudgetError("this BudgetMeter has been shut down; create a new one")
         if not self._started:
-            self._tracker.restore_strict()
+            self._tracker.restore(strict=strict)
             self._tracker.store_round(checkpoint=False, wait=True)  # spooled entries
             self._reader.start_timer()
             atexit.register(self.shutdown)

@@ -28,6 +28,7 @@ from .alerts import AlertBook, build_nudge
 from .budgets import Budget
 from .config import BudgetConfig
 from .errors import BudgetError, CheckpointError, StoreError
+from .redact import describe_exception
 from .spend import DaySnapshot, SpendLedger
 from .spool import Spool
 from .stores.base import PatchStore
@@ -60,12 +61,10 @@ class CheckpointResult:
 
 
 def describe(exc: BaseException) -> str:
-    """A one-line error for logs and health. Our own errors are written to be safe to
-    show; a foreign exception's text may quote anything (a DSN, a key)."""
-    if isinstance(exc, BudgetError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        return f"{type(exc).__name__}: {exc.strerror or 'I/O error'}"
+    """A one-line error for logs and health, secrets masked. A foreign exception's text
+    may quote anything (a row's content, a DSN), so only its type is shown."""
+    if isinstance(exc, (BudgetError, OSError)):
+        return describe_exception(exc)
     return f"{type(exc).__name__} (details withheld: not an otel_budget error)"
 
 
@@ -524,14 +523,14 @@ class BudgetTracker:
                              "days_read": len(names), "legacy_document": legacy is not None}
             self._store_up = True
 
-    def restore_strict(self) -> None:
+    def restore(self, *, strict: bool) -> None:
         """The first load, at start(): a store that answers with a corrupt row raises
-        CheckpointError; an unreachable one only degrades health (retried)."""
+        CheckpointError when `strict`; an unreachable one only degrades health."""
         with self._io:
             self._load(self.day)
         with self._state:
             restore = dict(self._restore)
-        if restore.get("ok") is False and self._store_up:
+        if strict and restore.get("ok") is False and self._store_up:
             raise CheckpointError(str(restore.get("error")))
 
     def _claim_alerts(self) -> None:

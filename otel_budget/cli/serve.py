@@ -51,8 +51,10 @@ def handle(args: argparse.Namespace) -> int:
         sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        meter = from_env()
+        # A corrupt stored row must not stop a server: it starts degraded and says why.
+        meter = from_env(start=False)
         try:
+            meter.start(strict=False)
             try:
                 server = meter.serve_health(host=args.host, port=args.port)
             except OSError as exc:
