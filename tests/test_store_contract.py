@@ -22,6 +22,23 @@ from otel_budget.stores.entries import (
     writer_row_name,
 )
 from tests.conftest import StoreFactory
+from tests.store_kinds import STORE_KINDS
+
+# The PostgreSQL store is run once more through PgBouncer in transaction mode
+# (tests/pgbouncer_server.py): no session state may survive between transactions.
+CONTRACT_KINDS = {**STORE_KINDS, "pgbouncer": "pgbouncer_store_factory"}
+
+
+@pytest.fixture(params=sorted(CONTRACT_KINDS))
+def store_factory(request: pytest.FixtureRequest) -> StoreFactory:
+    factory: StoreFactory = request.getfixturevalue(CONTRACT_KINDS[request.param])
+    return factory
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> Any:
+    return store_factory()
+
 
 DAY = "2026-11-25"
 NUDGE_TYPE = "sibling_nudge"
