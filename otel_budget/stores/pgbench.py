@@ -9,8 +9,9 @@ that already holds `FINISHED_WRITERS` finished writers (every merge also sums th
 day's other writers). Then the restore path: `day_totals` and `writer_entries` of
 that large day.
 
-merges/s is timed from the first timed merge of any writer to the last one of any
-writer (process start-up excluded); latencies are per merge, client side.
+Every writer warms up (connects, merges WARMUP_MERGES times), then all wait at a
+barrier and start together; merges/s is timed from the first timed merge of any
+writer to the last one of any writer; latencies are per merge, client side.
 
 The URL should name a database meant for benchmarking: the migration is applied
 (it is idempotent) and the benchmark's own rows (dated in the year 2999) are
@@ -32,7 +33,7 @@ from typing import Any
 from .entries import writer_row_name
 from .migrate import apply_migration
 
-TOTAL_MERGES = 1600
+TOTAL_MERGES = 3200
 WARMUP_MERGES = 10
 WRITER_COUNTS = (1, 4, 16)
 ATTRIBUTE_SETS = 20
@@ -59,10 +60,7 @@ def run_postgres_bench(url: str) -> dict[str, Any]:
                 if finished:
                     _seed(url, day, finished)
                 per_writer = max(1, TOTAL_MERGES // writers)
-                with context.Pool(writers) as pool:
-                    batches = pool.starmap(
-                        _writer, [(url, day, i, per_writer) for i in range(writers)]
-                    )
+                batches = _run_writers(context, url, day, writers, per_writer)
                 key = f"writers_{writers}" + (f"_with_{finished}_finished" if finished else "")
                 results[key] = _figures(writers, batches)
         day = _bench_day(days)
@@ -88,7 +86,46 @@ def _figures(writers: int, batches: list[tuple[float, float, list[float]]]) -> d
     }
 
 
-def _writer(url: str, day: str, index: int, merges: int) -> tuple[float, float, list[float]]:
+def _run_writers(
+    context: Any, url: str, day: str, writers: int, per_writer: int
+) -> list[tuple[float, float, list[float]]]:
+    """Start the writer processes; they warm up, wait for each other at a barrier
+    (so no writer is timed while others are still importing), then merge."""
+    barrier = context.Barrier(writers)
+    results = context.Queue()
+    procs = [
+        context.Process(target=_writer_process,
+                        args=(url, day, i, per_writer, barrier, results))
+        for i in range(writers)
+    ]
+    for proc in procs:
+        proc.start()
+    batches: list[tuple[float, float, list[float]]] = []
+    try:
+        for _ in procs:
+            outcome = results.get(timeout=600)
+            if isinstance(outcome, str):
+                raise RuntimeError(f"a benchmark writer failed: {outcome}")
+            batches.append(outcome)
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    return batches
+
+
+def _writer_process(url: str, day: str, index: int, merges: int, barrier: Any,
+                    results: Any) -> None:
+    try:
+        results.put(_writer(url, day, index, merges, barrier))
+    except BaseException as exc:
+        barrier.abort()
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def _writer(url: str, day: str, index: int, merges: int,
+            barrier: Any = None) -> tuple[float, float, list[float]]:
     from .postgres import PostgresStore
 
     store = PostgresStore(url, min_size=1, max_size=1)
@@ -99,6 +136,8 @@ def _writer(url: str, day: str, index: int, merges: int) -> tuple[float, float, 
             seq += 1
             store.merge_writer(_entry(day, writer, seq))
         latencies: list[float] = []
+        if barrier is not None:
+            barrier.wait(timeout=300)
         started = time.time()
         for _ in range(merges):
             seq += 1
