@@ -413,7 +413,8 @@ begin
                     then w.by_budget else '{}'::jsonb end) as e
     ),
     totals as (
-        select w.day, round(sum(w.amount), 9) as total_usd, count(*) as writers,
+        select w.day, pg_catalog.trim_scale(round(sum(w.amount), 9)) as total_usd,
+               count(*) as writers,
                max(w.updated_at) as updated_at
           from wr as w
          group by w.day
@@ -422,7 +423,8 @@ begin
         select b.day,
                pg_catalog.jsonb_object_agg(b.key, b.total) as by_budget,
                pg_catalog.jsonb_object_agg(b.key, b.n) as budget_writers
-          from (select p.day, p.key, round(sum(p.amount), 9) as total, count(*) as n
+          from (select p.day, p.key, pg_catalog.trim_scale(round(sum(p.amount), 9)) as total,
+                       count(*) as n
                   from per_budget as p
                  group by p.day, p.key) as b
          group by b.day
@@ -509,7 +511,8 @@ begin
     for attempt in 1..3 loop
         insert into public.quilt_patches as q (patch_type, name, content)
         values ('budget_writer', v_name,
-                p_entry || jsonb_build_object('spend_usd', round((p_entry ->> 'spend_usd')::numeric, 9)))
+                p_entry || jsonb_build_object(
+                    'spend_usd', pg_catalog.trim_scale(round((p_entry ->> 'spend_usd')::numeric, 9))))
         on conflict (patch_type, name) do update
             set content = excluded.content, updated_at = now()
             where public.otel_budget_stored_seq(q.content, v_name) < v_seq;
@@ -564,7 +567,7 @@ $fn$;
 create or replace view public.otel_budget_days
 with (security_invoker = true) as
 select d.day as "date",
-       round(sum(d.total), 9) as total_usd,
+       pg_catalog.trim_scale(round(sum(d.total), 9)) as total_usd,
        sum(d.writers)::bigint as writers,
        max(d.updated_at) as updated_at
   from (
