@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from otel_budget import CheckpointError, StoreError
+from otel_budget.stores.base import PatchStore
 from otel_budget.stores.entries import (
     LEGACY_TYPE,
     WRITER_TYPE,
@@ -54,6 +55,11 @@ def entry(writer: str, spend: float, seq: int, *, day: str = DAY, instance: str 
     if budgets is not None:
         out["by_budget"] = budgets
     return out | extra
+
+
+def test_every_store_is_a_patch_store(store: Any) -> None:
+    assert isinstance(store, PatchStore)
+    assert not hasattr(store, "merge_budget"), "version 1's shared-document merge is gone"
 
 
 def test_get_absent_returns_none(store: Any) -> None:

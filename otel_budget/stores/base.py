@@ -7,7 +7,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 from urllib.parse import urlsplit
 
 from ..errors import CheckpointError, ConfigError
@@ -49,7 +49,7 @@ class PatchStore(Protocol):
         """Idempotent; afterwards every method raises StoreError."""
         ...
 
-    def __enter__(self) -> Any: ...
+    def __enter__(self) -> Self: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
@@ -141,7 +141,7 @@ class ContextStore:
     def close(self) -> None:  # pragma: no cover - every store defines it
         raise NotImplementedError
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
