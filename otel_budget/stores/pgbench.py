@@ -81,6 +81,7 @@ def _figures(writers: int, batches: list[tuple[float, float, list[float]]]) -> d
         "merges": len(latencies),
         "merges_per_s": round(len(latencies) / max(ended - started, 1e-9), 1),
         "median_ms": round(statistics.median(latencies) * 1e3, 3),
+        "p50_ms": round(_percentile(latencies, 0.50) * 1e3, 3),
         "p99_ms": round(_percentile(latencies, 0.99) * 1e3, 3),
         "max_ms": round(latencies[-1] * 1e3, 3),
     }
