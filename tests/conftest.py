@@ -19,8 +19,8 @@ from otel_budget.stores.sqlite import SQLiteStore
 from tests.store_kinds import STORE_KINDS
 
 pytest_plugins = [
-    name for name in ("tests.pg_server", "tests.supabase_gateway", "tests.prom_server",
-                      "tests.otlp_receivers")
+    name for name in ("tests.pg_server", "tests.pgbouncer_server", "tests.supabase_gateway",
+                      "tests.prom_server", "tests.otlp_receivers")
     if (Path(__file__).parent / f"{name.split('.')[-1]}.py").exists()
 ]
 

@@ -9,7 +9,10 @@ to the same real PostgreSQL the other tests use:
   transaction running `select a, b from public.<table> where col = 'value' limit n`;
 - `POST /rest/v1/rpc/<function>` with a JSON object body -> one transaction
   running `select public.<function>(arg := value, ...)`, the arguments typed from
-  `pg_proc` through `json_to_record`, which is PostgREST's own technique.
+  `pg_proc` through `json_to_record`, which is PostgREST's own technique (so a
+  JSON array argument becomes `text[]`, as `otel_budget_day_totals(p_days)` and
+  `otel_budget_writer_entries(p_days, p_breakdown)` need; `otel_budget_merge_writer`
+  takes one jsonb object, `otel_budget_claim` three arguments).
 
 Each request must carry `apikey` and `Authorization: Bearer <key>`; the bearer
 key picks the role (`SET LOCAL ROLE service_role` or `anon`), so grants and Row

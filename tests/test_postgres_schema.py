@@ -4,6 +4,7 @@ roles, applicable to plain PostgreSQL, able to adopt a pre-existing table; and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +18,14 @@ from otel_budget.stores.migrate import apply_migration, schema_sql
 from otel_budget.stores.postgres import PostgresStore
 from tests.pg_server import PgServer, start_server
 
-FUNCTIONS = ("otel_budget_merge", "otel_budget_claim")
-MERGE_CALL = ("select public.otel_budget_merge('budget_x', 'i', "
-              "'{\"spend_usd\": 1, \"seq\": 1}'::jsonb, '{}'::jsonb)")
+FUNCTIONS = ("otel_budget_merge", "otel_budget_claim", "otel_budget_merge_writer",
+             "otel_budget_day_totals", "otel_budget_writer_entries")
+WRITER = {"date": "2026-11-25", "writer_id": "w", "instance_id": "i", "spend_usd": 1,
+          "seq": 1, "updated_at": "2026-11-25T10:00:00+00:00"}
+MERGE_CALL = f"select public.otel_budget_merge_writer('{json.dumps(WRITER)}'::jsonb)"
+TOTALS_CALL = "select public.otel_budget_day_totals(array['2026-11-25'])"
+ENTRIES_CALL = "select public.otel_budget_writer_entries(array['2026-11-25'])"
+VIEW_SELECT = "select * from public.otel_budget_days"
 CLAIM_CALL = "select public.otel_budget_claim('sibling_nudge', 'n', '{}'::jsonb)"
 
 
@@ -40,6 +46,8 @@ def _catalog(url: str) -> dict[str, Any]:
         "functions": "select p.oid, p.oid::regprocedure::text, p.prosrc, p.proacl::text, "
                      "p.proconfig::text, p.prosecdef, p.provolatile from pg_proc p "
                      "where p.proname like 'otel_budget%' order by 2",
+        "view": "select c.oid, c.relacl::text, pg_get_viewdef(c.oid), c.reloptions::text "
+                "from pg_class c where c.oid = 'public.otel_budget_days'::regclass",
         "rows": "select id, patch_type, name, content::text, created_at, updated_at "
                 "from public.quilt_patches order by id",
     }
@@ -53,8 +61,7 @@ def test_running_the_migration_twice_changes_nothing(
     url = pg_fresh_database(migrate=True)
     store = PostgresStore(url)
     try:
-        store.merge_budget("budget_2026-11-25", "a", {"spend_usd": 1.25, "seq": 3},
-                           day_meta={"date": "2026-11-25"})
+        store.merge_writer(WRITER | {"spend_usd": 1.25, "seq": 3})
         store.insert_if_absent("sibling_nudge", "budget_alert_2026-11-25_80", {"to": "ag_lu"})
     finally:
         store.close()
@@ -62,7 +69,10 @@ def test_running_the_migration_twice_changes_nothing(
     apply_migration(url)
     apply_migration(url)
     assert _catalog(url) == before
-    assert len(before["rows"]) == 2 and len(before["functions"]) == 4
+    assert len(before["rows"]) == 2 and len(before["functions"]) == 9
+    assert len(before["view"]) == 1
+    assert any("quilt_patches_writer_day" in row[0] for row in before["indexes"])
+    assert '"spend_usd": 1.25,' in before["rows"][0][3], "no trailing zeros from round()"
 
 
 def test_functions_are_security_invoker_with_an_empty_search_path(pg_url: str) -> None:
@@ -84,7 +94,10 @@ def test_functions_are_security_invoker_with_an_empty_search_path(pg_url: str) -
     "insert into public.quilt_patches (patch_type, name) values ('x', 'y')",
     MERGE_CALL,
     CLAIM_CALL,
-], ids=["select", "insert", "merge", "claim"])
+    TOTALS_CALL,
+    ENTRIES_CALL,
+    VIEW_SELECT,
+], ids=["select", "insert", "merge", "claim", "totals", "entries", "view"])
 def test_anon_and_authenticated_are_refused(pg_clean: str, role: str, statement: str) -> None:
     with psycopg.connect(pg_clean) as conn:
         conn.execute(f"set role {role}")
@@ -95,12 +108,18 @@ def test_anon_and_authenticated_are_refused(pg_clean: str, role: str, statement:
 def test_service_role_can_do_everything_the_stores_do(pg_clean: str) -> None:
     with psycopg.connect(pg_clean) as conn:
         conn.execute("set role service_role")
-        doc = conn.execute(MERGE_CALL).fetchone()
+        merged = conn.execute(MERGE_CALL).fetchone()
         claimed = conn.execute(CLAIM_CALL).fetchone()
         again = conn.execute(CLAIM_CALL).fetchone()
         count = conn.execute("select count(*) from public.quilt_patches").fetchone()
-    assert doc is not None and doc[0]["total_usd"] == 1
+        totals = conn.execute(TOTALS_CALL).fetchone()
+        entries = conn.execute(ENTRIES_CALL).fetchone()
+        days = conn.execute(VIEW_SELECT).fetchall()
+    assert merged is not None and merged[0]["applied"] is True
     assert claimed == (True,) and again == (False,) and count == (2,)
+    assert totals is not None and totals[0]["2026-11-25"]["total_usd"] == 1
+    assert entries is not None and entries[0] == [WRITER]
+    assert [(d, float(t), w) for d, t, w, _ in days] == [("2026-11-25", 1.0, 1)]
 
 
 def test_row_level_security_hides_rows_even_if_anon_is_granted_the_table(
@@ -124,9 +143,8 @@ def test_the_migration_applies_to_plain_postgresql_without_supabase_roles() -> N
         apply_migration(url)
         store = PostgresStore(url)
         try:
-            doc = store.merge_budget("budget_2026-11-25", "a", {"spend_usd": 2.5, "seq": 1},
-                                     day_meta={})
-            assert doc["total_usd"] == 2.5
+            assert store.merge_writer(WRITER | {"spend_usd": 2.5})["applied"] is True
+            assert store.day_totals(["2026-11-25"])["2026-11-25"]["total_usd"] == 2.5
             assert store.insert_if_absent("sibling_nudge", "n", {"a": 1}) is True
         finally:
             store.close()
@@ -153,14 +171,47 @@ def test_the_migration_adopts_an_existing_quilt_patches_table(
     apply_migration(url)
     store = PostgresStore(url)
     try:
-        doc = store.merge_budget("budget_2026-11-25", "a", {"spend_usd": 1.0, "seq": 1},
-                                 day_meta={})
-        assert doc["total_usd"] == 1.0
+        assert store.merge_writer(WRITER)["applied"] is True
         assert store.get("other", "x") == {"keep": True}
         assert store.get("budget", "budget_2026-11-24") == {"total_usd": 3}
     finally:
         store.close()
     apply_migration(url)  # and idempotent from there on
+    with psycopg.connect(url) as conn:  # the old day document shows in the view
+        assert conn.execute("select \"date\", total_usd, writers from public.otel_budget_days "
+                            "order by 1").fetchall() == [
+            ("2026-11-24", 3, 0), ("2026-11-25", 1, 1)]
+
+
+def test_the_day_view_sums_writer_rows_and_legacy_documents(pg_clean: str) -> None:
+    store = PostgresStore(pg_clean)
+    try:
+        store.merge_writer(WRITER | {"writer_id": "a", "spend_usd": 1.25})
+        store.merge_writer(WRITER | {"writer_id": "b", "spend_usd": 2.5,
+                                     "updated_at": "2026-11-25T11:00:00+00:00"})
+        store.merge_writer(WRITER | {"date": "2026-11-26", "spend_usd": 4.0,
+                                     "updated_at": "2026-11-26T10:00:00+00:00"})
+        store.insert_if_absent("budget", "budget_2026-11-24", {
+            "date": "2026-11-24", "total_usd": 7.5, "updated_at": "2026-11-24T23:00:00+00:00",
+            "instances": {"x": {"spend_usd": 5.0, "seq": 1}, "y": {"spend_usd": 2.5, "seq": 1}}})
+        store.insert_if_absent("budget", "budget_2026-11-26", {
+            "date": "2026-11-26", "total_usd": 1.0, "updated_at": "2026-11-26T01:00:00+00:00",
+            "instances": {"old": {"spend_usd": 1.0, "seq": 4}}})
+        store.insert_if_absent("budget", "budget_2026-11-23", {"instances": []})  # malformed
+    finally:
+        store.close()
+    with psycopg.connect(pg_clean) as conn:
+        rows = conn.execute("select \"date\", total_usd, writers, updated_at "
+                            "from public.otel_budget_days order by 1").fetchall()
+        one = conn.execute("select total_usd from public.otel_budget_days "
+                           "where \"date\" = '2026-11-25'").fetchone()
+    assert [(d, float(t) if t is not None else None, w, u) for d, t, w, u in rows] == [
+        ("2026-11-23", None, 0, None),
+        ("2026-11-24", 7.5, 2, "2026-11-24T23:00:00+00:00"),
+        ("2026-11-25", 3.75, 2, "2026-11-25T11:00:00+00:00"),
+        ("2026-11-26", 5.0, 2, "2026-11-26T10:00:00+00:00"),
+    ]
+    assert one is not None and float(one[0]) == 3.75
 
 
 def test_an_existing_table_that_cannot_be_adopted_is_a_clear_error(

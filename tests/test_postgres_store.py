@@ -1,10 +1,10 @@
-"""PostgresStore beyond the shared contract: the SQL merge is ledger.merge_entry,
+"""PostgresStore beyond the shared contract: the SQL agrees with entries.summarize,
 timeouts and a missing schema are clear StoreErrors, secrets stay out of messages,
-and the benchmark runs."""
+the day is found through the index, 16 processes lose nothing (directly and
+through PgBouncer in transaction mode), and the benchmark runs."""
 
 from __future__ import annotations
 
-import copy
 import json
 import multiprocessing
 import os
@@ -17,99 +17,128 @@ import psycopg
 import pytest
 
 from otel_budget import StoreError
-from otel_budget.ledger import BUDGET_TYPE, merge_entry
 from otel_budget.stores import pgbench
 from otel_budget.stores.base import open_store
+from otel_budget.stores.entries import (
+    WRITER_TYPE,
+    normalize_writer_entry,
+    summarize,
+    writer_row_name,
+)
 from otel_budget.stores.postgres import PostgresStore
+from tests.pg_server import PgServer
+from tests.pgbouncer_server import PgBouncer
 
-NAME = "budget_2026-11-25"
-
-
-def _random_step(rng: random.Random, step: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    instance = rng.choice(["a", "b", "c", "it's", 'q"d'])
-    spend = rng.choice([rng.uniform(0, 50), rng.random() / 1e6, round(rng.uniform(0, 9), 3),
-                        float(rng.randint(0, 5)), rng.randint(0, 5)])
-    entry: dict[str, Any] = {"spend_usd": spend, "seq": rng.randint(0, 12),
-                             "updated_at": f"t{step}"}
-    if rng.random() < 0.5:
-        entry["by_attributes"] = [{"attributes": {"agent": rng.choice("xyz")}, "spend_usd": spend}]
-    meta: dict[str, Any] = {"date": "2026-11-25", "updated_at": f"t{step}",
-                            "daily_cap_usd": rng.choice([10.0, 50, 1e6])}
-    if rng.random() < 0.1:  # day_meta can never replace the computed keys
-        meta |= {"instances": "junk", "total_usd": -1}
-    return instance, entry, meta
+DAY = "2026-11-25"
+NAME = writer_row_name(DAY, "a")
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_sql_merge_is_ledger_merge_entry(pg_clean: str, seed: int) -> None:
-    rng = random.Random(seed)
-    store = PostgresStore(pg_clean)
-    expected: dict[str, Any] | None = None
-    try:
-        for step in range(150):
-            instance, entry, meta = _random_step(rng, step)
-            expected, applied = merge_entry(copy.deepcopy(expected), instance, entry,
-                                            name=NAME, day_meta=meta)
-            got = store.merge_budget(NAME, instance, entry, day_meta=meta)
-            assert got == expected, (step, instance, entry, applied)
-        assert store.get(BUDGET_TYPE, NAME) == expected
-    finally:
-        store.close()
+def entry(writer: str, spend: float, seq: int, *, day: str = DAY,
+          budgets: dict[str, float] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "date": day, "writer_id": writer, "instance_id": "host", "spend_usd": spend,
+        "seq": seq, "updated_at": f"{day}T10:00:00+00:00",
+        "by_attributes": [{"attributes": {"agent": "x"}, "spend_usd": spend}]}
+    if budgets is not None:
+        out["by_budget"] = budgets
+    return out
 
 
-def test_the_sql_function_rounds_like_python_when_called_directly(pg_clean: str) -> None:
-    """Without the store's own rounding: other clients (psql, the Supabase SQL editor,
-    another language) get the same document."""
+def test_the_sql_functions_called_directly_agree_with_summarize(pg_clean: str) -> None:
+    """Without the store's own checks and rounding: other clients (psql, the Supabase
+    SQL editor, another language) get the same sums, to the nano-dollar."""
     rng = random.Random(7)
-    expected: dict[str, Any] | None = None
+    days = ["2026-11-24", DAY]
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
     with psycopg.connect(pg_clean, autocommit=True) as conn:
-        for step in range(100):
-            instance = rng.choice(["a", "b", "c"])
-            entry = {"spend_usd": rng.uniform(0, 3) / rng.choice([1, 7, 1e3]), "seq": step}
-            expected, _ = merge_entry(expected, instance, entry, name=NAME, day_meta={})
-            row = conn.execute(
-                "select public.otel_budget_merge(%s::text, %s::text, %s::jsonb, '{}'::jsonb)",
-                (NAME, instance, json.dumps(entry))).fetchone()
-            assert row is not None and row[0] == expected
+        for step in range(200):
+            day, writer = rng.choice(days), rng.choice(["a", "b", "c", "d'e"])
+            spend = rng.uniform(0, 3) / rng.choice([1, 7, 1e3])
+            budgets = {"daily": round(spend, 9), "team": rng.choice([0, 1, 0.1])}
+            raw = entry(writer, round(spend, 9), step, day=day, budgets=budgets)
+            row = conn.execute("select public.otel_budget_merge_writer(%s::jsonb)",
+                               (json.dumps(raw),)).fetchone()
+            assert row is not None and row[0]["applied"] is True
+            others = [e for (d, w), e in latest.items() if d == day and w != writer]
+            want = summarize(day, others)
+            got = row[0]["others"]
+            assert float(got["total_usd"]) == want["total_usd"], step
+            assert {k: float(v) for k, v in got["by_budget"].items()} == want["by_budget"]
+            assert got["budget_writers"] == want["budget_writers"]
+            latest[(day, writer)] = normalize_writer_entry(raw, where="t")
+        row = conn.execute("select public.otel_budget_day_totals(%s::text[])", (days,)).fetchone()
+        assert row is not None
+        for day in days:
+            want = summarize(day, [e for (d, _), e in latest.items() if d == day])
+            assert float(row[0][day]["total_usd"]) == want["total_usd"]
+            assert row[0][day]["writers"] == want["writers"]
+
+
+def test_a_bad_argument_called_directly_is_ob001(pg_clean: str) -> None:
+    with psycopg.connect(pg_clean, autocommit=True) as conn:
+        for bad in ({"date": DAY}, entry("a", -1.0, 1), entry("a", 1.0, 1) | {"seq": 1.5},
+                    entry("a", 1.0, 1) | {"by_budget": {"x": "1"}}):
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute("select public.otel_budget_merge_writer(%s::jsonb)",
+                             (json.dumps(bad),))
+            assert caught.value.sqlstate == "OB001"
+        assert conn.execute("select count(*) from public.quilt_patches").fetchone() == (0,)
+
+
+def test_the_days_writer_rows_are_found_through_the_index(pg_clean: str) -> None:
+    with psycopg.connect(pg_clean, autocommit=True) as conn:
+        conn.execute(
+            "insert into public.quilt_patches (patch_type, name, content) "
+            "select 'budget_writer', 'budget_' || d || '/w' || w, "
+            "       jsonb_build_object('date', d, 'writer_id', 'w' || w, 'spend_usd', 1) "
+            "from (select to_char(date '2026-01-01' + (i % 300), 'YYYY-MM-DD') as d, i as w "
+            "      from generate_series(1, 30000) as i) as s")
+        conn.execute("analyze public.quilt_patches")
+        plan = conn.execute(
+            "explain select q.name from public.quilt_patches as q "
+            "where q.patch_type = 'budget_writer' and (q.content ->> 'date') = any (%s::text[])",
+            (["2026-03-01", "2026-03-02"],)).fetchall()
+    assert "quilt_patches_writer_day" in str(plan), plan
 
 
 def test_a_statement_timeout_is_a_store_error_and_changes_nothing(pg_clean: str) -> None:
     store = PostgresStore(pg_clean, statement_timeout_ms=200)
     try:
-        store.merge_budget(NAME, "a", {"spend_usd": 1.0, "seq": 1}, day_meta={})
+        store.merge_writer(entry("a", 1.0, 1))
         with psycopg.connect(pg_clean) as blocker:
             blocker.execute("select 1 from public.quilt_patches where name = %s for update",
                             (NAME,))
             with pytest.raises(StoreError, match="statement timeout"):
-                store.merge_budget(NAME, "a", {"spend_usd": 2.0, "seq": 2}, day_meta={})
+                store.merge_writer(entry("a", 2.0, 2))
             blocker.rollback()
-        doc = store.get(BUDGET_TYPE, NAME)
-        assert doc is not None and doc["total_usd"] == 1.0
+        row = store.get(WRITER_TYPE, NAME)
+        assert row is not None and row["spend_usd"] == 1.0
         # The timeout is per transaction (SET LOCAL): the next merge has its full time.
-        assert store.merge_budget(NAME, "a", {"spend_usd": 2.0, "seq": 2},
-                                  day_meta={})["total_usd"] == 2.0
+        assert store.merge_writer(entry("a", 2.0, 2))["applied"] is True
     finally:
         store.close()
 
 
-def test_merges_wait_for_each_other_on_the_row(pg_clean: str) -> None:
-    """A writer holding the row makes the next one wait, then both entries are there:
-    the merge serialises on the row rather than failing or overwriting."""
+def test_writers_never_wait_for_each_other(pg_clean: str) -> None:
+    """The point of version 2: a transaction holding one writer's row does not
+    block another writer's merge (version 1 serialised every replica on the day)."""
     store = PostgresStore(pg_clean)
-    store.merge_budget(NAME, "a", {"spend_usd": 1.0, "seq": 1}, day_meta={})
-    done: list[dict[str, Any]] = []
-    with psycopg.connect(pg_clean) as holder:
-        holder.execute("select public.otel_budget_merge(%s::text, 'h', "
-                       "'{\"spend_usd\": 4, \"seq\": 1}'::jsonb, '{}'::jsonb)", (NAME,))
-        waiter = threading.Thread(target=lambda: done.append(
-            store.merge_budget(NAME, "a", {"spend_usd": 2.0, "seq": 2}, day_meta={})))
-        waiter.start()
-        waiter.join(timeout=0.5)
-        assert waiter.is_alive(), "the second merge waits for the row lock"
-        holder.commit()
-    waiter.join(timeout=10)
-    store.close()
-    assert done and done[0]["total_usd"] == 6.0 and set(done[0]["instances"]) == {"a", "h"}
+    try:
+        store.merge_writer(entry("a", 1.0, 1))
+        with psycopg.connect(pg_clean) as holder:
+            holder.execute("select public.otel_budget_merge_writer(%s::jsonb)",
+                           (json.dumps(entry("h", 4.0, 1)),))
+            done: list[Any] = []
+            waiter = threading.Thread(target=lambda: done.append(
+                store.merge_writer(entry("a", 2.0, 2))))
+            waiter.start()
+            waiter.join(timeout=5)
+            assert done and done[0]["applied"] is True, "not blocked by another writer"
+            assert done[0]["others"]["writers"] == 0, "an uncommitted row is not counted"
+            holder.commit()
+        assert store.day_totals([DAY])[DAY]["total_usd"] == 6.0
+    finally:
+        store.close()
 
 
 def test_a_database_without_the_schema_says_how_to_fix_it(
@@ -118,11 +147,15 @@ def test_a_database_without_the_schema_says_how_to_fix_it(
     store = PostgresStore(pg_fresh_database())
     try:
         with pytest.raises(StoreError, match="otel-budget migrate"):
-            store.merge_budget(NAME, "a", {"spend_usd": 1.0, "seq": 1}, day_meta={})
+            store.merge_writer(entry("a", 1.0, 1))
         with pytest.raises(StoreError, match="otel-budget migrate"):
-            store.get(BUDGET_TYPE, NAME)
+            store.get(WRITER_TYPE, NAME)
         with pytest.raises(StoreError, match="otel-budget migrate"):
             store.insert_if_absent("sibling_nudge", "n", {})
+        with pytest.raises(StoreError, match="otel-budget migrate"):
+            store.day_totals([DAY])
+        with pytest.raises(StoreError, match="otel-budget migrate"):
+            store.writer_entries([DAY])
     finally:
         store.close()
 
@@ -136,12 +169,12 @@ def test_the_password_never_shows() -> None:
     store = PostgresStore(url, pool_timeout_s=0.5)
     try:
         with pytest.raises(StoreError) as caught:
-            store.get(BUDGET_TYPE, NAME)
+            store.get(WRITER_TYPE, NAME)
         assert secret not in str(caught.value) and "postgres:***@" in str(caught.value)
     finally:
         store.close()
     with pytest.raises(StoreError, match="closed"):
-        store.get(BUDGET_TYPE, NAME)
+        store.get(WRITER_TYPE, NAME)
 
 
 def test_open_store_gives_a_postgres_store(pg_clean: str) -> None:
@@ -154,25 +187,30 @@ def test_open_store_gives_a_postgres_store(pg_clean: str) -> None:
             store.close()
 
 
-def test_the_benchmark_reports_median_and_p99(
+def test_the_benchmark_reports_throughput_and_latency(
     pg_fresh_database: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pgbench, "TOTAL_MERGES", 80)
-    monkeypatch.setattr(pgbench, "WARMUP_MERGES", 2)
+    monkeypatch.setattr(pgbench, "TOTAL_MERGES", 48)
+    monkeypatch.setattr(pgbench, "WARMUP_MERGES", 1)
+    monkeypatch.setattr(pgbench, "WRITER_COUNTS", (1, 4))
+    monkeypatch.setattr(pgbench, "FINISHED_WRITERS", 50)
+    monkeypatch.setattr(pgbench, "RESTORE_REPEATS", 2)
     url = pg_fresh_database()  # the bench applies the migration itself
     result = pgbench.run_postgres_bench(url)
-    for writers in (1, 8):
-        figures = result[f"writers_{writers}"]
-        assert figures["writers"] == writers and figures["merges"] == 80
+    for key, writers in (("writers_1", 1), ("writers_4", 4), ("writers_4_with_50_finished", 4)):
+        figures = result[key]
+        assert figures["writers"] == writers and figures["merges"] == 48
+        assert figures["merges_per_s"] > 0
         assert 0 < figures["median_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    assert result["restore_50_writers"]["day_totals_median_ms"] > 0
     with psycopg.connect(url) as conn:  # it cleans up after itself
         assert conn.execute("select count(*) from public.quilt_patches").fetchone() == (0,)
 
 
-def _use_after_fork(store: Any, instance: str) -> None:
-    doc = store.merge_budget(NAME, instance, {"spend_usd": 1.0, "seq": 1}, day_meta={})
+def _use_after_fork(store: Any, writer: str) -> None:
+    result = store.merge_writer(entry(writer, 1.0, 1))
     store.close()
-    os._exit(0 if instance in doc["instances"] else 3)
+    os._exit(0 if result["applied"] else 3)
 
 
 @pytest.mark.parametrize("kind", ["postgresql", "supabase"])
@@ -185,7 +223,7 @@ def test_a_store_keeps_working_in_a_forked_child_and_its_parent(
         store: Any = request.getfixturevalue("postgres_store_factory")()
     else:
         store = request.getfixturevalue("supabase_store_factory")()
-    store.merge_budget(NAME, "parent", {"spend_usd": 1.0, "seq": 1}, day_meta={})
+    store.merge_writer(entry("parent", 1.0, 1))
     children = [multiprocessing.get_context("fork").Process(
         target=_use_after_fork, args=(store, f"child-{i}")) for i in range(2)]
     for child in children:
@@ -193,6 +231,62 @@ def test_a_store_keeps_working_in_a_forked_child_and_its_parent(
     for child in children:
         child.join(timeout=30)
     assert [c.exitcode for c in children] == [0, 0]
-    doc = store.merge_budget(NAME, "parent", {"spend_usd": 2.0, "seq": 2}, day_meta={})
-    assert set(doc["instances"]) == {"parent", "child-0", "child-1"}
-    assert doc["total_usd"] == 4.0
+    result = store.merge_writer(entry("parent", 2.0, 2))
+    assert result["others"]["writers"] == 2 and result["others"]["total_usd"] == 2.0
+    assert store.day_totals([DAY])[DAY]["total_usd"] == 4.0
+
+
+# --- many processes, directly and through PgBouncer ------------------------------------------
+
+ROUNDS = 25
+
+
+def _merging_process(url: str, index: int) -> None:
+    store = PostgresStore(url, min_size=1, max_size=1)
+    try:
+        for seq in range(1, ROUNDS + 1):
+            spend = round(seq * 0.0137 + index * 1e-9, 9)
+            store.merge_writer(entry(f"p{index}", spend, seq, budgets={"daily": spend}))
+    finally:
+        store.close()
+
+
+def _run_processes(url: str, count: int) -> None:
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_merging_process, args=(url, i)) for i in range(count)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(180)
+    assert [p.exitcode for p in procs] == [0] * count
+
+
+def _check_day(url: str, count: int) -> None:
+    with PostgresStore(url) as store:
+        entries = store.writer_entries([DAY], breakdown=False)
+        totals = store.day_totals([DAY])[DAY]
+    assert {e["writer_id"]: e["seq"] for e in entries} == {f"p{i}": ROUNDS for i in range(count)}
+    expected = summarize(DAY, [
+        {"spend_usd": round(ROUNDS * 0.0137 + i * 1e-9, 9), "updated_at": "x",
+         "by_budget": {"daily": round(ROUNDS * 0.0137 + i * 1e-9, 9)}} for i in range(count)])
+    assert totals["writers"] == count
+    assert abs(totals["total_usd"] - expected["total_usd"]) < 1e-9
+    assert totals["total_usd"] == expected["total_usd"]
+    assert totals["by_budget"] == expected["by_budget"]
+    assert totals["budget_writers"] == {"daily": count}
+
+
+def test_sixteen_processes_merging_into_one_day_lose_nothing(pg_clean: str) -> None:
+    _run_processes(pg_clean, 16)
+    _check_day(pg_clean, 16)
+
+
+def test_eight_processes_through_pgbouncer_in_transaction_mode(
+    pgbouncer: PgBouncer, pgbouncer_url: str, pg_server: PgServer
+) -> None:
+    with psycopg.connect(pgbouncer_url, prepare_threshold=None) as conn:
+        row = conn.execute("select inet_server_port()").fetchone()
+    assert row == (pg_server.port,) and pgbouncer.port != pg_server.port, "it is a proxy"
+    _run_processes(pgbouncer_url, 8)
+    _check_day(pgbouncer_url, 8)
+    assert pgbouncer.process.poll() is None

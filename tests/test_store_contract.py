@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from otel_budget import CheckpointError, StoreError
+from otel_budget.stores.base import PatchStore
 from otel_budget.stores.entries import (
     LEGACY_TYPE,
     WRITER_TYPE,
@@ -22,6 +23,23 @@ from otel_budget.stores.entries import (
     writer_row_name,
 )
 from tests.conftest import StoreFactory
+from tests.store_kinds import STORE_KINDS
+
+# The PostgreSQL store is run once more through PgBouncer in transaction mode
+# (tests/pgbouncer_server.py): no session state may survive between transactions.
+CONTRACT_KINDS = {**STORE_KINDS, "pgbouncer": "pgbouncer_store_factory"}
+
+
+@pytest.fixture(params=sorted(CONTRACT_KINDS))
+def store_factory(request: pytest.FixtureRequest) -> StoreFactory:
+    factory: StoreFactory = request.getfixturevalue(CONTRACT_KINDS[request.param])
+    return factory
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> Any:
+    return store_factory()
+
 
 DAY = "2026-11-25"
 NUDGE_TYPE = "sibling_nudge"
@@ -37,6 +55,11 @@ def entry(writer: str, spend: float, seq: int, *, day: str = DAY, instance: str 
     if budgets is not None:
         out["by_budget"] = budgets
     return out | extra
+
+
+def test_every_store_is_a_patch_store(store: Any) -> None:
+    assert isinstance(store, PatchStore)
+    assert not hasattr(store, "merge_budget"), "version 1's shared-document merge is gone"
 
 
 def test_get_absent_returns_none(store: Any) -> None:

@@ -1,6 +1,6 @@
 """SupabaseStore beyond the shared contract: configuration, the wire format
 supabase-py sends, retries (what is retried, what is not, how long), the key kept
-secret, and a meter on `supabase://`. The Data API is the gateway test double of
+secret. The Data API is the gateway test double of
 tests/supabase_gateway.py in front of the real PostgreSQL."""
 
 from __future__ import annotations
@@ -10,23 +10,28 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import psycopg
 import pytest
 
-from otel_budget import BudgetConfig, BudgetMeter, ConfigError, StoreError
-from otel_budget.ledger import BUDGET_TYPE, NUDGE_TYPE
+from otel_budget import ConfigError, StoreError
 from otel_budget.stores.base import open_store
+from otel_budget.stores.entries import WRITER_TYPE, writer_row_name
 from otel_budget.stores.supabase import SupabaseStore
 from tests.supabase_gateway import SupabaseGateway
 
-NAME = "budget_2026-11-25"
-MERGE_PATH = "/rest/v1/rpc/otel_budget_merge"
+DAY = "2026-11-25"
+NAME = writer_row_name(DAY, "a")
+BUDGET_TYPE = WRITER_TYPE
+NUDGE_TYPE = "sibling_nudge"
+MERGE_PATH = "/rest/v1/rpc/otel_budget_merge_writer"
+TOTALS_PATH = "/rest/v1/rpc/otel_budget_day_totals"
+ENTRIES_PATH = "/rest/v1/rpc/otel_budget_writer_entries"
 CLAIM_PATH = "/rest/v1/rpc/otel_budget_claim"
 StoreMaker = Callable[..., SupabaseStore]
 
 
-def _entry(spend: float, seq: int) -> dict[str, Any]:
-    return {"spend_usd": spend, "seq": seq}
+def _entry(spend: float, seq: int, writer: str = "a") -> dict[str, Any]:
+    return {"date": DAY, "writer_id": writer, "instance_id": "sb-host", "spend_usd": spend,
+            "seq": seq, "updated_at": "2026-11-25T10:00:00+00:00"}
 
 
 def _calls(gateway: SupabaseGateway, path: str) -> int:
@@ -84,7 +89,7 @@ def test_no_warnings_from_supabase_py(gateway: SupabaseGateway, supabase_store_f
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # its default client warns on first use
         store = supabase_store_factory()
-        store.merge_budget(NAME, "a", _entry(1.0, 1), day_meta={})
+        store.merge_writer(_entry(1.0, 1))
         store.get(BUDGET_TYPE, NAME)
 
 
@@ -97,7 +102,8 @@ def test_an_existing_client_can_be_passed_in(gateway: SupabaseGateway) -> None:
                                     options=supabase.ClientOptions(httpx_client=http))
     store = SupabaseStore(client=client)
     try:
-        assert store.merge_budget(NAME, "a", _entry(2.0, 1), day_meta={})["total_usd"] == 2.0
+        assert store.merge_writer(_entry(2.0, 1))["applied"] is True
+        assert store.day_totals([DAY])[DAY]["total_usd"] == 2.0
     finally:
         store.close()
     assert not http.is_closed, "a client passed in is closed by its owner"
@@ -110,15 +116,22 @@ def test_requests_are_the_documented_ones(
     gateway: SupabaseGateway, supabase_store_factory: StoreMaker
 ) -> None:
     store = supabase_store_factory()
-    store.merge_budget(NAME, "a", _entry(1.0, 1), day_meta={"date": "2026-11-25"})
+    store.merge_writer(_entry(1.0, 1))
     store.insert_if_absent(NUDGE_TYPE, "budget_alert_2026-11-25_80", {"to": "ag_lu"})
     store.get(BUDGET_TYPE, NAME)
+    week = [f"2026-11-{d}" for d in range(23, 30)]
+    totals = store.day_totals(week)
+    entries = store.writer_entries(week, breakdown=False)
     methods_paths = [(m, urlsplit(p).path) for m, p in gateway.requests]
     assert methods_paths == [("POST", MERGE_PATH), ("POST", CLAIM_PATH),
-                             ("GET", "/rest/v1/quilt_patches")]
-    query = dict(parse_qsl(urlsplit(gateway.requests[-1][1]).query))
-    assert query == {"select": "content", "patch_type": "eq.budget", "name": f"eq.{NAME}",
-                     "limit": "1"}
+                             ("GET", "/rest/v1/quilt_patches"),
+                             ("POST", TOTALS_PATH), ("POST", ENTRIES_PATH)], \
+        "a week's totals and entries are one request each"
+    query = dict(parse_qsl(urlsplit(gateway.requests[2][1]).query))
+    assert query == {"select": "content", "patch_type": "eq.budget_writer",
+                     "name": f"eq.{NAME}", "limit": "1"}
+    assert totals[DAY]["total_usd"] == 1.0 and list(totals) == week
+    assert entries == [_entry(1.0, 1)]
 
 
 # --- retries -----------------------------------------------------------------------------
@@ -130,9 +143,13 @@ def test_5xx_and_dropped_connections_are_retried_and_applied_once(
     gateway.faults.add("status", status=503, path_contains=MERGE_PATH, times=1)
     gateway.faults.add("drop", path_contains=MERGE_PATH, times=1)
     gateway.faults.add("status", status=500, path_contains=MERGE_PATH, times=1)
-    doc = store.merge_budget(NAME, "a", _entry(3.0, 1), day_meta={})
-    assert doc["total_usd"] == 3.0
+    result = store.merge_writer(_entry(3.0, 1))
+    assert result["applied"] is True and result["stored_seq"] == 1
     assert _calls(gateway, MERGE_PATH) == 4
+    gateway.faults.add("status", status=503, path_contains=TOTALS_PATH, times=1)
+    assert store.day_totals([DAY])[DAY]["total_usd"] == 3.0
+    gateway.faults.add("drop", path_contains=ENTRIES_PATH, times=1)
+    assert store.writer_entries([DAY])[0]["spend_usd"] == 3.0
 
 
 def test_an_answer_lost_after_commit_is_harmless(
@@ -140,8 +157,10 @@ def test_an_answer_lost_after_commit_is_harmless(
 ) -> None:
     store = supabase_store_factory()
     gateway.faults.add("lost_answer", status=502, path_contains=MERGE_PATH)
-    doc = store.merge_budget(NAME, "a", _entry(3.0, 7), day_meta={})
-    assert doc["instances"]["a"] == _entry(3.0, 7)  # the retry found it already applied
+    result = store.merge_writer(_entry(3.0, 7))
+    # The retry found it already applied: not applied by this answer, but stored.
+    assert result["applied"] is False and result["stored_seq"] == 7
+    assert store.get(WRITER_TYPE, NAME) == _entry(3.0, 7)
     assert _calls(gateway, MERGE_PATH) == 2
 
     gateway.faults.add("lost_answer", status=502, path_contains=CLAIM_PATH)
@@ -158,7 +177,7 @@ def test_4xx_is_not_retried(
     store = supabase_store_factory()
     gateway.faults.add("status", status=status, path_contains=MERGE_PATH)
     with pytest.raises(StoreError, match=str(status)):
-        store.merge_budget(NAME, "a", _entry(1.0, 1), day_meta={})
+        store.merge_writer(_entry(1.0, 1))
     assert _calls(gateway, MERGE_PATH) == 1
     assert store.get(BUDGET_TYPE, NAME) is None
 
@@ -171,7 +190,7 @@ def test_retries_are_bounded_with_backoff(
                                    max_backoff_s=0.6)
     gateway.faults.add("status", status=503, path_contains=MERGE_PATH, times=10)
     with pytest.raises(StoreError, match="after 4 attempts"):
-        store.merge_budget(NAME, "a", _entry(1.0, 1), day_meta={})
+        store.merge_writer(_entry(1.0, 1))
     assert _calls(gateway, MERGE_PATH) == 4
     assert len(slept) == 3
     assert 0.125 <= slept[0] <= 0.25 and 0.25 <= slept[1] <= 0.5 and 0.3 <= slept[2] <= 0.6
@@ -186,7 +205,7 @@ def test_an_unreachable_api_is_a_store_error() -> None:
                           sleep=lambda _s: None, connect_timeout_s=1.0)
     try:
         with pytest.raises(StoreError, match="ConnectError"):
-            store.merge_budget(NAME, "a", _entry(1.0, 1), day_meta={})
+            store.merge_writer(_entry(1.0, 1))
     finally:
         store.close()
 
@@ -198,7 +217,7 @@ def test_the_anon_key_is_refused_and_told_what_to_use(
 ) -> None:
     store = supabase_store_factory(key=gateway.anon_key)
     for call in (lambda: store.get(BUDGET_TYPE, NAME),
-                 lambda: store.merge_budget(NAME, "a", _entry(1.0, 1), day_meta={}),
+                 lambda: store.merge_writer(_entry(1.0, 1)),
                  lambda: store.insert_if_absent(NUDGE_TYPE, "n", {})):
         with pytest.raises(StoreError, match="SUPABASE_SERVICE_ROLE_KEY") as caught:
             call()
@@ -218,30 +237,7 @@ def test_the_key_never_appears_in_errors_or_reprs(
     good = supabase_store_factory()
     gateway.faults.add("status", status=502, message="upstream said: apikey={apikey}", times=9)
     with pytest.raises(StoreError) as caught:
-        good.merge_budget(NAME, "a", _entry(1.0, 1), day_meta={})
+        good.merge_writer(_entry(1.0, 1))
     assert gateway.service_key not in str(caught.value) and "apikey=***" in str(caught.value)
 
 
-# --- a meter on supabase:// ----------------------------------------------------------------
-
-def test_a_meter_checkpoints_through_supabase(
-    supabase_env: SupabaseGateway, pg_clean: str
-) -> None:
-    config = BudgetConfig(daily_cap_usd=10.0, instance_id="sb-1", store_url="supabase://",
-                          collect_interval_s=3600.0)
-    delivered: list[dict[str, Any]] = []
-    with BudgetMeter(config, notifiers=[delivered.append]) as meter:
-        meter.record(5.0, {"agent": "cloud_lu"})
-        meter.record(3.5, {"agent": "ag_lu"})
-        assert meter.checkpoint()
-        assert meter.health()["status"] == "ok"
-        day = meter.reader.day.isoformat()
-    assert len(delivered) == 1 and delivered[0]["ratio"] == 0.8
-    with psycopg.connect(pg_clean) as conn:
-        row = conn.execute("select content from public.quilt_patches where name = %s",
-                           (f"budget_{day}",)).fetchone()
-    assert row is not None and row[0]["total_usd"] == 8.5
-    assert row[0]["instances"]["sb-1"]["by_attributes"] == [
-        {"attributes": {"agent": "cloud_lu"}, "spend_usd": 5.0},
-        {"attributes": {"agent": "ag_lu"}, "spend_usd": 3.5},
-    ]

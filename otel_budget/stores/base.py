@@ -6,7 +6,7 @@ import importlib
 import json
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 from ..errors import CheckpointError, ConfigError
 from .entries import DayTotals, MergeResult
@@ -26,7 +26,14 @@ class PatchStore(Protocol):
         1e-9, and atomically store it as the writer's row for its day if its seq is
         newer than the stored one (an equal or older seq is a no-op). Returns
         whether it applied, the seq now stored, and the totals of the day's OTHER
-        writers. A malformed stored row for this writer: CheckpointError naming it."""
+        writers. A malformed stored row for this writer: CheckpointError naming it.
+
+        `applied` is False when the stored seq is equal or newer; that includes a
+        retry of a merge whose first answer was lost after it committed, so a
+        caller treats `stored_seq >= entry["seq"]` as "my entry is durable".
+        An amount in another writer's row of the day that is not a number >= 0
+        raises CheckpointError naming that row (never counted as 0), and nothing
+        is written."""
         ...
 
     def day_totals(self, days: Sequence[str]) -> dict[str, DayTotals]:
@@ -47,7 +54,7 @@ class PatchStore(Protocol):
         """Idempotent; afterwards every method raises StoreError."""
         ...
 
-    def __enter__(self) -> Any: ...
+    def __enter__(self) -> Self: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
@@ -126,7 +133,7 @@ class ContextStore:
     def close(self) -> None:  # pragma: no cover - every store defines it
         raise NotImplementedError
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,90 +1,224 @@
-"""PostgreSQL merge latency for `otel-budget bench --json` (OTEL_BUDGET_BENCH_POSTGRES_URL).
+"""PostgreSQL checkpoint throughput and latency for `otel-budget bench --json`
+(OTEL_BUDGET_BENCH_POSTGRES_URL).
 
-Writers are separate processes, each with its own PostgresStore (its own
-connection), all merging into one budget row: that is how replicas behave, and
-they contend on the row lock as real ones do. 1,000 timed merges per scenario
-(1 writer: 1,000; 8 writers: 125 each), after a short warm-up per writer.
+Writers are separate processes, each with its own PostgresStore (one connection),
+each checkpointing its own writer row of one shared day with `merge_writer`, the
+entry carrying `ATTRIBUTE_SETS` attribute sets: that is how replicas behave. Each
+scenario runs at 1, 4 and 16 writers, once into an empty day and once into a day
+that already holds `FINISHED_WRITERS` finished writers (every merge also sums the
+day's other writers). Then the restore path: `day_totals` and `writer_entries` of
+that large day.
+
+Every writer warms up (connects, merges WARMUP_MERGES times), then all wait at a
+barrier and start together; merges/s is timed from the first timed merge of any
+writer to the last one of any writer; latencies are per merge, client side.
 
 The URL should name a database meant for benchmarking: the migration is applied
-(it is idempotent) and the benchmark's own rows are deleted afterwards.
+(it is idempotent) and the benchmark's own rows (dated in the year 2999) are
+deleted afterwards.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
+import random
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from .entries import writer_row_name
 from .migrate import apply_migration
 
-TOTAL_MERGES = 1000
+TOTAL_MERGES = 3200
 WARMUP_MERGES = 10
-WRITER_COUNTS = (1, 8)
+WRITER_COUNTS = (1, 4, 16)
+ATTRIBUTE_SETS = 20
+FINISHED_WRITERS = 1000
+RESTORE_REPEATS = 20
 
 
 def run_postgres_bench(url: str) -> dict[str, Any]:
-    """{"writers_1": {...}, "writers_8": {...}, "mode": ...} with median/p99 in ms."""
+    """{"writers_1": {...}, ..., "writers_16_with_1000_finished": {...},
+    "restore_1000_writers": {...}} with merges/s, median/p99 in ms."""
     apply_migration(url)
     results: dict[str, Any] = {
-        "mode": "processes, one connection each, all merging into one budget row",
+        "mode": "processes, one connection each, one writer row each, one shared day",
         "merges_per_scenario": TOTAL_MERGES,
+        "attribute_sets_per_entry": ATTRIBUTE_SETS,
     }
     context = multiprocessing.get_context("spawn")  # no inherited pools or threads
-    for writers in WRITER_COUNTS:
-        name = f"budget_bench_{uuid.uuid4().hex[:12]}"
-        per_writer = TOTAL_MERGES // writers
-        started = time.perf_counter()
-        with context.Pool(writers) as pool:
-            batches = pool.starmap(_writer, [(url, name, i, per_writer) for i in range(writers)])
-        wall = time.perf_counter() - started
-        latencies = sorted(x for batch in batches for x in batch)
-        results[f"writers_{writers}"] = {
-            "writers": writers,
-            "merges": len(latencies),
-            "median_ms": round(statistics.median(latencies) * 1e3, 3),
-            "p99_ms": round(_percentile(latencies, 0.99) * 1e3, 3),
-            "max_ms": round(latencies[-1] * 1e3, 3),
-            "wall_s_incl_process_start": round(wall, 3),
-        }
-        _delete(url, name)
+    days: list[str] = []
+    try:
+        for finished in (0, FINISHED_WRITERS):
+            for writers in WRITER_COUNTS:
+                day = _bench_day(days)
+                days.append(day)
+                if finished:
+                    _seed(url, day, finished)
+                per_writer = max(1, TOTAL_MERGES // writers)
+                batches = _run_writers(context, url, day, writers, per_writer)
+                key = f"writers_{writers}" + (f"_with_{finished}_finished" if finished else "")
+                results[key] = _figures(writers, batches)
+        day = _bench_day(days)
+        days.append(day)
+        _seed(url, day, FINISHED_WRITERS)
+        results[f"restore_{FINISHED_WRITERS}_writers"] = _restore(url, day)
+    finally:
+        _delete(url, days)
     return results
 
 
-def _writer(url: str, name: str, index: int, merges: int) -> list[float]:
+def _figures(writers: int, batches: list[tuple[float, float, list[float]]]) -> dict[str, Any]:
+    latencies = sorted(x for _, _, batch in batches for x in batch)
+    started = min(b[0] for b in batches)
+    ended = max(b[1] for b in batches)
+    return {
+        "writers": writers,
+        "merges": len(latencies),
+        "merges_per_s": round(len(latencies) / max(ended - started, 1e-9), 1),
+        "median_ms": round(statistics.median(latencies) * 1e3, 3),
+        "p50_ms": round(_percentile(latencies, 0.50) * 1e3, 3),
+        "p99_ms": round(_percentile(latencies, 0.99) * 1e3, 3),
+        "max_ms": round(latencies[-1] * 1e3, 3),
+    }
+
+
+def _run_writers(
+    context: Any, url: str, day: str, writers: int, per_writer: int
+) -> list[tuple[float, float, list[float]]]:
+    """Start the writer processes; they warm up, wait for each other at a barrier
+    (so no writer is timed while others are still importing), then merge."""
+    barrier = context.Barrier(writers)
+    results = context.Queue()
+    procs = [
+        context.Process(target=_writer_process,
+                        args=(url, day, i, per_writer, barrier, results))
+        for i in range(writers)
+    ]
+    for proc in procs:
+        proc.start()
+    batches: list[tuple[float, float, list[float]]] = []
+    try:
+        for _ in procs:
+            outcome = results.get(timeout=600)
+            if isinstance(outcome, str):
+                raise RuntimeError(f"a benchmark writer failed: {outcome}")
+            batches.append(outcome)
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    return batches
+
+
+def _writer_process(url: str, day: str, index: int, merges: int, barrier: Any,
+                    results: Any) -> None:
+    try:
+        results.put(_writer(url, day, index, merges, barrier))
+    except BaseException as exc:
+        barrier.abort()
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def _writer(url: str, day: str, index: int, merges: int,
+            barrier: Any = None) -> tuple[float, float, list[float]]:
     from .postgres import PostgresStore
 
     store = PostgresStore(url, min_size=1, max_size=1)
-    instance = f"bench-{index}"
-    meta = {"date": "bench", "timezone": "UTC", "daily_cap_usd": 1e9}
+    writer = f"bench-{index}-{uuid.uuid4().hex[:8]}"
     try:
         seq = 0
         for _ in range(WARMUP_MERGES):
             seq += 1
-            store.merge_budget(name, instance, _entry(seq), day_meta=meta)
+            store.merge_writer(_entry(day, writer, seq))
         latencies: list[float] = []
+        if barrier is not None:
+            barrier.wait(timeout=300)
+        started = time.time()
         for _ in range(merges):
             seq += 1
-            entry = _entry(seq)
+            entry = _entry(day, writer, seq)
             t0 = time.perf_counter()
-            store.merge_budget(name, instance, entry, day_meta=meta)
+            store.merge_writer(entry)
             latencies.append(time.perf_counter() - t0)
-        return latencies
+        return started, time.time(), latencies
     finally:
         store.close()
 
 
-def _entry(seq: int) -> dict[str, Any]:
+def _restore(url: str, day: str) -> dict[str, Any]:
+    from .postgres import PostgresStore
+
+    store = PostgresStore(url, min_size=1, max_size=1)
+    try:
+        store.day_totals([day])  # warm the connection
+        out: dict[str, Any] = {"writers": FINISHED_WRITERS, "repeats": RESTORE_REPEATS}
+        calls: dict[str, Callable[[], object]] = {
+            "day_totals": lambda: store.day_totals([day]),
+            "day_totals_month": lambda: store.day_totals(
+                [day[:8] + f"{d:02d}" for d in range(1, 29)]),
+            "writer_entries_breakdown": lambda: store.writer_entries([day]),
+            "writer_entries_no_breakdown": lambda: store.writer_entries([day], breakdown=False),
+        }
+        for name, call in calls.items():
+            times = []
+            for _ in range(RESTORE_REPEATS):
+                t0 = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - t0)
+            times.sort()
+            out[f"{name}_median_ms"] = round(statistics.median(times) * 1e3, 3)
+            out[f"{name}_max_ms"] = round(times[-1] * 1e3, 3)
+        return out
+    finally:
+        store.close()
+
+
+def _entry(day: str, writer: str, seq: int) -> dict[str, Any]:
     spend = round(seq * 0.001234, 9)
+    share = round(spend / ATTRIBUTE_SETS, 9)
     return {
-        "spend_usd": spend, "seq": seq, "updated_at": "2026-01-01T00:00:00+00:00",
+        "date": day, "writer_id": writer, "instance_id": "bench-host", "seq": seq,
+        "spend_usd": spend, "updated_at": "2999-01-01T00:00:00+00:00", "timezone": "UTC",
+        "by_budget": {"daily": spend, "team-a": share},
         "by_attributes": [
-            {"attributes": {"gen_ai.request.model": "claude-sonnet-4", "agent": "bench"},
-             "spend_usd": spend},
+            {"attributes": {"gen_ai.request.model": "claude-sonnet-4", "agent": f"agent-{i}",
+                            "team": "bench"},
+             "spend_usd": share}
+            for i in range(ATTRIBUTE_SETS)
         ],
     }
+
+
+def _seed(url: str, day: str, writers: int) -> None:
+    """`writers` finished writer rows for `day`, written directly in one statement."""
+    import psycopg
+
+    rows = [
+        (writer_row_name(day, f"done-{i}"), json.dumps(_entry(day, f"done-{i}", 100 + i)))
+        for i in range(writers)
+    ]
+    with psycopg.connect(url, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "insert into public.quilt_patches (patch_type, name, content) "
+                "values ('budget_writer', %s::text, %s::jsonb)",
+                rows,
+            )
+        conn.execute("analyze public.quilt_patches")
+
+
+def _bench_day(taken: list[str]) -> str:
+    rng = random.Random(uuid.uuid4().int)
+    while True:
+        day = f"2999-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+        if day not in taken:
+            return day
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -93,14 +227,15 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def _delete(url: str, name: str) -> None:
+def _delete(url: str, days: list[str]) -> None:
     import psycopg
 
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
-                "delete from public.quilt_patches where patch_type = 'budget' and name = %s::text",
-                (name,),
+                "delete from public.quilt_patches where patch_type = 'budget_writer' "
+                "and (content ->> 'date') = any(%s::text[])",
+                (days,),
             )
     except psycopg.Error:
-        pass  # leftovers are named budget_bench_*; nothing depends on them
+        pass  # leftovers are dated 2999; nothing depends on them

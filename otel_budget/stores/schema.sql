@@ -365,72 +365,68 @@ end
 $fn$;
 
 
--- An amount of a stored writer row, or OB002 naming the row. Used by the sums,
--- so one malformed row is reported rather than silently counted as 0.
-create or replace function public.otel_budget_usd(p_value jsonb, p_name text)
-returns numeric
-language plpgsql
-immutable
-security invoker
-set search_path = ''
-as $fn$
-begin
-    if jsonb_typeof(p_value) = 'number' then
-        if (p_value #>> '{}')::numeric >= 0 then
-            return (p_value #>> '{}')::numeric;
-        end if;
-    end if;
-    raise exception using
-        errcode = 'OB002',
-        message = format('row budget_writer/%s: amount %s is not a number >= 0',
-                         p_name, coalesce(left(p_value::text, 60), 'missing'));
-end
-$fn$;
-
-
 -- The totals of each day in p_days over its writer rows, leaving out the writer
 -- p_exclude_writer if given: {"<day>": {"date", "total_usd", "writers",
 -- "updated_at", "by_budget", "budget_writers"}}. Every day in p_days is a key,
--- zero when it has no rows. Mirrors otel_budget.stores.entries.summarize.
+-- zero when it has no rows. Mirrors otel_budget.stores.entries.summarize; an
+-- amount that is not a number >= 0 raises OB002 naming its row (never counted
+-- as 0).
+--
+-- Cost: the rows come from the quilt_patches_writer_day index, and each row's
+-- content is read (detoasted) once, by jsonb_to_record; the writer to leave out
+-- is matched on the row's name, not its content.
 create or replace function public.otel_budget_day_totals(
     p_days text[],
     p_exclude_writer text default null
 )
 returns jsonb
-language sql
+language plpgsql
 stable
 security invoker
 set search_path = ''
 as $fn$
+declare
+    v_result jsonb;
+    v_bad text;
+begin
     with wr as materialized (
-        select q.name, q.content -> 'spend_usd' as spend, q.content ->> 'date' as day,
-               q.content ->> 'updated_at' as updated_at, q.content -> 'by_budget' as by_budget
+        select q.name, r.date as day, r.spend_usd as spend, r.updated_at, r.by_budget,
+               case when jsonb_typeof(r.spend_usd) = 'number'
+                    then case when r.spend_usd::numeric >= 0 then r.spend_usd::numeric end
+               end as amount
           from public.quilt_patches as q
+         cross join lateral pg_catalog.jsonb_to_record(q.content)
+               as r("date" text, spend_usd jsonb, updated_at text, by_budget jsonb)
          where q.patch_type = 'budget_writer'
            and (q.content ->> 'date') = any (p_days)
            and (p_exclude_writer is null
-                or (q.content ->> 'writer_id') is distinct from p_exclude_writer)
+                or q.name <> 'budget_' || r.date || '/' || p_exclude_writer)
+    ),
+    per_budget as (
+        select w.day, w.name, e.key,
+               case when jsonb_typeof(e.value) = 'number'
+                    then case when e.value::numeric >= 0 then e.value::numeric end
+               end as amount
+          from wr as w
+         cross join lateral pg_catalog.jsonb_each(
+               case when jsonb_typeof(w.by_budget) = 'object'
+                    then w.by_budget else '{}'::jsonb end) as e
     ),
     totals as (
-        select r.day,
-               round(sum(public.otel_budget_usd(r.spend, r.name)), 9) as total_usd,
+        select w.day, pg_catalog.trim_scale(round(sum(w.amount), 9)) as total_usd,
                count(*) as writers,
-               max(r.updated_at) as updated_at
-          from wr as r
-         group by r.day
+               max(w.updated_at) as updated_at
+          from wr as w
+         group by w.day
     ),
     budgets as (
         select b.day,
                pg_catalog.jsonb_object_agg(b.key, b.total) as by_budget,
                pg_catalog.jsonb_object_agg(b.key, b.n) as budget_writers
-          from (select r.day, e.key,
-                       round(sum(public.otel_budget_usd(e.value, r.name)), 9) as total,
+          from (select p.day, p.key, pg_catalog.trim_scale(round(sum(p.amount), 9)) as total,
                        count(*) as n
-                  from wr as r
-                 cross join lateral pg_catalog.jsonb_each(
-                       case when jsonb_typeof(r.by_budget) = 'object'
-                            then r.by_budget else '{}'::jsonb end) as e
-                 group by r.day, e.key) as b
+                  from per_budget as p
+                 group by p.day, p.key) as b
          group by b.day
     )
     select coalesce(pg_catalog.jsonb_object_agg(d.day, pg_catalog.jsonb_build_object(
@@ -439,10 +435,22 @@ as $fn$
                'writers', coalesce(t.writers, 0),
                'updated_at', t.updated_at,
                'by_budget', coalesce(b.by_budget, '{}'::jsonb),
-               'budget_writers', coalesce(b.budget_writers, '{}'::jsonb))), '{}'::jsonb)
-      from (select distinct u.day from pg_catalog.unnest(p_days) as u(day) where u.day is not null) as d
+               'budget_writers', coalesce(b.budget_writers, '{}'::jsonb))), '{}'::jsonb),
+           coalesce((select min(w.name) from wr as w where w.amount is null),
+                    (select min(p.name) from per_budget as p where p.amount is null)
+                    || ' (by_budget)')
+      into v_result, v_bad
+      from (select distinct u.day from pg_catalog.unnest(p_days) as u(day)
+             where u.day is not null) as d
       left join totals as t on t.day = d.day
-      left join budgets as b on b.day = d.day
+      left join budgets as b on b.day = d.day;
+    if v_bad is not null then
+        raise exception using
+            errcode = 'OB002',
+            message = format('row budget_writer/%s: an amount is not a number >= 0', v_bad);
+    end if;
+    return v_result;
+end
 $fn$;
 
 
@@ -503,7 +511,8 @@ begin
     for attempt in 1..3 loop
         insert into public.quilt_patches as q (patch_type, name, content)
         values ('budget_writer', v_name,
-                p_entry || jsonb_build_object('spend_usd', round((p_entry ->> 'spend_usd')::numeric, 9)))
+                p_entry || jsonb_build_object(
+                    'spend_usd', pg_catalog.trim_scale(round((p_entry ->> 'spend_usd')::numeric, 9))))
         on conflict (patch_type, name) do update
             set content = excluded.content, updated_at = now()
             where public.otel_budget_stored_seq(q.content, v_name) < v_seq;
@@ -558,7 +567,7 @@ $fn$;
 create or replace view public.otel_budget_days
 with (security_invoker = true) as
 select d.day as "date",
-       round(sum(d.total), 9) as total_usd,
+       pg_catalog.trim_scale(round(sum(d.total), 9)) as total_usd,
        sum(d.writers)::bigint as writers,
        max(d.updated_at) as updated_at
   from (
@@ -596,7 +605,6 @@ declare
         'public.otel_budget_merge(text, text, jsonb, jsonb)',
         'public.otel_budget_claim(text, text, jsonb)',
         'public.otel_budget_writer_problem(jsonb)',
-        'public.otel_budget_usd(jsonb, text)',
         'public.otel_budget_stored_seq(jsonb, text)',
         'public.otel_budget_day_totals(text[], text)',
         'public.otel_budget_writer_entries(text[], boolean)',

@@ -24,13 +24,13 @@ CHECKPOINT_SQLSTATES = frozenset({BAD_ARGUMENT, BAD_DOCUMENT})
 MIGRATE_HINT = "apply the schema first: otel-budget migrate, or schema.sql in the SQL editor"
 
 
-def prepare_writer_entry(entry: dict[str, Any]) -> dict[str, Any]:
+def prepare_writer_entry(entry: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """Check and round the entry as every store does, before any I/O (the same
     CheckpointError as the other stores). Rounded here: the SQL rounds a decimal,
-    Python a binary float, and the two differ on exact ties."""
+    Python a binary float, and the two differ on exact ties. Returns the entry and
+    its JSON text (serialised once)."""
     checked = normalize_writer_entry(entry, where="writer entry")
-    dumps_content(checked)
-    return checked
+    return checked, dumps_content(checked)
 
 
 def days_totals(days: list[str], value: Any) -> dict[str, DayTotals]:

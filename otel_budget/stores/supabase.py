@@ -174,7 +174,7 @@ class SupabaseStore(ContextStore):
 
     def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
         self._check_open()
-        checked = prepare_writer_entry(entry)
+        checked, _ = prepare_writer_entry(entry)
         day = checked["date"]
         response = self._call(
             f"merging {WRITER_TYPE}/{writer_row_name(day, checked['writer_id'])}",
