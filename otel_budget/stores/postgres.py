@@ -44,6 +44,10 @@ _GET = pgsql.SQL(
     "select q.content from public.quilt_patches as q "
     "where q.patch_type = %s::text and q.name = %s::text"
 )
+_NUDGES = pgsql.SQL(
+    "select q.name, q.content from public.quilt_patches as q "
+    "where q.patch_type = 'sibling_nudge' and q.content->>'date' = %s::text order by q.name"
+)
 _MERGE = pgsql.SQL("select public.otel_budget_merge_writer(%s::jsonb)")
 _TOTALS = pgsql.SQL("select public.otel_budget_day_totals(%s::text[])")
 _ENTRIES = pgsql.SQL("select public.otel_budget_writer_entries(%s::text[], %s::boolean)")
@@ -160,6 +164,15 @@ class PostgresStore(ContextStore):
         )
         assert row is not None
         return entry_list(row[0])
+
+    def nudges_on(self, day: str) -> list[dict[str, Any]]:
+        """The nudge documents claimed on `day` (read_day lists them)."""
+        self._check_open()
+        (day,) = check_days([day])
+        rows = self._run(f"reading the nudges of {day}",
+                         lambda conn: conn.execute(_NUDGES, (day,)).fetchall(), retry=True)
+        return [as_object(content, patch_type="sibling_nudge", name=name)
+                for name, content in rows]
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
         self._check_open()
