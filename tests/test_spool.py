@@ -47,6 +47,11 @@ def test_postgres_crash_across_midnight_and_shutdown_is_replayed(
 ) -> None:
     server = private_pg_server
     url = server.create_database("spool", migrate=True)
+    # The fixture's cluster commits asynchronously (fast tests); a crash would then lose
+    # the last ~600 ms of acknowledged commits, the migration included. Here a commit
+    # must survive the crash, as on a production server.
+    server.admin('alter database "spool" set synchronous_commit = on')
+    server.admin("checkpoint")
     clock = FakeClock(datetime(2026, 11, 25, 23, 59, 0, tzinfo=timezone.utc))
     config = _config(tmp_path)
     stores: list[PatchStore] = []
@@ -91,7 +96,7 @@ def test_postgres_crash_across_midnight_and_shutdown_is_replayed(
 
         server.start()
         second = open_meter()  # a new process on this host, same store and spool_dir
-        assert _spooled(second)["entries"] == 0, _spooled(second)
+        assert _spooled(second)["entries"] == 0, second.health()
         assert second.daily_spend() == 4.5, "the replayed entries count in the restored day"
         second.record(0.25, {"agent": "b"})
         assert second.checkpoint()
