@@ -116,6 +116,12 @@ class PostgresStore(ContextStore):
     def __repr__(self) -> str:
         return f"PostgresStore({self._redacted!r})"
 
+    @property
+    def spool_key(self) -> str:
+        """Names the database for the local spool: the same in every process that
+        opens it (no password), so the next meter replays what this one spooled."""
+        return f"postgresql:{self._redacted}"
+
     # --- the PatchStore protocol ---------------------------------------------------
 
     def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
