@@ -35,7 +35,9 @@ from tests.supabase_gateway import SupabaseGateway
 pytestmark = pytest.mark.slow
 
 DAY = "2026-11-25"
-SPAWN = multiprocessing.get_context("spawn")  # no inherited pools, sockets or threads
+# fork: each child opens its own store after the fork (the stores are fork-aware), and
+# the children skip re-importing everything (this machine has 2 cores).
+FORK = multiprocessing.get_context("fork")
 
 
 def _open(target: tuple[str, str, str]) -> PatchStore:
@@ -81,9 +83,9 @@ def _checkpointing_replica(
 
 
 def _run_replicas(target: tuple[str, str, str], replicas: int, checkpoints: int) -> list[int]:
-    with SPAWN.Manager() as manager:
+    with FORK.Manager() as manager:
         barrier = manager.Barrier(replicas)
-        with SPAWN.Pool(replicas) as pool:
+        with FORK.Pool(replicas) as pool:
             return pool.starmap(
                 _checkpointing_replica,
                 [(target, i, checkpoints, barrier) for i in range(replicas)],
@@ -231,9 +233,9 @@ def test_claim_races_across_processes_have_one_winner(
 ) -> None:
     targets = [("postgresql", pg_clean, ""),
                ("supabase", supabase_gateway.url, supabase_gateway.service_key)]
-    with SPAWN.Manager() as manager:
+    with FORK.Manager() as manager:
         barrier = manager.Barrier(8)
-        with SPAWN.Pool(8) as pool:
+        with FORK.Pool(8) as pool:
             # Half the replicas claim through PostgreSQL, half through the gateway.
             results = pool.starmap(
                 _claiming_replica, [(targets[i % 2], i, barrier) for i in range(8)]
@@ -283,10 +285,10 @@ def test_four_replicas_crossing_80_percent_together_nudge_once(pg_clean: str,
     finally:
         seed.close()
 
-    with SPAWN.Manager() as manager:
+    with FORK.Manager() as manager:
         barrier = manager.Barrier(4)
         deliveries = manager.Queue()
-        with SPAWN.Pool(4) as pool:
+        with FORK.Pool(4) as pool:
             results = pool.starmap(
                 _meter_replica,
                 [(pg_clean, i, barrier, deliveries, str(tmp_path / "spool")) for i in range(4)],
