@@ -75,6 +75,7 @@ def _run_gunicorn(tmp_path: Path, store_url: str, *, preload: bool,
         "OTEL_BUDGET_CHECKPOINT_EVERY": "2",
         "OTEL_BUDGET_SPOOL_DIR": str(tmp_path / "spool"),
         "APP_PREFORK_USD": str(PREFORK_USD) if preload else "0",
+        "APP_REQUEST_SLEEP_S": "0.02",
     })
     log = tmp_path / "gunicorn.log"
     cmd = [PYTHON, "-m", "gunicorn", "-w", str(WORKERS), "-k", "sync", "-b", f"127.0.0.1:{port}",

@@ -145,9 +145,10 @@ def _fastest(call: Callable[[], object], times: int = 5) -> float:
 def test_300_restarts_under_one_instance_id(tmp_path: Path) -> None:
     """Each restart is a new writer (a new row for the day). The total stays exact,
     each start restores everything before it, and a checkpoint after 300 restarts
-    costs at most 3x one after the first plus 20 ms (the day's other writers are
-    summed by the store in SQL, not read back row by row). Measured: see the report
-    in the commit; typically ~1 ms first, ~2 ms last on SQLite."""
+    costs at most 3x one after the first plus 5 ms: a scaling property, with a
+    generous margin. Measured on SQLite (2 cores): ~0.7 ms after the first restart,
+    ~18 ms after the 300th: the merge sums the day's other writer rows on every
+    checkpoint, so its cost grows with the writers of the day (FAILS: not fixed yet)."""
     store = SQLiteStore(tmp_path / "restarts.db")
     config = BudgetConfig(daily_cap_usd=1e6, instance_id="restarty", collect_interval_s=3600,
                           spool_dir=str(tmp_path / "spool"))
@@ -175,7 +176,7 @@ def test_300_restarts_under_one_instance_id(tmp_path: Path) -> None:
     assert day["instances"]["restarty"]["writers"] == RESTARTS
     print(f"checkpoint after the first restart {timings['first'] * 1e3:.2f} ms, "
           f"after the {RESTARTS}th {timings['last'] * 1e3:.2f} ms")
-    assert timings["last"] <= 3 * timings["first"] + 0.020, timings
+    assert timings["last"] <= 3 * timings["first"] + 0.005, timings
 
 
 _RESTART_SCRIPT = r"""
