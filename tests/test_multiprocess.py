@@ -146,9 +146,10 @@ def test_300_restarts_under_one_instance_id(tmp_path: Path) -> None:
     """Each restart is a new writer (a new row for the day). The total stays exact,
     each start restores everything before it, and a checkpoint after 300 restarts
     costs at most 3x one after the first plus 5 ms: a scaling property, with a
-    generous margin. Measured on SQLite (2 cores): ~0.7 ms after the first restart,
-    ~18 ms after the 300th: the merge sums the day's other writer rows on every
-    checkpoint, so its cost grows with the writers of the day (FAILS: not fixed yet)."""
+    generous margin. Measured on SQLite (2 cores, idle): ~0.75 ms after the first
+    restart, ~4.2 ms after the 300th (once 18 ms with other tests running): the merge
+    sums the day's other writer rows on every checkpoint, so its cost grows linearly
+    with the writers of the day; the slack, not the 3x, is what absorbs 300 of them."""
     store = SQLiteStore(tmp_path / "restarts.db")
     config = BudgetConfig(daily_cap_usd=1e6, instance_id="restarty", collect_interval_s=3600,
                           spool_dir=str(tmp_path / "spool"))
