@@ -325,7 +325,8 @@ class BudgetTracker:
             finals = list(self._pending_final)
             day = self._day
             must_load = self._loaded_day != day
-        self._replay_spool()
+        if self._replay_spool():
+            must_load = True  # the replayed entries are the fleet's: read the day again
         for entry in finals:
             if self._write(entry, final=True):
                 with self._state:
@@ -379,13 +380,15 @@ class BudgetTracker:
             self._spool_error = None
         return True
 
-    def _replay_spool(self) -> None:
+    def _replay_spool(self) -> bool:
+        """True if the store took a spooled entry."""
         if self._spool is None:
-            return
+            return False
         try:
             pending = self._spool.pending()
         except OSError:
-            return
+            return False
+        replayed = False
         for item in pending:
             try:
                 self._store.merge_writer(item.entry)
@@ -396,9 +399,11 @@ class BudgetTracker:
                     os.replace(item.path, item.path.with_suffix(".bad"))
                 continue
             except Exception:
-                return  # the store is still down: keep the rest for the next round
+                return replayed  # the store is still down: keep the rest for the next round
+            replayed = True
             self._spool.remove(item)
             _log.info("otel_budget: replayed spooled checkpoint %s", item.path.name)
+        return replayed
 
     def _checkpoint_today(self) -> None:
         with self._state:

@@ -52,6 +52,15 @@ class MemoryStore(ContextStore):
             )
         return copy.deepcopy(row)
 
+    def nudges_on(self, day: str) -> list[dict[str, Any]]:
+        """The nudge documents claimed on `day` (read_day lists them)."""
+        self._check_open()
+        with self._lock:
+            rows = [copy.deepcopy(row) for (kind, _), row in sorted(self._rows.items())
+                    if kind == "sibling_nudge" and isinstance(row, dict)
+                    and row.get("date") == day]
+        return rows
+
     def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
         self._check_open()
         checked = normalize_writer_entry(entry, where="writer entry")

@@ -63,6 +63,10 @@ _ENTRIES = pgsql.SQL(
     "select pg_catalog.set_config('statement_timeout', %s::text, true); "
     "select public.otel_budget_writer_entries(%s::text[], %s::boolean)"
 )
+_NUDGES = pgsql.SQL(
+    "select q.name, q.content from public.quilt_patches as q "
+    "where q.patch_type = 'sibling_nudge' and q.content->>'date' = %s::text order by q.name"
+)
 _CLAIM = pgsql.SQL("select public.otel_budget_claim(%s::text, %s::text, %s::jsonb)")
 _TIMEOUT = pgsql.SQL("select pg_catalog.set_config('statement_timeout', %s::text, true)")
 
@@ -128,6 +132,12 @@ class PostgresStore(ContextStore):
     def __repr__(self) -> str:
         return f"PostgresStore({self._redacted!r})"
 
+    @property
+    def spool_key(self) -> str:
+        """Names the database for the local spool: the same in every process that
+        opens it (no password), so the next meter replays what this one spooled."""
+        return f"postgresql:{self._redacted}"
+
     # --- the PatchStore protocol ---------------------------------------------------
 
     def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
@@ -179,6 +189,15 @@ class PostgresStore(ContextStore):
         )
         assert row is not None
         return entry_list(row[0])
+
+    def nudges_on(self, day: str) -> list[dict[str, Any]]:
+        """The nudge documents claimed on `day` (read_day lists them)."""
+        self._check_open()
+        (day,) = check_days([day])
+        rows = self._run(f"reading the nudges of {day}",
+                         lambda conn: conn.execute(_NUDGES, (day,)).fetchall(), retry=True)
+        return [as_object(content, patch_type="sibling_nudge", name=name)
+                for name, content in rows]
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
         self._check_open()

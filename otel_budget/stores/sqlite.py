@@ -303,6 +303,20 @@ class SQLiteStore(ContextStore):
                 raise StoreError(f"inserting {patch_type}/{name} failed: {exc}") from None
             return cur.rowcount == 1
 
+    def nudges_on(self, day: str) -> list[dict[str, Any]]:
+        """The nudge documents claimed on `day` (read_day lists them)."""
+        (day,) = check_days([day])
+        with self._lock:
+            conn = self._connection()
+            try:
+                rows = conn.execute(
+                    "SELECT name, content FROM quilt_patches WHERE patch_type = 'sibling_nudge' "
+                    "AND json_extract(content, '$.date') = ? ORDER BY name", (day,),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"reading the nudges of {day} failed: {exc}") from None
+        return [loads_content(text, patch_type="sibling_nudge", name=name) for name, text in rows]
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

@@ -154,6 +154,11 @@ class SupabaseStore(ContextStore):
     def __repr__(self) -> str:
         return f"SupabaseStore({self._where!r})"
 
+    @property
+    def spool_key(self) -> str:
+        """Names the project for the local spool, the same in every process."""
+        return f"supabase:{self._where}"
+
     # --- the PatchStore protocol ---------------------------------------------------
 
     def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
