@@ -55,8 +55,5 @@ def read_day(store: PatchStore, day: date | str) -> dict[str, Any]:
 
 def list_nudges(store: PatchStore, day: str) -> list[dict[str, Any]]:
     """Nudge documents claimed on `day` (for any budget and window)."""
-    finder = getattr(store, "nudges_on", None)
-    if finder is None:
-        return []
-    nudges: list[dict[str, Any]] = finder(day)
+    nudges = store.nudges_on(day)
     return sorted(nudges, key=lambda n: (str(n.get("budget", "daily")), float(n.get("ratio", 0))))

@@ -74,6 +74,22 @@ def test_insert_if_absent_claims_once(store: Any) -> None:
     assert store.get(NUDGE_TYPE, "budget_alert_2026-11-25_80") == nudge
 
 
+def test_nudges_on_lists_the_nudges_claimed_that_day(store: Any) -> None:
+    assert store.nudges_on("2026-11-25") == []
+    first = {"to": "ag_lu", "date": "2026-11-25", "ratio": 0.8, "budget": "daily"}
+    week = {"to": "ag_lu", "date": "2026-11-25", "ratio": 0.5, "budget": "team",
+            "window": "2026-W48"}
+    other_day = {"to": "ag_lu", "date": "2026-11-24", "ratio": 0.8}
+    assert store.insert_if_absent("sibling_nudge", "budget_alert_2026-11-25_80", first)
+    assert store.insert_if_absent("sibling_nudge", "budget_alert_team_2026-W48_50", week)
+    assert store.insert_if_absent("sibling_nudge", "budget_alert_2026-11-24_80", other_day)
+    assert store.insert_if_absent("budget", "budget_2026-11-25", {"date": "2026-11-25"})
+    got = store.nudges_on("2026-11-25")
+    assert sorted(got, key=lambda n: n["ratio"]) == [week, first]
+    with pytest.raises((ValueError, CheckpointError)):
+        store.nudges_on("not a day")
+
+
 def test_a_legacy_day_document_is_still_read(store: Any) -> None:
     legacy = {"date": DAY, "total_usd": 3.5, "instances": {"a": {"spend_usd": 3.5, "seq": 2}}}
     assert store.insert_if_absent(LEGACY_TYPE, f"budget_{DAY}", legacy) is True

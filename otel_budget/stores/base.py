@@ -46,6 +46,10 @@ class PatchStore(Protocol):
         `breakdown`, `by_attributes` may be left out."""
         ...
 
+    def nudges_on(self, day: str) -> list[dict[str, Any]]:
+        """Every nudge document (`sibling_nudge` row) whose `date` is `day`."""
+        ...
+
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
         """Insert the row unless (patch_type, name) exists; True if this call inserted."""
         ...

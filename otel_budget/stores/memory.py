@@ -55,6 +55,7 @@ class MemoryStore(ContextStore):
     def nudges_on(self, day: str) -> list[dict[str, Any]]:
         """The nudge documents claimed on `day` (read_day lists them)."""
         self._check_open()
+        (day,) = check_days([day])
         with self._lock:
             rows = [copy.deepcopy(row) for (kind, _), row in sorted(self._rows.items())
                     if kind == "sibling_nudge" and isinstance(row, dict)

@@ -592,6 +592,21 @@ select d.day as "date",
  group by d.day;
 
 
+-- The nudge documents claimed on p_day (any budget, window, ratio), ordered by row
+-- name: what `read_day` and `otel-budget status` list.
+create or replace function public.otel_budget_nudges_on(p_day text)
+returns jsonb
+language sql
+stable
+security invoker
+set search_path = ''
+as $fn$
+    select coalesce(jsonb_agg(q.content order by q.name), '[]'::jsonb)
+      from public.quilt_patches as q
+     where q.patch_type = 'sibling_nudge' and q.content ->> 'date' = p_day
+$fn$;
+
+
 -- Privileges. PUBLIC has EXECUTE on new functions by default everywhere; on
 -- Supabase, anon and authenticated also get everything by default privileges,
 -- so revoking from PUBLIC alone would leave them in.
@@ -608,7 +623,8 @@ declare
         'public.otel_budget_stored_seq(jsonb, text)',
         'public.otel_budget_day_totals(text[], text)',
         'public.otel_budget_writer_entries(text[], boolean)',
-        'public.otel_budget_merge_writer(jsonb)'
+        'public.otel_budget_merge_writer(jsonb)',
+        'public.otel_budget_nudges_on(text)'
     ];
 begin
     revoke all on table public.quilt_patches from public;

@@ -213,6 +213,18 @@ class SupabaseStore(ContextStore):
         )
         return entry_list(response.data)
 
+    def nudges_on(self, day: str) -> list[dict[str, Any]]:
+        """The nudge documents claimed on `day` (read_day lists them)."""
+        self._check_open()
+        (day,) = check_days([day])
+        response = self._call(
+            f"reading the nudges of {day}",
+            lambda: self._current_client().rpc("otel_budget_nudges_on", {"p_day": day}).execute(),
+        )
+        rows = response.data if isinstance(response.data, list) else []
+        return [as_object(row, patch_type="sibling_nudge", name=f"nudge of {day}")
+                for row in rows]
+
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
         self._check_open()
         dumps_content(content)  # CheckpointError for NaN/inf, before any I/O
