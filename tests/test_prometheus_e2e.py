@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from otel_budget import BudgetConfig, BudgetMeter, ledger
+from otel_budget import BudgetConfig, BudgetMeter, ledger, read_day
 from otel_budget.stores.sqlite import SQLiteStore
 from tests.dashboard_queries import load_dashboard, panel_queries, substitute, template_variables
 from tests.prom_server import PromServer, free_port, launch_prometheus
@@ -214,11 +214,11 @@ def test_otel_budget_serve_subprocess_scraped_and_stopped(
     # Another instance has already spent $4 today; serve restores it.
     today = ledger.day_of(datetime.now(UTC), ZoneInfo("UTC"))
     store = SQLiteStore(db)
-    store.merge_budget(
-        ledger.budget_name(today), "other-host-1",
-        {"spend_usd": 4.0, "seq": 3, "updated_at": "x", "by_attributes": []},
-        day_meta={"date": today.isoformat(), "timezone": "UTC", "daily_cap_usd": CAP},
-    )
+    store.merge_writer({
+        "date": today.isoformat(), "writer_id": "other-writer-1", "instance_id": "other-host-1",
+        "spend_usd": 4.0, "seq": 3, "updated_at": datetime.now(UTC).isoformat(),
+        "by_attributes": [], "by_budget": {"daily": 4.0},
+    })
     store.close()
     env = {
         k: v for k, v in os.environ.items()
@@ -256,7 +256,10 @@ def test_otel_budget_serve_subprocess_scraped_and_stopped(
         # The Python exporter puts the resource on target_info.
         info = prom.query(f'target_info{{job="{SERVE_JOB}"}}')
         assert info[0]["metric"]["service_name"] == "budget-sidecar"
-        assert info[0]["metric"]["service_instance_id"] == "serve-1"
+        # service.instance.id is the writer (unique per process); the human instance
+        # id is its own resource attribute.
+        assert info[0]["metric"]["otel_budget_instance_id"] == "serve-1"
+        assert info[0]["metric"]["service_instance_id"] == health["writer_id"]
 
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
@@ -267,8 +270,8 @@ def test_otel_budget_serve_subprocess_scraped_and_stopped(
             proc.kill()
             proc.wait(5)
     store = SQLiteStore(db)
-    doc = store.get("budget", ledger.budget_name(today))
+    day = read_day(store, today)
     store.close()
-    assert doc is not None
-    assert set(doc["instances"]) == {"other-host-1", "serve-1"}
-    assert doc["total_usd"] == 4.0
+    assert set(day["instances"]) == {"other-host-1", "serve-1"}
+    # serve recorded nothing: its final entry adds a writer, not spend.
+    assert day["total_usd"] == 4.0
