@@ -1,11 +1,14 @@
 """The Prometheus alerting rules in dashboards/ pass promtool, and promtool does
-reject a broken copy (so these tests can fail)."""
+reject a broken copy (so these tests can fail): a syntax error, a wrong threshold, an
+alert that is no longer per budget."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 from pathlib import Path
+
+import yaml  # type: ignore[import-untyped,unused-ignore]
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 
@@ -36,8 +39,8 @@ def test_scrape_config_is_valid_and_loads_the_rules(promtool_bin: str) -> None:
 def test_a_broken_rule_file_fails(promtool_bin: str, tmp_path: Path) -> None:
     text = (DASHBOARDS / "alerts.yaml").read_text()
     broken = text.replace(
-        "max by (job) (llm_budget_utilization_ratio) >= 0.8",
-        "max by (job) (llm_budget_utilization_ratio >= 0.8",
+        "max by (job, budget, period) (llm_budget_utilization_ratio) >= 0.8",
+        "max by (job, budget, period) (llm_budget_utilization_ratio >= 0.8",
     )
     assert broken != text
     (tmp_path / "alerts.yaml").write_text(broken)
@@ -57,3 +60,31 @@ def test_a_wrong_threshold_fails_the_unit_tests(promtool_bin: str, tmp_path: Pat
     result = _promtool(promtool_bin, "test", "rules", "alerts.test.yaml", cwd=tmp_path)
     assert result.returncode != 0
     assert "LLMBudgetNearCap" in result.stdout + result.stderr
+
+
+def test_an_alert_not_per_budget_fails_the_unit_tests(promtool_bin: str, tmp_path: Path) -> None:
+    # max by (job) would merge a day budget at 85% with a month budget at 30% into
+    # one alert without the budget's name: the rule tests must catch that.
+    text = (DASHBOARDS / "alerts.yaml").read_text()
+    changed = text.replace("max by (job, budget, period) (llm_budget_utilization_ratio)",
+                           "max by (job) (llm_budget_utilization_ratio)")
+    assert changed.count("max by (job) (llm_budget_utilization_ratio)") == 2
+    (tmp_path / "alerts.yaml").write_text(changed)
+    shutil.copy(DASHBOARDS / "alerts.test.yaml", tmp_path / "alerts.test.yaml")
+    result = _promtool(promtool_bin, "test", "rules", "alerts.test.yaml", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "LLMBudgetNearCap" in result.stdout + result.stderr
+    assert "LLMBudgetExhausted" in result.stdout + result.stderr
+
+
+def test_every_budget_rule_is_grouped_by_budget() -> None:
+    rules = yaml.safe_load((DASHBOARDS / "alerts.yaml").read_text())["groups"][0]["rules"]
+    by_name = {rule["alert"]: rule for rule in rules}
+    assert set(by_name) == {"LLMBudgetNearCap", "LLMBudgetExhausted",
+                            "LLMBudgetCheckpointsFailing", "LLMBudgetStoreDown"}
+    for name in ("LLMBudgetNearCap", "LLMBudgetExhausted"):
+        assert "max by (job, budget, period)" in by_name[name]["expr"]
+        assert "{{ $labels.budget }}" in by_name[name]["annotations"]["summary"]
+    for name in ("LLMBudgetCheckpointsFailing", "LLMBudgetStoreDown"):
+        # Process gauges have no budget label.
+        assert "by (job, instance)" in by_name[name]["expr"]

@@ -1,7 +1,9 @@
 """End to end on a real Prometheus: it scrapes a meter's /metrics, and every panel
 query of dashboards/otel-budget.json (variables substituted) returns data, with the
-spend / cap / utilization panels showing the numbers that were recorded. The alert
-rules load and the 80% alert goes pending. `otel-budget serve` is run as a real
+per-budget panels showing exactly what the meter's budgets() says (a day budget and a
+per-agent month budget), the spend panels the recorded amounts, and the token and
+unpriced-call panels the calls priced by record_usage. The alert rules load and the
+80% alert goes pending for the day budget only. `otel-budget serve` is run as a real
 subprocess, scraped, and stopped with SIGTERM.
 
 One Prometheus serves the module (it takes ~6 s to its first scrape, see
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from otel_budget import BudgetConfig, BudgetMeter, ledger
+from otel_budget import Budget, BudgetConfig, BudgetMeter, ledger, read_day
 from otel_budget.stores.sqlite import SQLiteStore
 from tests.dashboard_queries import load_dashboard, panel_queries, substitute, template_variables
 from tests.prom_server import PromServer, free_port, launch_prometheus
@@ -35,17 +38,25 @@ JOB = "otel-budget"
 SERVE_JOB = "otel-budget-serve"
 SONNET = "claude-sonnet-4-20250514"
 HAIKU = "claude-3-5-haiku-20241022"
+MYSTERY = "mystery-model-1"  # not in the price table: $0 and llm.spend.unpriced
 CAP = 10.0
+MONTH = "cloud_lu_month"
+MONTH_CAP = 20.0
 # Recorded before Prometheus first sees the series, then after. increase() takes a
 # series' first sample as its baseline (Prometheus 2.x has no created timestamps),
-# so the "by model/agent over the range" panels show only AFTER; "Spend today"
-# comes from the tracker's gauge and shows everything.
+# so the "by model/agent over the range" panels show only AFTER; the budget panels
+# come from the tracker's gauges and show everything.
 BEFORE = {(SONNET, "cloud_lu"): 2.0, (HAIKU, "ag_lu"): 1.0, (SONNET, "ag_lu"): 0.5}
 AFTER = {(SONNET, "cloud_lu"): 4.0, (HAIKU, "ag_lu"): 0.5, (SONNET, "ag_lu"): 1.0}
-TOTAL = sum(BEFORE.values()) + sum(AFTER.values())  # 9.0 of 10: past the 80% alert
+# Each phase also prices one Sonnet call (1000 in, 500 out: $0.0105) for cloud_lu
+# and one call of an unknown model for ag_lu.
+SONNET_CALL = 0.0105
+TOTAL = sum(BEFORE.values()) + sum(AFTER.values()) + 2 * SONNET_CALL  # 9.021 of 10
 # increase() extrapolates a few seconds of series to the window's edges; with 1 s
 # scrapes and >= 6 s of samples after the baseline it reads at most ~25% high.
 HIGH = 1.3
+# Panels that may legitimately be empty when one budget/model/agent is selected.
+EMPTY_WHEN_FILTERED = {"Projected end of day (day budgets)", "Unpriced calls per hour by model"}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +80,8 @@ def prom(
 def _record(meter: BudgetMeter, spends: dict[tuple[str, str], float]) -> None:
     for (model, agent), usd in spends.items():
         meter.record(usd, {"gen_ai.request.model": model, "agent": agent})
+    assert meter.record_usage(SONNET, 1000, 500, attributes={"agent": "cloud_lu"}) == SONNET_CALL
+    assert meter.record_usage(MYSTERY, 2000, 100, attributes={"agent": "ag_lu"}) == 0.0
 
 
 def _value(result: list[dict[str, Any]]) -> float:
@@ -76,11 +89,22 @@ def _value(result: list[dict[str, Any]]) -> float:
     return float(result[0]["value"][1])
 
 
+def _by(result: list[dict[str, Any]], *labels: str) -> dict[Any, float]:
+    """{label value (or tuple of values): float} of an instant query's result."""
+    out: dict[Any, float] = {}
+    for item in result:
+        key = tuple(item["metric"].get(label, "") for label in labels)
+        assert key not in out, (labels, result)
+        out[key[0] if len(key) == 1 else key] = float(item["value"][1])
+    return out
+
+
 @pytest.fixture
 def meter(tmp_path: Path) -> Iterator[BudgetMeter]:
     store = SQLiteStore(tmp_path / "budget.db")
     config = BudgetConfig(
         daily_cap_usd=CAP, instance_id="e2e-1", service_name="dispatcher",
+        budgets=(Budget(MONTH, MONTH_CAP, period="month", match={"agent": "cloud_lu"}),),
         collect_interval_s=3600,  # the test drives collections
     )
     m = BudgetMeter(config, store=store).start()
@@ -99,29 +123,40 @@ def test_every_dashboard_query_on_real_prometheus(
     try:
         prom.wait_for_scrapes(2, job=JOB)
         _record(meter, AFTER)
-        meter.collect()  # evaluates the thresholds: 90% claims the 80% alert
+        meter.collect()  # evaluates the thresholds: 90% of the day claims its 80% alert
         assert meter.checkpoint()
+        budgets = {b["name"]: b for b in meter.budgets()}
+        assert set(budgets) == {"daily", MONTH}
+        assert budgets["daily"]["spend_usd"] == pytest.approx(TOTAL)
+        assert budgets[MONTH]["spend_usd"] == pytest.approx(2.0 + 4.0 + 2 * SONNET_CALL)
+        assert budgets["daily"]["alerts_sent"] == [0.8] and budgets[MONTH]["alerts_sent"] == []
         # Wait until Prometheus holds the final values, then more scrapes so that
         # increase()'s extrapolation stays small.
-        prom.wait_for(f'sum(llm_spend_USD_total{{job="{JOB}"}}) == {TOTAL}')
-        prom.wait_for(f'llm_budget_alerts_sent{{job="{JOB}"}} == 1')
+        prom.wait_for(f'abs(sum(llm_spend_USD_total{{job="{JOB}"}}) - {TOTAL}) < 1e-9')
+        prom.wait_for(f'llm_budget_alerts_sent{{job="{JOB}", budget="daily"}} == 1')
         prom.wait_for_scrapes(prom.scrapes(JOB) + 4, job=JOB)
 
         instance = f"127.0.0.1:{server.port}"
-        _check_every_panel(prom, instance, time.monotonic() - started)
+        age_s = time.monotonic() - started
+        _check_every_panel(prom, _variables(instance, age_s), budgets)
+        _check_filtered_panels(prom, _variables(instance, age_s))
         _check_variables(prom, instance)
         _check_alert_pending(prom)
     finally:
         server.shutdown()
 
 
-def _check_every_panel(prom: PromServer, instance: str, age_s: float) -> None:
-    dashboard = load_dashboard()
-    queries = panel_queries(dashboard)
-    assert len(queries) >= 14
-    variables = {
+def _regex(value: str) -> str:
+    """A value as Grafana puts it into `label=~"..."`: regex-escaped, then escaped
+    for a PromQL double-quoted string."""
+    return re.escape(value).replace("\\", "\\\\")
+
+
+def _variables(instance: str, age_s: float) -> dict[str, str]:
+    return {
         "job": JOB,
-        "instance": instance.replace(".", r"\\."),
+        "instance": _regex(instance),
+        "budget": ".*", "model": ".*", "agent": ".*",
         "utc_offset_hours": "0",
         # Grafana picks these from the time range and scrape interval; a range that
         # covers the whole test, and a rate window of many 1 s scrapes.
@@ -129,79 +164,139 @@ def _check_every_panel(prom: PromServer, instance: str, age_s: float) -> None:
         "__rate_interval": "30s",
         "__interval": "1s",
     }
-    results: dict[str, list[dict[str, Any]]] = {}
-    for q in queries:
-        expr = substitute(q.expr, variables)
-        result = prom.query(expr)
-        assert result, f"panel {q.panel_title!r} ({q.ref_id}) returned no data: {expr}"
-        results[f"{q.panel_title}/{q.ref_id}"] = result
 
-    assert _value(results["Spend today/A"]) == pytest.approx(TOTAL)
-    assert _value(results["Daily cap/A"]) == CAP
-    assert _value(results["Utilization/A"]) == pytest.approx(TOTAL / CAP)
-    assert _value(results["Remaining/A"]) == pytest.approx(CAP - TOTAL)
-    assert _value(results["Alerts sent today/A"]) == 1
-    assert _value(results["Spend today vs cap/A"]) == pytest.approx(TOTAL)
-    assert _value(results["Spend today vs cap/B"]) == CAP
-    # At least today's spend; the burn-rate term only adds.
-    assert _value(results["Projected end of day/A"]) >= TOTAL
+
+def _run_panels(prom: PromServer, variables: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    results: dict[str, list[dict[str, Any]]] = {}
+    for q in panel_queries(load_dashboard()):
+        results[f"{q.panel_title}/{q.ref_id}"] = prom.query(substitute(q.expr, variables))
+    return results
+
+
+def _check_every_panel(
+    prom: PromServer, variables: dict[str, str], budgets: dict[str, dict[str, Any]]
+) -> None:
+    queries = panel_queries(load_dashboard())
+    assert len(queries) >= 17
+    results = _run_panels(prom, variables)
+    for key, result in results.items():
+        assert result, f"panel {key} returned no data"
+
+    # The per-budget panels equal the meter's budgets(), budget by budget.
+    def per_budget(field: str) -> dict[str, float]:
+        return {name: float(b[field]) for name, b in budgets.items()}
+
+    for key, expected in [
+        ("Utilization by budget/A", per_budget("utilization")),
+        ("Utilization by budget over time/A", per_budget("utilization")),
+        ("Remaining by budget/A", per_budget("remaining_usd")),
+        ("Spend vs cap by budget/A", per_budget("spend_usd")),
+        ("Spend vs cap by budget/B", per_budget("cap_usd")),
+        ("Alerts sent (current window)/A",
+         {name: float(len(b["alerts_sent"])) for name, b in budgets.items()}),
+        ("Remaining share of cap by budget/A",
+         {name: b["remaining_usd"] / b["cap_usd"] for name, b in budgets.items()}),
+    ]:
+        assert _by(results[key], "budget") == pytest.approx(expected), key
+    assert _by(results["Spend vs cap by budget/A"], "budget", "period") == pytest.approx(
+        {("daily", "day"): TOTAL, (MONTH, "month"): budgets[MONTH]["spend_usd"]})
+    assert budgets["daily"]["utilization"] == pytest.approx(TOTAL / CAP)
+    # Day budgets only; at least today's spend, the trend term only adds.
+    projected = _by(results["Projected end of day (day budgets)/A"], "budget")
+    assert set(projected) == {"daily"} and projected["daily"] >= TOTAL - 1e-9
 
     # increase() over the range sees only what was added after the first scrape
     # (the first sample is its baseline); extrapolation adds a little.
-    by_model = {
-        r["metric"]["gen_ai_request_model"]: float(r["value"][1])
-        for r in results["Spend by model (time range)/A"]
-    }
-    expected_model = {SONNET: 5.0, HAIKU: 0.5}
-    assert set(by_model) == set(expected_model)
-    for model, usd in expected_model.items():
-        assert usd * 0.95 <= by_model[model] <= usd * HIGH, (model, by_model)
-    by_agent = {
-        r["metric"]["agent"]: float(r["value"][1])
-        for r in results["Spend by agent (time range)/A"]
-    }
-    expected_agent = {"cloud_lu": 4.0, "ag_lu": 1.5}
-    assert set(by_agent) == set(expected_agent)
-    for agent, usd in expected_agent.items():
-        assert usd * 0.95 <= by_agent[agent] <= usd * HIGH, (agent, by_agent)
+    _assert_increase(_by(results["Spend by model (time range)/A"], "gen_ai_request_model"),
+                     {SONNET: 5.0 + SONNET_CALL, HAIKU: 0.5, MYSTERY: 0.0})
+    _assert_increase(_by(results["Spend by agent (time range)/A"], "agent"),
+                     {"cloud_lu": 4.0 + SONNET_CALL, "ag_lu": 1.5})
+    assert set(_by(results["Spend rate by model (USD/h)/A"], "gen_ai_request_model")) == {
+        SONNET, HAIKU, MYSTERY}
+    assert set(_by(results["Spend rate by agent (USD/h)/A"], "agent")) == {"cloud_lu", "ag_lu"}
+    assert _value(results["Spend rate (USD/h)/A"]) > 0
 
-    assert {r["metric"]["gen_ai_request_model"] for r in results[
-        "Spend rate by model (USD/h)/A"]} == {SONNET, HAIKU}
-    assert {r["metric"]["agent"] for r in results["Spend rate by agent (USD/h)/A"]} == {
-        "cloud_lu", "ag_lu"}
+    tokens = _by(results["Tokens per minute by model and type/A"],
+                 "gen_ai_request_model", "gen_ai_token_type")
+    assert set(tokens) == {(m, t) for m in (SONNET, MYSTERY) for t in ("input", "output")}
+    assert all(v > 0 for v in tokens.values()), tokens
+    # input > output for both models (1000 vs 500, 2000 vs 100 per call).
+    assert tokens[(SONNET, "input")] > tokens[(SONNET, "output")]
+    assert tokens[(MYSTERY, "input")] > tokens[(MYSTERY, "output")]
+    unpriced = _by(results["Unpriced calls per hour by model/A"], "gen_ai_request_model")
+    assert set(unpriced) == {MYSTERY} and unpriced[MYSTERY] > 0
+    assert meter_unpriced_series(prom) == {MYSTERY: 2.0}
+
     assert _value(results["Store up/A"]) == 1
     assert _value(results["Spend not yet checkpointed/A"]) == 0
     assert 0 <= _value(results["Checkpoint age/A"]) < 120
 
 
+def meter_unpriced_series(prom: PromServer) -> dict[str, float]:
+    return _by(prom.query(f'llm_spend_unpriced_total{{job="{JOB}"}}'), "gen_ai_request_model")
+
+
+def _assert_increase(got: dict[str, float], expected: dict[str, float]) -> None:
+    assert set(got) == set(expected), (got, expected)
+    for key, usd in expected.items():
+        assert usd * 0.95 <= got[key] <= usd * HIGH, (key, got)
+
+
+def _check_filtered_panels(prom: PromServer, variables: dict[str, str]) -> None:
+    # One budget, one model and one agent selected: every series a panel returns
+    # carries only the selected values, and the panels still return data.
+    chosen = {"budget": MONTH, "gen_ai_request_model": SONNET, "agent": "cloud_lu"}
+    selected = {**variables, "budget": MONTH, "model": _regex(SONNET), "agent": "cloud_lu"}
+    results = _run_panels(prom, selected)
+    for key, result in results.items():
+        if key.split("/")[0] not in EMPTY_WHEN_FILTERED:
+            assert result, f"panel {key} returned no data with {chosen}"
+        for item in result:
+            for label, value in chosen.items():
+                assert item["metric"].get(label, value) == value, (key, item)
+    assert _by(results["Utilization by budget/A"], "budget") == pytest.approx(
+        {MONTH: (6.0 + 2 * SONNET_CALL) / MONTH_CAP})
+    _assert_increase(_by(results["Spend by agent (time range)/A"], "agent"),
+                     {"cloud_lu": 4.0 + SONNET_CALL})
+    _assert_increase(_by(results["Spend by model (time range)/A"], "gen_ai_request_model"),
+                     {SONNET: 4.0 + SONNET_CALL})
+    assert not results["Projected end of day (day budgets)/A"]  # a month budget
+
+
 def _check_variables(prom: PromServer, instance: str) -> None:
     # label_values(metric{selector}, label) is what Grafana asks /api/v1/series for.
-    for name, var in template_variables(load_dashboard()).items():
-        if var["type"] != "query":
-            continue
+    expected = {
+        "job": {JOB}, "instance": {instance}, "budget": {"daily", MONTH},
+        "model": {SONNET, HAIKU, MYSTERY}, "agent": {"cloud_lu", "ag_lu"},
+    }
+    variables = {n: v for n, v in template_variables(load_dashboard()).items()
+                 if v["type"] == "query"}
+    assert set(variables) == set(expected)
+    for name, var in variables.items():
         inner = var["query"]["query"]
         selector, label = inner[len("label_values("):-1].rsplit(",", 1)
         selector = substitute(selector, {"job": JOB})
         series = prom.api("series", **{"match[]": selector})
-        values = {s[label.strip()] for s in series if s["job"] == JOB}
-        assert values == {JOB if name == "job" else instance}, (name, values)
+        values = {s[label.strip()] for s in series if s["job"] == JOB and label.strip() in s}
+        assert values == expected[name], (name, values)
 
 
 def _check_alert_pending(prom: PromServer) -> None:
-    # The rules file loads, and 90% utilisation puts the 80% alert in pending (its
-    # `for` keeps it from firing within the test).
+    # The rules file loads, and 90% of the day budget puts its 80% alert in pending
+    # (its `for` keeps it from firing within the test); the month budget (30%) has none.
     deadline = time.monotonic() + 15
     while True:
         alerts = prom.api("alerts")["alerts"]
-        near = [a for a in alerts if a["labels"]["alertname"] == "LLMBudgetNearCap"]
+        near = [a for a in alerts if a["labels"]["alertname"] == "LLMBudgetNearCap"
+                and a["labels"]["job"] == JOB]
         if near or time.monotonic() > deadline:
             break
         time.sleep(0.25)
     assert near, alerts
-    assert near[0]["labels"]["job"] == JOB
+    assert [(a["labels"]["budget"], a["labels"]["period"]) for a in near] == [("daily", "day")]
     assert near[0]["state"] in ("pending", "firing")
     assert near[0]["annotations"]["summary"] == (
-        f"LLM spend of {JOB} is at 90% of its daily cap"
+        f"LLM budget daily of {JOB} is at 90.21% of its day cap"
     )
     assert not [a for a in alerts if a["labels"]["alertname"] == "LLMBudgetExhausted"]
 
@@ -214,11 +309,11 @@ def test_otel_budget_serve_subprocess_scraped_and_stopped(
     # Another instance has already spent $4 today; serve restores it.
     today = ledger.day_of(datetime.now(UTC), ZoneInfo("UTC"))
     store = SQLiteStore(db)
-    store.merge_budget(
-        ledger.budget_name(today), "other-host-1",
-        {"spend_usd": 4.0, "seq": 3, "updated_at": "x", "by_attributes": []},
-        day_meta={"date": today.isoformat(), "timezone": "UTC", "daily_cap_usd": CAP},
-    )
+    store.merge_writer({
+        "date": today.isoformat(), "writer_id": "other-writer-1", "instance_id": "other-host-1",
+        "spend_usd": 4.0, "seq": 3, "updated_at": datetime.now(UTC).isoformat(),
+        "by_attributes": [], "by_budget": {"daily": 4.0},
+    })
     store.close()
     env = {
         k: v for k, v in os.environ.items()
@@ -256,7 +351,10 @@ def test_otel_budget_serve_subprocess_scraped_and_stopped(
         # The Python exporter puts the resource on target_info.
         info = prom.query(f'target_info{{job="{SERVE_JOB}"}}')
         assert info[0]["metric"]["service_name"] == "budget-sidecar"
-        assert info[0]["metric"]["service_instance_id"] == "serve-1"
+        # service.instance.id is the writer (unique per process); the human instance
+        # id is its own resource attribute.
+        assert info[0]["metric"]["otel_budget_instance_id"] == "serve-1"
+        assert info[0]["metric"]["service_instance_id"] == health["writer_id"]
 
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
@@ -267,8 +365,8 @@ def test_otel_budget_serve_subprocess_scraped_and_stopped(
             proc.kill()
             proc.wait(5)
     store = SQLiteStore(db)
-    doc = store.get("budget", ledger.budget_name(today))
+    day = read_day(store, today)
     store.close()
-    assert doc is not None
-    assert set(doc["instances"]) == {"other-host-1", "serve-1"}
-    assert doc["total_usd"] == 4.0
+    assert set(day["instances"]) == {"other-host-1", "serve-1"}
+    # serve recorded nothing: its final entry adds a writer, not spend.
+    assert day["total_usd"] == 4.0
