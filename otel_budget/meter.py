@@ -539,7 +539,9 @@ def _left(deadline: float) -> float:
 
 
 def _find_budget_reader(provider: MeterProvider) -> BudgetReader | None:
-    readers = getattr(provider, "_all_metric_readers", ()) or ()
+    # `_metric_readers` is this provider's own list (`_all_metric_readers` is every
+    # provider's, a class attribute).
+    readers = getattr(provider, "_metric_readers", ()) or ()
     for reader in readers:
         if isinstance(reader, BudgetReader):
             return reader

@@ -326,7 +326,7 @@ class BudgetTracker:
             day = self._day
             must_load = self._loaded_day != day
         if self._replay_spool():
-            must_load = True  # the replayed entries are the fleet's: read the day again
+            must_load = True  # another writer's entries reached the store: read the day again
         for entry in finals:
             if self._write(entry, final=True):
                 with self._state:
@@ -363,7 +363,16 @@ class BudgetTracker:
             self._last_success_mono = time.monotonic()
             if not final and entry["date"] == self._day.isoformat():
                 self._apply_others_locked(result["others"], entry)
+            self._note_stored_locked(entry)
         return True
+
+    def _note_stored_locked(self, entry: Mapping[str, Any]) -> None:
+        """Our own entry for today is in the store: the fleet view must not count it
+        among the others' when it reads the day again."""
+        if entry["date"] != self._day.isoformat():
+            return
+        if self._stored_own is None or int(self._stored_own["seq"]) < int(entry["seq"]):
+            self._stored_own = dict(entry)
 
     def _spool_entry(self, entry: dict[str, Any]) -> bool:
         if self._spool is None:
@@ -381,7 +390,8 @@ class BudgetTracker:
         return True
 
     def _replay_spool(self) -> bool:
-        """True if the store took a spooled entry."""
+        """True if the store took a spooled entry of another writer (one of ours is
+        noted as stored, like any checkpoint of ours)."""
         if self._spool is None:
             return False
         try:
@@ -400,7 +410,11 @@ class BudgetTracker:
                 continue
             except Exception:
                 return replayed  # the store is still down: keep the rest for the next round
-            replayed = True
+            if item.entry.get("writer_id") == self._writer_id:
+                with self._state:
+                    self._note_stored_locked(item.entry)
+            else:
+                replayed = True
             self._spool.remove(item)
             _log.info("otel_budget: replayed spooled checkpoint %s", item.path.name)
         return replayed
@@ -417,7 +431,6 @@ class BudgetTracker:
             with self._state:
                 if snapshot.day == self._day:
                     self._checkpointed_nanos = snapshot.total_nanos
-                    self._stored_own = entry
 
     def _entry(self, snapshot: DaySnapshot, seq: int, stamp: str) -> dict[str, Any]:
         return {
@@ -446,7 +459,6 @@ class BudgetTracker:
                 self._others_budget[budget.name] = float(reported.get(budget.name, 0.0))
             # else: some writer predates this budget; keep the estimate from the load.
         self._inherited = None
-        self._stored_own = dict(own)
 
     def _load(self, day: date) -> None:
         """Read the fleet's spend for every budget's window up to today (one call for
