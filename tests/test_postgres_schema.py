@@ -19,7 +19,7 @@ from otel_budget.stores.postgres import PostgresStore
 from tests.pg_server import PgServer, start_server
 
 FUNCTIONS = ("otel_budget_merge", "otel_budget_claim", "otel_budget_merge_writer",
-             "otel_budget_day_totals", "otel_budget_writer_entries")
+             "otel_budget_day_totals", "otel_budget_writer_entries", "otel_budget_nudges_on")
 WRITER = {"date": "2026-11-25", "writer_id": "w", "instance_id": "i", "spend_usd": 1,
           "seq": 1, "updated_at": "2026-11-25T10:00:00+00:00"}
 MERGE_CALL = f"select public.otel_budget_merge_writer('{json.dumps(WRITER)}'::jsonb)"
@@ -69,7 +69,8 @@ def test_running_the_migration_twice_changes_nothing(
     apply_migration(url)
     apply_migration(url)
     assert _catalog(url) == before
-    assert len(before["rows"]) == 2 and len(before["functions"]) == 9
+    assert len(before["rows"]) == 2
+    assert {f[1].split("(")[0] for f in before["functions"]} >= set(FUNCTIONS)
     assert len(before["view"]) == 1
     assert any("quilt_patches_writer_day" in row[0] for row in before["indexes"])
     assert '"spend_usd": 1.25,' in before["rows"][0][3], "no trailing zeros from round()"
