@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, NotifyError
+from .ledger import ratio_pct
 from .redact import describe_exception, redact_secrets
 
 __all__ = [
@@ -46,7 +47,7 @@ _MAX_RESPONSE_BYTES = 64 * 1024
 
 def _pct(ratio: Any) -> str:
     try:
-        return format(round(float(ratio) * 100, 2), "g")
+        return ratio_pct(float(ratio))
     except (TypeError, ValueError):
         return "?"
 

@@ -162,3 +162,34 @@ def describe_exception(exc: BaseException) -> str:
     else:
         text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return redact_secrets(text)
+
+
+def scrub_known(text: str, *secrets: str | None) -> str:
+    """`text` with each known secret (and its percent-decoded form) masked, then
+    `redact_secrets`: a driver message may quote a password in a form no pattern
+    recognises (a keyword DSN's value, a bare key)."""
+    from urllib.parse import unquote
+
+    for secret in secrets:
+        if secret:
+            for form in {secret, unquote(secret)}:
+                text = text.replace(form, MASK)
+    return redact_secrets(text)
+
+
+def password_of(dsn: str) -> str | None:
+    """The password of a libpq URL or keyword/value DSN, or None."""
+    from urllib.parse import urlsplit
+
+    if "://" in dsn:
+        try:
+            return urlsplit(dsn).password
+        except ValueError:
+            return None
+    match = re.search(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+    if match is None:
+        return None
+    value = match.group(1)
+    if value.startswith("'"):
+        value = re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value or None

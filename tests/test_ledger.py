@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from otel_budget import CheckpointError, ledger
-from otel_budget.threshold import AlertBook, build_nudge
+from otel_budget.alerts import AlertBook, build_nudge
+from otel_budget.budgets import Budget
 
 UTC = timezone.utc
 NAME = "budget_2026-11-25"
@@ -356,64 +357,30 @@ def test_merge_rejects_a_malformed_entry_naming_the_instance(bad: dict[str, Any]
 
 # --- alert book -----------------------------------------------------------------------------
 
-def test_alert_book_due_claim_owe_settle_reset() -> None:
-    book = AlertBook((0.5, 0.8))
-    assert book.ratios == (0.5, 0.8)
-    assert book.due(4.0, 10.0) == []
-    assert book.due(5.0, 10.0) == [0.5]
-    assert book.due(8.0, 10.0) == [0.5, 0.8]
-
-    # another instance claimed 0.5: this one knows it, owes nothing
-    book.mark_claimed(0.5)
-    assert book.due(8.0, 10.0) == [0.8]
-    assert book.pending() == []
-
-    # this instance claimed 0.8 and owes it to two notifiers
-    nudge = {"date": "2026-11-25", "ratio": 0.8}
-    book.owe(0.8, nudge, 2)
-    assert book.due(9.9, 10.0) == []
-    assert book.claimed() == [0.5, 0.8]
-    [delivery] = book.pending()
-    assert delivery.nudge == nudge and delivery.remaining == {0, 1}
-
-    delivery.remaining.discard(0)
-    book.settle()
-    assert len(book.pending()) == 1, "one notifier still owed"
-
-    # a new day re-arms the thresholds but still owes yesterday's delivery
-    book.reset()
-    assert book.claimed() == []
-    assert book.due(8.0, 10.0) == [0.5, 0.8]
-    assert book.pending() == [delivery]
-
-    delivery.remaining.discard(1)
-    book.settle()
-    assert book.pending() == []
+def test_alert_book_due_per_budget_window_and_ratio() -> None:
+    book = AlertBook()
+    budget = Budget("b", 10.0, alert_ratios=(0.5, 0.8))
+    assert book.due(budget, "2026-11-25", 4.0) == []
+    assert book.due(budget, "2026-11-25", 5.0) == [0.5]
+    assert book.due(budget, "2026-11-25", 8.0 - 1e-10) == [0.5, 0.8], "1e-9 tolerance"
+    book.mark_claimed("b", "2026-11-25", 0.5)  # claimed by anyone in the fleet
+    assert book.due(budget, "2026-11-25", 9.9) == [0.8]
+    assert book.claimed("b", "2026-11-25") == [0.5]
+    assert book.due(budget, "2026-11-26", 5.0) == [0.5], "a new window re-arms"
+    assert book.due(Budget("other", 10.0), "2026-11-25", 8.0) == [0.8]
+    book.forget_except([("b", "2026-11-26")])
+    assert book.claimed("b", "2026-11-25") == []
 
 
-def test_alert_book_owe_without_notifiers_only_claims() -> None:
-    book = AlertBook((0.8,))
-    book.owe(0.8, {"date": "2026-11-25", "ratio": 0.8}, 0)
-    assert book.pending() == []
-    assert book.claimed() == [0.8]
-    assert book.due(10.0, 10.0) == []
-
-
-def test_alert_book_keeps_two_days_of_the_same_ratio_apart() -> None:
-    book = AlertBook((0.8,))
-    book.owe(0.8, {"date": "2026-11-25", "ratio": 0.8}, 1)
-    book.reset()
-    book.owe(0.8, {"date": "2026-11-26", "ratio": 0.8}, 1)
-    assert sorted(p.nudge["date"] for p in book.pending()) == ["2026-11-25", "2026-11-26"]
-
-
-def test_build_nudge_matches_the_design_document() -> None:
+def test_build_nudge_keeps_version_1_keys_and_names_the_budget() -> None:
     now = datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
-    nudge = build_nudge(sibling="ag_lu", day=date(2026, 11, 25), ratio=0.8,
-                        daily_spend_usd=40.1 + 1e-12, daily_cap_usd=50.0,
-                        instance_id="host-a-4711", now=now)
+    budget = Budget("daily", 50.0)
+    nudge = build_nudge(sibling="ag_lu", budget=budget, window="2026-11-25", ratio=0.8,
+                        spend_usd=40.1 + 1e-12, instance_id="host-a-4711", now=now,
+                        day="2026-11-25")
     assert nudge == {
         "to": "ag_lu", "kind": "budget_alert", "date": "2026-11-25", "ratio": 0.8,
         "daily_spend_usd": 40.1, "daily_cap_usd": 50.0, "instance_id": "host-a-4711",
-        "created_at": "2026-11-25T10:30:00+00:00",
+        "created_at": "2026-11-25T10:30:00+00:00", "budget": "daily", "period": "day",
+        "window": "2026-11-25", "match": None, "spend_usd": 40.1, "cap_usd": 50.0,
     }

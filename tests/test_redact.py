@@ -128,3 +128,21 @@ def test_describe_exception_survives_a_broken_str() -> None:
             raise RuntimeError("no")
 
     assert describe_exception(Weird()) == "Weird"
+
+
+@pytest.mark.parametrize(("dsn", "password"), [
+    ("host=h user=u password=s3cr3t dbname=d", "s3cr3t"),
+    ("host=h password='p w\\'x' dbname=d", "p w'x"),
+    ("postgresql://u:a%2Fb@h/db", "a%2Fb"),
+    ("postgresql://u@h/db", None),
+])
+def test_password_of_every_dsn_form_and_scrub_known(dsn: str, password: str | None) -> None:
+    from otel_budget.redact import password_of, scrub_known
+
+    assert password_of(dsn) == password
+    if password:
+        from urllib.parse import unquote
+
+        message = f"server said: auth failed for {unquote(password)!s} ({password})"
+        scrubbed = scrub_known(message, password)
+        assert unquote(password) not in scrubbed and password not in scrubbed

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import resources
 
 from ..errors import StoreError
+from ..redact import password_of, scrub_known
 from .base import redact_url
 
 
@@ -40,13 +41,4 @@ def apply_migration(url: str, *, connect_timeout_s: int = 10) -> None:
 
 def _scrub(message: str, url: str) -> str:
     """Drop the URL's password from a driver message, should one ever quote it."""
-    from urllib.parse import unquote, urlsplit
-
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return message
-    if password:
-        for form in {password, unquote(password)}:
-            message = message.replace(form, "***")
-    return message
+    return scrub_known(message, password_of(url))

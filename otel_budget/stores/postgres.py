@@ -21,13 +21,13 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import psycopg
 from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
 from ..errors import CheckpointError, ConfigError, StoreError
+from ..redact import password_of, scrub_known
 from .base import ContextStore, dumps_content, redact_url
 from .entries import WRITER_TYPE, DayTotals, MergeResult, check_days, writer_row_name
 from .sqlfunctions import (
@@ -99,7 +99,7 @@ class PostgresStore(ContextStore):
         if statement_timeout_ms <= 0 or pool_timeout_s <= 0:
             raise ConfigError("store: statement_timeout_ms and pool_timeout_s must be > 0")
         self._redacted = redact_url(conninfo)
-        self._password = _password_of(conninfo)
+        self._password = password_of(conninfo)
         self._statement_timeout = f"{int(statement_timeout_ms)}ms"
         self._max_size = max_size
         self._closed = False
@@ -289,10 +289,7 @@ class PostgresStore(ContextStore):
             text += f" ({MIGRATE_HINT})"
         elif sqlstate:
             text += f" [SQLSTATE {sqlstate}]"
-        if self._password:
-            for form in {self._password, unquote(self._password)}:
-                text = text.replace(form, "***")
-        return text
+        return scrub_known(text, self._password)
 
 
 class _Ambiguous(Exception):
@@ -328,11 +325,3 @@ def _is_broken_connection(exc: psycopg.Error) -> bool:
     return isinstance(exc, psycopg.OperationalError) and (
         sqlstate.startswith(("08", "57P")) or not sqlstate
     )
-
-
-def _password_of(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..errors import CheckpointError, ConfigError, StoreError
+from ..redact import scrub_known
 from .base import ContextStore, dumps_content
 from .entries import WRITER_TYPE, DayTotals, MergeResult, check_days, writer_row_name
 from .sqlfunctions import (
@@ -306,9 +307,7 @@ class SupabaseStore(ContextStore):
         return text
 
     def _scrub(self, text: str) -> str:
-        if self._key:
-            text = text.replace(self._key, "***")
-        return text
+        return scrub_known(text, self._key)
 
 
 def _status_for(code: str | None) -> int | None:
