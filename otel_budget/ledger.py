@@ -11,6 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .errors import CheckpointError
+from .stores.entries import is_amount
 
 #: Money is stored and compared to this precision (DESIGN decision 8).
 USD_EPSILON = 1e-9
@@ -122,20 +123,12 @@ def add_maps(
 
 # --- documents ---------------------------------------------------------------------
 
-def _is_amount(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
-    )
-
 
 def validate_entry(entry: Any, *, where: str) -> dict[str, Any]:
     """Check one instance entry's shape; raise CheckpointError naming `where`."""
     if not isinstance(entry, dict):
         raise CheckpointError(f"{where}: entry is {type(entry).__name__}, expected an object")
-    if not _is_amount(entry.get("spend_usd")):
+    if not is_amount(entry.get("spend_usd")):
         raise CheckpointError(
             f"{where}: spend_usd must be a finite number >= 0, got {entry.get('spend_usd')!r}"
         )
@@ -149,7 +142,7 @@ def validate_entry(entry: Any, *, where: str) -> dict[str, Any]:
         if (
             not isinstance(item, dict)
             or not isinstance(item.get("attributes", {}), dict)
-            or not _is_amount(item.get("spend_usd"))
+            or not is_amount(item.get("spend_usd"))
         ):
             raise CheckpointError(f"{where}: malformed by_attributes item {item!r:.200}")
     return entry

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,18 @@ def store_factory(request: pytest.FixtureRequest) -> StoreFactory:
 @pytest.fixture
 def store(store_factory: StoreFactory) -> PatchStore:
     return store_factory()
+
+
+def spend_points(reader: Any) -> dict[tuple[Any, ...], float]:
+    """`llm.spend` as an InMemoryMetricReader (or a BudgetReader's last collection)
+    sees it: sorted attribute items -> value."""
+    data = reader.get_metrics_data() if hasattr(reader, "get_metrics_data") else reader.latest
+    out: dict[tuple[Any, ...], float] = {}
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "llm.spend":
+                    assert metric.unit == "USD" and metric.data.is_monotonic
+                    for p in metric.data.data_points:
+                        out[tuple(sorted(p.attributes.items()))] = p.value
+    return out

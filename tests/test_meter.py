@@ -11,7 +11,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otel_budget import (
     BudgetConfig,
@@ -24,7 +24,7 @@ from otel_budget import (
 from otel_budget.ledger import NUDGE_TYPE
 from otel_budget.stores.base import PatchStore
 from otel_budget.stores.memory import MemoryStore
-from tests.conftest import FakeClock, StoreFactory, wait_for
+from tests.conftest import FakeClock, StoreFactory, spend_points, wait_for
 
 TODAY = "2026-11-25"
 
@@ -139,7 +139,7 @@ def test_bad_amounts_are_rejected_and_change_nothing(clock: FakeClock, bad: Any,
     with pytest.raises(error):
         meter.record(bad, {"agent": "x"})
     assert meter.daily_spend() == 1.0
-    assert _spend_points(reader) == {(("agent", "x"),): 1.0}
+    assert spend_points(reader) == {(("agent", "x"),): 1.0}
     meter.shutdown()
 
 
@@ -161,18 +161,6 @@ def test_other_real_numbers_are_accepted(clock: FakeClock) -> None:
     meter.shutdown()
 
 
-def _spend_points(reader: InMemoryMetricReader) -> dict[tuple[Any, ...], float]:
-    data = reader.get_metrics_data()
-    out: dict[tuple[Any, ...], float] = {}
-    for rm in data.resource_metrics if data else ():
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == "llm.spend":
-                    assert metric.unit == "USD"
-                    assert isinstance(metric.data, Sum) and metric.data.is_monotonic
-                    for p in metric.data.data_points:
-                        out[tuple(sorted(p.attributes.items()))] = p.value
-    return out
 
 
 def test_counter_is_visible_to_a_reader_passed_in(clock: FakeClock) -> None:
@@ -182,7 +170,7 @@ def test_counter_is_visible_to_a_reader_passed_in(clock: FakeClock) -> None:
     meter.record(0.045864, {"gen_ai.request.model": "claude-sonnet-4-20250514",
                             "agent": "cloud_lu"})
     meter.record(0.5, {"agent": "planner"})
-    assert _spend_points(reader) == {
+    assert spend_points(reader) == {
         (("agent", "cloud_lu"), ("gen_ai.request.model", "claude-sonnet-4-20250514")): 0.045864,
         (("agent", "planner"),): 0.5,
     }

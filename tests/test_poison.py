@@ -22,7 +22,7 @@ from otel_budget import (
     read_day,
 )
 from otel_budget.stores.base import PatchStore
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, spend_points
 
 POISON_AMOUNTS: list[Any] = [
     math.nan, math.inf, -math.inf, -0.01, 1e300, 10**400, Decimal("NaN"), Decimal("1e400"),
@@ -35,16 +35,6 @@ POISON_ATTRIBUTES: list[Any] = [
 ]
 
 
-def spend_points(reader: InMemoryMetricReader) -> dict[tuple[Any, ...], float]:
-    data = reader.get_metrics_data()
-    out: dict[tuple[Any, ...], float] = {}
-    for rm in data.resource_metrics if data else ():
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == "llm.spend":
-                    for p in metric.data.data_points:
-                        out[tuple(sorted(p.attributes.items()))] = p.value  # type: ignore[union-attr]
-    return out
 
 
 @pytest.fixture

@@ -62,7 +62,8 @@ def is_day(value: Any) -> bool:
     return True
 
 
-def _is_amount(value: Any) -> bool:
+def is_amount(value: Any) -> bool:
+    """A stored amount: a finite number >= 0 (not a bool)."""
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
@@ -113,7 +114,7 @@ def writer_entry_problem(entry: Any) -> str | None:
         value = entry.get(key)
         if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
             return f"{key} must be a non-empty string of at most {MAX_ID_CHARS} characters"
-    if not _is_amount(entry.get("spend_usd")):
+    if not is_amount(entry.get("spend_usd")):
         return f"spend_usd must be a finite number >= 0, got {entry.get('spend_usd')!r:.60}"
     seq = entry.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
@@ -130,7 +131,7 @@ def writer_entry_problem(entry: Any) -> str | None:
             if (
                 not isinstance(item, dict)
                 or not isinstance(item.get("attributes"), dict)
-                or not _is_amount(item.get("spend_usd"))
+                or not is_amount(item.get("spend_usd"))
             ):
                 return f"by_attributes[{i}] must be {{'attributes': dict, 'spend_usd': number >= 0}}"
     if "by_budget" in entry:
@@ -138,7 +139,7 @@ def writer_entry_problem(entry: Any) -> str | None:
         if not isinstance(budgets, dict):
             return "by_budget must be an object"
         for key, value in budgets.items():
-            if not isinstance(key, str) or not _is_amount(value):
+            if not isinstance(key, str) or not is_amount(value):
                 return f"by_budget[{key!r:.60}] must be a finite number >= 0, got {value!r:.60}"
     return _strings_problem(entry, "entry")
 
