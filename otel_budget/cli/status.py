@@ -50,8 +50,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
             raise ConfigError(f"--date must be YYYY-MM-DD, got {args.date!r}") from None
     else:
         day = ledger.day_of(datetime.now(timezone.utc), config.tzinfo)
+    cap = env.get("OTEL_BUDGET_DAILY_CAP_USD", "").strip()
     with open_existing_store(config.store_url) as store:
-        report = status_report(store, day, budgets=args.budget)
+        report = status_report(store, day, budgets=args.budget,
+                               daily_cap_usd=float(cap) if cap else None)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -59,11 +61,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_report(store: PatchStore, day: date, budgets: list[str] | None = None) -> dict[str, Any]:
-    """read_day's keys (date, total_usd, instances, nudges, ...), plus `found` and,
-    filtered by `budgets`, each budget's spend that day."""
+def status_report(store: PatchStore, day: date, budgets: list[str] | None = None,
+                  daily_cap_usd: float | None = None) -> dict[str, Any]:
+    """read_day's keys (date, total_usd, instances, nudges, ...), plus version 1's
+    `document`, `found`, `daily_cap_usd` and `utilization` (of the configured daily
+    cap, if any) and, filtered by `budgets`, each budget's spend that day."""
     report = read_day(store, day)
     report["found"] = bool(report["instances"])
+    report["document"] = ledger.budget_name(day)
+    report["daily_cap_usd"] = daily_cap_usd
+    report["utilization"] = (ledger.utilization(report["total_usd"], daily_cap_usd)
+                             if daily_cap_usd else None)
     if budgets:
         report["by_budget"] = {k: v for k, v in report["by_budget"].items() if k in budgets}
         report["nudges"] = [n for n in report["nudges"] if n.get("budget", "daily") in budgets]
