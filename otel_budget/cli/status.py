@@ -50,10 +50,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
             raise ConfigError(f"--date must be YYYY-MM-DD, got {args.date!r}") from None
     else:
         day = ledger.day_of(datetime.now(timezone.utc), config.tzinfo)
-    cap = env.get("OTEL_BUDGET_DAILY_CAP_USD", "").strip()
+    cap = None
+    if env.get("OTEL_BUDGET_DAILY_CAP_USD", "").strip():
+        cap = BudgetConfig.from_env(env, store_url=config.store_url).daily_cap_usd
     with open_existing_store(config.store_url) as store:
-        report = status_report(store, day, budgets=args.budget,
-                               daily_cap_usd=float(cap) if cap else None)
+        report = status_report(store, day, budgets=args.budget, daily_cap_usd=cap)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
