@@ -170,8 +170,9 @@ class BudgetMeter:
         ledger_ = self._ledger
 
         def spend(options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(ledger.from_nanos(nanos), attrs)
-                    for attrs, nanos in ledger_.export_points()]
+            # Integer nanos / 1e9 is the float nearest the exact amount already.
+            per_usd = ledger.NANOS_PER_USD
+            return [Observation(nanos / per_usd, attrs) for attrs, nanos in ledger_.export_points()]
 
         otel_meter.create_observable_counter(
             SPEND_INSTRUMENT, callbacks=[spend], unit="USD",
