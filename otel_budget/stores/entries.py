@@ -309,6 +309,12 @@ def summary_add(
         for name, amount in (entry.get("by_budget") or {}).items():
             budgets[name] = budgets.get(name, 0) + sign * to_nanos(amount)
             counts[name] = counts.get(name, 0) + sign
+    if spend < 0 or writers < 0 or any(v < 0 for v in budgets.values()) or any(
+            v < 0 for v in counts.values()):
+        writer = sub.get("writer_id") if sub is not None else None
+        raise CheckpointError(
+            f"row {SUMMARY_TYPE}/{summary_row_name(summary['date'])} does not hold the "
+            f"retired writer {writer!r:.80}")
     if add is not None:
         stamp = add.get("updated_at")
         if isinstance(stamp, str) and (updated is None or stamp > updated):
