@@ -438,7 +438,6 @@ def test_totals_with_retired_writers_are_summarize_over_every_row(store: Any, se
     days = [DAY, "2026-11-26"]
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     retired: set[tuple[str, str]] = set()
-    clock = 0
     for step in range(70):
         day = rng.choice(days)
         writer = rng.choice(["a", "b", "c", "it's", "d/e", "f", "g"])
@@ -449,10 +448,9 @@ def test_totals_with_retired_writers_are_summarize_over_every_row(store: Any, se
         key = (day, writer)
         stored = latest.get(key)
         seq = rng.randint(0, 9)
-        clock += 1
         raw = entry(writer, spend, seq, day=day, budgets=budgets)
         # updated_at grows with seq, as a writer's clock does.
-        raw["updated_at"] = f"t{seq:02d}-{clock:03d}"
+        raw["updated_at"] = f"t{seq:02d}-{step:03d}"
         retire = rng.random() < 0.35
         was_retired = key in retired
         result = (store.retire_writer if retire else store.merge_writer)(raw)
