@@ -76,7 +76,9 @@ def test_running_the_migration_twice_changes_nothing(
     assert _catalog(url) == before
     assert len(before["rows"]) == 2 and len(before["functions"]) == 16
     assert len(before["view"]) == 1
-    assert any("quilt_patches_writer_day" in row[0] for row in before["indexes"])
+    assert any("quilt_patches_writer_live" in row[0] for row in before["indexes"])
+    assert any("quilt_patches_writer_retired" in row[0] for row in before["indexes"])
+    assert not any("quilt_patches_writer_day" in row[0] for row in before["indexes"])
     assert '"spend_usd": 1.25,' in before["rows"][0][3], "no trailing zeros from round()"
 
 

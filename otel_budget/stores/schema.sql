@@ -278,11 +278,15 @@ $fn$;
 -- Version 2: one row per (day, writer), patch_type 'budget_writer',
 -- name 'budget_<date>/<writer_id>', content the writer's entry. A writer is one
 -- recording process; it alone writes its row, so merges never contend on a
--- shared row. The day's writer rows are found by date through this index (the
--- name's prefix is not usable: LIKE under a non-C collation cannot use a btree).
-create index if not exists quilt_patches_writer_day
+-- shared row. The day's writer rows are found by date through two partial
+-- indexes, live rows and retired ones (the name's prefix is not usable: LIKE under
+-- a non-C collation cannot use a btree). The first layout's index on every writer
+-- row of a date is dropped: the planner preferred it to the live rows' index and
+-- then filtered out the day's retired rows one by one.
+drop index if exists public.quilt_patches_writer_day;
+create index if not exists quilt_patches_writer_retired
     on public.quilt_patches ((content ->> 'date'))
-    where patch_type = 'budget_writer';
+    where patch_type = 'budget_writer' and (content ? 'retired');
 
 
 -- NULL if `p_entry` is a well-formed writer entry, else what is wrong with it.
@@ -671,9 +675,13 @@ as $fn$
     select coalesce(pg_catalog.jsonb_agg(
                case when p_breakdown then q.content else q.content - 'by_attributes' end
                order by q.content ->> 'date', q.name), '[]'::jsonb)
-      from public.quilt_patches as q
-     where q.patch_type = 'budget_writer'
-       and (q.content ->> 'date') = any (p_days)
+      from (select r.name, r.content from public.quilt_patches as r
+             where r.patch_type = 'budget_writer' and (r.content ->> 'date') = any (p_days)
+               and not (r.content ? 'retired')
+            union all
+            select r.name, r.content from public.quilt_patches as r
+             where r.patch_type = 'budget_writer' and (r.content ->> 'date') = any (p_days)
+               and (r.content ? 'retired')) as q
 $fn$;
 
 
