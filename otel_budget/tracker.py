@@ -177,7 +177,7 @@ class BudgetTracker:
         now = self._now().isoformat()
         for snapshot in closed:
             self._seq += 1
-            self._pending_final.append(self._entry(snapshot, self._seq, now))
+            self._pending_final.append(self._entry(snapshot, self._seq, now, final=True))
         old_day, new_day = self._day, self._ledger.day
         last_own = closed[-1] if closed[-1].day == old_day else None
         for budget in self._budgets:
@@ -337,10 +337,19 @@ class BudgetTracker:
             self._checkpoint_today()
         self._claim_alerts()
 
+    def _send(self, entry: dict[str, Any]) -> Any:
+        """merge_writer, or retire_writer for an entry marked final (a store written
+        before retire_writer existed merges it)."""
+        if entry.get("final") is True:
+            retire = getattr(self._store, "retire_writer", None)
+            if retire is not None:
+                return retire(entry)
+        return self._store.merge_writer(entry)
+
     def _write(self, entry: dict[str, Any], *, final: bool = False) -> bool:
-        """Merge one entry; on failure spool it. True if the store took it."""
+        """Merge (or retire) one entry; on failure spool it. True if the store took it."""
         try:
-            result = self._store.merge_writer(entry)
+            result = self._send(entry)
         except Exception as exc:
             message = describe(exc)
             _log.warning("otel_budget: checkpoint %s of %s failed: %s", entry["seq"],
@@ -401,7 +410,7 @@ class BudgetTracker:
         replayed = False
         for item in pending:
             try:
-                self._store.merge_writer(item.entry)
+                self._send(item.entry)
             except CheckpointError as exc:
                 _log.error("otel_budget: spooled entry %s is refused by the store (%s); "
                            "set aside", item.path.name, describe(exc))
@@ -432,8 +441,9 @@ class BudgetTracker:
                 if snapshot.day == self._day:
                     self._checkpointed_nanos = snapshot.total_nanos
 
-    def _entry(self, snapshot: DaySnapshot, seq: int, stamp: str) -> dict[str, Any]:
-        return {
+    def _entry(self, snapshot: DaySnapshot, seq: int, stamp: str, *,
+               final: bool = False) -> dict[str, Any]:
+        entry = {
             "date": snapshot.day.isoformat(),
             "writer_id": self._writer_id,
             "instance_id": self._instance_id,
@@ -448,6 +458,12 @@ class BudgetTracker:
             ],
             "by_budget": {name: ledger.from_nanos(n) for name, n in snapshot.by_budget.items()},
         }
+        if final:
+            # This writer's last entry for the day (shutdown, or a closed day): the
+            # store retires its row into the day's summary. Kept by the spool, so a
+            # replay retires too.
+            entry["final"] = True
+        return entry
 
     def _apply_others_locked(self, others: Mapping[str, Any], own: Mapping[str, Any]) -> None:
         self._others_total = float(others["total_usd"])
@@ -589,7 +605,7 @@ class BudgetTracker:
             entries = list(self._pending_final)
             self._seq += 1
             entries.append(self._entry(self._ledger.snapshot(), self._seq,
-                                       self._now().isoformat()))
+                                       self._now().isoformat(), final=True))
             return entries
 
     def spool_entries(self, entries: Iterable[dict[str, Any]]) -> None:

@@ -19,10 +19,15 @@ from otel_budget.stores.postgres import PostgresStore
 from tests.pg_server import PgServer, start_server
 
 FUNCTIONS = ("otel_budget_merge", "otel_budget_claim", "otel_budget_merge_writer",
-             "otel_budget_day_totals", "otel_budget_writer_entries", "otel_budget_nudges_on")
+             "otel_budget_day_totals", "otel_budget_writer_entries", "otel_budget_retire_writer",
+             "otel_budget_write_writer", "otel_budget_day_totals_minus",
+             "otel_budget_summary_add", "otel_budget_summary_checked",
+             "otel_budget_summary_problem", "otel_budget_nudges_on")
 WRITER = {"date": "2026-11-25", "writer_id": "w", "instance_id": "i", "spend_usd": 1,
           "seq": 1, "updated_at": "2026-11-25T10:00:00+00:00"}
 MERGE_CALL = f"select public.otel_budget_merge_writer('{json.dumps(WRITER)}'::jsonb)"
+RETIRE_CALL = ("select public.otel_budget_retire_writer('"
+               f"{json.dumps(WRITER | {'writer_id': 'r', 'final': True})}'::jsonb)")
 TOTALS_CALL = "select public.otel_budget_day_totals(array['2026-11-25'])"
 ENTRIES_CALL = "select public.otel_budget_writer_entries(array['2026-11-25'])"
 VIEW_SELECT = "select * from public.otel_budget_days"
@@ -72,7 +77,9 @@ def test_running_the_migration_twice_changes_nothing(
     assert len(before["rows"]) == 2
     assert {f[1].split("(")[0] for f in before["functions"]} >= set(FUNCTIONS)
     assert len(before["view"]) == 1
-    assert any("quilt_patches_writer_day" in row[0] for row in before["indexes"])
+    assert any("quilt_patches_writer_live" in row[0] for row in before["indexes"])
+    assert any("quilt_patches_writer_retired" in row[0] for row in before["indexes"])
+    assert not any("quilt_patches_writer_day" in row[0] for row in before["indexes"])
     assert '"spend_usd": 1.25,' in before["rows"][0][3], "no trailing zeros from round()"
 
 
@@ -94,11 +101,15 @@ def test_functions_are_security_invoker_with_an_empty_search_path(pg_url: str) -
     "select count(*) from public.quilt_patches",
     "insert into public.quilt_patches (patch_type, name) values ('x', 'y')",
     MERGE_CALL,
+    RETIRE_CALL,
     CLAIM_CALL,
     TOTALS_CALL,
     ENTRIES_CALL,
     VIEW_SELECT,
-], ids=["select", "insert", "merge", "claim", "totals", "entries", "view"])
+    "select public.otel_budget_summary_add(null, '2026-11-25', null, null)",
+    "select public.otel_budget_day_totals_minus(array['2026-11-25'], null, null)",
+], ids=["select", "insert", "merge", "retire", "claim", "totals", "entries", "view",
+        "summary_add", "totals_minus"])
 def test_anon_and_authenticated_are_refused(pg_clean: str, role: str, statement: str) -> None:
     with psycopg.connect(pg_clean) as conn:
         conn.execute(f"set role {role}")
@@ -110,6 +121,7 @@ def test_service_role_can_do_everything_the_stores_do(pg_clean: str) -> None:
     with psycopg.connect(pg_clean) as conn:
         conn.execute("set role service_role")
         merged = conn.execute(MERGE_CALL).fetchone()
+        retired = conn.execute(RETIRE_CALL).fetchone()
         claimed = conn.execute(CLAIM_CALL).fetchone()
         again = conn.execute(CLAIM_CALL).fetchone()
         count = conn.execute("select count(*) from public.quilt_patches").fetchone()
@@ -117,10 +129,14 @@ def test_service_role_can_do_everything_the_stores_do(pg_clean: str) -> None:
         entries = conn.execute(ENTRIES_CALL).fetchone()
         days = conn.execute(VIEW_SELECT).fetchall()
     assert merged is not None and merged[0]["applied"] is True
-    assert claimed == (True,) and again == (False,) and count == (2,)
-    assert totals is not None and totals[0]["2026-11-25"]["total_usd"] == 1
-    assert entries is not None and entries[0] == [WRITER]
-    assert [(d, float(t), w) for d, t, w, _ in days] == [("2026-11-25", 1.0, 1)]
+    assert retired is not None and retired[0]["applied"] is True
+    assert retired[0]["others"]["total_usd"] == 1 and retired[0]["others"]["writers"] == 1
+    assert claimed == (True,) and again == (False,) and count == (4,)  # + r, + summary
+    assert totals is not None and totals[0]["2026-11-25"]["total_usd"] == 2
+    assert totals[0]["2026-11-25"]["writers"] == 2
+    assert entries is not None and entries[0] == [
+        WRITER | {"writer_id": "r", "final": True, "retired": True}, WRITER]
+    assert [(d, float(t), w) for d, t, w, _ in days] == [("2026-11-25", 2.0, 2)]
 
 
 def test_row_level_security_hides_rows_even_if_anon_is_granted_the_table(
@@ -199,6 +215,11 @@ def test_the_day_view_sums_writer_rows_and_legacy_documents(pg_clean: str) -> No
             "date": "2026-11-26", "total_usd": 1.0, "updated_at": "2026-11-26T01:00:00+00:00",
             "instances": {"old": {"spend_usd": 1.0, "seq": 4}}})
         store.insert_if_absent("budget", "budget_2026-11-23", {"instances": []})  # malformed
+        # Retired writers count through the day's summary row, once.
+        store.retire_writer(WRITER | {"writer_id": "c", "spend_usd": 0.5, "seq": 2,
+                                      "updated_at": "2026-11-25T12:00:00+00:00"})
+        store.retire_writer(WRITER | {"writer_id": "a", "spend_usd": 1.25, "seq": 2})
+        store.retire_writer(WRITER | {"writer_id": "a", "spend_usd": 1.25, "seq": 2})
     finally:
         store.close()
     with psycopg.connect(pg_clean) as conn:
@@ -209,10 +230,26 @@ def test_the_day_view_sums_writer_rows_and_legacy_documents(pg_clean: str) -> No
     assert [(d, float(t) if t is not None else None, w, u) for d, t, w, u in rows] == [
         ("2026-11-23", None, 0, None),
         ("2026-11-24", 7.5, 2, "2026-11-24T23:00:00+00:00"),
-        ("2026-11-25", 3.75, 2, "2026-11-25T11:00:00+00:00"),
+        ("2026-11-25", 4.25, 3, "2026-11-25T12:00:00+00:00"),
         ("2026-11-26", 5.0, 2, "2026-11-26T10:00:00+00:00"),
     ]
-    assert one is not None and float(one[0]) == 3.75
+    assert one is not None and float(one[0]) == 4.25
+
+
+def test_the_live_rows_of_a_day_are_found_through_the_partial_index(pg_clean: str) -> None:
+    """What a merge sums (the day's rows not retired) is an index range, not the day."""
+    with psycopg.connect(pg_clean) as conn:
+        conn.execute("set local enable_seqscan = off")
+        conn.execute("set local enable_bitmapscan = off")
+        plan = "\n".join(row[0] for row in conn.execute(
+            "explain select q.name from public.quilt_patches as q "
+            "where q.patch_type = 'budget_writer' and (q.content ->> 'date') = any (%s) "
+            "and not (q.content ? 'retired')", (["2026-11-25"],)).fetchall())
+        indexdef = conn.execute(
+            "select indexdef from pg_indexes where indexname = 'quilt_patches_writer_live'"
+        ).fetchone()
+    assert "quilt_patches_writer_live" in plan, plan
+    assert indexdef is not None and "retired" in indexdef[0]
 
 
 def test_an_existing_table_that_cannot_be_adopted_is_a_clear_error(

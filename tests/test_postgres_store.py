@@ -94,11 +94,19 @@ def test_the_days_writer_rows_are_found_through_the_index(pg_clean: str) -> None
             "from (select to_char(date '2026-01-01' + (i % 300), 'YYYY-MM-DD') as d, i as w "
             "      from generate_series(1, 30000) as i) as s")
         conn.execute("analyze public.quilt_patches")
-        plan = conn.execute(
-            "explain select q.name from public.quilt_patches as q "
-            "where q.patch_type = 'budget_writer' and (q.content ->> 'date') = any (%s::text[])",
-            (["2026-03-01", "2026-03-02"],)).fetchall()
-    assert "quilt_patches_writer_day" in str(plan), plan
+        conn.execute(  # a third of them retired
+            "update public.quilt_patches set content = content || '{\"retired\": true}' "
+            "where patch_type = 'budget_writer' and id % 3 = 0")
+        conn.execute("analyze public.quilt_patches")
+        plans = {}
+        for kind, predicate in (("live", "not (q.content ? 'retired')"),
+                                ("retired", "(q.content ? 'retired')")):
+            plans[kind] = str(conn.execute(
+                "explain select q.name from public.quilt_patches as q "
+                "where q.patch_type = 'budget_writer' and (q.content ->> 'date') = any (%s::text[]) "
+                f"and {predicate}", (["2026-03-01", "2026-03-02"],)).fetchall())
+    assert "quilt_patches_writer_live" in plans["live"], plans
+    assert "quilt_patches_writer_retired" in plans["retired"], plans
 
 
 def test_a_statement_timeout_is_a_store_error_and_changes_nothing(pg_clean: str) -> None:

@@ -307,6 +307,49 @@ def test_the_day_is_found_through_the_index(db: tuple[Path, SQLiteStore]) -> Non
     assert "USING INDEX quilt_patches_writer_day" in str(plan)
 
 
+def test_retired_writers_count_once_in_the_view(db: tuple[Path, SQLiteStore]) -> None:
+    path, store = db
+    store.merge_writer(entry(1.25, 1, writer="a"))
+    store.retire_writer(entry(2.5, 2, writer="b") | {"updated_at": "2026-11-25T11:00:00+00:00"})
+    store.retire_writer(entry(2.5, 2, writer="b") | {"updated_at": "2026-11-25T11:00:00+00:00"})
+    store.retire_writer(entry(0.25, 1, writer="c"))
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT date, total_usd, writers, updated_at FROM otel_budget_days"
+                            ).fetchall()
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT name FROM quilt_patches WHERE patch_type = 'budget_writer' "
+            "AND json_extract(content, '$.date') = ? "
+            "AND json_extract(content, '$.retired') IS NULL", (DAY,)).fetchall()
+    assert rows == [(DAY, 4.0, 3, "2026-11-25T11:00:00+00:00")]
+    assert "USING INDEX quilt_patches_writer_live" in str(plan)
+
+
+def test_a_store_file_from_before_the_summary_row_gets_the_new_view(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the first version's table and view
+        conn.execute("CREATE TABLE quilt_patches (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                     "patch_type TEXT NOT NULL, name TEXT NOT NULL, "
+                     "content TEXT NOT NULL DEFAULT '{}', created_at TEXT NOT NULL DEFAULT '', "
+                     "updated_at TEXT NOT NULL DEFAULT '', UNIQUE (patch_type, name))")
+        conn.execute("CREATE VIEW otel_budget_days (date, total_usd, writers, updated_at) AS "
+                     "SELECT json_extract(content, '$.date'), "
+                     "sum(json_extract(content, '$.spend_usd')), count(*), NULL "
+                     "FROM quilt_patches WHERE patch_type = 'budget_writer' GROUP BY 1")
+    store = SQLiteStore(path)
+    try:
+        store.merge_writer(entry(1.0, 1, writer="a"))
+        store.retire_writer(entry(2.0, 1, writer="b"))
+        assert store.day_totals([DAY])[DAY]["total_usd"] == 3.0
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT total_usd, writers FROM otel_budget_days").fetchall() == [
+            (3.0, 2)]
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'otel_budget_days'"
+                              ).fetchone()
+    assert "budget_summary" in sql, "replaced, not kept"
+
+
 # --- several processes ---------------------------------------------------------------------
 
 def _sqlite_writer(path: str, index: int, rounds: int) -> None:

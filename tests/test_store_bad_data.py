@@ -21,7 +21,13 @@ import pytest
 
 from otel_budget import CheckpointError
 from otel_budget.stores.base import PatchStore
-from otel_budget.stores.entries import LEGACY_TYPE, WRITER_TYPE, writer_row_name
+from otel_budget.stores.entries import (
+    LEGACY_TYPE,
+    SUMMARY_TYPE,
+    WRITER_TYPE,
+    summary_row_name,
+    writer_row_name,
+)
 from otel_budget.stores.memory import MemoryStore
 from otel_budget.stores.postgres import PostgresStore
 from otel_budget.stores.sqlite import SQLiteStore
@@ -164,6 +170,68 @@ def test_a_malformed_amount_in_another_writers_row_is_reported_not_counted_as_ze
     with pytest.raises(CheckpointError, match="budget_2026-11-25/b"):
         kind.store.merge_writer(_entry("a", 1.0, 1))
     assert kind.raw(WRITER_TYPE, writer_row_name(DAY, "a")) is None, "nothing written"
+
+
+# --- a malformed summary row (the day's retired writers) --------------------------------
+
+_SUMMARY = {"date": DAY, "spend_nanos": 1_000_000_000, "writers": 1,
+            "updated_at": "2026-11-25T10:00:00+00:00",
+            "by_budget_nanos": {"daily": 1_000_000_000}, "budget_writers": {"daily": 1}}
+MALFORMED_SUMMARIES = {
+    "array": "[]",
+    "json null": "null",
+    "empty object": "{}",
+    "another day": json.dumps(_SUMMARY | {"date": "2026-11-24"}),
+    "spend is text": json.dumps(_SUMMARY | {"spend_nanos": "abc"}),
+    "spend negative": json.dumps(_SUMMARY | {"spend_nanos": -5}),
+    "writers fractional": json.dumps(_SUMMARY | {"writers": 1.5}),
+    "writers missing": json.dumps({k: v for k, v in _SUMMARY.items() if k != "writers"}),
+    "by_budget_nanos negative": json.dumps(_SUMMARY | {"by_budget_nanos": {"daily": -1}}),
+    "budget_writers not an object": json.dumps(_SUMMARY | {"budget_writers": [1]}),
+    "budgets do not match": json.dumps(_SUMMARY | {"budget_writers": {"team": 1}}),
+    "updated_at a number": json.dumps(_SUMMARY | {"updated_at": 5}),
+}
+
+
+@pytest.mark.parametrize("content", MALFORMED_SUMMARIES.values(), ids=list(MALFORMED_SUMMARIES))
+def test_a_malformed_summary_row_is_reported_by_name_and_left_untouched(
+    kind: Kind, content: str
+) -> None:
+    kind.store.merge_writer(_entry("live", 1.0, 1))
+    name = summary_row_name(DAY)
+    kind.put_raw(SUMMARY_TYPE, name, content)
+    summary_before = kind.raw(SUMMARY_TYPE, name)
+    live_before = kind.raw(WRITER_TYPE, writer_row_name(DAY, "live"))
+    where = f"{SUMMARY_TYPE}/{name}"
+    calls = {
+        "day_totals": lambda: kind.store.day_totals([DAY]),
+        "merge (new row)": lambda: kind.store.merge_writer(_entry("a", 1.0, 1)),
+        "merge (live row)": lambda: kind.store.merge_writer(_entry("live", 2.0, 2)),
+        "retire (new row)": lambda: kind.store.retire_writer(_entry("b", 1.0, 1)),
+        "retire (live row)": lambda: kind.store.retire_writer(_entry("live", 2.0, 2)),
+    }
+    for what, call in calls.items():
+        with pytest.raises(CheckpointError) as caught:
+            call()
+        assert where in str(caught.value), (what, str(caught.value))
+    assert kind.raw(SUMMARY_TYPE, name) == summary_before, "left as it was"
+    assert kind.raw(WRITER_TYPE, writer_row_name(DAY, "live")) == live_before, "nothing written"
+    assert kind.raw(WRITER_TYPE, writer_row_name(DAY, "a")) is None
+    assert kind.raw(WRITER_TYPE, writer_row_name(DAY, "b")) is None
+    # Another day never reads it.
+    assert kind.store.retire_writer(_entry("a", 1.0, 1) | {"date": "2026-11-26"})["applied"]
+
+
+def test_a_retired_row_whose_summary_is_gone_is_reported_not_counted_negative(
+    kind: Kind
+) -> None:
+    kind.store.merge_writer(_entry("other", 1.0, 1))
+    kind.put_raw(WRITER_TYPE, writer_row_name(DAY, "gone"),
+                 json.dumps(_entry("gone", 2.0, 1) | {"retired": True}))
+    with pytest.raises(CheckpointError, match="gone"):
+        kind.store.merge_writer(_entry("gone", 3.0, 2))
+    assert json.loads(kind.raw(WRITER_TYPE, writer_row_name(DAY, "gone"))[0])["spend_usd"] == 2.0
+    assert kind.raw(SUMMARY_TYPE, summary_row_name(DAY)) is None
 
 
 @pytest.mark.parametrize("content", ["[]", '"a budget"', "42", "null"])

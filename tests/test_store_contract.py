@@ -16,10 +16,12 @@ from otel_budget import CheckpointError, StoreError
 from otel_budget.stores.base import PatchStore
 from otel_budget.stores.entries import (
     LEGACY_TYPE,
+    SUMMARY_TYPE,
     WRITER_TYPE,
     empty_totals,
     normalize_writer_entry,
     summarize,
+    summary_row_name,
     writer_row_name,
 )
 from tests.conftest import StoreFactory
@@ -240,6 +242,9 @@ BAD_ENTRIES: dict[str, Any] = {
     "by_budget negative": entry("w1", 1.0, 2, budgets={"daily": -1.0}),
     "by_budget inf": entry("w1", 1.0, 2, budgets={"daily": math.inf}),
     "by_budget bool": entry("w1", 1.0, 2, budgets={"daily": True}),
+    "final not a bool": entry("w1", 1.0, 2, final="yes"),
+    "retired set by the writer": entry("w1", 1.0, 2, retired=True),
+    "retired false": entry("w1", 1.0, 2, retired=False),
 }
 
 
@@ -249,6 +254,8 @@ def test_a_malformed_entry_is_refused_and_nothing_is_written(store: Any, bad: An
     before = store.writer_entries([DAY, "2026-11-26"])
     with pytest.raises(CheckpointError):
         store.merge_writer(bad)
+    with pytest.raises(CheckpointError):
+        store.retire_writer(bad)
     assert store.writer_entries([DAY, "2026-11-26"]) == before
     assert store.day_totals([DAY])[DAY]["total_usd"] == 1.0
 
@@ -270,6 +277,7 @@ def test_a_closed_store_refuses_every_method(store_factory: StoreFactory) -> Non
         "get": lambda: store.get(WRITER_TYPE, writer_row_name(DAY, "w1")),
         "insert_if_absent": lambda: store.insert_if_absent(NUDGE_TYPE, "n", {"a": 1}),
         "merge_writer": lambda: store.merge_writer(entry("w1", 2.0, 2)),
+        "retire_writer": lambda: store.retire_writer(entry("w1", 2.0, 2)),
         "day_totals": lambda: store.day_totals([DAY]),
         "writer_entries": lambda: store.writer_entries([DAY]),
     }
@@ -336,3 +344,156 @@ def test_concurrent_writers_lose_nothing(store_factory: StoreFactory) -> None:
     assert {e["writer_id"]: e["seq"] for e in reader.writer_entries([DAY])} == {
         f"w{i}": rounds for i in range(writers)}
     assert reader.day_totals([DAY])[DAY]["total_usd"] == round(writers * rounds * 0.01, 9)
+
+
+# --- retiring writers into the day's summary row ---------------------------------------
+
+
+def _all_rows_totals(store: Any, day: str) -> Any:
+    """The reference: entries.summarize over every writer row of the day, retired or not."""
+    return summarize(day, store.writer_entries([day], breakdown=False))
+
+
+def test_retire_counts_the_writer_once_in_the_summary(store: Any) -> None:
+    store.merge_writer(entry("w1", 1.0, 1, budgets={"daily": 1.0}))
+    store.merge_writer(entry("w2", 2.0, 1, budgets={"daily": 2.0, "team": 2.0}))
+    before = store.day_totals([DAY])[DAY]
+    result = store.retire_writer(entry("w2", 2.5, 2, budgets={"daily": 2.5, "team": 0.5},
+                                       final=True))
+    assert result["applied"] is True and result["stored_seq"] == 2
+    assert result["others"] == summarize(DAY, [normalize_writer_entry(
+        entry("w1", 1.0, 1, budgets={"daily": 1.0}), where="test")])
+    row = store.get(WRITER_TYPE, writer_row_name(DAY, "w2"))
+    assert row["retired"] is True and row["final"] is True and row["spend_usd"] == 2.5
+    assert store.get(SUMMARY_TYPE, summary_row_name(DAY)) == {
+        "date": DAY, "spend_nanos": 2_500_000_000, "writers": 1,
+        "updated_at": f"{DAY}T10:00:02+00:00",
+        "by_budget_nanos": {"daily": 2_500_000_000, "team": 500_000_000},
+        "budget_writers": {"daily": 1, "team": 1}}
+    totals = store.day_totals([DAY])[DAY]
+    assert totals == _all_rows_totals(store, DAY)
+    assert totals["total_usd"] == 3.5 and totals["writers"] == before["writers"] == 2
+    assert totals["budget_writers"] == {"daily": 2, "team": 1}
+    # A retry (its first answer lost) changes nothing: the row is counted once.
+    again = store.retire_writer(entry("w2", 2.5, 2, budgets={"daily": 2.5, "team": 0.5},
+                                      final=True))
+    assert again["applied"] is False and again["stored_seq"] == 2
+    assert again["others"]["total_usd"] == 1.0 and again["others"]["writers"] == 1
+    assert store.day_totals([DAY])[DAY] == totals
+    assert store.get(SUMMARY_TYPE, summary_row_name(DAY))["writers"] == 1
+    # Other writers' merges see the retired writer through the summary.
+    others = store.merge_writer(entry("w1", 1.5, 2, budgets={"daily": 1.5}))["others"]
+    assert others["total_usd"] == 2.5 and others["writers"] == 1
+    assert others["by_budget"] == {"daily": 2.5, "team": 0.5}
+    # writer_entries still lists every row, retired ones included.
+    assert sorted((e["writer_id"], e.get("retired", False))
+                  for e in store.writer_entries([DAY])) == [("w1", False), ("w2", True)]
+
+
+def test_retire_without_an_earlier_merge_and_with_a_stale_seq(store: Any) -> None:
+    fresh = store.retire_writer(entry("w1", 4.0, 3))
+    assert fresh == {"applied": True, "stored_seq": 3, "others": empty_totals(DAY)}
+    assert store.get(WRITER_TYPE, writer_row_name(DAY, "w1"))["retired"] is True
+    # The stored seq is newer than the final entry: the stored entry is the one retired.
+    store.merge_writer(entry("w2", 5.0, 9))
+    stale = store.retire_writer(entry("w2", 1.0, 4))
+    assert stale["applied"] is False and stale["stored_seq"] == 9
+    row = store.get(WRITER_TYPE, writer_row_name(DAY, "w2"))
+    assert row["retired"] is True and row["spend_usd"] == 5.0
+    assert store.get(SUMMARY_TYPE, summary_row_name(DAY))["spend_nanos"] == 9_000_000_000
+    assert store.day_totals([DAY])[DAY]["total_usd"] == 9.0
+
+
+def test_a_late_merge_on_a_retired_row_moves_the_summary_by_the_difference(store: Any) -> None:
+    store.merge_writer(entry("other", 1.0, 1))
+    store.retire_writer(entry("w1", 2.0, 5, budgets={"daily": 2.0, "old": 2.0}))
+    older = store.merge_writer(entry("w1", 9.0, 4))
+    assert older["applied"] is False and older["stored_seq"] == 5
+    assert store.day_totals([DAY])[DAY]["total_usd"] == 3.0
+    newer = store.merge_writer(entry("w1", 3.0, 6, budgets={"daily": 3.0, "new": 1.0}))
+    assert newer["applied"] is True and newer["stored_seq"] == 6
+    assert newer["others"]["total_usd"] == 1.0 and newer["others"]["writers"] == 1
+    assert newer["others"]["by_budget"] == {}
+    row = store.get(WRITER_TYPE, writer_row_name(DAY, "w1"))
+    assert row["retired"] is True and row["spend_usd"] == 3.0, "never un-retired"
+    assert store.get(SUMMARY_TYPE, summary_row_name(DAY)) == {
+        "date": DAY, "spend_nanos": 3_000_000_000, "writers": 1,
+        "updated_at": f"{DAY}T10:00:06+00:00",
+        "by_budget_nanos": {"daily": 3_000_000_000, "new": 1_000_000_000},
+        "budget_writers": {"daily": 1, "new": 1}}
+    totals = store.day_totals([DAY])[DAY]
+    assert totals == _all_rows_totals(store, DAY)
+    assert totals["total_usd"] == 4.0 and totals["writers"] == 2
+    # A newer retire of a retired row is the same move, still counted once.
+    store.retire_writer(entry("w1", 3.25, 7, budgets={"daily": 3.25}))
+    assert store.day_totals([DAY])[DAY] == _all_rows_totals(store, DAY)
+    assert store.day_totals([DAY])[DAY]["writers"] == 2
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_totals_with_retired_writers_are_summarize_over_every_row(store: Any, seed: int) -> None:
+    """Random merges and retires, in random order: day_totals and every answer's
+    others equal entries.summarize over ALL the day's rows (retired or not)."""
+    rng = random.Random(seed)
+    days = [DAY, "2026-11-26"]
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    retired: set[tuple[str, str]] = set()
+    for step in range(70):
+        day = rng.choice(days)
+        writer = rng.choice(["a", "b", "c", "it's", "d/e", "f", "g"])
+        spend = rng.choice([rng.uniform(0, 50), rng.random() / 1e6, round(rng.uniform(0, 9), 3),
+                            float(rng.randint(0, 5)), 1e-10, 123456.789012345])
+        budgets = {name: rng.choice([spend, rng.uniform(0, 3), 0])
+                   for name in rng.sample(["daily", "team", "weekly"], rng.randint(0, 3))}
+        key = (day, writer)
+        stored = latest.get(key)
+        seq = rng.randint(0, 9)
+        raw = entry(writer, spend, seq, day=day, budgets=budgets)
+        # updated_at grows with seq, as a writer's clock does.
+        raw["updated_at"] = f"t{seq:02d}-{step:03d}"
+        retire = rng.random() < 0.35
+        was_retired = key in retired
+        result = (store.retire_writer if retire else store.merge_writer)(raw)
+        if stored is None or raw["seq"] > stored["seq"]:
+            latest[key] = normalize_writer_entry(raw, where="test")
+        if retire:
+            retired.add(key)
+        assert result["stored_seq"] == latest[key]["seq"]
+        others = summarize(day, [e for (d, w), e in latest.items() if d == day and w != writer])
+        got = dict(result["others"])
+        if was_retired:  # documented: others.updated_at may then be this writer's
+            got["updated_at"] = others["updated_at"] = None
+        assert got == others, step
+        for d in days:
+            assert store.day_totals([d])[d] == summarize(
+                d, [e for (dd, _), e in latest.items() if dd == d]), step
+    rows = store.writer_entries(days, breakdown=False)
+    assert {(e["date"], e["writer_id"]) for e in rows if e.get("retired")} == retired
+    assert len(rows) == len(latest)
+
+
+def test_concurrent_retires_and_merges_lose_nothing(store_factory: StoreFactory) -> None:
+    writers, rounds = 6, 12
+    errors: list[BaseException] = []
+
+    def write(index: int) -> None:
+        try:
+            handle: Any = store_factory()
+            for seq in range(1, rounds + 1):
+                handle.merge_writer(entry(f"w{index}", seq * 0.01, seq, budgets={"d": 0.01}))
+            handle.retire_writer(entry(f"w{index}", 1.0, rounds + 1, budgets={"d": 1.0}))
+            handle.retire_writer(entry(f"w{index}", 1.0, rounds + 1, budgets={"d": 1.0}))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    reader: Any = store_factory()
+    totals = reader.day_totals([DAY])[DAY]
+    assert totals["total_usd"] == float(writers) and totals["writers"] == writers
+    assert totals["budget_writers"] == {"d": writers}
+    assert reader.get(SUMMARY_TYPE, summary_row_name(DAY))["writers"] == writers

@@ -33,17 +33,45 @@ class PatchStore(Protocol):
         caller treats `stored_seq >= entry["seq"]` as "my entry is durable".
         An amount in another writer's row of the day that is not a number >= 0
         raises CheckpointError naming that row (never counted as 0), and nothing
-        is written."""
+        is written; so does a malformed summary row of the day.
+
+        The others are the day's summary row (its retired writers) plus its writer
+        rows not retired. On a retired row a newer seq replaces the entry and moves
+        the summary by the difference: the row stays retired and is counted once
+        (an equal or older seq is a no-op, as always). An entry carrying `retired`
+        raises CheckpointError: only `retire_writer` sets it."""
+        ...
+
+    def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
+        """A writer's last entry for its day (shutdown, or a day it has closed):
+        validated and rounded as by merge_writer, then atomically (one transaction)
+        stored by the same seq rule, the row marked `"retired": true` and its amounts
+        (spend, by_budget, one writer, its budget_writers counts) added to the day's
+        summary row (`budget_summary`/`budget_{date}`), so later merges and reads of
+        the day no longer visit it. Exactly once per writer row: retiring a retired
+        row again is a no-op unless its seq is newer (then as merge_writer on a
+        retired row), so retries are idempotent. If the stored seq is newer than the
+        entry's, the stored entry is the one retired.
+
+        Returns what merge_writer returns: whether the entry applied, the seq now
+        stored, and the totals of the day's OTHER writers (for a row that was
+        already retired, `others.updated_at` may be this writer's own). Malformed
+        stored rows raise CheckpointError as in merge_writer, and nothing is
+        written."""
         ...
 
     def day_totals(self, days: Sequence[str]) -> dict[str, DayTotals]:
         """Every day's totals over its writer rows, in one round trip; a day
-        without rows gets zero totals."""
+        without rows gets zero totals. Retired or not, every row counts once: the
+        day's summary row stands for the retired ones, so the totals are those of
+        `entries.summarize` over all of the day's writer rows. A malformed summary
+        row raises CheckpointError naming it."""
         ...
 
     def writer_entries(self, days: Sequence[str], *, breakdown: bool = True) -> list[dict[str, Any]]:
-        """Every writer row's content for those days, in one round trip; without
-        `breakdown`, `by_attributes` may be left out."""
+        """Every writer row's content for those days (retired ones included, with
+        `"retired": true`), in one round trip; without `breakdown`,
+        `by_attributes` may be left out."""
         ...
 
     def nudges_on(self, day: str) -> list[dict[str, Any]]:

@@ -20,6 +20,8 @@ from typing import Any, TypedDict
 from ..errors import CheckpointError
 
 WRITER_TYPE = "budget_writer"
+#: One row per day (`name='budget_YYYY-MM-DD'`) summing the day's retired writer rows.
+SUMMARY_TYPE = "budget_summary"
 #: Version 1 day documents (`name='budget_YYYY-MM-DD'`): still read, never written.
 LEGACY_TYPE = "budget"
 
@@ -45,6 +47,10 @@ class MergeResult(TypedDict):
 
 def writer_row_name(day: str, writer_id: str) -> str:
     return f"budget_{day}/{writer_id}"
+
+
+def summary_row_name(day: str) -> str:
+    return f"budget_{day}"
 
 
 def round_usd(value: float) -> float:
@@ -123,6 +129,10 @@ def writer_entry_problem(entry: Any) -> str | None:
         return "updated_at must be a string"
     if "timezone" in entry and not isinstance(entry["timezone"], str):
         return "timezone must be a string"
+    if "final" in entry and not isinstance(entry["final"], bool):
+        return f"final must be true or false, got {entry['final']!r:.60}"
+    if "retired" in entry and entry["retired"] is not True:
+        return f"retired must be true when present, got {entry['retired']!r:.60}"
     if "by_attributes" in entry:
         items = entry["by_attributes"]
         if not isinstance(items, list):
@@ -154,8 +164,12 @@ def validate_writer_entry(entry: Any, *, where: str) -> dict[str, Any]:
 
 
 def normalize_writer_entry(entry: Any, *, where: str) -> dict[str, Any]:
-    """A validated copy with every amount rounded to 1e-9: what the stores write."""
+    """A validated copy with every amount rounded to 1e-9: what the stores write.
+    `retired` is the store's mark (set by retire_writer), never a writer's."""
     checked = dict(validate_writer_entry(entry, where=where))
+    if "retired" in checked:
+        raise CheckpointError(f"{where}: retired is set by the store (retire_writer), "
+                              "not by a writer")
     checked["spend_usd"] = round_usd(checked["spend_usd"])
     if "by_attributes" in checked:
         checked["by_attributes"] = [
@@ -181,14 +195,23 @@ def empty_totals(day: str) -> DayTotals:
             "by_budget": {}, "budget_writers": {}}
 
 
-def summarize(day: str, entries: Iterable[Mapping[str, Any]]) -> DayTotals:
-    """The day's totals over `entries` (valid writer entries). Sums are exact
-    decimals of the stored JSON numbers, rounded once to 1e-9, as in SQL."""
+def summarize(
+    day: str, entries: Iterable[Mapping[str, Any]], *, base: Mapping[str, Any] | None = None
+) -> DayTotals:
+    """The day's totals over `entries` (valid writer entries), plus the summary row
+    `base` (valid, see `summary_problem`) if given. Sums are exact decimals of the
+    stored JSON numbers, rounded once to 1e-9, as in SQL."""
     total = Decimal(0)
     writers = 0
     updated: str | None = None
     budgets: dict[str, Decimal] = {}
     counts: dict[str, int] = {}
+    if base is not None:
+        total = _from_nanos(base["spend_nanos"])
+        writers = int(base["writers"])
+        updated = base.get("updated_at")
+        budgets = {k: _from_nanos(v) for k, v in base["by_budget_nanos"].items()}
+        counts = {k: int(v) for k, v in base["budget_writers"].items()}
     for entry in entries:
         writers += 1
         total += _exact(entry["spend_usd"])
@@ -206,6 +229,150 @@ def summarize(day: str, entries: Iterable[Mapping[str, Any]]) -> DayTotals:
         "by_budget": {k: _to_usd(v) for k, v in sorted(budgets.items())},
         "budget_writers": dict(sorted(counts.items())),
     }
+
+
+# --- the day's summary row (retired writers) -----------------------------------------
+#
+# {"date", "spend_nanos", "writers", "updated_at", "by_budget_nanos", "budget_writers"}:
+# the sums of the day's retired writer rows, in integer nano-USD (exact in JSON, in
+# SQLite's 64-bit integers and in PostgreSQL's numeric; amounts are rounded to 1e-9
+# before they are stored, so a row's nanos are integers). A writer row is added once,
+# when retire_writer marks it `"retired": true`; from then on the day's totals are
+# the summary row plus the rows not retired.
+
+
+def empty_summary(day: str) -> dict[str, Any]:
+    return {"date": day, "spend_nanos": 0, "writers": 0, "updated_at": None,
+            "by_budget_nanos": {}, "budget_writers": {}}
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def summary_problem(content: Any, day: str) -> str | None:
+    """None if `content` is a well-formed summary row of `day`, else what is wrong."""
+    if not isinstance(content, dict):
+        return f"content is {type(content).__name__}, expected an object"
+    if content.get("date") != day:
+        return f"date must be {day!r}, got {content.get('date')!r:.60}"
+    for key in ("spend_nanos", "writers"):
+        if not _is_count(content.get(key)):
+            return f"{key} must be an integer >= 0, got {content.get(key)!r:.60}"
+    stamp = content.get("updated_at")
+    if stamp is not None and not isinstance(stamp, str):
+        return "updated_at must be a string or null"
+    for key in ("by_budget_nanos", "budget_writers"):
+        value = content.get(key)
+        if not isinstance(value, dict):
+            return f"{key} must be an object"
+        for name, amount in value.items():
+            if not _is_count(amount):
+                return f"{key}[{name!r:.60}] must be an integer >= 0, got {amount!r:.60}"
+    if set(content["by_budget_nanos"]) != set(content["budget_writers"]):
+        return "by_budget_nanos and budget_writers must name the same budgets"
+    return None
+
+
+def validate_summary(content: Any, *, day: str, where: str) -> dict[str, Any]:
+    problem = summary_problem(content, day)
+    if problem is not None:
+        raise CheckpointError(f"{where}: {problem}")
+    assert isinstance(content, dict)
+    return content
+
+
+def to_nanos(value: float) -> int:
+    """A stored (1e-9-rounded) amount as integer nano-USD, exactly."""
+    return int((_exact(value) * 1_000_000_000).to_integral_value())
+
+
+def _from_nanos(nanos: int) -> Decimal:
+    return Decimal(int(nanos)).scaleb(-_DECIMALS)
+
+
+def summary_add(
+    summary: Mapping[str, Any], add: Mapping[str, Any] | None = None,
+    sub: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`summary` with writer entry `add` counted in and `sub` counted out (a retired
+    row replaced by a newer seq: out with the old, in with the new). Pure."""
+    spend = int(summary["spend_nanos"])
+    writers = int(summary["writers"])
+    budgets = {k: int(v) for k, v in summary["by_budget_nanos"].items()}
+    counts = {k: int(v) for k, v in summary["budget_writers"].items()}
+    updated = summary.get("updated_at")
+    for entry, sign in ((sub, -1), (add, 1)):
+        if entry is None:
+            continue
+        spend += sign * to_nanos(entry["spend_usd"])
+        writers += sign
+        for name, amount in (entry.get("by_budget") or {}).items():
+            budgets[name] = budgets.get(name, 0) + sign * to_nanos(amount)
+            counts[name] = counts.get(name, 0) + sign
+    if spend < 0 or writers < 0 or any(v < 0 for v in budgets.values()) or any(
+            v < 0 for v in counts.values()):
+        writer = sub.get("writer_id") if sub is not None else None
+        raise CheckpointError(
+            f"row {SUMMARY_TYPE}/{summary_row_name(summary['date'])} does not hold the "
+            f"retired writer {writer!r:.80}")
+    if add is not None:
+        stamp = add.get("updated_at")
+        if isinstance(stamp, str) and (updated is None or stamp > updated):
+            updated = stamp
+    return {
+        "date": summary["date"], "spend_nanos": spend, "writers": writers,
+        "updated_at": updated,
+        "by_budget_nanos": {k: v for k, v in sorted(budgets.items()) if counts[k] > 0},
+        "budget_writers": {k: v for k, v in sorted(counts.items()) if v > 0},
+    }
+
+
+class WritePlan(TypedDict):
+    applied: bool
+    stored_seq: int
+    row: dict[str, Any] | None  # the writer row's new content; None: unchanged
+    summary: dict[str, Any] | None  # the summary row's new content; None: unchanged
+    others_base: dict[str, Any]  # the summary without this writer: the others' base
+
+
+def plan_write(
+    entry: dict[str, Any], stored: dict[str, Any] | None, summary: dict[str, Any] | None,
+    *, retire: bool,
+) -> WritePlan:
+    """What merge_writer (`retire=False`) or retire_writer (`retire=True`) does with
+    the normalized `entry`, given the writer's stored row and the day's summary row
+    (both validated, or None if absent). The reference the SQL functions mirror:
+
+    - the usual seq rule picks the row's entry (applied when the seq is newer);
+    - retiring a row not yet retired marks it `"retired": true` and adds it to the
+      summary, once; retiring a retired row again changes nothing unless its seq is
+      newer;
+    - a newer seq on a retired row (a late merge_writer or retire_writer) replaces it
+      and moves the summary by the difference: it stays retired, counted once.
+    """
+    base = summary if summary is not None else empty_summary(entry["date"])
+    was_retired = stored is not None and stored.get("retired") is True
+    applied = stored is None or entry["seq"] > stored["seq"]
+    kept = entry if applied else stored
+    assert kept is not None
+    row: dict[str, Any] | None = None
+    new_summary: dict[str, Any] | None = None
+    if was_retired:
+        assert stored is not None
+        others_base = summary_add(base, sub=stored)
+        if applied:
+            row = {**entry, "retired": True}
+            new_summary = summary_add(base, add=entry, sub=stored)
+    else:
+        others_base = dict(base)
+        if retire:
+            row = {**kept, "retired": True}
+            new_summary = summary_add(base, add=kept)
+        elif applied:
+            row = entry
+    return {"applied": applied, "stored_seq": int(kept["seq"]), "row": row,
+            "summary": new_summary, "others_base": others_base}
 
 
 def totals_from_json(day: str, value: Any) -> DayTotals:

@@ -10,12 +10,16 @@ from typing import Any
 from ..errors import CheckpointError, StoreError
 from .base import ContextStore, dumps_content
 from .entries import (
+    SUMMARY_TYPE,
     WRITER_TYPE,
     DayTotals,
     MergeResult,
     check_days,
     normalize_writer_entry,
+    plan_write,
     summarize,
+    summary_row_name,
+    validate_summary,
     validate_writer_entry,
     writer_row_name,
 )
@@ -63,32 +67,38 @@ class MemoryStore(ContextStore):
         return rows
 
     def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
+        return self._write(entry, retire=False)
+
+    def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
+        return self._write(entry, retire=True)
+
+    def _write(self, entry: dict[str, Any], *, retire: bool) -> MergeResult:
         self._check_open()
         checked = normalize_writer_entry(entry, where="writer entry")
         dumps_content(checked)
         day, writer = checked["date"], checked["writer_id"]
         name = writer_row_name(day, writer)
         with self._lock:
-            present = (WRITER_TYPE, name) in self._rows
-            stored: Any = self._rows.get((WRITER_TYPE, name))
-            if present:
-                validate_writer_entry(stored, where=f"row {WRITER_TYPE}/{name}")
-            applied = not present or checked["seq"] > stored["seq"]
-            # Summed before writing: a malformed row elsewhere fails the merge whole.
-            others = self._summarize(day, exclude=name)
-            if applied:
-                self._rows[(WRITER_TYPE, name)] = copy.deepcopy(checked)
+            stored: Any = None
+            if (WRITER_TYPE, name) in self._rows:
+                stored = validate_writer_entry(
+                    self._rows[(WRITER_TYPE, name)], where=f"row {WRITER_TYPE}/{name}")
+            plan = plan_write(checked, stored, self._summary(day), retire=retire)
+            # Summed before writing: a malformed row elsewhere fails the write whole.
+            others = self._summarize(day, exclude=name, base=plan["others_base"])
+            if plan["row"] is not None:
+                self._rows[(WRITER_TYPE, name)] = copy.deepcopy(plan["row"])
                 self._days.setdefault(day, set()).add(name)
-                stored_seq = checked["seq"]
-            else:
-                stored_seq = stored["seq"]
-        return {"applied": applied, "stored_seq": stored_seq, "others": others}
+            if plan["summary"] is not None:
+                self._rows[(SUMMARY_TYPE, summary_row_name(day))] = plan["summary"]
+        return {"applied": plan["applied"], "stored_seq": plan["stored_seq"], "others": others}
 
     def day_totals(self, days: Sequence[str]) -> dict[str, DayTotals]:
         self._check_open()
         wanted = check_days(days)
         with self._lock:
-            return {day: self._summarize(day, exclude=None) for day in wanted}
+            return {day: self._summarize(day, exclude=None, base=self._summary(day))
+                    for day in wanted}
 
     def writer_entries(
         self, days: Sequence[str], *, breakdown: bool = True
@@ -105,14 +115,25 @@ class MemoryStore(ContextStore):
                     out.append(row)
         return out
 
-    def _summarize(self, day: str, *, exclude: str | None) -> DayTotals:
+    def _summary(self, day: str) -> dict[str, Any] | None:
+        name = summary_row_name(day)
+        if (SUMMARY_TYPE, name) not in self._rows:
+            return None
+        return validate_summary(self._rows[(SUMMARY_TYPE, name)], day=day,
+                                where=f"row {SUMMARY_TYPE}/{name}")
+
+    def _summarize(self, day: str, *, exclude: str | None,
+                   base: dict[str, Any] | None) -> DayTotals:
+        """`base` (the summary row) plus the day's writer rows not retired."""
         rows = []
         for name in sorted(self._days.get(day, ())):
             if name == exclude:
                 continue
-            rows.append(validate_writer_entry(
-                self._rows[(WRITER_TYPE, name)], where=f"row {WRITER_TYPE}/{name}"))
-        return summarize(day, rows)
+            row = validate_writer_entry(
+                self._rows[(WRITER_TYPE, name)], where=f"row {WRITER_TYPE}/{name}")
+            if row.get("retired") is not True:
+                rows.append(row)
+        return summarize(day, rows, base=base)
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
         self._check_open()

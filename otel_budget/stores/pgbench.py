@@ -5,9 +5,10 @@ Writers are separate processes, each with its own PostgresStore (one connection)
 each checkpointing its own writer row of one shared day with `merge_writer`, the
 entry carrying `ATTRIBUTE_SETS` attribute sets: that is how replicas behave. Each
 scenario runs at 1, 4 and 16 writers, once into an empty day and once into a day
-that already holds `FINISHED_WRITERS` finished writers (every merge also sums the
-day's other writers). Then the restore path: `day_totals` and `writer_entries` of
-that large day.
+that already holds `FINISHED_WRITERS` finished writers, retired as a shutdown
+retires them (`retire_writer`: their rows marked retired and summed into the day's
+summary row, so a merge reads the summary and the live rows, not the finished
+ones). Then the restore path: `day_totals` and `writer_entries` of that large day.
 
 Every writer warms up (connects, merges WARMUP_MERGES times), then all wait at a
 barrier and start together; merges/s is timed from the first timed merge of any
@@ -30,7 +31,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .entries import writer_row_name
 from .migrate import apply_migration
 
 TOTAL_MERGES = 3200
@@ -43,7 +43,8 @@ RESTORE_REPEATS = 20
 
 def run_postgres_bench(url: str) -> dict[str, Any]:
     """{"writers_1": {...}, ..., "writers_16_with_1000_finished": {...},
-    "restore_1000_writers": {...}} with merges/s, median/p99 in ms."""
+    "restore_1000_writers": {...}} with merges/s, median/p99 in ms (the 1,000
+    finished writers retired into the day's summary row)."""
     apply_migration(url)
     results: dict[str, Any] = {
         "mode": "processes, one connection each, one writer row each, one shared day",
@@ -196,21 +197,22 @@ def _entry(day: str, writer: str, seq: int) -> dict[str, Any]:
 
 
 def _seed(url: str, day: str, writers: int) -> None:
-    """`writers` finished writer rows for `day`, written directly in one statement."""
+    """`writers` finished writers of `day`: each merged, then retired by its final
+    entry through otel_budget_retire_writer, as a meter's shutdown does."""
     import psycopg
 
-    rows = [
-        (writer_row_name(day, f"done-{i}"), json.dumps(_entry(day, f"done-{i}", 100 + i)))
-        for i in range(writers)
-    ]
+    merges = [json.dumps(_entry(day, f"done-{i}", 100 + i)) for i in range(writers)]
+    finals = [json.dumps(_entry(day, f"done-{i}", 101 + i) | {"final": True})
+              for i in range(writers)]
     with psycopg.connect(url, autocommit=True) as conn:
         with conn.cursor() as cur:
-            cur.executemany(
-                "insert into public.quilt_patches (patch_type, name, content) "
-                "values ('budget_writer', %s::text, %s::jsonb)",
-                rows,
-            )
-        conn.execute("analyze public.quilt_patches")
+            cur.executemany("select public.otel_budget_merge_writer(%s::jsonb)",
+                            [(m,) for m in merges])
+            cur.executemany("select public.otel_budget_retire_writer(%s::jsonb)",
+                            [(f,) for f in finals])
+        # Autovacuum would do it on a live server: the index entries of the rows as
+        # they were before retiring point at dead tuples until a vacuum.
+        conn.execute("vacuum analyze public.quilt_patches")
 
 
 def _bench_day(taken: list[str]) -> str:
@@ -233,7 +235,8 @@ def _delete(url: str, days: list[str]) -> None:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
-                "delete from public.quilt_patches where patch_type = 'budget_writer' "
+                "delete from public.quilt_patches "
+                "where patch_type in ('budget_writer', 'budget_summary') "
                 "and (content ->> 'date') = any(%s::text[])",
                 (days,),
             )

@@ -278,11 +278,15 @@ $fn$;
 -- Version 2: one row per (day, writer), patch_type 'budget_writer',
 -- name 'budget_<date>/<writer_id>', content the writer's entry. A writer is one
 -- recording process; it alone writes its row, so merges never contend on a
--- shared row. The day's writer rows are found by date through this index (the
--- name's prefix is not usable: LIKE under a non-C collation cannot use a btree).
-create index if not exists quilt_patches_writer_day
+-- shared row. The day's writer rows are found by date through two partial
+-- indexes, live rows and retired ones (the name's prefix is not usable: LIKE under
+-- a non-C collation cannot use a btree). The first layout's index on every writer
+-- row of a date is dropped: the planner preferred it to the live rows' index and
+-- then filtered out the day's retired rows one by one.
+drop index if exists public.quilt_patches_writer_day;
+create index if not exists quilt_patches_writer_retired
     on public.quilt_patches ((content ->> 'date'))
-    where patch_type = 'budget_writer';
+    where patch_type = 'budget_writer' and (content ? 'retired');
 
 
 -- NULL if `p_entry` is a well-formed writer entry, else what is wrong with it.
@@ -365,19 +369,173 @@ end
 $fn$;
 
 
--- The totals of each day in p_days over its writer rows, leaving out the writer
--- p_exclude_writer if given: {"<day>": {"date", "total_usd", "writers",
--- "updated_at", "by_budget", "budget_writers"}}. Every day in p_days is a key,
--- zero when it has no rows. Mirrors otel_budget.stores.entries.summarize; an
--- amount that is not a number >= 0 raises OB002 naming its row (never counted
--- as 0).
+-- The day's retired writers: one row per day, patch_type 'budget_summary', name
+-- 'budget_<date>', content {"date", "spend_nanos", "writers", "updated_at",
+-- "by_budget_nanos", "budget_writers"}: the sums of the writer rows that
+-- otel_budget_retire_writer marked "retired", in nano-USD (exact numeric), each
+-- added exactly once. The day's totals are this row plus the rows not retired, so
+-- a merge never visits the day's finished writers. Mirrors
+-- otel_budget.stores.entries.summary_problem / summary_add / plan_write.
 --
--- Cost: the rows come from the quilt_patches_writer_day index, and each row's
--- content is read (detoasted) once, by jsonb_to_record; the writer to leave out
--- is matched on the row's name, not its content.
-create or replace function public.otel_budget_day_totals(
+-- The rows a merge sums: the day's writer rows not retired. Queries spell the
+-- predicate `not (content ? 'retired')` exactly so, for the planner to use it.
+create index if not exists quilt_patches_writer_live
+    on public.quilt_patches ((content ->> 'date'))
+    where patch_type = 'budget_writer' and not (content ? 'retired');
+
+
+-- NULL if `p_content` is a well-formed summary row of p_day, else what is wrong.
+create or replace function public.otel_budget_summary_problem(p_content jsonb, p_day text)
+returns text
+language plpgsql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_key text;
+    v_bad text;
+begin
+    if p_content is null or jsonb_typeof(p_content) <> 'object' then
+        return format('content is %s, expected an object', coalesce(jsonb_typeof(p_content), 'missing'));
+    end if;
+    if (p_content ->> 'date') is distinct from p_day then
+        return format('date must be %L, got %s', p_day,
+                      coalesce(left((p_content -> 'date')::text, 60), 'nothing'));
+    end if;
+    foreach v_key in array array['spend_nanos', 'writers'] loop
+        if jsonb_typeof(p_content -> v_key) is distinct from 'number'
+           or (p_content ->> v_key) !~ '^[0-9]+$' then
+            return format('%s must be an integer >= 0, got %s', v_key,
+                          coalesce(left((p_content -> v_key)::text, 60), 'nothing'));
+        end if;
+    end loop;
+    if p_content ? 'updated_at' and jsonb_typeof(p_content -> 'updated_at') not in ('string', 'null') then
+        return 'updated_at must be a string or null';
+    end if;
+    foreach v_key in array array['by_budget_nanos', 'budget_writers'] loop
+        if jsonb_typeof(p_content -> v_key) is distinct from 'object' then
+            return format('%s must be an object', v_key);
+        end if;
+    end loop;
+    -- by_budget_nanos: numbers >= 0 (an entry written straight through SQL may carry
+    -- more than 9 decimals); budget_writers: integers >= 0.
+    select e.key into v_bad
+      from pg_catalog.jsonb_each(p_content -> 'by_budget_nanos') as e
+     where case when jsonb_typeof(e.value) = 'number'
+                then (e.value #>> '{}')::numeric < 0 else true end
+     limit 1;
+    if found then
+        return format('by_budget_nanos[%L] must be a number >= 0', v_bad);
+    end if;
+    select e.key into v_bad
+      from pg_catalog.jsonb_each(p_content -> 'budget_writers') as e
+     where jsonb_typeof(e.value) <> 'number' or (e.value #>> '{}') !~ '^[0-9]+$'
+     limit 1;
+    if found then
+        return format('budget_writers[%L] must be an integer >= 0', v_bad);
+    end if;
+    if (select pg_catalog.array_agg(k order by k) from pg_catalog.jsonb_object_keys(p_content -> 'by_budget_nanos') as k)
+       is distinct from
+       (select pg_catalog.array_agg(k order by k) from pg_catalog.jsonb_object_keys(p_content -> 'budget_writers') as k) then
+        return 'by_budget_nanos and budget_writers must name the same budgets';
+    end if;
+    return null;
+end
+$fn$;
+
+
+-- `p_content` if it is a well-formed summary row of p_day, else OB002 naming it.
+create or replace function public.otel_budget_summary_checked(p_content jsonb, p_day text)
+returns jsonb
+language plpgsql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_problem text := public.otel_budget_summary_problem(p_content, p_day);
+begin
+    if v_problem is not null then
+        raise exception using
+            errcode = 'OB002',
+            message = format('row budget_summary/budget_%s: %s', p_day, v_problem);
+    end if;
+    return p_content;
+end
+$fn$;
+
+
+-- The summary row p_summary of p_day (NULL: none yet) with the writer entry p_add
+-- counted in and p_sub counted out (either may be NULL). OB002 if p_summary is
+-- malformed, or if taking p_sub out would leave it below zero.
+create or replace function public.otel_budget_summary_add(
+    p_summary jsonb, p_day text, p_add jsonb, p_sub jsonb
+)
+returns jsonb
+language plpgsql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_base jsonb := public.otel_budget_summary_checked(coalesce(p_summary, jsonb_build_object(
+        'date', p_day, 'spend_nanos', 0, 'writers', 0, 'updated_at', null,
+        'by_budget_nanos', '{}'::jsonb, 'budget_writers', '{}'::jsonb)), p_day);
+    v_spend numeric;
+    v_writers numeric;
+    v_budgets jsonb;
+    v_counts jsonb;
+    v_negative boolean;
+    v_updated text := v_base ->> 'updated_at';
+begin
+    v_spend := (v_base ->> 'spend_nanos')::numeric
+        + coalesce((p_add ->> 'spend_usd')::numeric * 1000000000, 0)
+        - coalesce((p_sub ->> 'spend_usd')::numeric * 1000000000, 0);
+    v_writers := (v_base ->> 'writers')::numeric
+        + (p_add is not null)::int - (p_sub is not null)::int;
+    select coalesce(pg_catalog.jsonb_object_agg(b.key, pg_catalog.trim_scale(b.nanos))
+                        filter (where b.n > 0), '{}'::jsonb),
+           coalesce(pg_catalog.jsonb_object_agg(b.key, b.n) filter (where b.n > 0), '{}'::jsonb),
+           coalesce(bool_or(b.n < 0 or b.nanos < 0), false)
+      into v_budgets, v_counts, v_negative
+      from (select x.key, sum(x.nanos) as nanos, sum(x.n) as n
+              from (select e.key, (e.value #>> '{}')::numeric as nanos, 0 as n
+                      from pg_catalog.jsonb_each(v_base -> 'by_budget_nanos') as e
+                    union all
+                    select e.key, 0, (e.value #>> '{}')::numeric
+                      from pg_catalog.jsonb_each(v_base -> 'budget_writers') as e
+                    union all
+                    select e.key, (e.value #>> '{}')::numeric * 1000000000, 1
+                      from pg_catalog.jsonb_each(coalesce(p_add -> 'by_budget', '{}'::jsonb)) as e
+                    union all
+                    select e.key, -(e.value #>> '{}')::numeric * 1000000000, -1
+                      from pg_catalog.jsonb_each(coalesce(p_sub -> 'by_budget', '{}'::jsonb)) as e
+                   ) as x
+             group by x.key) as b;
+    if v_spend < 0 or v_writers < 0 or v_negative then
+        raise exception using
+            errcode = 'OB002',
+            message = format('row budget_summary/budget_%s does not hold the retired writer %L',
+                             p_day, p_sub ->> 'writer_id');
+    end if;
+    if p_add is not null and (p_add ->> 'updated_at') is not null
+       and (v_updated is null or (p_add ->> 'updated_at') > v_updated) then
+        v_updated := p_add ->> 'updated_at';
+    end if;
+    return jsonb_build_object(
+        'date', p_day, 'spend_nanos', pg_catalog.trim_scale(v_spend), 'writers', v_writers,
+        'updated_at', v_updated, 'by_budget_nanos', v_budgets, 'budget_writers', v_counts);
+end
+$fn$;
+
+
+-- otel_budget_day_totals, with the writer entry p_minus (a retired row of its day)
+-- taken out of its day's summary: the others of a writer already retired.
+create or replace function public.otel_budget_day_totals_minus(
     p_days text[],
-    p_exclude_writer text default null
+    p_exclude_writer text,
+    p_minus jsonb
 )
 returns jsonb
 language plpgsql
@@ -389,7 +547,10 @@ declare
     v_result jsonb;
     v_bad text;
 begin
-    with wr as materialized (
+    with days as (
+        select distinct u.day from pg_catalog.unnest(p_days) as u(day) where u.day is not null
+    ),
+    wr as materialized (
         select q.name, r.date as day, r.spend_usd as spend, r.updated_at, r.by_budget,
                case when jsonb_typeof(r.spend_usd) = 'number'
                     then case when r.spend_usd::numeric >= 0 then r.spend_usd::numeric end
@@ -399,8 +560,18 @@ begin
                as r("date" text, spend_usd jsonb, updated_at text, by_budget jsonb)
          where q.patch_type = 'budget_writer'
            and (q.content ->> 'date') = any (p_days)
+           and not (q.content ? 'retired')
            and (p_exclude_writer is null
                 or q.name <> 'budget_' || r.date || '/' || p_exclude_writer)
+    ),
+    sm as materialized (
+        select d.day,
+               case when p_minus is not null and (p_minus ->> 'date') = d.day
+                    then public.otel_budget_summary_add(s.content, d.day, null, p_minus)
+                    else public.otel_budget_summary_checked(s.content, d.day) end as content
+          from days as d
+          join public.quilt_patches as s
+            on s.patch_type = 'budget_summary' and s.name = 'budget_' || d.day
     ),
     per_budget as (
         select w.day, w.name, e.key,
@@ -413,37 +584,46 @@ begin
                     then w.by_budget else '{}'::jsonb end) as e
     ),
     totals as (
-        select w.day, pg_catalog.trim_scale(round(sum(w.amount), 9)) as total_usd,
-               count(*) as writers,
+        select w.day, sum(w.amount) as total, count(*) as writers,
                max(w.updated_at) as updated_at
           from wr as w
          group by w.day
+    ),
+    budget_parts as (
+        select p.day, p.key, p.amount, 1::numeric as n from per_budget as p
+        union all
+        select s.day, e.key, (e.value #>> '{}')::numeric * 0.000000001,
+               (s.content -> 'budget_writers' ->> e.key)::numeric
+          from sm as s
+         cross join lateral pg_catalog.jsonb_each(s.content -> 'by_budget_nanos') as e
     ),
     budgets as (
         select b.day,
                pg_catalog.jsonb_object_agg(b.key, b.total) as by_budget,
                pg_catalog.jsonb_object_agg(b.key, b.n) as budget_writers
           from (select p.day, p.key, pg_catalog.trim_scale(round(sum(p.amount), 9)) as total,
-                       count(*) as n
-                  from per_budget as p
+                       sum(p.n) as n
+                  from budget_parts as p
                  group by p.day, p.key) as b
          group by b.day
     )
     select coalesce(pg_catalog.jsonb_object_agg(d.day, pg_catalog.jsonb_build_object(
                'date', d.day,
-               'total_usd', coalesce(t.total_usd, 0),
-               'writers', coalesce(t.writers, 0),
-               'updated_at', t.updated_at,
+               'total_usd', pg_catalog.trim_scale(round(
+                    coalesce(t.total, 0)
+                    + coalesce((s.content ->> 'spend_nanos')::numeric, 0) * 0.000000001, 9)),
+               'writers', coalesce(t.writers, 0) + coalesce((s.content ->> 'writers')::bigint, 0),
+               'updated_at', greatest(t.updated_at, s.content ->> 'updated_at'),
                'by_budget', coalesce(b.by_budget, '{}'::jsonb),
                'budget_writers', coalesce(b.budget_writers, '{}'::jsonb))), '{}'::jsonb),
            coalesce((select min(w.name) from wr as w where w.amount is null),
                     (select min(p.name) from per_budget as p where p.amount is null)
                     || ' (by_budget)')
       into v_result, v_bad
-      from (select distinct u.day from pg_catalog.unnest(p_days) as u(day)
-             where u.day is not null) as d
+      from days as d
       left join totals as t on t.day = d.day
-      left join budgets as b on b.day = d.day;
+      left join budgets as b on b.day = d.day
+      left join sm as s on s.day = d.day;
     if v_bad is not null then
         raise exception using
             errcode = 'OB002',
@@ -451,6 +631,32 @@ begin
     end if;
     return v_result;
 end
+$fn$;
+
+
+-- The totals of each day in p_days: its summary row plus its writer rows not
+-- retired, leaving out the writer p_exclude_writer if given: {"<day>": {"date",
+-- "total_usd", "writers", "updated_at", "by_budget", "budget_writers"}}. Every
+-- day in p_days is a key, zero when it has no rows. Equal to
+-- otel_budget.stores.entries.summarize over ALL the day's writer rows (retired
+-- ones through the summary); an amount that is not a number >= 0 raises OB002
+-- naming its row (never counted as 0), as does a malformed summary row.
+--
+-- Cost: the live rows come from the quilt_patches_writer_live index, and each
+-- row's content is read (detoasted) once, by jsonb_to_record; the writer to leave
+-- out is matched on the row's name, not its content; the summary row is one
+-- lookup by its unique key.
+create or replace function public.otel_budget_day_totals(
+    p_days text[],
+    p_exclude_writer text default null
+)
+returns jsonb
+language sql
+stable
+security invoker
+set search_path = ''
+as $fn$
+    select public.otel_budget_day_totals_minus(p_days, p_exclude_writer, null)
 $fn$;
 
 
@@ -469,19 +675,20 @@ as $fn$
     select coalesce(pg_catalog.jsonb_agg(
                case when p_breakdown then q.content else q.content - 'by_attributes' end
                order by q.content ->> 'date', q.name), '[]'::jsonb)
-      from public.quilt_patches as q
-     where q.patch_type = 'budget_writer'
-       and (q.content ->> 'date') = any (p_days)
+      from (select r.name, r.content from public.quilt_patches as r
+             where r.patch_type = 'budget_writer' and (r.content ->> 'date') = any (p_days)
+               and not (r.content ? 'retired')
+            union all
+            select r.name, r.content from public.quilt_patches as r
+             where r.patch_type = 'budget_writer' and (r.content ->> 'date') = any (p_days)
+               and (r.content ? 'retired')) as q
 $fn$;
 
 
--- Store p_entry as its writer's row for its day if its seq is newer than the
--- stored one (an equal or older seq changes nothing), and return
--- {"applied", "stored_seq", "others"}: others = otel_budget_day_totals of the
--- day without this writer. One INSERT ... ON CONFLICT DO UPDATE on the writer's
--- own row; the stored row is validated inside the WHERE, on the locked version,
--- and a malformed one raises OB002 naming it, changing nothing.
-create or replace function public.otel_budget_merge_writer(p_entry jsonb)
+-- merge_writer (p_retire false) and retire_writer (p_retire true). Mirrors
+-- otel_budget.stores.entries.plan_write. Lock order: the writer's row, then the
+-- day's summary row (every path), so concurrent retires cannot deadlock.
+create or replace function public.otel_budget_write_writer(p_entry jsonb, p_retire boolean)
 returns jsonb
 language plpgsql
 volatile
@@ -493,12 +700,23 @@ declare
     v_day text;
     v_writer text;
     v_name text;
+    v_summary_name text;
     v_seq numeric;
+    v_entry jsonb;
     v_stored jsonb;
     v_stored_seq numeric;
-    v_applied boolean := false;
+    v_applied boolean;
+    v_kept jsonb;
+    v_others jsonb;
+    v_found boolean := false;
 begin
     v_problem := public.otel_budget_writer_problem(p_entry);
+    if v_problem is null and p_entry ? 'retired' then
+        v_problem := 'retired is set by the store (retire_writer), not by a writer';
+    end if;
+    if v_problem is null and p_entry ? 'final' and jsonb_typeof(p_entry -> 'final') <> 'boolean' then
+        v_problem := 'final must be true or false';
+    end if;
     if v_problem is not null then
         raise exception using errcode = 'OB001',
             message = format('writer entry: %s', v_problem);
@@ -506,38 +724,137 @@ begin
     v_day := p_entry ->> 'date';
     v_writer := p_entry ->> 'writer_id';
     v_name := 'budget_' || v_day || '/' || v_writer;
+    v_summary_name := 'budget_' || v_day;
     v_seq := (p_entry ->> 'seq')::numeric;
+    v_entry := p_entry || jsonb_build_object(
+        'spend_usd', pg_catalog.trim_scale(round((p_entry ->> 'spend_usd')::numeric, 9)));
 
-    for attempt in 1..3 loop
+    if not p_retire then
+        -- The hot path: a new row, or a live row with an older seq.
         insert into public.quilt_patches as q (patch_type, name, content)
-        values ('budget_writer', v_name,
-                p_entry || jsonb_build_object(
-                    'spend_usd', pg_catalog.trim_scale(round((p_entry ->> 'spend_usd')::numeric, 9))))
+        values ('budget_writer', v_name, v_entry)
         on conflict (patch_type, name) do update
             set content = excluded.content, updated_at = now()
-            where public.otel_budget_stored_seq(q.content, v_name) < v_seq;
+            where public.otel_budget_stored_seq(q.content, v_name) < v_seq
+              and not (q.content ? 'retired');
         if found then
-            v_applied := true;
-            v_stored_seq := v_seq;
-            exit;
+            return jsonb_build_object(
+                'applied', true,
+                'stored_seq', v_seq,
+                'others', public.otel_budget_day_totals(array[v_day], v_writer) -> v_day);
         end if;
+    end if;
+
+    for attempt in 1..3 loop
         select q.content into v_stored
           from public.quilt_patches as q
-         where q.patch_type = 'budget_writer' and q.name = v_name;
+         where q.patch_type = 'budget_writer' and q.name = v_name
+           for update;
         if found then
-            v_stored_seq := public.otel_budget_stored_seq(v_stored, v_name);
+            v_found := true;
             exit;
         end if;
+        -- No row (or it vanished since the upsert): create it, retired if retiring.
+        v_others := public.otel_budget_day_totals(array[v_day], v_writer) -> v_day;
+        insert into public.quilt_patches (patch_type, name, content)
+        values ('budget_writer', v_name,
+                case when p_retire then v_entry || '{"retired": true}'::jsonb else v_entry end)
+        on conflict (patch_type, name) do nothing;
+        if found then
+            if p_retire then
+                insert into public.quilt_patches as q (patch_type, name, content)
+                values ('budget_summary', v_summary_name,
+                        public.otel_budget_summary_add(null, v_day, v_entry, null))
+                on conflict (patch_type, name) do update
+                    set content = public.otel_budget_summary_add(q.content, v_day, v_entry, null),
+                        updated_at = now();
+            end if;
+            return jsonb_build_object('applied', true, 'stored_seq', v_seq, 'others', v_others);
+        end if;
     end loop;
-    if v_stored_seq is null then
+    if not v_found then
         raise exception using errcode = '40001',
-            message = format('otel_budget_merge_writer: row %L kept disappearing', v_name);
+            message = format('otel_budget_write_writer: row %L kept disappearing', v_name);
+    end if;
+
+    v_stored_seq := public.otel_budget_stored_seq(v_stored, v_name);
+    v_applied := v_stored_seq < v_seq;
+    if v_stored ? 'retired' then
+        -- Counted in the summary already: the others are the summary without it.
+        v_others := public.otel_budget_day_totals_minus(array[v_day], v_writer, v_stored) -> v_day;
+        if v_applied then
+            update public.quilt_patches as q
+               set content = v_entry || '{"retired": true}'::jsonb, updated_at = now()
+             where q.patch_type = 'budget_writer' and q.name = v_name;
+            update public.quilt_patches as q
+               set content = public.otel_budget_summary_add(q.content, v_day, v_entry, v_stored),
+                   updated_at = now()
+             where q.patch_type = 'budget_summary' and q.name = v_summary_name;
+            if not found then
+                raise exception using errcode = 'OB002',
+                    message = format('row budget_writer/%s is retired but the day has no summary row %L',
+                                     v_name, 'budget_summary/' || v_summary_name);
+            end if;
+        end if;
+    else
+        v_others := public.otel_budget_day_totals(array[v_day], v_writer) -> v_day;
+        v_kept := case when v_applied then v_entry else v_stored end;
+        if p_retire then
+            update public.quilt_patches as q
+               set content = v_kept || '{"retired": true}'::jsonb, updated_at = now()
+             where q.patch_type = 'budget_writer' and q.name = v_name;
+            insert into public.quilt_patches as q (patch_type, name, content)
+            values ('budget_summary', v_summary_name,
+                    public.otel_budget_summary_add(null, v_day, v_kept, null))
+            on conflict (patch_type, name) do update
+                set content = public.otel_budget_summary_add(q.content, v_day, v_kept, null),
+                    updated_at = now();
+        elsif v_applied then
+            update public.quilt_patches as q
+               set content = v_entry, updated_at = now()
+             where q.patch_type = 'budget_writer' and q.name = v_name;
+        end if;
     end if;
     return jsonb_build_object(
         'applied', v_applied,
-        'stored_seq', v_stored_seq,
-        'others', public.otel_budget_day_totals(array[v_day], v_writer) -> v_day);
+        'stored_seq', case when v_applied then v_seq else v_stored_seq end,
+        'others', v_others);
 end
+$fn$;
+
+
+-- Store p_entry as its writer's row for its day if its seq is newer than the
+-- stored one (an equal or older seq changes nothing), and return
+-- {"applied", "stored_seq", "others"}: others = otel_budget_day_totals of the
+-- day without this writer. The hot path is one INSERT ... ON CONFLICT DO UPDATE on
+-- the writer's own row (not retired); the stored row is validated inside the
+-- WHERE, on the locked version, and a malformed one raises OB002 naming it,
+-- changing nothing. A retired row takes the slow path of otel_budget_write_writer:
+-- a newer seq replaces it, it stays retired, the summary moves by the difference.
+create or replace function public.otel_budget_merge_writer(p_entry jsonb)
+returns jsonb
+language sql
+volatile
+security invoker
+set search_path = ''
+as $fn$
+    select public.otel_budget_write_writer(p_entry, false)
+$fn$;
+
+
+-- A writer's last entry for its day: stored by the seq rule (if the stored seq is
+-- newer, the stored entry is the one retired), its row marked "retired": true and
+-- added to the day's summary row, all in this one transaction, exactly once per
+-- row: retiring a retired row again changes nothing unless the seq is newer (then
+-- as a merge on a retired row). Returns what otel_budget_merge_writer returns.
+create or replace function public.otel_budget_retire_writer(p_entry jsonb)
+returns jsonb
+language sql
+volatile
+security invoker
+set search_path = ''
+as $fn$
+    select public.otel_budget_write_writer(p_entry, true)
 $fn$;
 
 
@@ -562,7 +879,8 @@ end
 $fn$;
 
 
--- One row per date: version 2 writer rows and version 1 day documents together.
+-- One row per date: the day's summary row (its retired writers), its writer rows
+-- not retired, and version 1 day documents together.
 -- `select * from public.otel_budget_days where date = '2026-11-25'`.
 create or replace view public.otel_budget_days
 with (security_invoker = true) as
@@ -577,7 +895,17 @@ select d.day as "date",
              1 as writers,
              q.content ->> 'updated_at' as updated_at
         from public.quilt_patches as q
-       where q.patch_type = 'budget_writer'
+       where q.patch_type = 'budget_writer' and not (q.content ? 'retired')
+      union all
+      select q.content ->> 'date',
+             case when jsonb_typeof(q.content -> 'spend_nanos') = 'number'
+                  then (q.content ->> 'spend_nanos')::numeric * 0.000000001 end,
+             case when jsonb_typeof(q.content -> 'writers') = 'number'
+                       and (q.content ->> 'writers') ~ '^[0-9]+$'
+                  then (q.content ->> 'writers')::bigint else 0 end,
+             q.content ->> 'updated_at'
+        from public.quilt_patches as q
+       where q.patch_type = 'budget_summary'
       union all
       select coalesce(q.content ->> 'date', substr(q.name, 8)),
              case when jsonb_typeof(q.content -> 'total_usd') = 'number'
@@ -621,9 +949,15 @@ declare
         'public.otel_budget_claim(text, text, jsonb)',
         'public.otel_budget_writer_problem(jsonb)',
         'public.otel_budget_stored_seq(jsonb, text)',
+        'public.otel_budget_summary_problem(jsonb, text)',
+        'public.otel_budget_summary_checked(jsonb, text)',
+        'public.otel_budget_summary_add(jsonb, text, jsonb, jsonb)',
+        'public.otel_budget_day_totals_minus(text[], text, jsonb)',
         'public.otel_budget_day_totals(text[], text)',
         'public.otel_budget_writer_entries(text[], boolean)',
+        'public.otel_budget_write_writer(jsonb, boolean)',
         'public.otel_budget_merge_writer(jsonb)',
+        'public.otel_budget_retire_writer(jsonb)',
         'public.otel_budget_nudges_on(text)'
     ];
 begin

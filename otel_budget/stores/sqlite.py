@@ -26,12 +26,16 @@ from typing import Any
 from ..errors import CheckpointError, ConfigError, StoreError
 from .base import ContextStore, dumps_content, loads_content
 from .entries import (
+    SUMMARY_TYPE,
     WRITER_TYPE,
     DayTotals,
     MergeResult,
     check_days,
     normalize_writer_entry,
+    plan_write,
     summarize,
+    summary_row_name,
+    validate_summary,
     validate_writer_entry,
     writer_row_name,
 )
@@ -55,7 +59,15 @@ CREATE INDEX IF NOT EXISTS quilt_patches_writer_day
     ON quilt_patches (json_extract(content, '$.date'))
     WHERE patch_type = 'budget_writer'
 """,
-    # One row per date: version 2 writer rows and version 1 day documents together.
+    # The day's writer rows not retired: what a merge sums (retired rows are in the
+    # day's summary row). Spelled exactly so in _DAY_ROWS, which names it.
+    """
+CREATE INDEX IF NOT EXISTS quilt_patches_writer_live
+    ON quilt_patches (json_extract(content, '$.date'))
+    WHERE patch_type = 'budget_writer' AND json_extract(content, '$.retired') IS NULL
+""",
+    # One row per date: the summary row (retired writers), the writer rows not retired,
+    # and version 1 day documents together.
     """
 CREATE VIEW IF NOT EXISTS otel_budget_days (date, total_usd, writers, updated_at) AS
 SELECT day, round(sum(total), 9), sum(writers), max(updated_at) FROM (
@@ -66,6 +78,16 @@ SELECT day, round(sum(total), 9), sum(writers), max(updated_at) FROM (
            json_extract(content, '$.updated_at') AS updated_at
       FROM quilt_patches
      WHERE patch_type = 'budget_writer' AND json_valid(content)
+       AND json_extract(content, '$.retired') IS NULL
+    UNION ALL
+    SELECT json_extract(content, '$.date'),
+           CASE WHEN json_type(content, '$.spend_nanos') = 'integer'
+                THEN json_extract(content, '$.spend_nanos') / 1e9 END,
+           CASE WHEN json_type(content, '$.writers') = 'integer'
+                THEN json_extract(content, '$.writers') ELSE 0 END,
+           json_extract(content, '$.updated_at')
+      FROM quilt_patches
+     WHERE patch_type = 'budget_summary' AND json_valid(content)
     UNION ALL
     SELECT coalesce(json_extract(content, '$.date'), substr(name, 8)),
            CASE WHEN json_type(content, '$.total_usd') IN ('integer', 'real')
@@ -82,10 +104,20 @@ GROUP BY day
 
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
+# The day's writer rows not retired. INDEXED BY: an error, not a silent scan of every
+# row of the day, should the predicate ever stop matching the partial index.
 _DAY_ROWS = (
     "SELECT name, json_extract(content, '$.spend_usd'), json_extract(content, '$.updated_at'), "
     "json_extract(content, '$.by_budget') FROM quilt_patches "
-    "WHERE patch_type = 'budget_writer' AND json_extract(content, '$.date') = ?"
+    "INDEXED BY quilt_patches_writer_live "
+    "WHERE patch_type = 'budget_writer' AND json_extract(content, '$.date') = ? "
+    "AND json_extract(content, '$.retired') IS NULL"
+)
+_ROW = "SELECT content FROM quilt_patches WHERE patch_type = ? AND name = ?"
+_UPSERT = (
+    "INSERT INTO quilt_patches (patch_type, name, content) VALUES (?, ?, ?) "
+    "ON CONFLICT (patch_type, name) DO UPDATE SET "
+    f"content = excluded.content, updated_at = {_NOW}"
 )
 
 _IN_MEMORY_HINT = (
@@ -106,6 +138,16 @@ def sqlite_path(url: str) -> str:
             f"store: sqlite URL must look like sqlite:///file.db or sqlite:////abs/file.db, got {url!r}"
         )
     return path[1:]
+
+
+def _drop_outdated_view(conn: sqlite3.Connection) -> None:
+    """The first version of otel_budget_days summed every writer row; the summary row
+    stands for retired ones now. CREATE VIEW IF NOT EXISTS would keep the old one."""
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'view' AND name = 'otel_budget_days'"
+    ).fetchone()
+    if row is not None and "budget_summary" not in str(row[0]):
+        conn.execute("DROP VIEW IF EXISTS otel_budget_days")
 
 
 def _is_in_memory(path: str) -> bool:
@@ -158,6 +200,7 @@ class SQLiteStore(ContextStore):
                 # FULL: the checkpoint is the only durable record of money spent.
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+                _drop_outdated_view(conn)
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 st = os.stat(self._path)
@@ -205,10 +248,16 @@ class SQLiteStore(ContextStore):
         return loads_content(row[0], patch_type=patch_type, name=name)
 
     def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
+        return self._write(entry, retire=False)
+
+    def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
+        return self._write(entry, retire=True)
+
+    def _write(self, entry: dict[str, Any], *, retire: bool) -> MergeResult:
         if self._closed:
             raise StoreError(f"{self!r} is closed")
         checked = normalize_writer_entry(entry, where="writer entry")
-        payload = dumps_content(checked)
+        dumps_content(checked)
         day = checked["date"]
         name = writer_row_name(day, checked["writer_id"])
         where = f"row {WRITER_TYPE}/{name}"
@@ -219,34 +268,27 @@ class SQLiteStore(ContextStore):
                 try:
                     # Checked again under the write lock: a swap may have raced the first check.
                     self._check_file()
-                    row = conn.execute(
-                        "SELECT content FROM quilt_patches WHERE patch_type = ? AND name = ?",
-                        (WRITER_TYPE, name),
-                    ).fetchone()
-                    stored_seq: int | None = None
+                    row = conn.execute(_ROW, (WRITER_TYPE, name)).fetchone()
+                    stored: dict[str, Any] | None = None
                     if row is not None:
                         stored = validate_writer_entry(
                             loads_content(row[0], patch_type=WRITER_TYPE, name=name), where=where
                         )
-                        stored_seq = stored["seq"]
-                    applied = stored_seq is None or checked["seq"] > stored_seq
-                    if applied:
-                        conn.execute(
-                            "INSERT INTO quilt_patches (patch_type, name, content) VALUES (?, ?, ?) "
-                            "ON CONFLICT (patch_type, name) DO UPDATE SET "
-                            f"content = excluded.content, updated_at = {_NOW}",
-                            (WRITER_TYPE, name, payload),
-                        )
-                        stored_seq = checked["seq"]
-                    others = self._totals(conn, day, exclude=name)
+                    plan = plan_write(checked, stored, self._summary(conn, day), retire=retire)
+                    others = self._totals(conn, day, exclude=name, base=plan["others_base"])
+                    if plan["row"] is not None:
+                        conn.execute(_UPSERT, (WRITER_TYPE, name, dumps_content(plan["row"])))
+                    if plan["summary"] is not None:
+                        conn.execute(_UPSERT, (SUMMARY_TYPE, summary_row_name(day),
+                                               dumps_content(plan["summary"])))
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise StoreError(f"merging {WRITER_TYPE}/{name} failed: {exc}") from None
-        assert stored_seq is not None
-        return {"applied": applied, "stored_seq": stored_seq, "others": others}
+                what = "retiring" if retire else "merging"
+                raise StoreError(f"{what} {WRITER_TYPE}/{name} failed: {exc}") from None
+        return {"applied": plan["applied"], "stored_seq": plan["stored_seq"], "others": others}
 
     def day_totals(self, days: Sequence[str]) -> dict[str, DayTotals]:
         wanted = check_days(days)
@@ -255,7 +297,9 @@ class SQLiteStore(ContextStore):
             try:
                 conn.execute("BEGIN")  # one snapshot for every day
                 try:
-                    return {day: self._totals(conn, day, exclude=None) for day in wanted}
+                    return {day: self._totals(conn, day, exclude=None,
+                                              base=self._summary(conn, day))
+                            for day in wanted}
                 finally:
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -327,7 +371,18 @@ class SQLiteStore(ContextStore):
     # --- plumbing ------------------------------------------------------------------
 
     @staticmethod
-    def _totals(conn: sqlite3.Connection, day: str, *, exclude: str | None) -> DayTotals:
+    def _summary(conn: sqlite3.Connection, day: str) -> dict[str, Any] | None:
+        name = summary_row_name(day)
+        row = conn.execute(_ROW, (SUMMARY_TYPE, name)).fetchone()
+        if row is None:
+            return None
+        return validate_summary(loads_content(row[0], patch_type=SUMMARY_TYPE, name=name),
+                                day=day, where=f"row {SUMMARY_TYPE}/{name}")
+
+    @staticmethod
+    def _totals(conn: sqlite3.Connection, day: str, *, exclude: str | None,
+                base: dict[str, Any] | None) -> DayTotals:
+        """`base` (the summary row) plus the day's writer rows not retired."""
         rows: list[dict[str, Any]] = []
         for name, spend, updated_at, by_budget in conn.execute(_DAY_ROWS, (day,)):
             if name == exclude:
@@ -341,7 +396,7 @@ class SQLiteStore(ContextStore):
                     raise CheckpointError(f"{where}: by_budget is not JSON") from None
             _check_amounts(entry, where=where)
             rows.append(entry)
-        return summarize(day, rows)
+        return summarize(day, rows, base=base)
 
 
 def _check_amounts(entry: dict[str, Any], *, where: str) -> None:

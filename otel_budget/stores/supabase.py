@@ -190,6 +190,18 @@ class SupabaseStore(ContextStore):
         )
         return merge_result(response.data, day)
 
+    def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
+        self._check_open()
+        checked, _ = prepare_writer_entry(entry)
+        day = checked["date"]
+        response = self._call(  # retried: a retired row is never added again
+            f"retiring {WRITER_TYPE}/{writer_row_name(day, checked['writer_id'])}",
+            lambda: self._current_client()
+            .rpc("otel_budget_retire_writer", {"p_entry": checked})
+            .execute(),
+        )
+        return merge_result(response.data, day)
+
     def day_totals(self, days: Sequence[str]) -> dict[str, DayTotals]:
         self._check_open()
         wanted = check_days(days)
