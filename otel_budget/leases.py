@@ -86,7 +86,7 @@ def lease_request_problem(req: Any, *, release: bool = False) -> str | None:
     if not (0 < req["share"] <= 1):
         return "share must be in (0, 1]"
     ttl = req.get("ttl_s")
-    if not _amount(ttl) or not (MIN_TTL_S <= ttl <= MAX_TTL_S):
+    if not isinstance(ttl, (int, float)) or not _amount(ttl) or not (MIN_TTL_S <= ttl <= MAX_TTL_S):
         return f"ttl_s must be between {MIN_TTL_S} and {MAX_TTL_S} seconds, got {ttl!r:.60}"
     if not isinstance(req.get("new"), bool):
         return "new must be true or false"
@@ -264,7 +264,7 @@ class Draw:
     """One reservation's hold on a lease (its generation, so a settle after the lease
     ended changes nothing)."""
 
-    __slots__ = ("lease", "generation", "amount")
+    __slots__ = ("amount", "generation", "lease")
 
     def __init__(self, lease: FleetLease, generation: int, amount: float) -> None:
         self.lease = lease
@@ -370,6 +370,14 @@ class FleetLease:
                 return  # that lease ended; its last report counted the hold at its max
             self._used = max(0.0, self._used - draw.amount + (actual or 0.0))
             self._open = max(0, self._open - 1)
+
+    def undo_draw(self, draw: Draw) -> None:
+        """Take back a draw whose reservation was never made."""
+        with self._lock:
+            if draw.generation == self._generation:
+                self._used = max(0.0, self._used - draw.amount)
+                self._open = max(0, self._open - 1)
+            self.draws -= 1
 
     def remaining(self) -> float:
         with self._lock:

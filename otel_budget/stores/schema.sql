@@ -640,8 +640,10 @@ begin
     end loop;
     foreach v_key in array case when p_release then array['used_usd']
         else array['used_usd', 'cap_usd', 'want_usd', 'seen_usd', 'min_chunk_usd', 'share', 'ttl_s'] end loop
-        if jsonb_typeof(p_req -> v_key) is distinct from 'number'
-           or (p_req ->> v_key)::numeric < 0 then
+        if jsonb_typeof(p_req -> v_key) is distinct from 'number' then
+            return format('%s must be a finite number >= 0', v_key);
+        end if;
+        if (p_req ->> v_key)::numeric < 0 then
             return format('%s must be a finite number >= 0', v_key);
         end if;
     end loop;
