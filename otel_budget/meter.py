@@ -148,7 +148,11 @@ class BudgetMeter:
         return leases
 
     def _lease_round(self) -> None:
-        """At each store round (after the checkpoint): renew, report, give back."""
+        """At each store round (after the checkpoint): renew, report, give back. Not
+        in shutdown's round: its view of the fleet is mid-update (the spool replay
+        reloads the day before the final entry is stored), and release follows."""
+        if self._closed:
+            return
         for lease in self._leases.values():
             try:
                 lease.on_round(self._config.collect_interval_s)
