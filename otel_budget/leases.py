@@ -349,7 +349,7 @@ class FleetLease:
                 start_prefetch = low and not self._prefetching and not self._contended(now)
                 if start_prefetch:
                     self._prefetching = True
-            elif (self._short_for is not None and amount >= self._short_for - EPS
+            elif (self._short_for is not None and amount > self._short_for + EPS
                   and now < self._short_until):
                 self.refusals += 1
                 return False
@@ -450,7 +450,11 @@ class FleetLease:
                 if answer["contended"] or not answer["ok"]:
                     self._short_until = self._mono() + min(self.ttl_s, self.idle_s)
                 if not answer["ok"]:
-                    self._short_for = want
+                    # Until the pool is known to change: refuse what it cannot hold
+                    # here, at once (the pool's free part and this lease's rest).
+                    free = answer["free_usd"] or 0.0
+                    self._short_for = min(want - 2 * EPS,
+                                          free + max(0.0, self._granted - self._used))
                     self.refusals += 1
                 else:
                     self._short_for = None
