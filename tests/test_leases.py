@@ -37,7 +37,7 @@ def req(lease_id: str, *, used: float = 0.0, want: float = 0.0, seen: float = 0.
 
 
 def invariant(doc: dict[str, Any]) -> bool:
-    return lease_totals(doc)["accounted_usd"] <= doc["cap_usd"] + 1e-9
+    return bool(lease_totals(doc)["accounted_usd"] <= float(doc["cap_usd"]) + 1e-9)
 
 
 # --- pure arithmetic ------------------------------------------------------------------
@@ -131,9 +131,9 @@ def test_spend_drawn_from_leases_is_not_counted_twice() -> None:
     # a used 0.3; its view (own 0.3 + nothing else) is all inside the leases
     doc, renewed = apply_acquire(doc, req("a", used=0.3, seen=0.3, new=False), now=1.0)
     assert doc["external_usd"] == 0.0 and renewed["granted_usd"] == 0.5
-    doc, _ = apply_release(doc, {"lease_id": "a", "used_usd": 0.3}, now=2.0)
-    assert doc is not None
-    doc, b = apply_acquire(doc, req("b", want=0.05, seen=0.3, writer="w2"), now=2.0)
+    released, _ = apply_release(doc, {"lease_id": "a", "used_usd": 0.3}, now=2.0)
+    assert released is not None
+    doc, b = apply_acquire(released, req("b", want=0.05, seen=0.3, writer="w2"), now=2.0)
     assert doc["external_usd"] == 0.0 and b["granted_usd"] == 0.35
 
 
@@ -311,7 +311,7 @@ def test_fleet_budget_needs_a_store_with_leases() -> None:
             return getattr(MemoryStore(), name) if name != "lease_acquire" else None
 
     with pytest.raises(ConfigError, match="leases"):
-        BudgetMeter(fleet_config(), store=NoLeases())  # type: ignore[arg-type]
+        BudgetMeter(fleet_config(), store=NoLeases())
 
 
 def test_spend_recorded_before_leases_counts() -> None:
