@@ -364,3 +364,71 @@ def test_areserve_refusal_is_immediate_and_lease_io_is_off_the_loop() -> None:
             assert time.perf_counter() - start < 0.02  # known short: no round trip
 
     asyncio.run(main())
+
+
+def test_a_new_window_starts_a_new_lease(clock: Any) -> None:
+    store = MemoryStore()
+    with BudgetMeter(fleet_config(instance_id="a"), store=store, clock=clock) as meter:
+        meter.reserve(0.05).settle(0.05)
+        first = meter.budgets()[0]["window"]
+        clock.advance(days=1)
+        meter.reserve(0.05).settle(0.02)
+        second = meter.budgets()[0]["window"]
+        assert first != second
+        row = store.get(LEASE_TYPE, lease_row_name("fleet", second))
+        assert row is not None and len(row["leases"]) == 1
+        assert meter.budgets()[0]["lease"]["lease_used_usd"] == pytest.approx(0.02)
+
+
+def test_500_tasks_through_areserve_never_pass_the_fleet_cap() -> None:
+    store = MemoryStore()
+
+    async def main() -> tuple[float, int]:
+        async with BudgetMeter(fleet_config(cap=5.0, instance_id="a"), store=store) as m1, \
+                BudgetMeter(fleet_config(cap=5.0, instance_id="b"), store=store) as m2:
+            spent = 0.0
+            refused = 0
+
+            async def call(i: int) -> None:
+                nonlocal spent, refused
+                meter = m1 if i % 2 else m2
+                try:
+                    async with meter.areserve(0.05) as r:
+                        await asyncio.sleep(0.001 * (i % 5))
+                        r.settle(0.03)
+                        spent += 0.03
+                except BudgetExceeded:
+                    refused += 1
+
+            await asyncio.gather(*(call(i) for i in range(500)))
+            return spent, refused
+
+    spent, refused = asyncio.run(main())
+    # 500 calls at once: holds of $0.05 fill the cap, so some are refused while
+    # others are in flight; what they settled never passes it
+    assert spent <= 5.0 + 1e-9 and refused > 0
+    rows = [row for (kind, _), row in store._rows.items() if kind == LEASE_TYPE]
+    assert len(rows) == 1 and rows[0]["leases"] == {}  # both gave their lease back
+    assert rows[0]["settled_usd"] == pytest.approx(spent)
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+@pytest.mark.parametrize("function", ["otel_budget_lease_acquire", "otel_budget_lease_release"])
+def test_lease_functions_refuse_anon_and_authenticated(pg_clean: str, role: str,
+                                                       function: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_clean) as conn:
+        conn.execute(f"set role {role}")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"select public.{function}('{{}}'::jsonb)")
+
+
+def test_lease_sql_refuses_a_malformed_request(pg_clean: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_clean) as conn, pytest.raises(psycopg.Error) as caught:
+        conn.execute("select public.otel_budget_lease_acquire("
+                     "'{\"budget\": \"f\", \"window\": \"w\", \"writer_id\": \"x\", "
+                     "\"lease_id\": \"l\", \"used_usd\": \"abc\"}'::jsonb)")
+    assert caught.value.sqlstate == "OB001"
