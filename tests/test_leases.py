@@ -432,3 +432,46 @@ def test_lease_sql_refuses_a_malformed_request(pg_clean: str) -> None:
                      "'{\"budget\": \"f\", \"window\": \"w\", \"writer_id\": \"x\", "
                      "\"lease_id\": \"l\", \"used_usd\": \"abc\"}'::jsonb)")
     assert caught.value.sqlstate == "OB001"
+
+
+def test_an_idle_writer_gives_its_lease_back() -> None:
+    from tests.conftest import wait_for
+
+    store = MemoryStore()
+    config = fleet_config(instance_id="a", collect_interval_s=0.05, lease_ttl_s=0.6)
+    with BudgetMeter(config, store=store) as meter:
+        meter.reserve(0.05).settle(0.01)
+        window = meter.budgets()[0]["window"]
+        assert meter.budgets()[0]["leased_usd"] > 0
+
+        def returned() -> bool:
+            row = store.get(LEASE_TYPE, lease_row_name("fleet", window))
+            return row is not None and row["leases"] == {}
+
+        assert wait_for(returned, timeout=5.0)  # idle for ttl/3: back to the pool
+        row = store.get(LEASE_TYPE, lease_row_name("fleet", window))
+        assert row is not None and row["settled_usd"] == pytest.approx(0.01)
+        assert meter.budgets()[0]["leased_usd"] == 0.0
+
+
+def test_a_busy_writer_keeps_its_lease_past_the_ttl() -> None:
+    store = MemoryStore()
+    config = fleet_config(instance_id="a", collect_interval_s=0.05, lease_ttl_s=0.6)
+    with BudgetMeter(config, store=store) as meter:
+        held = meter.reserve(0.05)  # an open hold: never idle
+        time.sleep(1.5)  # well past the TTL: renewed at the store rounds
+        window = meter.budgets()[0]["window"]
+        row = store.get(LEASE_TYPE, lease_row_name("fleet", window))
+        assert row is not None and len(row["leases"]) == 1
+        assert row["settled_usd"] == 0.0
+        held.settle(0.05)
+
+
+def test_guard_on_a_fleet_budget_asks_for_lease() -> None:
+    store = MemoryStore()
+    with BudgetMeter(fleet_config(instance_id="a"), store=store) as a, \
+            BudgetMeter(fleet_config(instance_id="b"), store=store) as b:
+        a.guard(0.9)  # a's lease now covers 0.9 of the $1
+        with pytest.raises(BudgetExceeded):
+            b.guard(0.2)
+        b.guard(0.05)
