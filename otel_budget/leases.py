@@ -294,10 +294,18 @@ class FleetLease:
         self.min_chunk_usd = min_chunk_usd
         self.share = share
         self._mono = monotonic
+        self._closed = False
         self._lock = threading.Lock()
         self._io = threading.Lock()
         self._reset_counters()
         self._reset_lease()
+
+    def close(self) -> None:
+        """Shutdown: give the lease back and never take another (a prefetch still
+        in flight finds the lease closed)."""
+        with self._lock:
+            self._closed = True
+        self.release()
 
     def _reset_counters(self) -> None:
         self.round_trips = 0
@@ -323,6 +331,7 @@ class FleetLease:
         self._short_until = 0.0
 
     def after_fork_in_child(self) -> None:
+        self._closed = False
         self._lock = threading.Lock()
         self._io = threading.Lock()
         self._reset_counters()
@@ -401,6 +410,8 @@ class FleetLease:
                 if self._lease_id is not None and (self._window != window
                                                    or now >= self._valid_until):
                     self._reset_lease()  # ended here: the store settles it at expiry
+                if self._closed:
+                    return False
                 if want > 0 and self._lease_id is not None and \
                         self._granted - self._used >= want - EPS:
                     return True  # a prefetch or another caller got it meanwhile

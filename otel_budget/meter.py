@@ -35,7 +35,7 @@ from .health import build_health
 from .leases import FleetLease, LeaseStore, supports_leases
 from .notify import Notifier, NotifierDispatcher
 from .reader import SCOPE_NAME, SPEND_INSTRUMENT, BudgetReader
-from .reservations import Reservation, ReservationBook
+from .reservations import RESERVE_ATTEMPTS, Reservation, ReservationBook
 from .spool import Spool
 from .stores.base import PatchStore, open_store
 from .tracker import BudgetTracker
@@ -164,7 +164,7 @@ class BudgetMeter:
     def _release_leases(self) -> None:
         for lease in self._leases.values():
             try:
-                lease.release()
+                lease.close()
             except Exception as exc:  # it expires after its TTL instead
                 _log.warning("otel_budget: giving back the lease on budget %r failed: %s",
                              lease.budget, type(exc).__name__)
@@ -481,15 +481,15 @@ class BudgetMeter:
         error (on_error)."""
         book = self._book
         amount, budgets = book.prepare(max_usd, attributes, on_error)
-        for _ in range(3):
+        for _ in range(RESERVE_ATTEMPTS):
             result = book.try_reserve(amount, budgets, attributes, on_error=on_error)
             if isinstance(result, Reservation):
                 reservation = result
                 break
             # A fleet lease needs a store round trip: in a thread, never on the loop.
             await asyncio.to_thread(book.fill, result, amount)
-        else:
-            reservation = book.reserve(max_usd, attributes, on_error=on_error)
+        else:  # the lease kept being drawn by others between our round trips
+            raise book.refusal(budgets, amount)
         try:
             yield reservation
         except BaseException as exc:

@@ -25,8 +25,9 @@ from .leases import Draw, FleetLease
 from .redact import describe_exception
 
 _log = logging.getLogger("otel_budget")
-#: reserve(): store round trips tried before giving up on a lease that keeps ending.
-_ATTEMPTS = 3
+#: reserve(): store round trips tried before giving up when other callers keep
+#: drawing the new chunk first.
+RESERVE_ATTEMPTS = 5
 
 Attributes = Mapping[str, Any]
 RecordFn = Callable[[float, Attributes | None], object]
@@ -109,13 +110,16 @@ class ReservationBook:
         this writer's lease; when the lease cannot cover it, one store round trip asks
         for a new chunk (outside the book's lock)."""
         amount, budgets = self.prepare(max_usd, attributes, on_error)
-        for _ in range(_ATTEMPTS):
+        for _ in range(RESERVE_ATTEMPTS):
             result = self.try_reserve(amount, budgets, attributes, on_error=on_error)
             if isinstance(result, Reservation):
                 return result
             self.fill(result, amount)
-        raise self._lease_refusal(
-            next(b for b in budgets if b.name in self._leases), amount)
+        raise self.refusal(budgets, amount)
+
+    def refusal(self, budgets: Sequence[Budget], amount: float) -> BudgetExceeded:
+        """The refusal of the first fleet budget among `budgets`."""
+        return self._lease_refusal(next(b for b in budgets if b.name in self._leases), amount)
 
     def prepare(self, max_usd: float, attributes: Attributes | None,
                 on_error: str) -> tuple[float, tuple[Budget, ...]]:
