@@ -516,7 +516,9 @@ class FleetLease:
                               or self._valid_until - now < self.ttl_s / 2)
             changed = held and abs(self._used - self._reported) > EPS and \
                 now - self._reported_at >= interval_s * 0.5
-            contended = held and self._contended(now)
+            # Contended: give back what this lease holds beyond its use (once).
+            contended = held and self._contended(now) and \
+                self._granted - self._used > EPS
         if idle:
             self.release()
         elif stale or changed or contended:
