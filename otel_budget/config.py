@@ -38,6 +38,7 @@ class BudgetConfig:
     spool_dir: str | None = None
     max_call_usd: float = DEFAULT_MAX_CALL_USD
     token_metrics: bool | None = None
+    lease_ttl_s: float | None = None
     _tz: ZoneInfo = field(init=False, compare=False)
     _all_budgets: tuple[Budget, ...] = field(init=False, compare=False)
 
@@ -92,6 +93,12 @@ class BudgetConfig:
         if self.token_metrics is not None and not isinstance(self.token_metrics, bool):
             raise ConfigError(f"token_metrics must be True, False or None, got {self.token_metrics!r}")
 
+        ttl = self.lease_ttl_s
+        if ttl is not None:
+            if not _is_number(ttl) or not math.isfinite(ttl) or not (0.2 <= ttl <= 86_400):
+                raise ConfigError(f"lease_ttl_s must be between 0.2 and 86400 seconds, got {ttl!r}")
+            object.__setattr__(self, "lease_ttl_s", float(ttl))
+
         every = self.checkpoint_every
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ConfigError(f"checkpoint_every must be an integer >= 1, got {every!r}")
@@ -127,6 +134,14 @@ class BudgetConfig:
     def all_budgets(self) -> tuple[Budget, ...]:
         """Every budget: the "daily" one daily_cap_usd defines (first), then `budgets`."""
         return self._all_budgets
+
+    @property
+    def resolved_lease_ttl_s(self) -> float:
+        """How long a fleet budget's lease lives without a renewal (a dead writer's
+        unused lease returns after it): lease_ttl_s, else 5 collections, at least 30 s."""
+        if self.lease_ttl_s is not None:
+            return self.lease_ttl_s
+        return min(86_400.0, max(30.0, 5 * self.collect_interval_s))
 
     def budget(self, name: str) -> Budget | None:
         for budget in self._all_budgets:

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -30,11 +30,12 @@ from opentelemetry.sdk.resources import Resource
 
 from . import ledger
 from .config import BudgetConfig
-from .errors import BudgetError
+from .errors import BudgetError, ConfigError
 from .health import build_health
+from .leases import FleetLease, LeaseStore, supports_leases
 from .notify import Notifier, NotifierDispatcher
 from .reader import SCOPE_NAME, SPEND_INSTRUMENT, BudgetReader
-from .reservations import Reservation, ReservationBook
+from .reservations import RESERVE_ATTEMPTS, Reservation, ReservationBook
 from .spool import Spool
 from .stores.base import PatchStore, open_store
 from .tracker import BudgetTracker
@@ -92,11 +93,14 @@ class BudgetMeter:
         )
         self._ledger = self._tracker.ledger
         self._budget_index = {b.name: b for b in config.all_budgets}
+        self._leases = self._make_leases(config)
         self._book = ReservationBook(
             budgets=config.all_budgets, spend_of=self._tracker.budget_spend,
             window_of=self._tracker.window_of, record=self.record,
-            check_amount=self._check_amount,
+            check_amount=self._check_amount, leases=self._leases,
         )
+        if self._leases:
+            self._tracker.add_round_hook(self._lease_round)
         self._providers_to_shutdown: list[MeterProvider] = []
         self._wire_provider(meter_provider, metric_readers)
         from .pricing import PriceTable
@@ -118,6 +122,52 @@ class BudgetMeter:
         os.register_at_fork(after_in_child=after_fork)
 
     # --- wiring -------------------------------------------------------------------
+
+    def _make_leases(self, config: BudgetConfig) -> dict[str, FleetLease]:
+        fleet = [b for b in config.all_budgets if b.hard and b.enforce == "fleet"]
+        if not fleet:
+            return {}
+        if not supports_leases(self._store):
+            raise ConfigError(
+                f"budget {fleet[0].name!r}: enforce='fleet' needs a store that grants leases "
+                f"(memory, SQLite, PostgreSQL or Supabase), got {type(self._store).__name__}")
+        store = cast(LeaseStore, self._store)
+        ttl = config.resolved_lease_ttl_s
+        idle = max(2 * config.collect_interval_s, ttl / 3)
+        tracker = self._tracker
+        leases = {}
+        for budget in fleet:
+            name = budget.name
+            leases[name] = FleetLease(
+                budget=name, cap_usd=budget.cap_usd, store=store,
+                writer_id=lambda: tracker.writer_id,
+                window_of=lambda name=name: tracker.window_of(name),  # type: ignore[misc]
+                seen_of=lambda name=name: tracker.budget_spend(name),  # type: ignore[misc]
+                ttl_s=ttl, idle_s=idle,
+            )
+        return leases
+
+    def _lease_round(self) -> None:
+        """At each store round (after the checkpoint): renew, report, give back. Not
+        in shutdown's round: its view of the fleet is mid-update (the spool replay
+        reloads the day before the final entry is stored), and release follows."""
+        if self._closed:
+            return
+        for lease in self._leases.values():
+            try:
+                lease.on_round(self._config.collect_interval_s)
+            except Exception as exc:
+                _log.warning("otel_budget: renewing the lease on budget %r failed: %s",
+                             lease.budget, type(exc).__name__ if not isinstance(exc, BudgetError)
+                             else exc)
+
+    def _release_leases(self) -> None:
+        for lease in self._leases.values():
+            try:
+                lease.close()
+            except Exception as exc:  # it expires after its TTL instead
+                _log.warning("otel_budget: giving back the lease on budget %r failed: %s",
+                             lease.budget, type(exc).__name__)
 
     def _wire_provider(
         self, app_provider: MeterProvider | None, metric_readers: Sequence[MetricReader]
@@ -265,6 +315,7 @@ class BudgetMeter:
                 if self._tracker.store_round(checkpoint=False, wait=True,
                                              timeout_s=_left(deadline)):
                     self._tracker.write_entries(entries)
+                self._release_leases()
             except Exception:
                 _log.exception("otel_budget: final checkpoint failed (spooled)")
             finally:
@@ -314,6 +365,8 @@ class BudgetMeter:
 
     def _after_fork_in_child(self) -> None:
         self._tracker.after_fork_in_child()
+        for lease in self._leases.values():
+            lease.after_fork_in_child()  # the parent's lease stays the parent's
         # A new writer is a new OTel service instance; the SDK keeps the resource on
         # its configuration object, which every reader's storage shares.
         resource = Resource.create({
@@ -424,8 +477,20 @@ class BudgetMeter:
     async def areserve(self, max_usd: float, attributes: Attributes | None = None, *,
                        on_error: str = "record") -> AsyncIterator[Reservation]:
         """`reserve` for asyncio: the check is in memory, so a refusal is immediate and
-        nothing blocks the event loop. Cancellation counts as an error (on_error)."""
-        reservation = self._book.reserve(max_usd, attributes, on_error=on_error)
+        nothing blocks the event loop; a fleet budget's lease round trip (rare: chunks
+        are prefetched in the background) runs in a thread. Cancellation counts as an
+        error (on_error)."""
+        book = self._book
+        amount, budgets = book.prepare(max_usd, attributes, on_error)
+        for _ in range(RESERVE_ATTEMPTS):
+            result = book.try_reserve(amount, budgets, attributes, on_error=on_error)
+            if isinstance(result, Reservation):
+                reservation = result
+                break
+            # A fleet lease needs a store round trip: in a thread, never on the loop.
+            await asyncio.to_thread(book.fill, result, amount)
+        else:  # the lease kept being drawn by others between our round trips
+            raise book.refusal(budgets, amount)
         try:
             yield reservation
         except BaseException as exc:
@@ -470,7 +535,19 @@ class BudgetMeter:
         rows = self._tracker.budgets()
         for row in rows:
             row["reserved_usd"] = self._book.held_usd(row["name"]) if row["hard"] else 0.0
+            lease = self._leases.get(row["name"])
+            if lease is not None:
+                info = lease.describe()
+                row["leased_usd"] = info["leased_usd"]
+                row["lease"] = info
         return rows
+
+    def lease_stats(self) -> dict[str, Any]:
+        """Store round trips per reservation of the fleet budgets' leases (this process)."""
+        trips = sum(lease.round_trips for lease in self._leases.values())
+        draws = sum(lease.draws for lease in self._leases.values())
+        return {"round_trips": trips, "reservations": draws,
+                "round_trips_per_reservation": round(trips / draws, 4) if draws else None}
 
     def health(self) -> dict[str, Any]:
         return build_health(

@@ -12,6 +12,7 @@ allowed, even past the cap.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -19,7 +20,14 @@ from typing import Any
 
 from . import ledger
 from .budgets import Budget
-from .errors import BudgetExceeded
+from .errors import BudgetError, BudgetExceeded
+from .leases import Draw, FleetLease
+from .redact import describe_exception
+
+_log = logging.getLogger("otel_budget")
+#: reserve(): store round trips tried before giving up when other callers keep
+#: drawing the new chunk first.
+RESERVE_ATTEMPTS = 5
 
 Attributes = Mapping[str, Any]
 RecordFn = Callable[[float, Attributes | None], object]
@@ -54,8 +62,11 @@ class ReservationBook:
         window_of: Callable[[str], str],
         record: RecordFn,
         check_amount: Callable[[object, str], float],
+        leases: Mapping[str, FleetLease] | None = None,
     ) -> None:
         self._hard = tuple(b for b in budgets if b.hard)
+        #: budget name -> this writer's lease, for the budgets with enforce="fleet".
+        self._leases: dict[str, FleetLease] = dict(leases or {})
         self._spend_of = spend_of
         self._window_of = window_of
         self._record = record
@@ -63,14 +74,14 @@ class ReservationBook:
         # Re-entrant: `record` may call back into held_usd() (e.g. a health snapshot).
         self._lock = threading.RLock()
         self._held: dict[str, float] = {}
-        self._open: dict[int, tuple[float, tuple[str, ...]]] = {}
+        self._open: dict[int, tuple[float, tuple[str, ...], tuple[Draw, ...]]] = {}
         self._next_id = 0
 
     def held_usd(self, budget: str | None = None) -> float:
         """USD held by open reservations (against one budget, or in all)."""
         with self._lock:
             if budget is None:
-                return ledger.round_usd(sum(amount for amount, _ in self._open.values()))
+                return ledger.round_usd(sum(held[0] for held in self._open.values()))
             return ledger.round_usd(self._held.get(budget, 0.0))
 
     def open_reservations(self) -> int:
@@ -79,29 +90,114 @@ class ReservationBook:
 
     def guard(self, estimated_usd: float = 0.0, attributes: Attributes | None = None) -> None:
         """Raise BudgetExceeded if any hard budget covering `attributes` would pass its
-        cap with spend + held reservations + the estimate."""
+        cap with spend + held reservations + the estimate. A fleet budget also needs
+        its lease to cover the estimate (asking the store for more if it does not)."""
         estimate = self._check_amount(estimated_usd, "estimated_usd")
+        budgets = self._covering(attributes)
         with self._lock:
-            self._check(estimate, self._covering(attributes))
+            self._check(estimate, budgets)
+        if estimate <= 0.0:
+            return
+        for budget in budgets:
+            lease = self._leases.get(budget.name)
+            if lease is not None and lease.remaining() < estimate - ledger.USD_EPSILON:
+                self.fill([lease], estimate)
 
     def reserve(self, max_usd: float, attributes: Attributes | None = None, *,
                 on_error: str = "record") -> Reservation:
         """Check the caps and hold `max_usd` in one step; raise BudgetExceeded if it
-        would pass one. See :class:`Reservation`."""
+        would pass one. See :class:`Reservation`. A fleet budget's hold is drawn from
+        this writer's lease; when the lease cannot cover it, one store round trip asks
+        for a new chunk (outside the book's lock)."""
+        amount, budgets = self.prepare(max_usd, attributes, on_error)
+        for _ in range(RESERVE_ATTEMPTS):
+            result = self.try_reserve(amount, budgets, attributes, on_error=on_error)
+            if isinstance(result, Reservation):
+                return result
+            self.fill(result, amount)
+        raise self.refusal(budgets, amount)
+
+    def refusal(self, budgets: Sequence[Budget], amount: float) -> BudgetExceeded:
+        """The refusal of the first fleet budget among `budgets`."""
+        return self._lease_refusal(next(b for b in budgets if b.name in self._leases), amount)
+
+    def prepare(self, max_usd: float, attributes: Attributes | None,
+                on_error: str) -> tuple[float, tuple[Budget, ...]]:
         amount = self._check_amount(max_usd, "max_usd")
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
-        budgets = self._covering(attributes)
+        return amount, self._covering(attributes)
+
+    def try_reserve(self, amount: float, budgets: Sequence[Budget],
+                    attributes: Attributes | None, *,
+                    on_error: str = "record") -> Reservation | list[FleetLease]:
+        """Memory only: the reservation, or the leases that need a store round trip
+        first (`fill`). Raises BudgetExceeded at once when a cap (or a pool known
+        to be short) refuses."""
         with self._lock:
             self._check(amount, budgets)
+            draws: list[Draw] = []
+            need: list[FleetLease] = []
+            if amount > 0.0:
+                for budget in budgets:
+                    lease = self._leases.get(budget.name)
+                    if lease is None:
+                        continue
+                    got = lease.try_draw(amount)
+                    if isinstance(got, Draw):
+                        draws.append(got)
+                    elif got is None:
+                        need.append(lease)
+                    else:
+                        for draw in draws:
+                            draw.lease.undo_draw(draw)
+                        raise self._lease_refusal(budget, amount)
+            if need:
+                for draw in draws:
+                    draw.lease.undo_draw(draw)
+                return need
             self._next_id += 1
             token = self._next_id
             names = tuple(b.name for b in budgets)
-            self._open[token] = (amount, names)
+            self._open[token] = (amount, names, tuple(draws))
             for name in names:
                 self._held[name] = self._held.get(name, 0.0) + amount
         return Reservation(self, token, amount, dict(attributes) if attributes else None,
                            on_error=on_error)
+
+    def fill(self, leases: Sequence[FleetLease], amount: float) -> None:
+        """Ask the store for `amount` on each lease (blocking I/O); BudgetExceeded if
+        the fleet's pool cannot grant it or the store cannot be reached (a hard cap
+        fails safe: only what a lease already holds may be spent)."""
+        for lease in leases:
+            try:
+                granted = lease.acquire(amount)
+            except Exception as exc:
+                _log.warning("otel_budget: lease on budget %r: the store did not answer "
+                             "(%s); refusing beyond the lease held", lease.budget,
+                             describe_exception(exc) if isinstance(exc, BudgetError)
+                             else type(exc).__name__)
+                budget = next(b for b in self._hard if b.name == lease.budget)
+                raise self._lease_refusal(budget, amount, store_down=True) from None
+            if not granted:
+                budget = next(b for b in self._hard if b.name == lease.budget)
+                raise self._lease_refusal(budget, amount)
+
+    def _lease_refusal(self, budget: Budget, amount: float, *,
+                       store_down: bool = False) -> BudgetExceeded:
+        spend = float(self._spend_of(budget.name))
+        held = self.held_usd(budget.name)
+        window = self._window_of(budget.name)
+        exc = BudgetExceeded(
+            date=window, daily_spend_usd=ledger.round_usd(spend), reserved_usd=held,
+            estimated_usd=amount, daily_cap_usd=budget.cap_usd, budget=budget.name,
+            window=window,
+        )
+        why = ("the store cannot be reached to extend this writer's lease" if store_down
+               else "the fleet's leases and spend leave less than that under the cap")
+        exc.args = (f"budget {budget.name!r} ({window}, enforced across the fleet): "
+                    f"${amount:.6f} refused: {why} (cap ${budget.cap_usd:.6f})",)
+        return exc
 
     def _covering(self, attributes: Attributes | None) -> tuple[Budget, ...]:
         return tuple(b for b in self._hard if b.covers(attributes))
@@ -127,8 +223,10 @@ class ReservationBook:
                 # Record before releasing the hold (both under the lock): a concurrent
                 # check sees the amount at least once, never zero times.
                 self._record(actual, attributes)
-            amount, names = held
+            amount, names, draws = held
             del self._open[token]
+            for draw in draws:
+                draw.lease.close_draw(draw, actual)
             for name in names:
                 left = self._held.get(name, 0.0) - amount
                 if left <= ledger.USD_EPSILON or not self._open:

@@ -96,6 +96,8 @@ class BudgetTracker:
         self._again = False
         self._again_checkpoint = False
         self._alerts = AlertBook()
+        #: Called at the end of every store round, off the hot path (budget leases).
+        self._round_hooks: list[Callable[[], None]] = []
         self._init_state()
 
     def _init_state(self) -> None:
@@ -336,6 +338,15 @@ class BudgetTracker:
         if checkpoint:
             self._checkpoint_today()
         self._claim_alerts()
+        for hook in list(self._round_hooks):
+            try:
+                hook()
+            except Exception as exc:
+                _log.warning("otel_budget: a store round hook failed: %s", describe(exc))
+
+    def add_round_hook(self, hook: Callable[[], None]) -> None:
+        """Run `hook` at the end of every store round (after the checkpoint)."""
+        self._round_hooks.append(hook)
 
     def _send(self, entry: dict[str, Any]) -> Any:
         """merge_writer, or retire_writer for an entry marked final (a store written

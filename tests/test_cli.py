@@ -25,6 +25,9 @@ DEMO_STORE = "sqlite:///otel_budget_demo.db"
 
 def run_cli(cwd: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    # This tree's code, not whatever an editable install points at.
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return subprocess.run(
         [sys.executable, "-m", "otel_budget.cli", *args], cwd=cwd, env=env,
         capture_output=True, text=True, timeout=timeout,
@@ -174,4 +177,7 @@ def test_bench_json(tmp_path: Path) -> None:
         value = figures[key]
         assert isinstance(value, (int, float)) and not isinstance(value, bool), key
         assert math.isfinite(value) and value > 0, (key, value)
+    # fleet budgets: store round trips per reservation at a $100 cap, loop lag
+    assert 0 < figures["lease_round_trips_per_reservation"] <= 0.1
+    assert figures["asyncio_fleet"]["loop_lag_p99_ms"] > 0
     assert list(tmp_path.iterdir()) == [], "bench cleans up after itself"

@@ -144,6 +144,11 @@ def run_bench(calls: int = 100_000, rounds: int = 7,
     results["record_usage_us"] = usage["record_usage_us"]
     results["record_usage_vs_record"] = usage["record_usage_vs_record"]
     results["asyncio"] = bench_areserve_loop_lag()
+    results["asyncio_fleet"] = bench_fleet_areserve_loop_lag()
+    results["fleet_leases"] = {f"cap_{cap:g}_usd": bench_lease_round_trips(cap_usd=cap)
+                               for cap in (100.0, 1.0)}
+    results["lease_round_trips_per_reservation"] = (
+        results["fleet_leases"]["cap_100_usd"]["round_trips_per_reservation"])
     results.update(_optional_benches(postgres_url))
     return results
 
@@ -190,6 +195,120 @@ def bench_areserve_loop_lag(tasks: int = 500) -> dict[str, float]:
             }
 
     return asyncio.run(main())
+
+
+def _fleet_config(cap_usd: float, instance_id: str) -> BudgetConfig:
+    from ..budgets import Budget
+
+    return BudgetConfig(budgets=(Budget("fleet", cap_usd, hard=True, enforce="fleet"),),
+                        instance_id=instance_id, checkpoint_every=10**9)
+
+
+def bench_fleet_areserve_loop_lag(tasks: int = 500, cap_usd: float = 10.0) -> dict[str, Any]:
+    """As bench_areserve_loop_lag, against a fleet budget on a SQLite store: lease
+    chunks come from the store (in a thread, prefetched when a lease runs low), so
+    this shows what the lease round trips cost the event loop."""
+
+    async def main(store: SQLiteStore) -> dict[str, Any]:
+        async with BudgetMeter(_fleet_config(cap_usd, "bench-fleet"), store=store) as meter:
+            lags: list[float] = []
+            done = asyncio.Event()
+
+            async def ticker() -> None:
+                while not done.is_set():
+                    start = time.perf_counter()
+                    await asyncio.sleep(0.001)
+                    lags.append(time.perf_counter() - start - 0.001)
+
+            refused = 0
+            refusal_s: list[float] = []
+
+            async def call(i: int) -> None:
+                nonlocal refused
+                await asyncio.sleep(0.25 * i / tasks)
+                start = time.perf_counter()
+                try:
+                    async with meter.areserve(0.05, {"agent": f"a{i % 8}"}) as r:
+                        await asyncio.sleep(0.002 + 0.008 * ((i * 7919) % 100) / 100)
+                        r.settle(0.03)
+                except BudgetExceeded:
+                    refused += 1
+                    refusal_s.append(time.perf_counter() - start)
+
+            tick = asyncio.create_task(ticker())
+            await asyncio.gather(*(call(i) for i in range(tasks)))
+            done.set()
+            await tick
+            lags.sort()
+            refusal_s.sort()
+            stats = meter.lease_stats()
+            return {
+                "tasks": tasks, "cap_usd": cap_usd, "refused": refused, "ticks": len(lags),
+                "loop_lag_p50_ms": round(lags[len(lags) // 2] * 1e3, 3),
+                "loop_lag_p99_ms": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1e3,
+                                         3),
+                "refusal_p50_ms": (round(refusal_s[len(refusal_s) // 2] * 1e3, 3)
+                                   if refusal_s else None),
+                "spend_usd": meter.budgets()[0]["spend_usd"],
+                **stats,
+            }
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(os.path.join(tmp, "fleet.db"))
+        try:
+            return asyncio.run(main(store))
+        finally:
+            store.close()
+
+
+def bench_lease_round_trips(cap_usd: float = 100.0, writers: int = 4,
+                            seed: int = 7) -> dict[str, Any]:
+    """`writers` meters (threads, one SQLite file, each its own store handle and
+    lease) reserving $0.01-0.05 calls and settling a random actual <= the maximum
+    until the fleet cap refuses them: store round trips per reservation, and how
+    much of the cap was used."""
+    import random
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "fleet.db")
+        stores = [SQLiteStore(path) for _ in range(writers)]
+        meters = [BudgetMeter(_fleet_config(cap_usd, f"w{i}"), store=stores[i]).start()
+                  for i in range(writers)]
+        spent = [0.0] * writers
+
+        def run(i: int) -> None:
+            rng = random.Random(seed + i)
+            misses = 0
+            while misses < 20:
+                max_usd = round(rng.uniform(0.01, 0.05), 6)
+                try:
+                    with meters[i].reserve(max_usd) as r:
+                        actual = round(rng.uniform(0.0, max_usd), 6)
+                        r.settle(actual)
+                        spent[i] += actual
+                    misses = 0
+                except BudgetExceeded:
+                    misses += 1
+
+        start = time.perf_counter()
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - start
+        stats = [m.lease_stats() for m in meters]
+        for meter in meters:
+            meter.shutdown()
+        for store in stores:
+            store.close()
+    trips = sum(s["round_trips"] for s in stats)
+    reservations = sum(s["reservations"] for s in stats)
+    return {"cap_usd": cap_usd, "writers": writers, "reservations": reservations,
+            "round_trips": trips,
+            "round_trips_per_reservation": round(trips / max(1, reservations), 4),
+            "spent_usd": round(sum(spent), 6),
+            "left_usd": round(cap_usd - sum(spent), 6), "seconds": round(elapsed, 3)}
 
 
 def _optional_benches(postgres_url: str | None) -> dict[str, Any]:

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CheckpointError, StoreError
+from ..leases import (
+    LEASE_TYPE,
+    apply_acquire,
+    apply_release,
+    check_lease_request,
+    lease_answer,
+    lease_doc_problem,
+    lease_row_name,
+)
 from .base import ContextStore, dumps_content
 from .entries import (
     SUMMARY_TYPE,
@@ -143,6 +153,35 @@ class MemoryStore(ContextStore):
                 return False
             self._rows[(patch_type, name)] = copy.deepcopy(content)
             return True
+
+    # --- budget leases (otel_budget.leases) --------------------------------------------
+
+    def lease_acquire(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Acquire, top up or renew a lease on a fleet budget, atomically."""
+        self._check_open()
+        req = check_lease_request(request)
+        key = (LEASE_TYPE, lease_row_name(req["budget"], req["window"]))
+        with self._lock:
+            doc, answer = apply_acquire(self._lease_doc(key), req, time.time())
+            self._rows[key] = doc
+        return lease_answer(answer, "lease_acquire")
+
+    def lease_release(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Give a lease back, settling its exact use."""
+        self._check_open()
+        req = check_lease_request(request, release=True)
+        key = (LEASE_TYPE, lease_row_name(req["budget"], req["window"]))
+        with self._lock:
+            doc, answer = apply_release(self._lease_doc(key), req, time.time())
+            if doc is not None:
+                self._rows[key] = doc
+        return lease_answer(answer, "lease_release")
+
+    def _lease_doc(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        doc = self._rows.get(key)
+        if doc is not None and (problem := lease_doc_problem(doc)) is not None:
+            raise CheckpointError(f"row {key[0]}/{key[1]}: {problem}")
+        return doc
 
     def put_raw(self, patch_type: str, name: str, content: Any) -> None:
         """Test hook: store anything, however malformed."""

@@ -28,6 +28,7 @@ from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
 from ..errors import CheckpointError, ConfigError, StoreError
+from ..leases import LEASE_TYPE, check_lease_request, lease_answer, lease_row_name
 from ..redact import password_of, scrub_known
 from .base import ContextStore, dumps_content, redact_url
 from .entries import WRITER_TYPE, DayTotals, MergeResult, check_days, writer_row_name
@@ -71,6 +72,14 @@ _ENTRIES = pgsql.SQL(
 _NUDGES = pgsql.SQL(
     "select q.name, q.content from public.quilt_patches as q "
     "where q.patch_type = 'sibling_nudge' and q.content->>'date' = %s::text order by q.name"
+)
+_LEASE_ACQUIRE = pgsql.SQL(
+    "select pg_catalog.set_config('statement_timeout', %s::text, true); "
+    "select public.otel_budget_lease_acquire(%s::jsonb)"
+)
+_LEASE_RELEASE = pgsql.SQL(
+    "select pg_catalog.set_config('statement_timeout', %s::text, true); "
+    "select public.otel_budget_lease_release(%s::jsonb)"
 )
 _CLAIM = pgsql.SQL("select public.otel_budget_claim(%s::text, %s::text, %s::jsonb)")
 _TIMEOUT = pgsql.SQL("select pg_catalog.set_config('statement_timeout', %s::text, true)")
@@ -241,6 +250,31 @@ class PostgresStore(ContextStore):
                 return stored is not None and stored == json.loads(_dumps(content))
         assert row is not None
         return bool(row[0])
+
+    # --- budget leases (otel_budget.leases) --------------------------------------------
+
+    def lease_acquire(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Acquire, top up or renew a lease: one round trip to
+        otel_budget_lease_acquire, which locks the budget window's lease row. A retry
+        after a lost answer is safe: the grant replaces the writer's lease (it does
+        not add to it), computed from the same reported use."""
+        return self._lease_step(check_lease_request(request), _LEASE_ACQUIRE, "lease_acquire")
+
+    def lease_release(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Give a lease back (otel_budget_lease_release); a retry finds it gone."""
+        return self._lease_step(check_lease_request(request, release=True), _LEASE_RELEASE,
+                                "lease_release")
+
+    def _lease_step(self, req: dict[str, Any], query: pgsql.SQL, what: str) -> dict[str, Any]:
+        self._check_open()
+        payload = dumps_content(req)
+        row = self._run(
+            f"{what} on {LEASE_TYPE}/{lease_row_name(req['budget'], req['window'])}",
+            lambda conn: _one_trip(conn, query, (self._statement_timeout, payload)),
+            retry=True, single=True,
+        )
+        assert row is not None
+        return lease_answer(row[0], f"otel_budget_{what}")
 
     def close(self) -> None:
         if not self._closed:

@@ -935,6 +935,319 @@ as $fn$
 $fn$;
 
 
+-- ---------------------------------------------------------------------------
+-- Budget leases: a hard cap across the fleet (Budget(enforce="fleet")).
+-- One row per (budget, window): patch_type 'budget_lease', name
+-- 'lease_<budget>_<window>', content {budget, window, cap_usd, settled_usd,
+-- external_usd, short_until, leases: {lease_id: {writer_id, granted_usd,
+-- used_usd, expires_at}}}. Every grant keeps
+--     settled + external + sum(max(granted, used)) <= cap.
+-- Each function locks the row (SELECT ... FOR UPDATE) and does one step; the
+-- arithmetic mirrors otel_budget.leases.apply_acquire / apply_release. Times are
+-- this server's clock (epoch seconds).
+
+-- NULL if p_req is a well-formed lease request, else what is wrong with it.
+create or replace function public.otel_budget_lease_problem(p_req jsonb, p_release boolean)
+returns text
+language plpgsql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_key text;
+begin
+    if p_req is null or jsonb_typeof(p_req) <> 'object' then
+        return 'request must be an object';
+    end if;
+    foreach v_key in array array['budget', 'window', 'writer_id', 'lease_id'] loop
+        if jsonb_typeof(p_req -> v_key) is distinct from 'string'
+           or length(p_req ->> v_key) not between 1 and 200 then
+            return format('%s must be a non-empty string of at most 200 characters', v_key);
+        end if;
+    end loop;
+    foreach v_key in array case when p_release then array['used_usd']
+        else array['used_usd', 'cap_usd', 'want_usd', 'seen_usd', 'min_chunk_usd', 'share', 'ttl_s'] end loop
+        if jsonb_typeof(p_req -> v_key) is distinct from 'number' then
+            return format('%s must be a finite number >= 0', v_key);
+        end if;
+        if (p_req ->> v_key)::numeric < 0 then
+            return format('%s must be a finite number >= 0', v_key);
+        end if;
+    end loop;
+    if not p_release then
+        if (p_req ->> 'cap_usd')::numeric <= 0 then
+            return 'cap_usd must be > 0';
+        end if;
+        if (p_req ->> 'share')::numeric <= 0 or (p_req ->> 'share')::numeric > 1 then
+            return 'share must be in (0, 1]';
+        end if;
+        if (p_req ->> 'ttl_s')::numeric not between 0.2 and 86400 then
+            return 'ttl_s must be between 0.2 and 86400 seconds';
+        end if;
+        if jsonb_typeof(p_req -> 'new') is distinct from 'boolean' then
+            return 'new must be true or false';
+        end if;
+    end if;
+    return null;
+end
+$fn$;
+
+
+-- The locked lease row of a request, its expired leases settled (not yet
+-- written back); NULL when the row does not exist. OB002 if it is malformed.
+create or replace function public.otel_budget_lease_locked(p_name text, p_now numeric)
+returns jsonb
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_doc jsonb;
+    v_expired numeric;
+begin
+    select q.content into v_doc
+      from public.quilt_patches as q
+     where q.patch_type = 'budget_lease' and q.name = p_name
+       for update;
+    if not found then
+        return null;
+    end if;
+    if jsonb_typeof(v_doc) <> 'object'
+       or jsonb_typeof(v_doc -> 'settled_usd') is distinct from 'number'
+       or jsonb_typeof(v_doc -> 'external_usd') is distinct from 'number'
+       or jsonb_typeof(v_doc -> 'leases') is distinct from 'object'
+       or exists (select 1 from pg_catalog.jsonb_each(v_doc -> 'leases') as e
+                   where jsonb_typeof(e.value) <> 'object'
+                      or jsonb_typeof(e.value -> 'granted_usd') is distinct from 'number'
+                      or jsonb_typeof(e.value -> 'used_usd') is distinct from 'number'
+                      or jsonb_typeof(e.value -> 'expires_at') is distinct from 'number') then
+        raise exception using errcode = 'OB002',
+            message = format('row budget_lease/%s is malformed', p_name);
+    end if;
+    select coalesce(sum((e.value ->> 'used_usd')::numeric), 0) into v_expired
+      from pg_catalog.jsonb_each(v_doc -> 'leases') as e
+     where (e.value ->> 'expires_at')::numeric <= p_now;
+    return v_doc || jsonb_build_object(
+        'settled_usd', pg_catalog.trim_scale(round((v_doc ->> 'settled_usd')::numeric + v_expired, 9)),
+        'leases', coalesce((select pg_catalog.jsonb_object_agg(e.key, e.value)
+                              from pg_catalog.jsonb_each(v_doc -> 'leases') as e
+                             where (e.value ->> 'expires_at')::numeric > p_now), '{}'::jsonb));
+end
+$fn$;
+
+
+-- The answer both steps return (see otel_budget.leases._answer).
+create or replace function public.otel_budget_lease_answer(
+    p_doc jsonb, p_lease_id text, p_entry jsonb, p_ok boolean, p_expired boolean,
+    p_now numeric, p_ttl numeric)
+returns jsonb
+language sql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+    select jsonb_build_object(
+        'ok', p_ok, 'expired', p_expired, 'lease_id', p_lease_id,
+        'granted_usd', coalesce(p_entry -> 'granted_usd', '0'::jsonb),
+        'used_usd', coalesce(p_entry -> 'used_usd', '0'::jsonb),
+        'expires_in_s', case when p_entry is null then 0 else p_ttl end,
+        'free_usd', pg_catalog.trim_scale(round(greatest(0,
+            (p_doc ->> 'cap_usd')::numeric - (p_doc ->> 'settled_usd')::numeric
+            - (p_doc ->> 'external_usd')::numeric - l.held), 9)),
+        'leased_usd', pg_catalog.trim_scale(round(l.leased, 9)),
+        'active', l.n,
+        'settled_usd', p_doc -> 'settled_usd', 'external_usd', p_doc -> 'external_usd',
+        'contended', coalesce((p_doc ->> 'short_until')::numeric, 0) > p_now)
+      from (select coalesce(sum(greatest((e.value ->> 'granted_usd')::numeric,
+                                         (e.value ->> 'used_usd')::numeric)), 0) as held,
+                   coalesce(sum((e.value ->> 'granted_usd')::numeric), 0) as leased,
+                   count(*) as n
+              from pg_catalog.jsonb_each(p_doc -> 'leases') as e) as l
+$fn$;
+
+
+-- Acquire, top up or renew one lease (report its use): p_request is
+-- {budget, window, cap_usd, writer_id, lease_id, new, used_usd, want_usd,
+--  seen_usd, ttl_s, min_chunk_usd, share}. Grants want_usd (plus, unless the
+-- pool is contended, a chunk of share * available / active leases) only if it
+-- fits under the cap; a refusal marks the pool contended for ttl_s, and while it
+-- is, every holder that renews gives its unused lease back.
+create or replace function public.otel_budget_lease_acquire(p_request jsonb)
+returns jsonb
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_problem text := public.otel_budget_lease_problem(p_request, false);
+    v_now numeric := extract(epoch from pg_catalog.clock_timestamp());
+    v_name text;
+    v_doc jsonb;
+    v_lid text := p_request ->> 'lease_id';
+    v_own jsonb;
+    v_cap numeric;
+    v_used numeric;
+    v_want numeric;
+    v_ttl numeric;
+    v_settled numeric;
+    v_external numeric;
+    v_others numeric;
+    v_live numeric;
+    v_free numeric;
+    v_avail numeric;
+    v_contended boolean;
+    v_active integer;
+    v_granted numeric;
+    v_extra numeric;
+    v_ok boolean := true;
+    v_entry jsonb;
+begin
+    if v_problem is not null then
+        raise exception using errcode = 'OB001', message = format('lease request: %s', v_problem);
+    end if;
+    v_cap := round((p_request ->> 'cap_usd')::numeric, 9);
+    v_used := round((p_request ->> 'used_usd')::numeric, 9);
+    v_want := round((p_request ->> 'want_usd')::numeric, 9);
+    v_ttl := (p_request ->> 'ttl_s')::numeric;
+    v_name := 'lease_' || (p_request ->> 'budget') || '_' || (p_request ->> 'window');
+    insert into public.quilt_patches (patch_type, name, content)
+    values ('budget_lease', v_name, jsonb_build_object(
+        'budget', p_request -> 'budget', 'window', p_request -> 'window',
+        'cap_usd', v_cap, 'settled_usd', 0, 'external_usd', 0, 'short_until', 0,
+        'leases', '{}'::jsonb))
+    on conflict (patch_type, name) do nothing;
+    v_doc := public.otel_budget_lease_locked(v_name, v_now)
+             || jsonb_build_object('cap_usd', pg_catalog.trim_scale(v_cap));
+    v_own := v_doc -> 'leases' -> v_lid;
+    if v_own is null and not (p_request ->> 'new')::boolean then
+        update public.quilt_patches as q set content = v_doc, updated_at = now()
+         where q.patch_type = 'budget_lease' and q.name = v_name;
+        return public.otel_budget_lease_answer(v_doc, v_lid, null, false, true, v_now, 0);
+    end if;
+    v_settled := (v_doc ->> 'settled_usd')::numeric;
+    select coalesce(sum(greatest((e.value ->> 'granted_usd')::numeric,
+                                 (e.value ->> 'used_usd')::numeric)), 0), count(*)
+      into v_others, v_active
+      from pg_catalog.jsonb_each(v_doc -> 'leases') as e
+     where e.key <> v_lid;
+    v_live := v_others + greatest(coalesce((v_own ->> 'granted_usd')::numeric, 0), v_used);
+    v_external := greatest((v_doc ->> 'external_usd')::numeric,
+                           round((p_request ->> 'seen_usd')::numeric - v_settled - v_live, 9));
+    v_free := round(v_cap - v_settled - v_external - v_others, 9);
+    v_avail := round(v_free - v_used, 9);
+    v_contended := coalesce((v_doc ->> 'short_until')::numeric, 0) > v_now;
+    v_active := v_active + 1;
+    if v_want > 0 then
+        if v_want > v_avail + 0.000000001 then
+            v_ok := false;
+            v_granted := v_used;
+            v_doc := v_doc || jsonb_build_object('short_until', v_now + v_ttl);
+        else
+            v_extra := case when v_contended then v_want
+                            else greatest(v_want, (p_request ->> 'min_chunk_usd')::numeric,
+                                          (p_request ->> 'share')::numeric * v_avail / v_active) end;
+            v_granted := round(v_used + greatest(0, least(v_avail, v_extra)), 9);
+        end if;
+    elsif v_contended then
+        v_granted := v_used;
+    else
+        v_granted := round(greatest(v_used, least(coalesce((v_own ->> 'granted_usd')::numeric, 0),
+                                                  v_free)), 9);
+    end if;
+    v_doc := v_doc || jsonb_build_object('external_usd', pg_catalog.trim_scale(v_external));
+    if v_own is null and v_granted <= 0 and v_used <= 0 then
+        v_entry := null;
+    else
+        v_entry := jsonb_build_object(
+            'writer_id', p_request -> 'writer_id',
+            'granted_usd', pg_catalog.trim_scale(v_granted),
+            'used_usd', pg_catalog.trim_scale(v_used),
+            'expires_at', v_now + v_ttl);
+        v_doc := jsonb_set(v_doc, array['leases', v_lid], v_entry);
+    end if;
+    update public.quilt_patches as q set content = v_doc, updated_at = now()
+     where q.patch_type = 'budget_lease' and q.name = v_name;
+    return public.otel_budget_lease_answer(v_doc, v_lid, v_entry, v_ok, false, v_now, v_ttl);
+end
+$fn$;
+
+
+-- Give one lease back: settle its exact use (p_request: {budget, window,
+-- writer_id, lease_id, used_usd}); the unused rest returns to the pool. A lease
+-- that already expired (settled at its last report) answers expired = true.
+create or replace function public.otel_budget_lease_release(p_request jsonb)
+returns jsonb
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_problem text := public.otel_budget_lease_problem(p_request, true);
+    v_now numeric := extract(epoch from pg_catalog.clock_timestamp());
+    v_name text;
+    v_doc jsonb;
+    v_lid text := p_request ->> 'lease_id';
+    v_found boolean;
+begin
+    if v_problem is not null then
+        raise exception using errcode = 'OB001', message = format('lease request: %s', v_problem);
+    end if;
+    v_name := 'lease_' || (p_request ->> 'budget') || '_' || (p_request ->> 'window');
+    v_doc := public.otel_budget_lease_locked(v_name, v_now);
+    if v_doc is null then
+        return jsonb_build_object('ok', true, 'expired', true, 'lease_id', v_lid,
+                                  'granted_usd', 0, 'used_usd', 0, 'free_usd', null);
+    end if;
+    v_found := (v_doc -> 'leases') ? v_lid;
+    if v_found then
+        v_doc := v_doc || jsonb_build_object(
+            'settled_usd', pg_catalog.trim_scale(round((v_doc ->> 'settled_usd')::numeric
+                                                       + round((p_request ->> 'used_usd')::numeric, 9), 9)),
+            'leases', (v_doc -> 'leases') - v_lid);
+    end if;
+    update public.quilt_patches as q set content = v_doc, updated_at = now()
+     where q.patch_type = 'budget_lease' and q.name = v_name;
+    return public.otel_budget_lease_answer(v_doc, v_lid, null, true, not v_found, v_now, 0);
+end
+$fn$;
+
+
+-- Privileges of the lease functions (as for the others below): service_role only.
+do $lease_grants$
+declare
+    v_role text;
+    v_object text;
+    v_functions text[] := array[
+        'public.otel_budget_lease_problem(jsonb, boolean)',
+        'public.otel_budget_lease_locked(text, numeric)',
+        'public.otel_budget_lease_answer(jsonb, text, jsonb, boolean, boolean, numeric, numeric)',
+        'public.otel_budget_lease_acquire(jsonb)',
+        'public.otel_budget_lease_release(jsonb)'
+    ];
+begin
+    foreach v_object in array v_functions loop
+        execute format('revoke all on function %s from public', v_object);
+    end loop;
+    foreach v_role in array array['anon', 'authenticated'] loop
+        if exists (select 1 from pg_catalog.pg_roles where rolname = v_role) then
+            foreach v_object in array v_functions loop
+                execute format('revoke all on function %s from %I', v_object, v_role);
+            end loop;
+        end if;
+    end loop;
+    if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
+        foreach v_object in array v_functions loop
+            execute format('grant execute on function %s to service_role', v_object);
+        end loop;
+    end if;
+end
+$lease_grants$;
+
+
 -- Privileges. PUBLIC has EXECUTE on new functions by default everywhere; on
 -- Supabase, anon and authenticated also get everything by default privileges,
 -- so revoking from PUBLIC alone would leave them in.

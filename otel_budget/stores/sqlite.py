@@ -19,11 +19,21 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ConfigError, StoreError
+from ..leases import (
+    LEASE_TYPE,
+    apply_acquire,
+    apply_release,
+    check_lease_request,
+    lease_answer,
+    lease_doc_problem,
+    lease_row_name,
+)
 from .base import ContextStore, dumps_content, loads_content
 from .entries import (
     SUMMARY_TYPE,
@@ -360,6 +370,53 @@ class SQLiteStore(ContextStore):
             except sqlite3.Error as exc:
                 raise StoreError(f"reading the nudges of {day} failed: {exc}") from None
         return [loads_content(text, patch_type="sibling_nudge", name=name) for name, text in rows]
+
+    # --- budget leases (otel_budget.leases) --------------------------------------------
+
+    def lease_acquire(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Acquire, top up or renew a lease on a fleet budget: one BEGIN IMMEDIATE
+        transaction, so two processes never both grant the last dollar."""
+        req = check_lease_request(request)
+        return self._lease_step(req, apply_acquire, "lease_acquire")
+
+    def lease_release(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Give a lease back, settling its exact use."""
+        req = check_lease_request(request, release=True)
+        return self._lease_step(req, apply_release, "lease_release")
+
+    def _lease_step(self, req: dict[str, Any], step: Any, what: str) -> dict[str, Any]:
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
+        name = lease_row_name(req["budget"], req["window"])
+        with self._lock:
+            conn = self._writable()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = conn.execute(
+                        "SELECT content FROM quilt_patches WHERE patch_type = ? AND name = ?",
+                        (LEASE_TYPE, name),
+                    ).fetchone()
+                    doc = None
+                    if row is not None:
+                        doc = loads_content(row[0], patch_type=LEASE_TYPE, name=name)
+                        if (problem := lease_doc_problem(doc)) is not None:
+                            raise CheckpointError(f"row {LEASE_TYPE}/{name}: {problem}")
+                    new_doc, answer = step(doc, req, time.time())
+                    if new_doc is not None:
+                        conn.execute(
+                            "INSERT INTO quilt_patches (patch_type, name, content) VALUES (?, ?, ?) "
+                            "ON CONFLICT (patch_type, name) DO UPDATE SET "
+                            f"content = excluded.content, updated_at = {_NOW}",
+                            (LEASE_TYPE, name, dumps_content(new_doc)),
+                        )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"{what} on {LEASE_TYPE}/{name} failed: {exc}") from None
+        return lease_answer(answer, what)
 
     def close(self) -> None:
         with self._lock:

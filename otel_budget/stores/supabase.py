@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..errors import CheckpointError, ConfigError, StoreError
+from ..leases import LEASE_TYPE, check_lease_request, lease_answer, lease_row_name
 from ..redact import scrub_known
 from .base import ContextStore, dumps_content
 from .entries import WRITER_TYPE, DayTotals, MergeResult, check_days, writer_row_name
@@ -260,6 +261,29 @@ class SupabaseStore(ContextStore):
             stored = self.get(patch_type, name)
             return stored is not None and stored == json.loads(dumps_content(content))
         return inserted
+
+    # --- budget leases (otel_budget.leases) --------------------------------------------
+
+    def lease_acquire(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Acquire, top up or renew a lease through the otel_budget_lease_acquire RPC
+        (retried like the merge: a repeated grant replaces, never adds)."""
+        req = check_lease_request(request)
+        response = self._call(
+            f"lease_acquire on {LEASE_TYPE}/{lease_row_name(req['budget'], req['window'])}",
+            lambda: self._current_client()
+            .rpc("otel_budget_lease_acquire", {"p_request": req}).execute(),
+        )
+        return lease_answer(response.data, "otel_budget_lease_acquire")
+
+    def lease_release(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Give a lease back through the otel_budget_lease_release RPC."""
+        req = check_lease_request(request, release=True)
+        response = self._call(
+            f"lease_release on {LEASE_TYPE}/{lease_row_name(req['budget'], req['window'])}",
+            lambda: self._current_client()
+            .rpc("otel_budget_lease_release", {"p_request": req}).execute(),
+        )
+        return lease_answer(response.data, "otel_budget_lease_release")
 
     def close(self) -> None:
         if not self._closed:

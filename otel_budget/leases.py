@@ -1,0 +1,557 @@
+"""Budget leases: a hard cap that holds across the fleet (``Budget(enforce="fleet")``).
+
+Escrow, as in the demarcation protocol: the store keeps ONE row per (budget,
+window), ``patch_type='budget_lease'``, ``name='lease_{budget}_{window}'``::
+
+    {"budget", "window", "cap_usd",
+     "settled_usd":  use of leases that ended (released, or expired),
+     "external_usd": spend the fleet checkpointed that no lease accounts for
+                     (spend from before leases, record() without a reservation,
+                     a dead writer's tail), a running maximum of the estimates,
+     "short_until":  epoch seconds; while in the future, the pool is contended,
+     "leases": {lease_id: {"writer_id", "granted_usd", "used_usd", "expires_at"}}}
+
+Invariant kept by every grant: ``settled + external + sum(max(granted, used)) <= cap``.
+A writer draws its reservations from its own lease in memory and talks to the row
+only to get a new chunk (when the lease runs low: in the background, ahead of
+need), at its store rounds (to report its use and renew), and to give the lease
+back (idle, shutdown). An expired lease (a writer killed with SIGKILL) is settled
+at its last reported use; the rest returns to the pool.
+
+This module holds the pure arithmetic (``apply_acquire``, ``apply_release``: the
+reference the SQL functions ``otel_budget_lease_acquire``/``_release`` mirror) and
+the per-process client, ``FleetLease``. Times on the row are the store's clock
+(epoch seconds); the client only ever uses durations it was answered with.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from .errors import BudgetError, CheckpointError
+
+_log = logging.getLogger("otel_budget")
+
+LEASE_TYPE = "budget_lease"
+EPS = 1e-9
+#: A chunk is this share of what is free, divided among the active leases.
+DEFAULT_SHARE = 0.5
+#: Lease lengths (seconds): the TTL after which a dead writer's lease returns.
+MIN_TTL_S = 0.2
+MAX_TTL_S = 86_400.0
+
+
+def lease_row_name(budget: str, window: str) -> str:
+    return f"lease_{budget}_{window}"
+
+
+def r9(value: float) -> float:
+    return round(float(value), 9) + 0.0
+
+
+# --- requests -------------------------------------------------------------------------
+
+
+def _amount(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
+
+
+def lease_request_problem(req: Any, *, release: bool = False) -> str | None:
+    """None if `req` is a well-formed acquire (or release) request, else what is wrong."""
+    if not isinstance(req, dict):
+        return f"request is {type(req).__name__}, expected an object"
+    for key in ("budget", "window", "writer_id", "lease_id"):
+        value = req.get(key)
+        if not isinstance(value, str) or not value or len(value) > 200:
+            return f"{key} must be a non-empty string of at most 200 characters"
+        if "\x00" in value:
+            return f"{key} contains a NUL character"
+    if not _amount(req.get("used_usd")):
+        return f"used_usd must be a finite number >= 0, got {req.get('used_usd')!r:.60}"
+    if release:
+        return None
+    for key in ("cap_usd", "want_usd", "seen_usd", "min_chunk_usd", "share"):
+        if not _amount(req.get(key)):
+            return f"{key} must be a finite number >= 0, got {req.get(key)!r:.60}"
+    if not (req["cap_usd"] > 0):
+        return "cap_usd must be > 0"
+    if not (0 < req["share"] <= 1):
+        return "share must be in (0, 1]"
+    ttl = req.get("ttl_s")
+    if not isinstance(ttl, (int, float)) or not _amount(ttl) or not (MIN_TTL_S <= ttl <= MAX_TTL_S):
+        return f"ttl_s must be between {MIN_TTL_S} and {MAX_TTL_S} seconds, got {ttl!r:.60}"
+    if not isinstance(req.get("new"), bool):
+        return "new must be true or false"
+    return None
+
+
+def check_lease_request(req: Any, *, release: bool = False) -> dict[str, Any]:
+    problem = lease_request_problem(req, release=release)
+    if problem is not None:
+        raise CheckpointError(f"lease request: {problem}")
+    assert isinstance(req, dict)
+    return req
+
+
+# --- the row's arithmetic (pure) -------------------------------------------------------
+
+
+def empty_lease_doc(budget: str, window: str, cap_usd: float) -> dict[str, Any]:
+    return {"budget": budget, "window": window, "cap_usd": r9(cap_usd), "settled_usd": 0.0,
+            "external_usd": 0.0, "short_until": 0.0, "leases": {}}
+
+
+def lease_doc_problem(doc: Any) -> str | None:
+    if not isinstance(doc, dict):
+        return f"content is {type(doc).__name__}, expected an object"
+    for key in ("settled_usd", "external_usd"):
+        if not _amount(doc.get(key)):
+            return f"{key} must be a finite number >= 0"
+    leases = doc.get("leases")
+    if not isinstance(leases, dict):
+        return "leases must be an object"
+    for lid, entry in leases.items():
+        if not isinstance(entry, dict) or not all(
+                _amount(entry.get(k)) for k in ("granted_usd", "used_usd", "expires_at")):
+            return f"lease {lid!r:.60} is malformed"
+    return None
+
+
+def _held(entry: Mapping[str, Any]) -> float:
+    return max(float(entry["granted_usd"]), float(entry["used_usd"]))
+
+
+def expire_leases(doc: dict[str, Any], now: float) -> list[str]:
+    """Settle every lease whose expiry passed at its last reported use (in place)."""
+    gone = [lid for lid, e in doc["leases"].items() if float(e["expires_at"]) <= now]
+    for lid in sorted(gone):
+        doc["settled_usd"] = r9(doc["settled_usd"] + float(doc["leases"].pop(lid)["used_usd"]))
+    return gone
+
+
+def grant_size(*, avail: float, want: float, active: int, share: float, min_chunk: float,
+               contended: bool) -> float | None:
+    """How much to grant beyond the writer's reported use: None when `want` does not
+    fit in `avail`; else `want` plus, unless the pool is contended, a chunk of
+    `share * avail / active` (at least `min_chunk`), never more than `avail`."""
+    if want > avail + EPS:
+        return None
+    chunk = want if contended else max(want, min_chunk, share * avail / max(1, active))
+    return max(0.0, min(avail, chunk))
+
+
+def apply_acquire(doc: dict[str, Any] | None, req: Mapping[str, Any],
+                  now: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Acquire, top up or renew a lease (report its use). Returns (new doc, answer)."""
+    doc = copy.deepcopy(doc) if doc is not None else empty_lease_doc(
+        req["budget"], req["window"], req["cap_usd"])
+    doc["cap_usd"] = cap = r9(req["cap_usd"])
+    expire_leases(doc, now)
+    leases: dict[str, Any] = doc["leases"]
+    lid = req["lease_id"]
+    own = leases.get(lid)
+    used = r9(req["used_usd"])
+    want = r9(req["want_usd"])
+    ttl = float(req["ttl_s"])
+    if own is None and not req["new"]:
+        # Expired here (settled at its last report): the writer starts a new lease.
+        return doc, _answer(doc, lid, None, ok=False, expired=True, now=now, ttl=0.0)
+    others = r9(sum(_held(e) for k, e in leases.items() if k != lid))
+    live = r9(others + (max(float(own["granted_usd"]), used) if own else used))
+    estimate = r9(float(req["seen_usd"]) - float(doc["settled_usd"]) - live)
+    doc["external_usd"] = r9(max(float(doc["external_usd"]), estimate))
+    free = r9(cap - float(doc["settled_usd"]) - float(doc["external_usd"]) - others)
+    avail = r9(free - used)
+    contended = float(doc.get("short_until") or 0.0) > now
+    active = len(leases) + (0 if own else 1)
+    old_granted = float(own["granted_usd"]) if own else 0.0
+    ok = True
+    if want > 0:
+        extra = grant_size(avail=avail, want=want, active=active, share=float(req["share"]),
+                           min_chunk=float(req["min_chunk_usd"]), contended=contended)
+        if extra is None:
+            ok = False
+            doc["short_until"] = r9(now + ttl)
+            granted = used  # contended: every holder gives its surplus back
+        else:
+            granted = r9(used + extra)
+    else:
+        granted = used if contended else r9(max(used, min(old_granted, free)))
+    if own is None and granted <= 0 and used <= 0:
+        return doc, _answer(doc, lid, None, ok=ok, expired=False, now=now, ttl=0.0)
+    leases[lid] = {"writer_id": req["writer_id"], "granted_usd": granted, "used_usd": used,
+                   "expires_at": r9(now + ttl)}
+    return doc, _answer(doc, lid, leases[lid], ok=ok, expired=False, now=now, ttl=ttl)
+
+
+def apply_release(doc: dict[str, Any] | None, req: Mapping[str, Any],
+                  now: float) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """End a lease, settling its exact use; the unused rest returns to the pool."""
+    if doc is None:
+        return None, {"ok": True, "expired": True, "granted_usd": 0.0,
+                      "used_usd": 0.0, "free_usd": None}
+    doc = copy.deepcopy(doc)
+    expire_leases(doc, now)
+    own = doc["leases"].pop(req["lease_id"], None)
+    if own is not None:
+        doc["settled_usd"] = r9(float(doc["settled_usd"]) + float(req["used_usd"]))
+    return doc, _answer(doc, req["lease_id"], None, ok=True, expired=own is None, now=now,
+                        ttl=0.0)
+
+
+def lease_totals(doc: Mapping[str, Any]) -> dict[str, float]:
+    leases = doc.get("leases") or {}
+    leased = r9(sum(float(e["granted_usd"]) for e in leases.values()))
+    held = r9(sum(_held(e) for e in leases.values()))
+    accounted = r9(float(doc["settled_usd"]) + float(doc["external_usd"]) + held)
+    return {"leased_usd": leased, "accounted_usd": accounted,
+            "free_usd": r9(max(0.0, float(doc["cap_usd"]) - accounted))}
+
+
+def _answer(doc: Mapping[str, Any], lid: str, entry: Mapping[str, Any] | None, *, ok: bool,
+            expired: bool, now: float, ttl: float) -> dict[str, Any]:
+    totals = lease_totals(doc)
+    return {
+        "ok": ok, "expired": expired, "lease_id": lid,
+        "granted_usd": float(entry["granted_usd"]) if entry else 0.0,
+        "used_usd": float(entry["used_usd"]) if entry else 0.0,
+        "expires_in_s": ttl if entry else 0.0,
+        "free_usd": totals["free_usd"], "leased_usd": totals["leased_usd"],
+        "active": len(doc.get("leases") or {}),
+        "settled_usd": float(doc["settled_usd"]), "external_usd": float(doc["external_usd"]),
+        "contended": float(doc.get("short_until") or 0.0) > now,
+    }
+
+
+def lease_answer(value: Any, what: str) -> dict[str, Any]:
+    """A store's answer, checked (the SQL functions return jsonb)."""
+    if not isinstance(value, dict) or not isinstance(value.get("ok"), bool):
+        raise CheckpointError(f"{what} answered {str(value)[:80]!r}, expected an object")
+    out = dict(value)
+    for key in ("granted_usd", "used_usd", "expires_in_s", "settled_usd", "external_usd",
+                "leased_usd"):
+        out[key] = float(out.get(key) or 0.0)
+    out["free_usd"] = None if out.get("free_usd") is None else float(out["free_usd"])
+    out["active"] = int(out.get("active") or 0)
+    out["expired"] = bool(out.get("expired"))
+    out["contended"] = bool(out.get("contended"))
+    return out
+
+
+# --- the client ---------------------------------------------------------------------------
+
+
+class LeaseStore(Protocol):
+    def lease_acquire(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+    def lease_release(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def supports_leases(store: object) -> bool:
+    return callable(getattr(store, "lease_acquire", None)) and callable(
+        getattr(store, "lease_release", None))
+
+
+class Draw:
+    """One reservation's hold on a lease (its generation, so a settle after the lease
+    ended changes nothing)."""
+
+    __slots__ = ("amount", "generation", "lease")
+
+    def __init__(self, lease: FleetLease, generation: int, amount: float) -> None:
+        self.lease = lease
+        self.generation = generation
+        self.amount = amount
+
+
+class FleetLease:
+    """This writer's lease on one fleet budget. Thread-safe. `try_draw` is memory only;
+    `acquire` does one store round trip (serialised per lease); `on_round` renews,
+    reports or gives back at the tracker's store rounds."""
+
+    def __init__(
+        self, *, budget: str, cap_usd: float, store: LeaseStore, writer_id: Callable[[], str],
+        window_of: Callable[[], str], seen_of: Callable[[], float], ttl_s: float,
+        idle_s: float, min_chunk_usd: float = 0.0, share: float = DEFAULT_SHARE,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.budget = budget
+        self.cap_usd = cap_usd
+        self._store = store
+        self._writer_id = writer_id
+        self._window_of = window_of
+        self._seen_of = seen_of
+        self.ttl_s = ttl_s
+        self.idle_s = idle_s
+        self.min_chunk_usd = min_chunk_usd
+        self.share = share
+        self._mono = monotonic
+        self._closed = False
+        self._lock = threading.Lock()
+        self._io = threading.Lock()
+        self._reset_counters()
+        self._reset_lease()
+
+    def close(self) -> None:
+        """Shutdown: give the lease back and never take another (a prefetch still
+        in flight finds the lease closed)."""
+        with self._lock:
+            self._closed = True
+        self.release()
+
+    def _reset_counters(self) -> None:
+        self.round_trips = 0
+        self.draws = 0
+        self.refusals = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._prefetching = False
+        self._last: dict[str, Any] = {}
+
+    def _reset_lease(self) -> None:
+        self._generation = getattr(self, "_generation", 0) + 1
+        self._lease_id: str | None = None
+        self._window: str | None = None
+        self._granted = 0.0
+        self._used = 0.0  # open holds + settled actuals drawn from this lease
+        self._open = 0
+        self._reported = 0.0
+        self._reported_at = 0.0
+        self._valid_until = 0.0
+        self._last_draw = 0.0
+        self._short_for: float | None = None  # refused want, until the next round
+        self._short_until = 0.0
+
+    def after_fork_in_child(self) -> None:
+        self._closed = False
+        self._lock = threading.Lock()
+        self._io = threading.Lock()
+        self._reset_counters()
+        self._reset_lease()
+
+    # --- memory only ----------------------------------------------------------------
+
+    def _valid_locked(self, now: float) -> bool:
+        return (self._lease_id is not None and now < self._valid_until
+                and self._window == self._window_of())
+
+    def try_draw(self, amount: float) -> Draw | bool | None:
+        """A Draw if the lease covers `amount`; False if the pool is known to be short
+        of it (refuse now, no I/O); None if only the store can tell."""
+        with self._lock:
+            now = self._mono()
+            if self._valid_locked(now) and self._granted - self._used >= amount - EPS:
+                self._used += amount
+                self._open += 1
+                self._last_draw = now
+                self.draws += 1
+                draw = Draw(self, self._generation, amount)
+                low = self._granted - self._used < max(amount, 0.25 * self._granted)
+                start_prefetch = low and not self._prefetching and not self._contended(now)
+                if start_prefetch:
+                    self._prefetching = True
+            elif (self._short_for is not None and amount > self._short_for + EPS
+                  and now < self._short_until):
+                self.refusals += 1
+                return False
+            else:
+                return None
+        if start_prefetch:
+            threading.Thread(target=self._prefetch, args=(amount,), daemon=True,
+                             name=f"OtelBudgetLease-{self.budget}").start()
+        return draw
+
+    def _contended(self, now: float) -> bool:
+        return bool(self._last.get("contended")) and now < self._short_until
+
+    def close_draw(self, draw: Draw, actual: float | None) -> None:
+        """A reservation ended: `actual` recorded (None: cancelled)."""
+        with self._lock:
+            if draw.generation != self._generation:
+                return  # that lease ended; its last report counted the hold at its max
+            self._used = max(0.0, self._used - draw.amount + (actual or 0.0))
+            self._open = max(0, self._open - 1)
+
+    def undo_draw(self, draw: Draw) -> None:
+        """Take back a draw whose reservation was never made."""
+        with self._lock:
+            if draw.generation == self._generation:
+                self._used = max(0.0, self._used - draw.amount)
+                self._open = max(0, self._open - 1)
+            self.draws -= 1
+
+    def remaining(self) -> float:
+        with self._lock:
+            if not self._valid_locked(self._mono()):
+                return 0.0
+            return max(0.0, self._granted - self._used)
+
+    # --- store round trips ------------------------------------------------------------
+
+    def acquire(self, want: float) -> bool:
+        """Ask the store for `want` beyond this lease's use (0: report and renew). True
+        if the lease now covers it. Raises StoreError/CheckpointError on failure."""
+        with self._io:
+            return self._acquire_locked(want)
+
+    def _acquire_locked(self, want: float) -> bool:
+        for _ in range(2):
+            with self._lock:
+                now = self._mono()
+                window = self._window_of()
+                if self._lease_id is not None and (self._window != window
+                                                   or now >= self._valid_until):
+                    self._reset_lease()  # ended here: the store settles it at expiry
+                if self._closed:
+                    return False
+                if want > 0 and self._lease_id is not None and \
+                        self._granted - self._used >= want - EPS:
+                    return True  # a prefetch or another caller got it meanwhile
+                new = self._lease_id is None
+                if new:
+                    self._lease_id = uuid.uuid4().hex
+                    self._window = window
+                lid, used, generation = self._lease_id, self._used, self._generation
+            assert lid is not None
+            request = {
+                "budget": self.budget, "window": window, "cap_usd": self.cap_usd,
+                "writer_id": self._writer_id(), "lease_id": lid, "new": new,
+                "used_usd": r9(used), "want_usd": r9(max(0.0, want - 0.0)),
+                "seen_usd": r9(max(0.0, self._seen_of())), "ttl_s": self.ttl_s,
+                "min_chunk_usd": self.min_chunk_usd, "share": self.share,
+            }
+            sent = self._mono()
+            try:
+                answer = self._store.lease_acquire(request)
+            except Exception as exc:
+                with self._lock:
+                    self.round_trips += 1
+                    self.errors += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                    if new and generation == self._generation:
+                        self._lease_id = None  # may or may not exist: let it expire
+                        self._window = None
+                raise
+            with self._lock:
+                self.round_trips += 1
+                self.last_error = None
+                self._last = answer
+                if generation != self._generation:
+                    continue
+                if answer["expired"]:
+                    self._reset_lease()
+                    continue
+                self._granted = answer["granted_usd"]
+                self._reported = used
+                self._reported_at = sent
+                if answer["expires_in_s"] > 0:
+                    # The store's clock started the TTL after we sent: end it earlier here.
+                    self._valid_until = sent + answer["expires_in_s"] * 0.9
+                else:
+                    self._lease_id = None
+                    self._window = None
+                if answer["contended"] or not answer["ok"]:
+                    self._short_until = self._mono() + min(self.ttl_s, self.idle_s)
+                if not answer["ok"]:
+                    # Until the pool is known to change: refuse what it cannot hold
+                    # here, at once (the pool's free part and this lease's rest).
+                    free = answer["free_usd"] or 0.0
+                    self._short_for = min(want - 2 * EPS,
+                                          free + max(0.0, self._granted - self._used))
+                    self.refusals += 1
+                else:
+                    self._short_for = None
+                return bool(answer["ok"])
+        return False
+
+    def _prefetch(self, amount: float) -> None:
+        try:
+            with self._io:
+                with self._lock:
+                    covered = self._granted - self._used >= max(amount, 0.25 * self._granted)
+                if not covered:
+                    self._acquire_locked(amount)
+        except Exception as exc:  # the next reservation asks again, in the foreground
+            _log.debug("otel_budget: prefetching a lease chunk failed: %s", exc)
+        finally:
+            with self._lock:
+                self._prefetching = False
+
+    def release(self) -> None:
+        """Give the lease back, settling its exact use (no-op without one)."""
+        with self._io:
+            with self._lock:
+                lid, used = self._lease_id, self._used
+                if lid is None:
+                    return
+                request = {"budget": self.budget, "window": self._window,
+                           "writer_id": self._writer_id(), "lease_id": lid,
+                           "used_usd": r9(used)}
+                self._reset_lease()
+            try:
+                self._last = self._store.lease_release(request)
+            finally:
+                with self._lock:
+                    self.round_trips += 1
+
+    def on_round(self, interval_s: float) -> None:
+        """At a store round: give an idle lease back; report and renew a busy one
+        (before a third of its TTL is left, or when its use changed); clear the
+        'pool is short' note so the next reservation asks again."""
+        with self._lock:
+            now = self._mono()
+            if self._short_until <= now:
+                self._short_for = None
+            held = self._lease_id is not None
+            idle = held and self._open == 0 and now - self._last_draw >= self.idle_s
+            stale = held and (now - self._reported_at >= self.ttl_s / 3
+                              or self._valid_until - now < self.ttl_s / 2)
+            changed = held and abs(self._used - self._reported) > EPS and \
+                now - self._reported_at >= interval_s * 0.5
+            # Contended: give back what this lease holds beyond its use (once).
+            contended = held and self._contended(now) and \
+                self._granted - self._used > EPS
+        if idle:
+            self.release()
+        elif stale or changed or contended:
+            self.acquire(0.0)
+
+    def describe(self) -> dict[str, Any]:
+        with self._lock:
+            now = self._mono()
+            valid = self._valid_locked(now)
+            draws = self.draws
+            return {
+                "leased_usd": r9(self._granted) if valid else 0.0,
+                "lease_used_usd": r9(self._used) if valid else 0.0,
+                "lease_remaining_usd": r9(max(0.0, self._granted - self._used)) if valid else 0.0,
+                "lease_expires_in_s": round(max(0.0, self._valid_until - now), 3) if valid else 0.0,
+                "lease_round_trips": self.round_trips,
+                "lease_reservations": draws,
+                "lease_round_trips_per_reservation": (
+                    round(self.round_trips / draws, 4) if draws else None),
+                "lease_refusals": self.refusals,
+                "lease_error": self.last_error,
+                "fleet_leased_usd": self._last.get("leased_usd"),
+                "fleet_free_usd": self._last.get("free_usd"),
+                "fleet_active_leases": self._last.get("active"),
+            }
+
+
+class LeaseUnsupported(BudgetError):
+    """The store cannot grant leases (a fleet budget needs one that can)."""
+
+
+__all__ = [
+    "LEASE_TYPE", "Draw", "FleetLease", "LeaseStore", "apply_acquire", "apply_release",
+    "check_lease_request", "empty_lease_doc", "expire_leases", "grant_size",
+    "lease_answer", "lease_doc_problem", "lease_row_name", "lease_totals", "supports_leases",
+]
