@@ -150,6 +150,12 @@ def run_bench(calls: int = 100_000, rounds: int = 7,
     results["lease_round_trips_per_reservation"] = (
         results["fleet_leases"]["cap_100_usd"]["round_trips_per_reservation"])
     results.update(_optional_benches(postgres_url))
+    litellm = results.get("litellm")
+    if isinstance(litellm, dict) and litellm.get("cost_per_token_us"):
+        # The recorder figures above run on a provider without readers; through a
+        # default meter the token histogram fans out to its two readers.
+        litellm["meter_record_usage_vs_cost_per_token_hist"] = round(
+            results["record_usage_us"] / litellm["cost_per_token_us"], 4)
     return results
 
 
