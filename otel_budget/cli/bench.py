@@ -159,46 +159,54 @@ def run_bench(calls: int = 100_000, rounds: int = 7,
     return results
 
 
-def bench_areserve_loop_lag(tasks: int = 500) -> dict[str, float]:
-    """`tasks` tasks arriving over 0.25 s, each reserving through `areserve`, awaiting a
-    2-10 ms "model call" and settling: how late the event loop runs a 1 ms ticker
-    meanwhile (p50/p99), and how many were refused at the cap."""
+async def _areserve_under_load(meter: BudgetMeter, tasks: int, settle_usd: float
+                               ) -> dict[str, Any]:
+    """`tasks` tasks arriving over 0.25 s, each reserving $0.05 through `areserve`,
+    awaiting a 2-10 ms "model call" and settling `settle_usd`: how late the event loop
+    runs a 1 ms ticker meanwhile (p50/p99), how many were refused, and how fast."""
+    lags: list[float] = []
+    refusal_s: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append(time.perf_counter() - start - 0.001)
+
+    async def call(i: int) -> None:
+        await asyncio.sleep(0.25 * i / tasks)
+        start = time.perf_counter()
+        try:
+            async with meter.areserve(0.05, {"agent": f"a{i % 8}"}) as r:
+                await asyncio.sleep(0.002 + 0.008 * ((i * 7919) % 100) / 100)
+                r.settle(settle_usd)
+        except BudgetExceeded:
+            refusal_s.append(time.perf_counter() - start)
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.gather(*(call(i) for i in range(tasks)))
+    done.set()
+    await tick
+    lags.sort()
+    refusal_s.sort()
+    return {
+        "tasks": tasks, "refused": len(refusal_s), "ticks": len(lags),
+        "loop_lag_p50_ms": round(lags[len(lags) // 2] * 1e3, 3),
+        "loop_lag_p99_ms": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1e3, 3),
+        "refusal_p50_ms": (round(refusal_s[len(refusal_s) // 2] * 1e3, 3)
+                           if refusal_s else None),
+        "spend_usd": meter.budgets()[0]["spend_usd"],
+    }
+
+
+def bench_areserve_loop_lag(tasks: int = 500) -> dict[str, Any]:
+    """500 tasks through `areserve` against a process budget (in memory)."""
     config = BudgetConfig(daily_cap_usd=10.0, instance_id="bench", checkpoint_every=10**9)
 
-    async def main() -> dict[str, float]:
+    async def main() -> dict[str, Any]:
         async with BudgetMeter(config, store=MemoryStore()) as meter:
-            lags: list[float] = []
-            done = asyncio.Event()
-
-            async def ticker() -> None:
-                while not done.is_set():
-                    start = time.perf_counter()
-                    await asyncio.sleep(0.001)
-                    lags.append(time.perf_counter() - start - 0.001)
-
-            refused = 0
-
-            async def call(i: int) -> None:
-                nonlocal refused
-                await asyncio.sleep(0.25 * i / tasks)
-                try:
-                    async with meter.areserve(0.05, {"agent": f"a{i % 8}"}) as r:
-                        await asyncio.sleep(0.002 + 0.008 * ((i * 7919) % 100) / 100)
-                        r.settle(0.01)
-                except BudgetExceeded:
-                    refused += 1
-
-            tick = asyncio.create_task(ticker())
-            await asyncio.gather(*(call(i) for i in range(tasks)))
-            done.set()
-            await tick
-            lags.sort()
-            return {
-                "tasks": tasks, "refused": refused, "ticks": len(lags),
-                "loop_lag_p50_ms": round(lags[len(lags) // 2] * 1e3, 3),
-                "loop_lag_p99_ms": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1e3, 3),
-                "spend_usd": meter.daily_spend(),
-            }
+            return await _areserve_under_load(meter, tasks, settle_usd=0.01)
 
     return asyncio.run(main())
 
@@ -211,53 +219,14 @@ def _fleet_config(cap_usd: float, instance_id: str) -> BudgetConfig:
 
 
 def bench_fleet_areserve_loop_lag(tasks: int = 500, cap_usd: float = 10.0) -> dict[str, Any]:
-    """As bench_areserve_loop_lag, against a fleet budget on a SQLite store: lease
-    chunks come from the store (in a thread, prefetched when a lease runs low), so
-    this shows what the lease round trips cost the event loop."""
+    """The same against a fleet budget on a SQLite store: lease chunks come from the
+    store (in a thread, prefetched when a lease runs low), so this shows what the
+    lease round trips cost the event loop."""
 
     async def main(store: SQLiteStore) -> dict[str, Any]:
         async with BudgetMeter(_fleet_config(cap_usd, "bench-fleet"), store=store) as meter:
-            lags: list[float] = []
-            done = asyncio.Event()
-
-            async def ticker() -> None:
-                while not done.is_set():
-                    start = time.perf_counter()
-                    await asyncio.sleep(0.001)
-                    lags.append(time.perf_counter() - start - 0.001)
-
-            refused = 0
-            refusal_s: list[float] = []
-
-            async def call(i: int) -> None:
-                nonlocal refused
-                await asyncio.sleep(0.25 * i / tasks)
-                start = time.perf_counter()
-                try:
-                    async with meter.areserve(0.05, {"agent": f"a{i % 8}"}) as r:
-                        await asyncio.sleep(0.002 + 0.008 * ((i * 7919) % 100) / 100)
-                        r.settle(0.03)
-                except BudgetExceeded:
-                    refused += 1
-                    refusal_s.append(time.perf_counter() - start)
-
-            tick = asyncio.create_task(ticker())
-            await asyncio.gather(*(call(i) for i in range(tasks)))
-            done.set()
-            await tick
-            lags.sort()
-            refusal_s.sort()
-            stats = meter.lease_stats()
-            return {
-                "tasks": tasks, "cap_usd": cap_usd, "refused": refused, "ticks": len(lags),
-                "loop_lag_p50_ms": round(lags[len(lags) // 2] * 1e3, 3),
-                "loop_lag_p99_ms": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1e3,
-                                         3),
-                "refusal_p50_ms": (round(refusal_s[len(refusal_s) // 2] * 1e3, 3)
-                                   if refusal_s else None),
-                "spend_usd": meter.budgets()[0]["spend_usd"],
-                **stats,
-            }
+            result = await _areserve_under_load(meter, tasks, settle_usd=0.03)
+            return {**result, "cap_usd": cap_usd, **meter.lease_stats()}
 
     with tempfile.TemporaryDirectory() as tmp:
         store = SQLiteStore(os.path.join(tmp, "fleet.db"))
