@@ -39,6 +39,7 @@ class DaySpend:
     cap_usd: float | None  # the configured one (a budget's cap is configuration)
     by_model: dict[str, float] = field(default_factory=dict)
     by_agent: dict[str, float] = field(default_factory=dict)
+    by_budget: dict[str, float] = field(default_factory=dict)  # each budget's spend that day
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def load_report(
         out.append(DaySpend(
             day, spent["total_usd"], cap_usd,
             by_model=breakdown(items, MODEL_KEY), by_agent=breakdown(items, AGENT_KEY),
+            by_budget=dict(spent["by_budget"]),
         ))
     return BudgetReport(tuple(out), tuple(sorted(alert_ratios)), timezone_name, tuple(unreadable))
 

@@ -33,8 +33,10 @@ def _entry(seq: int, items: list[tuple[dict[str, str], float]]) -> dict[str, Any
 
 def _writer(day: date, writer: str, instance: str, seq: int,
             items: list[tuple[dict[str, str], float]]) -> dict[str, Any]:
-    return {**_entry(seq, items), "date": day.isoformat(), "writer_id": writer,
-            "instance_id": instance}
+    entry = _entry(seq, items)
+    coder = sum(v for a, v in items if a.get("agent") == "ag_lu")
+    return {**entry, "date": day.isoformat(), "writer_id": writer, "instance_id": instance,
+            "by_budget": {"daily": entry["spend_usd"], "ag_lu": ledger.round_usd(coder)}}
 
 
 def _fill(store: SQLiteStore, today: date) -> None:
@@ -165,6 +167,10 @@ def test_cli_report(
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed
     assert "today $32.00 of $50.00" in printed
+    # Each budget's spend today, from the writers' stored sums; the cap where the
+    # configuration knows it.
+    assert "budget daily: $32.000000 today of $50.00" in printed
+    assert "budget ag_lu: $10.000000 today\n" in printed
     assert _png_size(out) == (1210, 880)
 
 

@@ -68,6 +68,11 @@ def handle(args: argparse.Namespace) -> int:
     cap = f" of ${today.cap_usd:,.2f}" if today.cap_usd else ""
     print(f"wrote {path} ({report.days_with_data}/{len(report.days)} days with data; "
           f"today {spent}{cap})")
+    caps = {budget.name: budget.cap_usd for budget in config.all_budgets} if cap_known or \
+        config.budgets else {}
+    for name, usd in sorted(today.by_budget.items()):
+        of = f" of ${caps[name]:,.2f}" if name in caps else ""
+        print(f"  budget {name}: ${usd:,.6f} today{of}")
     for name in report.unreadable:
         print(f"warning: skipped unreadable document {name}")
     return 0
