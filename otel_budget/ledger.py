@@ -3,7 +3,6 @@ the per-instance merge. No I/O here, so all of it is tested without a store."""
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time, timedelta, timezone
@@ -58,8 +57,6 @@ def ratio_pct(ratio: float) -> str:
     return format(round(ratio * 100, 2), "g")
 
 
-def nudge_name(day: date, ratio: float) -> str:
-    return f"budget_alert_{day.isoformat()}_{ratio_pct(ratio)}"
 
 
 def threshold_reached(spend_usd: float, ratio: float, cap_usd: float) -> bool:
@@ -166,40 +163,8 @@ def document_total(content: Mapping[str, Any]) -> float:
     return round_usd(sum(float(e["spend_usd"]) for e in instances.values()))
 
 
-def merge_entry(
-    existing: Mapping[str, Any] | None,
-    instance_id: str,
-    entry: Mapping[str, Any],
-    *,
-    name: str,
-    day_meta: Mapping[str, Any],
-) -> tuple[dict[str, Any], bool]:
-    """Return (document, applied): `entry` replaces this instance's entry only if its
-    seq is newer. The total is recomputed from the entries, never accumulated."""
-    entry = validate_entry(dict(entry), where=f"entry for {instance_id!r}")
-    doc: dict[str, Any] = (
-        copy.deepcopy(validate_budget_document(dict(existing), name=name)) if existing else {}
-    )
-    instances: dict[str, Any] = doc.setdefault("instances", {})
-    current = instances.get(instance_id)
-    if current is not None and current["seq"] >= entry["seq"]:
-        return doc, False
-    stored = dict(entry)
-    stored["spend_usd"] = round_usd(stored["spend_usd"])
-    instances[instance_id] = stored
-    doc.update(day_meta)
-    doc["instances"] = instances
-    doc["total_usd"] = document_total(doc)
-    return doc, True
 
 
-def other_instances_total(content: Mapping[str, Any] | None, instance_id: str) -> float:
-    if not content:
-        return 0.0
-    instances = content.get("instances") or {}
-    return round_usd(
-        sum(float(e["spend_usd"]) for key, e in instances.items() if key != instance_id)
-    )
 
 
 # --- version 2: money in integer nano-USD, validated at the door -------------------

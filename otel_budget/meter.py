@@ -246,7 +246,7 @@ class BudgetMeter:
         def state(value: Callable[[dict[str, Any]], float]) -> Callable[[CallbackOptions],
                                                                          Iterable[Observation]]:
             def callback(options: CallbackOptions) -> Iterable[Observation]:
-                return [Observation(value(self._state_for_gauges()))]
+                return [Observation(value(self._tracker.state()))]
             return callback
 
         gauges: list[tuple[str, str, str, Callable[[CallbackOptions], Iterable[Observation]]]] = [
@@ -273,9 +273,6 @@ class BudgetMeter:
         for name, unit, description, callback in gauges:
             otel_meter.create_observable_gauge(name, callbacks=[callback], unit=unit,
                                                description=description)
-
-    def _state_for_gauges(self) -> dict[str, Any]:
-        return self._tracker.state()
 
     # --- lifecycle ----------------------------------------------------------------
 

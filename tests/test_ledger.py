@@ -3,7 +3,6 @@ calendar days across DST changes, document names, rounding, tolerances and the m
 
 from __future__ import annotations
 
-import copy
 import math
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -149,9 +148,11 @@ def test_budget_name() -> None:
     (0.8, "80"), (0.825, "82.5"), (0.29, "29"), (0.57, "57"), (0.07, "7"),
     (0.95, "95"), (1.0, "100"), (0.005, "0.5"), (0.123, "12.3"),
 ])
-def test_ratio_pct_and_nudge_name(ratio: float, pct: str) -> None:
+def test_ratio_pct_and_nudge_names(ratio: float, pct: str) -> None:
     assert ledger.ratio_pct(ratio) == pct
-    assert ledger.nudge_name(date(2026, 11, 25), ratio) == f"budget_alert_2026-11-25_{pct}"
+    assert ledger.budget_nudge_name("daily", "2026-11-25", ratio) == f"budget_alert_2026-11-25_{pct}"
+    assert (ledger.budget_nudge_name("coder", "2026-W48", ratio)
+            == f"budget_alert_coder_2026-W48_{pct}")
 
 
 # --- rounding and tolerances ---------------------------------------------------------
@@ -286,73 +287,10 @@ def test_validate_budget_document_accepts_good_and_empty_documents() -> None:
                                            name=NAME)
 
 
-def test_document_and_other_instance_totals() -> None:
+def test_document_total_of_a_version_1_day() -> None:
     doc = {"instances": {"a": entry(0.1, 1), "b": entry(0.2, 1), "me": entry(5.0, 9)}}
     assert ledger.document_total(doc) == 5.3
-    assert ledger.other_instances_total(doc, "me") == 0.3
-    assert ledger.other_instances_total(None, "me") == 0.0
     assert ledger.document_total({}) == 0.0
-
-
-# --- merge ----------------------------------------------------------------------------------
-
-def test_merge_into_nothing_creates_the_document() -> None:
-    doc, applied = ledger.merge_entry(None, "host-a", entry(0.1 + 0.2, 1), name=NAME,
-                                      day_meta=META)
-    assert applied
-    assert doc["instances"]["host-a"]["spend_usd"] == 0.3, "stored rounded"
-    assert doc["total_usd"] == 0.3
-    for key, value in META.items():
-        assert doc[key] == value
-
-
-def test_merge_newer_seq_applies_and_recomputes_the_total() -> None:
-    existing: dict[str, Any] = {**META, "total_usd": 999.0,  # a wrong stored total is not trusted
-                "instances": {"a": entry(1.0, 4), "b": entry(2.0, 7)}}
-    snapshot = copy.deepcopy(existing)
-    new_meta = {**META, "daily_cap_usd": 75.0, "updated_at": "2026-11-25T11:00:00+00:00"}
-    doc, applied = ledger.merge_entry(existing, "a", entry(1.5, 5), name=NAME, day_meta=new_meta)
-    assert applied
-    assert doc["instances"]["a"]["spend_usd"] == 1.5 and doc["instances"]["a"]["seq"] == 5
-    assert doc["instances"]["b"] == existing["instances"]["b"]
-    assert doc["total_usd"] == 3.5
-    assert doc["daily_cap_usd"] == 75.0 and doc["updated_at"] == new_meta["updated_at"]
-    assert existing == snapshot, "the input document is not mutated"
-
-
-@pytest.mark.parametrize("seq", [4, 3, 0])
-def test_merge_older_or_equal_seq_is_not_applied(seq: int) -> None:
-    existing = {**META, "total_usd": 3.0, "instances": {"a": entry(1.0, 4), "b": entry(2.0, 7)}}
-    snapshot = copy.deepcopy(existing)
-    doc, applied = ledger.merge_entry(existing, "a", entry(50.0, seq), name=NAME,
-                                      day_meta={**META, "daily_cap_usd": 1.0})
-    assert not applied
-    assert doc["instances"]["a"]["spend_usd"] == 1.0
-    assert doc["daily_cap_usd"] == 50.0, "day_meta is only taken with an applied entry"
-    assert existing == snapshot
-    doc["instances"]["a"]["spend_usd"] = 7.0
-    assert existing == snapshot, "the returned document is a copy"
-
-
-def test_merge_rejects_a_malformed_existing_document() -> None:
-    corrupt = {"instances": {"a": {"spend_usd": -3.0, "seq": 1}}}
-    with pytest.raises(CheckpointError, match=NAME):
-        ledger.merge_entry(corrupt, "b", entry(1.0, 1), name=NAME, day_meta=META)
-
-
-@pytest.mark.parametrize("bad", [
-    {"spend_usd": -1.0, "seq": 1},
-    {"spend_usd": math.nan, "seq": 1},
-    {"spend_usd": 1.0},
-    {"spend_usd": 1.0, "seq": "2"},
-    {"spend_usd": 1.0, "seq": 1, "by_attributes": [{"attributes": {}, "spend_usd": "x"}]},
-])
-def test_merge_rejects_a_malformed_entry_naming_the_instance(bad: dict[str, Any]) -> None:
-    existing = {**META, "instances": {"a": entry(1.0, 1)}}
-    snapshot = copy.deepcopy(existing)
-    with pytest.raises(CheckpointError, match="host-z"):
-        ledger.merge_entry(existing, "host-z", bad, name=NAME, day_meta=META)
-    assert existing == snapshot
 
 
 # --- alert book -----------------------------------------------------------------------------

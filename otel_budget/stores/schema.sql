@@ -162,7 +162,7 @@ $fn$;
 -- Atomically set instances[p_instance_id] = p_entry in the budget row `p_name`
 -- if p_entry's seq is newer than the stored one; recompute total_usd; copy
 -- p_day_meta's keys onto the document. Returns the day's document, applied or
--- not. The semantics are those of otel_budget.ledger.merge_entry.
+-- not. (Version 1: kept for clients not yet upgraded; version 2 writes rows of its own.)
 --
 -- One INSERT ... ON CONFLICT DO UPDATE: at READ COMMITTED the conflicting row is
 -- locked and the WHERE and SET see its latest committed version, so concurrent
