@@ -77,6 +77,10 @@ class BudgetMeter:
         if meter_provider is not None and metric_readers:
             raise ValueError("pass metric_readers to your own MeterProvider, not here, "
                              "when you pass meter_provider")
+        from .pricing import PriceTable
+
+        if prices is not None and not isinstance(prices, PriceTable):
+            raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")
         self._config = config
         self._owns_store = store is None
         self._store: PatchStore = store if store is not None else open_store(config.store_url)
@@ -103,10 +107,6 @@ class BudgetMeter:
             self._tracker.add_round_hook(self._lease_round)
         self._providers_to_shutdown: list[MeterProvider] = []
         self._wire_provider(meter_provider, metric_readers)
-        from .pricing import PriceTable
-
-        if prices is not None and not isinstance(prices, PriceTable):
-            raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")
         self._prices = prices
         self._usage: UsageRecorder | None = None
         self._usage_lock = threading.Lock()
