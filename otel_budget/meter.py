@@ -84,6 +84,26 @@ class BudgetMeter:
         self._config = config
         self._owns_store = store is None
         self._store: PatchStore = store if store is not None else open_store(config.store_url)
+        try:
+            self._compose(config, notifiers, metric_readers, clock, prices, meter_provider)
+        except BaseException:
+            if self._owns_store:
+                self._store.close()  # a store we opened must not outlive a failed construction
+            raise
+        self_ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            meter = self_ref()
+            if meter is not None:
+                meter._after_fork_in_child()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _compose(
+        self, config: BudgetConfig, notifiers: Sequence[Notifier] | NotifierDispatcher,
+        metric_readers: Sequence[MetricReader], clock: Callable[[], datetime] | None,
+        prices: PriceTable | None, meter_provider: MeterProvider | None,
+    ) -> None:
         self._instance_id = config.resolved_instance_id()
         self._max_call = config.max_call_usd
         # Pass a NotifierDispatcher to tune delivery (timeouts, backoff); it is closed
@@ -112,14 +132,6 @@ class BudgetMeter:
         self._usage_lock = threading.Lock()
         self._started = False
         self._closed = False
-        self_ref = weakref.ref(self)
-
-        def after_fork() -> None:
-            meter = self_ref()
-            if meter is not None:
-                meter._after_fork_in_child()
-
-        os.register_at_fork(after_in_child=after_fork)
 
     # --- wiring -------------------------------------------------------------------
 
