@@ -166,29 +166,24 @@ class PostgresStore(ContextStore):
         return as_object(row[0], patch_type=patch_type, name=name)
 
     def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
+        # Retried: idempotent, the same seq applies at most once.
+        return self._write_writer(entry, _MERGE, "merging")
+
+    def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
+        # Retried: idempotent, a retired row is never added again.
+        return self._write_writer(entry, _RETIRE, "retiring")
+
+    def _write_writer(self, entry: dict[str, Any], statement: Any, verb: str) -> MergeResult:
         self._check_open()
         checked, payload = prepare_writer_entry(entry)
         day = checked["date"]
         row = self._run(
-            f"merging {WRITER_TYPE}/{writer_row_name(day, checked['writer_id'])}",
-            lambda conn: _one_trip(conn, _MERGE, (self._statement_timeout, payload)),
-            retry=True,  # idempotent: the same seq applies at most once
+            f"{verb} {WRITER_TYPE}/{writer_row_name(day, checked['writer_id'])}",
+            lambda conn: _one_trip(conn, statement, (self._statement_timeout, payload)),
+            retry=True,
             single=True,
         )
         assert row is not None  # a scalar function always returns one row
-        return merge_result(row[0], day)
-
-    def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
-        self._check_open()
-        checked, payload = prepare_writer_entry(entry)
-        day = checked["date"]
-        row = self._run(
-            f"retiring {WRITER_TYPE}/{writer_row_name(day, checked['writer_id'])}",
-            lambda conn: _one_trip(conn, _RETIRE, (self._statement_timeout, payload)),
-            retry=True,  # idempotent: a retired row is never added again
-            single=True,
-        )
-        assert row is not None
         return merge_result(row[0], day)
 
     def day_totals(self, days: Sequence[str]) -> dict[str, DayTotals]:

@@ -180,26 +180,19 @@ class SupabaseStore(ContextStore):
         return as_object(rows[0].get("content"), patch_type=patch_type, name=name)
 
     def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
+        return self._write_writer(entry, "otel_budget_merge_writer", "merging")
+
+    def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
+        # Retried like a merge: a retired row is never added again.
+        return self._write_writer(entry, "otel_budget_retire_writer", "retiring")
+
+    def _write_writer(self, entry: dict[str, Any], function: str, verb: str) -> MergeResult:
         self._check_open()
         checked, _ = prepare_writer_entry(entry)
         day = checked["date"]
         response = self._call(
-            f"merging {WRITER_TYPE}/{writer_row_name(day, checked['writer_id'])}",
-            lambda: self._current_client()
-            .rpc("otel_budget_merge_writer", {"p_entry": checked})
-            .execute(),
-        )
-        return merge_result(response.data, day)
-
-    def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
-        self._check_open()
-        checked, _ = prepare_writer_entry(entry)
-        day = checked["date"]
-        response = self._call(  # retried: a retired row is never added again
-            f"retiring {WRITER_TYPE}/{writer_row_name(day, checked['writer_id'])}",
-            lambda: self._current_client()
-            .rpc("otel_budget_retire_writer", {"p_entry": checked})
-            .execute(),
+            f"{verb} {WRITER_TYPE}/{writer_row_name(day, checked['writer_id'])}",
+            lambda: self._current_client().rpc(function, {"p_entry": checked}).execute(),
         )
         return merge_result(response.data, day)
 
