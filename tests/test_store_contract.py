@@ -322,24 +322,33 @@ def test_totals_are_entries_summarize_on_random_data(store: Any, seed: int) -> N
         assert totals[day] == summarize(day, [e for (d, _), e in latest.items() if d == day])
 
 
-def test_concurrent_writers_lose_nothing(store_factory: StoreFactory) -> None:
-    writers, rounds = 6, 30
+def run_in_threads(work: Callable[[int], None], count: int) -> list[BaseException]:
+    """Run work(0..count-1) on as many threads at once; the errors they raised."""
     errors: list[BaseException] = []
 
-    def write(index: int) -> None:
+    def guarded(index: int) -> None:
         try:
-            handle: Any = store_factory()
-            for seq in range(1, rounds + 1):
-                handle.merge_writer(entry(f"w{index}", seq * 0.01, seq))
-        except BaseException as exc:  # pragma: no cover - reported below
+            work(index)
+        except BaseException as exc:  # reported by the caller's assertion
             errors.append(exc)
 
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    return errors
+
+
+def test_concurrent_writers_lose_nothing(store_factory: StoreFactory) -> None:
+    writers, rounds = 6, 30
+
+    def write(index: int) -> None:
+        handle: Any = store_factory()
+        for seq in range(1, rounds + 1):
+            handle.merge_writer(entry(f"w{index}", seq * 0.01, seq))
+
+    assert run_in_threads(write, writers) == []
     reader: Any = store_factory()
     assert {e["writer_id"]: e["seq"] for e in reader.writer_entries([DAY])} == {
         f"w{i}": rounds for i in range(writers)}
@@ -474,24 +483,15 @@ def test_totals_with_retired_writers_are_summarize_over_every_row(store: Any, se
 
 def test_concurrent_retires_and_merges_lose_nothing(store_factory: StoreFactory) -> None:
     writers, rounds = 6, 12
-    errors: list[BaseException] = []
 
     def write(index: int) -> None:
-        try:
-            handle: Any = store_factory()
-            for seq in range(1, rounds + 1):
-                handle.merge_writer(entry(f"w{index}", seq * 0.01, seq, budgets={"d": 0.01}))
-            handle.retire_writer(entry(f"w{index}", 1.0, rounds + 1, budgets={"d": 1.0}))
-            handle.retire_writer(entry(f"w{index}", 1.0, rounds + 1, budgets={"d": 1.0}))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        handle: Any = store_factory()
+        for seq in range(1, rounds + 1):
+            handle.merge_writer(entry(f"w{index}", seq * 0.01, seq, budgets={"d": 0.01}))
+        handle.retire_writer(entry(f"w{index}", 1.0, rounds + 1, budgets={"d": 1.0}))
+        handle.retire_writer(entry(f"w{index}", 1.0, rounds + 1, budgets={"d": 1.0}))
 
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_in_threads(write, writers) == []
     reader: Any = store_factory()
     totals = reader.day_totals([DAY])[DAY]
     assert totals["total_usd"] == float(writers) and totals["writers"] == writers
