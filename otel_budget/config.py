@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import unquote
@@ -33,7 +33,7 @@ class BudgetConfig:
     sibling: str = "ag_lu"
     store_url: str = "sqlite:///otel_budget.db"
     service_name: str = "otel-budget"
-    budgets: tuple[Budget, ...] = ()
+    budgets: Sequence[Budget] = ()
     max_attribute_sets: int = 2000
     spool_dir: str | None = None
     max_call_usd: float = DEFAULT_MAX_CALL_USD

@@ -6,7 +6,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any
+from decimal import Decimal
+from fractions import Fraction
+from numbers import Real
+from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo
 
 from .errors import CheckpointError
@@ -20,6 +23,10 @@ BUDGET_TYPE = "budget"
 NUDGE_TYPE = "sibling_nudge"
 
 AttributesKey = tuple[tuple[str, Any], ...]
+
+#: What the API takes as an amount of USD: any real number but bool (int is a float
+#: to type checkers). Decimal and Fraction keep a caller's exact prices exact.
+UsdAmount: TypeAlias = float | Decimal | Fraction
 
 
 def round_usd(value: float) -> float:
@@ -192,9 +199,6 @@ class AmountTypeError(TypeError, ValueError):
 def check_amount(value: Any, name: str, max_usd: float) -> float:
     """A caller's USD amount: a real number, finite, >= 0 and at most `max_usd`.
     Decimal and Fraction are accepted (they are real numbers); bool and str are not."""
-    from decimal import Decimal
-    from numbers import Real
-
     if isinstance(value, bool) or not isinstance(value, (Real, Decimal)):
         raise AmountTypeError(f"{name} must be a real number of USD, got {type(value).__name__}")
     try:

@@ -33,6 +33,7 @@ from .config import BudgetConfig
 from .errors import BudgetError, ConfigError
 from .health import build_health
 from .leases import FleetLease, LeaseStore, supports_leases
+from .ledger import UsdAmount
 from .notify import Notifier, NotifierDispatcher
 from .reader import SCOPE_NAME, SPEND_INSTRUMENT, BudgetReader
 from .reservations import RESERVE_ATTEMPTS, Reservation, ReservationBook
@@ -393,7 +394,7 @@ class BudgetMeter:
 
     # --- the hot path ---------------------------------------------------------------
 
-    def record(self, cost_usd: float, attributes: Attributes | None = None) -> None:
+    def record(self, cost_usd: UsdAmount, attributes: Attributes | None = None) -> None:
         """Count one call's cost. A cost that is not a real number, finite, >= 0 and at
         most max_call_usd, or attributes OpenTelemetry would refuse, raise
         ValueError/TypeError and change nothing. No I/O."""
@@ -463,13 +464,13 @@ class BudgetMeter:
 
     # --- hard budgets -----------------------------------------------------------------
 
-    def guard(self, estimated_usd: float = 0.0, attributes: Attributes | None = None) -> None:
+    def guard(self, estimated_usd: UsdAmount = 0.0, attributes: Attributes | None = None) -> None:
         """Raise BudgetExceeded when a hard budget covering `attributes` (with None, the
         budgets that match every call) would pass its cap: spend in its window +
         open reservations + the estimate. Landing exactly on a cap is allowed."""
         self._book.guard(estimated_usd, attributes)
 
-    def reserve(self, max_usd: float, attributes: Attributes | None = None, *,
+    def reserve(self, max_usd: UsdAmount, attributes: Attributes | None = None, *,
                 on_error: str = "record") -> Reservation:
         """Hold `max_usd` against every hard budget covering `attributes` while a call
         is in flight, checking and holding in one atomic step::
@@ -483,7 +484,7 @@ class BudgetMeter:
         return self._book.reserve(max_usd, attributes, on_error=on_error)
 
     @asynccontextmanager
-    async def areserve(self, max_usd: float, attributes: Attributes | None = None, *,
+    async def areserve(self, max_usd: UsdAmount, attributes: Attributes | None = None, *,
                        on_error: str = "record") -> AsyncIterator[Reservation]:
         """`reserve` for asyncio: the check is in memory, so a refusal is immediate and
         nothing blocks the event loop; a fleet budget's lease round trip (rare: chunks

@@ -22,6 +22,7 @@ from . import ledger
 from .budgets import Budget
 from .errors import BudgetError, BudgetExceeded
 from .leases import Draw, FleetLease
+from .ledger import UsdAmount
 from .redact import describe_exception
 
 _log = logging.getLogger("otel_budget")
@@ -88,7 +89,7 @@ class ReservationBook:
         with self._lock:
             return len(self._open)
 
-    def guard(self, estimated_usd: float = 0.0, attributes: Attributes | None = None) -> None:
+    def guard(self, estimated_usd: UsdAmount = 0.0, attributes: Attributes | None = None) -> None:
         """Raise BudgetExceeded if any hard budget covering `attributes` would pass its
         cap with spend + held reservations + the estimate. A fleet budget also needs
         its lease to cover the estimate (asking the store for more if it does not)."""
@@ -103,7 +104,7 @@ class ReservationBook:
             if lease is not None and lease.remaining() < estimate - ledger.USD_EPSILON:
                 self.fill([lease], estimate)
 
-    def reserve(self, max_usd: float, attributes: Attributes | None = None, *,
+    def reserve(self, max_usd: UsdAmount, attributes: Attributes | None = None, *,
                 on_error: str = "record") -> Reservation:
         """Check the caps and hold `max_usd` in one step; raise BudgetExceeded if it
         would pass one. See :class:`Reservation`. A fleet budget's hold is drawn from
@@ -121,7 +122,7 @@ class ReservationBook:
         """The refusal of the first fleet budget among `budgets`."""
         return self._lease_refusal(next(b for b in budgets if b.name in self._leases), amount)
 
-    def prepare(self, max_usd: float, attributes: Attributes | None,
+    def prepare(self, max_usd: UsdAmount, attributes: Attributes | None,
                 on_error: str) -> tuple[float, tuple[Budget, ...]]:
         amount = self._check_amount(max_usd, "max_usd")
         if on_error not in ON_ERROR:
@@ -271,7 +272,7 @@ class Reservation:
         state = "open" if not self.closed else f"settled={self.settled_usd!r}"
         return f"Reservation(max_usd={self.max_usd!r}, {state})"
 
-    def settle(self, actual_usd: float, attributes: Attributes | None = None) -> float:
+    def settle(self, actual_usd: UsdAmount, attributes: Attributes | None = None) -> float:
         """Record the actual cost (even if above the hold) and release the hold."""
         actual = self._book._check_amount(actual_usd, "actual_usd")
         attrs = attributes if attributes is not None else self._attributes

@@ -65,6 +65,24 @@ def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> bool:
     return bool(condition())
 
 
+def run_in_threads(work: Callable[[int], None], count: int) -> list[BaseException]:
+    """Run work(0..count-1) on as many threads at once; the errors they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(index: int) -> None:
+        try:
+            work(index)
+        except BaseException as exc:  # reported by the caller's assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc))

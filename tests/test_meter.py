@@ -175,6 +175,7 @@ def test_counter_is_visible_to_a_reader_passed_in(clock: FakeClock) -> None:
         (("agent", "planner"),): 0.5,
     }
     data = reader.get_metrics_data()
+    assert data is not None
     resource = data.resource_metrics[0].resource.attributes
     assert resource["service.name"] == "svc"
     assert resource["service.instance.id"] == meter.writer_id, "unique per process"

@@ -47,6 +47,7 @@ def test_instruments_live_on_the_apps_provider(tmp_path: Path, clock: FakeClock)
     meter.record(0.25, {"agent": "a"})
     meter.record(0.5, {"agent": "b"})
     data = app_reader.get_metrics_data()
+    assert data is not None
     assert points(data, "llm.spend") == {(("agent", "a"),): 0.25, (("agent", "b"),): 0.5}
     spend = next(m for rm in data.resource_metrics for sm in rm.scope_metrics
                  for m in sm.metrics if m.name == "llm.spend")

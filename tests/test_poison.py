@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,9 @@ def assert_unchanged(meter: BudgetMeter, reader: InMemoryMetricReader, store: Pa
 @pytest.mark.parametrize("bad", POISON_AMOUNTS, ids=repr)
 def test_poison_amounts_change_nothing(meter: Any, bad: Any) -> None:
     m, reader, store = meter
-    for call in (lambda: m.record(bad), lambda: m.guard(bad), lambda: m.reserve(bad)):
+    calls: tuple[Callable[[], object], ...] = (
+        lambda: m.record(bad), lambda: m.guard(bad), lambda: m.reserve(bad))
+    for call in calls:
         with pytest.raises(ValueError):  # AmountTypeError is a ValueError too
             call()
     assert_unchanged(m, reader, store)

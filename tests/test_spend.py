@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import threading
 from datetime import datetime, timezone
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -71,7 +72,9 @@ def test_per_budget_sums_follow_match(clock: FakeClock) -> None:
     {"nul\x00key": 1}, {"": 1}, {1: "int key"}, {"k": "x" * 5000}, {"k" * 300: 1},
     {f"k{i}": i for i in range(65)},
 ])
-def test_poison_attributes_are_refused_before_any_change(clock: FakeClock, bad: dict) -> None:
+def test_poison_attributes_are_refused_before_any_change(
+    clock: FakeClock, bad: dict[Any, Any]
+) -> None:
     ledger = make(clock)
     ledger.add(5, {"agent": "ok"})
     with pytest.raises((TypeError, ValueError)):

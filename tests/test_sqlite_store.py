@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from otel_budget import ConfigError, StoreError, open_store
 from otel_budget.stores.entries import LEGACY_TYPE, WRITER_TYPE, writer_row_name
 from otel_budget.stores.sqlite import SQLiteStore
+from tests.conftest import run_in_threads
 
 DAY = "2026-11-25"
 NAME = writer_row_name(DAY, "a")
@@ -190,6 +192,70 @@ def test_a_lock_held_past_the_busy_timeout_is_a_store_error_and_changes_nothing(
         assert store.day_totals([DAY])[DAY]["total_usd"] == 5.0
     finally:
         store.close()
+
+
+def test_workers_opening_a_new_file_together_all_open_it(tmp_path: Path) -> None:
+    # Workers that start together race for the WAL switch and the schema; SQLite
+    # answers some of those races with an immediate "database is locked".
+    workers = 8
+    for trial in range(40):
+        path = tmp_path / f"race{trial}.db"
+        barrier = threading.Barrier(workers)
+        opened: list[SQLiteStore] = []
+
+        def open_it(_: int, path: Path = path, barrier: threading.Barrier = barrier,
+                    opened: list[SQLiteStore] = opened) -> None:
+            barrier.wait()
+            opened.append(SQLiteStore(path))
+
+        errors = run_in_threads(open_it, workers)
+        for store in opened:
+            store.close()
+        assert errors == [], f"trial {trial}"
+        assert len(opened) == workers
+
+
+@contextmanager
+def _write_lock_held(path: Path) -> Iterator[None]:
+    """Another connection holds the file's write lock for the whole block."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            locked.set()
+            release.wait(30)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(5)
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_opening_an_existing_store_does_not_wait_for_a_writer(tmp_path: Path) -> None:
+    path = tmp_path / "held.db"
+    SQLiteStore(path).close()
+    with _write_lock_held(path), SQLiteStore(path, busy_timeout_s=0.2) as store:
+        assert store.get("budget_writer", "absent") is None
+
+
+def test_creating_the_schema_behind_a_held_lock_is_a_store_error_after_the_timeout(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "held.db"
+    sqlite3.connect(path).close()  # an empty file: the schema must still be created
+    with _write_lock_held(path), pytest.raises(StoreError, match="cannot open SQLite store"):
+        SQLiteStore(path, busy_timeout_s=0.2)
+    with SQLiteStore(path, busy_timeout_s=0.2) as store:  # fine once the lock is gone
+        assert store.get("budget_writer", "absent") is None
 
 
 def test_the_default_busy_timeout_is_five_seconds(tmp_path: Path) -> None:

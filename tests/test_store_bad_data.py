@@ -203,7 +203,7 @@ def test_a_malformed_summary_row_is_reported_by_name_and_left_untouched(
     summary_before = kind.raw(SUMMARY_TYPE, name)
     live_before = kind.raw(WRITER_TYPE, writer_row_name(DAY, "live"))
     where = f"{SUMMARY_TYPE}/{name}"
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "day_totals": lambda: kind.store.day_totals([DAY]),
         "merge (new row)": lambda: kind.store.merge_writer(_entry("a", 1.0, 1)),
         "merge (live row)": lambda: kind.store.merge_writer(_entry("live", 2.0, 2)),
@@ -230,7 +230,8 @@ def test_a_retired_row_whose_summary_is_gone_is_reported_not_counted_negative(
                  json.dumps(_entry("gone", 2.0, 1) | {"retired": True}))
     with pytest.raises(CheckpointError, match="gone"):
         kind.store.merge_writer(_entry("gone", 3.0, 2))
-    assert json.loads(kind.raw(WRITER_TYPE, writer_row_name(DAY, "gone"))[0])["spend_usd"] == 2.0
+    gone = kind.raw(WRITER_TYPE, writer_row_name(DAY, "gone"))
+    assert gone is not None and json.loads(gone[0])["spend_usd"] == 2.0
     assert kind.raw(SUMMARY_TYPE, summary_row_name(DAY)) is None
 
 

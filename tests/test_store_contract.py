@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import random
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +23,7 @@ from otel_budget.stores.entries import (
     summary_row_name,
     writer_row_name,
 )
-from tests.conftest import StoreFactory
+from tests.conftest import StoreFactory, run_in_threads
 from tests.store_kinds import STORE_KINDS
 
 # The PostgreSQL store is run once more through PgBouncer in transaction mode
@@ -320,24 +319,6 @@ def test_totals_are_entries_summarize_on_random_data(store: Any, seed: int) -> N
     totals = store.day_totals(days)
     for day in days:
         assert totals[day] == summarize(day, [e for (d, _), e in latest.items() if d == day])
-
-
-def run_in_threads(work: Callable[[int], None], count: int) -> list[BaseException]:
-    """Run work(0..count-1) on as many threads at once; the errors they raised."""
-    errors: list[BaseException] = []
-
-    def guarded(index: int) -> None:
-        try:
-            work(index)
-        except BaseException as exc:  # reported by the caller's assertion
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return errors
 
 
 def test_concurrent_writers_lose_nothing(store_factory: StoreFactory) -> None:

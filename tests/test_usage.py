@@ -167,9 +167,9 @@ def test_bad_token_counts_change_nothing(setup: Setup, position: int, bad: objec
     counts: list[object] = [100, 100, 0, 0]
     counts[position] = bad
     with pytest.raises((TypeError, ValueError)):
-        setup.meter.record_usage(SONNET, counts[0], counts[1],  # type: ignore[arg-type]
-                                 cached_input_tokens=counts[2],  # type: ignore[arg-type]
-                                 cache_write_tokens=counts[3])  # type: ignore[arg-type]
+        setup.meter.record_usage(SONNET, counts[0], counts[1],
+                                 cached_input_tokens=counts[2],
+                                 cache_write_tokens=counts[3])
     assert setup.meter.daily_spend() == 0.0
     assert setup.points("llm.spend") == []
     assert setup.points("gen_ai.client.token.usage") == []
@@ -179,7 +179,7 @@ def test_bad_model_or_attributes_change_nothing(setup: Setup) -> None:
     with pytest.raises(ValueError):
         setup.meter.record_usage("", 1, 1)
     with pytest.raises(TypeError):
-        setup.meter.record_usage(SONNET, 1, 1, attributes=[("a", 1)])  # type: ignore[arg-type]
+        setup.meter.record_usage(SONNET, 1, 1, attributes=[("a", 1)])
     assert setup.meter.daily_spend() == 0.0
 
 

@@ -150,6 +150,19 @@ def sqlite_path(url: str) -> str:
     return path[1:]
 
 
+_SCHEMA_OBJECTS = frozenset(
+    {"quilt_patches", "quilt_patches_writer_day", "quilt_patches_writer_live", "otel_budget_days"}
+)
+
+
+def _schema_is_current(conn: sqlite3.Connection) -> bool:
+    rows = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE name IN (?, ?, ?, ?)", tuple(_SCHEMA_OBJECTS)
+    ).fetchall()
+    found = {name: sql for name, sql in rows}
+    return set(found) == _SCHEMA_OBJECTS and "budget_summary" in str(found["otel_budget_days"])
+
+
 def _drop_outdated_view(conn: sqlite3.Connection) -> None:
     """The first version of otel_budget_days summed every writer row; the summary row
     stands for retired ones now. CREATE VIEW IF NOT EXISTS would keep the old one."""
@@ -158,6 +171,11 @@ def _drop_outdated_view(conn: sqlite3.Connection) -> None:
     ).fetchone()
     if row is not None and "budget_summary" not in str(row[0]):
         conn.execute("DROP VIEW IF EXISTS otel_budget_days")
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
 
 
 def _is_in_memory(path: str) -> bool:
@@ -202,17 +220,7 @@ class SQLiteStore(ContextStore):
             if self._identity is not None:
                 self._check_file()  # a child reopening must reach the same file
             try:
-                conn = sqlite3.connect(
-                    self._path, timeout=self._busy_timeout_s,
-                    isolation_level=None, check_same_thread=False,
-                )
-                conn.execute("PRAGMA journal_mode=WAL")
-                # FULL: the checkpoint is the only durable record of money spent.
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
-                _drop_outdated_view(conn)
-                for statement in _SCHEMA:
-                    conn.execute(statement)
+                conn = self._open_with_retry()
                 st = os.stat(self._path)
             except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"cannot open SQLite store {str(self._path)!r}: {exc}") from None
@@ -220,6 +228,49 @@ class SQLiteStore(ContextStore):
                 self._identity = (st.st_dev, st.st_ino)
             self._conn, self._pid = conn, os.getpid()
         return self._conn
+
+    def _open_with_retry(self) -> sqlite3.Connection:
+        """Open, switch to WAL and create the schema, retrying while another process
+        does the same. Workers starting together on a new file race for the exclusive
+        lock that the WAL switch and the DDL need; SQLite answers some of those races
+        with an immediate SQLITE_BUSY (its deadlock avoidance skips the busy handler),
+        so the busy timeout alone does not cover them."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        delay = 0.005
+        while True:
+            conn = sqlite3.connect(
+                self._path, timeout=self._busy_timeout_s,
+                isolation_level=None, check_same_thread=False,
+            )
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                # FULL: the checkpoint is the only durable record of money spent.
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+                if _schema_is_current(conn):
+                    return conn  # opening an existing store need not wait for a writer
+                # IMMEDIATE: take the write lock before reading the schema, so the
+                # busy handler (not deadlock avoidance) decides who waits.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    _drop_outdated_view(conn)
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if not _is_busy(exc) or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+            except BaseException:
+                conn.close()
+                raise
 
     def _check_file(self) -> None:
         """StoreError if the path no longer names the file this store opened."""
