@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.metrics.export import MetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
 
 from . import ledger
@@ -185,13 +185,11 @@ class BudgetMeter:
     def _wire_provider(
         self, app_provider: MeterProvider | None, metric_readers: Sequence[MetricReader]
     ) -> None:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
         from prometheus_client import CollectorRegistry
 
-        # A private registry: two meters in one process must not collide in the global
-        # one. The Prometheus reader costs record() nothing (it touches no SDK state).
-        self._registry = CollectorRegistry(auto_describe=True)
-        prometheus = PrometheusMetricReader(registry=self._registry)
+        from .scrape import ScrapeTimePrometheus
+
         self._resource = Resource.create({
             "service.name": self._config.service_name,
             # Unique per process (the specification requires it); the human label
@@ -200,27 +198,41 @@ class BudgetMeter:
             INSTANCE_ATTRIBUTE: self._instance_id,
         })
         bound = _find_budget_reader(app_provider) if app_provider is not None else None
+        # /metrics renders a collection of the reader below at scrape time instead of
+        # keeping a Prometheus reader on the provider: each reader aggregates every
+        # synchronous measurement again (the token histogram's two per call).
+        scrape: Callable[[], MetricsData | None]
         if app_provider is None:
             self._reader = BudgetReader()
             provider = MeterProvider(
                 resource=self._resource,
-                metric_readers=[self._reader, prometheus, *metric_readers],
+                metric_readers=[self._reader, *metric_readers],
                 shutdown_on_exit=False,
             )
             self._providers_to_shutdown.append(provider)
             self._export_provider = self._local_provider = provider
             self._owns_export_provider = True
+            scrape = self._reader.collect_data
         else:
             self._export_provider = app_provider
             self._owns_export_provider = False
             # The app's provider exports; /metrics and the collections of a provider
             # we cannot add readers to come from a private one over the same ledger.
-            self._reader = bound or BudgetReader()
-            readers: list[MetricReader] = [prometheus] if bound else [self._reader, prometheus]
+            local_reader: MetricReader
+            if bound is not None:
+                self._reader = bound
+                local_reader = InMemoryMetricReader()
+                scrape = local_reader.get_metrics_data
+            else:
+                self._reader = local_reader = BudgetReader()
+                scrape = self._reader.collect_data
             self._local_provider = MeterProvider(resource=self._resource,
-                                                 metric_readers=readers,
+                                                 metric_readers=[local_reader],
                                                  shutdown_on_exit=False)
             self._providers_to_shutdown.append(self._local_provider)
+        # A private registry: two meters in one process must not collide in the global one.
+        self._registry = CollectorRegistry(auto_describe=True)
+        ScrapeTimePrometheus(scrape, registry=self._registry)
         self._reader.bind(self._tracker, interval_s=self._config.collect_interval_s)
         self._export_meter = self._export_provider.get_meter(SCOPE_NAME, __version__)
         self._register_instruments(self._export_meter)

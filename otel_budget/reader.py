@@ -55,6 +55,11 @@ class BudgetReader(MetricReader):
     ) -> None:
         self._latest = metrics_data
 
+    def collect_data(self) -> MetricsData | None:
+        """One SDK collection, without a store round (what /metrics renders)."""
+        self.collect()
+        return self._latest
+
     @property
     def latest(self) -> MetricsData | None:
         """What the last collection read from the provider (None if nothing yet)."""

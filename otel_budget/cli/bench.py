@@ -153,7 +153,7 @@ def run_bench(calls: int = 100_000, rounds: int = 7,
     litellm = results.get("litellm")
     if isinstance(litellm, dict) and litellm.get("cost_per_token_us"):
         # The recorder figures above run on a provider without readers; through a
-        # default meter the token histogram fans out to its two readers.
+        # default meter the token histogram is aggregated by its one reader too.
         litellm["meter_record_usage_vs_cost_per_token_hist"] = round(
             results["record_usage_us"] / litellm["cost_per_token_us"], 4)
     return results
