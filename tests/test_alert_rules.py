@@ -22,7 +22,7 @@ def _promtool(promtool_bin: str, *args: str, cwd: Path) -> subprocess.CompletedP
 def test_rules_are_valid(promtool_bin: str) -> None:
     result = _promtool(promtool_bin, "check", "rules", "alerts.yaml", cwd=DASHBOARDS)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 4 rules found" in result.stdout
+    assert "SUCCESS: 5 rules found" in result.stdout
 
 
 def test_rule_unit_tests_pass(promtool_bin: str) -> None:
@@ -77,11 +77,27 @@ def test_an_alert_not_per_budget_fails_the_unit_tests(promtool_bin: str, tmp_pat
     assert "LLMBudgetExhausted" in result.stdout + result.stderr
 
 
+def test_an_unpriced_rule_on_increase_misses_the_first_call(promtool_bin: str,
+                                                            tmp_path: Path) -> None:
+    # increase() takes a new series' first sample as its baseline: the unit tests
+    # must catch a rule that would never fire for the first unpriced call.
+    text = (DASHBOARDS / "alerts.yaml").read_text()
+    old = "(llm_spend_unpriced_total) > 0"
+    assert text.count(old) == 1
+    (tmp_path / "alerts.yaml").write_text(
+        text.replace(old, "(increase(llm_spend_unpriced_total[5m])) > 0"))
+    shutil.copy(DASHBOARDS / "alerts.test.yaml", tmp_path / "alerts.test.yaml")
+    result = _promtool(promtool_bin, "test", "rules", "alerts.test.yaml", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "LLMCallsUnpriced" in result.stdout + result.stderr
+
+
 def test_every_budget_rule_is_grouped_by_budget() -> None:
     rules = yaml.safe_load((DASHBOARDS / "alerts.yaml").read_text())["groups"][0]["rules"]
     by_name = {rule["alert"]: rule for rule in rules}
     assert set(by_name) == {"LLMBudgetNearCap", "LLMBudgetExhausted",
-                            "LLMBudgetCheckpointsFailing", "LLMBudgetStoreDown"}
+                            "LLMBudgetCheckpointsFailing", "LLMBudgetStoreDown",
+                            "LLMCallsUnpriced"}
     for name in ("LLMBudgetNearCap", "LLMBudgetExhausted"):
         assert "max by (job, budget, period)" in by_name[name]["expr"]
         assert "{{ $labels.budget }}" in by_name[name]["annotations"]["summary"]
