@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError, NotifyError
 from .ledger import ratio_pct
+from .proxies import ProxyRoute, parse_proxy, proxy_for
 from .redact import describe_exception, redact_secrets
 
 __all__ = [
@@ -192,10 +193,18 @@ class WebhookNotifier:
     answer together), not each socket operation. Redirects are not followed (a 3xx is
     a failed delivery: urllib would have turned the POST into a body-less GET). The
     URL and headers are secrets (webhook URLs carry their token in the path): only
-    `scheme://host` is ever shown. Proxy environment variables are not used."""
+    `scheme://host` is ever shown.
+
+    Proxies: `proxy` (``http://[user:password@]host:port``) if given, else with
+    `trust_env` (the default) ``https_proxy``/``http_proxy`` for the URL's scheme unless
+    ``no_proxy`` exempts the host, read at each call. An https URL goes through the
+    proxy by CONNECT and stays TLS end to end. `ssl_context` replaces the default one
+    (for a private CA)."""
 
     def __init__(
-        self, url: str, *, timeout_s: float = 5.0, headers: Mapping[str, str] | None = None
+        self, url: str, *, timeout_s: float = 5.0, headers: Mapping[str, str] | None = None,
+        proxy: str | None = None, trust_env: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         try:
             parts = urlsplit(url) if isinstance(url, str) else None
@@ -217,6 +226,11 @@ class WebhookNotifier:
         self._where = f"{parts.scheme}://{host_header}"
         self._timeout_s = float(timeout_s)
         self._headers = {"Content-Type": "application/json", **dict(headers or {})}
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise ConfigError("webhook ssl_context must be an ssl.SSLContext")
+        self._ssl_context = ssl_context
+        self._proxy = parse_proxy(proxy) if proxy is not None else None
+        self._trust_env = bool(trust_env)
 
     @property
     def timeout_s(self) -> float:
@@ -228,13 +242,32 @@ class WebhookNotifier:
     def __call__(self, nudge: dict[str, Any]) -> None:
         self._post(self._body(nudge))
 
+    def _route(self) -> ProxyRoute | None:
+        try:
+            return proxy_for("https" if self._https else "http", self._host, self._port,
+                             proxy=self._proxy, trust_env=self._trust_env)
+        except ConfigError as exc:  # a malformed proxy variable: its text stays unshown
+            raise NotifyError(f"webhook to {self._where} failed: {exc}") from None
+
     def _post(self, body: bytes) -> None:
         deadline = time.monotonic() + self._timeout_s
+        route = self._route()
+        via = f" via proxy {route.where}" if route is not None else ""
         sock: socket.socket | None = None
+        target = self._target
         try:
-            sock = socket.create_connection((self._host, self._port), timeout=_remaining(deadline))
+            if route is None:
+                sock = socket.create_connection((self._host, self._port),
+                                                timeout=_remaining(deadline))
+            else:
+                sock = socket.create_connection((route.host, route.port),
+                                                timeout=_remaining(deadline))
+                if self._https:
+                    _tunnel(sock, route, self._host_header_with_port(), deadline)
+                else:  # a plain-HTTP proxy takes the absolute URL
+                    target = f"http://{self._host_header}{self._target}"
             if self._https:
-                context = ssl.create_default_context()
+                context = self._ssl_context or ssl.create_default_context()
                 tls = context.wrap_socket(
                     sock, server_hostname=self._host, do_handshake_on_connect=False
                 )
@@ -245,8 +278,10 @@ class WebhookNotifier:
             # Each read of the answer gets only what is left of the deadline.
             conn.response_class = _response_class(deadline)  # type: ignore[assignment]
             sock.settimeout(_remaining(deadline))  # sendall: total time since 3.5
-            conn.putrequest("POST", self._target, skip_host=True, skip_accept_encoding=True)
+            conn.putrequest("POST", target, skip_host=True, skip_accept_encoding=True)
             conn.putheader("Host", self._host_header)
+            if route is not None and not self._https and route.authorization:
+                conn.putheader("Proxy-Authorization", route.authorization)
             for name, value in self._headers.items():
                 conn.putheader(name, value)
             conn.putheader("Content-Length", str(len(body)))
@@ -256,13 +291,22 @@ class WebhookNotifier:
             response.read(_MAX_RESPONSE_BYTES)
         except TimeoutError:
             raise NotifyError(
-                f"webhook to {self._where} failed: timeout after {self._timeout_s:g} s"
+                f"webhook to {self._where}{via} failed: timeout after {self._timeout_s:g} s"
+            ) from None
+        except _ProxyRefused as exc:
+            raise NotifyError(
+                f"webhook to {self._where} failed: proxy {route.where if route else ''} "
+                f"answered HTTP {exc.status} to CONNECT"
             ) from None
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            raise NotifyError(f"webhook to {self._where} failed: {type(exc).__name__}") from None
+            raise NotifyError(
+                f"webhook to {self._where}{via} failed: {type(exc).__name__}") from None
         finally:
             if sock is not None:
                 sock.close()
+        if status == 407 and route is not None:
+            raise NotifyError(f"webhook to {self._where} failed: proxy {route.where} answered "
+                              "HTTP 407 (proxy authentication required)")
         if 300 <= status < 400:
             raise NotifyError(
                 f"webhook to {self._where} answered HTTP {status} (redirect not followed)"
@@ -270,8 +314,46 @@ class WebhookNotifier:
         if not 200 <= status < 300:
             raise NotifyError(f"webhook to {self._where} answered HTTP {status}")
 
+    def _host_header_with_port(self) -> str:
+        host = self._host if ":" not in self._host else f"[{self._host}]"
+        return f"{host}:{self._port}"
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(host={self._where!r}, url=<redacted>)"
+
+
+class _ProxyRefused(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _tunnel(sock: socket.socket, route: ProxyRoute, authority: str, deadline: float) -> None:
+    """CONNECT through `route` to `authority` (host:port); raises _ProxyRefused unless
+    the proxy answers 2xx. The answer is read under the call's one deadline."""
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+    if route.authorization:
+        lines.append(f"Proxy-Authorization: {route.authorization}")
+    sock.settimeout(_remaining(deadline))
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    # Byte by byte up to the blank line: a buffered read could swallow the start of
+    # the TLS stream that follows (a proxy may send it right behind its answer).
+    answer = bytearray()
+    while not answer.endswith(b"\r\n\r\n"):
+        if len(answer) > 16_384:
+            raise http.client.HTTPException("proxy answer to CONNECT too long")
+        sock.settimeout(_remaining(deadline))
+        byte = sock.recv(1)
+        if not byte:
+            raise ConnectionResetError("proxy closed the connection during CONNECT")
+        answer += byte
+    status_line = bytes(answer).split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise http.client.BadStatusLine("proxy answered CONNECT with a malformed status line")
+    status = int(parts[1])
+    if not 200 <= status < 300:
+        raise _ProxyRefused(status)
 
 
 def _response_class(deadline: float) -> Callable[..., http.client.HTTPResponse]:
@@ -290,9 +372,11 @@ class SlackNotifier(WebhookNotifier):
 
     def __init__(
         self, url: str, *, timeout_s: float = 5.0, headers: Mapping[str, str] | None = None,
-        prefix: str = "",
+        prefix: str = "", proxy: str | None = None, trust_env: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(url, timeout_s=timeout_s, headers=headers)
+        super().__init__(url, timeout_s=timeout_s, headers=headers, proxy=proxy,
+                         trust_env=trust_env, ssl_context=ssl_context)
         self._prefix = prefix
 
     def text(self, nudge: Mapping[str, Any]) -> str:

@@ -55,6 +55,18 @@ def _private_spool(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
 
 
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "grpc_proxy")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests talk to servers they start on loopback: a CI host's proxy variables must not
+    route them elsewhere (the proxy tests set their own)."""
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
 def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> bool:
     """Poll until `condition()` is truthy (notifiers deliver on their own thread)."""
     deadline = time.monotonic() + timeout
