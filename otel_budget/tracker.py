@@ -32,6 +32,7 @@ from .redact import describe_exception
 from .spend import DaySnapshot, SpendLedger
 from .spool import Spool
 from .stores.base import PatchStore
+from .stores.entries import writer_entry_problem
 
 _log = logging.getLogger("otel_budget")
 
@@ -420,16 +421,19 @@ class BudgetTracker:
             return False
         replayed = False
         for item in pending:
-            try:
-                self._send(item.entry)
-            except CheckpointError as exc:
-                _log.error("otel_budget: spooled entry %s is refused by the store (%s); "
-                           "set aside", item.path.name, describe(exc))
+            problem = _spooled_entry_problem(item.entry)
+            if problem is not None:
+                _log.error("otel_budget: spooled entry %s is malformed (%s); set aside",
+                           item.path.name, problem)
                 with contextlib.suppress(OSError):
                     os.replace(item.path, item.path.with_suffix(".bad"))
                 continue
+            try:
+                self._send(item.entry)
             except Exception:
-                return replayed  # the store is still down: keep the rest for the next round
+                # The store is down, or refuses a well-formed entry because of what it
+                # holds (a malformed row of the day): keep them all for a later round.
+                return replayed
             if item.entry.get("writer_id") == self._writer_id:
                 with self._state:
                     self._note_stored_locked(item.entry)
@@ -636,6 +640,15 @@ class BudgetTracker:
             return self._spool.summary()
         except OSError as exc:
             return {"entries": None, "error": describe(exc)}
+
+
+def _spooled_entry_problem(entry: dict[str, Any]) -> str | None:
+    """What makes a spooled entry one no store would take (a hand-edited file, one from
+    another version), or None: only such entries are set aside."""
+    problem = writer_entry_problem(entry)
+    if problem is None and "retired" in entry:
+        problem = "retired is set by the store, not by a writer"
+    return problem
 
 
 def _jsonable(attributes: Mapping[str, Any]) -> dict[str, Any]:
