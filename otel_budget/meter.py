@@ -43,7 +43,7 @@ from .tracker import BudgetTracker
 
 if TYPE_CHECKING:
     from .health_server import HealthServer
-    from .pricing import ModelPrice, PriceTable
+    from .pricing import ModelPrice, PriceTable, TokenUsage
     from .usage import UsageRecorder
 
 __version__ = "0.2.0"
@@ -418,6 +418,10 @@ class BudgetMeter:
             raise BudgetError("record() after shutdown(): this spend would be lost")
         self._ledger.add(round(cost_usd * 1e9), attributes)
 
+    def _current_day(self) -> date:
+        # Priced on every record_usage: the ledger's lock-free read while the day is open.
+        return self._ledger.current_day() or self._tracker.day
+
     def _check_amount(self, value: object, name: str) -> float:
         return ledger.check_amount(value, name, self._max_call)
 
@@ -434,7 +438,7 @@ class BudgetMeter:
                     self._usage = UsageRecorder(
                         record=self.record, otel_meter=self._export_meter,
                         prices=self._prices, token_metrics=self._token_metrics,
-                        day=lambda: self._tracker.day,
+                        day=self._current_day,
                     )
                 recorder = self._usage
         return recorder
@@ -446,12 +450,25 @@ class BudgetMeter:
     def price_for(self, model: str) -> ModelPrice:
         return self.usage.price_for(model)
 
-    def record_usage(self, *args: Any, reservation: Reservation | None = None,
-                     **kwargs: Any) -> float:
-        """Price one call from its token counts (or a TokenUsage) and record it;
-        see UsageRecorder.record_usage. `reservation` settles it with the cost."""
-        self._own_reservation(reservation)
-        return self.usage.record_usage(*args, reservation=reservation, **kwargs)
+    def record_usage(
+        self, model: str, input_tokens: int | TokenUsage | None = None,
+        output_tokens: int | None = None, *, cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0, cache_write_long_tokens: int = 0,
+        web_search_requests: int = 0, service_tier: str = "standard",
+        usage: TokenUsage | None = None, attributes: Attributes | None = None,
+        reservation: Reservation | None = None,
+    ) -> float:
+        """Price one call from its token counts (or a TokenUsage) and record it; returns
+        its cost in USD. See UsageRecorder.record_usage. `reservation` settles it with
+        the cost."""
+        if reservation is not None:
+            self._own_reservation(reservation)
+        return self.usage.record_usage(
+            model, input_tokens, output_tokens, cached_input_tokens=cached_input_tokens,
+            cache_write_tokens=cache_write_tokens,
+            cache_write_long_tokens=cache_write_long_tokens,
+            web_search_requests=web_search_requests, service_tier=service_tier, usage=usage,
+            attributes=attributes, reservation=reservation)
 
     def record_response(self, response: Any, attributes: Attributes | None = None, *,
                         reservation: Reservation | None = None) -> float:

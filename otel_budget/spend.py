@@ -179,6 +179,15 @@ class SpendLedger:
     def day(self) -> date:
         return self._day
 
+    def current_day(self) -> date | None:
+        """The open day while no boundary has passed, without the lock; None once one
+        has (the caller then takes the locked path that rolls the day). The boundary is
+        read before the day, and a roll sets the day before the boundary, so a racing
+        roll can only yield None, never the wrong day."""
+        boundary = self._boundary_ts
+        day = self._day
+        return day if self._now_ts() < boundary else None
+
     # --- reading ----------------------------------------------------------------
 
     def _snapshot_locked(self) -> DaySnapshot:

@@ -37,7 +37,7 @@ from .pricing import (
     price_call_decimal,
     usage_from_response,
 )
-from .pricing.table import STANDARD_TIER
+from .pricing.table import STANDARD_TIER, price_call_nanos
 
 if TYPE_CHECKING:
     pass
@@ -94,6 +94,8 @@ class UsageRecorder:
         self._day = day
         self._lock = threading.Lock()
         self._price_cache: dict[str, ModelPrice | None] = {}
+        self._token_attr_cache: dict[tuple[str, str, str],
+                                     tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
         self._price_cache_day: date | None = None
         self._warned: set[str] = set()
         self._unpriced_day: date | None = None
@@ -247,11 +249,12 @@ class UsageRecorder:
         reservation: Settles | None, provider_hint: str | None,
     ) -> float:
         _check_model(model)
-        if attributes is not None and not isinstance(attributes, Mapping):
+        if (attributes is not None and type(attributes) is not dict
+                and not isinstance(attributes, Mapping)):
             raise TypeError(f"attributes must be a mapping, got {type(attributes).__name__}")
         price = self._lookup(model)
         unpriced = price is None or price.is_fallback
-        cost = float(price_call_decimal(price or _UNPRICED, usage))
+        cost = price_call_nanos(price or _UNPRICED, usage) / 1e9  # the float nearest it
 
         spend_attrs: dict[str, Any] = dict(attributes) if attributes else {}
         spend_attrs[MODEL_ATTR] = model
@@ -269,19 +272,38 @@ class UsageRecorder:
 
         histogram = self._histogram
         if histogram is not None:
-            token_attrs: dict[str, Any] = {
-                OPERATION_ATTR: spend_attrs.get(OPERATION_ATTR, DEFAULT_OPERATION),
-                PROVIDER_ATTR: provider,
-                MODEL_ATTR: model,
-            }
-            for key in _HISTOGRAM_PASSTHROUGH:
-                if key in spend_attrs:
-                    token_attrs[key] = spend_attrs[key]
-            histogram.record(usage.prompt_tokens, {**token_attrs, TOKEN_TYPE_ATTR: "input"})
-            histogram.record(usage.output_tokens, {**token_attrs, TOKEN_TYPE_ATTR: "output"})
+            input_attrs, output_attrs = self._token_attributes(spend_attrs)
+            histogram.record(usage.prompt_tokens, input_attrs)
+            histogram.record(usage.output_tokens, output_attrs)
         if unpriced:
             self._count_unpriced(model, provider, price)
         return cost
+
+    def _token_attributes(self, spend_attrs: Mapping[str, Any]
+                          ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        """The token histogram's input and output attribute sets for a call. The usual
+        ones (string operation and provider, no passthrough key) are built once per
+        set: the SDK copies what it is given, so sharing them is safe."""
+        operation = spend_attrs.get(OPERATION_ATTR, DEFAULT_OPERATION)
+        provider = spend_attrs[PROVIDER_ATTR]
+        model = spend_attrs[MODEL_ATTR]
+        cacheable = (type(operation) is str and type(provider) is str
+                     and not any(name in spend_attrs for name in _HISTOGRAM_PASSTHROUGH))
+        if cacheable:
+            cached = self._token_attr_cache.get((operation, provider, model))
+            if cached is not None:
+                return cached
+        token_attrs: dict[str, Any] = {
+            OPERATION_ATTR: operation, PROVIDER_ATTR: provider, MODEL_ATTR: model,
+        }
+        for name in _HISTOGRAM_PASSTHROUGH:
+            if name in spend_attrs:
+                token_attrs[name] = spend_attrs[name]
+        pair = ({**token_attrs, TOKEN_TYPE_ATTR: "input"},
+                {**token_attrs, TOKEN_TYPE_ATTR: "output"})
+        if cacheable and len(self._token_attr_cache) < 1024:  # model ids vary: bounded
+            self._token_attr_cache[(operation, provider, model)] = pair
+        return pair
 
     def _count_unpriced(self, model: str, provider: str, price: ModelPrice | None) -> None:
         self._unpriced.add(1, {MODEL_ATTR: model, PROVIDER_ATTR: provider})

@@ -350,3 +350,53 @@ def test_cli_unknown_model_is_a_budget_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("OTEL_BUDGET_PRICES", raising=False)
     with pytest.raises(UnknownModelError, match="gpt-7"):
         _cli("gpt-7")
+
+
+# --- the integer pricing path ---------------------------------------------------------------
+
+def test_integer_pricing_equals_the_decimal_path_for_every_model_and_many_calls(
+    table: PriceTable,
+) -> None:
+    import random
+
+    from otel_budget.pricing.table import price_call_decimal, price_call_nanos
+
+    rng = random.Random(20261125)
+    integer_paths = 0
+    for price in table:
+        for tier in ("standard", "batch", "priority"):
+            for _ in range(40):
+                usage = check_token_counts(
+                    rng.choice([0, 1, 7, rng.randrange(10**6), rng.randrange(10**9)]),
+                    rng.choice([0, 3, rng.randrange(10**5), rng.randrange(10**8)]),
+                    rng.choice([0, rng.randrange(10**6)]), rng.choice([0, rng.randrange(10**5)]),
+                    rng.choice([0, rng.randrange(10**5)]), rng.choice([0, 0, 2]), tier)
+                exact = price_call_decimal(price, usage)
+                nanos = price_call_nanos(price, usage)
+                assert nanos == int(exact.scaleb(9)), (price.model, usage)
+                assert nanos / 1e9 == float(exact)  # what record_usage records
+                integer_paths += price.rates.femto_usd_per_token is not None
+    assert integer_paths > 0.9 * len(table) * 120, "the integer path is the usual one"
+
+
+@pytest.mark.parametrize("input_tokens, expected_nanos", [
+    (1, 0), (2, 0), (3, 1), (6, 2), (10, 2)])  # 0.25 nano-USD per token: half to even
+def test_integer_pricing_rounds_half_to_even_like_the_decimal_path(
+    input_tokens: int, expected_nanos: int
+) -> None:
+    from otel_budget.pricing.table import price_call_decimal, price_call_nanos
+
+    price = ModelPrice.flat("0.00025", "0")  # USD per million tokens
+    usage = check_token_counts(input_tokens, 0)
+    assert price.rates.femto_usd_per_token == (250_000, 0, 250_000, 250_000, 250_000)
+    assert price_call_nanos(price, usage) == expected_nanos
+    assert int(price_call_decimal(price, usage).scaleb(9)) == expected_nanos
+
+
+def test_rates_finer_than_the_integer_unit_take_the_decimal_path() -> None:
+    from otel_budget.pricing.table import price_call_decimal, price_call_nanos
+
+    price = ModelPrice.flat("0.0000000001", "1")  # 1e-10 USD per million tokens
+    assert price.rates.femto_usd_per_token is None
+    usage = check_token_counts(10**12, 10**6)
+    assert price_call_nanos(price, usage) == int(price_call_decimal(price, usage).scaleb(9))

@@ -119,3 +119,15 @@ def test_concurrent_adds_are_all_counted(clock: FakeClock) -> None:
         t.join()
     snap = ledger.snapshot()
     assert snap.total_nanos == 40_000 and sum(n for _, n in snap.by_attributes) == 40_000
+
+
+def test_current_day_is_the_open_day_until_its_boundary_then_none(clock: FakeClock) -> None:
+    ledger = make(clock)
+    day = ledger.day
+    assert ledger.current_day() == day
+    clock.set(datetime.combine(day, datetime.max.time(), tzinfo=timezone.utc))
+    assert ledger.current_day() == day
+    clock.advance(seconds=1)  # past midnight, not rolled yet: the caller must lock
+    assert ledger.current_day() is None
+    ledger.roll_if_due()
+    assert ledger.current_day() == ledger.day and ledger.day > day

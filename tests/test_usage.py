@@ -166,10 +166,10 @@ def test_fallback_price_records_and_counts_unpriced_calls(
 def test_bad_token_counts_change_nothing(setup: Setup, position: int, bad: object) -> None:
     counts: list[object] = [100, 100, 0, 0]
     counts[position] = bad
+    untyped: Any = setup.meter.record_usage  # the wrong types are the point
     with pytest.raises((TypeError, ValueError)):
-        setup.meter.record_usage(SONNET, counts[0], counts[1],
-                                 cached_input_tokens=counts[2],
-                                 cache_write_tokens=counts[3])
+        untyped(SONNET, counts[0], counts[1], cached_input_tokens=counts[2],
+                cache_write_tokens=counts[3])
     assert setup.meter.daily_spend() == 0.0
     assert setup.points("llm.spend") == []
     assert setup.points("gen_ai.client.token.usage") == []
@@ -178,8 +178,9 @@ def test_bad_token_counts_change_nothing(setup: Setup, position: int, bad: objec
 def test_bad_model_or_attributes_change_nothing(setup: Setup) -> None:
     with pytest.raises(ValueError):
         setup.meter.record_usage("", 1, 1)
+    untyped: Any = setup.meter.record_usage
     with pytest.raises(TypeError):
-        setup.meter.record_usage(SONNET, 1, 1, attributes=[("a", 1)])
+        untyped(SONNET, 1, 1, attributes=[("a", 1)])
     assert setup.meter.daily_spend() == 0.0
 
 
@@ -264,3 +265,49 @@ def test_bench_record_usage_reports_a_ratio() -> None:
     assert result["record_usage_us"] > 0 and math.isfinite(result["record_usage_vs_record"])
     # record_usage does everything record does and more.
     assert result["record_usage_vs_record"] > 1.0
+
+
+def test_a_scheduled_price_applies_from_its_day_through_record_usage(clock: FakeClock) -> None:
+    from otel_budget.pricing.table import PriceChange, Rates
+
+    price = ModelPrice.flat(1, 10, model="m-1", provider="acme")
+    price = ModelPrice(model="m-1", provider="acme", rates=price.rates, changes=(
+        PriceChange(datetime(2026, 11, 26).date(), Rates.of(2, 20)),))
+    table = PriceTable.build({"m-1": price}, version="test")
+    s = Setup(clock, table)
+    s.meter.start()
+    try:
+        clock.set(datetime(2026, 11, 25, 23, 59, 59, tzinfo=timezone.utc))
+        assert s.meter.record_usage("m-1", 1_000_000, 0) == 1.0
+        clock.set(datetime(2026, 11, 26, 0, 0, 0, tzinfo=timezone.utc))
+        assert s.meter.record_usage("m-1", 1_000_000, 0) == 2.0, "the new day's price"
+        assert s.meter.daily_spend() == 2.0
+    finally:
+        s.meter.shutdown()
+
+
+def test_token_series_keep_operation_provider_and_passthrough_apart(setup: Setup) -> None:
+    calls = [
+        {},
+        {"gen_ai.operation.name": "text_completion"},
+        {"gen_ai.provider.name": "aws.bedrock"},
+        {"server.address": "eu.api.example"},
+        {},
+        {"server.address": "eu.api.example"},
+    ]
+    for attributes in calls:
+        setup.meter.record_usage(SONNET, 10, 1, attributes=attributes)
+    series = {
+        tuple(sorted((k, v) for k, v in (p.attributes or {}).items()
+                     if k != "gen_ai.token.type")): p.count
+        for p in setup.points("gen_ai.client.token.usage")
+        if p.attributes and p.attributes["gen_ai.token.type"] == "input"
+    }
+    base = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic",
+            "gen_ai.request.model": SONNET}
+    assert series == {
+        tuple(sorted(base.items())): 2,
+        tuple(sorted({**base, "gen_ai.operation.name": "text_completion"}.items())): 1,
+        tuple(sorted({**base, "gen_ai.provider.name": "aws.bedrock"}.items())): 1,
+        tuple(sorted({**base, "server.address": "eu.api.example"}.items())): 2,
+    }

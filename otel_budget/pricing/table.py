@@ -39,6 +39,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -53,6 +54,7 @@ STANDARD_TIER = "standard"
 
 _MILLION = Decimal(1_000_000)
 _NANO_USD = Decimal("0.000000001")
+_FEMTO_PER_MILLIONTH = Decimal(1_000_000_000)
 _RATE_FIELDS = ("input", "output", "cached_input", "cache_write", "cache_write_long")
 _MODEL_FIELDS = frozenset(
     {*_RATE_FIELDS, "provider", "source", "checked", "note", "aliases", "prefixes",
@@ -93,6 +95,19 @@ class Rates:
 
     def as_dict(self) -> dict[str, float]:
         return {name: float(getattr(self, name)) for name in _RATE_FIELDS}
+
+    @cached_property
+    def femto_usd_per_token(self) -> tuple[int, int, int, int, int] | None:
+        """The rates in integers of 1e-15 USD per token (USD per million tokens x 1e9),
+        in field order, or None when a rate is finer than that: the integer pricing
+        path, exact like the Decimal one and several times faster."""
+        scaled = []
+        for name in _RATE_FIELDS:
+            value = getattr(self, name) * _FEMTO_PER_MILLIONTH
+            if value != value.to_integral_value():
+                return None
+            scaled.append(int(value))
+        return (scaled[0], scaled[1], scaled[2], scaled[3], scaled[4])
 
 
 @dataclass(frozen=True)
@@ -335,6 +350,17 @@ def check_token_counts(
 
     Raises TypeError or ValueError naming the offending argument.
     """
+    # The usual call, plain non-negative ints on the standard tier, without the
+    # per-argument checks (bool is not `int` by type, so it takes the long way).
+    if (type(input_tokens) is int and type(output_tokens) is int
+            and type(cached_input_tokens) is int and type(cache_write_tokens) is int
+            and type(cache_write_long_tokens) is int and type(web_search_requests) is int
+            and input_tokens >= 0 and output_tokens >= 0 and cached_input_tokens >= 0
+            and cache_write_tokens >= 0 and cache_write_long_tokens >= 0
+            and web_search_requests >= 0 and service_tier == STANDARD_TIER):
+        return TokenUsage(input_tokens, output_tokens, cached_input_tokens,
+                          cache_write_tokens, cache_write_long_tokens, web_search_requests,
+                          STANDARD_TIER)
     if not isinstance(service_tier, str):
         raise TypeError(f"service_tier must be a str, got {type(service_tier).__name__}")
     return TokenUsage(
@@ -394,6 +420,25 @@ def price_call(
                                cache_write_tokens, cache_write_long_tokens,
                                web_search_requests, service_tier)
     return float(price_call_decimal(price, usage))
+
+
+def price_call_nanos(price: ModelPrice, usage: TokenUsage) -> int:
+    """:func:`price_call_decimal` in integer nano-USD (the same rounding, half to even),
+    on already validated counts; integer arithmetic when the rates allow it."""
+    rates = price.rates
+    lc = price.long_context
+    if lc is not None and usage.prompt_tokens > lc.threshold_tokens:
+        rates = lc.rates
+    femto = rates.femto_usd_per_token
+    if femto is None or usage.service_tier != STANDARD_TIER or usage.web_search_requests:
+        return int(price_call_decimal(price, usage).scaleb(9))
+    total = (usage.input_tokens * femto[0] + usage.output_tokens * femto[1]
+             + usage.cached_input_tokens * femto[2] + usage.cache_write_tokens * femto[3]
+             + usage.cache_write_long_tokens * femto[4])
+    nanos, rest = divmod(total, 1_000_000)
+    if rest > 500_000 or (rest == 500_000 and nanos & 1):
+        nanos += 1
+    return nanos
 
 
 def price_call_decimal(price: ModelPrice, usage: TokenUsage) -> Decimal:
