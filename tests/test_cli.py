@@ -82,13 +82,18 @@ def test_demo_runs_end_to_end(demo: Demo) -> None:
     assert "Traceback" not in demo.result.stderr
     assert re.search(r"checkpoint (seq \d+|written)", out), out
     assert "NUDGE" in out and "ag_lu" in out
-    stored_before_restart = money(r"checkpoint written at shutdown: \$([0-9.]+)", out)
+    stored_before_restart = money(r"checkpoint written at shutdown: this writer \$([0-9.]+)", out)
+    second_writer = money(r"(?s)RESTART.*checkpoint written at shutdown: this writer \$([0-9.]+)",
+                          out)
+    day_at_end = money(r"(?s)RESTART.*checkpoint written at shutdown: .*?\(the day: \$([0-9.]+)\)",
+                       out)
     restored = money(r"RESTART: restored \$([0-9.]+)", out)
     assert restored > 0
     assert restored == stored_before_restart, "the restart restores what was checkpointed"
     assert out.index("RESTART") > out.index("checkpoint written at shutdown")
     final = money(r"done: \d+ calls, \$([0-9.]+) spent", out)
     assert final >= restored
+    assert day_at_end == final == pytest.approx(stored_before_restart + second_writer, abs=2e-6)
     assert final == pytest.approx(demo.document["total_usd"], abs=1e-6)
     assert "alerts today: [0.8]" in out
 

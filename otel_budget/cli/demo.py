@@ -82,7 +82,9 @@ def run_demo(
             calls += _dispatch(meter, rng, rate, duration_s / 2, view, calls_before=calls)
             if phase == 1:
                 view.event("stopping the dispatcher (final checkpoint)")
-        view.event(f"checkpoint written at shutdown: ${meter.health()['instance_spend_usd']:.6f}")
+        health = meter.health()
+        view.event(f"checkpoint written at shutdown: this writer ${health['instance_spend_usd']:.6f}"
+                   f" (the day: ${health['daily_spend_usd']:.6f})")
     final = meter.health()
     view.finish()
     print(f"done: {calls} calls, ${final['daily_spend_usd']:.6f} spent of "
@@ -118,7 +120,7 @@ def _dispatch(
         checkpoint = health["last_checkpoint"]
         if checkpoint["seq"] != last_seq and checkpoint["at"] is not None:
             last_seq = checkpoint["seq"]
-            view.event(f"checkpoint seq {checkpoint['seq']}: "
+            view.event(f"checkpoint seq {checkpoint['seq']}: this writer's "
                        f"${health['instance_spend_usd']:.6f} stored "
                        f"({'ok' if checkpoint['ok'] else 'FAILED: ' + str(checkpoint['error'])})")
         view.update(health["daily_spend_usd"], calls_before + calls)
