@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -156,6 +157,25 @@ def test_sqlite_directory_deleted_checkpoint_is_spooled_then_replayed(tmp_path: 
     assert day["total_usd"] == 3.75  # the spooled entry is cumulative: nothing was lost
 
 
+class SQLiteMeter(NamedTuple):
+    path: Path
+    store: SQLiteStore
+    meter: BudgetMeter
+
+
+@pytest.fixture
+def sqlite_meter(tmp_path: Path) -> Iterator[SQLiteMeter]:
+    path = tmp_path / "budget.db"
+    clock = FakeClock(datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc))
+    store = SQLiteStore(path)
+    meter = BudgetMeter(_config(tmp_path), store=store, clock=clock).start()
+    try:
+        yield SQLiteMeter(path, store, meter)
+    finally:
+        meter.shutdown(timeout=2)
+        store.close()
+
+
 def _put_raw_writer_row(path: Path, name: str, content: dict[str, Any]) -> None:
     with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("INSERT OR REPLACE INTO quilt_patches (patch_type, name, content) "
@@ -163,61 +183,48 @@ def _put_raw_writer_row(path: Path, name: str, content: dict[str, Any]) -> None:
 
 
 def test_an_entry_refused_for_another_writers_malformed_row_waits_in_the_spool(
-    tmp_path: Path,
+    sqlite_meter: SQLiteMeter,
 ) -> None:
     # The store refuses the day while a hand-edited row of another writer is malformed;
     # our well-formed entry is not to blame: it stays spooled (never set aside) and is
     # replayed once the row is fixed.
-    path = tmp_path / "budget.db"
-    clock = FakeClock(datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc))
-    store = SQLiteStore(path)
+    path, store, meter = sqlite_meter
     bad_name = f"budget_{DAY1.isoformat()}/hand-edited"
-    meter = BudgetMeter(_config(tmp_path), store=store, clock=clock).start()
-    try:
-        meter.record(1.0, {"agent": "a"})
-        assert meter.checkpoint()
-        _put_raw_writer_row(path, bad_name, {
-            "date": DAY1.isoformat(), "writer_id": "hand-edited", "instance_id": "x",
-            "spend_usd": "lots", "seq": 1, "updated_at": "x"})
-        meter.record(0.5, {"agent": "a"})
-        assert meter.checkpoint() is False
-        spool_dir = Path(_spooled(meter)["directory"])
-        for _ in range(3):
-            meter.collect()
-        assert _spooled(meter)["entries"] == 1 and _spooled(meter)["spend_usd"] == 1.5
-        assert list(spool_dir.glob("*.bad")) == []
-        assert "hand-edited" in str(meter.health()["last_checkpoint"]["error"])
-
-        with closing(sqlite3.connect(path)) as conn, conn:  # the operator fixes the row
-            conn.execute("DELETE FROM quilt_patches WHERE name = ?", (bad_name,))
+    meter.record(1.0, {"agent": "a"})
+    assert meter.checkpoint()
+    _put_raw_writer_row(path, bad_name, {
+        "date": DAY1.isoformat(), "writer_id": "hand-edited", "instance_id": "x",
+        "spend_usd": "lots", "seq": 1, "updated_at": "x"})
+    meter.record(0.5, {"agent": "a"})
+    assert meter.checkpoint() is False
+    spool_dir = Path(_spooled(meter)["directory"])
+    for _ in range(3):
         meter.collect()
-        assert _spooled(meter)["entries"] == 0
-        assert otel_budget.read_day(store, DAY1)["total_usd"] == 1.5
-    finally:
-        meter.shutdown(timeout=2)
-        store.close()
+    assert _spooled(meter)["entries"] == 1 and _spooled(meter)["spend_usd"] == 1.5
+    assert list(spool_dir.glob("*.bad")) == []
+    assert "hand-edited" in str(meter.health()["last_checkpoint"]["error"])
+
+    with closing(sqlite3.connect(path)) as conn, conn:  # the operator fixes the row
+        conn.execute("DELETE FROM quilt_patches WHERE name = ?", (bad_name,))
+    meter.collect()
+    assert _spooled(meter)["entries"] == 0
+    assert otel_budget.read_day(store, DAY1)["total_usd"] == 1.5
 
 
-def test_a_malformed_spooled_entry_is_set_aside_and_the_others_replayed(tmp_path: Path) -> None:
-    path = tmp_path / "budget.db"
-    clock = FakeClock(datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc))
-    store = SQLiteStore(path)
-    config = _config(tmp_path)
-    meter = BudgetMeter(config, store=store, clock=clock).start()
-    try:
-        spool_dir = Path(_spooled(meter)["directory"])
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        good = {"date": DAY1.isoformat(), "writer_id": "gone-writer", "instance_id": "old",
-                "spend_usd": 2.0, "seq": 3, "updated_at": "x"}
-        (spool_dir / f"gone-writer_{DAY1.isoformat()}_000000000003.json").write_text(
-            json.dumps(good))
-        bad = {**good, "writer_id": "broken", "spend_usd": -5}
-        (spool_dir / f"broken_{DAY1.isoformat()}_000000000003.json").write_text(json.dumps(bad))
-        meter.collect()
-        assert [p.name for p in spool_dir.glob("*.bad")] == [
-            f"broken_{DAY1.isoformat()}_000000000003.bad"]
-        assert _spooled(meter)["entries"] == 0
-        assert otel_budget.read_day(store, DAY1)["total_usd"] == 2.0
-    finally:
-        meter.shutdown(timeout=2)
-        store.close()
+def test_a_malformed_spooled_entry_is_set_aside_and_the_others_replayed(
+    sqlite_meter: SQLiteMeter,
+) -> None:
+    _, store, meter = sqlite_meter
+    spool_dir = Path(_spooled(meter)["directory"])
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    good = {"date": DAY1.isoformat(), "writer_id": "gone-writer", "instance_id": "old",
+            "spend_usd": 2.0, "seq": 3, "updated_at": "x"}
+    (spool_dir / f"gone-writer_{DAY1.isoformat()}_000000000003.json").write_text(
+        json.dumps(good))
+    bad = {**good, "writer_id": "broken", "spend_usd": -5}
+    (spool_dir / f"broken_{DAY1.isoformat()}_000000000003.json").write_text(json.dumps(bad))
+    meter.collect()
+    assert [p.name for p in spool_dir.glob("*.bad")] == [
+        f"broken_{DAY1.isoformat()}_000000000003.bad"]
+    assert _spooled(meter)["entries"] == 0
+    assert otel_budget.read_day(store, DAY1)["total_usd"] == 2.0
