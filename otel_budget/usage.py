@@ -23,7 +23,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from datetime import date
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from opentelemetry.metrics import Counter, Histogram, Meter
 
@@ -38,9 +38,6 @@ from .pricing import (
     usage_from_response,
 )
 from .pricing.table import STANDARD_TIER, price_call_nanos
-
-if TYPE_CHECKING:
-    pass
 
 _log = logging.getLogger("otel_budget")
 

@@ -422,14 +422,18 @@ def price_call(
     return float(price_call_decimal(price, usage))
 
 
+def _rates_for(price: ModelPrice, usage: TokenUsage) -> Rates:
+    """The long-context rates when the prompt is above the model's threshold."""
+    lc = price.long_context
+    if lc is not None and usage.prompt_tokens > lc.threshold_tokens:
+        return lc.rates
+    return price.rates
+
+
 def price_call_nanos(price: ModelPrice, usage: TokenUsage) -> int:
     """:func:`price_call_decimal` in integer nano-USD (the same rounding, half to even),
     on already validated counts; integer arithmetic when the rates allow it."""
-    rates = price.rates
-    lc = price.long_context
-    if lc is not None and usage.prompt_tokens > lc.threshold_tokens:
-        rates = lc.rates
-    femto = rates.femto_usd_per_token
+    femto = _rates_for(price, usage).femto_usd_per_token
     if femto is None or usage.service_tier != STANDARD_TIER or usage.web_search_requests:
         return int(price_call_decimal(price, usage).scaleb(9))
     total = (usage.input_tokens * femto[0] + usage.output_tokens * femto[1]
@@ -443,10 +447,7 @@ def price_call_nanos(price: ModelPrice, usage: TokenUsage) -> int:
 
 def price_call_decimal(price: ModelPrice, usage: TokenUsage) -> Decimal:
     """:func:`price_call` on already validated counts, as a Decimal rounded to 1e-9."""
-    rates = price.rates
-    lc = price.long_context
-    if lc is not None and usage.prompt_tokens > lc.threshold_tokens:
-        rates = lc.rates
+    rates = _rates_for(price, usage)
     total = (
         usage.input_tokens * rates.input
         + usage.output_tokens * rates.output
