@@ -12,7 +12,8 @@ from .errors import (
     StoreError,
     UnknownModelError,
 )
-from .meter import BudgetMeter, __version__
+from ._version import __version__
+from .meter import BudgetMeter
 from .notify import LoggingNotifier, NotifierDispatcher, SlackNotifier, WebhookNotifier
 from .pricing import ModelPrice, PriceTable, TokenUsage
 from .read import read_day

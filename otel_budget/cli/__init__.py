@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .._version import __version__
 from ..errors import BudgetError
 
 _COMMAND_MODULES: tuple[str, ...] = (
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="otel-budget", description="Keep LLM spend honest: budgets on OpenTelemetry."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)

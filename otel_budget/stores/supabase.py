@@ -102,7 +102,9 @@ class SupabaseStore(ContextStore):
         try:
             import supabase
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ConfigError("store: supabase:// needs supabase-py: pip install supabase") from exc
+            raise ConfigError(
+                'store: supabase:// needs supabase-py: pip install "otel-budget[supabase]"'
+            ) from exc
         assert self._key is not None
         self._pid = os.getpid()
         self._http = httpx.Client(
