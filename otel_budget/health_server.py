@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 HealthFn = Callable[[], dict[str, Any]]
 MetricsFn = Callable[[], tuple[bytes, str]]
+#: (method, path) -> (status, headers, body): every path but /healthz and /metrics
+#: (the status page, otel_budget.web.app.respond).
+PagesFn = Callable[[str, str], tuple[int, list[tuple[str, str]], bytes]]
 
 _MAX_HEAD_BYTES = 16 * 1024
 _BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -84,8 +87,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._healthz()
         elif path == "/metrics":
             self._metrics()
+        elif self.server.pages is not None:
+            self._page(path)
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+    def _page(self, path: str) -> None:
+        try:
+            status, headers, body = self.server.pages(self.command, path)
+            content_type = next((v for k, v in headers if k.lower() == "content-type"),
+                                "application/octet-stream")
+            extra = [(k, v) for k, v in headers if k.lower() not in (
+                "content-type", "content-length", "cache-control", "connection")]
+        except Exception as exc:
+            self._fail("page", exc)
+            return
+        self._send(status, body, content_type, extra)
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -125,7 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(500, f"{what} unavailable ({type(exc).__name__})\n".encode(),
                    "text/plain; charset=utf-8")
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(self, status: int, body: bytes, content_type: str,
+              headers: list[tuple[str, str]] | None = None) -> None:
         # Header values must be latin-1: replace anything else rather than fail.
         content_type = content_type.encode("latin-1", "replace").decode("latin-1")
         content_type = content_type.replace("\r", " ").replace("\n", " ")
@@ -134,6 +152,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("Connection", "close")
+        for name, value in headers or ():
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -158,9 +178,11 @@ class _Core:
     """The listening socket, the I/O thread and the handler pool."""
 
     def __init__(self, host: str, port: int, health: HealthFn, metrics: MetricsFn, *,
-                 idle_timeout_s: float, max_threads: int, max_connections: int) -> None:
+                 idle_timeout_s: float, max_threads: int, max_connections: int,
+                 pages: PagesFn | None = None) -> None:
         self.health = health
         self.metrics = metrics
+        self.pages = pages
         self.idle_timeout_s = idle_timeout_s
         self.head_timeout_s = 4 * idle_timeout_s
         self.max_threads = max_threads
@@ -403,9 +425,11 @@ def serve_health(
     idle_timeout_s: float = 5.0,
     max_threads: int = 16,
     max_connections: int = 256,
+    pages: PagesFn | None = None,
 ) -> HealthServer:
     """Serve `GET /healthz` (health() as JSON; 200 if status is "ok", else 503) and
-    `GET /metrics` (metrics() -> (body, content type)) from daemon threads.
+    `GET /metrics` (metrics() -> (body, content type)) from daemon threads; every
+    other path goes to `pages(method, path)` when given (the status page).
 
     Port 0 picks a free port; read it back from `.port`. A connection idle for
     `idle_timeout_s` is closed; at most `max_threads` requests are answered at once
@@ -419,5 +443,5 @@ def serve_health(
     if not (isinstance(max_connections, int) and max_connections >= 1):
         raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
     core = _Core(host, port, health, metrics, idle_timeout_s=float(idle_timeout_s),
-                 max_threads=max_threads, max_connections=max_connections)
+                 max_threads=max_threads, max_connections=max_connections, pages=pages)
     return HealthServer(core)
