@@ -28,6 +28,7 @@ import glob
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -159,6 +160,31 @@ class PgServer:
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def server_pids(self) -> list[int]:
+        """The postmaster and every backend/auxiliary process it forked."""
+        lines = (self.data / "postmaster.pid").read_text().splitlines()
+        postmaster = int(lines[0])
+        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True,
+                                  text=True, check=False).stdout.split()
+        return [postmaster, *(int(pid) for pid in children)]
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """A hung server: every server process SIGSTOPped (the kernel still accepts
+        connections and acknowledges data; nothing answers). Always resumed on exit,
+        even when the test fails."""
+        stopped: list[int] = []
+        try:
+            for pid in self.server_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+            yield
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def admin(self, sql: str, dbname: str = "postgres") -> None:
         with psycopg.connect(self.url(dbname), autocommit=True) as conn:

@@ -16,10 +16,14 @@ Python int would not resolve.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import os
+import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -82,6 +86,15 @@ _LEASE_RELEASE = pgsql.SQL(
     "select public.otel_budget_lease_release(%s::jsonb)"
 )
 _CLAIM = pgsql.SQL("select public.otel_budget_claim(%s::text, %s::text, %s::jsonb)")
+_IDENTITY = pgsql.SQL(
+    "select 'system', (select s.system_identifier from pg_catalog.pg_control_system() as s), "
+    "pg_catalog.current_database()"
+)
+_IDENTITY_FALLBACK = pgsql.SQL(
+    "select 'address', pg_catalog.inet_server_addr(), pg_catalog.inet_server_port(), "
+    "pg_catalog.current_database(), "
+    "(select d.oid from pg_catalog.pg_database as d where d.datname = pg_catalog.current_database())"
+)
 _TIMEOUT = pgsql.SQL("select pg_catalog.set_config('statement_timeout', %s::text, true)")
 
 
@@ -103,6 +116,7 @@ class PostgresStore(ContextStore):
         statement_timeout_ms: int = 5000,
         connect_timeout_s: int = 5,
         reconnect_timeout_s: float = 10.0,
+        io_timeout_s: float | None = None,
     ) -> None:
         try:
             from psycopg_pool import ConnectionPool
@@ -110,11 +124,21 @@ class PostgresStore(ContextStore):
             raise ConfigError(
                 "store: postgresql:// needs psycopg-pool: pip install 'otel-budget[postgres]'"
             ) from exc
-        if statement_timeout_ms <= 0 or pool_timeout_s <= 0:
-            raise ConfigError("store: statement_timeout_ms and pool_timeout_s must be > 0")
+        if statement_timeout_ms <= 0 or pool_timeout_s <= 0 or connect_timeout_s <= 0:
+            raise ConfigError("store: statement_timeout_ms, pool_timeout_s and "
+                              "connect_timeout_s must be > 0")
         self._redacted = redact_url(conninfo)
         self._password = password_of(conninfo)
+        self._params = _parse_conninfo(conninfo, self._redacted)
         self._statement_timeout = f"{int(statement_timeout_ms)}ms"
+        # The server enforces statement_timeout only while it runs: a hung (stopped,
+        # partitioned) server answers nothing, so the client keeps its own deadline.
+        self._io_timeout = (float(io_timeout_s) if io_timeout_s is not None
+                            else statement_timeout_ms / 1000 + 1.0)
+        if self._io_timeout <= 0:
+            raise ConfigError("store: io_timeout_s must be > 0")
+        self._pool_timeout = float(pool_timeout_s)
+        self._identity: str | None = None
         self._max_size = max_size
         self._closed = False
         self._make_pool: Callable[[], Any] = lambda: ConnectionPool(
@@ -126,10 +150,17 @@ class PostgresStore(ContextStore):
             reconnect_timeout=reconnect_timeout_s,
             kwargs={
                 "prepare_threshold": None,
-                "connect_timeout": connect_timeout_s,
+                "connect_timeout": max(2, int(connect_timeout_s)),
                 "application_name": "otel-budget",
+                # A peer that vanished (host down, network partition) is noticed by
+                # the kernel: keepalive probes, and unacknowledged data times out.
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "tcp_user_timeout": int(max(self._io_timeout, 1.0) * 1000),
             },
-            configure=_configure,
+            configure=self._configure,
             name="otel-budget",
             # Connections are made in the background: opening never blocks on an
             # unreachable server, the first operation reports it as a StoreError.
@@ -148,9 +179,62 @@ class PostgresStore(ContextStore):
 
     @property
     def spool_key(self) -> str:
-        """Names the database for the local spool: the same in every process that
-        opens it (no password), so the next meter replays what this one spooled."""
-        return f"postgresql:{self._redacted}"
+        """Where the DSN leads as far as it can be told without connecting: host,
+        port, database and user, with libpq's environment defaults (PGDATABASE,
+        PGHOST...) applied, never the password. Spooled entries made before the
+        store ever answered are kept under it; `identity()` names the database."""
+        from psycopg import pq
+
+        defaults: dict[str, str] = {}
+        with contextlib.suppress(Exception):
+            for option in pq.Conninfo.get_defaults():
+                if option.val is not None:
+                    defaults[option.keyword.decode()] = option.val.decode("utf-8", "replace")
+
+        def value(name: str) -> str:
+            return self._params.get(name) or defaults.get(name) or ""
+
+        user = value("user") or _login_name()
+        return "postgresql:" + json.dumps(
+            {"host": value("host") or value("hostaddr"), "port": value("port") or "5432",
+             "dbname": value("dbname") or user, "user": user}, sort_keys=True)
+
+    def identity(self) -> str:
+        """The database itself: the cluster's system identifier (fixed at initdb)
+        and the database's name, whatever DSN spelling led here. Asked once, on the
+        first connection; StoreError while the server has never answered."""
+        if self._identity is None:
+            self._run("reading the server's identity",
+                      lambda conn: self._learn_identity(conn), retry=True)
+        assert self._identity is not None
+        return self._identity
+
+    @property
+    def known_identity(self) -> str | None:
+        """`identity()` if it is known already (no I/O), else None."""
+        return self._identity
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        # Autocommit: transactions are explicit (conn.transaction()) or one message.
+        conn.autocommit = True
+        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        if self._identity is None:
+            try:
+                self._learn_identity(conn)
+            except psycopg.Error as exc:  # asked again by identity()
+                _log.debug("otel_budget: reading the server identity failed: %s",
+                           self._message(exc))
+
+    def _learn_identity(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            with conn.transaction():  # a savepoint inside _run's transaction
+                row = conn.execute(_IDENTITY).fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            # pg_control_system() revoked from this role: the server's address and
+            # the database's oid name it, less firmly (a restored copy looks alike).
+            row = conn.execute(_IDENTITY_FALLBACK).fetchone()
+        assert row is not None
+        self._identity = "postgresql:" + json.dumps([str(v) for v in row])
 
     # --- the PatchStore protocol ---------------------------------------------------
 
@@ -292,18 +376,39 @@ class PostgresStore(ContextStore):
         the work is tried again, up to once per pooled connection."""
         if self._closed:
             raise StoreError(f"{self!r} is closed")
+        # One deadline for the whole call, retries included: waiting for a pooled
+        # connection, then each statement's round trip.
+        deadline = time.monotonic() + self._pool_timeout + self._io_timeout
         attempts = self._max_size + 1 if retry else 1
         for attempt in range(attempts):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            hung = False
             try:
-                with self._current_pool().connection() as conn:
-                    if single:  # `work` is one message: its own implicit transaction
-                        return work(conn)
-                    with conn.transaction():
-                        conn.execute(_TIMEOUT, (self._statement_timeout,))
-                        return work(conn)
+                with self._current_pool().connection(
+                    timeout=min(self._pool_timeout, left)
+                ) as conn:
+                    token = _WATCHDOG.arm(min(self._io_timeout, max(0.05, left)),
+                                          _severer(conn))
+                    try:
+                        if single:  # `work` is one message: its own implicit transaction
+                            return work(conn)
+                        with conn.transaction():
+                            conn.execute(_TIMEOUT, (self._statement_timeout,))
+                            return work(conn)
+                    finally:
+                        hung = not _WATCHDOG.disarm(token)
             except psycopg.Error as exc:
                 if exc.sqlstate in CHECKPOINT_SQLSTATES:
                     raise CheckpointError(self._message(exc)) from None
+                if hung:
+                    if not retry:
+                        raise _Ambiguous(what) from None
+                    raise StoreError(
+                        f"PostgreSQL {self._redacted}: {what} failed: the server did not "
+                        f"answer within {self._io_timeout:g} s"
+                    ) from None
                 broken = _is_broken_connection(exc)
                 if broken and attempt + 1 < attempts:
                     _log.info("retrying %s on a new connection: %s", what, self._message(exc))
@@ -313,7 +418,10 @@ class PostgresStore(ContextStore):
                 raise StoreError(
                     f"PostgreSQL {self._redacted}: {what} failed: {self._message(exc)}"
                 ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise StoreError(
+            f"PostgreSQL {self._redacted}: {what} failed: no answer within "
+            f"{self._pool_timeout + self._io_timeout:g} s"
+        )
 
     def _current_pool(self) -> Any:
         # A forked child (a pre-forking web server) must not share the parent's
@@ -339,14 +447,90 @@ class PostgresStore(ContextStore):
         return scrub_known(text, self._password)
 
 
+class _Watchdog:
+    """One thread for every store's client-side deadlines: an operation arms it
+    before its round trips and disarms it after; when a deadline passes first, its
+    action (severing the connection's socket) runs, so the blocked read returns at
+    once with an error, whatever the server is doing."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._armed: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._tokens = itertools.count()
+        self._pid = -1
+
+    def arm(self, seconds: float, action: Callable[[], None]) -> int:
+        with self._cv:
+            if self._pid != os.getpid():  # the thread did not survive a fork
+                self._pid = os.getpid()
+                self._armed.clear()
+                threading.Thread(target=self._loop, name="OtelBudgetPgWatchdog",
+                                 daemon=True).start()
+            token = next(self._tokens)
+            self._armed[token] = (time.monotonic() + seconds, action)
+            self._cv.notify()
+            return token
+
+    def disarm(self, token: int) -> bool:
+        """True if the deadline had not passed (its action did not run)."""
+        with self._cv:
+            return self._armed.pop(token, None) is not None
+
+    def _loop(self) -> None:
+        with self._cv:
+            while True:
+                now = time.monotonic()
+                due = [t for t, (at, _) in self._armed.items() if at <= now]
+                for token in due:
+                    _, action = self._armed.pop(token)
+                    # Under the lock: once disarm() returns, the action cannot run.
+                    try:
+                        action()
+                    except Exception:  # pragma: no cover - a best-effort sever
+                        _log.debug("otel_budget: severing a hung connection failed",
+                                   exc_info=True)
+                nxt = min((at for at, _ in self._armed.values()), default=None)
+                self._cv.wait(None if nxt is None else max(0.0, nxt - time.monotonic()))
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _severer(conn: psycopg.Connection[Any]) -> Callable[[], None]:
+    def sever() -> None:
+        fd = conn.pgconn.socket
+        # shutdown() acts on the socket itself (shared by every descriptor of it):
+        # the blocked reader sees end-of-file; the pool then discards the connection.
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    return sever
+
+
+def _parse_conninfo(conninfo: str, redacted: str) -> dict[str, str]:
+    """The DSN's parameters, parsed by libpq; a DSN it refuses is a ConfigError here
+    rather than a message quoting part of it (a password, say) in the pool's logs."""
+    from psycopg import conninfo as pgconninfo
+
+    try:
+        return {k: str(v) for k, v in pgconninfo.conninfo_to_dict(conninfo).items()}
+    except psycopg.Error:
+        raise ConfigError(
+            f"store: the PostgreSQL connection string {redacted!r} does not parse (a value "
+            "with blanks or quotes must be single-quoted, or use a URL)"
+        ) from None
+
+
 class _Ambiguous(Exception):
     """A write whose outcome is unknown: the connection broke after sending it."""
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
-    # Autocommit: transactions are explicit (conn.transaction()) or one message.
-    conn.autocommit = True
-    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+def _login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no name for this uid
+        return str(os.getuid())
 
 
 def _one_trip(conn: psycopg.Connection[Any], query: pgsql.SQL, params: tuple[Any, ...]) -> Any:

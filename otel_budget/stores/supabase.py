@@ -78,6 +78,7 @@ class SupabaseStore(ContextStore):
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
         self._sleep = sleep
+        self._call_timeout = float(timeout_s) + float(connect_timeout_s)
         self._local = threading.local()
         self._http: httpx.Client | None = None
         self._pid = os.getpid()
@@ -110,7 +111,9 @@ class SupabaseStore(ContextStore):
         self._http = httpx.Client(
             timeout=self._timeout,
             http2=False,
-            follow_redirects=True,
+            # A redirect would carry the service key (apikey, Authorization) to
+            # wherever it points: none is followed, and one is an error (below).
+            follow_redirects=False,
             event_hooks={"response": [self._note_status]},
         )
         options: dict[str, Any] = {
@@ -162,6 +165,14 @@ class SupabaseStore(ContextStore):
     def spool_key(self) -> str:
         """Names the project for the local spool, the same in every process."""
         return f"supabase:{self._where}"
+
+    def identity(self) -> str:
+        """The project (its host), for the local spool."""
+        return self.spool_key
+
+    @property
+    def known_identity(self) -> str:
+        return self.spool_key
 
     # --- the PatchStore protocol ---------------------------------------------------
 
@@ -294,12 +305,21 @@ class SupabaseStore(ContextStore):
 
     def _note_status(self, response: httpx.Response) -> None:
         self._local.status = response.status_code
+        if response.is_redirect:
+            raise _RedirectRefused(
+                f"the API answered {response.status_code} with a redirect; not followed "
+                "(it would send the service key elsewhere): check the project URL",
+                request=response.request,
+            )
 
     def _call(self, what: str, request: Callable[[], T]) -> T:
         from postgrest.exceptions import APIError
 
         if self._closed:
             raise StoreError(f"{self!r} is closed")
+        # Retries stop at the call's deadline; one attempt is bounded by the
+        # client's connect and read timeouts.
+        deadline = time.monotonic() + self._call_timeout
         for attempt in range(1, self._max_attempts + 1):
             self._local.status = None
             try:
@@ -311,8 +331,11 @@ class SupabaseStore(ContextStore):
                 problem = self._describe_api_error(exc, status)
                 retryable = status is not None and status >= 500
             except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = (str(exc) if isinstance(exc, _RedirectRefused)
+                           else f"{type(exc).__name__}: {exc}")
                 retryable = isinstance(exc, httpx.TransportError)
+            if retryable and time.monotonic() >= deadline:
+                retryable = False  # the call's deadline: no retry starts after it
             if not retryable or attempt == self._max_attempts:
                 raise StoreError(
                     f"Supabase {self._where}: {what} failed"
@@ -320,6 +343,7 @@ class SupabaseStore(ContextStore):
                 ) from None
             delay = min(self._max_backoff_s, self._backoff_s * 2 ** (attempt - 1))
             delay *= random.uniform(0.5, 1.0)  # spread replicas retrying together
+            delay = max(0.0, min(delay, deadline - time.monotonic()))
             _log.info(
                 "%s failed (%s); retry %d in %.2fs", what, self._scrub(problem), attempt, delay
             )
@@ -339,6 +363,10 @@ class SupabaseStore(ContextStore):
 
     def _scrub(self, text: str) -> str:
         return scrub_known(text, self._key)
+
+
+class _RedirectRefused(httpx.RequestError):
+    """A 3xx answer: final (never retried, never followed)."""
 
 
 def _status_for(code: str | None) -> int | None:
@@ -363,8 +391,14 @@ def _status_for(code: str | None) -> int | None:
 
 
 def _host_of(url: str) -> str:
+    """The project's host[:port]: never the user info a URL may carry."""
     try:
-        return urlsplit(url).netloc or "<supabase>"
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port
     except ValueError:
         return "<supabase>"
+    if not host:
+        return "<supabase>"
+    return f"{host}:{port}" if port else host
 
