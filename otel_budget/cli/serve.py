@@ -1,6 +1,8 @@
 """`otel-budget serve [--host 127.0.0.1] [--port 9464]`: a budget meter built from the
-environment (see otel_budget.autoconfig) serving /healthz and /metrics until
-SIGINT or SIGTERM, then shutting down cleanly with a final checkpoint."""
+environment (see otel_budget.autoconfig) serving the status page (/ and
+/api/status), /healthz and /metrics (its own instruments and the fleet's spend read
+from the store) until SIGINT or SIGTERM, then shutting down cleanly with a final
+checkpoint."""
 
 from __future__ import annotations
 
@@ -8,11 +10,16 @@ import argparse
 import signal
 import sys
 import threading
+from functools import partial
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..autoconfig import from_env
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..health_server import HealthServer
+    from ..meter import BudgetMeter
 
 DEFAULT_PORT = 9464  # the port OpenTelemetry's Prometheus exporters conventionally use
 
@@ -33,6 +40,33 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port to bind (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.set_defaults(func=handle)
+
+
+def serve_with_fleet(meter: BudgetMeter, host: str, port: int) -> HealthServer:
+    """The meter's /healthz, the status page, and a /metrics that adds the fleet's
+    spend read from the store (`llm_fleet_*`, see otel_budget.web.fleet_metrics)
+    to the meter's own instruments."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from ..health_server import serve_health
+    from ..web.app import respond
+    from ..web.fleet_metrics import FleetMetrics
+    from ..web.status import StatusSource
+
+    config = meter.config
+    fleet = FleetMetrics(StatusSource(meter.store, budgets=config.all_budgets,
+                                      timezone_name=config.timezone))
+
+    def metrics() -> tuple[bytes, str]:
+        own, _ = meter.render_metrics()
+        try:
+            extra = fleet.render()
+        except Exception as exc:  # the process's own metrics still answer
+            extra = (b"# fleet metrics unavailable: " + type(exc).__name__.encode() + b"\n")
+        return own + extra, CONTENT_TYPE_LATEST
+
+    return serve_health(meter.health, metrics, host=host, port=port,
+                        pages=partial(respond, StatusSource(meter)))
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -56,7 +90,7 @@ def handle(args: argparse.Namespace) -> int:
         try:
             meter.start(strict=False)
             try:
-                server = meter.serve_health(host=args.host, port=args.port)
+                server = serve_with_fleet(meter, host=args.host, port=args.port)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
@@ -64,7 +98,8 @@ def handle(args: argparse.Namespace) -> int:
             try:
                 print(
                     f"otel-budget serve: instance {meter.instance_id} on {server.url} "
-                    "(GET /healthz, GET /metrics); Ctrl-C to stop",
+                    "(GET / status page, GET /api/status, GET /healthz, GET /metrics "
+                    "with the fleet's spend from the store); Ctrl-C to stop",
                     flush=True,
                 )
                 stop.wait()

@@ -199,6 +199,7 @@ class StatusSource:
         self._cache_s = float(cache_s)
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, Any]] | None = None
+        self._cached_read: tuple[float, dict[str, Any]] | None = None
         self._rings: dict[str, _BurnRing] = {}
 
     @property
@@ -232,11 +233,28 @@ class StatusSource:
             return self._meter.day
         return ledger.day_of(now, self._tz)
 
-    def _build(self, mono: float) -> dict[str, Any]:
-        now = self._clock()
-        day = self._today(now)
-        today = day.isoformat()
-        errors: list[str] = []
+    def fleet_read(self) -> dict[str, Any]:
+        """The store's view of today, cached like `status()`: {"at", "date",
+        "entries" (today's writer rows), "nudges", "budgets" (computed from the
+        store's rows, whatever the source), "errors"}. What `otel-budget serve`
+        exports as the fleet's metrics."""
+        with self._lock:
+            mono = time.monotonic()
+            cached = self._cached_read
+            if cached is not None and mono - cached[0] < self._cache_s:
+                return cached[1]
+            now = self._clock()
+            day = self._today(now)
+            errors: list[str] = []
+            entries, nudges = self._read_today(day.isoformat(), errors)
+            budgets = self._store_budgets(day, entries, nudges, errors)
+            read = {"at": now, "date": day.isoformat(), "entries": entries,
+                    "nudges": nudges, "budgets": budgets, "errors": errors}
+            self._cached_read = (mono, read)
+            return read
+
+    def _read_today(self, today: str, errors: list[str]
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         entries: list[dict[str, Any]] = []
         nudges: list[dict[str, Any]] = []
         try:
@@ -248,6 +266,14 @@ class StatusSource:
             nudges = [n for n in self._store.nudges_on(today) if isinstance(n, dict)]
         except Exception as exc:
             errors.append(f"reading today's alerts failed: {_describe(exc)}")
+        return entries, nudges
+
+    def _build(self, mono: float) -> dict[str, Any]:
+        now = self._clock()
+        day = self._today(now)
+        errors: list[str] = []
+        entries, nudges = self._read_today(day.isoformat(), errors)
+        today = day.isoformat()
         if self._meter is not None:
             budgets = self._meter_budgets()
         else:
@@ -398,6 +424,11 @@ class StatusSource:
                 "alerts_sent": sent,
             })
         return rows
+
+    def writer_counts(self, entries: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+        """{"live", "stale", "retired"}: how many of these writer rows are in each state."""
+        writers = self._writers(entries, self._clock())
+        return {state: int(writers[state]) for state in ("live", "stale", "retired")}
 
     def _writers(self, entries: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
         listed: list[dict[str, Any]] = []
