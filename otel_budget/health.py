@@ -19,6 +19,7 @@ def build_health(
     spool: dict[str, Any] | None,
     pending_nudges: Sequence[dict[str, Any]] = (),
     unpriced_calls: int = 0,
+    unsettled_usd: float = 0.0,
 ) -> dict[str, Any]:
     """`status` is "degraded" while the last checkpoint or the last read of the store
     failed, a started meter's timer is not running, the checkpoint is overdue (a
@@ -64,4 +65,6 @@ def build_health(
         "pending_nudges": len(pending_nudges),
         "attribute_sets_today": state["attribute_sets_today"],
         "unpriced_calls": unpriced_calls,
+        # Spend recorded at a reservation's maximum because an exception closed it.
+        "unsettled_usd": unsettled_usd,
     }

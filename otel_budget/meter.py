@@ -123,6 +123,7 @@ class BudgetMeter:
             budgets=config.all_budgets, spend_of=self._tracker.budget_spend,
             window_of=self._tracker.window_of, record=self.record,
             check_amount=self._check_amount, leases=self._leases,
+            day=lambda: self._tracker.day,
         )
         if self._leases:
             self._tracker.add_round_hook(self._lease_round)
@@ -574,6 +575,7 @@ class BudgetMeter:
         rows = self._tracker.budgets()
         for row in rows:
             row["reserved_usd"] = self._book.held_usd(row["name"]) if row["hard"] else 0.0
+            row["unsettled_usd"] = self._book.unsettled_usd(row["name"])
             lease = self._leases.get(row["name"])
             if lease is not None:
                 info = lease.describe()
@@ -599,6 +601,7 @@ class BudgetMeter:
             spool=self._tracker.spool_summary(),
             pending_nudges=self._dispatcher.pending(),
             unpriced_calls=self.unpriced_calls(),
+            unsettled_usd=self._book.unsettled_usd(),
         )
 
     def render_metrics(self) -> tuple[bytes, str]:

@@ -45,6 +45,44 @@ def would_pass_cap(
 
 ON_ERROR = ("record", "release")
 
+#: Marks spend that is not a provider's billed usage (the DESIGN's "settlement marks").
+SETTLEMENT_ATTR = "otel_budget.settlement"
+UNSETTLED = "unsettled"
+ESTIMATED = "estimated"
+
+# The provider SDKs' errors that mean the request got no billable response: an HTTP
+# error status, or no connection at all. Matched by class name and top-level module
+# so neither SDK has to be installed (their classes report `anthropic`/`openai` as
+# their module). httpx's (and httpx2's, the SDKs' transport) connect errors never
+# reached the server either.
+_CONNECT_ERRORS = frozenset({"ConnectError", "ConnectTimeout"})
+_NOT_BILLED = {
+    "anthropic": frozenset({"APIStatusError", "APIConnectionError", "APITimeoutError"}),
+    "openai": frozenset({"APIStatusError", "APIConnectionError", "APITimeoutError"}),
+    "httpx": _CONNECT_ERRORS,
+    "httpx2": _CONNECT_ERRORS,
+}
+
+
+def provider_did_not_bill(exc: BaseException) -> bool:
+    """True for an exception that means the provider did not bill the call: the
+    `anthropic`/`openai` SDKs' HTTP status errors (APIStatusError and subclasses) and
+    connection errors (APIConnectionError, APITimeoutError), and httpx's or httpx2's
+    ConnectError/ConnectTimeout. A status error with a status below 400 is not one: the
+    SDKs raise it for an error event inside a stream that had started (200), which may
+    be billed. A read timeout (APITimeoutError) may follow a call the provider finished
+    and billed; the SDKs give no way to tell, and it is released like the rest."""
+    for cls in type(exc).__mro__:
+        names = _NOT_BILLED.get(cls.__module__.partition(".")[0])
+        if names is None or cls.__name__ not in names:
+            continue
+        if cls.__name__ == "APIStatusError":
+            status = getattr(exc, "status_code", None)
+            if isinstance(status, int) and not isinstance(status, bool) and status < 400:
+                return False
+        return True
+    return False
+
 
 class ReservationBook:
     """Holds in-flight maximum costs against every hard budget they fall under.
@@ -64,8 +102,20 @@ class ReservationBook:
         record: RecordFn,
         check_amount: Callable[[object, str], float],
         leases: Mapping[str, FleetLease] | None = None,
+        on_refusal: Callable[[BudgetExceeded], None] | None = None,
+        day: Callable[[], object] | None = None,
     ) -> None:
         self._hard = tuple(b for b in budgets if b.hard)
+        # Unsettled spend counts toward soft budgets too: shown per budget.
+        self._all = tuple(budgets)
+        self._day = day
+        self._unsettled_day: object = None
+        self._unsettled_nanos = 0
+        #: budget name -> (window, nanos) of unsettled spend in that window.
+        self._unsettled_by_budget: dict[str, tuple[str, int]] = {}
+        #: Told of every refusal guard/reserve raise (the meter's RefusalLog); the
+        #: meter's areserve calls `refused` itself.
+        self._on_refusal = on_refusal
         #: budget name -> this writer's lease, for the budgets with enforce="fleet".
         self._leases: dict[str, FleetLease] = dict(leases or {})
         self._spend_of = spend_of
@@ -85,6 +135,36 @@ class ReservationBook:
                 return ledger.round_usd(sum(held[0] for held in self._open.values()))
             return ledger.round_usd(self._held.get(budget, 0.0))
 
+    def unsettled_usd(self, budget: str | None = None) -> float:
+        """Spend recorded at a reservation's maximum because an exception closed it
+        (``otel_budget.settlement="unsettled"``): this process's today (`day()`), or
+        within one budget's current window."""
+        with self._lock:
+            if budget is None:
+                if self._day is not None and self._unsettled_day != self._day():
+                    return 0.0
+                return self._unsettled_nanos / ledger.NANOS_PER_USD
+            held = self._unsettled_by_budget.get(budget)
+            if held is None or held[0] != self._window_of(budget):
+                return 0.0
+            return held[1] / ledger.NANOS_PER_USD
+
+    def _note_unsettled(self, usd: float, attributes: Attributes | None) -> None:
+        nanos = round(usd * ledger.NANOS_PER_USD)
+        with self._lock:
+            if self._day is not None:
+                today = self._day()
+                if today != self._unsettled_day:
+                    self._unsettled_day, self._unsettled_nanos = today, 0
+            self._unsettled_nanos += nanos
+            for budget in self._all:
+                if not budget.matches(attributes):
+                    continue
+                window = self._window_of(budget.name)
+                held = self._unsettled_by_budget.get(budget.name)
+                before = held[1] if held is not None and held[0] == window else 0
+                self._unsettled_by_budget[budget.name] = (window, before + nanos)
+
     def open_reservations(self) -> int:
         with self._lock:
             return len(self._open)
@@ -95,14 +175,18 @@ class ReservationBook:
         its lease to cover the estimate (asking the store for more if it does not)."""
         estimate = self._check_amount(estimated_usd, "estimated_usd")
         budgets = self._covering(attributes)
-        with self._lock:
-            self._check(estimate, budgets)
-        if estimate <= 0.0:
-            return
-        for budget in budgets:
-            lease = self._leases.get(budget.name)
-            if lease is not None and lease.remaining() < estimate - ledger.USD_EPSILON:
-                self.fill([lease], estimate)
+        try:
+            with self._lock:
+                self._check(estimate, budgets)
+            if estimate <= 0.0:
+                return
+            for budget in budgets:
+                lease = self._leases.get(budget.name)
+                if lease is not None and lease.remaining() < estimate - ledger.USD_EPSILON:
+                    self.fill([lease], estimate)
+        except BudgetExceeded as exc:
+            self.refused(exc)
+            raise
 
     def reserve(self, max_usd: UsdAmount, attributes: Attributes | None = None, *,
                 on_error: str = "record") -> Reservation:
@@ -111,12 +195,26 @@ class ReservationBook:
         this writer's lease; when the lease cannot cover it, one store round trip asks
         for a new chunk (outside the book's lock)."""
         amount, budgets = self.prepare(max_usd, attributes, on_error)
-        for _ in range(RESERVE_ATTEMPTS):
-            result = self.try_reserve(amount, budgets, attributes, on_error=on_error)
-            if isinstance(result, Reservation):
-                return result
-            self.fill(result, amount)
-        raise self.refusal(budgets, amount)
+        try:
+            for _ in range(RESERVE_ATTEMPTS):
+                result = self.try_reserve(amount, budgets, attributes, on_error=on_error)
+                if isinstance(result, Reservation):
+                    return result
+                self.fill(result, amount)
+            raise self.refusal(budgets, amount)
+        except BudgetExceeded as exc:
+            self.refused(exc)
+            raise
+
+    def refused(self, exc: BudgetExceeded) -> None:
+        """Tell the refusal hook (it must not turn a refusal into another error)."""
+        hook = self._on_refusal
+        if hook is None:
+            return
+        try:
+            hook(exc)
+        except Exception as hook_exc:  # pragma: no cover - RefusalLog.record never raises
+            _log.warning("otel_budget: recording a refusal failed: %s", type(hook_exc).__name__)
 
     def refusal(self, budgets: Sequence[Budget], amount: float) -> BudgetExceeded:
         """The refusal of the first fleet budget among `budgets`."""
@@ -242,9 +340,12 @@ class Reservation:
     ``settle(actual_usd)`` records the actual cost and releases the hold; ``cancel()``
     releases it without recording. Leaving the ``with`` block without either records
     the held maximum (the provider may have billed; over-counting is the safe side
-    of a cap), except that with ``on_error="release"`` an exception leaving the block
-    releases the hold instead (for callers who know the call never reached the
-    provider). A settled amount always wins.
+    of a cap). An exception leaving the block releases the hold when it says the
+    provider did not bill (:func:`provider_did_not_bill`: the SDKs' HTTP status and
+    connection errors), or always with ``on_error="release"``; any other exception
+    records the maximum marked ``otel_budget.settlement="unsettled"`` (counted by
+    :meth:`ReservationBook.unsettled_usd`), so it can be told from billed spend.
+    A settled amount always wins.
     """
 
     def __init__(
@@ -291,10 +392,15 @@ class Reservation:
         on_error="release", release it when `exc` says the block failed)."""
         if self.closed:
             return
-        if exc is not None and self.on_error == "release":
+        if exc is None:
+            self.settle(self.max_usd)
+        elif self.on_error == "release" or provider_did_not_bill(exc):
             self.cancel()
         else:
-            self.settle(self.max_usd)
+            attrs = dict(self._attributes) if self._attributes else {}
+            attrs[SETTLEMENT_ATTR] = UNSETTLED
+            self.settle(self.max_usd, attrs)
+            self._book._note_unsettled(self.max_usd, attrs)
 
     def __enter__(self) -> Reservation:
         return self

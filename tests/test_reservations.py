@@ -104,11 +104,11 @@ def test_unsettled_reservation_records_its_maximum_on_exit() -> None:
     assert ledger.calls == [(0.5, None)]
 
 
-def test_exception_inside_the_block_still_records_the_maximum() -> None:
+def test_exception_inside_the_block_still_records_the_maximum_marked_unsettled() -> None:
     book, ledger = make_book()
     with pytest.raises(RuntimeError, match="provider timed out"), book.reserve(0.75):
         raise RuntimeError("provider timed out")
-    assert ledger.calls == [(0.75, None)]
+    assert ledger.calls == [(0.75, {"otel_budget.settlement": "unsettled"})]
     assert book.held_usd() == 0.0
 
 
@@ -241,3 +241,196 @@ def test_32_threads_never_hold_or_record_more_than_the_cap() -> None:
     assert ledger.spend <= cap + EPS
     assert sum(usd for usd, _ in ledger.calls) <= cap + EPS
     assert book.held_usd() == 0.0 and book.open_reservations() == 0
+
+
+# --- failed calls are not spend (settlement marks) ---------------------------------------
+
+def _request(host: str) -> Any:
+    # The SDKs' transport (what their exceptions carry) is httpx2.
+    import httpx2
+
+    return httpx2.Request("POST", f"https://{host}/v1/chat")
+
+
+def _response(status: int, request: Any) -> Any:
+    import httpx2
+
+    return httpx2.Response(status, request=request)
+
+
+def _not_billed_errors() -> list[BaseException]:
+    """The real SDK exceptions a call raises when the provider did not bill it."""
+    import anthropic
+    import httpx
+    import httpx2
+    import openai
+
+    a_req, o_req = _request("api.anthropic.com"), _request("api.openai.com")
+    return [
+        anthropic.InternalServerError("boom", response=_response(500, a_req),
+                                      body=None),
+        anthropic.RateLimitError("slow down", response=_response(429, a_req),
+                                 body=None),
+        anthropic.APIStatusError("overloaded", response=_response(529, a_req),
+                                 body=None),
+        anthropic.APIConnectionError(request=a_req),
+        anthropic.APITimeoutError(request=a_req),
+        openai.InternalServerError("boom", response=_response(500, o_req),
+                                   body=None),
+        openai.BadRequestError("bad", response=_response(400, o_req), body=None),
+        openai.APIConnectionError(request=o_req),
+        openai.APITimeoutError(request=o_req),
+        httpx2.ConnectError("connection refused", request=o_req),
+        httpx2.ConnectTimeout("connect timed out", request=o_req),
+        httpx.ConnectError("connection refused",
+                           request=httpx.Request("POST", "https://gateway.local/v1")),
+    ]
+
+
+def _billed_or_unknown_errors() -> list[BaseException]:
+    """Exceptions after which the provider may have billed."""
+    import anthropic
+    import httpx2
+
+    req = _request("api.anthropic.com")
+    return [
+        RuntimeError("our own bug after the call"),
+        # An error event inside a stream that had begun (status 200): may be billed.
+        anthropic.APIStatusError("overloaded mid-stream",
+                                 response=_response(200, req), body=None),
+        httpx2.ReadError("connection reset mid-stream", request=req),
+    ]
+
+
+def test_sdk_errors_that_were_not_billed_are_recognised() -> None:
+    from otel_budget.reservations import provider_did_not_bill
+
+    assert all(provider_did_not_bill(exc) for exc in _not_billed_errors())
+    assert not any(provider_did_not_bill(exc) for exc in _billed_or_unknown_errors())
+
+
+@pytest.mark.parametrize("exc", _not_billed_errors(), ids=lambda e: type(e).__module__.split(
+    ".")[0] + "." + type(e).__name__)
+def test_a_not_billed_sdk_error_releases_the_reservation(exc: BaseException) -> None:
+    book, ledger = make_book()
+    with pytest.raises(type(exc)), book.reserve(0.75, {"agent": "coder"}):
+        raise exc
+    assert ledger.calls == []
+    assert book.held_usd() == 0.0 and book.unsettled_usd() == 0.0
+
+
+@pytest.mark.parametrize("exc", _billed_or_unknown_errors(), ids=lambda e: type(e).__name__)
+def test_any_other_exception_records_the_maximum_marked_unsettled(exc: BaseException) -> None:
+    spend: dict[str, float] = {"daily": 0.0, "coder": 0.0, "other": 0.0}
+    calls: list[tuple[float, Any]] = []
+    book = ReservationBook(
+        budgets=[Budget("daily", 10.0, hard=True), Budget("coder", 5.0, match={"agent": "coder"}),
+                 Budget("other", 5.0, match={"agent": "other"})],
+        spend_of=spend.__getitem__, window_of=lambda name: "2026-11-25",
+        record=lambda usd, attrs: calls.append((usd, attrs)),
+        check_amount=lambda value, name: check_amount(value, name, 1e6),
+        day=lambda: "2026-11-25")
+    with pytest.raises(type(exc)), book.reserve(0.75, {"agent": "coder"}):
+        raise exc
+    assert calls == [(0.75, {"agent": "coder", "otel_budget.settlement": "unsettled"})]
+    assert book.unsettled_usd() == 0.75
+    assert (book.unsettled_usd("daily"), book.unsettled_usd("coder"),
+            book.unsettled_usd("other")) == (0.75, 0.75, 0.0)
+
+
+def test_unsettled_spend_counts_today_only() -> None:
+    today = ["2026-11-25"]
+    calls: list[tuple[float, Any]] = []
+    book = ReservationBook(
+        budgets=[Budget("daily", 10.0, hard=True)], spend_of=lambda name: 0.0,
+        window_of=lambda name: today[0], record=lambda usd, attrs: calls.append((usd, attrs)),
+        check_amount=lambda value, name: check_amount(value, name, 1e6),
+        day=lambda: today[0])
+    for _ in range(2):
+        with pytest.raises(KeyError), book.reserve(0.1):
+            raise KeyError("parse failure")
+    assert book.unsettled_usd() == pytest.approx(0.2, abs=1e-12)
+    today[0] = "2026-11-26"
+    assert book.unsettled_usd() == 0.0 and book.unsettled_usd("daily") == 0.0
+    assert len(calls) == 2
+
+
+class MeterRig:
+    """A real BudgetMeter (memory store) with an in-memory metric reader."""
+
+    def __init__(self) -> None:
+        from datetime import datetime, timezone
+
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        from otel_budget import BudgetConfig, BudgetMeter
+        from otel_budget.stores.memory import MemoryStore
+        from tests.conftest import FakeClock
+
+        self.reader = InMemoryMetricReader()
+        config = BudgetConfig(
+            daily_cap_usd=3.0, instance_id="a", collect_interval_s=3600,
+            budgets=[Budget("coder", 2.0, match={"agent": "coder"})])
+        self.meter = BudgetMeter(
+            config, store=MemoryStore(), metric_readers=[self.reader],
+            clock=FakeClock(datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)))
+
+    def spend_points(self) -> dict[tuple[tuple[str, Any], ...], float]:
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        # Series may carry the writer's id (distinct per process): not what is tested here.
+        return {tuple(sorted((k, v) for k, v in (p.attributes or {}).items()
+                             if k != "otel_budget.writer.id")): float(getattr(p, "value", 0))
+                for rm in data.resource_metrics for sm in rm.scope_metrics
+                for m in sm.metrics if m.name == "llm.spend" for p in m.data.data_points}
+
+    def budget(self, name: str) -> dict[str, Any]:
+        return next(b for b in self.meter.budgets() if b["name"] == name)
+
+
+def test_meter_reserve_releases_not_billed_and_marks_the_rest() -> None:
+    rig = MeterRig()
+    meter = rig.meter
+    for exc in _not_billed_errors()[:3]:  # three HTTP 500-ish errors: the issue's case
+        with pytest.raises(type(exc)), meter.reserve(0.1125, {"agent": "coder"}):
+            raise exc
+    assert meter.daily_spend() == 0.0 and meter.reserved_usd() == 0.0
+    with pytest.raises(RuntimeError), meter.reserve(0.25, {"agent": "coder"}):
+        raise RuntimeError("our own bug after the call")
+    with meter.reserve(0.5, {"agent": "coder"}) as r:
+        r.settle(0.125)
+    assert meter.daily_spend() == 0.375
+    assert meter.health()["unsettled_usd"] == 0.25
+    coder = rig.budget("coder")
+    assert coder["spend_usd"] == 0.375 and coder["unsettled_usd"] == 0.25
+    assert rig.budget("daily")["unsettled_usd"] == 0.25
+    meter.collect()
+    points = rig.spend_points()
+    assert points[(("agent", "coder"), ("otel_budget.settlement", "unsettled"))] == 0.25
+    assert points[(("agent", "coder"),)] == 0.125
+    meter.shutdown()
+
+
+def test_meter_areserve_releases_not_billed_and_marks_the_rest() -> None:
+    import asyncio
+
+    rig = MeterRig()
+    meter = rig.meter
+    errors = _not_billed_errors()
+
+    async def main() -> None:
+        for exc in errors:
+            with pytest.raises(type(exc)):
+                async with meter.areserve(0.2, {"agent": "coder"}):
+                    await asyncio.sleep(0)
+                    raise exc
+        with pytest.raises(ValueError):
+            async with meter.areserve(0.3, {"agent": "coder"}):
+                raise ValueError("the response did not parse")
+
+    asyncio.run(main())
+    assert meter.reserved_usd() == 0.0
+    assert meter.daily_spend() == 0.3
+    assert meter.health()["unsettled_usd"] == 0.3
+    assert rig.budget("coder")["unsettled_usd"] == 0.3
+    meter.shutdown()
