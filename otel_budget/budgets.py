@@ -41,7 +41,9 @@ def check_ratios(ratios: Any, where: str) -> tuple[float, ...]:
 class Budget:
     """`match` maps attribute keys to a value or a list of values; a call counts
     toward the budget when its attributes have every key with one of the values
-    (`None` matches every call). `hard` budgets are enforced by `guard`/`reserve`."""
+    (`None` matches every call). `hard` budgets are enforced by `guard`/`reserve`:
+    across the fleet through store leases unless `enforce="process"` is given
+    (`enforce=None`, the default, means "fleet" when hard, else "process")."""
 
     name: str
     cap_usd: float
@@ -49,7 +51,9 @@ class Budget:
     match: Mapping[str, Any] | None = None
     alert_ratios: tuple[float, ...] = (0.8,)
     hard: bool = False
-    enforce: str = "process"
+    #: "fleet" or "process"; None (the default) is resolved at construction: "fleet"
+    #: for a hard budget, else "process". Never None on a built Budget.
+    enforce: str | None = None
     _match: tuple[tuple[str, frozenset[Any]], ...] = field(
         init=False, compare=False, repr=False, hash=False
     )
@@ -73,6 +77,9 @@ class Budget:
                            check_ratios(self.alert_ratios, f"{where}: alert_ratios"))
         if not isinstance(self.hard, bool):
             raise ConfigError(f"{where}: hard: must be true or false, got {self.hard!r}")
+        if self.enforce is None:
+            # Hard means fleet-wide: a per-process cap lets N workers spend N caps.
+            object.__setattr__(self, "enforce", "fleet" if self.hard else "process")
         if self.enforce not in ENFORCE_MODES:
             raise ConfigError(f"{where}: enforce: must be one of {', '.join(ENFORCE_MODES)}, "
                               f"got {self.enforce!r}")
@@ -143,8 +150,10 @@ def _compile_match(match: Any, where: str) -> tuple[tuple[str, frozenset[Any]], 
 
 
 def daily_budget(cap_usd: float, alert_ratios: tuple[float, ...]) -> Budget:
-    """The budget `daily_cap_usd` means: every call, per day, enforced by guard/reserve."""
-    return Budget(DAILY, cap_usd, period="day", match=None, alert_ratios=alert_ratios, hard=True)
+    """The budget `daily_cap_usd` means: every call, per day, enforced by guard/reserve
+    across the fleet."""
+    return Budget(DAILY, cap_usd, period="day", match=None, alert_ratios=alert_ratios, hard=True,
+                  enforce="fleet")
 
 
 _FIELDS = ("name", "cap_usd", "period", "match", "alert_ratios", "hard", "enforce")

@@ -68,6 +68,22 @@ def test_bad_budgets_name_the_budget_and_the_field(kwargs: dict[str, Any], field
     assert field in str(info.value) and repr(kwargs["name"])[:5] in str(info.value)
 
 
+def test_a_hard_budget_is_enforced_across_the_fleet_unless_asked_otherwise(
+        tmp_path: Path) -> None:
+    assert Budget("x", 1.0, hard=True).enforce == "fleet"
+    assert Budget("x", 1.0).enforce == "process"  # a soft budget only alerts
+    assert Budget("x", 1.0, hard=True, enforce="process").enforce == "process"
+    assert Budget("x", 1.0, hard=True, enforce=None).describe()["enforce"] == "fleet"
+    [daily] = BudgetConfig(daily_cap_usd=3.0).all_budgets
+    assert daily.hard and daily.enforce == "fleet"
+    path = tmp_path / "budgets.toml"
+    path.write_text('[[budget]]\nname = "a"\ncap_usd = 1\nhard = true\n\n'
+                    '[[budget]]\nname = "b"\ncap_usd = 1\nhard = true\nenforce = "process"\n\n'
+                    '[[budget]]\nname = "c"\ncap_usd = 1\n')
+    a, b, c = BudgetConfig.from_env({"OTEL_BUDGET_BUDGETS_FILE": str(path)}).all_budgets
+    assert (a.enforce, b.enforce, c.enforce) == ("fleet", "process", "process")
+
+
 def test_budget_names_are_unique_and_one_must_exist() -> None:
     with pytest.raises(ConfigError, match=r"'daily'.*unique"):
         BudgetConfig(daily_cap_usd=5, budgets=[Budget("daily", 3)])
