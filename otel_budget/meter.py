@@ -28,7 +28,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
 
-from . import ledger
+from . import ledger, lifecycle
 from .config import BudgetConfig
 from .errors import BudgetError, ConfigError
 from .health import build_health
@@ -52,6 +52,7 @@ _log = logging.getLogger("otel_budget")
 
 Attributes = Mapping[str, Any]
 INSTANCE_ATTRIBUTE = "otel_budget.instance.id"
+WRITER_ATTRIBUTE = "otel_budget.writer.id"
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
 
 
@@ -244,11 +245,16 @@ class BudgetMeter:
 
     def _register_instruments(self, otel_meter: Meter) -> None:
         ledger_ = self._ledger
+        tracker = self._tracker
 
         def spend(options: CallbackOptions) -> Iterable[Observation]:
             # Integer nanos / 1e9 is the float nearest the exact amount already.
             per_usd = ledger.NANOS_PER_USD
-            return [Observation(nanos / per_usd, attrs) for attrs, nanos in ledger_.export_points()]
+            # Each process's series of its own, whatever resource it shares (workers
+            # under one service.instance.id): summing them gives the fleet's spend.
+            writer = tracker.writer_id
+            return [Observation(nanos / per_usd, {**attrs, WRITER_ATTRIBUTE: writer})
+                    for attrs, nanos in ledger_.export_points()]
 
         otel_meter.create_observable_counter(
             SPEND_INSTRUMENT, callbacks=[spend], unit="USD",
@@ -315,6 +321,8 @@ class BudgetMeter:
             self._tracker.store_round(checkpoint=False, wait=True)  # spooled entries
             self._reader.start_timer()
             atexit.register(self.shutdown)
+            # atexit misses a death by signal and os._exit: see lifecycle.py.
+            lifecycle.register(self)
             self._started = True
         return self
 
@@ -327,11 +335,12 @@ class BudgetMeter:
         self._closed = True
         deadline = time.monotonic() + max(0.0, float(timeout))
         atexit.unregister(self.shutdown)
+        lifecycle.stopping(self)
         self._reader.stop_timer(_left(deadline) * 0.2)
         entries = self._tracker.final_entries()
         # Spool first: a store that hangs past the deadline must not lose the tail.
         self._tracker.spool_entries(entries)
-        done = threading.Event()
+        done = self._final_write_done = threading.Event()
 
         def write() -> None:
             try:
@@ -357,6 +366,12 @@ class BudgetMeter:
                 _log.exception("otel_budget: shutting down the MeterProvider failed")
         if self._owns_store and done.is_set():
             self._store.close()
+        lifecycle.stopped(self)
+
+    def _wait_final_write(self, timeout: float) -> bool:
+        """For a stop signal that interrupts shutdown(): wait for its final write."""
+        done: threading.Event | None = getattr(self, "_final_write_done", None)
+        return done is None or done.wait(max(0.0, timeout))
 
     def __enter__(self) -> BudgetMeter:
         return self.start()
@@ -369,6 +384,7 @@ class BudgetMeter:
 
     async def astart(self) -> BudgetMeter:
         """start() without blocking the event loop on store I/O."""
+        lifecycle.arm()  # signal handlers only install from the main thread: not in start()'s
         return await asyncio.to_thread(self.start)
 
     async def acheckpoint(self) -> bool:

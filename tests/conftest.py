@@ -14,6 +14,7 @@ import pytest
 # told to use the copy it ships; this machine has no internet.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from otel_budget.meter import WRITER_ATTRIBUTE
 from otel_budget.stores.base import PatchStore
 from otel_budget.stores.memory import MemoryStore
 from otel_budget.stores.sqlite import SQLiteStore
@@ -142,5 +143,10 @@ def spend_points(reader: Any) -> dict[tuple[Any, ...], float]:
                 if metric.name == "llm.spend":
                     assert metric.unit == "USD" and metric.data.is_monotonic
                     for p in metric.data.data_points:
-                        out[tuple(sorted(p.attributes.items()))] = p.value
+                        # Every point names its writer (one per process here): the key
+                        # is what the test recorded. tests/test_graceful_stop.py checks
+                        # the writer attribute itself.
+                        attributes = dict(p.attributes)
+                        assert isinstance(attributes.pop(WRITER_ATTRIBUTE), str)
+                        out[tuple(sorted(attributes.items()))] = p.value
     return out

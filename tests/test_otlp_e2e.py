@@ -19,6 +19,7 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
 from otel_budget import BudgetConfig, BudgetMeter, ConfigError
 from otel_budget.autoconfig import from_env, otlp_exporter_from_env, otlp_reader_from_env
+from otel_budget.meter import WRITER_ATTRIBUTE
 from otel_budget.stores.sqlite import SQLiteStore
 from tests.otlp_receivers import GrpcReceiver, HttpReceiver, MetricSeen, metrics_in
 
@@ -74,8 +75,12 @@ def _assert_budget_metrics(metrics: dict[str, MetricSeen], *, instance_id: str) 
     assert (spend.kind, spend.unit, spend.monotonic) == ("sum", "USD", True)
     assert spend.temporality == CUMULATIVE
     assert spend.scope == "otel_budget"
-    assert spend.value(**{"gen_ai.request.model": SONNET, "agent": "cloud_lu"}) == 2.75
-    assert spend.value(**{"gen_ai.request.model": HAIKU, "agent": "ag_lu"}) == 1.25
+    # Each point names its writer, which is this meter's own service instance here.
+    writer = dict(spend.resource)["service.instance.id"]
+    assert spend.value(**{"gen_ai.request.model": SONNET, "agent": "cloud_lu",
+                          WRITER_ATTRIBUTE: writer}) == 2.75
+    assert spend.value(**{"gen_ai.request.model": HAIKU, "agent": "ag_lu",
+                          WRITER_ATTRIBUTE: writer}) == 1.25
 
     for name, unit in GAUGE_UNITS.items():
         assert name in metrics, f"{name} not exported; got {sorted(metrics)}"
@@ -181,7 +186,8 @@ def test_reader_passed_in_directly(
     meter.collect()
     _export_now(meter)
     metrics = metrics_in(otlp_grpc_receiver.get().request)
-    assert metrics["llm.spend"].value(**{"gen_ai.request.model": HAIKU, "agent": "ag_lu"}) == 1.25
+    assert metrics["llm.spend"].value(**{"gen_ai.request.model": HAIKU, "agent": "ag_lu",
+                                          WRITER_ATTRIBUTE: meter.writer_id}) == 1.25
     assert metrics["llm.budget.daily_spend"].value(budget="daily", period="day") == 4.0
     resource = dict(metrics["llm.spend"].resource)
     assert resource["service.instance.id"] == meter.writer_id

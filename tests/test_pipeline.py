@@ -18,6 +18,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData, 
 from opentelemetry.sdk.resources import Resource
 
 from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, BudgetReader, read_day
+from otel_budget.meter import WRITER_ATTRIBUTE
 from otel_budget.stores.sqlite import SQLiteStore
 from tests.conftest import FakeClock
 from tests.otlp_receivers import HttpReceiver, metrics_in
@@ -48,7 +49,8 @@ def test_instruments_live_on_the_apps_provider(tmp_path: Path, clock: FakeClock)
     meter.record(0.5, {"agent": "b"})
     data = app_reader.get_metrics_data()
     assert data is not None
-    assert points(data, "llm.spend") == {(("agent", "a"),): 0.25, (("agent", "b"),): 0.5}
+    writer = (WRITER_ATTRIBUTE, meter.writer_id)
+    assert points(data, "llm.spend") == {(("agent", "a"), writer): 0.25, (("agent", "b"), writer): 0.5}
     spend = next(m for rm in data.resource_metrics for sm in rm.scope_metrics
                  for m in sm.metrics if m.name == "llm.spend")
     assert isinstance(spend.data, Sum) and spend.data.is_monotonic and spend.unit == "USD"
@@ -78,7 +80,8 @@ def test_a_budget_reader_on_a_user_built_provider_checkpoints_the_exact_total(
     meter.collect()
     meter.collect()  # the 2nd collection checkpoints
     assert read_day(store, "2026-11-25")["total_usd"] == 1.0
-    assert points(budget_reader.latest, "llm.spend") == {(("agent", "x"),): 1.0}
+    assert points(budget_reader.latest, "llm.spend") == {
+        (("agent", "x"), (WRITER_ATTRIBUTE, meter.writer_id)): 1.0}
     meter.shutdown()
     provider.shutdown()
     store.close()
@@ -122,6 +125,7 @@ def test_opentelemetry_instrument_app_exports_through_its_one_pipeline(
         meter.record(0.125, {"agent": "a"})
         meter.record(0.25, {"agent": "b"})
         metrics.get_meter("my-app").create_counter("app.requests").add(3)
+        print(meter.writer_id)
         meter.shutdown()
         metrics.get_meter_provider().force_flush()
     """))
@@ -155,8 +159,9 @@ def test_opentelemetry_instrument_app_exports_through_its_one_pipeline(
     assert len(resources) == 1, "one resource: the app's"
     resource = dict(next(iter(resources)))
     assert resource["service.name"] == "instrumented-app"
-    assert seen["llm.spend"].value(agent="a") == 0.125
-    assert seen["llm.spend"].value(agent="b") == 0.25
+    writer = {WRITER_ATTRIBUTE: done.stdout.split()[-1]}
+    assert seen["llm.spend"].value(agent="a", **writer) == 0.125
+    assert seen["llm.spend"].value(agent="b", **writer) == 0.25
     assert seen["llm.budget.remaining"].value(budget="daily", period="day") == 9.625
     assert "app.requests" in seen
     assert "gen_ai.client.token.usage" not in seen

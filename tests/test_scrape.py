@@ -51,6 +51,7 @@ def test_each_scrape_renders_what_was_recorded_up_to_it(
             assert first[("llm_spend_USD_total",
                           (("agent", "a"), ("gen_ai_provider_name", "anthropic"),
                            ("gen_ai_request_model", SONNET),
+                           ("otel_budget_writer_id", meter.writer_id),
                            ("otel_scope_name", "otel_budget"),
                            ("otel_scope_schema_url", ""),
                            ("otel_scope_version", __version__)))] == 0.045864

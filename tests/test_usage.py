@@ -14,6 +14,7 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 
 from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, UnknownModelError, read_day
 from otel_budget.cli.bench_pricing import bench_record_usage
+from otel_budget.meter import WRITER_ATTRIBUTE
 from otel_budget.pricing import ModelPrice, PriceTable
 from otel_budget.stores.memory import MemoryStore
 from otel_budget.usage import TOKEN_BUCKETS
@@ -74,7 +75,8 @@ def test_record_usage_prices_records_spend_and_token_usage(setup: Setup) -> None
 
     [spend] = setup.points("llm.spend")
     assert dict(spend.attributes or {}) == {"agent": "cloud_lu", "gen_ai.request.model": SONNET,
-                                      "gen_ai.provider.name": "anthropic"}
+                                      "gen_ai.provider.name": "anthropic",
+                                      WRITER_ATTRIBUTE: setup.meter.writer_id}
     assert spend.value == 0.0126
 
     assert setup.unit("gen_ai.client.token.usage") == "{token}"
@@ -245,7 +247,8 @@ def test_unsettled_reservation_records_max_through_the_meter(setup: Setup) -> No
         pass
     assert setup.meter.daily_spend() == 0.25
     [spend] = setup.points("llm.spend")
-    assert dict(spend.attributes or {}) == {"agent": "cloud_lu"}
+    assert dict(spend.attributes or {}) == {"agent": "cloud_lu",
+                                            WRITER_ATTRIBUTE: setup.meter.writer_id}
 
 
 def test_reservation_of_another_meter_is_refused(setup: Setup, clock: FakeClock,

@@ -1,0 +1,257 @@
+"""Graceful stops write the final entries, however the process is stopped.
+
+`atexit` covers a process that ends by returning or `sys.exit()`. Three common
+endings skip it, and `BudgetMeter.start()` covers each with no code from the app:
+
+1. **Death by SIGTERM/SIGINT with the default action.** A plain script, a
+   multiprocessing child stopped by `terminate()`, a Celery pool child. While a
+   meter is live, the process's handler for SIGTERM and SIGINT is this module's
+   `_on_signal`, which *chains*: it runs the handler that would otherwise be in
+   place (the server's own, `default_int_handler`, or the default action). Only
+   when that is the default action does it first stop the live meters (their final
+   checkpoint, within `shutdown`'s deadline), then restore the default action and
+   re-raise the signal, so the process still dies by that signal, as it would have.
+2. **A server that restores the default action and re-raises.** uvicorn
+   (`Server.capture_signals`, also under gunicorn's `UvicornWorker`) installs its
+   own handlers around `serve()`, drains, then puts back the handlers it found and
+   calls `signal.raise_signal(sig)`: with the default action the process dies
+   before any exit hook. So that our handler stays the one the kernel calls, while
+   a meter is live `signal.signal` and `signal.getsignal` are wrapped for SIGTERM
+   and SIGINT: a handler installed through them becomes the one `_on_signal`
+   chains to (what `getsignal` then returns), and the return values are what the
+   caller would have seen. The server's handler runs exactly as before; its final
+   re-raise reaches case 1 after its drain, when the last requests' spend is in.
+   Code that calls the builtin through a reference taken before the first meter
+   started bypasses the wrapper and simply replaces our handler (then only
+   `atexit` covers that process, as before).
+3. **`os._exit` after the work.** multiprocessing's forked children end with
+   `os._exit` after running the finalizers of `multiprocessing.util`: one is
+   registered in every process with a live meter, and re-registered in each
+   multiprocessing child (`util.register_after_fork`). Celery's prefork (billiard)
+   children run no finalizers: `otel_budget.celery` stops the meters on Celery's
+   `worker_process_shutdown` signal, connected automatically when celery has been
+   imported by the time a meter starts.
+
+Signal handlers can only be installed from the main thread: a meter started from
+another thread (`astart()` runs `start()` in one) is covered once a meter has armed
+this module from the main thread (`astart()` arms before leaving it). Once the last
+meter has stopped, the main thread puts the original handlers and functions back.
+
+The stop runs in a helper thread joined with a deadline: a handler interrupts the
+main thread wherever it is, possibly inside a lock the final checkpoint needs, and
+the signal must still take effect within the deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, Protocol
+
+_log = logging.getLogger("otel_budget")
+
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+# A little above shutdown's own default, so a meter's deadline is what bounds it.
+STOP_DEADLINE_S = 11.0
+
+
+class Stoppable(Protocol):
+    def shutdown(self, timeout: float = ...) -> None: ...
+
+    def _wait_final_write(self, timeout: float) -> bool: ...
+
+
+_lock = threading.RLock()
+_live: weakref.WeakSet[Stoppable] = weakref.WeakSet()
+_real_signal = signal.signal
+_real_getsignal = signal.getsignal
+# The handler each stop signal would have without us (what we chain to); present
+# only while `_on_signal` is installed for that signal.
+_chained: dict[int, Handler] = {}
+# Meters whose shutdown has begun and whose final write may still be running.
+_closing: weakref.WeakSet[Stoppable] = weakref.WeakSet()
+_mp_armed_pid: int | None = None
+_mp_token: Any = None
+
+
+def register(meter: Stoppable) -> None:
+    """A meter started: stop it on the endings above (see the module docstring)."""
+    with _lock:
+        _live.add(meter)
+    arm()
+    _arm_multiprocessing()
+    if "celery" in sys.modules:
+        from . import celery as _celery
+
+        _celery.connect()
+
+
+def stopping(meter: Stoppable) -> None:
+    """A meter's shutdown began: a stop signal arriving before its final write is
+    done waits for that write instead of cutting it short."""
+    with _lock:
+        _live.discard(meter)
+        _closing.add(meter)
+
+
+def stopped(meter: Stoppable) -> None:
+    """A meter's shutdown ended. The last one puts the original handlers back (main
+    thread only; elsewhere ours stay and only chain, which changes nothing)."""
+    with _lock:
+        _live.discard(meter)
+        _closing.discard(meter)
+        if not _live and not _closing and _on_main_thread():
+            _disarm()
+
+
+def live_meters() -> list[Stoppable]:
+    with _lock:
+        return list(_live)
+
+
+def arm() -> bool:
+    """Install the chaining handlers (main thread only; idempotent). True if armed."""
+    if not _on_main_thread():
+        return bool(_chained)
+    with _lock:
+        for sig in STOP_SIGNALS:
+            if sig in _chained:
+                continue
+            current = _real_getsignal(sig)
+            if current is None:  # installed outside Python: we could not restore it
+                continue
+            _real_signal(sig, _on_signal)
+            _chained[sig] = current
+        if _chained and signal.signal is _real_signal:
+            signal.signal = _signal
+            signal.getsignal = _getsignal
+    return bool(_chained)
+
+
+def _disarm() -> None:
+    for sig, previous in list(_chained.items()):
+        if _real_getsignal(sig) is _on_signal:
+            _real_signal(sig, previous)
+        del _chained[sig]
+    if signal.signal is _signal:
+        signal.signal = _real_signal
+        signal.getsignal = _real_getsignal
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _is_ours(sig: int) -> bool:
+    return sig in _chained and _real_getsignal(sig) is _on_signal
+
+
+def _signal(signalnum: int, handler: Handler) -> Handler:
+    """`signal.signal` while armed: for a stop signal whose handler is ours, the new
+    handler becomes the one we chain to."""
+    if signalnum in _chained and _on_main_thread():
+        with _lock:
+            if _is_ours(signalnum):
+                if handler is None or not (callable(handler) or handler in
+                                           (signal.SIG_DFL, signal.SIG_IGN)):
+                    return _real_signal(signalnum, handler)  # its error
+                previous = _chained[signalnum]
+                _chained[signalnum] = handler
+                return previous
+    return _real_signal(signalnum, handler)
+
+
+def _getsignal(signalnum: int) -> Handler:
+    with _lock:
+        if _is_ours(signalnum):
+            return _chained[signalnum]
+    return _real_getsignal(signalnum)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> Any:
+    previous = _chained.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        # The server's graceful stop (or KeyboardInterrupt): the process ends later by
+        # exiting (atexit) or by re-raising with the default action (below).
+        return previous(signum, frame)
+    if previous == signal.SIG_IGN:
+        return None
+    stop_all(STOP_DEADLINE_S, in_thread=True)
+    # What would have happened without us: the default action, here and now.
+    with _lock:
+        _chained.pop(signum, None)
+        _real_signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+    return None
+
+
+def stop_all(timeout: float = STOP_DEADLINE_S, *, in_thread: bool = False) -> None:
+    """Shut every live meter down within `timeout` seconds in all; a meter already
+    shutting down (in an exit hook this signal interrupted) is waited for."""
+    with _lock:
+        meters = list(_live)
+        closing = list(_closing)
+    if not meters and not closing:
+        return
+    deadline = time.monotonic() + timeout
+
+    def run() -> None:
+        for meter in meters:
+            try:
+                meter.shutdown(max(0.0, deadline - time.monotonic()) * 0.9)
+            except Exception:
+                _log.exception("otel_budget: stopping a meter failed")
+        for meter in closing:
+            meter._wait_final_write(max(0.0, deadline - time.monotonic()))
+
+    if not in_thread:
+        run()
+        return
+    worker = threading.Thread(target=run, name="OtelBudgetStop", daemon=True)
+    worker.start()
+    worker.join(max(0.0, deadline - time.monotonic()))
+    if worker.is_alive():
+        _log.warning("otel_budget: the final checkpoint did not finish within %.1f s "
+                     "of the stop signal; what was not stored stays spooled", timeout)
+
+
+# --- multiprocessing ---------------------------------------------------------------
+
+
+class _Token:
+    """What `multiprocessing.util.register_after_fork` keys on (it holds a weak ref)."""
+
+
+def _arm_multiprocessing() -> None:
+    global _mp_armed_pid, _mp_token
+    pid = os.getpid()
+    if _mp_armed_pid == pid:
+        return
+    from multiprocessing import util
+
+    util.Finalize(None, _finalize, exitpriority=100)
+    if _mp_token is None:
+        _mp_token = _Token()
+        # A multiprocessing child clears the inherited finalizers, then runs these.
+        util.register_after_fork(_mp_token, _rearm_multiprocessing)
+    _mp_armed_pid = pid
+
+
+def _rearm_multiprocessing(_token: object) -> None:
+    global _mp_armed_pid
+    _mp_armed_pid = None
+    if live_meters():
+        _arm_multiprocessing()
+
+
+def _finalize() -> None:
+    stop_all()
