@@ -36,7 +36,14 @@ def build_health(
     if spool and spool.get("entries"):
         reasons.append(f"{spool['entries']} checkpoint(s) spooled locally")
     if state.get("spool_error"):
-        reasons.append("spool not writable")
+        reasons.append(f"spool not writable: {state['spool_error']}")
+    elif spool and spool.get("error"):
+        reasons.append(f"spool unusable: {spool['error']}")
+    set_aside = (spool or {}).get("set_aside") or []
+    if set_aside:
+        known = sum(item.get("spend_usd") or 0.0 for item in set_aside)
+        reasons.append(f"{len(set_aside)} spool file(s) set aside (${known:.6f} where "
+                       "readable): see health()['spool']['set_aside']")
     daily = next((b for b in budgets if b["name"] == "daily"), None)
     return {
         "status": "degraded" if reasons else "ok",

@@ -115,7 +115,7 @@ class BudgetMeter:
         self._tracker = BudgetTracker(
             config, self._store, instance_id=self._instance_id,
             submit_nudge=self._dispatcher.submit, clock=clock,
-            spool=Spool(config.spool_dir, _store_key(self._store)),
+            spool=Spool(config.spool_dir, store=self._store),
         )
         self._ledger = self._tracker.ledger
         self._budget_index = {b.name: b for b in config.all_budgets}
@@ -683,14 +683,3 @@ def _find_budget_reader(provider: MeterProvider) -> BudgetReader | None:
             return reader
     return None
 
-
-def _store_key(store: PatchStore) -> str:
-    """What names a store for the spool: the same database gives the same key in
-    every process on the host."""
-    key = getattr(store, "spool_key", None)
-    if isinstance(key, str) and key:
-        return key
-    path = getattr(store, "path", None)
-    if path is not None:
-        return f"sqlite:{path}"
-    return f"{type(store).__name__}:{id(store)}"

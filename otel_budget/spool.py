@@ -6,31 +6,99 @@ Each file is written whole (temporary file, fsync, rename), so a crash leaves
 either the old file or the new one, never half of one. Files are named by writer,
 day and seq; a replay removes exactly the file it replayed, so it never deletes a
 newer one its owner wrote meanwhile.
+
+What keeps it from being fooled:
+
+- It is keyed by the store's identity (`store.identity()`: SQLite's real path, the
+  PostgreSQL cluster's system identifier and database, the Supabase project),
+  not by the URL's spelling: another spelling of the same database replays what
+  this one spooled, and the same spelling leading elsewhere (`PGDATABASE`) does
+  not. Entries spooled before the store ever answered are kept under where the
+  URL leads as far as it can be told offline (`store.spool_key`), and replayed by
+  the first meter that reaches a store it leads to.
+- It never lives in a shared directory: there is no fallback to the temporary
+  directory, the directories it creates are 0700, and a spool directory another
+  user could write (or one not ours) is refused, named in the error.
+- Every file carries an HMAC-SHA256 over the entry and the store it was meant for,
+  with a per-user key (a 0600 file at the spool's root): a planted, edited, copied
+  or truncated file is set aside (renamed `*.bad`) and never replayed, and every
+  set-aside file is listed by `summary()` with its amount when it can be read.
+- `summary()` (what `health()["spool"]` shows) never raises.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
+import math
 import os
+import re
+import secrets
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import BudgetError
+
 _log = logging.getLogger("otel_budget")
 _SUFFIX = ".json"
+_BAD = ".bad"
+_FORMAT = "otel_budget.spool/3"
+_KEY_FILE = ".spool-key"
+# A spooled entry is a few KB (2,000 attribute sets at most): far more is not ours.
+_MAX_FILE = 16 * 1024 * 1024
+
+
+class SpoolError(BudgetError, OSError):
+    """The spool directory cannot be used safely (shared, not ours, no home)."""
 
 
 def default_spool_dir() -> Path:
-    """$XDG_CACHE_HOME/otel_budget/spool, ~/.cache/otel_budget/spool, or a per-user
-    directory under the temporary directory when there is no usable home."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    if base.startswith("~"):
-        base = os.path.join(tempfile.gettempdir(), f"otel_budget-{os.getuid()}")
+    """$XDG_CACHE_HOME/otel_budget/spool or ~/.cache/otel_budget/spool. Without a
+    home there is no default (SpoolError: set `spool_dir`); a guessable path in the
+    shared temporary directory would let another local user plant spend."""
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if not base or not os.path.isabs(base):
+        home = os.path.expanduser("~")
+        if not home or home.startswith("~") or not os.path.isabs(home):
+            raise SpoolError(
+                "no home directory for the spool (HOME unset); set BudgetConfig(spool_dir=...) "
+                "or OTEL_BUDGET_SPOOL_DIR to a directory of this user's own"
+            )
+        base = os.path.join(home, ".cache")
     return Path(base) / "otel_budget" / "spool"
+
+
+def check_private_chain(directory: Path) -> None:
+    """SpoolError naming the first directory on the way to `directory` that another
+    user could write or replace: one not owned by this user (or root), or writable
+    by group/others without the sticky bit; below a sticky shared directory (the
+    temporary directory), the next one must be ours. `directory` itself must be ours
+    and writable by nobody else."""
+    uid = os.geteuid()
+    real = Path(os.path.realpath(directory))
+    parts = [real, *real.parents][::-1]  # "/" first
+    below_sticky = False
+    for index, part in enumerate(parts):
+        try:
+            st = os.stat(part)
+        except FileNotFoundError:
+            return  # the rest will be created by us, 0700
+        last = index == len(parts) - 1
+        if st.st_uid not in (uid, 0) or ((below_sticky or last) and st.st_uid != uid):
+            raise SpoolError(f"spool directory refused: {str(part)!r} belongs to another user")
+        shared = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if shared and (last or not st.st_mode & stat.S_ISVTX):
+            raise SpoolError(
+                f"spool directory refused: other users can write {str(part)!r} "
+                f"(mode {stat.S_IMODE(st.st_mode):o}); use a directory of this user's own"
+            )
+        below_sticky = bool(shared)
 
 
 @dataclass(frozen=True)
@@ -40,34 +108,151 @@ class SpooledEntry:
 
 
 class Spool:
-    """Spooled entries for one store (`store_key` names it; entries for another store
-    live in another directory and are never replayed here)."""
+    """Spooled entries for one store. Pass the store (`store=`) so the spool is keyed
+    by its identity; a bare `store_key` (older callers) keys it by that text."""
 
-    def __init__(self, directory: str | os.PathLike[str] | None, store_key: str) -> None:
-        root = Path(directory) if directory is not None else default_spool_dir()
-        digest = hashlib.sha256(store_key.encode("utf-8", "backslashreplace")).hexdigest()[:24]
-        self._dir = root / digest
-        self._store_key = store_key
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None,
+        store_key: str | None = None,
+        *,
+        store: Any = None,
+    ) -> None:
+        self._store = store
+        self._root: Path | None
+        self._error: str | None = None
+        try:
+            self._root = (Path(os.path.abspath(directory)) if directory is not None
+                          else default_spool_dir())
+        except SpoolError as exc:
+            self._root, self._error = None, str(exc)
+        locator = store_key if store_key is not None else _locator_of(store)
+        self._locator = f"at:{locator}"
+        self._fixed_identity = store_key is not None and store is None
+        self._mac_key: bytes | None = None
+        self._set_aside: dict[str, dict[str, Any]] = {}
+
+    # --- where --------------------------------------------------------------------
+
+    def _identity(self, *, ask: bool) -> str | None:
+        """The store's identity: known already, or (with `ask`) asked of the store,
+        which may do I/O bounded by the store's own deadlines."""
+        if self._fixed_identity:
+            return self._locator
+        store = self._store
+        if store is None:
+            return None
+        known = getattr(store, "known_identity", None)
+        if isinstance(known, str) and known:
+            return f"id:{known}"
+        ask_store = getattr(store, "identity", None)
+        if not callable(ask_store):
+            return f"id:{type(store).__name__}:{id(store)}"  # a memory store: this object
+        if not ask and hasattr(store, "known_identity"):
+            return None
+        try:
+            value = ask_store()
+        except Exception as exc:
+            _log.debug("otel_budget: the store's identity is unknown yet: %s", exc)
+            return None
+        return f"id:{value}" if isinstance(value, str) and value else None
+
+    def _dir_for(self, key: str) -> Path:
+        if self._root is None:
+            raise SpoolError(self._error or "no spool directory")
+        return self._root / hashlib.sha256(key.encode("utf-8", "backslashreplace")).hexdigest()[:24]
+
+    def _current_key(self) -> str:
+        return self._identity(ask=False) or self._locator
+
+    def _keys(self, *, ask: bool) -> list[str]:
+        """The keys whose entries belong to this store: its identity's, then those
+        spooled (by any meter) before a store this URL leads to had answered."""
+        identity = self._identity(ask=ask)
+        keys = [identity] if identity is not None else []
+        if self._locator not in keys:
+            keys.append(self._locator)
+        return keys
 
     @property
     def directory(self) -> Path:
-        return self._dir
+        """Where this meter spools now (its store's identity's directory once known)."""
+        if self._root is None:
+            return Path(self._error or "")
+        return self._dir_for(self._current_key())
 
     def __repr__(self) -> str:
-        return f"Spool({str(self._dir)!r})"
+        return f"Spool({str(self._root)!r})"
+
+    def _ensure_dir(self, path: Path) -> None:
+        """Create `path` (0700, every missing level) and check the chain to it."""
+        assert self._root is not None
+        check_private_chain(path)
+        missing = [p for p in [path, *path.parents] if not p.exists()][::-1]
+        for level in missing:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(level, 0o700)
+        check_private_chain(path)
+
+    def _key(self) -> bytes:
+        """The per-user MAC key, created once (0600) at the spool's root."""
+        if self._mac_key is not None:
+            return self._mac_key
+        assert self._root is not None
+        self._ensure_dir(self._root)
+        path = self._root / _KEY_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            try:
+                os.write(fd, secrets.token_hex(32).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                raise SpoolError(f"spool key {str(path)!r} is readable or writable by others")
+            key = os.read(fd, 256).strip()
+        finally:
+            os.close(fd)
+        if len(key) < 32:
+            raise SpoolError(f"spool key {str(path)!r} is damaged; remove it")
+        self._mac_key = key
+        return key
+
+    def _mac(self, key: str, entry: dict[str, Any]) -> str:
+        body = json.dumps({"store": key, "entry": entry}, separators=(",", ":"),
+                          sort_keys=True, allow_nan=False)
+        return hmac.new(self._key(), body.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    # --- the tracker's side -------------------------------------------------------
 
     @staticmethod
     def _name(writer_id: str, day: str, seq: int) -> str:
         return f"{writer_id}_{day}_{seq:012d}{_SUFFIX}"
 
     def put(self, entry: dict[str, Any]) -> Path:
-        """Write `entry` durably; remove this (writer, day)'s older files. OSError if
-        the directory cannot be written."""
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Write `entry` durably; remove this (writer, day)'s older files. OSError
+        (SpoolError for an unsafe directory) if it cannot be written."""
+        if self._root is None:
+            raise SpoolError(self._error or "no spool directory")
+        key = self._current_key()
+        directory = self._dir_for(key)
+        self._ensure_dir(directory)
         name = self._name(entry["writer_id"], entry["date"], int(entry["seq"]))
-        path = self._dir / name
-        payload = json.dumps(entry, separators=(",", ":"), sort_keys=True, allow_nan=False)
-        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".tmp-", suffix=_SUFFIX)
+        path = directory / name
+        # The amount leads (outside what the MAC covers, shown only) and the entry
+        # comes last, so a truncated file still tells health() how much it held.
+        amount = _number(entry.get("spend_usd"))
+        payload = ("{" + ",".join(
+            f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'), sort_keys=True, allow_nan=False)}"
+            for k, v in (("format", _FORMAT), ("spend_usd", amount), ("store", key),
+                         ("mac", self._mac(key, entry)), ("entry", entry))) + "}")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=_SUFFIX)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(payload)
@@ -78,80 +263,233 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._fsync_dir()
+        _fsync_dir(directory)
         self.discard(entry["writer_id"], entry["date"], below_seq=int(entry["seq"]))
         return path
 
     def discard(self, writer_id: str, day: str, *, below_seq: int) -> None:
         """Remove this (writer, day)'s files with a seq below `below_seq` (the store,
         or a newer spooled file, holds at least as much)."""
-        prefix = f"{writer_id}_{day}_"
-        try:
-            names = os.listdir(self._dir)
-        except FileNotFoundError:
+        if self._root is None:
             return
-        for name in names:
-            if name.startswith(prefix) and name.endswith(_SUFFIX):
-                try:
-                    seq = int(name[len(prefix):-len(_SUFFIX)])
-                except ValueError:
-                    continue
-                if seq < below_seq:
-                    self._unlink(self._dir / name)
+        prefix = f"{writer_id}_{day}_"
+        for key in self._keys(ask=False):
+            directory = self._dir_for(key)
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            for name in names:
+                if name.startswith(prefix) and name.endswith(_SUFFIX):
+                    try:
+                        seq = int(name[len(prefix):-len(_SUFFIX)])
+                    except ValueError:
+                        continue
+                    if seq < below_seq:
+                        _unlink(directory / name)
 
     def pending(self) -> list[SpooledEntry]:
-        """Every spooled entry, oldest day first. A file that does not parse is set
-        aside (renamed *.bad) and logged, never replayed."""
-        try:
-            names = sorted(os.listdir(self._dir))
-        except FileNotFoundError:
-            return []
+        """Every spooled entry of this store, oldest day first. A file that does not
+        parse or fails its integrity check is set aside (renamed *.bad), logged and
+        listed by summary(), never replayed. A directory another user could write is
+        not read at all (SpoolError)."""
+        return self._pending(ask=True)
+
+    def _pending(self, *, ask: bool) -> list[SpooledEntry]:
+        if self._root is None:
+            raise SpoolError(self._error or "no spool directory")
         out: list[SpooledEntry] = []
-        for name in names:
-            if name.startswith(".") or not name.endswith(_SUFFIX):
+        for key in self._keys(ask=ask):
+            directory = self._dir_for(key)
+            if not directory.exists():
                 continue
-            path = self._dir / name
-            try:
-                entry = json.loads(path.read_text(encoding="utf-8"))
-                if not isinstance(entry, dict) or not isinstance(entry.get("seq"), int):
-                    raise ValueError("not an entry")
-            except FileNotFoundError:
-                continue  # replayed by another process meanwhile
-            except (OSError, ValueError) as exc:
-                _log.error("otel_budget: spool file %s is unreadable (%s); set aside as .bad",
-                           path, type(exc).__name__)
-                with contextlib.suppress(OSError):
-                    os.replace(path, path.with_suffix(".bad"))
-                continue
-            out.append(SpooledEntry(path, entry))
+            check_private_chain(directory)
+            for name in sorted(os.listdir(directory)):
+                if name.startswith(".") or not name.endswith(_SUFFIX):
+                    continue
+                path = directory / name
+                try:
+                    raw = _read_private(path)
+                except FileNotFoundError:
+                    continue  # replayed by another process meanwhile
+                except OSError as exc:
+                    self._put_aside(path, f"unreadable ({type(exc).__name__})", None)
+                    continue
+                entry, problem = self._open_envelope(raw, key)
+                if entry is None:
+                    self._put_aside(path, problem or "damaged", _amount_in(raw))
+                    continue
+                out.append(SpooledEntry(path, entry))
         out.sort(key=lambda item: (str(item.entry.get("date")), item.path.name))
         return out
 
+    def _open_envelope(self, raw: bytes, key: str) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return None, "not JSON (truncated or damaged)"
+        if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+            return None, "not a spool entry of this version (no integrity check)"
+        entry, mac = doc.get("entry"), doc.get("mac")
+        if not isinstance(entry, dict) or not isinstance(mac, str):
+            return None, "malformed spool entry"
+        if doc.get("store") != key:
+            return None, "spooled for another store"
+        try:
+            expected = self._mac(key, entry)
+        except (TypeError, ValueError):
+            return None, "malformed spool entry"
+        if not hmac.compare_digest(expected, mac):
+            return None, "integrity check failed (edited, planted or copied)"
+        if not isinstance(entry.get("seq"), int):
+            return None, "malformed spool entry"
+        return entry, None
+
+    def _put_aside(self, path: Path, reason: str, amount: float | None) -> None:
+        _log.error("otel_budget: spool file %s set aside as .bad: %s", path, reason)
+        target = path.with_suffix(_BAD)
+        with contextlib.suppress(OSError):
+            os.replace(path, target)
+        self._set_aside[target.name] = {"file": str(target), "reason": reason,
+                                        "spend_usd": amount}
+
     def remove(self, item: SpooledEntry) -> None:
-        self._unlink(item.path)
+        _unlink(item.path)
 
     def summary(self) -> dict[str, Any]:
-        items = self.pending()
+        """What health() shows; never raises. `set_aside` lists every *.bad file of
+        this store's directories (with its amount when it can be read)."""
+        try:
+            return self._summary()
+        except Exception as exc:  # health must answer whatever the disk holds
+            return {"entries": None, "spend_usd": None, "days": [], "set_aside": [],
+                    "directory": str(self._root), "error": _describe(exc)}
+
+    def _summary(self) -> dict[str, Any]:
+        if self._root is None:
+            return {"entries": None, "spend_usd": None, "days": [], "set_aside": [],
+                    "directory": None, "error": self._error}
+        error: str | None = None
+        items: list[SpooledEntry] = []
+        try:
+            # Refused even while nothing is spooled: the next outage would need it.
+            check_private_chain(self._root)
+            items = self._pending(ask=False)  # no store I/O for a health report
+        except OSError as exc:
+            error = _describe(exc)
+        total = 0.0
+        for item in items:
+            amount = _number(item.entry.get("spend_usd"))
+            total += amount if amount is not None else 0.0
         return {
             "entries": len(items),
-            "spend_usd": round(sum(float(i.entry.get("spend_usd", 0.0)) for i in items), 9),
+            "spend_usd": round(total, 9),
             "days": sorted({str(i.entry.get("date")) for i in items}),
-            "directory": str(self._dir),
+            "directory": str(self.directory),
+            "set_aside": self._list_set_aside(),
+            "error": error,
         }
 
-    @staticmethod
-    def _unlink(path: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    def _list_set_aside(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for key in self._keys(ask=False):
+            directory = self._dir_for(key)
+            try:
+                names = sorted(os.listdir(directory))
+            except OSError:
+                continue
+            for name in names:
+                if not name.endswith(_BAD) or name.startswith("."):
+                    continue
+                known = self._set_aside.get(name)
+                if known is not None:
+                    out.append(dict(known))
+                    continue
+                try:
+                    amount = _amount_in(_read_private(directory / name))
+                except OSError:
+                    amount = None
+                out.append({"file": str(directory / name), "reason": "set aside earlier",
+                            "spend_usd": amount})
+        return out
 
-    def _fsync_dir(self) -> None:
+
+def _locator_of(store: Any) -> str:
+    key = getattr(store, "spool_key", None)
+    if isinstance(key, str) and key:
+        return key
+    path = getattr(store, "path", None)
+    if path is not None:
+        return f"sqlite:{os.path.realpath(path)}"
+    return f"{type(store).__name__}:{id(store)}"
+
+
+def _read_private(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        data = b""
+        while len(data) <= _MAX_FILE:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return data
+            data += chunk
+        raise OSError(f"{path} is larger than {_MAX_FILE} bytes")
+    finally:
+        os.close(fd)
+
+
+_LEADING_AMOUNT = re.compile(rb'^\{"format":"[^"]*","spend_usd":(-?[0-9][0-9.eE+-]*)[,}]')
+
+
+def _amount_in(raw: bytes) -> float | None:
+    """The amount a damaged or refused file claims, for the health report only."""
+    try:
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        lead = _LEADING_AMOUNT.match(raw)  # a truncated file of ours
+        if lead is None:
+            return None
         try:
-            fd = os.open(self._dir, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+            return _number(float(lead.group(1)))
+        except ValueError:
+            return None
+    if isinstance(doc, dict) and isinstance(doc.get("entry"), dict):
+        doc = doc["entry"]
+    return _number(doc.get("spend_usd")) if isinstance(doc, dict) else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _no_constant(token: str) -> float:
+    raise ValueError(f"{token} is not a number")
+
+
+def _describe(exc: BaseException) -> str:
+    from .redact import describe_exception
+
+    return describe_exception(exc)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -22,6 +22,7 @@ import pytest
 import otel_budget
 from otel_budget import BudgetConfig, BudgetMeter
 from otel_budget.errors import StoreError
+from otel_budget.spool import Spool
 from otel_budget.stores.base import PatchStore
 from otel_budget.stores.postgres import PostgresStore
 from otel_budget.stores.sqlite import SQLiteStore
@@ -96,7 +97,7 @@ def test_postgres_crash_across_midnight_and_shutdown_is_replayed(
         first.record(0.5, {"agent": "a"})
         first.shutdown(timeout=3)  # the store is down: the final entries stay spooled
         spool_dir = tmp_path / "spool"
-        assert len(list(spool_dir.rglob("*.json"))) == 2
+        assert len(list(spool_dir.glob("*/*.json"))) == 2  # one directory per store
 
         server.start()
         second = open_meter()  # a new process on this host, same store and spool_dir
@@ -182,12 +183,11 @@ def _put_raw_writer_row(path: Path, name: str, content: dict[str, Any]) -> None:
                      "VALUES ('budget_writer', ?, ?)", (name, json.dumps(content)))
 
 
-def test_an_entry_refused_for_another_writers_malformed_row_waits_in_the_spool(
+def test_another_writers_malformed_row_is_quarantined_and_our_entry_still_lands(
     sqlite_meter: SQLiteMeter,
 ) -> None:
-    # The store refuses the day while a hand-edited row of another writer is malformed;
-    # our well-formed entry is not to blame: it stays spooled (never set aside) and is
-    # replayed once the row is fixed.
+    # A hand-edited row of another writer no longer blocks the day (issue 17.2): it is
+    # left out and named, our well-formed entry is merged, nothing waits in the spool.
     path, store, meter = sqlite_meter
     bad_name = f"budget_{DAY1.isoformat()}/hand-edited"
     meter.record(1.0, {"agent": "a"})
@@ -196,35 +196,31 @@ def test_an_entry_refused_for_another_writers_malformed_row_waits_in_the_spool(
         "date": DAY1.isoformat(), "writer_id": "hand-edited", "instance_id": "x",
         "spend_usd": "lots", "seq": 1, "updated_at": "x"})
     meter.record(0.5, {"agent": "a"})
-    assert meter.checkpoint() is False
-    spool_dir = Path(_spooled(meter)["directory"])
-    for _ in range(3):
-        meter.collect()
-    assert _spooled(meter)["entries"] == 1 and _spooled(meter)["spend_usd"] == 1.5
-    assert list(spool_dir.glob("*.bad")) == []
-    assert "hand-edited" in str(meter.health()["last_checkpoint"]["error"])
-
-    with closing(sqlite3.connect(path)) as conn, conn:  # the operator fixes the row
-        conn.execute("DELETE FROM quilt_patches WHERE name = ?", (bad_name,))
-    meter.collect()
+    assert meter.checkpoint() is True
     assert _spooled(meter)["entries"] == 0
-    assert otel_budget.read_day(store, DAY1)["total_usd"] == 1.5
+    health = meter.health()
+    assert health["quarantined_rows"] == [bad_name] and health["status"] == "degraded"
+    day = otel_budget.read_day(store, DAY1)
+    assert day["total_usd"] == 1.5 and day["quarantined"] == [bad_name]
 
 
 def test_a_malformed_spooled_entry_is_set_aside_and_the_others_replayed(
-    sqlite_meter: SQLiteMeter,
+    sqlite_meter: SQLiteMeter, tmp_path: Path,
 ) -> None:
+    # Another process on this host spooled both (with a valid integrity check); the
+    # one no store would take is set aside, listed in health, never replayed.
     _, store, meter = sqlite_meter
-    spool_dir = Path(_spooled(meter)["directory"])
-    spool_dir.mkdir(parents=True, exist_ok=True)
+    other = Spool(str(tmp_path / "spool"), store=SQLiteStore(tmp_path / "budget.db"))
     good = {"date": DAY1.isoformat(), "writer_id": "gone-writer", "instance_id": "old",
             "spend_usd": 2.0, "seq": 3, "updated_at": "x"}
-    (spool_dir / f"gone-writer_{DAY1.isoformat()}_000000000003.json").write_text(
-        json.dumps(good))
-    bad = {**good, "writer_id": "broken", "spend_usd": -5}
-    (spool_dir / f"broken_{DAY1.isoformat()}_000000000003.json").write_text(json.dumps(bad))
+    spool_dir = other.put(good).parent
+    other.put({**good, "writer_id": "broken", "spend_usd": -5})
     meter.collect()
     assert [p.name for p in spool_dir.glob("*.bad")] == [
         f"broken_{DAY1.isoformat()}_000000000003.bad"]
-    assert _spooled(meter)["entries"] == 0
+    health = meter.health()
+    assert health["spool"]["entries"] == 0
+    assert [(Path(i["file"]).name, i["spend_usd"]) for i in health["spool"]["set_aside"]] == [
+        (f"broken_{DAY1.isoformat()}_000000000003.bad", -5.0)]
+    assert health["status"] == "degraded"
     assert otel_budget.read_day(store, DAY1)["total_usd"] == 2.0

@@ -213,6 +213,15 @@ class SQLiteStore(ContextStore):
         return f"SQLiteStore({str(self._path)!r})"
 
     def _connection(self) -> sqlite3.Connection:
+    def identity(self) -> str:
+        """The file itself (its real path: symlinks, `..` and relative spellings of
+        the same file agree), for the local spool."""
+        return f"sqlite:{os.path.realpath(self._path)}"
+
+    @property
+    def known_identity(self) -> str:
+        return self.identity()
+
         if self._closed:
             raise StoreError(f"{self!r} is closed")
         # A forked child must not share the parent's connection (SQLite forbids it).
