@@ -139,6 +139,7 @@ class PostgresStore(ContextStore):
             raise ConfigError("store: io_timeout_s must be > 0")
         self._pool_timeout = float(pool_timeout_s)
         self._identity: str | None = None
+        self._spool_key = self._offline_key()
         self._max_size = max_size
         self._closed = False
         self._make_pool: Callable[[], Any] = lambda: ConnectionPool(
@@ -181,8 +182,12 @@ class PostgresStore(ContextStore):
     def spool_key(self) -> str:
         """Where the DSN leads as far as it can be told without connecting: host,
         port, database and user, with libpq's environment defaults (PGDATABASE,
-        PGHOST...) applied, never the password. Spooled entries made before the
-        store ever answered are kept under it; `identity()` names the database."""
+        PGHOST...) as they were when the store was opened, never the password.
+        Spooled entries made before the store ever answered are kept under it;
+        `identity()` names the database."""
+        return self._spool_key
+
+    def _offline_key(self) -> str:
         from psycopg import pq
 
         defaults: dict[str, str] = {}
