@@ -39,6 +39,10 @@ class BudgetConfig:
     max_call_usd: float = DEFAULT_MAX_CALL_USD
     token_metrics: bool | None = None
     lease_ttl_s: float | None = None
+    #: start() returns within this many seconds when the store does not answer.
+    start_timeout_s: float = 5.0
+    #: A claimed alert still undelivered after this long is delivered by another writer.
+    alert_delivery_timeout_s: float = 60.0
     _tz: ZoneInfo = field(init=False, compare=False)
     _all_budgets: tuple[Budget, ...] = field(init=False, compare=False)
 
@@ -98,6 +102,14 @@ class BudgetConfig:
             if not _is_number(ttl) or not math.isfinite(ttl) or not (0.2 <= ttl <= 86_400):
                 raise ConfigError(f"lease_ttl_s must be between 0.2 and 86400 seconds, got {ttl!r}")
             object.__setattr__(self, "lease_ttl_s", float(ttl))
+
+        for key, low, high in (("start_timeout_s", 0.0, 3600.0),
+                               ("alert_delivery_timeout_s", 0.0, 7 * 86_400.0)):
+            value = getattr(self, key)
+            if not _is_number(value) or not math.isfinite(value) or not low <= value <= high:
+                raise ConfigError(f"{key} must be between {low:g} and {high:g} seconds, "
+                                  f"got {value!r}")
+            object.__setattr__(self, key, float(value))
 
         every = self.checkpoint_every
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:

@@ -31,8 +31,20 @@ def build_health(
         reasons.append("reading the store failed")
     if timer_expected and not timer_running:
         reasons.append("collection timer not running")
-    if timer_expected and state["checkpoint_age_s"] > overdue_after_s:
-        reasons.append(f"no checkpoint for {state['checkpoint_age_s']:.0f} s")
+    # Overdue since the last checkpoint, or since start when none reached the store yet.
+    age = state["checkpoint_age_s"]
+    if age is None:
+        age = state.get("uptime_s", 0.0)
+    if timer_expected and age > overdue_after_s:
+        reasons.append(f"no checkpoint for {age:.0f} s")
+    quarantined = state.get("quarantined_rows") or []
+    if quarantined:
+        shown = ", ".join(quarantined[:5]) + (" ..." if len(quarantined) > 5 else "")
+        reasons.append(f"{len(quarantined)} malformed stored row(s) quarantined: {shown}")
+    view = state.get("fleet_view") or {}
+    if view.get("source") == "local copy":
+        reasons.append(f"fleet view from the local copy ({view.get('age_s')} s old): "
+                       "the store has not answered")
     if spool and spool.get("entries"):
         reasons.append(f"{spool['entries']} checkpoint(s) spooled locally")
     if state.get("spool_error"):
@@ -72,6 +84,8 @@ def build_health(
         "pending_nudges": len(pending_nudges),
         "attribute_sets_today": state["attribute_sets_today"],
         "unpriced_calls": unpriced_calls,
+        "quarantined_rows": list(state.get("quarantined_rows") or []),
+        "fleet_view": state.get("fleet_view"),
         # Spend recorded at a reservation's maximum because an exception closed it.
         "unsettled_usd": unsettled_usd,
     }

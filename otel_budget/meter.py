@@ -235,7 +235,8 @@ class BudgetMeter:
         # A private registry: two meters in one process must not collide in the global one.
         self._registry = CollectorRegistry(auto_describe=True)
         ScrapeTimePrometheus(scrape, registry=self._registry)
-        self._reader.bind(self._tracker, interval_s=self._config.collect_interval_s)
+        self._reader.bind(self._tracker, interval_s=self._config.collect_interval_s,
+                          clock=self._tracker.now, tz=self._config.tzinfo)
         self._export_meter = self._export_provider.get_meter(SCOPE_NAME, __version__)
         self._register_instruments(self._export_meter)
         if self._local_provider is not self._export_provider:
@@ -298,7 +299,9 @@ class BudgetMeter:
             ("llm.budget.unflushed", "USD", "This process's spend not yet checkpointed",
              state(lambda s: s["unflushed_usd"])),
             ("llm.budget.checkpoint.age", "s", "Seconds since the last successful checkpoint",
-             state(lambda s: s["checkpoint_age_s"])),
+             # Before the first checkpoint: the time since start (as overdue as that).
+             state(lambda s: s["checkpoint_age_s"] if s["checkpoint_age_s"] is not None
+                   else s["uptime_s"])),
             ("llm.budget.store.up", "{status}", "1 while the store answers, else 0",
              state(lambda s: 1 if s["store_up"] else 0)),
         ]
@@ -308,17 +311,18 @@ class BudgetMeter:
 
     # --- lifecycle ----------------------------------------------------------------
 
-    def start(self, *, strict: bool = True) -> BudgetMeter:
+    def start(self, *, strict: bool = False) -> BudgetMeter:
         """Read the fleet's spend for every budget's window and start the collection
-        timer. A corrupt stored row raises CheckpointError naming it (and is left
-        untouched) unless `strict=False`, which starts degraded instead (a server
-        that must keep serving); an unreachable store only degrades health (retried
-        every collection)."""
+        timer, within `BudgetConfig.start_timeout_s`. A malformed stored row is
+        quarantined (left out, named in health, status degraded) unless
+        `strict=True`, which raises CheckpointError naming it (and leaves it
+        untouched); a store that does not answer in time only degrades health
+        (retried every collection), enforcing meanwhile from the last fleet view
+        kept beside the spool."""
         if self._closed:
             raise BudgetError("this BudgetMeter has been shut down; create a new one")
         if not self._started:
-            self._tracker.restore(strict=strict)
-            self._tracker.store_round(checkpoint=False, wait=True)  # spooled entries
+            self._tracker.start(strict=strict, timeout_s=self._config.start_timeout_s)
             self._reader.start_timer()
             atexit.register(self.shutdown)
             # atexit misses a death by signal and os._exit: see lifecycle.py.
@@ -682,4 +686,3 @@ def _find_budget_reader(provider: MeterProvider) -> BudgetReader | None:
         if isinstance(reader, BudgetReader):
             return reader
     return None
-

@@ -7,13 +7,16 @@ from datetime import date
 from typing import Any
 
 from . import ledger
+from .errors import CheckpointError
+from .fleet import sort_entries
 from .stores.base import PatchStore
 
 
 def read_day(store: PatchStore, day: date | str) -> dict[str, Any]:
     """{"date", "total_usd", "writers", "instances": {instance_id: {"spend_usd",
-    "writers", "updated_at"}}, "by_budget", "by_attributes", "nudges", "legacy"}.
-    A malformed stored row raises CheckpointError naming it."""
+    "writers", "updated_at"}}, "by_budget", "by_attributes", "nudges", "legacy",
+    "quarantined"}. A malformed stored row is left out and named in `quarantined`
+    (row names), never a reason to fail the whole day."""
     if isinstance(day, date):
         name = day.isoformat()
     else:
@@ -21,11 +24,19 @@ def read_day(store: PatchStore, day: date | str) -> dict[str, Any]:
             name = date.fromisoformat(str(day)).isoformat()
         except ValueError:
             raise ValueError(f"day must be a date or 'YYYY-MM-DD', got {day!r:.40}") from None
-    entries = store.writer_entries([name], breakdown=True)
+    quarantined: list[str] = []
+    by_day, bad = sort_entries(store.writer_entries([name], breakdown=True))
+    quarantined.extend(bad)
+    entries = by_day.get(name, [])
     legacy_name = ledger.budget_name(date.fromisoformat(name))
-    legacy = store.get(ledger.BUDGET_TYPE, legacy_name)
-    if legacy is not None:
-        ledger.validate_budget_document(legacy, name=legacy_name)
+    legacy: dict[str, Any] | None
+    try:
+        legacy = store.get(ledger.BUDGET_TYPE, legacy_name)
+        if legacy is not None:
+            ledger.validate_budget_document(legacy, name=legacy_name)
+    except CheckpointError:
+        legacy = None
+        quarantined.append(legacy_name)
     by_budget: dict[str, float] = {}
     breakdown: dict[ledger.AttributesKey, float] = {}
     for entry in entries:
@@ -50,6 +61,7 @@ def read_day(store: PatchStore, day: date | str) -> dict[str, Any]:
         "by_attributes": ledger.map_to_by_attributes(breakdown),
         "nudges": nudges,
         "legacy": legacy is not None,
+        "quarantined": sorted(set(quarantined)),
     }
 
 

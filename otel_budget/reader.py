@@ -16,7 +16,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from opentelemetry.sdk.metrics.export import MetricReader, MetricsData
 
@@ -41,14 +44,21 @@ class BudgetReader(MetricReader):
         self._timer_wanted = False
         self._closed = False
         self._latest: MetricsData | None = None
+        self._clock: Callable[[], datetime] | None = None
+        self._tz: ZoneInfo | None = None
 
     # --- wiring -----------------------------------------------------------------
 
-    def bind(self, tracker: BudgetTracker, *, interval_s: float) -> None:
+    def bind(self, tracker: BudgetTracker, *, interval_s: float,
+             clock: Callable[[], datetime] | None = None, tz: ZoneInfo | None = None) -> None:
+        """`clock` (aware datetimes) and `tz` place the day boundaries the timer wakes
+        up for; by default the tracker's clock and the UTC day."""
         if self._tracker is not None and self._tracker is not tracker:
             raise ValueError("this BudgetReader already serves another BudgetMeter")
         self._tracker = tracker
         self._interval = interval_s
+        self._clock = clock or tracker.now
+        self._tz = tz
 
     def _receive_metrics(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -80,13 +90,14 @@ class BudgetReader(MetricReader):
         return self._thread is not None and self._thread.is_alive()
 
     def _tick(self) -> None:
-        tracker = self._tracker
-        assert tracker is not None
+        clock = self._clock
+        assert clock is not None
+        tz = self._tz or ZoneInfo("UTC")
         interval = self._interval
         next_tick = time.monotonic() + interval
         while True:
-            now = tracker._now()
-            boundary = ledger.next_day_start(now, tracker._config.tzinfo)
+            now = clock()
+            boundary = ledger.next_day_start(now, tz)
             to_boundary = (boundary - now).total_seconds()
             to_tick = next_tick - time.monotonic()
             boundary_first = to_boundary < to_tick

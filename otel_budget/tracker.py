@@ -1,8 +1,10 @@
-"""BudgetTracker: this writer's view of every budget, and its rounds of store I/O.
+"""BudgetTracker: the coordinator of this writer's view of every budget and of its
+rounds of store I/O.
 
-It composes the exact ledger (what this process recorded), the fleet view (what
-the other writers had stored, as last read), the checkpointer (this writer's entry
-to the store, or the spool when the store does not take it) and the alert claims.
+It composes the exact ledger (what this process recorded), the FleetView (what the
+other writers had stored, as last read: immutable, swapped whole; fleet.py), the
+Checkpointer (this writer's entry to the store, or the spool; checkpoint.py) and the
+alert claims (alerts.py).
 
 Locks: `_state` guards the numbers that `daily_spend()`, `budgets()` and `health()`
 read and is only ever held for arithmetic. `_io` serialises store rounds; nothing
@@ -12,61 +14,32 @@ that finds a round running asks it to go again instead of waiting.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
-from . import ledger
+from . import fleet, fleet_cache, ledger
 from .alerts import AlertBook, build_nudge
 from .budgets import Budget
+from .checkpoint import Checkpointer, CheckpointResult, describe, new_writer_id
 from .config import BudgetConfig
-from .errors import BudgetError, CheckpointError, StoreError
-from .redact import describe_exception
+from .errors import CheckpointError, StoreError
+from .fleet import FleetView
 from .spend import DaySnapshot, SpendLedger
 from .spool import Spool
 from .stores.base import PatchStore
-from .stores.entries import writer_entry_problem
+from .stores.entries import MergeResult
 
 _log = logging.getLogger("otel_budget")
 
 Nudge = dict[str, Any]
 
 
-def new_writer_id() -> str:
-    """Unique per process start and per fork: never shared, so never overwritten."""
-    return uuid.uuid4().hex[:16]
-
-
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-@dataclass(frozen=True)
-class CheckpointResult:
-    ok: bool
-    at: str
-    seq: int | None
-    error: str | None = None
-    spooled: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "seq": self.seq, "ok": self.ok, "error": self.error,
-                "spooled": self.spooled}
-
-
-def describe(exc: BaseException) -> str:
-    """A one-line error for logs and health, secrets masked. A foreign exception's text
-    may quote anything (a row's content, a DSN), so only its type is shown."""
-    if isinstance(exc, (BudgetError, OSError)):
-        return describe_exception(exc)
-    return f"{type(exc).__name__} (details withheld: not an otel_budget error)"
 
 
 class BudgetTracker:
@@ -84,14 +57,16 @@ class BudgetTracker:
         self._store = store
         self._budgets = config.all_budgets
         self._instance_id = instance_id
-        self._writer_id = new_writer_id()
         self._submit_nudge = submit_nudge
         self._clock = clock or utc_now
-        self._spool = spool
         self._ledger = SpendLedger(
             self._budgets, tz=config.tzinfo, max_attribute_sets=config.max_attribute_sets,
             clock=clock,
         )
+        self._checkpointer = Checkpointer(store, spool, instance_id=instance_id,
+                                          timezone=config.timezone, started_at=self._now())
+        self._cache_path = (fleet_cache.cache_path(spool.directory, repr(store))
+                            if spool is not None else None)
         self._state = threading.Lock()
         self._io = threading.Lock()
         self._again = False
@@ -102,34 +77,22 @@ class BudgetTracker:
         self._init_state()
 
     def _init_state(self) -> None:
-        now = self._now()
         self._day = self._ledger.day
-        self._started_at = now
         self._started_mono = time.monotonic()
-        self._seq = 0
         self._collections = 0
-        self._others_total = 0.0
-        self._others_budget: dict[str, float] = {}
-        self._legacy_total = 0.0
-        self._legacy_budget: dict[str, float] = {}
+        self._fleet = FleetView()
         self._inherited: DaySnapshot | None = None
-        self._prior: dict[str, float] = {}
         self._stored_own: dict[str, Any] | None = None
         self._pending_final: list[dict[str, Any]] = []
-        self._loaded_day: date | None = None
         self._restore: dict[str, Any] = {"ok": None, "at": None, "error": None}
-        self._last_checkpoint = CheckpointResult(ok=True, at="", seq=None)
-        self._last_checkpoint_attempted = False
-        self._last_success_mono: float | None = None
         self._checkpointed_nanos = 0
-        self._store_up = True
-        self._spool_error: str | None = None
+        self._read_up = True
 
     # --- identity ---------------------------------------------------------------
 
     @property
     def writer_id(self) -> str:
-        return self._writer_id
+        return self._checkpointer.writer_id
 
     @property
     def instance_id(self) -> str:
@@ -143,11 +106,20 @@ class BudgetTracker:
     def budgets_config(self) -> tuple[Budget, ...]:
         return self._budgets
 
+    @property
+    def fleet_view(self) -> FleetView:
+        """The fleet view as last read (immutable)."""
+        return self._fleet
+
     def _now(self) -> datetime:
         now = self._clock()
         if now.tzinfo is None:
             raise ValueError("the clock must return an aware datetime")
         return now
+
+    def now(self) -> datetime:
+        """The tracker's clock (aware), for the reader's day-boundary timer."""
+        return self._now()
 
     # --- fork -------------------------------------------------------------------
 
@@ -158,15 +130,11 @@ class BudgetTracker:
         self._state = threading.Lock()
         self._io = threading.Lock()
         inherited = self._ledger.reset_after_fork()
-        others_total, others_budget = self._others_total, dict(self._others_budget)
-        legacy_total, legacy_budget = self._legacy_total, dict(self._legacy_budget)
-        prior, loaded_day, restore = dict(self._prior), self._loaded_day, dict(self._restore)
+        view, restore = self._fleet, dict(self._restore)
         parent_inherited = self._inherited
-        self._writer_id = new_writer_id()
+        self._checkpointer.new_writer(self._now())
         self._init_state()
-        self._others_total, self._others_budget = others_total, others_budget
-        self._legacy_total, self._legacy_budget = legacy_total, legacy_budget
-        self._prior, self._loaded_day, self._restore = prior, loaded_day, restore
+        self._fleet, self._restore = view, restore
         self._inherited = _merge_snapshots(parent_inherited, inherited)
 
     # --- live reads (no I/O) ----------------------------------------------------
@@ -179,25 +147,23 @@ class BudgetTracker:
             return
         now = self._now().isoformat()
         for snapshot in closed:
-            self._seq += 1
-            self._pending_final.append(self._entry(snapshot, self._seq, now, final=True))
+            seq = self._checkpointer.next_seq()
+            self._pending_final.append(self._checkpointer.entry(snapshot, seq, now, final=True))
         old_day, new_day = self._day, self._ledger.day
         last_own = closed[-1] if closed[-1].day == old_day else None
+        view = self._fleet
+        prior: dict[str, float] = {}
         for budget in self._budgets:
+            name = budget.name
             if ledger.window_id(old_day, budget.period) == ledger.window_id(new_day,
                                                                              budget.period):
-                carried = (self._others_budget.get(budget.name, 0.0)
-                           + self._legacy_budget.get(budget.name, 0.0)
-                           + (self._inherited.budget_usd(budget.name) if self._inherited else 0.0)
-                           + (last_own.budget_usd(budget.name) if last_own else 0.0))
-                self._prior[budget.name] = self._prior.get(budget.name, 0.0) + carried
+                prior[name] = (view.window_budget(name)
+                               + (self._inherited.budget_usd(name) if self._inherited else 0.0)
+                               + (last_own.budget_usd(name) if last_own else 0.0))
             else:
-                self._prior[budget.name] = 0.0
+                prior[name] = 0.0
         self._day = new_day
-        self._others_total = 0.0
-        self._others_budget = {}
-        self._legacy_total = 0.0
-        self._legacy_budget = {}
+        self._fleet = fleet.rolled(view, new_day, prior)
         self._inherited = None
         self._stored_own = None
         self._checkpointed_nanos = 0
@@ -213,16 +179,14 @@ class BudgetTracker:
         self._sync_day_locked()
         day, own_total, own_budgets = self._ledger.today_nanos()
         inherited = self._inherited
-        total = (self._others_total + self._legacy_total + own_total / ledger.NANOS_PER_USD
+        view = self._fleet
+        total = (view.others_total() + own_total / ledger.NANOS_PER_USD
                  + (inherited.total_usd if inherited else 0.0))
         spends = []
         for budget, own in zip(self._budgets, own_budgets, strict=True):
             name = budget.name
-            spends.append(
-                self._prior.get(name, 0.0) + self._others_budget.get(name, 0.0)
-                + self._legacy_budget.get(name, 0.0) + own / ledger.NANOS_PER_USD
-                + (inherited.budget_usd(name) if inherited else 0.0)
-            )
+            spends.append(view.window_budget(name) + own / ledger.NANOS_PER_USD
+                          + (inherited.budget_usd(name) if inherited else 0.0))
         return day, ledger.round_usd(total), [ledger.round_usd(s) for s in spends]
 
     def day_total(self) -> float:
@@ -267,27 +231,43 @@ class BudgetTracker:
 
     def state(self) -> dict[str, Any]:
         """Everything health() shows beyond the budgets."""
+        checkpoints = self._checkpointer.status()
         with self._state:
             day, total, _ = self._view_locked()
             own = self._ledger.today_nanos()[1]
-            since = self._last_success_mono or self._started_mono
+            view = self._fleet
             return {
                 "date": day.isoformat(),
                 "fleet_spend_usd": total,
-                "writer_id": self._writer_id,
+                "writer_id": self._checkpointer.writer_id,
                 "instance_spend_usd": ledger.from_nanos(own),
                 "unflushed_usd": ledger.from_nanos(max(0, own - self._checkpointed_nanos)),
                 "collections": self._collections,
-                "seq": self._seq,
-                "last_checkpoint": self._last_checkpoint.as_dict(),
-                "checkpoint_failed": self._last_checkpoint_attempted and not self._last_checkpoint.ok,
-                "checkpoint_age_s": round(max(0.0, time.monotonic() - since), 3),
-                "store_up": self._store_up,
+                "seq": checkpoints["seq"],
+                "last_checkpoint": checkpoints["last_checkpoint"],
+                "checkpoint_failed": checkpoints["checkpoint_failed"],
+                "checkpoint_age_s": checkpoints["checkpoint_age_s"],
+                "uptime_s": round(max(0.0, time.monotonic() - self._started_mono), 3),
+                "store_up": self._checkpointer.store_up and self._read_up,
                 "restore": dict(self._restore),
                 "pending_final_entries": len(self._pending_final),
-                "spool_error": self._spool_error,
+                "spool_error": checkpoints["spool_error"],
                 "attribute_sets_today": self._ledger.attribute_sets_today(),
+                "quarantined_rows": list(view.quarantined),
+                "fleet_view": self._view_info_locked(view),
             }
+
+    def _view_info_locked(self, view: FleetView) -> dict[str, Any]:
+        age = None
+        if view.read_at is not None:
+            try:
+                age = round(max(0.0, (self._now() - datetime.fromisoformat(view.read_at))
+                                .total_seconds()), 3)
+            except ValueError:
+                age = None
+        return {"source": view.source, "read_at": view.read_at, "age_s": age,
+                "estimated": view.estimated,
+                "carried_usd": ledger.round_usd(sum(s.total_usd for s in view.carried.values()))}
 
     def count_collection(self) -> bool:
         """Count one collection; True when it is a checkpoint one."""
@@ -327,8 +307,13 @@ class BudgetTracker:
             self._sync_day_locked()
             finals = list(self._pending_final)
             day = self._day
-            must_load = self._loaded_day != day
-        if self._replay_spool():
+            must_load = self._fleet.day != day or self._fleet.source != fleet.SOURCE_STORE
+        replayed, own = self._checkpointer.replay_spool()
+        if own:
+            with self._state:
+                for entry in own:
+                    self._note_stored_locked(entry)
+        if replayed:
             must_load = True  # another writer's entries reached the store: read the day again
         for entry in finals:
             if self._write(entry, final=True):
@@ -338,6 +323,8 @@ class BudgetTracker:
             self._load(day)
         if checkpoint:
             self._checkpoint_today()
+        if must_load or checkpoint:
+            self._save_local_copy()
         self._claim_alerts()
         for hook in list(self._round_hooks):
             try:
@@ -349,43 +336,40 @@ class BudgetTracker:
         """Run `hook` at the end of every store round (after the checkpoint)."""
         self._round_hooks.append(hook)
 
-    def _send(self, entry: dict[str, Any]) -> Any:
-        """merge_writer, or retire_writer for an entry marked final (a store written
-        before retire_writer existed merges it)."""
-        if entry.get("final") is True:
-            retire = getattr(self._store, "retire_writer", None)
-            if retire is not None:
-                return retire(entry)
-        return self._store.merge_writer(entry)
-
     def _write(self, entry: dict[str, Any], *, final: bool = False) -> bool:
-        """Merge (or retire) one entry; on failure spool it. True if the store took it."""
-        try:
-            result = self._send(entry)
-        except Exception as exc:
-            message = describe(exc)
-            _log.warning("otel_budget: checkpoint %s of %s failed: %s", entry["seq"],
-                         entry["date"], message)
-            spooled = self._spool_entry(entry)
-            with self._state:
-                self._store_up = isinstance(exc, CheckpointError)
-                self._last_checkpoint = CheckpointResult(
-                    ok=False, at=entry["updated_at"], seq=entry["seq"], error=message,
-                    spooled=spooled)
-                self._last_checkpoint_attempted = True
+        """Merge (or retire) one entry (spooled on failure); a merge of today's entry
+        moves the fleet view to the others' totals it answered. True if stored."""
+        result = self._checkpointer.write(entry)
+        if result is None:
             return False
-        if self._spool is not None:
-            self._spool.discard(entry["writer_id"], entry["date"], below_seq=entry["seq"] + 1)
         with self._state:
-            self._store_up = True
-            self._last_checkpoint = CheckpointResult(ok=True, at=entry["updated_at"],
-                                                     seq=entry["seq"])
-            self._last_checkpoint_attempted = True
-            self._last_success_mono = time.monotonic()
-            if not final and entry["date"] == self._day.isoformat():
-                self._apply_others_locked(result["others"], entry)
             self._note_stored_locked(entry)
+            today = entry["date"] == self._day.isoformat()
+        if not final and today:
+            self._apply_merge(result, entry)
         return True
+
+    def _apply_merge(self, result: MergeResult, entry: Mapping[str, Any]) -> None:
+        """The next fleet view from a merge's answer. When some other writer left a
+        budget out (a rolling deploy: its configuration is older), today's entries are
+        read to compute that budget from its breakdown: never blind to that writer."""
+        others = result["others"]
+        entries: list[dict[str, Any]] | None = None
+        if fleet.incomplete(others, self._budgets):
+            try:
+                entries = self._store.writer_entries([str(entry["date"])], breakdown=True)
+            except Exception as exc:
+                _log.warning("otel_budget: reading the entries of %s failed (the budgets "
+                             "some writers lack stay estimated): %s", entry["date"],
+                             describe(exc))
+        at = self._now().isoformat()
+        with self._state:
+            if self._day.isoformat() != entry["date"]:
+                return
+            self._fleet = fleet.after_merge(
+                self._fleet, day=self._day, budgets=self._budgets, others=others,
+                entries=entries, writer_id=self._checkpointer.writer_id, read_at=at)
+            self._inherited = None
 
     def _note_stored_locked(self, entry: Mapping[str, Any]) -> None:
         """Our own entry for today is in the store: the fleet view must not count it
@@ -395,191 +379,170 @@ class BudgetTracker:
         if self._stored_own is None or int(self._stored_own["seq"]) < int(entry["seq"]):
             self._stored_own = dict(entry)
 
-    def _spool_entry(self, entry: dict[str, Any]) -> bool:
-        if self._spool is None:
-            return False
-        try:
-            self._spool.put(entry)
-        except OSError as exc:
-            with self._state:
-                self._spool_error = describe(exc)
-            _log.error("otel_budget: cannot spool checkpoint to %s: %s", self._spool,
-                       describe(exc))
-            return False
-        with self._state:
-            self._spool_error = None
-        return True
-
-    def _replay_spool(self) -> bool:
-        """True if the store took a spooled entry of another writer (one of ours is
-        noted as stored, like any checkpoint of ours)."""
-        if self._spool is None:
-            return False
-        try:
-            pending = self._spool.pending()
-        except OSError:
-            return False
-        replayed = False
-        for item in pending:
-            problem = _spooled_entry_problem(item.entry)
-            if problem is not None:
-                _log.error("otel_budget: spooled entry %s is malformed (%s); set aside",
-                           item.path.name, problem)
-                with contextlib.suppress(OSError):
-                    os.replace(item.path, item.path.with_suffix(".bad"))
-                continue
-            try:
-                self._send(item.entry)
-            except Exception:
-                # The store is down, or refuses a well-formed entry because of what it
-                # holds (a malformed row of the day): keep them all for a later round.
-                return replayed
-            if item.entry.get("writer_id") == self._writer_id:
-                with self._state:
-                    self._note_stored_locked(item.entry)
-            else:
-                replayed = True
-            self._spool.remove(item)
-            _log.info("otel_budget: replayed spooled checkpoint %s", item.path.name)
-        return replayed
-
     def _checkpoint_today(self) -> None:
         with self._state:
             self._sync_day_locked()
-            self._seq += 1
             snapshot = self._ledger.snapshot()
             if snapshot.day != self._day:  # crossed midnight between the two reads
                 return
-            entry = self._entry(snapshot, self._seq, self._now().isoformat())
+            entry = self._checkpointer.entry(snapshot, self._checkpointer.next_seq(),
+                                             self._now().isoformat())
         if self._write(entry):
             with self._state:
                 if snapshot.day == self._day:
                     self._checkpointed_nanos = snapshot.total_nanos
 
-    def _entry(self, snapshot: DaySnapshot, seq: int, stamp: str, *,
-               final: bool = False) -> dict[str, Any]:
-        entry = {
-            "date": snapshot.day.isoformat(),
-            "writer_id": self._writer_id,
-            "instance_id": self._instance_id,
-            "timezone": self._config.timezone,
-            "spend_usd": snapshot.total_usd,
-            "seq": seq,
-            "updated_at": stamp,
-            "started_at": self._started_at.isoformat(),
-            "by_attributes": [
-                {"attributes": _jsonable(attrs), "spend_usd": ledger.from_nanos(nanos)}
-                for attrs, nanos in sorted(snapshot.by_attributes, key=lambda item: -item[1])
-            ],
-            "by_budget": {name: ledger.from_nanos(n) for name, n in snapshot.by_budget.items()},
-        }
-        if final:
-            # This writer's last entry for the day (shutdown, or a closed day): the
-            # store retires its row into the day's summary. Kept by the spool, so a
-            # replay retires too.
-            entry["final"] = True
-        return entry
-
-    def _apply_others_locked(self, others: Mapping[str, Any], own: Mapping[str, Any]) -> None:
-        self._others_total = float(others["total_usd"])
-        writers = int(others.get("writers", 0))
-        counts = others.get("budget_writers") or {}
-        reported = others.get("by_budget") or {}
-        for budget in self._budgets:
-            if int(counts.get(budget.name, 0)) >= writers:
-                self._others_budget[budget.name] = float(reported.get(budget.name, 0.0))
-            # else: some writer predates this budget; keep the estimate from the load.
-        self._inherited = None
-
     def _load(self, day: date) -> None:
         """Read the fleet's spend for every budget's window up to today (one call for
-        all the days), the v1 document of today, and the alerts already claimed."""
+        all the days), the v1 document of today, and the alerts already claimed. A
+        malformed row is quarantined (left out, named), never fatal."""
         days = {day}
         for budget in self._budgets:
             days.update(ledger.window_days_before(day, budget.period))
         names = sorted(d.isoformat() for d in days)
         at = self._now().isoformat()
+        legacy_bad: list[str] = []
         try:
             totals = self._store.day_totals(names)
-            incomplete = [
-                name for name in names
-                if any(int(totals[name]["budget_writers"].get(b.name, 0))
-                       < int(totals[name]["writers"]) for b in self._budgets)
-            ]
+            incomplete = [n for n in names if fleet.incomplete(totals[n], self._budgets)]
             entries = self._store.writer_entries(incomplete) if incomplete else []
             legacy_name = ledger.budget_name(day)
-            legacy = self._store.get(ledger.BUDGET_TYPE, legacy_name)
-            if legacy is not None:
-                ledger.validate_budget_document(legacy, name=legacy_name)
+            legacy: dict[str, Any] | None
+            try:
+                legacy = self._store.get(ledger.BUDGET_TYPE, legacy_name)
+                if legacy is not None:
+                    ledger.validate_budget_document(legacy, name=legacy_name)
+            except CheckpointError as exc:
+                _log.error("otel_budget: quarantined %s: %s", legacy_name, describe(exc))
+                legacy, legacy_bad = None, [legacy_name]
             claimed = [
                 (budget.name, window, ratio)
                 for budget in self._budgets
                 for window in [ledger.window_id(day, budget.period)]
                 for ratio in budget.alert_ratios
-                if self._store.get(ledger.NUDGE_TYPE,
-                                   ledger.budget_nudge_name(budget.name, window, ratio))
-                is not None
+                if self._claim_exists(ledger.budget_nudge_name(budget.name, window, ratio))
             ]
         except Exception as exc:
             message = describe(exc)
             with self._state:
                 self._restore = {"ok": False, "at": at, "error": message}
-                self._store_up = isinstance(exc, CheckpointError)
+                self._read_up = isinstance(exc, CheckpointError)
             _log.warning("otel_budget: reading the budgets of %s failed (will retry): %s",
                          day, message)
             return
-        by_day_entries: dict[str, list[dict[str, Any]]] = {}
-        for entry in entries:
-            if entry.get("writer_id") != self._writer_id:
-                by_day_entries.setdefault(str(entry.get("date")), []).append(entry)
-        legacy_items = [item for e in ((legacy or {}).get("instances") or {}).values()
-                        for item in e.get("by_attributes", [])]
-
-        def spend_on(budget: Budget, name: str) -> float:
-            day_totals = totals[name]
-            if name not in incomplete:
-                return float(day_totals["by_budget"].get(budget.name, 0.0))
-            return sum(
-                float(e["by_budget"][budget.name]) if budget.name in (e.get("by_budget") or {})
-                else ledger.spend_of_breakdown(e.get("by_attributes") or [], budget.matches)
-                for e in by_day_entries.get(name, [])
-            )
-
-        today = day.isoformat()
         with self._state:
             if self._day != day:
                 return  # the day moved on while we read; the next round loads again
-            own = self._stored_own or {}
-            own_budget = own.get("by_budget") or {}
-            self._others_total = max(0.0, float(totals[today]["total_usd"])
-                                     - float(own.get("spend_usd", 0.0)))
-            self._legacy_total = ledger.document_total(legacy) if legacy else 0.0
-            for budget in self._budgets:
-                name = budget.name
-                self._prior[name] = ledger.round_usd(sum(
-                    spend_on(budget, d.isoformat())
-                    for d in ledger.window_days_before(day, budget.period)))
-                own_share = 0.0 if today in incomplete else float(own_budget.get(name, 0.0))
-                self._others_budget[name] = max(0.0, spend_on(budget, today) - own_share)
-                self._legacy_budget[name] = (
-                    ledger.document_total(legacy) if legacy and budget.match is None
-                    else ledger.spend_of_breakdown(legacy_items, budget.matches))
+            view = fleet.from_load(
+                self._fleet, day=day, budgets=self._budgets, totals=totals, entries=entries,
+                legacy=legacy, writer_id=self._checkpointer.writer_id, own=self._stored_own,
+                read_at=at, legacy_quarantined=legacy_bad)
+            if view.quarantined:
+                _log.error("otel_budget: malformed stored rows left out of the fleet view "
+                           "(quarantined): %s", ", ".join(view.quarantined))
+            self._fleet = view
             for key in claimed:
                 self._alerts.mark_claimed(*key)
-            self._loaded_day = day
             self._restore = {"ok": True, "at": at, "error": None,
                              "days_read": len(names), "legacy_document": legacy is not None}
-            self._store_up = True
+            self._read_up = True
+
+    # --- the local copy of the fleet view (fleet_cache.py) -------------------------
+
+    def _save_local_copy(self) -> None:
+        """Keep what the fleet had spent beside the spool, for a process that starts
+        while the store does not answer."""
+        if self._cache_path is None:
+            return
+        with self._state:
+            if self._fleet.source != fleet.SOURCE_STORE:
+                return
+            day, total, spends = self._view_locked()
+            windows = {b.name: (ledger.window_id(day, b.period), spend)
+                       for b, spend in zip(self._budgets, spends, strict=True)}
+            read_at = self._fleet.read_at
+        try:
+            fleet_cache.save(self._cache_path, day=day, total_usd=total, windows=windows,
+                             read_at=read_at)
+        except OSError as exc:
+            _log.debug("otel_budget: cannot keep the fleet view beside the spool: %s",
+                       describe(exc))
+
+    def _use_local_copy(self) -> bool:
+        """Start from the local copy while the store has not answered. True if used."""
+        if self._cache_path is None:
+            return False
+        with self._state:
+            if self._fleet.source == fleet.SOURCE_STORE:
+                return False
+            day = self._day
+            windows = {b.name: ledger.window_id(day, b.period) for b in self._budgets}
+        view = fleet_cache.load(self._cache_path, day=day, windows=windows)
+        if view is None:
+            return False
+        with self._state:
+            if self._fleet.source == fleet.SOURCE_STORE or self._day != day:
+                return False
+            self._fleet = view
+        _log.warning("otel_budget: the store has not answered; enforcing from the local "
+                     "copy of the fleet view (read at %s)", view.read_at)
+        return True
+
+    def start(self, *, strict: bool, timeout_s: float) -> None:
+        """The first load and store round, bounded: returns within `timeout_s` when
+        the store does not answer (the round goes on in the background, the timer's
+        rounds retry), enforcing from the local copy meanwhile. With `strict`, a
+        malformed stored row raises CheckpointError (when the store answered in time)."""
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def first() -> None:
+            try:
+                self.restore(strict=strict)
+                self.store_round(checkpoint=False, wait=True)  # spooled entries
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=first, name="OtelBudgetStart", daemon=True)
+        worker.start()
+        if not done.wait(max(0.0, timeout_s)):
+            _log.warning("otel_budget: the store did not answer within %.1f s at start; "
+                         "starting degraded (retried every collection)", timeout_s)
+            with self._state:
+                self._restore = {"ok": False, "at": self._now().isoformat(),
+                                 "error": f"the store did not answer within {timeout_s:g} s"}
+            self._use_local_copy()
+            return
+        if errors:
+            raise errors[0]
+        with self._state:
+            loaded = self._fleet.source == fleet.SOURCE_STORE
+        if not loaded:
+            self._use_local_copy()
+
+    def _claim_exists(self, name: str) -> bool:
+        try:
+            return self._store.get(ledger.NUDGE_TYPE, name) is not None
+        except CheckpointError:
+            return True  # a row is there, however malformed: someone claimed it
 
     def restore(self, *, strict: bool) -> None:
-        """The first load, at start(): a store that answers with a corrupt row raises
-        CheckpointError when `strict`; an unreachable one only degrades health."""
+        """The first load, at start(). Malformed rows are quarantined and an unreachable
+        store only degrades health; with `strict`, a corrupt row (or a store that answers
+        with an error) raises CheckpointError naming it."""
         with self._io:
             self._load(self.day)
         with self._state:
             restore = dict(self._restore)
-        if strict and restore.get("ok") is False and self._store_up:
+            quarantined = list(self._fleet.quarantined)
+        if not strict:
+            return
+        if restore.get("ok") is False and self._read_up:
             raise CheckpointError(str(restore.get("error")))
+        if quarantined:
+            raise CheckpointError("malformed stored rows (quarantined): " + ", ".join(quarantined))
 
     def _claim_alerts(self) -> None:
         with self._state:
@@ -600,7 +563,7 @@ class BudgetTracker:
                 inserted = self._store.insert_if_absent(ledger.NUDGE_TYPE, name, nudge)
             except Exception as exc:
                 with self._state:
-                    self._store_up = False
+                    self._read_up = False
                 _log.warning("otel_budget: claiming %s failed (will retry): %s", name,
                              describe(exc))
                 continue
@@ -618,14 +581,14 @@ class BudgetTracker:
             self._ledger.roll_if_due()
             self._sync_day_locked()
             entries = list(self._pending_final)
-            self._seq += 1
-            entries.append(self._entry(self._ledger.snapshot(), self._seq,
-                                       self._now().isoformat(), final=True))
+            entries.append(self._checkpointer.entry(
+                self._ledger.snapshot(), self._checkpointer.next_seq(),
+                self._now().isoformat(), final=True))
             return entries
 
     def spool_entries(self, entries: Iterable[dict[str, Any]]) -> None:
         for entry in entries:
-            self._spool_entry(entry)
+            self._checkpointer.spool_entry(entry)
 
     def write_entries(self, entries: Iterable[dict[str, Any]]) -> bool:
         ok = True
@@ -634,25 +597,7 @@ class BudgetTracker:
         return ok
 
     def spool_summary(self) -> dict[str, Any] | None:
-        if self._spool is None:
-            return None
-        try:
-            return self._spool.summary()
-        except OSError as exc:
-            return {"entries": None, "error": describe(exc)}
-
-
-def _spooled_entry_problem(entry: dict[str, Any]) -> str | None:
-    """What makes a spooled entry one no store would take (a hand-edited file, one from
-    another version), or None: only such entries are set aside."""
-    problem = writer_entry_problem(entry)
-    if problem is None and "retired" in entry:
-        problem = "retired is set by the store, not by a writer"
-    return problem
-
-
-def _jsonable(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in attributes.items()}
+        return self._checkpointer.spool_summary()
 
 
 def _merge_snapshots(a: DaySnapshot | None, b: DaySnapshot) -> DaySnapshot:

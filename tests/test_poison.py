@@ -116,18 +116,21 @@ HAND_EDITS: list[Any] = [
 def test_hand_edited_legacy_rows_are_a_checkpoint_error_naming_the_row(
         store: PatchStore, clock: FakeClock, content: Any) -> None:
     assert store.insert_if_absent("budget", "budget_2026-11-25", content)
-    with pytest.raises(CheckpointError, match="budget_2026-11-25"):
-        read_day(store, "2026-11-25")
+    day = read_day(store, "2026-11-25")
+    assert day["quarantined"] == ["budget_2026-11-25"] and day["total_usd"] == 0.0
     config = BudgetConfig(daily_cap_usd=10, collect_interval_s=3600)
     meter = BudgetMeter(config, store=store, clock=clock)
     with pytest.raises(CheckpointError, match="budget_2026-11-25"):
-        meter.start()
+        meter.start(strict=True)
     meter.shutdown()
-    # A server keeps going: degraded, saying why, still counting and checkpointing.
-    meter = BudgetMeter(config, store=store, clock=clock).start(strict=False)
+    # By default (a server keeps going): degraded, naming the row, counting and
+    # checkpointing.
+    meter = BudgetMeter(config, store=store, clock=clock).start()
     meter.record(1.0)
     health = meter.health()
-    assert health["status"] == "degraded" and "budget_2026-11-25" in health["restore"]["error"]
+    assert health["status"] == "degraded"
+    assert health["quarantined_rows"] == ["budget_2026-11-25"]
+    assert any("budget_2026-11-25" in reason for reason in health["reasons"])
     assert meter.checkpoint() is True
     meter.shutdown()
 
@@ -143,6 +146,11 @@ def test_status_on_a_hand_edited_row_is_one_line(tmp_path: Path) -> None:
         [sys.executable, "-m", "otel_budget.cli", "status", "--store",
          f"sqlite:///{tmp_path}/b.db", "--date", "2026-11-25", "--json"],
         capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert "budget_2026-11-25" in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert json.dumps(done.stdout) == '""'
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert json.loads(done.stdout)["quarantined"] == ["budget_2026-11-25"]
+    text = subprocess.run(
+        [sys.executable, "-m", "otel_budget.cli", "status", "--store",
+         f"sqlite:///{tmp_path}/b.db", "--date", "2026-11-25"],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert text.returncode == 0 and "Traceback" not in text.stderr, text.stderr
+    assert "quarantined (malformed, not counted): budget_2026-11-25" in text.stdout

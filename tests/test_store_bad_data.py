@@ -158,18 +158,34 @@ def test_a_malformed_stored_row_is_reported_and_never_overwritten(
     assert other["applied"] is True
 
 
-@pytest.mark.parametrize("field", ["spend_usd", "by_budget"])
-def test_a_malformed_amount_in_another_writers_row_is_reported_not_counted_as_zero(
-    kind: Kind, field: str
+QUARANTINED_AMOUNTS = {
+    "spend_usd text": {"spend_usd": "abc"},
+    "spend_usd negative": {"spend_usd": -5},
+    "spend_usd absurd": {"spend_usd": 1e13},
+    "by_budget text": {"by_budget": {"daily": "x"}},
+    "by_budget negative": {"by_budget": {"daily": -1}},
+    "by_budget a list": {"by_budget": [1]},
+}
+
+
+@pytest.mark.parametrize("bad", QUARANTINED_AMOUNTS.values(), ids=list(QUARANTINED_AMOUNTS))
+def test_a_malformed_amount_in_another_writers_row_is_quarantined_not_counted_as_zero(
+    kind: Kind, bad: dict[str, Any]
 ) -> None:
-    bad = _entry("b", 1.0, 1) | (
-        {"spend_usd": "abc"} if field == "spend_usd" else {"by_budget": {"daily": "x"}})
-    kind.put_raw(WRITER_TYPE, writer_row_name(DAY, "b"), json.dumps(bad))
-    with pytest.raises(CheckpointError, match="budget_2026-11-25/b"):
-        kind.store.day_totals([DAY])
-    with pytest.raises(CheckpointError, match="budget_2026-11-25/b"):
-        kind.store.merge_writer(_entry("a", 1.0, 1))
-    assert kind.raw(WRITER_TYPE, writer_row_name(DAY, "a")) is None, "nothing written"
+    """The row is left out and named; the rest of the day still counts, and a merge
+    of another writer still lands (one bad row must not block the fleet)."""
+    kind.store.merge_writer(_entry("c", 2.5, 1) | {"by_budget": {"daily": 2.5}})
+    row = _entry("b", 1.0, 1) | bad
+    kind.put_raw(WRITER_TYPE, writer_row_name(DAY, "b"), json.dumps(row))
+    totals = kind.store.day_totals([DAY])[DAY]
+    assert totals["quarantined"] == [writer_row_name(DAY, "b")]
+    assert totals["total_usd"] == 2.5 and totals["writers"] == 1
+    assert totals["by_budget"] == {"daily": 2.5}
+    result = kind.store.merge_writer(_entry("a", 1.0, 1))
+    assert result["applied"] is True
+    assert result["others"]["quarantined"] == [writer_row_name(DAY, "b")]
+    assert result["others"]["total_usd"] == 2.5
+    assert kind.raw(WRITER_TYPE, writer_row_name(DAY, "b")) is not None, "left as it was"
 
 
 # --- a malformed summary row (the day's retired writers) --------------------------------

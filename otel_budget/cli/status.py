@@ -80,8 +80,11 @@ def status_report(store: PatchStore, day: date, budgets: list[str] | None = None
 
 
 def format_status(report: dict[str, Any]) -> str:
+    quarantined = report.get("quarantined") or []
+    warning = (f"quarantined (malformed, not counted): {', '.join(quarantined)}"
+               if quarantined else None)
     if not report["found"]:
-        return f"{report['date']}: nothing recorded yet"
+        return f"{report['date']}: nothing recorded yet" + (f"\n{warning}" if warning else "")
     lines = [f"{report['date']}: ${report['total_usd']:.6f} spent by {report['writers']} "
              f"writer(s) in {len(report['instances'])} instance(s)", "budgets (this day):"]
     for name, usd in report["by_budget"].items():
@@ -102,4 +105,6 @@ def format_status(report: dict[str, Any]) -> str:
             f"by {nudge['instance_id']} at {nudge['created_at']}")
     if not report["nudges"]:
         lines.append("nudges: none")
+    if warning:
+        lines.append(warning)
     return "\n".join(lines)

@@ -26,6 +26,9 @@ SUMMARY_TYPE = "budget_summary"
 LEGACY_TYPE = "budget"
 
 MAX_ID_CHARS = 200
+#: The largest amount a stored row may hold: max_call_usd's default (1e6) times a
+#: million calls. A bigger one is a hand edit or a foreign row, never spend.
+MAX_STORED_USD = 1e12
 _DECIMALS = 9
 _DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
@@ -37,6 +40,9 @@ class DayTotals(TypedDict):
     updated_at: str | None
     by_budget: dict[str, float]
     budget_writers: dict[str, int]
+    #: Names of the day's writer rows left out of the sums because an amount they
+    #: hold is not one (quarantined: named, never counted as 0, never fatal).
+    quarantined: list[str]
 
 
 class MergeResult(TypedDict):
@@ -69,12 +75,12 @@ def is_day(value: Any) -> bool:
 
 
 def is_amount(value: Any) -> bool:
-    """A stored amount: a finite number >= 0 (not a bool)."""
+    """A stored amount: a finite number >= 0 and <= MAX_STORED_USD (not a bool)."""
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
         and math.isfinite(value)
-        and value >= 0
+        and 0 <= value <= MAX_STORED_USD
     )
 
 
@@ -192,15 +198,35 @@ def _to_usd(total: Decimal) -> float:
 
 def empty_totals(day: str) -> DayTotals:
     return {"date": day, "total_usd": 0.0, "writers": 0, "updated_at": None,
-            "by_budget": {}, "budget_writers": {}}
+            "by_budget": {}, "budget_writers": {}, "quarantined": []}
+
+
+def amounts_problem(entry: Any) -> str | None:
+    """What makes a stored writer row unfit for a day's sums (its spend_usd or
+    by_budget), or None. Cheaper than writer_entry_problem: only what a sum reads."""
+    if not isinstance(entry, Mapping):
+        return f"content is {type(entry).__name__}, expected an object"
+    if not is_amount(entry.get("spend_usd")):
+        return f"spend_usd is {entry.get('spend_usd')!r:.60}, not an amount"
+    budgets = entry.get("by_budget")
+    if budgets is None:
+        return None
+    if not isinstance(budgets, Mapping):
+        return "by_budget must be an object"
+    for key, value in budgets.items():
+        if not isinstance(key, str) or not is_amount(value):
+            return f"by_budget[{key!r:.60}] is {value!r:.60}, not an amount"
+    return None
 
 
 def summarize(
-    day: str, entries: Iterable[Mapping[str, Any]], *, base: Mapping[str, Any] | None = None
+    day: str, entries: Iterable[Mapping[str, Any]], *, base: Mapping[str, Any] | None = None,
+    quarantined: Iterable[str] = (),
 ) -> DayTotals:
     """The day's totals over `entries` (valid writer entries), plus the summary row
     `base` (valid, see `summary_problem`) if given. Sums are exact decimals of the
-    stored JSON numbers, rounded once to 1e-9, as in SQL."""
+    stored JSON numbers, rounded once to 1e-9, as in SQL. `quarantined` names the
+    rows the caller left out."""
     total = Decimal(0)
     writers = 0
     updated: str | None = None
@@ -228,6 +254,7 @@ def summarize(
         "updated_at": updated,
         "by_budget": {k: _to_usd(v) for k, v in sorted(budgets.items())},
         "budget_writers": dict(sorted(counts.items())),
+        "quarantined": sorted(set(quarantined)),
     }
 
 
@@ -389,6 +416,7 @@ def totals_from_json(day: str, value: Any) -> DayTotals:
             "budget_writers": {
                 str(k): int(v) for k, v in sorted((value.get("budget_writers") or {}).items())
             },
+            "quarantined": sorted(str(n) for n in (value.get("quarantined") or [])),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"day totals for {day} are malformed: {exc!r}") from None

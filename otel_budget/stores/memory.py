@@ -24,6 +24,7 @@ from .entries import (
     WRITER_TYPE,
     DayTotals,
     MergeResult,
+    amounts_problem,
     check_days,
     normalize_writer_entry,
     plan_write,
@@ -94,7 +95,7 @@ class MemoryStore(ContextStore):
                 stored = validate_writer_entry(
                     self._rows[(WRITER_TYPE, name)], where=f"row {WRITER_TYPE}/{name}")
             plan = plan_write(checked, stored, self._summary(day), retire=retire)
-            # Summed before writing: a malformed row elsewhere fails the write whole.
+            # Summed before writing; a malformed row elsewhere is named, not summed.
             others = self._summarize(day, exclude=name, base=plan["others_base"])
             if plan["row"] is not None:
                 self._rows[(WRITER_TYPE, name)] = copy.deepcopy(plan["row"])
@@ -136,14 +137,18 @@ class MemoryStore(ContextStore):
                    base: dict[str, Any] | None) -> DayTotals:
         """`base` (the summary row) plus the day's writer rows not retired."""
         rows = []
+        bad = []
         for name in sorted(self._days.get(day, ())):
             if name == exclude:
                 continue
-            row = validate_writer_entry(
-                self._rows[(WRITER_TYPE, name)], where=f"row {WRITER_TYPE}/{name}")
-            if row.get("retired") is not True:
-                rows.append(row)
-        return summarize(day, rows, base=base)
+            row = self._rows[(WRITER_TYPE, name)]
+            if isinstance(row, dict) and row.get("retired") is True:
+                continue
+            if amounts_problem(row) is not None:
+                bad.append(name)  # quarantined: named, left out, never fatal
+                continue
+            rows.append(row)
+        return summarize(day, rows, base=base, quarantined=bad)
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
         self._check_open()

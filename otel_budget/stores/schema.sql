@@ -545,16 +545,27 @@ set search_path = ''
 as $fn$
 declare
     v_result jsonb;
-    v_bad text;
 begin
     with days as (
         select distinct u.day from pg_catalog.unnest(p_days) as u(day) where u.day is not null
     ),
-    wr as materialized (
+    -- Every live row of the days. One whose amounts are not amounts (a number in
+    -- [0, 1e12]; otel_budget.stores.entries.amounts_problem: `amount` null or
+    -- `budgets_ok` false) is left out of the sums and named in "quarantined": a
+    -- hand-edited or foreign row must not zero the whole day.
+    raw as materialized (
         select q.name, r.date as day, r.spend_usd as spend, r.updated_at, r.by_budget,
                case when jsonb_typeof(r.spend_usd) = 'number'
-                    then case when r.spend_usd::numeric >= 0 then r.spend_usd::numeric end
-               end as amount
+                    then case when r.spend_usd::numeric between 0 and 1e12
+                              then r.spend_usd::numeric end
+               end as amount,
+               (r.by_budget is null or jsonb_typeof(r.by_budget) = 'null'
+                or (jsonb_typeof(r.by_budget) = 'object'
+                    and not exists (
+                        select 1 from pg_catalog.jsonb_each(r.by_budget) as e
+                         where case when jsonb_typeof(e.value) = 'number'
+                                    then (e.value #>> '{}')::numeric not between 0 and 1e12
+                                    else true end))) as budgets_ok
           from public.quilt_patches as q
          cross join lateral pg_catalog.jsonb_to_record(q.content)
                as r("date" text, spend_usd jsonb, updated_at text, by_budget jsonb)
@@ -563,6 +574,14 @@ begin
            and not (q.content ? 'retired')
            and (p_exclude_writer is null
                 or q.name <> 'budget_' || r.date || '/' || p_exclude_writer)
+    ),
+    wr as (
+        select w.* from raw as w where w.amount is not null and w.budgets_ok
+    ),
+    bad as (
+        select w.day, pg_catalog.jsonb_agg(w.name order by w.name) as names
+          from raw as w where w.amount is null or not w.budgets_ok
+         group by w.day
     ),
     sm as materialized (
         select d.day,
@@ -615,20 +634,14 @@ begin
                'writers', coalesce(t.writers, 0) + coalesce((s.content ->> 'writers')::bigint, 0),
                'updated_at', greatest(t.updated_at, s.content ->> 'updated_at'),
                'by_budget', coalesce(b.by_budget, '{}'::jsonb),
-               'budget_writers', coalesce(b.budget_writers, '{}'::jsonb))), '{}'::jsonb),
-           coalesce((select min(w.name) from wr as w where w.amount is null),
-                    (select min(p.name) from per_budget as p where p.amount is null)
-                    || ' (by_budget)')
-      into v_result, v_bad
+               'budget_writers', coalesce(b.budget_writers, '{}'::jsonb),
+               'quarantined', coalesce(x.names, '[]'::jsonb))), '{}'::jsonb)
+      into v_result
       from days as d
       left join totals as t on t.day = d.day
       left join budgets as b on b.day = d.day
-      left join sm as s on s.day = d.day;
-    if v_bad is not null then
-        raise exception using
-            errcode = 'OB002',
-            message = format('row budget_writer/%s: an amount is not a number >= 0', v_bad);
-    end if;
+      left join sm as s on s.day = d.day
+      left join bad as x on x.day = d.day;
     return v_result;
 end
 $fn$;
@@ -639,8 +652,9 @@ $fn$;
 -- "total_usd", "writers", "updated_at", "by_budget", "budget_writers"}}. Every
 -- day in p_days is a key, zero when it has no rows. Equal to
 -- otel_budget.stores.entries.summarize over ALL the day's writer rows (retired
--- ones through the summary); an amount that is not a number >= 0 raises OB002
--- naming its row (never counted as 0), as does a malformed summary row.
+-- ones through the summary); a row whose amount is not a number in [0, 1e12] is
+-- left out and named in "quarantined" (never counted as 0, never fatal); a
+-- malformed summary row raises OB002.
 --
 -- Cost: the live rows come from the quilt_patches_writer_live index, and each
 -- row's content is read (detoasted) once, by jsonb_to_record; the writer to leave

@@ -40,6 +40,7 @@ from .entries import (
     WRITER_TYPE,
     DayTotals,
     MergeResult,
+    amounts_problem,
     check_days,
     normalize_writer_entry,
     plan_write,
@@ -499,30 +500,21 @@ class SQLiteStore(ContextStore):
     @staticmethod
     def _totals(conn: sqlite3.Connection, day: str, *, exclude: str | None,
                 base: dict[str, Any] | None) -> DayTotals:
-        """`base` (the summary row) plus the day's writer rows not retired."""
+        """`base` (the summary row) plus the day's writer rows not retired; a row whose
+        amounts are not amounts is left out and named (quarantined), never fatal."""
         rows: list[dict[str, Any]] = []
+        bad: list[str] = []
         for name, spend, updated_at, by_budget in conn.execute(_DAY_ROWS, (day,)):
             if name == exclude:
                 continue
-            where = f"row {WRITER_TYPE}/{name}"
             entry: dict[str, Any] = {"spend_usd": spend, "updated_at": updated_at}
             if by_budget is not None:
                 try:
                     entry["by_budget"] = json.loads(by_budget)
                 except ValueError:
-                    raise CheckpointError(f"{where}: by_budget is not JSON") from None
-            _check_amounts(entry, where=where)
+                    entry["by_budget"] = by_budget  # a string: amounts_problem names it
+            if amounts_problem(entry) is not None:
+                bad.append(name)
+                continue
             rows.append(entry)
-        return summarize(day, rows, base=base)
-
-
-def _check_amounts(entry: dict[str, Any], *, where: str) -> None:
-    """The parts of another writer's row the day's sum reads, checked cheaply."""
-    probe = {
-        "date": "2000-01-01", "writer_id": "w", "instance_id": "i", "seq": 0,
-        "updated_at": entry["updated_at"] if isinstance(entry["updated_at"], str) else "",
-        "spend_usd": entry["spend_usd"],
-    }
-    if "by_budget" in entry:
-        probe["by_budget"] = entry["by_budget"]
-    validate_writer_entry(probe, where=where)
+        return summarize(day, rows, base=base, quarantined=bad)

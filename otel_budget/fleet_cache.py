@@ -1,0 +1,107 @@
+"""The last fleet view, kept in a small file beside the spool.
+
+A process that starts while the store does not answer enforces and reports at least
+what the fleet had spent, from this copy, instead of $0: every budget's spend over
+its window (this writer's own included: a restarted process is a new writer, and
+what its predecessor spent is the fleet's) and the day's total, as last read.
+
+Written atomically (a temporary file, fsync, rename; 0600) in the spool's root
+directory, one file per store (keyed by the store's description, which carries no
+secret). A missing, unreadable or malformed copy is ignored: it only ever raises
+the floor the fleet view starts from, and the store's answer replaces it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from . import ledger
+from .fleet import SOURCE_LOCAL, FleetView, Spend
+from .stores.entries import MAX_STORED_USD
+
+_log = logging.getLogger("otel_budget")
+_VERSION = 1
+_MAX_BYTES = 1 << 20
+
+
+def cache_path(spool_directory: Path, store_key: str) -> Path:
+    """The copy's file: in the spool's root (the parent of the store's spool directory)."""
+    digest = hashlib.sha256(store_key.encode("utf-8", "backslashreplace")).hexdigest()[:24]
+    return spool_directory.parent / f"fleet-{digest}.json"
+
+
+def save(path: Path, *, day: date, total_usd: float, windows: Mapping[str, tuple[str, float]],
+         read_at: str | None) -> None:
+    """Write the copy: `windows` is budget name -> (window id, fleet spend in it)."""
+    content = {
+        "version": _VERSION, "day": day.isoformat(), "total_usd": ledger.round_usd(total_usd),
+        "read_at": read_at,
+        "budgets": {name: {"window": w, "spend_usd": ledger.round_usd(s)}
+                    for name, (w, s) in sorted(windows.items())},
+    }
+    data = json.dumps(content, sort_keys=True, allow_nan=False).encode()
+    if not path.parent.is_dir():
+        return  # the spool has not made its root yet: nothing to keep beside
+    fd, tmp = tempfile.mkstemp(prefix=".fleet-", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: Path, *, day: date, windows: Mapping[str, str]) -> FleetView | None:
+    """The view the copy gives for `day` (budget name -> its current window id), or
+    None when there is no usable copy. Only windows still current count."""
+    try:
+        if path.stat().st_size > _MAX_BYTES or path.stat().st_uid != os.getuid():
+            return None
+        content = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(content, dict) or content.get("version") != _VERSION:
+        return None
+    budgets = content.get("budgets")
+    if not isinstance(budgets, dict):
+        return None
+    prior: dict[str, float] = {}
+    for name, window in windows.items():
+        item = budgets.get(name)
+        if isinstance(item, dict) and item.get("window") == window and _amount(
+                item.get("spend_usd")):
+            prior[name] = float(item["spend_usd"])
+    total = content.get("total_usd")
+    today_total = 0.0
+    if content.get("day") == day.isoformat() and isinstance(total, (int, float)) and _amount(total):
+        today_total = float(total)
+    if not prior and not today_total:
+        return None
+    read_at = content.get("read_at")
+    return FleetView(
+        day=day, others=Spend.of(today_total, {}), prior=MappingProxyType(prior),
+        source=SOURCE_LOCAL, read_at=read_at if isinstance(read_at, str) else None)
+
+
+def _amount(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and 0 <= value <= MAX_STORED_USD)
+
+
+__all__ = ["cache_path", "load", "save"]

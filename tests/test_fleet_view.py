@@ -1,0 +1,204 @@
+"""FleetView built from plain dicts: no database. The rules: a budget a writer's
+entry lacks counts from its breakdown (never blind), a malformed row is left out and
+named while what it last held is carried (quarantine, never zero), a new day starts
+from what its windows carried over."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import pytest
+
+from otel_budget import Budget
+from otel_budget.fleet import (
+    SOURCE_LOCAL,
+    SOURCE_NONE,
+    SOURCE_STORE,
+    FleetView,
+    after_merge,
+    from_load,
+    rolled,
+)
+from otel_budget.fleet_cache import cache_path, load, save
+from otel_budget.stores.entries import DayTotals, summarize, writer_row_name
+
+DAY = date(2026, 11, 25)
+TODAY = DAY.isoformat()
+DAILY = Budget("daily", 10.0)
+TEAM = Budget("team", 5.0, match={"team": "a"})
+WEEK = Budget("week", 50.0, period="week")
+AT = "2026-11-25T10:00:00+00:00"
+
+
+def entry(writer: str, items: list[tuple[dict[str, Any], float]], *,
+          budgets: tuple[Budget, ...] | None, day: str = TODAY) -> dict[str, Any]:
+    """A writer entry; `budgets` None: one from a writer whose configuration has none."""
+    total = round(sum(usd for _, usd in items), 9)
+    out: dict[str, Any] = {
+        "date": day, "writer_id": writer, "instance_id": "host", "spend_usd": total,
+        "seq": 1, "updated_at": AT,
+        "by_attributes": [{"attributes": a, "spend_usd": usd} for a, usd in items],
+    }
+    if budgets is not None:
+        out["by_budget"] = {b.name: round(sum(usd for a, usd in items if b.matches(a)), 9)
+                            for b in budgets}
+    return out
+
+
+def totals_of(day: str, entries: list[dict[str, Any]], *,
+              quarantined: tuple[str, ...] = ()) -> DayTotals:
+    return summarize(day, entries, quarantined=quarantined)
+
+
+def test_a_writer_without_a_budget_counts_for_it_from_its_breakdown_at_load() -> None:
+    old = entry("old", [({"team": "a"}, 4.0), ({"team": "b"}, 3.0)], budgets=(DAILY,))
+    new = entry("new", [({"team": "a"}, 1.0)], budgets=(DAILY, TEAM))
+    view = from_load(FleetView(), day=DAY, budgets=(DAILY, TEAM),
+                     totals={TODAY: totals_of(TODAY, [old, new])}, entries=[old, new],
+                     legacy=None, writer_id="new", own=new, read_at=AT)
+    assert view.others_budget("team") == 4.0, "the old writer's team spend, from its breakdown"
+    assert view.others_budget("daily") == 7.0
+    assert view.others_total() == 7.0
+    assert view.source == SOURCE_STORE and view.quarantined == ()
+
+
+def test_writers_with_different_budget_sets_agree_after_every_merge() -> None:
+    """Two writers, one configured with `team` and one not: each one's view of every
+    budget, plus its own spend, is the fleet's exact spend."""
+    old = entry("old", [({"team": "a"}, 4.0), ({"team": "b"}, 3.0)], budgets=(DAILY,))
+    new = entry("new", [({"team": "a"}, 1.0), ({"team": "b"}, 0.5)], budgets=(DAILY, TEAM))
+    fleet_team = 5.0
+    # The writer with `team` merges: the others (old) lack it, so entries are read.
+    prev = FleetView(day=DAY, source=SOURCE_STORE)
+    view_new = after_merge(prev, day=DAY, budgets=(DAILY, TEAM),
+                           others=totals_of(TODAY, [old]), entries=[old, new],
+                           writer_id="new", read_at=AT)
+    assert view_new.others_budget("team") + 1.0 == fleet_team
+    assert not view_new.estimated
+    # The old writer (no `team` in its configuration) sees daily exactly.
+    view_old = after_merge(prev, day=DAY, budgets=(DAILY,), others=totals_of(TODAY, [new]),
+                           entries=None, writer_id="old", read_at=AT)
+    assert view_old.others_budget("daily") + 7.0 == 8.5
+    # Without the entries (a failed read), the last figure is kept, marked estimated.
+    stale = after_merge(view_new, day=DAY, budgets=(DAILY, TEAM),
+                        others=totals_of(TODAY, [old]), entries=None, writer_id="new",
+                        read_at=AT)
+    assert stale.estimated and stale.others_budget("team") == 4.0
+
+
+def test_the_overflow_bucket_is_the_only_estimate() -> None:
+    old = entry("old", [({"team": "a"}, 2.0), ({"otel.metric.overflow": True}, 9.0)],
+                budgets=(DAILY,))
+    view = after_merge(FleetView(day=DAY, source=SOURCE_STORE), day=DAY,
+                       budgets=(DAILY, TEAM), others=totals_of(TODAY, [old]),
+                       entries=[old], writer_id="me", read_at=AT)
+    assert view.others_budget("team") == 2.0
+    assert view.others_budget("daily") == 11.0
+
+
+def test_a_quarantined_row_is_named_and_its_last_good_spend_is_carried() -> None:
+    a = entry("a", [({}, 3.0)], budgets=(DAILY,))
+    b = entry("b", [({}, 2.0)], budgets=(DAILY,))
+    good = after_merge(FleetView(day=DAY, source=SOURCE_STORE), day=DAY, budgets=(DAILY,),
+                       others=totals_of(TODAY, [a, b]), entries=None, writer_id="me",
+                       read_at=AT)
+    assert good.others_budget("daily") == 5.0
+    # b's row turns malformed: the store leaves it out and names it.
+    name = writer_row_name(TODAY, "b")
+    a2 = entry("a", [({}, 3.5)], budgets=(DAILY,))
+    bad = after_merge(good, day=DAY, budgets=(DAILY,),
+                      others=totals_of(TODAY, [a2], quarantined=(name,)), entries=None,
+                      writer_id="me", read_at=AT)
+    assert bad.quarantined == (name,)
+    # b's $2 is carried (less a's growth since the last read: a lower bound).
+    assert bad.others_budget("daily") == pytest.approx(5.0)
+    assert bad.others_budget("daily") >= 3.5 + 2.0 - 0.5
+    # Still quarantined at the next merge: what was carried stays carried.
+    later = after_merge(bad, day=DAY, budgets=(DAILY,),
+                        others=totals_of(TODAY, [entry("a", [({}, 4.0)], budgets=(DAILY,))],
+                                         quarantined=(name,)),
+                        entries=None, writer_id="me", read_at=AT)
+    assert later.others_budget("daily") == pytest.approx(4.0 + 1.5)
+    # Repaired: it counts again from the store, nothing carried.
+    b_fixed = entry("b", [({}, 2.5)], budgets=(DAILY,))
+    fixed = after_merge(later, day=DAY, budgets=(DAILY,),
+                        others=totals_of(TODAY, [entry("a", [({}, 4.0)], budgets=(DAILY,)),
+                                                 b_fixed]),
+                        entries=None, writer_id="me", read_at=AT)
+    assert fixed.quarantined == () and fixed.others_budget("daily") == 6.5
+
+
+def test_a_row_known_good_from_its_entry_carries_that_entry() -> None:
+    old = entry("old", [({"team": "a"}, 4.0)], budgets=(DAILY,))
+    view = after_merge(FleetView(day=DAY, source=SOURCE_STORE), day=DAY,
+                       budgets=(DAILY, TEAM), others=totals_of(TODAY, [old]),
+                       entries=[old], writer_id="me", read_at=AT)
+    name = writer_row_name(TODAY, "old")
+    assert name in view.writers
+    bad = after_merge(view, day=DAY, budgets=(DAILY, TEAM),
+                      others=totals_of(TODAY, [], quarantined=(name,)), entries=None,
+                      writer_id="me", read_at=AT)
+    assert bad.others_budget("team") == 4.0 and bad.others_budget("daily") == 4.0
+
+
+def test_malformed_entries_read_for_a_breakdown_are_quarantined_not_fatal() -> None:
+    good = entry("good", [({"team": "a"}, 1.0)], budgets=(DAILY,))
+    broken = entry("broken", [({"team": "a"}, 1.0)], budgets=(DAILY,))
+    broken["by_attributes"] = [{"attributes": {"team": "a"}, "spend_usd": "lots"}]
+    view = from_load(FleetView(), day=DAY, budgets=(DAILY, TEAM),
+                     totals={TODAY: totals_of(TODAY, [good, broken])},
+                     entries=[good, broken, "not an entry"], legacy=None, writer_id="me",
+                     own=None, read_at=AT)
+    assert view.quarantined == (writer_row_name(TODAY, "broken"),)
+    assert view.others_budget("team") == 1.0
+
+
+def test_prior_days_of_a_week_count_every_writer_and_a_new_day_carries_them() -> None:
+    monday = "2026-11-23"
+    mine = entry("me", [({}, 2.0)], budgets=(DAILY, WEEK), day=monday)
+    theirs = entry("them", [({}, 3.0)], budgets=(DAILY, WEEK), day=monday)
+    tuesday = "2026-11-24"
+    days = {monday: totals_of(monday, [mine, theirs]), tuesday: totals_of(tuesday, []),
+            TODAY: totals_of(TODAY, [])}
+    view = from_load(FleetView(), day=DAY, budgets=(DAILY, WEEK), totals=days, entries=[],
+                     legacy=None, writer_id="me", own=None, read_at=AT)
+    assert view.window_budget("week") == 5.0 and view.window_budget("daily") == 0.0
+    nxt = rolled(view, date(2026, 11, 26), {"week": 7.0, "daily": 0.0})
+    assert nxt.source == SOURCE_NONE and nxt.window_budget("week") == 7.0
+
+
+def test_a_legacy_document_counts_by_budget() -> None:
+    legacy = {"instances": {"x": {"spend_usd": 2.0, "seq": 1, "by_attributes": [
+        {"attributes": {"team": "a"}, "spend_usd": 1.5},
+        {"attributes": {"team": "b"}, "spend_usd": 0.5}]}}}
+    view = from_load(FleetView(), day=DAY, budgets=(DAILY, TEAM),
+                     totals={TODAY: totals_of(TODAY, [])}, entries=[], legacy=legacy,
+                     writer_id="me", own=None, read_at=AT)
+    assert view.others_budget("daily") == 2.0 and view.others_budget("team") == 1.5
+
+
+def test_the_view_is_immutable() -> None:
+    view = FleetView(day=DAY)
+    with pytest.raises(AttributeError):
+        view.day = None  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        view.prior["daily"] = 1.0  # type: ignore[index]
+
+
+def test_the_local_copy_round_trips_the_current_windows_only(tmp_path: Any) -> None:
+    spool_dir = tmp_path / "spool" / "abc"
+    spool_dir.mkdir(parents=True)
+    path = cache_path(spool_dir, "SQLiteStore('/x.db')")
+    save(path, day=DAY, total_usd=7.5, windows={"daily": (TODAY, 7.5), "week": ("2026-W47", 9.0)},
+         read_at=AT)
+    assert path.parent == spool_dir.parent and oct(path.stat().st_mode & 0o777) == "0o600"
+    view = load(path, day=DAY, windows={"daily": TODAY, "week": "2026-W48"})
+    assert view is not None and view.source == SOURCE_LOCAL and view.read_at == AT
+    assert view.window_budget("daily") == 7.5
+    assert view.window_budget("week") == 0.0, "an ended window is not carried"
+    assert view.others_total() == 7.5
+    assert load(path, day=date(2026, 11, 26), windows={"daily": "2026-11-26"}) is None
+    path.write_text('{"version": 1, "budgets": {"daily": {"window": "2026-11-25", '
+                    '"spend_usd": -5}}}')
+    assert load(path, day=DAY, windows={"daily": TODAY}) is None, "a negative amount is ignored"
