@@ -53,7 +53,11 @@ _KV_SECRET = re.compile(
     rf"""(?ix)(?<![?&;\w.-])({_SECRET_NAME})(\s*=\s*)
         ( '(?:[^'\\]|\\.)*(?:'|$)\S*      # quoted, with \' escapes (libpq)
         | "(?:[^"\\]|\\.)*(?:"|$)\S*
-        | (?:\\+.|[^\s\\])+               # unquoted: to the next unescaped blank
+        | (?:\\+.|[^\s\\])+               # unquoted: to the next unescaped blank,
+          (?:[\ \t]+(?![A-Za-z_][\w.-]*[\ \t]*=)(?:\\+.|[^\s\\])+)*
+                                          # and on over blanks until the next key=
+                                          # ("password=a b": libpq refuses it, but the
+                                          # "b" is the password's too)
         )"""
 )
 # "password": "...", 'token': '...' (JSON, dict reprs).
@@ -186,10 +190,13 @@ def password_of(dsn: str) -> str | None:
             return urlsplit(dsn).password
         except ValueError:
             return None
-    match = re.search(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+    match = re.search(
+        r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|(?:\\.|[^\s\\])+"
+        r"(?:[ \t]+(?![A-Za-z_][\w.-]*[ \t]*=)(?:\\.|[^\s\\])+)*)", dsn)
     if match is None:
         return None
     value = match.group(1)
     if value.startswith("'"):
-        value = re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value or None
+        value = value[1:-1]
+    return re.sub(r"\\(.)", r"\1", value) or None
+

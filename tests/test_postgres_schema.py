@@ -293,3 +293,42 @@ def test_cli_migrate_prints_and_applies(
     assert main(["migrate", "--url", "postgresql://u:hunter2-pw@127.0.0.1:1/db"]) == 2
     err = capsys.readouterr().err
     assert "hunter2-pw" not in err and "u:***@" in err
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated", "public"])
+def test_no_privilege_on_anything_the_migration_creates(
+    pg_fresh_database: Callable[..., str], role: str,
+) -> None:
+    # The fixture reproduces Supabase's default privileges (everything in `public`,
+    # sequences included, to anon and authenticated) before migrating.
+    url = pg_fresh_database(migrate=True)
+    who = "public" if role == "public" else role
+    checks = {
+        "sequence": "select s.oid::regclass::text, p.priv from pg_class s, "
+                    "unnest(array['USAGE', 'SELECT', 'UPDATE']) as p(priv) "
+                    "where s.relkind = 'S' and s.relnamespace = 'public'::regnamespace "
+                    "and has_sequence_privilege(%(who)s, s.oid, p.priv)",
+        "table": "select c.oid::regclass::text, p.priv from pg_class c, "
+                 "unnest(array['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', "
+                 "'REFERENCES', 'TRIGGER']) as p(priv) "
+                 "where c.relkind in ('r', 'v') and c.relnamespace = 'public'::regnamespace "
+                 "and has_table_privilege(%(who)s, c.oid, p.priv)",
+        "function": "select p.oid::regprocedure::text, 'EXECUTE' from pg_proc p "
+                    "where p.pronamespace = 'public'::regnamespace "
+                    "and p.proname like 'otel_budget%%' "
+                    "and has_function_privilege(%(who)s, p.oid, 'EXECUTE')",
+    }
+    with psycopg.connect(url) as conn:
+        open_to_role = {kind: conn.execute(q, {"who": who}).fetchall()
+                        for kind, q in checks.items()}
+        sequences = conn.execute("select count(*) from pg_class where relkind = 'S' "
+                                 "and relnamespace = 'public'::regnamespace").fetchone()
+    assert sequences == (1,)  # the identity column's: the check above saw it
+    assert open_to_role == {"sequence": [], "table": [], "function": []}
+
+
+def test_anon_cannot_setval_the_identity_sequence(pg_clean: str) -> None:
+    with psycopg.connect(pg_clean) as conn:
+        conn.execute("set role anon")
+        with pytest.raises(pgerrors.InsufficientPrivilege):
+            conn.execute("select setval('public.quilt_patches_id_seq', 9223372036854775807)")

@@ -37,6 +37,10 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("host=h sslpassword=s3cr3t-PW sslmode=require", ["s3cr3t-PW"],
      ["sslpassword=***", "sslmode=require"]),
     ("host=h password=a\\ s3cr3t-PW user=u", ["s3cr3t-PW"], ["user=u"]),
+    # unquoted with a blank: libpq refuses it, but the part after the blank is secret too
+    ("host=h password=s3cr3t PWtail user=u", ["s3cr3t", "PWtail"], ["host=h", "user=u"]),
+    ("host=h password = s3cr3t PWtail", ["s3cr3t", "PWtail"], ["host=h"]),
+    ("dbname=d password=s3 cr3t-PW\tTAB port=5432", ["cr3t-PW", "TAB"], ["port=5432"]),
     (f"supabase key {JWT} rejected", [JWT[:20], JWT[-20:]], ["supabase key *** rejected"]),
     ("key sb_secret_AbC123-xyz_0 and sb_publishable_Pub-456", ["AbC123", "Pub-456"],
      ["key *** and ***"]),
@@ -135,6 +139,8 @@ def test_describe_exception_survives_a_broken_str() -> None:
     ("host=h password='p w\\'x' dbname=d", "p w'x"),
     ("postgresql://u:a%2Fb@h/db", "a%2Fb"),
     ("postgresql://u@h/db", None),
+    ("host=h password=a b user=u", "a b"),
+    ("host=h password=a\\ b", "a b"),
 ])
 def test_password_of_every_dsn_form_and_scrub_known(dsn: str, password: str | None) -> None:
     from otel_budget.redact import password_of, scrub_known
@@ -146,3 +152,41 @@ def test_password_of_every_dsn_form_and_scrub_known(dsn: str, password: str | No
         message = f"server said: auth failed for {unquote(password)!s} ({password})"
         scrubbed = scrub_known(message, password)
         assert unquote(password) not in scrubbed and password not in scrubbed
+
+
+BAD_DSN = "host=127.0.0.1 port=1 user=u dbname=d password=s3cr3t PWtail"
+
+
+def test_a_keyword_dsn_libpq_refuses_is_a_config_error_showing_no_part_of_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from otel_budget.errors import ConfigError
+    from otel_budget.stores.postgres import PostgresStore
+
+    with caplog.at_level("DEBUG"), pytest.raises(ConfigError) as caught:
+        PostgresStore(BAD_DSN, pool_timeout_s=0.2)
+    shown = str(caught.value) + caplog.text
+    assert "s3cr3t" not in shown and "PWtail" not in shown
+    assert "does not parse" in str(caught.value)
+
+
+def test_the_migration_refuses_a_dsn_libpq_refuses_without_quoting_it() -> None:
+    from otel_budget.stores.migrate import apply_migration
+
+    with pytest.raises(StoreError) as caught:
+        apply_migration(BAD_DSN)
+    assert "s3cr3t" not in str(caught.value) and "PWtail" not in str(caught.value)
+
+
+def test_a_quoted_keyword_dsn_never_shows_in_the_stores_repr_or_errors() -> None:
+    from otel_budget.stores.postgres import PostgresStore
+
+    dsn = "host=127.0.0.1 port=1 user=u dbname=d password='s3cr3t PWtail' connect_timeout=2"
+    store = PostgresStore(dsn, pool_timeout_s=0.2)
+    try:
+        with pytest.raises(StoreError) as caught:
+            store.day_totals(["2026-11-25"])
+        for text in (repr(store), str(caught.value), store.spool_key):
+            assert "s3cr3t" not in text and "PWtail" not in text, text
+    finally:
+        store.close()

@@ -21,11 +21,20 @@ def apply_migration(url: str, *, connect_timeout_s: int = 10) -> None:
     """
     try:
         import psycopg
+        import psycopg.conninfo
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise StoreError(
             "applying the migration needs psycopg: pip install 'otel-budget[postgres]'"
         ) from exc
     sql = schema_sql()
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        # libpq's message quotes the piece it choked on (part of a password, say).
+        raise StoreError(
+            f"applying the otel_budget migration: the connection string {redact_url(url)!r} "
+            "does not parse (a value with blanks or quotes must be single-quoted, or use a URL)"
+        ) from None
     try:
         with psycopg.connect(
             url, connect_timeout=connect_timeout_s, prepare_threshold=None
