@@ -3,20 +3,18 @@
 A notifier is any callable taking the nudge dict; raising means "not delivered".
 `NotifierDispatcher` delivers nudges off the caller's thread, retrying each notifier
 with exponential backoff and abandoning calls that hang. `WebhookNotifier` POSTs the
-nudge as JSON within one deadline for the whole call; `SlackNotifier` posts a Slack
-`{"text": ...}` message to an incoming-webhook URL.
+nudge as JSON with httpx (its proxies, no_proxy, CONNECT and certificate checks) within
+one deadline for the whole call; `SlackNotifier` posts a Slack `{"text": ...}` message
+to an incoming-webhook URL.
 """
 
 from __future__ import annotations
 
-import http.client
-import io
+import ipaddress
 import json
 import logging
 import os
 import random
-import select
-import socket
 import ssl
 import threading
 import time
@@ -25,9 +23,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
+import httpx
+
 from .errors import ConfigError, NotifyError
 from .ledger import ratio_pct
-from .proxies import ProxyRoute, parse_proxy, proxy_for
 from .redact import describe_exception, redact_secrets
 
 __all__ = [
@@ -122,89 +122,160 @@ class LoggingNotifier:
 
 # --- webhooks ---------------------------------------------------------------------------
 
-class _DeadlineRaw(io.RawIOBase):
-    """Reads a socket with the timeout recomputed from one deadline before each read,
-    so a server trickling a byte at a time cannot stretch the call past it."""
+_in_webhook_call = threading.local()
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        super().__init__()
-        self._sock = sock
+
+class _QuietDuringWebhookCalls(logging.Filter):
+    """httpx logs every request's full URL at INFO, and a webhook URL carries its token:
+    records it emits on a thread inside one of our calls are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_in_webhook_call, "active", False)
+
+
+logging.getLogger("httpx").addFilter(_QuietDuringWebhookCalls())
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every operation gets only what is left of one deadline,
+    so a server trickling a byte at a time cannot stretch the call past it (httpx's
+    own timeouts are per operation)."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
+        self._inner = inner
         self._deadline = deadline
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
+    def _left(self, timeout: float | None, error: type[Exception]) -> float:
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError("webhook deadline passed")
-        self._sock.settimeout(remaining)
-        return self._sock.recv_into(buffer)
+            raise error("webhook deadline passed")
+        return remaining if timeout is None else min(timeout, remaining)
 
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._left(timeout, httpcore.ReadTimeout))
 
-class _DeadlineSocket:
-    """What http.client.HTTPResponse needs from a socket: `makefile`."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock = sock
-        self._deadline = deadline
-
-    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineRaw(self._sock, self._deadline))
-
-
-class _Connection(http.client.HTTPConnection):
-    """An HTTPConnection over a socket we opened and close ourselves: http.client
-    closes its socket as soon as an answer says "Connection: close", while our
-    deadline-bound reader still has the body to read from it."""
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._left(timeout, httpcore.WriteTimeout))
 
     def close(self) -> None:
-        self.sock = None
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(ssl_context, server_hostname,
+                                      self._left(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(inner, self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
 
 
-def _remaining(deadline: float) -> float:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError("webhook deadline passed")
-    return remaining
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, deadline: float) -> None:
+        self._backend = httpcore.SyncBackend()
+        self._deadline = deadline
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise httpcore.ConnectTimeout("webhook deadline passed")
+        stream = self._backend.connect_tcp(
+            host, port, remaining if timeout is None else min(timeout, remaining),
+            local_address=local_address, socket_options=socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
 
 
-def _tls_handshake(sock: ssl.SSLSocket, deadline: float) -> None:
-    sock.setblocking(False)
+def _bind_deadline(client: httpx.Client, deadline: float) -> None:
+    """Put every transport of `client` on a deadline-bound network backend.
+    Reaches into httpx.HTTPTransport._pool and httpcore's pool `_network_backend`
+    (checked against httpx 0.28 / httpcore 1.0): httpx takes no network backend,
+    and it is the one place a whole-call deadline can be enforced per read."""
+    backend = _DeadlineBackend(deadline)
+    transports = [client._transport, *client._mounts.values()]
+    for transport in transports:
+        if transport is None:  # a no_proxy pattern: httpx goes direct through _transport
+            continue
+        pool = getattr(transport, "_pool", None)
+        if pool is None or not hasattr(pool, "_network_backend"):
+            raise NotifyError("webhook: this httpx version cannot bound the call's deadline")
+        pool._network_backend = backend
+
+
+def _ssl_verify(verify: object) -> ssl.SSLContext | bool:
+    """httpx's `verify`, with a CA bundle path (file or directory) loaded here: httpx
+    deprecates paths."""
+    if isinstance(verify, (ssl.SSLContext, bool)):
+        return verify
+    if isinstance(verify, (str, os.PathLike)):
+        path = os.fspath(verify)
+        try:
+            if os.path.isdir(path):
+                return ssl.create_default_context(capath=path)
+            return ssl.create_default_context(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"webhook verify: cannot load the CA bundle ({type(exc).__name__})"
+                              ) from None
+    raise ConfigError("webhook verify must be True, False, a CA bundle path or an ssl.SSLContext")
+
+
+def _in_no_proxy_range(host: str) -> bool:
+    """Whether `host` is an IP address inside a CIDR range listed in no_proxy."""
     try:
-        while True:
-            try:
-                sock.do_handshake()
-                return
-            except ssl.SSLWantReadError:
-                ready = select.select([sock], [], [], _remaining(deadline))[0]
-            except ssl.SSLWantWriteError:
-                ready = select.select([], [sock], [], _remaining(deadline))[1]
-            if not ready:
-                raise TimeoutError("webhook TLS handshake timed out")
-    finally:
-        sock.setblocking(True)
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    listed = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
+    for entry in listed.split(","):
+        entry = entry.strip()
+        if "/" not in entry:
+            continue
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost non-httpx exception (an ssl or socket error), for a message that
+    names what failed without quoting anything (proxy answers and URLs stay out)."""
+    seen: set[int] = set()
+    current: BaseException = exc
+    while id(current) not in seen:
+        seen.add(id(current))
+        nxt = current.__cause__ or current.__context__
+        if nxt is None:
+            break
+        current = nxt
+    return current
 
 
 class WebhookNotifier:
-    """POSTs the nudge as JSON; any 2xx answer is a delivery.
+    """POSTs the nudge as JSON with httpx; any 2xx answer is a delivery.
 
     `timeout_s` bounds the whole call (connect, TLS handshake, send, and reading the
     answer together), not each socket operation. Redirects are not followed (a 3xx is
-    a failed delivery: urllib would have turned the POST into a body-less GET). The
+    a failed delivery: following one would send the token-bearing body elsewhere). The
     URL and headers are secrets (webhook URLs carry their token in the path): only
     `scheme://host` is ever shown.
 
-    Proxies: `proxy` (``http://[user:password@]host:port``) if given, else with
-    `trust_env` (the default) ``https_proxy``/``http_proxy`` for the URL's scheme unless
-    ``no_proxy`` exempts the host, read at each call. An https URL goes through the
-    proxy by CONNECT and stays TLS end to end. `ssl_context` replaces the default one
-    (for a private CA)."""
+    Proxies are httpx's: `proxy` if given, else with `trust_env` (the default)
+    ``https_proxy``/``http_proxy``/``all_proxy`` and ``no_proxy``, read at each call. An
+    https URL goes through the proxy by CONNECT and stays TLS end to end, with the
+    webhook host's certificate checked. `verify` (a CA bundle path, an
+    `ssl.SSLContext`, or False) is httpx's, for a private CA; `ssl_context` is the same
+    as `verify=context`."""
 
     def __init__(
         self, url: str, *, timeout_s: float = 5.0, headers: Mapping[str, str] | None = None,
         proxy: str | None = None, trust_env: bool = True,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | None = None, verify: ssl.SSLContext | str | bool = True,
     ) -> None:
         try:
             parts = urlsplit(url) if isinstance(url, str) else None
@@ -215,21 +286,18 @@ class WebhookNotifier:
             raise ConfigError("webhook url must be an http(s) URL with a host")
         if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
             raise ConfigError(f"webhook timeout_s must be > 0, got {timeout_s!r}")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = port or (443 if self._https else 80)
-        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        host_header = self._host if ":" not in self._host else f"[{self._host}]"
-        if port is not None:
-            host_header += f":{port}"
-        self._host_header = host_header
-        self._where = f"{parts.scheme}://{host_header}"
-        self._timeout_s = float(timeout_s)
-        self._headers = {"Content-Type": "application/json", **dict(headers or {})}
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise ConfigError("webhook ssl_context must be an ssl.SSLContext")
-        self._ssl_context = ssl_context
-        self._proxy = parse_proxy(proxy) if proxy is not None else None
+        if proxy is not None and not isinstance(proxy, str):
+            raise ConfigError("webhook proxy must be a URL string")
+        self._url = url
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        self._where = f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+        self._endpoint = (parts.hostname, port or (443 if parts.scheme == "https" else 80))
+        self._timeout_s = float(timeout_s)
+        self._headers = {"Content-Type": "application/json", **dict(headers or {})}
+        self._verify = _ssl_verify(ssl_context if ssl_context is not None else verify)
+        self._proxy = proxy
         self._trust_env = bool(trust_env)
 
     @property
@@ -240,73 +308,71 @@ class WebhookNotifier:
         return json.dumps(nudge).encode()
 
     def __call__(self, nudge: dict[str, Any]) -> None:
-        self._post(self._body(nudge))
-
-    def _route(self) -> ProxyRoute | None:
+        _in_webhook_call.active = True
         try:
-            return proxy_for("https" if self._https else "http", self._host, self._port,
-                             proxy=self._proxy, trust_env=self._trust_env)
-        except ConfigError as exc:  # a malformed proxy variable: its text stays unshown
-            raise NotifyError(f"webhook to {self._where} failed: {exc}") from None
+            self._post(self._body(nudge))
+        finally:
+            _in_webhook_call.active = False
+
+    def _client(self, deadline: float) -> httpx.Client:
+        host = self._endpoint[0]
+        # httpx matches no_proxy entries as names only; curl and the old resolver also
+        # read CIDR ranges there ("10.0.0.0/8"), so those are applied here.
+        direct = (self._trust_env and self._proxy is None and _in_no_proxy_range(host))
+        mounts: dict[str, httpx.BaseTransport | None] = (
+            {f"all://{host if ':' not in host else f'[{host}]'}": None} if direct else {})
+        try:
+            client = httpx.Client(
+                proxy=self._proxy, trust_env=self._trust_env, verify=self._verify,
+                follow_redirects=False, timeout=self._timeout_s, mounts=mounts,
+            )
+        except Exception as exc:  # a malformed proxy setting: its text stays unshown
+            raise NotifyError(f"webhook to {self._where} failed: the proxy setting is "
+                              f"malformed ({type(exc).__name__})") from None
+        _bind_deadline(client, deadline)
+        return client
 
     def _post(self, body: bytes) -> None:
         deadline = time.monotonic() + self._timeout_s
-        route = self._route()
-        via = f" via proxy {route.where}" if route is not None else ""
-        sock: socket.socket | None = None
-        target = self._target
-        try:
-            if route is None:
-                sock = socket.create_connection((self._host, self._port),
-                                                timeout=_remaining(deadline))
-            else:
-                sock = socket.create_connection((route.host, route.port),
-                                                timeout=_remaining(deadline))
-                if self._https:
-                    _tunnel(sock, route, self._host_header_with_port(), deadline)
-                else:  # a plain-HTTP proxy takes the absolute URL
-                    target = f"http://{self._host_header}{self._target}"
-            if self._https:
-                context = self._ssl_context or ssl.create_default_context()
-                tls = context.wrap_socket(
-                    sock, server_hostname=self._host, do_handshake_on_connect=False
-                )
-                sock = tls
-                _tls_handshake(tls, deadline)
-            conn = _Connection(self._host, self._port)
-            conn.sock = sock
-            # Each read of the answer gets only what is left of the deadline.
-            conn.response_class = _response_class(deadline)  # type: ignore[assignment]
-            sock.settimeout(_remaining(deadline))  # sendall: total time since 3.5
-            conn.putrequest("POST", target, skip_host=True, skip_accept_encoding=True)
-            conn.putheader("Host", self._host_header)
-            if route is not None and not self._https and route.authorization:
-                conn.putheader("Proxy-Authorization", route.authorization)
-            for name, value in self._headers.items():
-                conn.putheader(name, value)
-            conn.putheader("Content-Length", str(len(body)))
-            conn.endheaders(body)
-            response = conn.getresponse()
-            status = response.status
-            response.read(_MAX_RESPONSE_BYTES)
-        except TimeoutError:
-            raise NotifyError(
-                f"webhook to {self._where}{via} failed: timeout after {self._timeout_s:g} s"
-            ) from None
-        except _ProxyRefused as exc:
-            raise NotifyError(
-                f"webhook to {self._where} failed: proxy {route.where if route else ''} "
-                f"answered HTTP {exc.status} to CONNECT"
-            ) from None
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            raise NotifyError(
-                f"webhook to {self._where}{via} failed: {type(exc).__name__}") from None
-        finally:
-            if sock is not None:
-                sock.close()
-        if status == 407 and route is not None:
-            raise NotifyError(f"webhook to {self._where} failed: proxy {route.where} answered "
-                              "HTTP 407 (proxy authentication required)")
+        connected: list[tuple[str, int]] = []
+
+        def trace(event: str, info: Mapping[str, Any]) -> None:
+            # httpcore's trace hook: where the socket really went (the proxy, if any).
+            if event == "connection.connect_tcp.started":
+                connected.append((str(info.get("host")), int(info.get("port") or 0)))
+
+        def via() -> str:
+            hops = [hop for hop in connected if hop != self._endpoint]
+            if not hops:
+                return ""
+            host, port = hops[-1]
+            return f" via proxy {host if ':' not in host else f'[{host}]'}:{port}"
+
+        with self._client(deadline) as client:
+            try:
+                with client.stream("POST", self._url, content=body, headers=self._headers,
+                                   extensions={"trace": trace}) as response:
+                    status = response.status_code
+                    read = 0
+                    for chunk in response.iter_raw():
+                        read += len(chunk)
+                        if read >= _MAX_RESPONSE_BYTES:
+                            break
+            except httpx.TimeoutException:
+                raise NotifyError(f"webhook to {self._where}{via()} failed: timeout after "
+                                  f"{self._timeout_s:g} s") from None
+            except httpx.ProxyError as exc:
+                # httpcore's text is the proxy's status line: only its code is shown.
+                code = str(exc).split(" ", 1)[0]
+                shown = f"HTTP {code}" if code.isdigit() else "an error"
+                raise NotifyError(f"webhook to {self._where} failed:{via().replace(' via', '')}"
+                                  f" answered {shown} to CONNECT") from None
+            except (httpx.HTTPError, OSError, ValueError) as exc:
+                raise NotifyError(f"webhook to {self._where}{via()} failed: "
+                                  f"{type(_root_cause(exc)).__name__}") from None
+        if status == 407 and via():
+            raise NotifyError(f"webhook to {self._where} failed:{via().replace(' via', '')} "
+                              "answered HTTP 407 (proxy authentication required)")
         if 300 <= status < 400:
             raise NotifyError(
                 f"webhook to {self._where} answered HTTP {status} (redirect not followed)"
@@ -314,53 +380,8 @@ class WebhookNotifier:
         if not 200 <= status < 300:
             raise NotifyError(f"webhook to {self._where} answered HTTP {status}")
 
-    def _host_header_with_port(self) -> str:
-        host = self._host if ":" not in self._host else f"[{self._host}]"
-        return f"{host}:{self._port}"
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(host={self._where!r}, url=<redacted>)"
-
-
-class _ProxyRefused(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-def _tunnel(sock: socket.socket, route: ProxyRoute, authority: str, deadline: float) -> None:
-    """CONNECT through `route` to `authority` (host:port); raises _ProxyRefused unless
-    the proxy answers 2xx. The answer is read under the call's one deadline."""
-    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
-    if route.authorization:
-        lines.append(f"Proxy-Authorization: {route.authorization}")
-    sock.settimeout(_remaining(deadline))
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    # Byte by byte up to the blank line: a buffered read could swallow the start of
-    # the TLS stream that follows (a proxy may send it right behind its answer).
-    answer = bytearray()
-    while not answer.endswith(b"\r\n\r\n"):
-        if len(answer) > 16_384:
-            raise http.client.HTTPException("proxy answer to CONNECT too long")
-        sock.settimeout(_remaining(deadline))
-        byte = sock.recv(1)
-        if not byte:
-            raise ConnectionResetError("proxy closed the connection during CONNECT")
-        answer += byte
-    status_line = bytes(answer).split(b"\r\n", 1)[0].decode("latin-1")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise http.client.BadStatusLine("proxy answered CONNECT with a malformed status line")
-    status = int(parts[1])
-    if not 200 <= status < 300:
-        raise _ProxyRefused(status)
-
-
-def _response_class(deadline: float) -> Callable[..., http.client.HTTPResponse]:
-    def make(sock: socket.socket, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:
-        return http.client.HTTPResponse(_DeadlineSocket(sock, deadline), *args, **kwargs)  # type: ignore[arg-type]
-
-    return make
 
 
 class SlackNotifier(WebhookNotifier):
@@ -373,10 +394,10 @@ class SlackNotifier(WebhookNotifier):
     def __init__(
         self, url: str, *, timeout_s: float = 5.0, headers: Mapping[str, str] | None = None,
         prefix: str = "", proxy: str | None = None, trust_env: bool = True,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | None = None, verify: ssl.SSLContext | str | bool = True,
     ) -> None:
         super().__init__(url, timeout_s=timeout_s, headers=headers, proxy=proxy,
-                         trust_env=trust_env, ssl_context=ssl_context)
+                         trust_env=trust_env, ssl_context=ssl_context, verify=verify)
         self._prefix = prefix
 
     def text(self, nudge: Mapping[str, Any]) -> str:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from otel_budget import NotifyError
+from otel_budget import ConfigError, NotifyError
 from otel_budget.notify import SlackNotifier, WebhookNotifier
 
 TOKEN = "T0KEN-SECRET-123"
@@ -289,9 +289,7 @@ def test_a_proxy_refusing_credentials_is_a_clean_notify_error(
 ) -> None:
     strict = Proxy(password="the-right-one")
     try:
-        wrong = Proxy(password=PROXY_PASSWORD)  # only for its URL with the wrong password
-        wrong_url = wrong.url.replace(str(wrong.port), str(strict.port))
-        wrong.close()
+        wrong_url = f"http://alice:{PROXY_PASSWORD}@127.0.0.1:{strict.port}"
         notifier = WebhookNotifier(f"{scheme}://{HOOK_HOST}/hooks/{TOKEN}", proxy=wrong_url)
         with pytest.raises(NotifyError, match="407") as caught:
             notifier(dict(NUDGE))
@@ -341,10 +339,34 @@ def test_a_proxy_that_never_answers_connect_is_cut_off_at_the_deadline(
         silent.close()
 
 
+@pytest.mark.parametrize("scheme", ["ftp", "gopher"])
 def test_a_malformed_proxy_variable_is_a_notify_error_without_its_text(
-    monkeypatch: pytest.MonkeyPatch
+    scheme: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("https_proxy", f"https://alice:{PROXY_PASSWORD}@proxy:443")
-    with pytest.raises(NotifyError, match="only http:// proxies") as caught:
+    monkeypatch.setenv("https_proxy", f"{scheme}://alice:{PROXY_PASSWORD}@proxy:443")
+    with pytest.raises(NotifyError, match="proxy setting is malformed") as caught:
         WebhookNotifier(f"https://{HOOK_HOST}/hooks/{TOKEN}")(dict(NUDGE))
     assert_clean(str(caught.value))
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_verify_takes_a_ca_bundle_path_for_a_private_ca(
+    tls_hook: tuple[_Hook, ssl.SSLContext], proxy: Proxy, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook, _ = tls_hook
+    [bundle] = [p for p in tmp_path.iterdir() if p.suffix in (".pem", ".crt")
+                and "key" not in p.name]
+    monkeypatch.setenv("https_proxy", proxy.url)
+    url = f"https://{HOOK_HOST}:{hook.server_address[1]}/hooks/{TOKEN}"
+    WebhookNotifier(url, verify=str(bundle))(dict(NUDGE))
+    assert [json.loads(r["body"]) for r in hook.received] == [NUDGE]
+    with pytest.raises(NotifyError, match="SSLCertVerificationError"):
+        WebhookNotifier(url)(dict(NUDGE))  # the default CAs do not know it
+    assert len(hook.received) == 1
+
+
+@pytest.mark.parametrize("verify", [str(Path("/nonexistent/ca.pem")), 3])
+def test_a_bad_verify_is_a_config_error(verify: object) -> None:
+    with pytest.raises(ConfigError, match="verify"):
+        WebhookNotifier(f"https://{HOOK_HOST}/hooks/{TOKEN}", verify=verify)  # type: ignore[arg-type]
