@@ -43,6 +43,15 @@ LEASE_TYPE = "budget_lease"
 EPS = 1e-9
 #: A chunk is this share of what is free, divided among the active leases.
 DEFAULT_SHARE = 0.5
+#: What every lease together may hold beyond its reported use, as a share of the cap
+#: (split among the active leases). Surplus an idle writer sits on is surplus a busy
+#: one is refused: bounding it is what makes a refusal mean the fleet has spent or
+#: holds the cap (>= 1 - this, less one call), whatever the writers do next.
+DEFAULT_SURPLUS_SHARE = 0.025
+#: After a failed round trip, fleet reservations beyond the lease are refused at
+#: once (no I/O) until a round trip succeeds: the timer's probe, or a foreground
+#: try after this long when no timer runs.
+DOWN_RETRY_S = 30.0
 #: Lease lengths (seconds): the TTL after which a dead writer's lease returns.
 MIN_TTL_S = 0.2
 MAX_TTL_S = 86_400.0
@@ -85,6 +94,9 @@ def lease_request_problem(req: Any, *, release: bool = False) -> str | None:
         return "cap_usd must be > 0"
     if not (0 < req["share"] <= 1):
         return "share must be in (0, 1]"
+    if "surplus_share" in req and not (_amount(req["surplus_share"])
+                                       and 0 < req["surplus_share"] <= 1):
+        return f"surplus_share must be in (0, 1], got {req['surplus_share']!r:.60}"
     ttl = req.get("ttl_s")
     if not isinstance(ttl, (int, float)) or not _amount(ttl) or not (MIN_TTL_S <= ttl <= MAX_TTL_S):
         return f"ttl_s must be between {MIN_TTL_S} and {MAX_TTL_S} seconds, got {ttl!r:.60}"
@@ -138,14 +150,27 @@ def expire_leases(doc: dict[str, Any], now: float) -> list[str]:
 
 
 def grant_size(*, avail: float, want: float, active: int, share: float, min_chunk: float,
-               contended: bool) -> float | None:
+               contended: bool, surplus_room: float | None = None) -> float | None:
     """How much to grant beyond the writer's reported use: None when `want` does not
     fit in `avail`; else `want` plus, unless the pool is contended, a chunk of
-    `share * avail / active` (at least `min_chunk`), never more than `avail`."""
+    `share * avail / active` (at least `min_chunk`), never more than `avail`. With
+    `surplus_room` (what the fleet's surplus bound leaves this lease), the chunk
+    beyond `want` never exceeds it."""
     if want > avail + EPS:
         return None
     chunk = want if contended else max(want, min_chunk, share * avail / max(1, active))
+    if surplus_room is not None:
+        chunk = max(want, min(chunk, surplus_room))
     return max(0.0, min(avail, chunk))
+
+
+def surplus_room(*, cap: float, surplus_share: float, active: int,
+                 others_surplus: float) -> float:
+    """The surplus one lease may hold: its fair part of `surplus_share * cap`, and no
+    more than the others' reported surplus leaves of it (their real surplus is at
+    most that: a writer's use only grows between its reports)."""
+    limit = surplus_share * cap
+    return max(0.0, min(limit / max(1, active), limit - others_surplus))
 
 
 def apply_acquire(doc: dict[str, Any] | None, req: Mapping[str, Any],
@@ -173,10 +198,17 @@ def apply_acquire(doc: dict[str, Any] | None, req: Mapping[str, Any],
     contended = float(doc.get("short_until") or 0.0) > now
     active = len(leases) + (0 if own else 1)
     old_granted = float(own["granted_usd"]) if own else 0.0
+    room = None
+    if "surplus_share" in req:
+        room = surplus_room(
+            cap=cap, surplus_share=float(req["surplus_share"]), active=active,
+            others_surplus=sum(max(0.0, float(e["granted_usd"]) - float(e["used_usd"]))
+                               for k, e in leases.items() if k != lid))
     ok = True
     if want > 0:
         extra = grant_size(avail=avail, want=want, active=active, share=float(req["share"]),
-                           min_chunk=float(req["min_chunk_usd"]), contended=contended)
+                           min_chunk=float(req["min_chunk_usd"]), contended=contended,
+                           surplus_room=room)
         if extra is None:
             ok = False
             doc["short_until"] = r9(now + ttl)
@@ -281,6 +313,7 @@ class FleetLease:
         self, *, budget: str, cap_usd: float, store: LeaseStore, writer_id: Callable[[], str],
         window_of: Callable[[], str], seen_of: Callable[[], float], ttl_s: float,
         idle_s: float, min_chunk_usd: float = 0.0, share: float = DEFAULT_SHARE,
+        surplus_share: float | None = DEFAULT_SURPLUS_SHARE,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.budget = budget
@@ -293,6 +326,7 @@ class FleetLease:
         self.idle_s = idle_s
         self.min_chunk_usd = min_chunk_usd
         self.share = share
+        self.surplus_share = surplus_share
         self._mono = monotonic
         self._closed = False
         self._lock = threading.Lock()
@@ -315,12 +349,14 @@ class FleetLease:
         self.last_error: str | None = None
         self._prefetching = False
         self._last: dict[str, Any] = {}
+        self._down_until = 0.0  # the store failed: refuse beyond the lease until then
 
     def _reset_lease(self) -> None:
         self._generation = getattr(self, "_generation", 0) + 1
         self._lease_id: str | None = None
         self._window: str | None = None
         self._granted = 0.0
+        self._chunk = 0.0  # what the last grant added beyond the use it was told
         self._used = 0.0  # open holds + settled actuals drawn from this lease
         self._open = 0
         self._reported = 0.0
@@ -354,12 +390,15 @@ class FleetLease:
                 self._last_draw = now
                 self.draws += 1
                 draw = Draw(self, self._generation, amount)
-                low = self._granted - self._used < max(amount, 0.25 * self._granted)
-                start_prefetch = low and not self._prefetching and not self._contended(now)
+                low = self._granted - self._used < max(amount, 0.25 * self._chunk)
+                start_prefetch = (low and not self._prefetching and not self._contended(now)
+                                  and not self._down_locked(now))
                 if start_prefetch:
                     self._prefetching = True
             elif (self._short_for is not None and amount > self._short_for + EPS
-                  and now < self._short_until):
+                  and now < self._short_until) or self._down_locked(now):
+                # The pool is known short, or the store just failed: refuse at once
+                # rather than wait on the store again for every call.
                 self.refusals += 1
                 return False
             else:
@@ -368,6 +407,16 @@ class FleetLease:
             threading.Thread(target=self._prefetch, args=(amount,), daemon=True,
                              name=f"OtelBudgetLease-{self.budget}").start()
         return draw
+
+    def _down_locked(self, now: float) -> bool:
+        return now < self._down_until
+
+    @property
+    def store_down(self) -> bool:
+        """True while the last round trip failed and no later one succeeded (nor
+        DOWN_RETRY_S passed): reservations beyond the lease are refused without I/O."""
+        with self._lock:
+            return self._down_locked(self._mono())
 
     def _contended(self, now: float) -> bool:
         return bool(self._last.get("contended")) and now < self._short_until
@@ -396,16 +445,21 @@ class FleetLease:
 
     # --- store round trips ------------------------------------------------------------
 
-    def acquire(self, want: float) -> bool:
+    def acquire(self, want: float, *, probe: bool = False) -> bool:
         """Ask the store for `want` beyond this lease's use (0: report and renew). True
-        if the lease now covers it. Raises StoreError/CheckpointError on failure."""
+        if the lease now covers it. Raises StoreError/CheckpointError on failure, and
+        LeaseStoreDown without I/O while a failure is fresh (unless `probe`)."""
         with self._io:
-            return self._acquire_locked(want)
+            return self._acquire_locked(want, probe=probe)
 
-    def _acquire_locked(self, want: float) -> bool:
+    def _acquire_locked(self, want: float, *, probe: bool = False) -> bool:
         for _ in range(2):
             with self._lock:
                 now = self._mono()
+                if not probe and self._down_locked(now):
+                    raise LeaseStoreDown(
+                        f"budget {self.budget!r}: the store failed {self.last_error or ''}; "
+                        "not asking again until a probe reaches it")
                 window = self._window_of()
                 if self._lease_id is not None and (self._window != window
                                                    or now >= self._valid_until):
@@ -428,6 +482,8 @@ class FleetLease:
                 "seen_usd": r9(max(0.0, self._seen_of())), "ttl_s": self.ttl_s,
                 "min_chunk_usd": self.min_chunk_usd, "share": self.share,
             }
+            if self.surplus_share is not None:
+                request["surplus_share"] = self.surplus_share
             sent = self._mono()
             try:
                 answer = self._store.lease_acquire(request)
@@ -436,6 +492,7 @@ class FleetLease:
                     self.round_trips += 1
                     self.errors += 1
                     self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                    self._down_until = self._mono() + DOWN_RETRY_S
                     if new and generation == self._generation:
                         self._lease_id = None  # may or may not exist: let it expire
                         self._window = None
@@ -443,6 +500,7 @@ class FleetLease:
             with self._lock:
                 self.round_trips += 1
                 self.last_error = None
+                self._down_until = 0.0
                 self._last = answer
                 if generation != self._generation:
                     continue
@@ -450,6 +508,7 @@ class FleetLease:
                     self._reset_lease()
                     continue
                 self._granted = answer["granted_usd"]
+                self._chunk = max(0.0, self._granted - used)
                 self._reported = used
                 self._reported_at = sent
                 if answer["expires_in_s"] > 0:
@@ -476,7 +535,7 @@ class FleetLease:
         try:
             with self._io:
                 with self._lock:
-                    covered = self._granted - self._used >= max(amount, 0.25 * self._granted)
+                    covered = self._granted - self._used >= max(amount, 0.25 * self._chunk)
                 if not covered:
                     self._acquire_locked(amount)
         except Exception as exc:  # the next reservation asks again, in the foreground
@@ -498,28 +557,43 @@ class FleetLease:
                 self._reset_lease()
             try:
                 self._last = self._store.lease_release(request)
+            except Exception as exc:
+                with self._lock:
+                    self.errors += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                    self._down_until = self._mono() + DOWN_RETRY_S
+                raise
+            else:
+                with self._lock:
+                    self.last_error = None
+                    self._down_until = 0.0
             finally:
                 with self._lock:
                     self.round_trips += 1
 
     def on_round(self, interval_s: float) -> None:
-        """At a store round: give an idle lease back; report and renew a busy one
-        (before a third of its TTL is left, or when its use changed); clear the
-        'pool is short' note so the next reservation asks again."""
+        """At a store round: probe the store after a failure; give an idle lease back
+        (its surplus is a busy writer's refusal); report and renew a busy one (before
+        a third of its TTL is left, or when its use changed, at most every sixth of
+        the TTL); give the surplus back when the pool is contended; clear the 'pool is
+        short' note so the next reservation asks again."""
         with self._lock:
             now = self._mono()
             if self._short_until <= now:
                 self._short_for = None
+            down = self._down_until > 0.0
             held = self._lease_id is not None
             idle = held and self._open == 0 and now - self._last_draw >= self.idle_s
             stale = held and (now - self._reported_at >= self.ttl_s / 3
                               or self._valid_until - now < self.ttl_s / 2)
             changed = held and abs(self._used - self._reported) > EPS and \
-                now - self._reported_at >= interval_s * 0.5
+                now - self._reported_at >= max(interval_s * 0.5, self.ttl_s / 6)
             # Contended: give back what this lease holds beyond its use (once).
             contended = held and self._contended(now) and \
                 self._granted - self._used > EPS
-        if idle:
+        if down and not (held and idle):
+            self.acquire(0.0, probe=True)  # a success lifts the refusals at once
+        elif idle:
             self.release()
         elif stale or changed or contended:
             self.acquire(0.0)
@@ -546,12 +620,18 @@ class FleetLease:
             }
 
 
+class LeaseStoreDown(BudgetError):
+    """A fleet lease's last store round trip failed: not asked again until a probe
+    (the meter's timer) or DOWN_RETRY_S says the store answers."""
+
+
 class LeaseUnsupported(BudgetError):
     """The store cannot grant leases (a fleet budget needs one that can)."""
 
 
 __all__ = [
-    "LEASE_TYPE", "Draw", "FleetLease", "LeaseStore", "apply_acquire", "apply_release",
-    "check_lease_request", "empty_lease_doc", "expire_leases", "grant_size",
-    "lease_answer", "lease_doc_problem", "lease_row_name", "lease_totals", "supports_leases",
+    "DEFAULT_SURPLUS_SHARE", "LEASE_TYPE", "Draw", "FleetLease", "LeaseStore",
+    "LeaseStoreDown", "apply_acquire", "apply_release", "check_lease_request",
+    "empty_lease_doc", "expire_leases", "grant_size", "lease_answer", "lease_doc_problem",
+    "lease_row_name", "lease_totals", "supports_leases", "surplus_room",
 ]

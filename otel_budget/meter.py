@@ -144,11 +144,14 @@ class BudgetMeter:
             return {}
         if not supports_leases(self._store):
             raise ConfigError(
-                f"budget {fleet[0].name!r}: enforce='fleet' needs a store that grants leases "
-                f"(memory, SQLite, PostgreSQL or Supabase), got {type(self._store).__name__}")
+                f"budget {fleet[0].name!r}: enforce='fleet' (the default of a hard budget) "
+                f"needs a store that grants leases (memory, SQLite, PostgreSQL or Supabase), "
+                f"got {type(self._store).__name__}; pass enforce='process' for a per-process cap")
         store = cast(LeaseStore, self._store)
         ttl = config.resolved_lease_ttl_s
-        idle = max(2 * config.collect_interval_s, ttl / 3)
+        # An idle writer's lease goes back within seconds: its surplus is what a busy
+        # writer would otherwise be refused.
+        idle = max(2 * config.collect_interval_s, min(ttl / 3, 5.0))
         tracker = self._tracker
         leases = {}
         for budget in fleet:

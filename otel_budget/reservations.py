@@ -21,7 +21,7 @@ from typing import Any
 from . import ledger
 from .budgets import Budget
 from .errors import BudgetError, BudgetExceeded
-from .leases import Draw, FleetLease
+from .leases import Draw, FleetLease, LeaseStoreDown
 from .ledger import UsdAmount
 from .redact import describe_exception
 
@@ -250,7 +250,8 @@ class ReservationBook:
                     else:
                         for draw in draws:
                             draw.lease.undo_draw(draw)
-                        raise self._lease_refusal(budget, amount)
+                        raise self._lease_refusal(budget, amount,
+                                                  store_down=lease.store_down)
             if need:
                 for draw in draws:
                     draw.lease.undo_draw(draw)
@@ -272,10 +273,12 @@ class ReservationBook:
             try:
                 granted = lease.acquire(amount)
             except Exception as exc:
-                _log.warning("otel_budget: lease on budget %r: the store did not answer "
-                             "(%s); refusing beyond the lease held", lease.budget,
-                             describe_exception(exc) if isinstance(exc, BudgetError)
-                             else type(exc).__name__)
+                # LeaseStoreDown: a failure already logged, refused without I/O.
+                (_log.debug if isinstance(exc, LeaseStoreDown) else _log.warning)(
+                    "otel_budget: lease on budget %r: the store did not answer "
+                    "(%s); refusing beyond the lease held", lease.budget,
+                    describe_exception(exc) if isinstance(exc, BudgetError)
+                    else type(exc).__name__)
                 budget = next(b for b in self._hard if b.name == lease.budget)
                 raise self._lease_refusal(budget, amount, store_down=True) from None
             if not granted:

@@ -20,7 +20,11 @@ def test_defaults_follow_the_design() -> None:
     assert config.daily_cap_usd == 50.0
     assert config.alert_ratios == (0.8,)
     assert config.checkpoint_every == 10
-    assert config.collect_interval_s == 60.0
+    # Freshness by default: a checkpoint (a merge returning the fleet) every 5 s.
+    assert config.collect_interval_s == 0.5
+    assert config.checkpoint_every * config.collect_interval_s <= 7.5
+    assert BudgetConfig.from_env({**BASE_ENV, "OTEL_BUDGET_COLLECT_INTERVAL_S": "0.5"}
+                                 ).collect_interval_s == 0.5
     assert config.timezone == "UTC"
     assert config.instance_id is None
     assert config.sibling == "ag_lu"
@@ -183,6 +187,7 @@ def test_missing_cap_names_the_variable() -> None:
     ("OTEL_BUDGET_ALERT_RATIOS", "0.8,1.5"),
     ("OTEL_BUDGET_CHECKPOINT_EVERY", "0"),
     ("OTEL_BUDGET_COLLECT_INTERVAL_S", "0"),
+    ("OTEL_BUDGET_COLLECT_INTERVAL_S", "0.1"),  # below the environment's minimum
     ("OTEL_BUDGET_TIMEZONE", "Mars/Olympus_Mons"),
     ("OTEL_BUDGET_STORE", "budget.db"),
 ])

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from otel_budget import Budget, BudgetConfig, BudgetMeter
-from otel_budget.errors import BudgetExceeded, CheckpointError, ConfigError
+from otel_budget.errors import BudgetExceeded, CheckpointError, ConfigError, StoreError
 from otel_budget.leases import (
+    DEFAULT_SURPLUS_SHARE,
     LEASE_TYPE,
     apply_acquire,
     apply_release,
@@ -21,6 +22,7 @@ from otel_budget.leases import (
     grant_size,
     lease_row_name,
     lease_totals,
+    surplus_room,
 )
 from otel_budget.stores.memory import MemoryStore
 from tests.conftest import StoreFactory
@@ -30,10 +32,14 @@ W = "2026-11-25"
 
 def req(lease_id: str, *, used: float = 0.0, want: float = 0.0, seen: float = 0.0,
         new: bool = True, cap: float = 1.0, ttl: float = 10.0, writer: str = "w",
-        share: float = 0.5, min_chunk: float = 0.0, budget: str = "fleet") -> dict[str, Any]:
-    return {"budget": budget, "window": W, "cap_usd": cap, "writer_id": writer,
-            "lease_id": lease_id, "new": new, "used_usd": used, "want_usd": want,
-            "seen_usd": seen, "ttl_s": ttl, "min_chunk_usd": min_chunk, "share": share}
+        share: float = 0.5, min_chunk: float = 0.0, budget: str = "fleet",
+        surplus_share: float | None = None) -> dict[str, Any]:
+    out = {"budget": budget, "window": W, "cap_usd": cap, "writer_id": writer,
+           "lease_id": lease_id, "new": new, "used_usd": used, "want_usd": want,
+           "seen_usd": seen, "ttl_s": ttl, "min_chunk_usd": min_chunk, "share": share}
+    if surplus_share is not None:  # older clients send none: their chunks are unbounded
+        out["surplus_share"] = surplus_share
+    return out
 
 
 def invariant(doc: dict[str, Any]) -> bool:
@@ -59,6 +65,55 @@ def test_grant_size_is_a_share_of_what_is_free_per_active_lease() -> None:
                       contended=False) is None
     assert grant_size(avail=0.05, want=0.05, active=1, share=0.5, min_chunk=0.0,
                       contended=False) == 0.05  # landing on the cap is allowed
+
+
+def test_the_surplus_room_bounds_the_chunk_but_never_the_call() -> None:
+    assert surplus_room(cap=100.0, surplus_share=0.025, active=1, others_surplus=0.0) == 2.5
+    assert surplus_room(cap=100.0, surplus_share=0.025, active=4, others_surplus=0.0) == 0.625
+    assert surplus_room(cap=100.0, surplus_share=0.025, active=4,
+                        others_surplus=2.0) == pytest.approx(0.5)
+    assert surplus_room(cap=100.0, surplus_share=0.025, active=2, others_surplus=3.0) == 0.0
+    assert grant_size(avail=100.0, want=0.05, active=1, share=0.5, min_chunk=0.0,
+                      contended=False, surplus_room=2.5) == 2.5
+    # the call itself is always granted when it fits: the bound is on the surplus
+    assert grant_size(avail=100.0, want=0.05, active=1, share=0.5, min_chunk=0.0,
+                      contended=False, surplus_room=0.0) == 0.05
+    assert grant_size(avail=100.0, want=5.0, active=1, share=0.5, min_chunk=0.0,
+                      contended=False, surplus_room=2.5) == 5.0
+
+
+def test_the_fleets_surplus_stays_under_its_share_of_the_cap() -> None:
+    """8 writers topping up in random order, each asking again when its lease cannot
+    cover a call: at every step the surplus all leases hold (granted beyond what
+    their writers drew) stays under surplus_share * cap."""
+    import random
+
+    rng = random.Random(5)
+    doc: dict[str, Any] | None = None
+    used = dict.fromkeys(range(8), 0.0)
+    granted = dict.fromkeys(range(8), 0.0)
+    now = 1000.0
+    refused_at = None
+    for _ in range(20000):
+        i = rng.randrange(8)
+        want = round(rng.uniform(0.01, 0.05), 6)
+        if granted[i] - used[i] >= want:
+            used[i] += want  # drawn in memory, reported at the next ask
+            continue
+        doc, answer = apply_acquire(doc, req(f"l{i}", used=used[i], want=want, cap=100.0,
+                                             new=granted[i] == 0.0, writer=f"w{i}",
+                                             surplus_share=0.025), now)
+        now += 0.001
+        if not answer["ok"]:
+            refused_at = sum(used.values())
+            break
+        granted[i] = answer["granted_usd"]
+        used[i] += want  # the reservation that asked draws its call
+        surplus = sum(granted[k] - used[k] for k in granted)
+        assert surplus <= 0.025 * 100.0 + 1e-9
+        assert invariant(doc)
+    # so the first refusal comes once the writers drew all but that surplus and a call
+    assert refused_at is not None and refused_at >= 100.0 - 2.5 - 0.05
 
 
 def test_acquire_grants_within_the_cap_and_refuses_beyond() -> None:
@@ -201,6 +256,22 @@ def test_store_lease_steps(store: Any) -> None:
     assert expired["expired"] and not expired["ok"]
 
 
+def test_store_lease_grants_bound_the_fleets_surplus(store: Any) -> None:
+    """The SQL functions and the Python reference agree on the surplus bound."""
+    a = store.lease_acquire(req("a", want=0.05, cap=100.0, surplus_share=0.025))
+    assert a["ok"] and a["granted_usd"] == pytest.approx(2.5)  # not 0.5 * 100
+    b = store.lease_acquire(req("b", want=0.05, cap=100.0, writer="w2", surplus_share=0.025))
+    assert b["ok"] and b["granted_usd"] == pytest.approx(0.05)  # a holds the room
+    a2 = store.lease_acquire(req("a", used=2.0, want=0.05, cap=100.0, new=False,
+                                 surplus_share=0.025))
+    # a's surplus is now 0.5 (2.5 - 2.0 reported), b's 0.05: a gets its fair half
+    assert a2["ok"] and a2["granted_usd"] == pytest.approx(2.0 + 1.25)
+    old = store.lease_acquire(req("c", want=0.05, cap=100.0, writer="w3"))
+    assert old["ok"] and old["granted_usd"] > 10.0  # an older client: unbounded, as before
+    with pytest.raises(CheckpointError, match="surplus_share"):
+        store.lease_acquire(req("d", want=0.05, cap=100.0, surplus_share=1.5))
+
+
 def test_store_lease_requests_are_checked_before_io(store: Any) -> None:
     with pytest.raises(CheckpointError, match="used_usd"):
         store.lease_acquire(req("a", used=-1.0))
@@ -283,14 +354,16 @@ def test_meters_sharing_a_store_hold_the_cap_together() -> None:
 
 def test_budget_dict_and_health_show_the_lease() -> None:
     store = MemoryStore()
-    with BudgetMeter(fleet_config(instance_id="a"), store=store) as meter:
+    with BudgetMeter(fleet_config(cap=100.0, instance_id="a"), store=store) as meter:
         r = meter.reserve(0.05)
         row = meter.budgets()[0]
-        assert row["enforce"] == "fleet" and row["leased_usd"] == pytest.approx(0.5)
+        # the first chunk: the fleet's whole surplus room (one lease), not half the cap
+        chunk = DEFAULT_SURPLUS_SHARE * 100.0
+        assert row["enforce"] == "fleet" and row["leased_usd"] == pytest.approx(chunk)
         lease = row["lease"]
         assert lease["lease_used_usd"] == pytest.approx(0.05)
         assert lease["lease_round_trips"] >= 1 and lease["lease_reservations"] == 1
-        assert meter.health()["budgets"][0]["leased_usd"] == pytest.approx(0.5)
+        assert meter.health()["budgets"][0]["leased_usd"] == pytest.approx(chunk)
         r.settle(0.01)
         assert meter.budgets()[0]["lease"]["lease_used_usd"] == pytest.approx(0.01)
         assert meter.lease_stats()["reservations"] == 1
@@ -298,7 +371,8 @@ def test_budget_dict_and_health_show_the_lease() -> None:
 
 def test_process_mode_never_touches_leases() -> None:
     store = MemoryStore()
-    config = BudgetConfig(budgets=(Budget("p", 1.0, hard=True),), collect_interval_s=3600.0)
+    config = BudgetConfig(budgets=(Budget("p", 1.0, hard=True, enforce="process"),),
+                          collect_interval_s=3600.0)
     with BudgetMeter(config, store=store) as meter:
         meter.reserve(0.5).settle(0.5)
         assert "leased_usd" not in meter.budgets()[0]
@@ -326,13 +400,68 @@ def test_spend_recorded_before_leases_counts() -> None:
 
 def test_a_store_outage_fails_safe() -> None:
     store = MemoryStore()
-    with BudgetMeter(fleet_config(instance_id="a"), store=store) as meter:
-        meter.reserve(0.05).settle(0.05)  # holds a 0.5 lease
+    with BudgetMeter(fleet_config(cap=100.0, instance_id="a"), store=store) as meter:
+        meter.reserve(0.05).settle(0.05)  # holds a 2.5 lease
         store._closed = True
-        meter.reserve(0.3).settle(0.3)  # inside the lease: no store needed
+        meter.reserve(2.0).settle(2.0)  # inside the lease: no store needed
         with pytest.raises(BudgetExceeded, match="cannot be reached"):
-            meter.reserve(0.3)
+            meter.reserve(1.0)
         store._closed = False
+
+
+class DownStore:
+    """Fault injection (a test double): a real MemoryStore whose every call fails
+    while `down`; counts the lease round trips that reach it (or fail)."""
+
+    def __init__(self) -> None:
+        self.inner, self.down, self.lease_calls = MemoryStore(), False, 0
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if not callable(target) or name == "close":
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if name.startswith("lease_"):
+                self.lease_calls += 1
+            if self.down:
+                raise StoreError("store unreachable (injected)")
+            return target(*args, **kwargs)
+        return call
+
+
+def test_after_a_store_failure_fleet_calls_are_refused_at_once_until_a_probe_sees_it(
+        ) -> None:
+    store = DownStore()
+    # A timer that never fires on its own: the test runs the rounds (collect()).
+    config = fleet_config(cap=100.0, instance_id="a", lease_ttl_s=600.0)
+    with BudgetMeter(config, store=store) as meter:
+        meter.reserve(0.05).settle(0.05)  # a 2.5 lease
+        store.down = True
+        before = store.lease_calls
+        with pytest.raises(BudgetExceeded, match="cannot be reached"):
+            meter.reserve(5.0)  # beyond the lease: one try, which fails
+        assert store.lease_calls == before + 1
+        for _ in range(50):  # every later call beyond the lease: refused without I/O
+            with pytest.raises(BudgetExceeded, match="cannot be reached"):
+                meter.reserve(5.0)
+            with pytest.raises(BudgetExceeded, match="cannot be reached"):
+                meter.guard(5.0)
+        assert store.lease_calls == before + 1
+        meter.reserve(1.0).settle(1.0)  # what the lease holds is still spendable
+        assert store.lease_calls == before + 1
+        meter.collect()  # a timer round probes the store: still down
+        assert store.lease_calls == before + 2
+        with pytest.raises(BudgetExceeded, match="cannot be reached"):
+            meter.reserve(5.0)
+        assert store.lease_calls == before + 2
+        assert "unreachable" in str(meter.budgets()[0]["lease"]["lease_error"])
+        store.down = False
+        meter.collect()  # the probe sees the store again
+        probed = store.lease_calls
+        assert probed >= before + 3 and meter.budgets()[0]["lease"]["lease_error"] is None
+        meter.reserve(5.0).settle(5.0)  # granted again, through the store
+        assert store.lease_calls > probed
 
 
 def test_areserve_refusal_is_immediate_and_lease_io_is_off_the_loop() -> None:

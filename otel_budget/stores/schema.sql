@@ -999,6 +999,11 @@ begin
         if (p_req ->> 'ttl_s')::numeric not between 0.2 and 86400 then
             return 'ttl_s must be between 0.2 and 86400 seconds';
         end if;
+        -- Optional (older clients omit it): the fleet's surplus bound, share of the cap.
+        if p_req ? 'surplus_share' and (jsonb_typeof(p_req -> 'surplus_share') is distinct from 'number'
+           or (p_req ->> 'surplus_share')::numeric <= 0 or (p_req ->> 'surplus_share')::numeric > 1) then
+            return 'surplus_share must be in (0, 1]';
+        end if;
         if jsonb_typeof(p_req -> 'new') is distinct from 'boolean' then
             return 'new must be true or false';
         end if;
@@ -1116,6 +1121,8 @@ declare
     v_active integer;
     v_granted numeric;
     v_extra numeric;
+    v_room numeric;
+    v_others_surplus numeric;
     v_ok boolean := true;
     v_entry jsonb;
 begin
@@ -1154,6 +1161,18 @@ begin
     v_avail := round(v_free - v_used, 9);
     v_contended := coalesce((v_doc ->> 'short_until')::numeric, 0) > v_now;
     v_active := v_active + 1;
+    -- The surplus bound (leases.surplus_room): a fair part of surplus_share * cap, no
+    -- more than the others' reported surplus leaves of it.
+    if p_request ? 'surplus_share' then
+        select coalesce(sum(greatest(0, (e.value ->> 'granted_usd')::numeric
+                                        - (e.value ->> 'used_usd')::numeric)), 0)
+          into v_others_surplus
+          from pg_catalog.jsonb_each(v_doc -> 'leases') as e
+         where e.key <> v_lid;
+        v_room := greatest(0, least((p_request ->> 'surplus_share')::numeric * v_cap / v_active,
+                                    (p_request ->> 'surplus_share')::numeric * v_cap
+                                    - v_others_surplus));
+    end if;
     if v_want > 0 then
         if v_want > v_avail + 0.000000001 then
             v_ok := false;
@@ -1163,6 +1182,9 @@ begin
             v_extra := case when v_contended then v_want
                             else greatest(v_want, (p_request ->> 'min_chunk_usd')::numeric,
                                           (p_request ->> 'share')::numeric * v_avail / v_active) end;
+            if v_room is not null then
+                v_extra := greatest(v_want, least(v_extra, v_room));
+            end if;
             v_granted := round(v_used + greatest(0, least(v_avail, v_extra)), 9);
         end if;
     elsif v_contended then
