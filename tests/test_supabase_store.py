@@ -241,3 +241,81 @@ def test_the_key_never_appears_in_errors_or_reprs(
     assert gateway.service_key not in str(caught.value) and "apikey=***" in str(caught.value)
 
 
+
+
+# --- redirects ------------------------------------------------------------------------------
+
+class _Recorder:
+    """Two loopback HTTP servers: one answers every request with a redirect to the
+    other, which records the headers it is sent (where a followed redirect would
+    carry the service key)."""
+
+    def __init__(self, status: int) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[dict[str, str]] = []
+        self.redirects = 0
+        recorder = self
+
+        class Target(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                recorder.received.append(dict(self.headers.items()))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"[]")
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.target = ThreadingHTTPServer(("127.0.0.1", 0), Target)
+        location = f"http://127.0.0.1:{self.target.server_address[1]}"
+
+        class Redirector(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                recorder.redirects += 1
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                self.send_response(status)
+                self.send_header("Location", location + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.redirector = ThreadingHTTPServer(("127.0.0.1", 0), Redirector)
+        self.url = f"http://127.0.0.1:{self.redirector.server_address[1]}"
+        self._threads = [threading.Thread(target=s.serve_forever, daemon=True)
+                         for s in (self.target, self.redirector)]
+        for thread in self._threads:
+            thread.start()
+
+    def close(self) -> None:
+        for server in (self.target, self.redirector):
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_never_followed_with_the_key(status: int) -> None:
+    recorder = _Recorder(status)
+    key = "sb_secret_redirect-test-0123456789"
+    store = SupabaseStore(url=recorder.url, key=key, sleep=lambda _s: None)
+    try:
+        for call in (lambda: store.get(BUDGET_TYPE, NAME),
+                     lambda: store.merge_writer(_entry(1.0, 1))):
+            with pytest.raises(StoreError, match="redirect") as caught:
+                call()
+            assert key not in str(caught.value)
+        assert recorder.received == []  # nothing reached the redirect's target
+        assert recorder.redirects == 2  # and a redirect is final: not retried
+    finally:
+        store.close()
+        recorder.close()
