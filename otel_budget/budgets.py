@@ -179,19 +179,53 @@ def budget_from_mapping(raw: Any, where: str) -> Budget:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+MAX_BUDGETS_FILE_BYTES = 1024 * 1024
+MAX_BUDGETS_FILE_DEPTH = 16
+
+
 def load_budgets_file(path: str, where: str) -> tuple[Budget, ...]:
-    """Budgets from a TOML file of `[[budget]]` tables."""
+    """Budgets from a TOML file of `[[budget]]` tables: at most 1 MiB (a device such
+    as /dev/zero, or a runaway file, is a ConfigError, not a MemoryError) and at
+    most 16 levels of nesting (not a RecursionError)."""
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            raw = handle.read(MAX_BUDGETS_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{where}={path!r}: no such file") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"{where}={path!r}: cannot read budgets: {exc}") from None
+    if len(raw) > MAX_BUDGETS_FILE_BYTES:
+        raise ConfigError(f"{where}={path!r}: larger than {MAX_BUDGETS_FILE_BYTES} bytes; "
+                          "not a budgets file")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}={path!r}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{where}={path!r}: nested more than {MAX_BUDGETS_FILE_DEPTH} "
+                          "levels deep") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}={path!r}: cannot read budgets: {exc}") from None
+    if _depth(data) > MAX_BUDGETS_FILE_DEPTH:
+        raise ConfigError(f"{where}={path!r}: nested more than {MAX_BUDGETS_FILE_DEPTH} "
+                          "levels deep")
     tables = data.get("budget", [])
     if not isinstance(tables, list) or not tables:
         raise ConfigError(f"{where}={path!r}: expected one or more [[budget]] tables")
     return tuple(budget_from_mapping(table, f"{where}={path!r}") for table in tables)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth, without recursion (what tomllib parsed is at most ~1,000 deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
 
 
 def budgets_by_name(budgets: Iterable[Budget]) -> dict[str, Budget]:

@@ -224,6 +224,9 @@ def _check_text(text: str, what: str) -> None:
         raise ValueError(f"{what} contains a lone surrogate (not valid Unicode text)") from None
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _check_scalar(value: Any, what: str) -> None:
     if isinstance(value, str):
         if len(value) > MAX_ATTRIBUTE_VALUE_LENGTH:
@@ -232,7 +235,11 @@ def _check_scalar(value: Any, what: str) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{what} must be finite, got {value!r}")
-    elif not isinstance(value, (bool, int)):
+    elif isinstance(value, int) and not isinstance(value, bool):
+        # OTLP carries int64: the exporter drops a larger one, merging two series.
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"{what} is outside the 64-bit integer range, got {value!r:.40}")
+    elif not isinstance(value, bool):
         raise TypeError(f"{what} must be str, bool, int or float, got {type(value).__name__}")
 
 
