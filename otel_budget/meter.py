@@ -29,13 +29,15 @@ from opentelemetry.sdk.metrics.export import MetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
 
 from . import ledger, lifecycle
+from ._version import __version__
 from .config import BudgetConfig
-from .errors import BudgetError, ConfigError
+from .errors import BudgetError, BudgetExceeded, ConfigError
 from .health import build_health
 from .leases import FleetLease, LeaseStore, supports_leases
 from .ledger import UsdAmount
 from .notify import Notifier, NotifierDispatcher
 from .reader import SCOPE_NAME, SPEND_INSTRUMENT, BudgetReader
+from .refusals import RefusalLog
 from .reservations import RESERVE_ATTEMPTS, Reservation, ReservationBook
 from .spool import Spool
 from .stores.base import PatchStore, open_store
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
     from .pricing import ModelPrice, PriceTable, TokenUsage
     from .usage import UsageRecorder
 
-__version__ = "0.2.0"
 
 _log = logging.getLogger("otel_budget")
 
@@ -120,10 +121,13 @@ class BudgetMeter:
         self._ledger = self._tracker.ledger
         self._budget_index = {b.name: b for b in config.all_budgets}
         self._leases = self._make_leases(config)
+        tracker = self._tracker
+        self._refusals = RefusalLog(writer=lambda: tracker.writer_id, clock=clock)
         self._book = ReservationBook(
             budgets=config.all_budgets, spend_of=self._tracker.budget_spend,
             window_of=self._tracker.window_of, record=self.record,
             check_amount=self._check_amount, leases=self._leases,
+            on_refusal=self._refusals.record_exception,
             day=lambda: self._tracker.day,
         )
         if self._leases:
@@ -263,6 +267,15 @@ class BudgetMeter:
         otel_meter.create_observable_counter(
             SPEND_INSTRUMENT, callbacks=[spend], unit="USD",
             description="Money spent on LLM calls",
+        )
+        refusals = self._refusals
+
+        def refused(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(n, {"budget": name}) for name, n in refusals.totals().items()]
+
+        otel_meter.create_observable_counter(
+            "llm.budget.refusals", callbacks=[refused], unit="{call}",
+            description="Calls refused by a hard budget (guard, reserve, areserve)",
         )
 
         def per_budget(value: Callable[[dict[str, Any]], float | None],
@@ -411,6 +424,7 @@ class BudgetMeter:
 
     def _after_fork_in_child(self) -> None:
         self._tracker.after_fork_in_child()
+        self._refusals.after_fork_in_child()
         for lease in self._leases.values():
             lease.after_fork_in_child()  # the parent's lease stays the parent's
         # A new writer is a new OTel service instance; the SDK keeps the resource on
@@ -545,15 +559,19 @@ class BudgetMeter:
         error (on_error)."""
         book = self._book
         amount, budgets = book.prepare(max_usd, attributes, on_error)
-        for _ in range(RESERVE_ATTEMPTS):
-            result = book.try_reserve(amount, budgets, attributes, on_error=on_error)
-            if isinstance(result, Reservation):
-                reservation = result
-                break
-            # A fleet lease needs a store round trip: in a thread, never on the loop.
-            await asyncio.to_thread(book.fill, result, amount)
-        else:  # the lease kept being drawn by others between our round trips
-            raise book.refusal(budgets, amount)
+        try:
+            for _ in range(RESERVE_ATTEMPTS):
+                result = book.try_reserve(amount, budgets, attributes, on_error=on_error)
+                if isinstance(result, Reservation):
+                    reservation = result
+                    break
+                # A fleet lease needs a store round trip: in a thread, never on the loop.
+                await asyncio.to_thread(book.fill, result, amount)
+            else:  # the lease kept being drawn by others between our round trips
+                raise book.refusal(budgets, amount)
+        except BudgetExceeded as exc:
+            book.refused(exc)
+            raise
         try:
             yield reservation
         except BaseException as exc:
@@ -606,6 +624,15 @@ class BudgetMeter:
                 row["lease"] = info
         return rows
 
+    def refusals(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """This process's recent refusals, newest first (budget, key, amount_usd,
+        at, writer, window, reason)."""
+        return self._refusals.recent(limit)
+
+    @property
+    def refusal_log(self) -> RefusalLog:
+        return self._refusals
+
     def lease_stats(self) -> dict[str, Any]:
         """Store round trips per reservation of the fleet budgets' leases (this process)."""
         trips = sum(lease.round_trips for lease in self._leases.values())
@@ -634,11 +661,22 @@ class BudgetMeter:
 
         return generate_latest(self._registry), CONTENT_TYPE_LATEST
 
-    def serve_health(self, host: str = "127.0.0.1", port: int = 0) -> HealthServer:
-        """Serve GET /healthz (200 ok / 503 degraded) and GET /metrics."""
+    def serve_health(self, host: str = "127.0.0.1", port: int = 0, *,
+                     status_page: bool = True) -> HealthServer:
+        """Serve GET /healthz (200 ok / 503 degraded) and GET /metrics, and (unless
+        `status_page=False`) the status page at GET / and its JSON at GET /api/status."""
         from .health_server import serve_health
 
-        return serve_health(self.health, self.render_metrics, host=host, port=port)
+        pages = None
+        if status_page:
+            from functools import partial
+
+            from .web.app import respond
+            from .web.status import StatusSource
+
+            pages = partial(respond, StatusSource(self))
+        return serve_health(self.health, self.render_metrics, host=host, port=port,
+                            pages=pages)
 
     # --- accessors ------------------------------------------------------------------------
 
@@ -689,3 +727,4 @@ def _find_budget_reader(provider: MeterProvider) -> BudgetReader | None:
         if isinstance(reader, BudgetReader):
             return reader
     return None
+

@@ -13,8 +13,11 @@ from .. import ledger
 from ..config import BudgetConfig
 from ..errors import ConfigError
 from ..read import read_day
+from ..refusals import ENTRY_KEY as REFUSALS_KEY
+from ..refusals import merge_entry_fields
 from ..stores.base import PatchStore, open_store
 from ..stores.sqlite import sqlite_path
+from .text import printable_data
 
 
 def register(subparsers: Any) -> None:
@@ -58,7 +61,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
-        print(format_status(report))
+        # Stored text (attributes, ids, names) must not drive the terminal.
+        print(format_status(printable_data(report)))
     return 0
 
 
@@ -73,9 +77,14 @@ def status_report(store: PatchStore, day: date, budgets: list[str] | None = None
     report["daily_cap_usd"] = daily_cap_usd
     report["utilization"] = (ledger.utilization(report["total_usd"], daily_cap_usd)
                              if daily_cap_usd else None)
+    # The refusals each writer stored in its entry (newest first; odd ones skipped).
+    entries = store.writer_entries([report["date"]], breakdown=False)
+    report["refusals"] = merge_entry_fields([e.get(REFUSALS_KEY) for e in entries],
+                                            writers=[e.get("writer_id") for e in entries])
     if budgets:
         report["by_budget"] = {k: v for k, v in report["by_budget"].items() if k in budgets}
         report["nudges"] = [n for n in report["nudges"] if n.get("budget", "daily") in budgets]
+        report["refusals"] = [r for r in report["refusals"] if r["budget"] in budgets]
     return report
 
 
@@ -105,6 +114,14 @@ def format_status(report: dict[str, Any]) -> str:
             f"by {nudge['instance_id']} at {nudge['created_at']}")
     if not report["nudges"]:
         lines.append("nudges: none")
+    for item in report.get("refusals", [])[:20]:
+        key = ", ".join(f"{k}={v}" for k, v in sorted((item.get("key") or {}).items()))
+        amount = item.get("amount_usd")
+        lines.append(f"refusal: {item['budget']}{' [' + key + ']' if key else ''} "
+                     f"${amount if amount is not None else float('nan'):.6f} "
+                     f"at {item['at']} by {item.get('writer') or '?'}")
+    if not report.get("refusals"):
+        lines.append("refusals: none")
     if warning:
         lines.append(warning)
     return "\n".join(lines)

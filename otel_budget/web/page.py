@@ -72,7 +72,8 @@ h2 { font-size: 16px; margin: 22px 0 8px; }
 .mark.sent { opacity: 1; }
 dl { display: grid; grid-template-columns: auto 1fr; gap: 2px 10px; margin: 6px 0 0;
   font-size: 13px; }
-dt { color: var(--muted); } dd { margin: 0; }
+dt { color: var(--muted); } dd { margin: 0; min-width: 0; overflow-wrap: anywhere; }
+.card, .grid > * { min-width: 0; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; background: var(--card);
   border: 1px solid var(--line); border-radius: 8px; font-size: 14px; }
@@ -137,7 +138,8 @@ footer { margin: 24px 0 8px; font-size: 12px; }
   }
   function usd(v) {
     if (v == null || !isFinite(v)) return "-";
-    var digits = Math.abs(v) >= 100 ? 2 : (Math.abs(v) >= 1 ? 4 : 6);
+    var a = Math.abs(v);
+    var digits = a >= 1 || a === 0 ? 2 : (a >= 0.01 ? 4 : 6);
     return "$" + Number(v).toFixed(digits);
   }
   function pct(v) { return v == null ? "-" : (v * 100).toFixed(1) + "%"; }
@@ -145,7 +147,8 @@ footer { margin: 24px 0 8px; font-size: 12px; }
     if (!iso) return "-";
     if (iso === "reached") return "reached";
     var d = new Date(iso);
-    return isNaN(d) ? String(iso) : d.toLocaleString();
+    return isNaN(d) ? String(iso) : d.toLocaleString(undefined, {month: "short",
+      day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit"});
   }
   function ago(s) {
     if (s == null) return "-";
@@ -196,7 +199,7 @@ footer { margin: 24px 0 8px; font-size: 12px; }
       text: usd(b.spend_usd)});
     var dl = el("dl");
     function row(k, v) { dl.appendChild(el("dt", {text: k})); dl.appendChild(el("dd",
-      {cls: "num", text: v})); }
+      {text: v})); }
     row("window", b.window + (b.window_end ? " (ends " + when(b.window_end) + ")" : ""));
     row("remaining", usd(b.remaining_usd));
     row("burn rate", b.burn_usd_per_hour == null ? "-" : usd(b.burn_usd_per_hour) + "/h");

@@ -224,7 +224,7 @@ class StatusSource:
             mono = time.monotonic()
             if cached is not None and mono - cached[0] < self._cache_s:
                 return cached[1]
-            document = self._build(mono)
+            document = self._build()
             self._cached = (mono, document)
             return document
 
@@ -268,7 +268,7 @@ class StatusSource:
             errors.append(f"reading today's alerts failed: {_describe(exc)}")
         return entries, nudges
 
-    def _build(self, mono: float) -> dict[str, Any]:
+    def _build(self) -> dict[str, Any]:
         now = self._clock()
         day = self._today(now)
         errors: list[str] = []
@@ -283,7 +283,7 @@ class StatusSource:
         total = ledger.round_usd(sum(float(e["spend_usd"]) for e in entries
                                      if ledger_amount(e.get("spend_usd"))))
         writers = self._writers(entries, now)
-        self._add_burn(budgets, entries, now, mono, day)
+        self._add_burn(budgets, entries, now, day)
         refusal_fields = [e.get(ENTRY_KEY) for e in entries]
         refusal_writers = [e.get("writer_id") for e in entries]
         local: list[dict[str, Any]] = []
@@ -457,14 +457,16 @@ class StatusSource:
                 "list": listed[:MAX_WRITERS_LISTED]}
 
     def _add_burn(self, budgets: list[dict[str, Any]], entries: Sequence[Mapping[str, Any]],
-                  now: datetime, mono: float, day: date) -> None:
+                  now: datetime, day: date) -> None:
         midnight = datetime(day.year, day.month, day.day, tzinfo=self._tz)
         for row in budgets:
             name = str(row["name"])
             ring = self._rings.setdefault(name, _BurnRing())
             spend = float(row.get("spend_usd") or 0.0)
-            ring.add(str(row["window"]), mono, spend)
-            observed = ring.rate_per_hour(mono)
+            # Wall time from the source's clock (the meter's, in tests a fake one).
+            at = now.timestamp()
+            ring.add(str(row["window"]), at, spend)
+            observed = ring.rate_per_hour(at)
             if observed is not None:
                 rate, span = observed
                 basis = f"observed by this server over the last {span / 60:.0f} min"
