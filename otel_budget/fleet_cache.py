@@ -51,8 +51,7 @@ def save(path: Path, *, day: date, total_usd: float, windows: Mapping[str, tuple
                     for name, (w, s) in sorted(windows.items())},
     }
     data = json.dumps(content, sort_keys=True, allow_nan=False).encode()
-    if not path.parent.is_dir():
-        return  # the spool has not made its root yet: nothing to keep beside
+    _private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=".fleet-", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
@@ -67,11 +66,22 @@ def save(path: Path, *, day: date, total_usd: float, windows: Mapping[str, tuple
         raise
 
 
+def _private_dir(directory: Path) -> None:
+    """Create the spool's root as the spool does (0700), and refuse one that another
+    user owns or may write: a planted copy must not raise or lower what is enforced."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = directory.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(f"{directory} is not a private directory of this user")
+
+
 def load(path: Path, *, day: date, windows: Mapping[str, str]) -> FleetView | None:
     """The view the copy gives for `day` (budget name -> its current window id), or
     None when there is no usable copy. Only windows still current count."""
     try:
-        if path.stat().st_size > _MAX_BYTES or path.stat().st_uid != os.getuid():
+        st, parent = path.stat(), path.parent.stat()
+        if (st.st_size > _MAX_BYTES or st.st_uid != os.getuid() or st.st_mode & 0o022
+                or parent.st_uid != os.getuid() or parent.st_mode & 0o022):
             return None
         content = json.loads(path.read_bytes())
     except (OSError, ValueError):
