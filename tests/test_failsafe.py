@@ -286,7 +286,7 @@ def test_start_is_bounded_and_enforces_from_the_local_copy(
 
     inner = SQLiteStore(path)
     hanging = HangingStore(inner)
-    meter = BudgetMeter(config, store=hanging, clock=clock)  # type: ignore[arg-type]
+    meter = BudgetMeter(config, store=hanging, clock=clock)
     try:
         meter.start()  # returns: the first load is still blocked in the store
         assert hanging.calls >= 1 and not hanging.release.is_set()
