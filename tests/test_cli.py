@@ -186,3 +186,25 @@ def test_bench_json(tmp_path: Path) -> None:
     assert 0 < figures["lease_round_trips_per_reservation"] <= 0.1
     assert figures["asyncio_fleet"]["loop_lag_p99_ms"] > 0
     assert list(tmp_path.iterdir()) == [], "bench cleans up after itself"
+
+
+def test_status_escapes_control_characters_in_stored_text(tmp_path: Path) -> None:
+    from otel_budget import BudgetConfig, BudgetMeter
+
+    forged = "x\x1b[2K\r2026-11-25: $0.000000 spent\nby attributes:\u202e\x9b31m"
+    store = SQLiteStore(tmp_path / "budget.db")
+    config = BudgetConfig(daily_cap_usd=100.0, instance_id="esc\x1b[1Aid",
+                          spool_dir=str(tmp_path / "spool"))
+    with BudgetMeter(config, store=store) as meter:
+        meter.record(1.25, {"agent": forged})
+        day = meter.day.isoformat()
+    store.close()
+    result = run_cli(tmp_path, "status", "--store", "sqlite:///budget.db", "--date", day)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]", out), repr(out)
+    assert "\\x1b[2K\\x0d2026-11-25: $0.000000 spent\\x0aby attributes:\\u202e\\x9b31m" in out
+    assert "esc\\x1b[1Aid" in out
+    assert sum(1 for line in out.splitlines() if line.startswith("by attributes:")) == 1
+    assert json.loads(run_cli(tmp_path, "status", "--store", "sqlite:///budget.db", "--date",
+                              day, "--json").stdout)["total_usd"] == 1.25

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import BudgetError
+from .text import printable
 
 _COMMAND_MODULES: tuple[str, ...] = (
     "otel_budget.cli.status",
@@ -33,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except BudgetError as exc:
-        print(f"otel-budget {args.command}: {exc}", file=sys.stderr)
+        # An error may quote stored text (a malformed row's name, say).
+        print(f"otel-budget {args.command}: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -11,6 +11,7 @@ from ..config import BudgetConfig
 from ..errors import ConfigError
 from ..report import load_report, render_png
 from ..stores.base import open_store, redact_url
+from .text import printable
 
 
 def register(subparsers: Any) -> None:
@@ -66,15 +67,15 @@ def handle(args: argparse.Namespace) -> int:
     today = report.today
     spent = f"${today.spend_usd:,.2f}" if today.spend_usd is not None else "nothing recorded"
     cap = f" of ${today.cap_usd:,.2f}" if today.cap_usd else ""
-    print(f"wrote {path} ({report.days_with_data}/{len(report.days)} days with data; "
+    print(f"wrote {printable(path)} ({report.days_with_data}/{len(report.days)} days with data; "
           f"today {spent}{cap})")
     caps = {budget.name: budget.cap_usd for budget in config.all_budgets} if cap_known or \
         config.budgets else {}
     for name, usd in sorted(today.by_budget.items()):
         of = f" of ${caps[name]:,.2f}" if name in caps else ""
-        print(f"  budget {name}: ${usd:,.6f} today{of}")
+        print(f"  budget {printable(name)}: ${usd:,.6f} today{of}")
     for name in report.unreadable:
-        print(f"warning: skipped unreadable document {name}")
+        print(f"warning: skipped unreadable document {printable(name)}")
     return 0
 
 
