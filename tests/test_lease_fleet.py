@@ -121,3 +121,82 @@ def test_fleet_cap_holds_across_sqlite_processes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fleet.db'}"
     result = _run_fleet(url, 4, tmp_path)
     _check(url, result, "sqlite x4")
+
+
+# --- the first refusal: the fleet really has spent (or holds) the cap --------------------
+
+BURST_CAP = 100.0
+IDLE_AFTER_USD = 12.0
+
+
+def _burst(url: str, tmp_path: Path) -> dict[str, Any]:
+    """4 writers with the default settings burst against one $100 fleet budget; two
+    go idle after $12 each (still running, still holding their leases), two keep
+    going until the fleet refuses them."""
+    log = tmp_path / "burst.log"
+    stop = tmp_path / "stop-idle"
+    roles = ["idle", "busy", "idle", "busy"]
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for i, role in enumerate(roles):
+            procs.append(subprocess.Popen(
+                [PYTHON, "-m", "tests.apps.burst_worker", url, str(BURST_CAP), str(200 + i),
+                 str(log), role, str(IDLE_AFTER_USD), str(stop)],
+                cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, text=True))
+        for proc in procs:
+            assert proc.stdout is not None
+            assert json.loads(proc.stdout.readline())["started"]
+        stats = []
+        for proc, role in zip(procs, roles, strict=True):
+            if role == "busy":
+                out, _ = proc.communicate(timeout=300)
+                assert proc.returncode == 0, out
+                stats.append(json.loads(out.strip().splitlines()[-1]))
+        stop.write_text("stop")
+        for proc, role in zip(procs, roles, strict=True):
+            if role == "idle":
+                out, _ = proc.communicate(timeout=60)
+                assert proc.returncode == 0, out
+                stats.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            ensure_stopped(proc)
+    spent_before = 0.0
+    first_refusal = None
+    for line in log.read_text().splitlines():
+        kind, amount = line.split()
+        if kind == "refused":
+            first_refusal = spent_before
+            break
+        spent_before += float(amount)
+    return {"stats": stats, "first_refusal_usd": first_refusal,
+            "total_usd": sum(float(line.split()[1]) for line in log.read_text().splitlines()
+                             if line.startswith("spend "))}
+
+
+def _check_burst(result: dict[str, Any], label: str) -> None:
+    idle = [s for s in result["stats"] if s["role"] == "idle"]
+    trips = sum(s["round_trips"] for s in result["stats"])
+    reservations = sum(s["reservations"] for s in result["stats"])
+    share = (result["first_refusal_usd"] or 0.0) / BURST_CAP
+    print(f"\n{label}: first refusal at ${result['first_refusal_usd']:.6f} of ${BURST_CAP:g} "
+          f"({share:.2%}); spent ${result['total_usd']:.6f}; {trips} lease round trips / "
+          f"{reservations} reservations = {trips / max(1, reservations):.4f}")
+    # The idle writers really went idle having spent their part (and hold leases).
+    assert all(s["spent_usd"] >= IDLE_AFTER_USD for s in idle)
+    # Counted in spend (what the writers logged before the first refusal), not time:
+    # the leases the idle writers hold cannot keep more than 3% of the cap from the
+    # busy ones.
+    assert result["first_refusal_usd"] is not None
+    assert share >= 0.97
+    assert result["total_usd"] <= BURST_CAP + 1e-9
+
+
+def test_first_refusal_comes_at_97_percent_with_idle_writers_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'burst.db'}"
+    _check_burst(_burst(url, tmp_path), "sqlite burst x4 (2 idle)")
+
+
+def test_first_refusal_comes_at_97_percent_with_idle_writers_postgres(
+        pg_clean: str, tmp_path: Path) -> None:
+    _check_burst(_burst(pg_clean, tmp_path), "postgresql burst x4 (2 idle)")
