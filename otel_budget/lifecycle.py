@@ -79,6 +79,9 @@ _real_getsignal = signal.getsignal
 _chained: dict[int, Handler] = {}
 # Meters whose shutdown has begun and whose final write may still be running.
 _closing: weakref.WeakSet[Stoppable] = weakref.WeakSet()
+# Stop signals held while a shutdown is under way, and until when.
+_pending: list[int] = []
+_hold_until: dict[int, float] = {}
 _mp_armed_pid: int | None = None
 _mp_token: Any = None
 
@@ -96,20 +99,25 @@ def register(meter: Stoppable) -> None:
 
 
 def stopping(meter: Stoppable) -> None:
-    """A meter's shutdown began: a stop signal arriving before its final write is
-    done waits for that write instead of cutting it short."""
+    """A meter's shutdown began: a stop signal whose default action is death, arriving
+    before this shutdown ends, takes effect when it ends (or at the deadline)."""
     with _lock:
         _live.discard(meter)
         _closing.add(meter)
 
 
 def stopped(meter: Stoppable) -> None:
-    """A meter's shutdown ended. The last one puts the original handlers back (main
-    thread only; elsewhere ours stay and only chain, which changes nothing)."""
+    """A meter's shutdown ended: deliver a signal held for it; else the last meter
+    puts the original handlers back (main thread only; elsewhere ours stay and only
+    chain, which changes nothing)."""
     with _lock:
         _live.discard(meter)
         _closing.discard(meter)
-        if not _live and not _closing and _on_main_thread():
+        if _closing:
+            return
+        if _pending:
+            _deliver_pending()
+        elif not _live and _on_main_thread():
             _disarm()
 
 
@@ -185,6 +193,18 @@ def _on_signal(signum: int, frame: FrameType | None) -> Any:
         return previous(signum, frame)
     if previous == signal.SIG_IGN:
         return None
+    with _lock:
+        if _closing and time.monotonic() < _hold_until.get(signum, float("inf")):
+            # A shutdown is under way, maybe in this very thread (an exit hook or a
+            # multiprocessing finalizer the signal interrupted): let it finish; it
+            # delivers the signal when done, or the watchdog does at the deadline.
+            if signum not in _pending:
+                _pending.append(signum)
+                _hold_until[signum] = time.monotonic() + STOP_DEADLINE_S
+                _start_watchdog(signum)
+            return None
+        _pending[:] = [s for s in _pending if s != signum]
+        _hold_until.pop(signum, None)
     stop_all(STOP_DEADLINE_S, in_thread=True)
     # What would have happened without us: the default action, here and now.
     with _lock:
@@ -192,6 +212,24 @@ def _on_signal(signum: int, frame: FrameType | None) -> Any:
         _real_signal(signum, signal.SIG_DFL)
     signal.raise_signal(signum)
     return None
+
+
+def _deliver_pending() -> None:
+    """Re-send the held signal to the main thread, where `_on_signal` (no shutdown
+    under way any more) performs the default action."""
+    signum = _pending[0]
+    _hold_until[signum] = 0.0  # no second hold
+    signal.pthread_kill(threading.main_thread().ident or 0, signum)
+
+
+def _start_watchdog(signum: int) -> None:
+    def expire() -> None:
+        time.sleep(STOP_DEADLINE_S)
+        with _lock:
+            if signum in _pending:
+                _deliver_pending()
+
+    threading.Thread(target=expire, name="OtelBudgetStopDeadline", daemon=True).start()
 
 
 def stop_all(timeout: float = STOP_DEADLINE_S, *, in_thread: bool = False) -> None:

@@ -36,13 +36,17 @@ def make_app(name: str = "tests.apps.celery_tasks") -> Celery:
 
 
 app = make_app()
-meter = otel_budget.from_env()
+# APP_NO_METER=1: the same worker without otel_budget (the baseline exit status).
+meter = None if os.environ.get("APP_NO_METER") == "1" else otel_budget.from_env()
 
 
 @app.task(name="spend")  # type: ignore[untyped-decorator,unused-ignore]
 def spend(usd: float) -> None:
-    meter.record(usd, {"phase": "task"})
-    line = json.dumps({"pid": os.getpid(), "writer_id": meter.writer_id, "usd": usd}) + "\n"
+    writer = None
+    if meter is not None:
+        meter.record(usd, {"phase": "task"})
+        writer = meter.writer_id
+    line = json.dumps({"pid": os.getpid(), "writer_id": writer, "usd": usd}) + "\n"
     fd = os.open(DIR / "done.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line.encode())

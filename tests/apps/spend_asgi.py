@@ -1,4 +1,5 @@
-"""A plain ASGI app for tests/test_graceful_stop.py, written as the README shows: the
+"""A plain ASGI app (`app`) and the same as WSGI (`wsgi_app`) for
+tests/test_graceful_stop.py, written as the README shows: the
 meter is built at import (`otel_budget.from_env()`) and nothing else; no lifespan
 code, no shutdown call. Whether the final entries reach the store after a SIGTERM
 is the library's doing.
@@ -45,16 +46,27 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    path = scope.get("path", "/")
+    await _reply(send, _handle(scope.get("path", "/"), scope.get("query_string", b"").decode()))
+
+
+def _handle(path: str, query: str) -> dict[str, Any]:
     payload: dict[str, Any] = {"pid": os.getpid()}
     if path == "/spend":
-        usd = float(parse_qs(scope.get("query_string", b"").decode())["usd"][0])
+        usd = float(parse_qs(query)["usd"][0])
         if not _NO_METER:
             meter.record(usd, {"phase": "request"})
             payload["writer_id"] = meter.writer_id
     elif path == "/health" and not _NO_METER:
         payload.update(meter.health())
-    await _reply(send, payload)
+    return payload
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    body = json.dumps(_handle(environ.get("PATH_INFO", "/"),
+                              environ.get("QUERY_STRING", ""))).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
 
 
 if os.environ.get("APP_EXPLICIT") == "1" and not _NO_METER:
