@@ -10,7 +10,12 @@ nothing for `idle_timeout_s`, or has not sent a whole request head within four t
 that, is closed. A complete request is handed to a bounded pool of at most
 `max_threads` handler threads (started on demand). When every handler is busy and
 `max_threads` more requests are already waiting, a new request gets an immediate
-`503 busy` instead of waiting. At most `max_connections` connections are kept open:
+`503 busy` instead of waiting. `/healthz` has a lane of its own (two handler threads
+and its own queue), so scrapes piling up on `/metrics` or the status page never
+starve the liveness probe; and concurrent `/metrics` requests share one render (a
+request arriving during a render waits for it rather than starting another), so
+many slow scrapers cost one render's CPU at a time, not one each.
+At most `max_connections` connections are kept open:
 beyond that the one idle the longest is closed, so silent clients cannot take the
 process to its file descriptor limit and make `/healthz` unreachable. Every answer
 closes its connection (HTTP/1.0 semantics).
@@ -174,14 +179,135 @@ class _Pending:
         self.last = now
 
 
+class _SingleFlight:
+    """Calls of `fn` that overlap share one run: the first caller runs it, the
+    others wait for its result (or its exception)."""
+
+    def __init__(self, fn: MetricsFn) -> None:
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._current: _Flight | None = None
+        self.runs = 0
+
+    def __call__(self) -> tuple[bytes, str]:
+        with self._lock:
+            flight = self._current
+            leader = flight is None
+            if flight is None:
+                flight = self._current = _Flight()
+                self.runs += 1
+        if leader:
+            try:
+                flight.result = self._fn()
+            except Exception as exc:
+                flight.error = exc
+            finally:
+                with self._lock:
+                    self._current = None
+                flight.done.set()
+        else:
+            flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        assert flight.result is not None
+        return flight.result
+
+
+class _Flight:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: tuple[bytes, str] | None = None
+        self.error: Exception | None = None
+
+
+class _Lane:
+    """A bounded pool of handler threads (started on demand) with its own queue."""
+
+    def __init__(self, core: _Core, max_threads: int, queue_size: int, name: str) -> None:
+        self._core = core
+        self._max_threads = max_threads
+        self._name = name
+        self._ready: queue.Queue[tuple[socket.socket, bytes, Any] | None] = queue.Queue(
+            maxsize=queue_size
+        )
+        self._lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+        self._idle_workers = 0
+
+    def submit(self, sock: socket.socket, head: bytes, address: Any) -> bool:
+        """False when every handler is busy and the queue is full."""
+        with self._lock:
+            # _idle_workers = handlers not answering a request - requests queued.
+            self._idle_workers -= 1
+            if self._idle_workers < 0 and len(self._workers) < self._max_threads:
+                worker = threading.Thread(target=self._work, name=self._name, daemon=True)
+                self._workers.append(worker)
+                self._idle_workers += 1
+                worker.start()
+        try:
+            self._ready.put_nowait((sock, head, address))
+        except queue.Full:
+            with self._lock:
+                self._idle_workers += 1
+            return False
+        return True
+
+    def _work(self) -> None:
+        while True:
+            item = self._ready.get()
+            if item is None:
+                return
+            sock, head, address = item
+            try:
+                sock.setblocking(True)
+                sock.settimeout(self._core.idle_timeout_s)  # a client that will not read
+                _Handler(sock, head, address, self._core)
+            except Exception as exc:
+                log.debug("health request failed: %s", type(exc).__name__)
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+                with self._lock:
+                    self._idle_workers += 1
+
+    def close(self, deadline: float) -> None:
+        with self._lock:
+            workers = list(self._workers)
+        # Drop requests not yet started; then one sentinel per handler thread.
+        while True:
+            try:
+                item = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].close()
+        for _ in workers:
+            with contextlib.suppress(queue.Full):
+                self._ready.put_nowait(None)
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+
+
+_HEALTH_THREADS = 2
+
+
+def _is_healthz(head: bytes) -> bool:
+    line = head.split(b"\n", 1)[0].split()
+    return len(line) >= 2 and line[0] in (b"GET", b"HEAD") and (
+        line[1].split(b"?", 1)[0] == b"/healthz")
+
+
 class _Core:
-    """The listening socket, the I/O thread and the handler pool."""
+    """The listening socket, the I/O thread and the handler lanes."""
 
     def __init__(self, host: str, port: int, health: HealthFn, metrics: MetricsFn, *,
                  idle_timeout_s: float, max_threads: int, max_connections: int,
                  pages: PagesFn | None = None) -> None:
         self.health = health
-        self.metrics = metrics
+        self.metrics = _SingleFlight(metrics)
         self.pages = pages
         self.idle_timeout_s = idle_timeout_s
         self.head_timeout_s = 4 * idle_timeout_s
@@ -204,12 +330,8 @@ class _Core:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stop = threading.Event()
-        self._ready: queue.Queue[tuple[socket.socket, bytes, Any] | None] = queue.Queue(
-            maxsize=max_threads
-        )
-        self._lock = threading.Lock()
-        self._workers: list[threading.Thread] = []
-        self._idle_workers = 0
+        self._general = _Lane(self, max_threads, max_threads, "otel-budget-health-handler")
+        self._probes = _Lane(self, _HEALTH_THREADS, max_threads, "otel-budget-healthz")
         self._selector = selectors.DefaultSelector()
         self._io_thread = threading.Thread(target=self._io_loop, name="otel-budget-health",
                                            daemon=True)
@@ -307,43 +429,10 @@ class _Core:
         sock.close()
 
     def _dispatch(self, sock: socket.socket, head: bytes, address: Any) -> None:
-        with self._lock:
-            # _idle_workers = handlers not answering a request - requests queued.
-            self._idle_workers -= 1
-            if self._idle_workers < 0 and len(self._workers) < self.max_threads:
-                worker = threading.Thread(target=self._work, name="otel-budget-health-handler",
-                                          daemon=True)
-                self._workers.append(worker)
-                self._idle_workers += 1
-                worker.start()
-        try:
-            self._ready.put_nowait((sock, head, address))
-        except queue.Full:
-            with self._lock:
-                self._idle_workers += 1
+        lane = self._probes if _is_healthz(head) else self._general
+        if not lane.submit(sock, head, address):
             log.warning("health server busy: answered 503")
             self._answer_and_close(sock, _BUSY)
-
-    # --- handler pool ---------------------------------------------------------------------
-
-    def _work(self) -> None:
-        while True:
-            item = self._ready.get()
-            if item is None:
-                return
-            sock, head, address = item
-            try:
-                sock.setblocking(True)
-                sock.settimeout(self.idle_timeout_s)  # a client that will not read
-                _Handler(sock, head, address, self)
-            except Exception as exc:
-                log.debug("health request failed: %s", type(exc).__name__)
-            finally:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-                with self._lock:
-                    self._idle_workers += 1
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -354,21 +443,8 @@ class _Core:
             self._wake_w.send(b"x")
         self._io_thread.join(max(0.0, deadline - time.monotonic()))
         self.listener.close()
-        with self._lock:
-            workers = list(self._workers)
-        # Drop requests not yet started; then one sentinel per handler thread.
-        while True:
-            try:
-                item = self._ready.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                item[0].close()
-        for _ in workers:
-            with contextlib.suppress(queue.Full):
-                self._ready.put_nowait(None)
-        for worker in workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
+        self._general.close(deadline)
+        self._probes.close(deadline)
         self._wake_r.close()
         self._wake_w.close()
 

@@ -230,7 +230,7 @@ def test_connections_beyond_the_cap_evict_the_longest_idle() -> None:
             _close_all(old + new)
 
 
-def test_a_full_pool_answers_503_busy_at_once() -> None:
+def test_a_full_pool_answers_503_busy_at_once_and_healthz_still_answers() -> None:
     release = threading.Event()
 
     def slow_metrics() -> tuple[bytes, str]:
@@ -245,15 +245,77 @@ def test_a_full_pool_answers_503_busy_at_once() -> None:
                 thread.start()
                 time.sleep(0.2)
             started = time.monotonic()
-            status, headers, body = _get(server.url + "/healthz")
+            status, headers, body = _get(server.url + "/nope")  # the general lane: full
             assert (status, body) == (503, b"busy\n")
             assert headers.get("Retry-After") == "1"
             assert time.monotonic() - started < 1.0
+            # The liveness probe has a lane of its own.
+            assert _get(server.url + "/healthz")[0] == 200
         finally:
             release.set()
             for thread in stuck:
                 thread.join(5)
-        assert _get(server.url + "/healthz")[0] == 200
+        assert _get(server.url + "/nope")[0] == 404
+
+
+def test_healthz_answers_while_many_slow_metrics_renders_pile_up() -> None:
+    release = threading.Event()
+    rendering = threading.Event()
+    renders = 0
+
+    def slow_metrics() -> tuple[bytes, str]:
+        nonlocal renders
+        renders += 1
+        rendering.set()
+        release.wait(20)
+        return _metrics()
+
+    with serve_health(lambda: {"status": "ok"}, slow_metrics, max_threads=4) as server:
+        scrapers = [threading.Thread(target=_get, args=(server.url + "/metrics",))
+                    for _ in range(40)]
+        try:
+            for thread in scrapers:
+                thread.start()
+            assert rendering.wait(5)
+            probes = [_get(server.url + "/healthz")[0] for _ in range(20)]
+            # Overlapping scrapes share the one render in progress.
+            renders_while_piled_up = renders
+        finally:
+            release.set()
+            for thread in scrapers:
+                thread.join(10)
+        assert probes == [200] * 20
+        assert renders_while_piled_up == 1
+
+
+def test_overlapping_metrics_requests_share_one_render() -> None:
+    release = threading.Event()
+    rendering = threading.Event()
+    renders = 0
+
+    def slow_metrics() -> tuple[bytes, str]:
+        nonlocal renders
+        renders += 1
+        rendering.set()
+        release.wait(10)
+        return f"# TYPE x gauge\nx {renders}.0\n".encode(), "text/plain"
+
+    with serve_health(lambda: {"status": "ok"}, slow_metrics, max_threads=8) as server:
+        results: list[tuple[int, dict[str, str], bytes]] = []
+        scrapers = [threading.Thread(target=lambda: results.append(
+            _get(server.url + "/metrics"))) for _ in range(6)]
+        for thread in scrapers:
+            thread.start()
+        assert rendering.wait(5)
+        time.sleep(0.3)  # let the others arrive while the first render runs
+        release.set()
+        for thread in scrapers:
+            thread.join(10)
+        assert sorted(r[0] for r in results) == [200] * 6
+        assert {r[2] for r in results} == {b"# TYPE x gauge\nx 1.0\n"}
+        assert renders == 1
+        # A later scrape renders afresh.
+        assert _get(server.url + "/metrics")[2] == b"# TYPE x gauge\nx 2.0\n"
 
 
 def test_shutdown_is_prompt_with_idle_sockets_open() -> None:
