@@ -21,6 +21,8 @@ labelled `otel_budget_overflow="true"`.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -62,17 +64,33 @@ def _labels(attributes: Mapping[str, Any]) -> dict[str, str]:
 class FleetMetrics(Collector):
     """A prometheus_client collector over `StatusSource.fleet_read()`."""
 
-    def __init__(self, source: StatusSource, *, max_series: int = DEFAULT_MAX_SERIES) -> None:
+    def __init__(self, source: StatusSource, *, max_series: int = DEFAULT_MAX_SERIES,
+                 cache_s: float = 5.0) -> None:
         if not isinstance(max_series, int) or max_series < 1:
             raise ValueError(f"max_series must be an int >= 1, got {max_series!r}")
         self._source = source
         self._max_series = max_series
+        self._cache_s = float(cache_s)
+        self._lock = threading.Lock()
+        self._cached: tuple[float, bytes] | None = None
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
 
+    def describe(self) -> Iterable[Metric]:
+        return []  # registering must not read the store
+
     def render(self) -> bytes:
-        """The Prometheus text exposition (0.0.4) of these gauges."""
-        return generate_latest(self._registry)
+        """The Prometheus text exposition (0.0.4) of these gauges. Kept `cache_s`
+        (an HA pair of Prometheus servers, or a fast scrape interval, costs one
+        store read and one rendering per period; 10,000 attribute sets take a few
+        hundred milliseconds to render)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self._cache_s:
+                return self._cached[1]
+            body = generate_latest(self._registry)
+            self._cached = (now, body)
+            return body
 
     def collect(self) -> Iterable[Metric]:
         read = self._source.fleet_read()

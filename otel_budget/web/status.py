@@ -382,7 +382,8 @@ class StatusSource:
             errors.append(f"reading the budgets' windows failed: {_describe(exc)}")
             totals = {}
         budget_objects = {b.name: b for b in self._budgets or ()}
-        incomplete: dict[str, list[dict[str, Any]]] = {}
+        # Today's rows were read already (with their breakdown): not again.
+        incomplete: dict[str, Sequence[Mapping[str, Any]]] = {today: entries}
         rows = []
         for meta in metas:
             name = meta["name"]
