@@ -38,12 +38,20 @@ class AlertBook:
 
 def build_nudge(
     *, sibling: str, budget: Budget, window: str, ratio: float, spend_usd: float,
-    instance_id: str, now: datetime, day: str,
+    instance_id: str, now: datetime, day: str, row_name: str | None = None,
+    claimed_by: str | None = None,
 ) -> dict[str, Any]:
     """Version 1's keys (daily_spend_usd / daily_cap_usd hold the budget's window
-    spend and cap), plus which budget, period, window and match."""
+    spend and cap), plus which budget, period, window and match; with `row_name`,
+    the claim's keys: `id` (the row name, for a receiver to deduplicate: a claim
+    taken over is delivered again under the same id), `claimed_by`, `claimed_at`
+    and `delivered_at` (None until a notifier took it)."""
     spend = ledger.round_usd(spend_usd)
-    return {
+    claim: dict[str, Any] = {}
+    if row_name is not None:
+        claim = {"id": row_name, "claimed_by": claimed_by, "claimed_at": now.isoformat(),
+                 "delivered_at": None}
+    return claim | {
         "to": sibling,
         "kind": "budget_alert",
         "date": day,
@@ -59,3 +67,40 @@ def build_nudge(
         "spend_usd": spend,
         "cap_usd": budget.cap_usd,
     }
+
+
+# --- claims: delivered at least once -------------------------------------------------
+#
+# A claim row holds the nudge document. `delivered_at` null: claimed, not yet taken by
+# the claiming writer's notifiers; a string: delivered. A row without the key predates
+# delivery records and counts as delivered (an upgrade must not re-send old alerts).
+
+
+def claim_undelivered(content: Any) -> bool:
+    return isinstance(content, dict) and "delivered_at" in content and \
+        content["delivered_at"] is None
+
+
+def claimed_at(content: dict[str, Any]) -> datetime | None:
+    for key in ("claimed_at", "created_at"):
+        value = content.get(key)
+        if isinstance(value, str):
+            try:
+                stamp = datetime.fromisoformat(value)
+            except ValueError:
+                continue
+            if stamp.tzinfo is not None:
+                return stamp
+    return None
+
+
+def delivered(content: dict[str, Any], now: datetime) -> dict[str, Any]:
+    return {**content, "delivered_at": now.isoformat()}
+
+
+def taken_over(content: dict[str, Any], *, writer_id: str, now: datetime) -> dict[str, Any]:
+    """The claim, re-claimed by `writer_id` (its claimer died before delivering)."""
+    previous = content.get("takeovers")
+    count = previous + 1 if isinstance(previous, int) and not isinstance(previous, bool) else 1
+    return {**content, "claimed_by": writer_id, "claimed_at": now.isoformat(),
+            "delivered_at": None, "takeovers": count}

@@ -125,6 +125,17 @@ class Budget:
 _MISSING = object()
 
 
+def _text_problem(text: str) -> str | None:
+    """What makes a match key or value unfit to store and show, or None."""
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text):
+        return "holds a control character (NUL included)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds a lone surrogate"
+    return None
+
+
 def _compile_match(match: Any, where: str) -> tuple[tuple[str, frozenset[Any]], ...]:
     if match is None:
         return ()
@@ -137,6 +148,8 @@ def _compile_match(match: Any, where: str) -> tuple[tuple[str, frozenset[Any]], 
     for key, wanted in match.items():
         if not isinstance(key, str) or not key:
             raise ConfigError(f"{where}: match: keys must be non-empty strings, got {key!r}")
+        if (problem := _text_problem(key)) is not None:
+            raise ConfigError(f"{where}: match: key {key!r:.80} {problem}")
         values = list(wanted) if isinstance(wanted, (list, tuple, set, frozenset)) else [wanted]
         if not values:
             raise ConfigError(f"{where}: match: {key!r} lists no values")
@@ -145,6 +158,10 @@ def _compile_match(match: Any, where: str) -> tuple[tuple[str, frozenset[Any]], 
                                                    and not math.isfinite(value)):
                 raise ConfigError(f"{where}: match: {key!r} values must be strings, numbers "
                                   f"or booleans, got {value!r:.80}")
+            if isinstance(value, str) and (problem := _text_problem(value)) is not None:
+                # Refused here, not at the first alert: PostgreSQL's jsonb refuses a NUL
+                # or a lone surrogate, so the alert's claim would fail every round.
+                raise ConfigError(f"{where}: match: {key!r} value {value!r:.80} {problem}")
         compiled.append((key, frozenset(values)))
     return tuple(sorted(compiled, key=lambda kv: kv[0]))
 

@@ -115,7 +115,8 @@ class BudgetMeter:
                             else NotifierDispatcher(list(notifiers)))
         self._tracker = BudgetTracker(
             config, self._store, instance_id=self._instance_id,
-            submit_nudge=self._dispatcher.submit, clock=clock,
+            submit_nudge=self._dispatcher.submit, pending_nudges=self._dispatcher.pending,
+            clock=clock,
             spool=Spool(config.spool_dir, store=self._store),
         )
         self._ledger = self._tracker.ledger
@@ -727,4 +728,3 @@ def _find_budget_reader(provider: MeterProvider) -> BudgetReader | None:
         if isinstance(reader, BudgetReader):
             return reader
     return None
-

@@ -18,10 +18,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from . import fleet, fleet_cache, ledger
+from . import alerts, fleet, fleet_cache, ledger
 from .alerts import AlertBook, build_nudge
 from .budgets import Budget
 from .checkpoint import Checkpointer, CheckpointResult, describe, new_writer_id
@@ -52,8 +52,11 @@ class BudgetTracker:
         submit_nudge: Callable[[Nudge], None],
         clock: Callable[[], datetime] | None = None,
         spool: Spool | None = None,
+        pending_nudges: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._config = config
+        #: The nudges the notifiers have not yet taken (the dispatcher's queue).
+        self._pending_nudges = pending_nudges
         self._store = store
         self._budgets = config.all_budgets
         self._instance_id = instance_id
@@ -87,6 +90,10 @@ class BudgetTracker:
         self._restore: dict[str, Any] = {"ok": None, "at": None, "error": None}
         self._checkpointed_nanos = 0
         self._read_up = True
+        #: Claims not known delivered: row name -> when to look again (None: now).
+        self._watch: dict[str, datetime | None] = {}
+        #: Claims of this writer its notifiers have not yet taken: row name -> content.
+        self._mine: dict[str, dict[str, Any]] = {}
 
     # --- identity ---------------------------------------------------------------
 
@@ -415,13 +422,17 @@ class BudgetTracker:
             except CheckpointError as exc:
                 _log.error("otel_budget: quarantined %s: %s", legacy_name, describe(exc))
                 legacy, legacy_bad = None, [legacy_name]
-            claimed = [
-                (budget.name, window, ratio)
-                for budget in self._budgets
-                for window in [ledger.window_id(day, budget.period)]
-                for ratio in budget.alert_ratios
-                if self._claim_exists(ledger.budget_nudge_name(budget.name, window, ratio))
-            ]
+            claimed = []
+            undelivered = []
+            for budget in self._budgets:
+                window = ledger.window_id(day, budget.period)
+                for ratio in budget.alert_ratios:
+                    name = ledger.budget_nudge_name(budget.name, window, ratio)
+                    exists, open_claim = self._claim_state(name)
+                    if exists:
+                        claimed.append((budget.name, window, ratio))
+                    if open_claim:
+                        undelivered.append(name)
         except Exception as exc:
             message = describe(exc)
             with self._state:
@@ -443,6 +454,8 @@ class BudgetTracker:
             self._fleet = view
             for key in claimed:
                 self._alerts.mark_claimed(*key)
+            for name in undelivered:
+                self._watch.setdefault(name, None)
             self._restore = {"ok": True, "at": at, "error": None,
                              "days_read": len(names), "legacy_document": legacy is not None}
             self._read_up = True
@@ -522,11 +535,13 @@ class BudgetTracker:
         if not loaded:
             self._use_local_copy()
 
-    def _claim_exists(self, name: str) -> bool:
+    def _claim_state(self, name: str) -> tuple[bool, bool]:
+        """(the claim row exists, it is not known delivered)."""
         try:
-            return self._store.get(ledger.NUDGE_TYPE, name) is not None
+            content = self._store.get(ledger.NUDGE_TYPE, name)
         except CheckpointError:
-            return True  # a row is there, however malformed: someone claimed it
+            return True, False  # a row is there, however malformed: someone claimed it
+        return content is not None, alerts.claim_undelivered(content)
 
     def restore(self, *, strict: bool) -> None:
         """The first load, at start(). Malformed rows are quarantined and an unreachable
@@ -553,12 +568,12 @@ class BudgetTracker:
                 for ratio in self._alerts.due(budget, window, spend):
                     due.append((budget, window, ratio, spend))
         for budget, window, ratio, spend in due:
+            name = ledger.budget_nudge_name(budget.name, window, ratio)
             nudge = build_nudge(
                 sibling=self._config.sibling, budget=budget, window=window, ratio=ratio,
                 spend_usd=spend, instance_id=self._instance_id, now=self._now(),
-                day=day.isoformat(),
+                day=day.isoformat(), row_name=name, claimed_by=self._checkpointer.writer_id,
             )
-            name = ledger.budget_nudge_name(budget.name, window, ratio)
             try:
                 inserted = self._store.insert_if_absent(ledger.NUDGE_TYPE, name, nudge)
             except Exception as exc:
@@ -569,10 +584,67 @@ class BudgetTracker:
                 continue
             with self._state:
                 self._alerts.mark_claimed(budget.name, window, ratio)
+                self._watch.setdefault(name, None)
+                if inserted:
+                    self._mine[name] = nudge
             if inserted:
                 _log.info("otel_budget: %s%% of budget %r (%s) reached; nudging %s",
                           ledger.ratio_pct(ratio), budget.name, window, self._config.sibling)
                 self._submit_nudge(nudge)
+        self._watch_claims()
+
+    def _watch_claims(self) -> None:
+        """Alerts at least once: record the delivery of this writer's claims once its
+        notifiers took them, and take over (compare and set, so exactly one writer
+        does) a claim still undelivered `alert_delivery_timeout_s` after it was made:
+        its writer died before delivering it."""
+        replace = getattr(self._store, "replace_claim", None)
+        with self._state:
+            now = self._now()
+            due = [n for n, at in self._watch.items() if at is None or at <= now]
+            mine = {n: self._mine[n] for n in due if n in self._mine}
+        if not due or replace is None:
+            return
+        pending: set[Any] = set()
+        if mine and self._pending_nudges is not None:
+            pending = {n.get("id") for n in self._pending_nudges()}
+        timeout = timedelta(seconds=self._config.alert_delivery_timeout_s)
+        for name in due:
+            try:
+                if name in mine:
+                    if name in pending:
+                        continue  # the notifiers have not taken it yet
+                    done = replace(ledger.NUDGE_TYPE, name, mine[name],
+                                   alerts.delivered(mine[name], now))
+                    with self._state:
+                        self._mine.pop(name, None)
+                        if done:
+                            self._watch.pop(name, None)
+                    continue
+                row = self._store.get(ledger.NUDGE_TYPE, name)
+                if not alerts.claim_undelivered(row):
+                    with self._state:
+                        self._watch.pop(name, None)
+                    continue
+                assert row is not None
+                stamp = alerts.claimed_at(row)
+                if stamp is not None and now - stamp < timeout:
+                    with self._state:
+                        self._watch[name] = stamp + timeout
+                    continue
+                nudge = alerts.taken_over(row, writer_id=self._checkpointer.writer_id, now=now)
+                if not replace(ledger.NUDGE_TYPE, name, row, nudge):
+                    continue  # another writer took it over first: look again later
+                _log.warning("otel_budget: alert %s was claimed by %s but not delivered "
+                             "within %g s; delivering it", name, row.get("claimed_by"),
+                             self._config.alert_delivery_timeout_s)
+                with self._state:
+                    self._mine[name] = nudge
+                    self._watch[name] = None
+                self._submit_nudge(nudge)
+            except Exception as exc:
+                _log.warning("otel_budget: checking the delivery of %s failed (will retry): %s",
+                             name, describe(exc))
 
     def final_entries(self) -> list[dict[str, Any]]:
         """Shutdown: every entry this writer still owes the store (closed days and today),

@@ -25,7 +25,7 @@ from otel_budget.stores.entries import WRITER_TYPE, writer_row_name
 from otel_budget.stores.postgres import PostgresStore
 from otel_budget.stores.sqlite import SQLiteStore
 
-from .conftest import FakeClock
+from .conftest import FakeClock, wait_for
 
 TEAM = {"team": "a"}
 Factory = Callable[[], PatchStore]
@@ -338,3 +338,92 @@ def test_start_is_bounded_against_a_sigstopped_postgresql(
     finally:
         meter.shutdown(timeout=5)
         store.close()
+
+
+# --- 17.5 alerts at least once, deduplicated --------------------------------------------------
+
+
+def _nudge_row(kind_store: PatchStore, name: str) -> dict[str, Any] | None:
+    return kind_store.get("sibling_nudge", name)
+
+
+def test_an_alert_claimed_by_a_writer_that_died_is_delivered_once_by_another(
+    kind: Kind, clock: FakeClock
+) -> None:
+    """The writer that claimed the 80% alert died before its notifiers took it (a
+    claim row, never delivered). After alert_delivery_timeout_s exactly one of two
+    live writers takes it over (compare and set) and delivers it, under the same id."""
+    day = clock().date().isoformat()
+    name = f"budget_alert_{day}_80"
+    reader = kind.factory()
+    dead_claim = {
+        "id": name, "to": "ag_lu", "kind": "budget_alert", "date": day, "ratio": 0.8,
+        "budget": "daily", "window": day, "claimed_by": "dead-writer",
+        "claimed_at": clock().isoformat(), "created_at": clock().isoformat(),
+        "delivered_at": None, "spend_usd": 8.5, "cap_usd": 10.0,
+    }
+    assert reader.insert_if_absent("sibling_nudge", name, dead_claim)
+    got: list[list[dict[str, Any]]] = [[], []]
+    config = BudgetConfig(budgets=[Budget("daily", 10.0)], collect_interval_s=3600,
+                          alert_delivery_timeout_s=60.0)
+    meters = [BudgetMeter(config, store=kind.factory(), clock=clock,
+                          notifiers=[got[i].append]).start() for i in range(2)]
+    try:
+        meters[0].record(8.5)
+        for meter in meters:
+            meter.checkpoint()
+            meter.collect()
+        assert got == [[], []], "not before the timeout: its writer may still deliver"
+        clock.advance(seconds=61)
+        for _ in range(3):
+            for meter in meters:
+                meter.collect()
+        assert wait_for(lambda: sum(len(g) for g in got) >= 1)
+        for _ in range(3):
+            for meter in meters:
+                meter.collect()
+        delivered = got[0] + got[1]
+        assert len(delivered) == 1, "exactly one writer took it over"
+        assert delivered[0]["id"] == name and delivered[0]["takeovers"] == 1
+        row = _nudge_row(reader, name)
+        assert row is not None and isinstance(row["delivered_at"], str)
+        assert row["claimed_by"] in {m.writer_id for m in meters}
+    finally:
+        for meter in meters:
+            meter.shutdown(timeout=5)
+
+
+def test_a_claim_records_its_delivery_and_the_document_carries_its_id(
+    kind: Kind, clock: FakeClock
+) -> None:
+    got: list[dict[str, Any]] = []
+    config = BudgetConfig(budgets=[Budget("daily", 10.0)], collect_interval_s=3600)
+    store = kind.factory()
+    meter = BudgetMeter(config, store=store, clock=clock, notifiers=[got.append]).start()
+    try:
+        meter.record(8.5)
+        meter.collect()
+        assert wait_for(lambda: len(got) == 1)
+        name = f"budget_alert_{clock().date().isoformat()}_80"
+        assert got[0]["id"] == name and got[0]["delivered_at"] is None
+        assert wait_for(lambda: not meter.health()["pending_nudges"])
+        meter.collect()  # the round after the notifiers took it records the delivery
+        row = _nudge_row(store, name)
+        assert row is not None and isinstance(row["delivered_at"], str)
+        clock.advance(seconds=3600)
+        meter.collect()
+        assert len(got) == 1, "a delivered claim is never taken over"
+    finally:
+        meter.shutdown(timeout=5)
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "lone \udc80", "esc \x1b[2J", "del \x7f"])
+def test_hostile_match_values_are_refused_when_the_budget_is_built(value: str) -> None:
+    from otel_budget import ConfigError
+
+    with pytest.raises(ConfigError, match="match"):
+        Budget("team", 5.0, match={"team": value})
+    with pytest.raises(ConfigError, match="match"):
+        Budget("team", 5.0, match={value: "a"})
+    with pytest.raises(ConfigError, match="match"):
+        Budget("team", 5.0, match={"team": ["ok", value]})

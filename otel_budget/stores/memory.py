@@ -159,6 +159,17 @@ class MemoryStore(ContextStore):
             self._rows[(patch_type, name)] = copy.deepcopy(content)
             return True
 
+    def replace_claim(self, patch_type: str, name: str, expected: dict[str, Any],
+                      content: dict[str, Any]) -> bool:
+        """Replace the row's content if it still equals `expected` (compare and set)."""
+        self._check_open()
+        dumps_content(content)
+        with self._lock:
+            if self._rows.get((patch_type, name)) != expected:
+                return False
+            self._rows[(patch_type, name)] = copy.deepcopy(content)
+            return True
+
     # --- budget leases (otel_budget.leases) --------------------------------------------
 
     def lease_acquire(self, request: dict[str, Any]) -> dict[str, Any]:

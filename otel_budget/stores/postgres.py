@@ -86,6 +86,8 @@ _LEASE_RELEASE = pgsql.SQL(
     "select public.otel_budget_lease_release(%s::jsonb)"
 )
 _CLAIM = pgsql.SQL("select public.otel_budget_claim(%s::text, %s::text, %s::jsonb)")
+_CLAIM_REPLACE = pgsql.SQL(
+    "select public.otel_budget_claim_replace(%s::text, %s::text, %s::jsonb, %s::jsonb)")
 _IDENTITY = pgsql.SQL(
     "select 'system', (select s.system_identifier from pg_catalog.pg_control_system() as s), "
     "pg_catalog.current_database()"
@@ -332,6 +334,24 @@ class PostgresStore(ContextStore):
             if row is not None and row[0] is False:
                 stored = self.get(patch_type, name)
                 return stored is not None and stored == json.loads(_dumps(content))
+        assert row is not None
+        return bool(row[0])
+
+    def replace_claim(self, patch_type: str, name: str, expected: dict[str, Any],
+                      content: dict[str, Any]) -> bool:
+        """Replace the row's content if it still holds `expected` (compare and set in
+        otel_budget_claim_replace): True if this call replaced it."""
+        self._check_open()
+        dumps_content(content)
+        params = (patch_type, name, Jsonb(expected, dumps=_dumps), Jsonb(content, dumps=_dumps))
+        try:
+            row = self._run(
+                f"replacing {patch_type}/{name}",
+                lambda conn: conn.execute(_CLAIM_REPLACE, params).fetchone(), retry=False)
+        except _Ambiguous:
+            # The answer was lost: it replaced exactly when the row holds our content now.
+            stored = self.get(patch_type, name)
+            return stored is not None and stored == json.loads(_dumps(content))
         assert row is not None
         return bool(row[0])
 

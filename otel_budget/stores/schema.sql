@@ -274,6 +274,36 @@ end
 $fn$;
 
 
+-- Replace a claimed row's content only if it still holds p_expected (compare and
+-- set): true if this call replaced it. Records an alert's delivery, and lets one
+-- writer (exactly one) take over a claim whose writer died before delivering it.
+create or replace function public.otel_budget_claim_replace(
+    p_type text, p_name text, p_expected jsonb, p_content jsonb
+)
+returns boolean
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $fn$
+begin
+    if p_type is null or p_name is null or p_expected is null then
+        raise exception using errcode = 'OB001',
+            message = 'otel_budget_claim_replace: p_type, p_name and p_expected are required';
+    end if;
+    if p_content is null or jsonb_typeof(p_content) <> 'object' then
+        raise exception using errcode = 'OB001',
+            message = format('otel_budget_claim_replace: p_content must be an object, got %s',
+                             coalesce(jsonb_typeof(p_content), 'nothing'));
+    end if;
+    update public.quilt_patches as q
+       set content = p_content, updated_at = now()
+     where q.patch_type = p_type and q.name = p_name and q.content = p_expected;
+    return found;
+end
+$fn$;
+
+
 -- ---------------------------------------------------------------------------
 -- Version 2: one row per (day, writer), patch_type 'budget_writer',
 -- name 'budget_<date>/<writer_id>', content the writer's entry. A writer is one
@@ -1296,6 +1326,7 @@ declare
         'public.otel_budget_checked(jsonb, text)',
         'public.otel_budget_merge(text, text, jsonb, jsonb)',
         'public.otel_budget_claim(text, text, jsonb)',
+        'public.otel_budget_claim_replace(text, text, jsonb, jsonb)',
         'public.otel_budget_writer_problem(jsonb)',
         'public.otel_budget_stored_seq(jsonb, text)',
         'public.otel_budget_summary_problem(jsonb, text)',

@@ -418,6 +418,23 @@ class SQLiteStore(ContextStore):
                 raise StoreError(f"inserting {patch_type}/{name} failed: {exc}") from None
             return cur.rowcount == 1
 
+    def replace_claim(self, patch_type: str, name: str, expected: dict[str, Any],
+                      content: dict[str, Any]) -> bool:
+        """Replace the row's content if it still holds `expected` (compare and set on
+        the canonical JSON text every store writes): True if this call replaced it."""
+        payload, before = dumps_content(content), dumps_content(expected)
+        with self._lock:
+            conn = self._writable()
+            try:
+                cur = conn.execute(
+                    f"UPDATE quilt_patches SET content = ?, updated_at = {_NOW} "
+                    "WHERE patch_type = ? AND name = ? AND content = ?",
+                    (payload, patch_type, name, before),
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"replacing {patch_type}/{name} failed: {exc}") from None
+            return cur.rowcount == 1
+
     def nudges_on(self, day: str) -> list[dict[str, Any]]:
         """The nudge documents claimed on `day` (read_day lists them)."""
         (day,) = check_days([day])

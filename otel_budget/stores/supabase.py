@@ -268,6 +268,31 @@ class SupabaseStore(ContextStore):
             return stored is not None and stored == json.loads(dumps_content(content))
         return inserted
 
+    def replace_claim(self, patch_type: str, name: str, expected: dict[str, Any],
+                      content: dict[str, Any]) -> bool:
+        """Replace the row's content if it still holds `expected` (compare and set in
+        the otel_budget_claim_replace RPC): True if this call replaced it."""
+        self._check_open()
+        dumps_content(content)
+        params = {"p_type": patch_type, "p_name": name, "p_expected": expected,
+                  "p_content": content}
+        attempts: list[int] = []
+
+        def replace() -> Any:
+            attempts.append(1)
+            return self._current_client().rpc("otel_budget_claim_replace", params).execute()
+
+        replaced = self._call(f"replacing {patch_type}/{name}", replace).data
+        if replaced is not True and replaced is not False:
+            raise StoreError(
+                f"Supabase {self._where}: otel_budget_claim_replace answered {replaced!r:.80}, "
+                "expected true or false (is the migration applied?)"
+            )
+        if not replaced and len(attempts) > 1:
+            stored = self.get(patch_type, name)
+            return stored is not None and stored == json.loads(dumps_content(content))
+        return replaced
+
     # --- budget leases (otel_budget.leases) --------------------------------------------
 
     def lease_acquire(self, request: dict[str, Any]) -> dict[str, Any]:
