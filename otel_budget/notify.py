@@ -465,6 +465,9 @@ class NotifierDispatcher:
     most `timeout_s` in total, then stops the worker; what is still undelivered is
     logged and dropped. Nudges submitted after `close()` are logged and dropped.
 
+    `clock` (seconds, monotonic) times the backoff and the call deadlines; a test hands
+    in a manual one and calls `wake()` after moving it, instead of sleeping.
+
     After `os.fork()` the child's dispatcher starts empty (the parent still owns what
     was queued) and starts its worker on its first `submit`."""
 
@@ -475,8 +478,10 @@ class NotifierDispatcher:
         call_timeout_s: float = 10.0,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._notifiers = list(notifiers)
+        self._clock = clock
         for notifier in self._notifiers:
             if not callable(notifier):
                 raise ConfigError(f"notifier {_shown(notifier)} is not callable")
@@ -529,6 +534,11 @@ class NotifierDispatcher:
                 self._worker.start()
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Have the worker look at the clock now (after a manual clock moved)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def pending(self) -> list[dict[str, Any]]:
         """Copies of the nudges some notifier has not yet taken, oldest first."""
         with self._cond:
@@ -537,7 +547,7 @@ class NotifierDispatcher:
     def status(self) -> list[dict[str, Any]]:
         """Per notifier: its (redacted) repr, consecutive failures, seconds until the
         next retry, and whether a call is stuck past its deadline."""
-        now = time.monotonic()
+        now = self._clock()
         with self._cond:
             return [
                 {"notifier": s.shown, "failures": s.failures,
@@ -554,7 +564,7 @@ class NotifierDispatcher:
                 return
             if not self._closing:
                 self._closing = True
-                now = time.monotonic()
+                now = self._clock()
                 for state in self._states:
                     state.next_at = min(state.next_at, now)  # one last try, now
                 self._cond.notify_all()
@@ -598,7 +608,7 @@ class NotifierDispatcher:
         with self._cond:
             if self._closed:
                 return False
-            now = time.monotonic()
+            now = self._clock()
             wake = now + _MAX_IDLE_WAIT_S
             for index, state in enumerate(self._states):
                 if state.inflight:
@@ -616,7 +626,7 @@ class NotifierDispatcher:
                     continue
                 self._start_call(index, state, delivery, now)
                 wake = min(wake, state.call_deadline)
-            self._cond.wait(max(0.0, wake - time.monotonic()))
+            self._cond.wait(max(0.0, min(wake - self._clock(), _MAX_IDLE_WAIT_S)))
             return not self._closed
 
     def _start_call(self, index: int, state: _NotifierState, delivery: _Delivery,
@@ -672,7 +682,7 @@ class NotifierDispatcher:
             elif not was_abandoned:
                 state.failures += 1
                 delay = self._backoff(state.failures)
-                state.next_at = time.monotonic() + delay
+                state.next_at = self._clock() + delay
                 _log.warning(
                     "notifier %s failed for nudge %s (attempt %d; retry in %.1f s): %s",
                     state.shown, _nudge_name(delivery.nudge), state.failures, delay,

@@ -337,37 +337,61 @@ def test_dispatcher_close_returns_within_its_deadline_against_a_trickler(
 
 # --- the dispatcher: backoff against a failing server, then exactly one delivery ---------------
 
+class ManualMonotonic:
+    """The dispatcher's clock, moved by hand: backoff and call deadlines pass without
+    the test sleeping through them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float, dispatcher: NotifierDispatcher) -> None:
+        with self._lock:
+            self.now += seconds
+        dispatcher.wake()
+
+
 def test_failing_webhook_is_retried_with_backoff_then_delivered_exactly_once(
     hook_server: tuple[Hook, int], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     hook, port = hook_server
     hook.status = 500
+    clock = ManualMonotonic()
     dispatcher = NotifierDispatcher([WebhookNotifier(hook_url(port), timeout_s=1.0)],
-                                    backoff_initial_s=0.5, backoff_max_s=30.0)
+                                    backoff_initial_s=0.5, backoff_max_s=3.0, clock=clock)
     try:
         dispatcher.submit(dict(NUDGE))
-        time.sleep(5.0)
-        failed = len(hook.requests)
-        # delays drawn from [d/2, d] with d = 0.5, 1, 2, 4: at most 5 POSTs in 5 s
-        assert 2 <= failed <= 6, failed
-        [status] = dispatcher.status()
-        assert status["failures"] == failed and status["retry_in_s"] > 0
-        hook.status = 200
-        deadline = time.monotonic() + 15
-        while dispatcher.pending() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert dispatcher.pending() == []
-        delivered = len(hook.requests)
-        assert delivered == failed + 1
-        time.sleep(0.5)
-        assert len(hook.requests) == delivered, "never posted again after a success"
+        for attempt in range(1, 6):
+            assert wait_for(lambda a=attempt: len(hook.requests) == a  # type: ignore[misc]
+                            and dispatcher.status()[0]["failures"] == a)
+            # Delays drawn from [d/2, d], d doubling from 0.5 up to backoff_max_s.
+            ceiling = min(3.0, 0.5 * 2 ** (attempt - 1))
+            retry = dispatcher.status()[0]["retry_in_s"]
+            assert ceiling / 2 - 1e-3 <= retry <= ceiling + 1e-3, (attempt, retry)
+            clock.advance(retry / 2, dispatcher)
+            assert not wait_for(lambda a=attempt: len(hook.requests) > a,  # type: ignore[misc]
+                                timeout=0.15), "retried before its backoff ran out"
+            if attempt == 5:
+                hook.status = 200
+            clock.advance(retry, dispatcher)
+        assert wait_for(lambda: dispatcher.pending() == [])
+        assert len(hook.requests) == 6
+        clock.advance(3600.0, dispatcher)
+        assert not wait_for(lambda: len(hook.requests) > 6, timeout=0.3), \
+            "never posted again after a success"
         assert json.loads(hook.requests[-1]["body"]) == NUDGE
         assert dispatcher.status()[0]["failures"] == 0
     finally:
         dispatcher.close(timeout_s=1.0)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings and all("HTTP 500" in r.getMessage() for r in warnings)
+    # (another test's dispatcher may still be logging: only this hook's lines count)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
+                and f"127.0.0.1:{port}" in r.getMessage()]
+    assert len(warnings) == 5 and all("HTTP 500" in r.getMessage() for r in warnings)
     assert_no_secret(caplog.text)
 
 
@@ -384,26 +408,26 @@ def test_a_hanging_notifier_does_not_block_submit_or_the_others() -> None:
         calls.append("work")
         delivered.set()
 
+    clock = ManualMonotonic()
     dispatcher = NotifierDispatcher([hangs, works], call_timeout_s=0.3,
-                                    backoff_initial_s=0.05, backoff_max_s=0.1)
+                                    backoff_initial_s=0.05, backoff_max_s=0.1, clock=clock)
     try:
         before = threading.active_count()
-        started = time.monotonic()
         dispatcher.submit(dict(NUDGE))
-        assert time.monotonic() - started < 1.0, "submit does not wait for the hung notifier"
         assert delivered.wait(2.0), "the healthy notifier delivered while the other hangs"
-        time.sleep(1.5)  # many backoff periods: the stuck notifier is not called again
-        assert calls.count("hang") == 1, calls
+        assert dispatcher.status()[0]["stuck"] is False, "not past its deadline yet"
+        clock.advance(0.31, dispatcher)
+        assert wait_for(lambda: dispatcher.status()[0]["stuck"] is True)
+        for _ in range(20):  # many backoff periods: the stuck notifier is not called again
+            clock.advance(0.2, dispatcher)
+        assert not wait_for(lambda: calls.count("hang") > 1, timeout=0.2), calls
         assert calls.count("work") == 1, calls
         assert threading.active_count() <= before + 2, "one worker + one stuck call at most"
         [stuck, ok] = dispatcher.status()
         assert stuck["stuck"] is True and ok["stuck"] is False
         assert dispatcher.pending() == [NUDGE]
         release.set()  # the stuck call returns (successfully): that counts as delivered
-        deadline = time.monotonic() + 5
-        while dispatcher.pending() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert dispatcher.pending() == []
+        assert wait_for(lambda: dispatcher.pending() == [])
         assert calls.count("hang") == 1
     finally:
         release.set()
@@ -415,22 +439,26 @@ def test_a_stuck_notifier_failing_late_is_retried_once_it_returns() -> None:
     attempts: list[float] = []
 
     def flaky(nudge: dict[str, Any]) -> None:
-        attempts.append(time.monotonic())
+        attempts.append(clock())
         if len(attempts) == 1:
             release.wait(30)
             raise RuntimeError("late failure")
 
+    clock = ManualMonotonic()
     dispatcher = NotifierDispatcher([flaky], call_timeout_s=0.2, backoff_initial_s=0.05,
-                                    backoff_max_s=0.1)
+                                    backoff_max_s=0.1, clock=clock)
     try:
         dispatcher.submit(dict(NUDGE))
-        time.sleep(0.6)
-        assert len(attempts) == 1
+        assert wait_for(lambda: len(attempts) == 1)
+        clock.advance(0.25, dispatcher)
+        assert wait_for(lambda: dispatcher.status()[0]["stuck"] is True)
+        clock.advance(1.0, dispatcher)
+        assert len(attempts) == 1, "not called again while its first call is stuck"
         release.set()
-        deadline = time.monotonic() + 5
-        while dispatcher.pending() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert dispatcher.pending() == [] and len(attempts) == 2
+        assert wait_for(lambda: len(attempts) == 2 or dispatcher.pending() == [])
+        clock.advance(1.0, dispatcher)  # the backoff after the late failure
+        assert wait_for(lambda: dispatcher.pending() == [])
+        assert len(attempts) == 2
     finally:
         release.set()
         dispatcher.close(timeout_s=1.0)
@@ -511,7 +539,7 @@ def test_notifiers_get_their_own_copy_of_the_nudge() -> None:
                                     {"backoff_initial_s": 5.0, "backoff_max_s": 1.0}])
 def test_invalid_dispatcher_settings_are_config_errors(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
-        NotifierDispatcher([LoggingNotifier()], **kwargs)
+        NotifierDispatcher([LoggingNotifier()], **kwargs)  # type: ignore[arg-type]
 
 
 def test_a_non_callable_notifier_is_a_config_error() -> None:
