@@ -117,3 +117,47 @@ def test_a_meter_on_a_hung_server_checkpoints_and_shuts_down_within_bounds(
     finally:
         meter.shutdown(timeout=1.0)
         store.close()
+
+
+def test_supabase_calls_on_a_hung_api_fail_within_their_deadline() -> None:
+    # A gateway that accepts connections and reads requests but never answers (what
+    # a stopped API process behind a live socket looks like). Eight attempts of one
+    # second each would take 8 s: the call's deadline stops the retries first.
+    import socket
+    import threading
+
+    from otel_budget.stores.supabase import SupabaseStore
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    timeout_s, connect_s = 1.0, 1.0
+    store = SupabaseStore(url=f"http://127.0.0.1:{listener.getsockname()[1]}",
+                          key="sb_secret_hung-0123456789", timeout_s=timeout_s,
+                          connect_timeout_s=connect_s, backoff_s=0.05, max_attempts=8)
+    try:
+        for call in (lambda: store.get("budget_writer", "x"),
+                     lambda: store.merge_writer(_entry(1, 1.0))):
+            took = _timed_failure(call)
+            assert took < 3 * (timeout_s + connect_s), took
+    finally:
+        store.close()
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
