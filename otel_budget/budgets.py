@@ -5,6 +5,7 @@ TOML file a user names)."""
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 import tomllib
@@ -41,7 +42,8 @@ def check_ratios(ratios: Any, where: str) -> tuple[float, ...]:
 class Budget:
     """`match` maps attribute keys to a value or a list of values; a call counts
     toward the budget when its attributes have every key with one of the values
-    (`None` matches every call). `hard` budgets are enforced by `guard`/`reserve`:
+    (`None` matches every call). A value with a shell wildcard is also an fnmatch
+    pattern: `{"gen_ai.request.model": "claude-opus-4*"}`. `hard` budgets are enforced by `guard`/`reserve`:
     across the fleet through store leases unless `enforce="process"` is given
     (`enforce=None`, the default, means "fleet" when hard, else "process")."""
 
@@ -55,6 +57,10 @@ class Budget:
     #: for a hard budget, else "process". Never None on a built Budget.
     enforce: str | None = None
     _match: tuple[tuple[str, frozenset[Any]], ...] = field(
+        init=False, compare=False, repr=False, hash=False
+    )
+    #: key -> one regex of that key's shell-style pattern values (fnmatch, case-sensitive).
+    _patterns: Mapping[str, re.Pattern[str]] = field(
         init=False, compare=False, repr=False, hash=False
     )
 
@@ -87,6 +93,7 @@ class Budget:
             raise ConfigError(f"{where}: enforce: 'fleet' applies to hard budgets only "
                               "(set hard=True)")
         object.__setattr__(self, "_match", _compile_match(self.match, where))
+        object.__setattr__(self, "_patterns", _compile_patterns(self._match))
         if self.match is not None:
             # A frozen, canonical copy: lists for multi-valued keys, as given.
             object.__setattr__(self, "match", {
@@ -103,9 +110,12 @@ class Budget:
         for key, allowed in self._match:
             value = attributes.get(key, _MISSING)
             try:
-                if value not in allowed:
-                    return False
+                if value in allowed:  # exact values: one set lookup
+                    continue
             except TypeError:  # an unhashable value (a list) matches no scalar
+                return False
+            pattern = self._patterns.get(key)
+            if pattern is None or type(value) is not str or pattern.match(value) is None:
                 return False
         return True
 
@@ -123,6 +133,21 @@ class Budget:
 
 
 _MISSING = object()
+_WILDCARDS = frozenset("*?[")
+
+
+def _compile_patterns(
+    match: tuple[tuple[str, frozenset[Any]], ...],
+) -> dict[str, re.Pattern[str]]:
+    """Values with a shell wildcard (``*``, ``?``, ``[``) also match as fnmatch patterns
+    (``"claude-opus-4*"``); each stays an exact value too, so a literal ``[`` still
+    matches itself."""
+    out = {}
+    for key, values in match:
+        patterns = sorted(v for v in values if isinstance(v, str) and not _WILDCARDS.isdisjoint(v))
+        if patterns:
+            out[key] = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+    return out
 
 
 def _text_problem(text: str) -> str | None:

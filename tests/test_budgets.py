@@ -104,6 +104,27 @@ def test_match_semantics() -> None:
         budget.cap_usd = 2  # type: ignore[misc]  # frozen
 
 
+def test_match_values_may_be_shell_patterns() -> None:
+    opus = Budget("opus", 1, match={"gen_ai.request.model": "claude-opus-4*"})
+    for model in ("claude-opus-4", "claude-opus-4-1", "claude-opus-4-1-20250805"):
+        assert opus.matches({"gen_ai.request.model": model}), model
+    for model in ("claude-opus-3", "claude-sonnet-4", "x-claude-opus-4", "Claude-Opus-4"):
+        assert not opus.matches({"gen_ai.request.model": model}), model
+    assert not opus.matches({"gen_ai.request.model": 4})  # a number never matches text
+    assert not opus.matches({"gen_ai.request.model": ["claude-opus-4"]})
+    mixed = Budget("m", 1, match={"agent": ["coder", "review-?", "lit[e]ral"],
+                                  "team": "a"})
+    assert mixed.matches({"agent": "coder", "team": "a"})  # exact value
+    assert mixed.matches({"agent": "review-2", "team": "a"})
+    assert not mixed.matches({"agent": "review-12", "team": "a"})
+    assert mixed.matches({"agent": "lit[e]ral", "team": "a"})  # the value itself, too
+    assert mixed.matches({"agent": "literal", "team": "a"})  # and as a pattern
+    assert not mixed.matches({"agent": "review-2", "team": "b"})  # every key must match
+    # Shown as given; equal budgets stay equal.
+    assert opus.match == {"gen_ai.request.model": "claude-opus-4*"}
+    assert opus == Budget("opus", 1, match={"gen_ai.request.model": "claude-opus-4*"})
+
+
 def test_budgets_from_a_toml_file(tmp_path: Path) -> None:
     path = tmp_path / "budgets.toml"
     path.write_text(

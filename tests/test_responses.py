@@ -15,7 +15,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from otel_budget.errors import ConfigError, UnknownModelError
+from otel_budget.errors import ConfigError
 from otel_budget.pricing import PriceTable, TokenUsage
 from otel_budget.usage import UsageRecorder
 
@@ -81,6 +81,7 @@ def test_seed_call_through_record_response(rig: Rig) -> None:
     [(cost, attrs)] = rig.recorded
     assert cost == 0.045864
     assert attrs == {"agent": "cloud_lu", "gen_ai.request.model": "claude-sonnet-4-20250514",
+                     "gen_ai.response.model": "claude-sonnet-4-20250514",
                      "gen_ai.provider.name": "anthropic"}
     # Dict form (model_dump) gives the same
     assert rig.usage.record_response(msg.model_dump()) == 0.045864
@@ -166,9 +167,7 @@ def test_openai_stream_final_chunk_with_usage(rig: Rig) -> None:
         "choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 10,
                                  "total_tokens": 110}})
     assert rig.usage.record_response(chunk) == usd((100, "2.5"), (10, "10"))
-    early = chunk.model_copy(update={"usage": None})
-    with pytest.raises(ValueError, match="carries no usage"):
-        rig.usage.record_response(early)
+    assert rig.usage.unpriced_calls() == 0
 
 
 def responses_response(model: str, usage: dict[str, Any], **extra: Any) -> Any:
@@ -245,8 +244,13 @@ def test_bedrock_converse_dict(rig: Rig) -> None:
     assert rig.recorded[-1][1]["gen_ai.provider.name"] == "aws.bedrock"
     assert rig.usage.record_response({**response, "modelId":
                                       "eu.anthropic.claude-sonnet-4-20250514-v1:0"}) == 0.045864
-    with pytest.raises(ValueError, match="names no model"):
-        rig.usage.record_response(response)
+    # No model anywhere: the usage is still billed, at the conservative default.
+    table = PriceTable.load_default(environ={})
+    top = max(table, key=lambda p: (p.rates.input + p.rates.output, p.model))
+    assert rig.usage.record_response(response) == usd(
+        (163, str(top.rates.input)), (3025, str(top.rates.output)))
+    assert rig.recorded[-1][1]["otel_budget.settlement"] == "estimated"
+    assert rig.recorded[-1][1]["gen_ai.provider.name"] == "aws.bedrock"
 
 
 # --- ids ---------------------------------------------------------------------------------------
@@ -273,23 +277,26 @@ def test_provider_style_ids_resolve(model: str, entry: str) -> None:
 
 # --- never drop a paid call ------------------------------------------------------------------
 
-def test_unknown_model_recorded_at_zero_counted_warned_once(
+def test_unknown_model_priced_conservatively_counted_warned_once(
         rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     msg = anthropic_message("claude-imaginary-9", input_tokens=10, output_tokens=10)
+    # The most expensive Anthropic entry of the table: Opus 4 at $15 / $75 per MTok.
+    expected = usd((10, "15"), (10, "75"))
     with caplog.at_level(logging.WARNING, logger="otel_budget"):
-        assert rig.usage.record_response(msg) == 0.0
-        assert rig.usage.record_response(msg) == 0.0
+        assert rig.usage.record_response(msg) == expected
+        assert rig.usage.record_response(msg) == expected
     assert [r for r in caplog.records if "claude-imaginary-9" in r.getMessage()].__len__() == 1
-    assert [c for c, _ in rig.recorded] == [0.0, 0.0]
+    assert [c for c, _ in rig.recorded] == [expected, expected]
+    assert rig.recorded[0][1]["otel_budget.settlement"] == "estimated"
     [point] = rig.points("llm.spend.unpriced")
     assert point.value == 2
     assert dict(point.attributes) == {"gen_ai.request.model": "claude-imaginary-9",
-                                      "gen_ai.provider.name": "unknown"}
+                                      "gen_ai.provider.name": "anthropic"}
     assert rig.usage.unpriced_calls() == 2
     rig.day = date(2026, 11, 26)
     assert rig.usage.unpriced_calls() == 0
-    with pytest.raises(UnknownModelError):
-        rig.usage.estimate_usd("claude-imaginary-9", 100, 100)
+    # Before the call, the same price (no UnknownModelError).
+    assert rig.usage.estimate_usd("claude-imaginary-9", 10, 10) == expected
 
 
 def test_fallback_price_from_environment() -> None:
@@ -307,7 +314,8 @@ def test_bad_input_records_nothing(rig: Rig) -> None:
     with pytest.raises(TypeError):
         rig.usage.record_usage("gpt-4o", 1.5, 1)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        rig.usage.record_response(object())
+        rig.usage.record_response(anthropic_message(input_tokens=1, output_tokens=1),
+                                  [("agent", "x")])  # type: ignore[arg-type]
     bad = Rig()
     def refuse(cost: float, attrs: Mapping[str, Any] | None) -> None:
         raise ValueError("bad attrs")
@@ -392,3 +400,115 @@ def test_cli_diff_litellm_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_prices.handle(args) == 0
     out = capsys.readouterr().out
     assert '"differences"' in out and '"not_in_litellm"' in out
+
+
+# --- record_response never raises after a paid call (responses without usage) ---------------
+
+def _meter(**config: Any) -> Any:
+    """A real BudgetMeter on a memory store (the reservation path goes through it)."""
+    from datetime import datetime, timezone
+
+    from otel_budget import BudgetConfig, BudgetMeter
+    from otel_budget.stores.memory import MemoryStore
+    from tests.conftest import FakeClock
+
+    reader = InMemoryMetricReader()
+    meter = BudgetMeter(
+        BudgetConfig(**{"daily_cap_usd": 5.0, "instance_id": "a", "collect_interval_s": 3600,
+                        **config}),
+        store=MemoryStore(), metric_readers=[reader],
+        clock=FakeClock(datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)),
+        prices=PriceTable.load_default(environ={}))
+    return meter, reader
+
+
+def _spend_points(reader: InMemoryMetricReader) -> list[tuple[dict[str, Any], float]]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return [({k: v for k, v in (p.attributes or {}).items() if k != "otel_budget.writer.id"},
+             float(getattr(p, "value", 0)))
+            for rm in data.resource_metrics for sm in rm.scope_metrics
+            for m in sm.metrics if m.name == "llm.spend" for p in m.data.data_points]
+
+
+def _stream_chunk_without_usage(content: str | None = None) -> Any:
+    """The last chunk of an OpenAI stream made without stream_options.include_usage."""
+    delta = {"role": "assistant", **({"content": content} if content else {})}
+    return chat.ChatCompletionChunk.model_validate({
+        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": "stop"}]})
+
+
+def test_openai_stream_without_usage_settles_the_reservation_at_its_maximum(
+        caplog: pytest.LogCaptureFixture) -> None:
+    meter, reader = _meter()
+    chunk = _stream_chunk_without_usage()
+    assert chunk.usage is None
+    with caplog.at_level(logging.WARNING, logger="otel_budget"):
+        for _ in range(3):
+            with meter.reserve(0.072, {"agent": "coder"}) as r:
+                assert meter.record_response(chunk, {"agent": "coder"}, reservation=r) == 0.072
+    assert meter.daily_spend() == pytest.approx(0.216, abs=1e-9)
+    assert meter.reserved_usd() == 0.0
+    assert meter.unpriced_calls() == 3 and meter.health()["unpriced_calls"] == 3
+    assert meter.health()["unsettled_usd"] == 0.0  # settled, as an estimate
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert 'stream_options={"include_usage": True}' in warnings[0]
+    meter.collect()
+    [(attrs, value)] = _spend_points(reader)
+    assert attrs == {"agent": "coder", "gen_ai.request.model": "gpt-4o",
+                     "gen_ai.response.model": "gpt-4o", "gen_ai.provider.name": "openai",
+                     "otel_budget.settlement": "estimated"}
+    assert value == pytest.approx(0.216, abs=1e-9)
+    meter.shutdown()
+
+
+def test_a_response_without_usage_outside_a_reservation_records_an_estimate() -> None:
+    meter, _ = _meter()
+    # 400 characters of visible output ~ 100 tokens at gpt-4o's $10 per MTok output rate.
+    chunk = _stream_chunk_without_usage("x" * 400)
+    assert meter.record_response(chunk) == usd((100, "10"))
+    # An Anthropic Message whose usage is missing (the SDK class, built without it).
+    message = anthropic_types.Message.model_construct(
+        id="m1", type="message", role="assistant", model="claude-sonnet-4-20250514",
+        content=[anthropic_types.TextBlock(type="text", text="y" * 80)],
+        stop_reason="end_turn", stop_sequence=None, usage=None)
+    assert meter.record_response(message) == usd((20, "15"))  # Sonnet 4 output $15
+    assert meter.unpriced_calls() == 2
+    # Not a provider response at all: nothing to price, but never an exception after the
+    # call; counted as unpriced so it shows.
+    assert meter.record_response(object()) == 0.0
+    assert meter.unpriced_calls() == 3
+    meter.shutdown()
+
+
+def test_record_response_keeps_the_callers_model_and_adds_the_response_id() -> None:
+    meter, reader = _meter()
+    msg = anthropic_message("claude-opus-4-1-20250805", input_tokens=1000, output_tokens=100)
+    cost = meter.record_response(msg, {"gen_ai.request.model": "claude-opus-4-1",
+                                       "agent": "coder"})
+    assert cost == usd((1000, "15"), (100, "75"))
+    meter.record_response(msg, {"agent": "coder"})
+    meter.collect()
+    attrs = sorted((a for a, _ in _spend_points(reader)),
+                   key=lambda a: a["gen_ai.request.model"])
+    assert [(a["gen_ai.request.model"], a["gen_ai.response.model"]) for a in attrs] == [
+        ("claude-opus-4-1", "claude-opus-4-1-20250805"),
+        ("claude-opus-4-1-20250805", "claude-opus-4-1-20250805")]
+    meter.shutdown()
+
+
+def test_the_readmes_opus_month_budget_counts_a_dated_response_id() -> None:
+    from otel_budget import Budget
+
+    meter, _ = _meter(budgets=[Budget("opus-month", 400.0, period="month",
+                                      match={"gen_ai.request.model": "claude-opus-4*"})])
+    msg = anthropic_message("claude-opus-4-1-20250805", input_tokens=1000, output_tokens=100)
+    one = usd((1000, "15"), (100, "75"))
+    meter.record_response(msg, {"agent": "coder"})  # no model passed: the response's id
+    meter.record_response(msg, {"agent": "coder", "gen_ai.request.model": "claude-opus-4-1"})
+    meter.record_response(anthropic_message(input_tokens=10, output_tokens=10))  # Sonnet
+    opus = next(b for b in meter.budgets() if b["name"] == "opus-month")
+    assert opus["spend_usd"] == pytest.approx(2 * one, abs=1e-9) and opus["window"] == "2026-11"
+    meter.shutdown()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
-from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, UnknownModelError, read_day
+from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, read_day
 from otel_budget.cli.bench_pricing import bench_record_usage
 from otel_budget.meter import WRITER_ATTRIBUTE
 from otel_budget.pricing import ModelPrice, PriceTable
@@ -124,22 +124,28 @@ def test_caller_attributes_choose_operation_and_provider(setup: Setup) -> None:
     assert spend.attributes["tenant"] == "t1"
 
 
-def test_unknown_model_after_a_call_is_recorded_at_zero_never_dropped(setup: Setup) -> None:
-    # The call has been paid for: no exception, $0 in spend (so it shows in the
-    # breakdown), tokens recorded, counted as unpriced.
-    assert setup.meter.record_usage("my-finetune", 1000, 1000) == 0.0
-    assert setup.meter.daily_spend() == 0.0
+def test_unknown_model_is_priced_by_the_conservative_default_and_marked(
+    setup: Setup, packaged: PriceTable,
+) -> None:
+    # The call has been paid for: no exception, never a silent $0: the most expensive
+    # entry of the table (no line or provider is known for this id), marked estimated,
+    # tokens recorded, counted as unpriced.
+    top = max(packaged, key=lambda p: (p.rates.input + p.rates.output, p.model))
+    expected = float(1000 * (top.rates.input + top.rates.output) / 1_000_000)
+    assert expected > 0
+    assert setup.meter.record_usage("my-finetune", 1000, 1000) == expected
+    assert setup.meter.daily_spend() == expected
     [spend] = setup.points("llm.spend")
     assert spend.attributes["gen_ai.request.model"] == "my-finetune"
+    assert spend.attributes["otel_budget.settlement"] == "estimated"
     assert {k[1] for k in setup.tokens() if k[0] == "my-finetune"} == {"input", "output"}
     [unpriced] = setup.points("llm.spend.unpriced")
     assert unpriced.value == 1
     assert setup.meter.unpriced_calls() == 1
-    # Before a call, an unknown model without a fallback is an error.
-    with pytest.raises(UnknownModelError, match="my-finetune"):
-        setup.meter.price_for("my-finetune")
-    with pytest.raises(UnknownModelError, match="my-finetune"):
-        setup.meter.estimate_usd("my-finetune", 10, 10)
+    # Before a call, the same rule: no UnknownModelError for an unknown id.
+    price = setup.meter.price_for("my-finetune")
+    assert price.is_fallback and price.estimated_from == top.model
+    assert setup.meter.estimate_usd("my-finetune", 1000, 1000) == expected
 
 
 def test_fallback_price_records_and_counts_unpriced_calls(

@@ -43,11 +43,13 @@ _STREAM_DONE = frozenset({"response.completed", "response.incomplete", "response
 
 class ResponseUsage(NamedTuple):
     """What :func:`usage_from_response` found: the model id, the provider the response
-    came from (a ``gen_ai.provider.name`` value) and the usage."""
+    came from (a ``gen_ai.provider.name`` value) and the usage. ``response_model`` is the
+    id the response itself names (None when the model came from ``attributes``)."""
 
     model: str
     provider: str
     usage: TokenUsage
+    response_model: str | None = None
 
 
 def _get(obj: Any, *names: str) -> Any:
@@ -170,7 +172,8 @@ def bedrock_usage(usage: Any) -> TokenUsage:
 # --- whole responses ---------------------------------------------------------------------------
 
 def usage_from_response(
-    response: Any, attributes: Mapping[str, Any] | None = None
+    response: Any, attributes: Mapping[str, Any] | None = None, *,
+    default_model: str | None = None,
 ) -> ResponseUsage:
     """The model, provider and usage of one provider response (see the module docstring).
 
@@ -182,7 +185,8 @@ def usage_from_response(
     items), Gemini the number of ``grounding_metadata.web_search_queries``.
 
     Raises TypeError for an object none of the adapters recognise and ValueError for a
-    response without usage (a stream chunk before the last) or without a model.
+    response without usage (a stream chunk before the last) or without a model (unless
+    `default_model` names one to use then).
     """
     if response is None:
         raise TypeError("response must be a provider response object or dict, got None")
@@ -228,6 +232,8 @@ def usage_from_response(
             "record_response: not a recognised provider response (Anthropic Message, OpenAI "
             "ChatCompletion/Response, Gemini GenerateContentResponse, Bedrock Converse "
             f"dict): got {type(response).__name__}")
+    if (not isinstance(model, str) or not model.strip()) and default_model is not None:
+        model = default_model
     if not isinstance(model, str) or not model.strip():
         raise ValueError(
             f"record_response: the {provider} response names no model; pass "
@@ -235,7 +241,59 @@ def usage_from_response(
     tier = _attr(attributes, SERVICE_TIER_ATTR)
     if tier is not None:
         usage = usage._replace(service_tier=_tier(tier))
-    return ResponseUsage(model, provider, usage)
+    named = response_model_of(response)
+    return ResponseUsage(model, provider, usage, named if named == model else None)
+
+
+def _unwrap(response: Any) -> Any:
+    if _get(response, "type") in _STREAM_DONE:
+        return _get(response, "response")
+    return response
+
+
+def response_model_of(response: Any) -> str | None:
+    """The model id a response (or stream chunk/event) names, else None."""
+    response = _unwrap(response)
+    model = _get(response, "model_version", "modelVersion") if (
+        _get(response, "usage_metadata", "usageMetadata", "candidates") is not None) else None
+    if model is None:
+        model = _get(response, "model", "modelId")
+    return model if isinstance(model, str) and model.strip() else None
+
+
+def response_provider_of(response: Any) -> str | None:
+    """The provider a response's shape says it came from, else None (no usage needed)."""
+    response = _unwrap(response)
+    if _get(response, "object") in ("chat.completion", "chat.completion.chunk", "response"):
+        return PROVIDER_OPENAI
+    if _get(response, "type") in ("message", "message_start", "message_delta",
+                                  "message_stop", "content_block_delta"):
+        return PROVIDER_ANTHROPIC
+    if _get(response, "usage_metadata", "usageMetadata", "candidates") is not None:
+        return PROVIDER_GEMINI
+    if isinstance(response, Mapping) and _get(response, "output", "stopReason") is not None:
+        return PROVIDER_BEDROCK
+    return None
+
+
+def visible_text_chars(response: Any) -> int:
+    """Characters of generated text a response (or chunk) shows: the basis of an
+    estimate when it carries no usage."""
+    response = _unwrap(response)
+    total = 0
+    for choice in _get(response, "choices") or ():
+        for part in (_get(choice, "message"), _get(choice, "delta")):
+            text = _get(part, "content")
+            if isinstance(text, str):
+                total += len(text)
+    for block in _get(response, "content") or ():
+        text = _get(block, "text")
+        if isinstance(text, str):
+            total += len(text)
+    text = _get(response, "output_text")
+    if isinstance(text, str):
+        total += len(text)
+    return total
 
 
 def _attr(attributes: Mapping[str, Any] | None, key: str) -> Any:

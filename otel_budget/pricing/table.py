@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import ConfigError, UnknownModelError
-from .ids import candidates, normalize
+from .ids import candidates, family_lines, normalize, provider_family
 
 PRICES_ENV = "OTEL_BUDGET_PRICES"
 FALLBACK_ENV = "OTEL_BUDGET_FALLBACK_PRICE"
@@ -150,6 +150,8 @@ class ModelPrice:
     is_fallback: bool = False
     service_tiers: tuple[tuple[str, Decimal], ...] = ()
     server_tools: tuple[tuple[str, Decimal], ...] = ()
+    #: For the conservative default (:meth:`PriceTable.estimate`): the entry priced as.
+    estimated_from: str = ""
 
     @classmethod
     def flat(
@@ -214,6 +216,8 @@ class ModelPrice:
             out["server_tools"] = {k: float(v) for k, v in self.server_tools}
         if self.is_fallback:
             out["is_fallback"] = True
+        if self.estimated_from:
+            out["estimated_from"] = self.estimated_from
         return out
 
 
@@ -650,6 +654,52 @@ class PriceTable:
             f"no price for model {model!r} in price table {self.version}; add it in a "
             f"file named by {PRICES_ENV} or configure a fallback price"
         )
+
+
+    def price(self, model: str, *, on: date | None = None) -> ModelPrice:
+        """The price a call of `model` is recorded at: the table's entry, else the
+        fallback price if one is configured, else :meth:`estimate`. Never raises for an
+        unknown id (``is_fallback`` tells an unknown one)."""
+        found = self.find(model, on=on)
+        if found is not None:
+            return found
+        if self.fallback is not None:
+            return replace(self.fallback, model=model.strip())
+        return self.estimate(model, on=on)
+
+    def estimate(self, model: str, *, on: date | None = None) -> ModelPrice:
+        """The conservative default for an id the table does not know: the most
+        expensive entry (input + output rate on day `on`) of the narrowest scope that has
+        one: the id's model line (``claude-sonnet-4-7-20261201`` -> the ``claude-sonnet-4``
+        entries), else its provider (``azure/my-deployment`` -> OpenAI), else the whole
+        table. Counting too little is the dangerous direction for a budget. Returned with
+        ``is_fallback=True`` and ``estimated_from`` naming the entry."""
+        day = on or _today()
+        pool: list[ModelPrice] = []
+        scope = "model in the table"
+        for line in family_lines(model):
+            pool = [p for p in self.models.values()
+                    if p.model == line or p.model.startswith((line + "-", line + "."))]
+            if pool:
+                scope = f"{line} model"
+                break
+        if not pool:
+            family = provider_family(model)
+            if family is not None:
+                pool = [p for p in self.models.values() if p.provider == family]
+                scope = f"{family} model"
+        if not pool:
+            pool, scope = list(self.models.values()), "model in the table"
+        if not pool:
+            return replace(ModelPrice.flat(0, 0, model=model.strip(),
+                                           source="empty price table"), is_fallback=True)
+        dated = [p.as_of(day) for p in pool]
+        best = max(dated, key=lambda p: (p.rates.input + p.rates.output, p.model))
+        return replace(
+            best, model=model.strip(), is_fallback=True, estimated_from=best.model,
+            aliases=(), prefixes=(),
+            note=f"not in price table {self.version}: priced as {best.model}, the most "
+                 f"expensive {scope} (conservative default)")
 
 
 def _today() -> date:
