@@ -325,3 +325,73 @@ def test_a_plain_script_stopped_by_a_signal_stores_its_spend_and_dies_as_it_woul
     assert (b"KeyboardInterrupt" in err) == (sig == signal.SIGINT), err[-2000:]
     total, by_writer = _stored(store_url)
     assert total == _nanos(0.25) + _nanos(0.0105) and by_writer == {writer: total}
+
+
+# --- how the handlers behave ----------------------------------------------------------
+
+HANDLERS = """
+import os, signal, sys
+import otel_budget
+from otel_budget import BudgetConfig, BudgetMeter
+
+builtin_signal, builtin_getsignal = signal.signal, signal.getsignal
+calls = []
+def server_handler(sig, frame):
+    calls.append(sig)
+
+config = BudgetConfig(daily_cap_usd=1, store_url=sys.argv[1], collect_interval_s=3600)
+meter = BudgetMeter(config).start()
+meter.record(0.125)
+ours = builtin_getsignal(signal.SIGTERM)
+assert ours is not signal.SIG_DFL
+# A server installing its handler after start() sees what it would have seen...
+assert signal.signal(signal.SIGTERM, server_handler) is signal.SIG_DFL
+assert signal.getsignal(signal.SIGTERM) is server_handler
+assert builtin_getsignal(signal.SIGTERM) is ours  # ...and ours stays the one called
+assert signal.signal(signal.SIGUSR1, server_handler) is signal.SIG_DFL  # others untouched
+assert builtin_getsignal(signal.SIGUSR1) is server_handler
+signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+# The signal reaches the server's handler, and only it: the meter keeps running.
+signal.raise_signal(signal.SIGTERM)
+assert calls == [signal.SIGTERM], calls
+meter.record(0.125)  # raises after shutdown()
+# The server restores the default action and re-raises (uvicorn's way): the meter
+# writes its final entries, then the process dies by SIGTERM.
+assert signal.signal(signal.SIGTERM, signal.SIG_DFL) is server_handler
+print("re-raising", flush=True)
+signal.raise_signal(signal.SIGTERM)
+print("survived", flush=True)
+"""
+
+RESTORED = """
+import signal, sys
+from otel_budget import BudgetConfig, BudgetMeter
+
+builtin_signal, builtin_getsignal = signal.signal, signal.getsignal
+before = {s: builtin_getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+for _ in range(2):
+    meter = BudgetMeter(BudgetConfig(daily_cap_usd=1, store_url="memory://",
+                                     collect_interval_s=3600)).start()
+    assert builtin_getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+    meter.shutdown()
+    # The last meter stopped: everything is as it was.
+    assert signal.signal is builtin_signal and signal.getsignal is builtin_getsignal
+    assert {s: builtin_getsignal(s) for s in before} == before
+print("ok", flush=True)
+"""
+
+
+def test_a_servers_handler_runs_as_before_and_its_reraise_stores_the_final_entries(
+        tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path / 'budget.db'}"
+    done = subprocess.run([PYTHON, "-c", HANDLERS, store_url], cwd=ROOT,
+                          env=_budget_env(tmp_path, store_url), capture_output=True, timeout=60)
+    assert done.stdout.decode().split() == ["re-raising"], done.stderr[-3000:]
+    assert done.returncode == -signal.SIGTERM, done.stderr[-3000:]
+    assert _stored(store_url)[0] == _nanos(0.25)
+
+
+def test_the_last_meter_to_stop_puts_the_original_handlers_back(tmp_path: Path) -> None:
+    done = subprocess.run([PYTHON, "-c", RESTORED], cwd=ROOT, env=_budget_env(tmp_path, "memory://"),
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == [b"ok"], done.stderr[-3000:]
