@@ -18,6 +18,8 @@ import yaml  # type: ignore[import-untyped,unused-ignore]
 
 from otel_budget import Budget, BudgetConfig, BudgetMeter
 from otel_budget.stores.memory import MemoryStore
+from otel_budget.web.fleet_metrics import FleetMetrics
+from otel_budget.web.status import StatusSource
 from tests.dashboard_queries import (
     iter_panels,
     load_dashboard,
@@ -43,7 +45,8 @@ _SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
 @pytest.fixture(scope="module")
 def exposed_metrics() -> set[str]:
     """Every sample name a meter exposes with two budgets (a day and a month one),
-    token metrics and an unpriced call: what the dashboard may reference."""
+    token metrics and an unpriced call, plus the fleet's gauges `otel-budget serve`
+    adds from the store: what the dashboard may reference."""
     config = BudgetConfig(
         daily_cap_usd=10.0, collect_interval_s=3600, instance_id="dash",
         budgets=(Budget("m", 100.0, period="month", match={"agent": "a"}),),
@@ -53,7 +56,10 @@ def exposed_metrics() -> set[str]:
         meter.record(1.0, {"agent": "a", "gen_ai.request.model": "x"})
         meter.record_usage("claude-sonnet-4-20250514", 10, 5, attributes={"agent": "a"})
         meter.record_usage("no-such-model-xyz", 10, 5)
+        assert meter.checkpoint()
         text = meter.render_metrics()[0].decode()
+        fleet = FleetMetrics(StatusSource(meter.store, budgets=config.all_budgets))
+        text += fleet.render().decode()
     finally:
         meter.shutdown()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines()

@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from otel_budget import Budget, BudgetConfig, BudgetMeter, ledger, read_day
+from otel_budget.cli.serve import serve_with_fleet
 from otel_budget.stores.sqlite import SQLiteStore
 from tests.dashboard_queries import load_dashboard, panel_queries, substitute, template_variables
 from tests.prom_server import PromServer, free_port, launch_prometheus
@@ -119,7 +120,8 @@ def test_every_dashboard_query_on_real_prometheus(
 ) -> None:
     started = time.monotonic()
     _record(meter, BEFORE)
-    server = meter.serve_health(port=ports[JOB])
+    # What `otel-budget serve` serves: the meter's /metrics plus the fleet's from the store.
+    server = serve_with_fleet(meter, "127.0.0.1", ports[JOB])
     try:
         prom.wait_for_scrapes(2, job=JOB)
         _record(meter, AFTER)
@@ -134,11 +136,14 @@ def test_every_dashboard_query_on_real_prometheus(
         # increase()'s extrapolation stays small.
         prom.wait_for(f'abs(sum(llm_spend_USD_total{{job="{JOB}"}}) - {TOTAL}) < 1e-9')
         prom.wait_for(f'llm_budget_alerts_sent{{job="{JOB}", budget="daily"}} == 1')
+        # The fleet gauges are rendered at most every 5 s: wait for the checkpoint's.
+        prom.wait_for(f'abs(llm_fleet_day_spend_USD{{job="{JOB}"}} - {TOTAL}) < 1e-9')
         prom.wait_for_scrapes(prom.scrapes(JOB) + 4, job=JOB)
 
         instance = f"127.0.0.1:{server.port}"
         age_s = time.monotonic() - started
-        _check_every_panel(prom, _variables(instance, age_s), budgets)
+        _check_every_panel(prom, _variables(instance, age_s), budgets,
+                           read_day(meter.store, meter.day))
         _check_filtered_panels(prom, _variables(instance, age_s))
         _check_variables(prom, instance)
         _check_alert_pending(prom)
@@ -174,7 +179,8 @@ def _run_panels(prom: PromServer, variables: dict[str, str]) -> dict[str, list[d
 
 
 def _check_every_panel(
-    prom: PromServer, variables: dict[str, str], budgets: dict[str, dict[str, Any]]
+    prom: PromServer, variables: dict[str, str], budgets: dict[str, dict[str, Any]],
+    stored_day: dict[str, Any],
 ) -> None:
     queries = panel_queries(load_dashboard())
     assert len(queries) >= 17
@@ -226,6 +232,21 @@ def _check_every_panel(
     unpriced = _by(results["Unpriced calls per hour by model/A"], "gen_ai_request_model")
     assert set(unpriced) == {MYSTERY} and unpriced[MYSTERY] > 0
     assert meter_unpriced_series(prom) == {MYSTERY: 2.0}
+
+    # The fleet panels are the store's rows, exact: every budget as budgets() has it
+    # after the checkpoint, and the day's breakdown as read_day sums it.
+    assert _by(results["Fleet spend vs cap by budget (store)/A"], "budget") == pytest.approx(
+        per_budget("spend_usd"))
+    assert _by(results["Fleet spend vs cap by budget (store)/B"], "budget") == pytest.approx(
+        per_budget("cap_usd"))
+    for panel_title, label in (("Fleet spend today by model (store)", "gen_ai_request_model"),
+                               ("Fleet spend today by agent (store)", "agent")):
+        stored: dict[str, float] = {}
+        for row in stored_day["by_attributes"]:
+            key = row["attributes"].get(label.replace("gen_ai_request_model",
+                                                      "gen_ai.request.model"), "")
+            stored[key] = stored.get(key, 0.0) + row["spend_usd"]
+        assert _by(results[f"{panel_title}/A"], label) == pytest.approx(stored), panel_title
 
     assert _value(results["Store up/A"]) == 1
     assert _value(results["Spend not yet checkpointed/A"]) == 0
