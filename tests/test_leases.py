@@ -409,6 +409,53 @@ def test_a_store_outage_fails_safe() -> None:
         store._closed = False
 
 
+def test_the_default_hard_budget_holds_across_meters_on_every_store(
+        store_factory: StoreFactory) -> None:
+    """`daily_cap_usd` (hard, fleet by default) on memory, SQLite, PostgreSQL and
+    Supabase: a meter whose store is gone fails closed; two meters, each with its
+    own store handle, never pass the cap together and use it down to less than a
+    call."""
+    first = store_factory()
+    shared = isinstance(first, MemoryStore)  # one process: one memory store
+    config = BudgetConfig(daily_cap_usd=1.0, collect_interval_s=3600.0)
+    assert config.all_budgets[0].enforce == "fleet"
+    # Fails closed: a writer whose store is gone refuses instead of guessing.
+    lost = first if shared else store_factory()
+    with BudgetMeter(config.replace(instance_id="lost"), store=lost) as meter:
+        if shared:
+            first._closed = True
+        else:
+            lost.close()
+        with pytest.raises(BudgetExceeded, match="cannot be reached"):
+            meter.reserve(0.05)
+        with pytest.raises(BudgetExceeded, match="cannot be reached"):
+            meter.guard(0.05)
+        if shared:
+            first._closed = False
+    stores = [first, first if shared else store_factory()]
+    meters = [BudgetMeter(config.replace(instance_id=f"m{i}"), store=s).start()
+              for i, s in enumerate(stores)]
+    spent = 0.0
+    try:
+        refused = [False, False]
+        turn = 0
+        while not all(refused):
+            i = turn % 2
+            turn += 1
+            try:
+                with meters[i].reserve(0.05) as r:
+                    r.settle(0.04)
+                    spent += 0.04
+            except BudgetExceeded as exc:
+                assert exc.budget == "daily"
+                refused[i] = True
+        # a per-process cap would have let each meter spend $1
+        assert spent <= 1.0 + 1e-9 and 1.0 - spent < 0.05 + 1e-9
+    finally:
+        for meter in meters:
+            meter.shutdown(timeout=5.0)
+
+
 class DownStore:
     """Fault injection (a test double): a real MemoryStore whose every call fails
     while `down`; counts the lease round trips that reach it (or fail)."""
