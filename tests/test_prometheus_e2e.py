@@ -364,10 +364,19 @@ def test_otel_budget_serve_subprocess_scraped_and_stopped(
         assert resp.status == 200
         assert health["daily_spend_usd"] == 4.0
         assert health["instance_id"] == "serve-1"
+        # The status page and its JSON, read from the store (the other host's row).
+        with urllib.request.urlopen(url + "/api/status", timeout=10) as resp:
+            status = json.load(resp)
+        assert status["total_usd"] == 4.0 and status["budgets"][0]["spend_usd"] == 4.0
+        assert "other-host-1" in {w["instance_id"] for w in status["writers"]["list"]}
+        with urllib.request.urlopen(url + "/", timeout=10) as resp:
+            assert resp.status == 200 and b"<title>LLM spend" in resp.read()
 
         assert url == f"http://127.0.0.1:{ports[SERVE_JOB]}"
         prom.wait_for_scrapes(2, job=SERVE_JOB)
         assert _value(prom.query(f'llm_budget_daily_spend_USD{{job="{SERVE_JOB}"}}')) == 4.0
+        assert _value(prom.query(f'llm_fleet_spend_USD{{job="{SERVE_JOB}", budget="daily"}}')) \
+            == 4.0
         assert _value(prom.query(f'llm_budget_utilization_ratio{{job="{SERVE_JOB}"}}')) == 0.4
         # The Python exporter puts the resource on target_info.
         info = prom.query(f'target_info{{job="{SERVE_JOB}"}}')
