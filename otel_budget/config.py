@@ -47,6 +47,9 @@ class BudgetConfig:
     start_timeout_s: float = 5.0
     #: A claimed alert still undelivered after this long is delivered by another writer.
     alert_delivery_timeout_s: float = 60.0
+    #: Model ids the price table does not know -> ids it does (Azure deployment names,
+    #: gateway aliases): {"my-gpt4o-deployment": "gpt-4o"}. Case-insensitive names.
+    model_aliases: Mapping[str, str] | None = None
     _tz: ZoneInfo = field(init=False, compare=False)
     _all_budgets: tuple[Budget, ...] = field(init=False, compare=False)
 
@@ -114,6 +117,8 @@ class BudgetConfig:
                 raise ConfigError(f"{key} must be between {low:g} and {high:g} seconds, "
                                   f"got {value!r}")
             object.__setattr__(self, key, float(value))
+
+        object.__setattr__(self, "model_aliases", check_model_aliases(self.model_aliases))
 
         every = self.checkpoint_every
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
@@ -234,6 +239,8 @@ class BudgetConfig:
             if raw not in ("true", "false"):
                 raise ConfigError(f"OTEL_BUDGET_TOKEN_METRICS must be true or false, got {raw!r}")
             values["token_metrics"] = raw == "true"
+        if env.get("OTEL_BUDGET_MODEL_ALIASES", "").strip():
+            values["model_aliases"] = parse_model_aliases(env["OTEL_BUDGET_MODEL_ALIASES"])
         if env.get("OTEL_BUDGET_BUDGETS_FILE", "").strip():
             values["budgets"] = load_budgets_file(env["OTEL_BUDGET_BUDGETS_FILE"].strip(),
                                                   "OTEL_BUDGET_BUDGETS_FILE")
@@ -282,10 +289,62 @@ _ENV_VARS = {
     "max_attribute_sets": "OTEL_BUDGET_MAX_ATTRIBUTE_SETS",
     "max_call_usd": "OTEL_BUDGET_MAX_CALL_USD",
     "budgets": "OTEL_BUDGET_BUDGETS_FILE",
+    "model_aliases": "OTEL_BUDGET_MODEL_ALIASES",
 }
 
 
 _TEXT_FIELDS = ("timezone", "instance_id", "sibling", "store_url", "service_name", "spool_dir")
+
+
+_MAX_ALIASES = 10_000
+
+
+def check_model_aliases(aliases: Any) -> dict[str, str] | None:
+    """`model_aliases` validated: a mapping of non-empty model ids (no control
+    characters, at most 200 characters) to other ids; names are case-insensitive."""
+    if aliases is None:
+        return None
+    if not isinstance(aliases, Mapping):
+        raise ConfigError(f"model_aliases must be a mapping of model id -> model id, "
+                          f"got {type(aliases).__name__}")
+    if len(aliases) > _MAX_ALIASES:
+        raise ConfigError(f"model_aliases: at most {_MAX_ALIASES} entries, got {len(aliases)}")
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    for name, target in aliases.items():
+        for value in (name, target):
+            if (not isinstance(value, str) or not value.strip() or len(value) > _MAX_ID_LENGTH
+                    or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+                    or any("\ud800" <= c <= "\udfff" for c in value)):
+                raise ConfigError(
+                    f"model_aliases: names and targets must be model ids (non-empty text of "
+                    f"at most {_MAX_ID_LENGTH} characters, no control characters), got "
+                    f"{value!r:.80}")
+        key = name.strip().lower()
+        if key == target.strip().lower():
+            raise ConfigError(f"model_aliases: {name!r} maps to itself")
+        if key in seen:
+            raise ConfigError(f"model_aliases: {name!r} is given twice (names ignore case)")
+        seen.add(key)
+        out[name.strip()] = target.strip()
+    return out
+
+
+def parse_model_aliases(raw: str) -> dict[str, str]:
+    """``OTEL_BUDGET_MODEL_ALIASES="my-gpt4o=gpt-4o,prod-sonnet=claude-sonnet-4-5"``."""
+    out: dict[str, str] = {}
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        name, sep, target = part.partition("=")
+        if not sep or not name.strip() or not target.strip() or "=" in target:
+            raise ConfigError(
+                "OTEL_BUDGET_MODEL_ALIASES: expected name=model pairs separated by commas, "
+                f"e.g. 'my-gpt4o-deployment=gpt-4o'; got {part.strip()!r:.80}")
+        if name.strip() in out:
+            raise ConfigError(f"OTEL_BUDGET_MODEL_ALIASES: {name.strip()!r} is given twice")
+        out[name.strip()] = target.strip()
+    return out
 
 
 def resource_attributes(raw: str) -> dict[str, str]:

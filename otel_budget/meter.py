@@ -477,7 +477,7 @@ class BudgetMeter:
                     self._usage = UsageRecorder(
                         record=self.record, otel_meter=self._export_meter,
                         prices=self._prices, token_metrics=self._token_metrics,
-                        day=self._current_day,
+                        day=self._current_day, aliases=self._config.model_aliases,
                     )
                 recorder = self._usage
         return recorder

@@ -402,3 +402,83 @@ def test_rates_finer_than_the_integer_unit_take_the_decimal_path() -> None:
     assert price.rates.femto_usd_per_token is None
     usage = check_token_counts(10**12, 10**6)
     assert price_call_nanos(price, usage) == int(price_call_decimal(price, usage).scaleb(9))
+
+
+# --- no silent $0: normalised ids, fine-tunes, the conservative default ----------------------
+
+@pytest.mark.parametrize(("model", "entry"), [
+    ("claude-sonnet-4.5", "claude-sonnet-4-5"),
+    ("openrouter/anthropic/claude-sonnet-4.5", "claude-sonnet-4-5"),
+    ("anthropic/claude-opus-4.1", "claude-opus-4-1"),
+    ("ft:gpt-4o-mini-2024-07-18:acme::abc123", "ft:gpt-4o-mini"),  # the fine-tuned rates
+    ("ft:gpt-4o-2024-08-06:acme:support:xyz", "ft:gpt-4o"),
+    ("ft:gpt-4.1-mini-2025-04-14:acme::abc", "gpt-4.1-mini"),  # none listed: base rates
+    ("gpt-4-0613", "gpt-4"),
+])
+def test_normalised_ids_find_their_entry(table: PriceTable, model: str, entry: str) -> None:
+    price = table.price(model, on=DAY)
+    assert price.model == entry and not price.is_fallback
+
+
+def test_fine_tuned_rates_are_the_published_ones(table: PriceTable) -> None:
+    tuned = table.price("ft:gpt-4o-mini-2024-07-18:acme::abc123", on=DAY)
+    # OpenAI's fine-tuned gpt-4o-mini: $0.30 input, $0.15 cached, $1.20 output per MTok.
+    assert price_call(tuned, 1_000_000, 1_000_000, 1_000_000) == 0.30 + 0.15 + 1.20
+    base = table.price("gpt-4o-mini", on=DAY)
+    assert price_call(base, 1000, 1000) < price_call(tuned, 1000, 1000)
+
+
+def _most_expensive(prices: list[ModelPrice]) -> ModelPrice:
+    return max(prices, key=lambda p: (p.rates.input + p.rates.output, p.model))
+
+
+def test_unknown_ids_get_the_conservative_default(table: PriceTable) -> None:
+    # A future dated id of a known line: the most expensive entry of that line.
+    future = table.price("claude-sonnet-4-7-20261201", on=DAY)
+    line = _most_expensive([p.as_of(DAY) for p in table
+                            if p.model == "claude-sonnet-4"
+                            or p.model.startswith("claude-sonnet-4-")])
+    assert future.is_fallback and future.estimated_from == line.model
+    assert future.rates == line.rates and future.model == "claude-sonnet-4-7-20261201"
+    # A deployment name behind an Azure route: the most expensive OpenAI entry.
+    azure = table.price("azure/my-gpt4o-deployment", on=DAY)
+    top_openai = _most_expensive([p.as_of(DAY) for p in table if p.provider == "openai"])
+    assert azure.is_fallback and azure.rates == top_openai.rates
+    assert "conservative default" in azure.note and top_openai.model in azure.note
+    # Nothing to go by: the most expensive entry of the table.
+    nothing = table.estimate("totally-new-model", on=DAY)
+    assert nothing.rates == _most_expensive([p.as_of(DAY) for p in table]).rates
+    # find() and resolve() stay strict: the estimate is not a match.
+    assert table.find("claude-sonnet-4-7-20261201", on=DAY) is None
+
+
+ISSUE_IDS = ["claude-sonnet-4.5", "openrouter/anthropic/claude-sonnet-4.5",
+             "azure/my-gpt4o-deployment", "ft:gpt-4o-mini-2024-07-18:acme::abc123",
+             "claude-sonnet-4-7-20261201"]
+
+
+@pytest.mark.parametrize("model", ISSUE_IDS)
+def test_every_id_of_the_issue_is_priced_above_zero(table: PriceTable, model: str) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from otel_budget.usage import UsageRecorder
+
+    recorded: list[tuple[float, dict[str, object]]] = []
+    usage = UsageRecorder(
+        record=lambda usd, attrs: recorded.append((usd, dict(attrs or {}))),
+        otel_meter=MeterProvider().get_meter("t"), prices=table, token_metrics=False,
+        day=lambda: DAY)
+    cost = usage.record_usage(model, 1000, 1000)
+    assert cost > 0 and recorded == [(cost, recorded[0][1])]
+    assert recorded[0][1]["gen_ai.request.model"] == model
+    assert usage.estimate_usd(model, 1000, 1000) == cost
+    estimated = table.find(model, on=DAY) is None
+    assert (recorded[0][1].get("otel_budget.settlement") == "estimated") is estimated
+    assert usage.unpriced_calls() == (1 if estimated else 0)
+
+
+def test_a_zero_fallback_price_restores_zero(table: PriceTable) -> None:
+    zero = PriceTable.load_default({"OTEL_BUDGET_FALLBACK_PRICE": "0,0"})
+    price = zero.price("azure/my-gpt4o-deployment", on=DAY)
+    assert price.is_fallback and price_call(price, 1000, 1000) == 0.0
+    assert not price.estimated_from

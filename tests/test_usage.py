@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
-from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, read_day
+from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, ConfigError, read_day
 from otel_budget.cli.bench_pricing import bench_record_usage
 from otel_budget.meter import WRITER_ATTRIBUTE
 from otel_budget.pricing import ModelPrice, PriceTable
@@ -320,3 +320,51 @@ def test_token_series_keep_operation_provider_and_passthrough_apart(setup: Setup
         tuple(sorted({**base, "gen_ai.provider.name": "aws.bedrock"}.items())): 1,
         tuple(sorted({**base, "server.address": "eu.api.example"}.items())): 2,
     }
+
+
+# --- model aliases (deployment names) -----------------------------------------------------------
+
+def test_model_aliases_price_deployment_names(clock: FakeClock, packaged: PriceTable) -> None:
+    config = BudgetConfig(daily_cap_usd=10.0, instance_id="a", collect_interval_s=3600,
+                          model_aliases={"My-GPT4o-Deployment": "gpt-4o",
+                                         "prod-sonnet": "claude-sonnet-4-20250514"})
+    reader = InMemoryMetricReader()
+    meter = BudgetMeter(config, store=MemoryStore(), metric_readers=[reader], clock=clock,
+                        prices=packaged)
+    gpt4o = packaged.price("gpt-4o")
+    expected = float(1000 * (gpt4o.rates.input + gpt4o.rates.output) / 1_000_000)
+    assert meter.record_usage("azure/my-gpt4o-deployment", 1000, 1000) == expected
+    assert meter.record_usage("my-gpt4o-deployment", 1000, 1000) == expected
+    assert meter.estimate_usd("MY-GPT4O-DEPLOYMENT", 1000, 1000) == expected
+    assert meter.record_usage("prod-sonnet", 1000, 0) == 0.003
+    assert meter.unpriced_calls() == 0
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = [dict(p.attributes or {}) for rm in data.resource_metrics
+              for sm in rm.scope_metrics for m in sm.metrics if m.name == "llm.spend"
+              for p in m.data.data_points]
+    models = {a["gen_ai.request.model"]: a.get("otel_budget.settlement") for a in points}
+    # The caller's id is what the spend carries; nothing is marked estimated.
+    assert models == {"azure/my-gpt4o-deployment": None, "my-gpt4o-deployment": None,
+                      "prod-sonnet": None}
+    meter.shutdown()
+
+
+def test_model_aliases_from_the_environment() -> None:
+    config = BudgetConfig.from_env({
+        "OTEL_BUDGET_DAILY_CAP_USD": "5",
+        "OTEL_BUDGET_MODEL_ALIASES": " my-gpt4o=gpt-4o , prod-sonnet=claude-sonnet-4-5,"})
+    assert config.model_aliases == {"my-gpt4o": "gpt-4o", "prod-sonnet": "claude-sonnet-4-5"}
+    for bad in ("my-gpt4o", "=gpt-4o", "my-gpt4o=", "a=b=c", "a=b,a=c", "gpt-4o=GPT-4o"):
+        with pytest.raises(ConfigError, match="OTEL_BUDGET_MODEL_ALIASES"):
+            BudgetConfig.from_env({"OTEL_BUDGET_DAILY_CAP_USD": "5",
+                                   "OTEL_BUDGET_MODEL_ALIASES": bad})
+
+
+@pytest.mark.parametrize("bad", [
+    ["a", "b"], {"a": ""}, {"": "gpt-4o"}, {"a": 1}, {"a\x00": "gpt-4o"}, {"x" * 201: "gpt-4o"},
+    {"A": "gpt-4o", "a": "gpt-4o"},
+])
+def test_bad_model_aliases_are_a_config_error(bad: Any) -> None:
+    with pytest.raises(ConfigError, match="model_aliases"):
+        BudgetConfig(daily_cap_usd=5.0, model_aliases=bad)
