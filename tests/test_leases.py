@@ -415,7 +415,7 @@ def test_the_default_hard_budget_holds_across_meters_on_every_store(
     Supabase: a meter whose store is gone fails closed; two meters, each with its
     own store handle, never pass the cap together and use it down to less than a
     call."""
-    first = store_factory()
+    first: Any = store_factory()
     shared = isinstance(first, MemoryStore)  # one process: one memory store
     config = BudgetConfig(daily_cap_usd=1.0, collect_interval_s=3600.0)
     assert config.all_budgets[0].enforce == "fleet"
