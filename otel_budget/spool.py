@@ -201,16 +201,19 @@ class Spool:
         assert self._root is not None
         self._ensure_dir(self._root)
         path = self._root / _KEY_FILE
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            pass
-        else:
+        if not path.exists():
+            # Written whole, then linked into place: a process starting at the same
+            # moment reads either no key or the whole key, and one key wins.
+            fd, tmp = tempfile.mkstemp(dir=self._root, prefix=".tmp-key-")
             try:
-                os.write(fd, secrets.token_hex(32).encode())
-                os.fsync(fd)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(secrets.token_hex(32).encode())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
             finally:
-                os.close(fd)
+                _unlink(Path(tmp))
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             st = os.fstat(fd)

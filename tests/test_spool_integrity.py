@@ -285,3 +285,31 @@ def test_a_sticky_shared_ancestor_is_fine_below_our_own_directory(
     sticky.chmod(0o1777)  # like /tmp
     path = Spool(str(sticky / "mine" / "spool"), store=sqlite_store).put(_entry("w", 1.0))
     assert path.exists()
+
+
+def test_spools_starting_together_agree_on_one_key(sqlite_store: SQLiteStore, tmp_path: Path) -> None:
+    import threading
+
+    root = tmp_path / "spool"
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def put(i: int) -> None:
+        spool = Spool(str(root), store=sqlite_store)
+        barrier.wait()
+        try:
+            spool.put(_entry(f"w{i}", 1.0))
+        except BaseException as exc:  # collected: the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert errors == []
+    reader = Spool(str(root), store=sqlite_store)
+    assert sorted(item.entry["writer_id"] for item in reader.pending()) == [
+        f"w{i}" for i in range(8)]
+    assert reader.summary()["set_aside"] == []
+    assert [p.name for p in root.iterdir() if p.name.startswith(".tmp")] == []
