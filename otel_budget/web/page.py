@@ -81,6 +81,7 @@ th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--lin
   vertical-align: top; }
 th { color: var(--muted); font-weight: 500; font-size: 13px; }
 td.r, th.r { text-align: right; }
+td { white-space: nowrap; } td.wrap { white-space: normal; min-width: 18em; }
 tr:last-child td { border-bottom: 0; }
 .two { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; }
 @media (max-width: 640px) {
@@ -165,14 +166,16 @@ footer { margin: 24px 0 8px; font-size: 12px; }
   function table(head, rows, empty) {
     if (!rows.length) return el("p", {cls: "muted", text: empty});
     var tr = el("tr");
+    // ">name": a right-aligned number column; "~name": free text that wraps.
+    function cls(h) { return h[0] === ">" ? "r num" : (h[0] === "~" ? "wrap" : ""); }
     head.forEach(function (h) {
-      tr.appendChild(el("th", {text: h.replace(/^>/, ""), cls: h[0] === ">" ? "r" : ""}));
+      tr.appendChild(el("th", {text: h.replace(/^[>~]/, ""), cls: cls(h)}));
     });
     var body = el("tbody");
     rows.forEach(function (cells) {
       var row = el("tr");
       cells.forEach(function (c, i) {
-        var td = el("td", {cls: head[i][0] === ">" ? "r num" : ""});
+        var td = el("td", {cls: cls(head[i])});
         if (c != null && typeof c === "object") td.appendChild(c);
         else td.textContent = c == null ? "-" : String(c);
         row.appendChild(td);
@@ -253,7 +256,7 @@ footer { margin: 24px 0 8px; font-size: 12px; }
     breakdown("by-model", s.by_model || [], "model");
     breakdown("by-agent", s.by_agent || [], "agent");
     var refusals = $("refusals"); refusals.textContent = "";
-    refusals.appendChild(table(["when", "budget", "key", ">amount", "writer", "why"],
+    refusals.appendChild(table(["when", "budget", "key", ">amount", "writer", "~why"],
       (s.refusals || []).slice(0, 20).map(function (r) {
         return [when(r.at), r.budget, keyText(r.key), usd(r.amount_usd), r.writer,
           r.reason];
