@@ -3,8 +3,13 @@ budgets (no I/O beyond listing the spool directory)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+_log = logging.getLogger("otel_budget")
 
 
 def build_health(
@@ -20,6 +25,7 @@ def build_health(
     pending_nudges: Sequence[dict[str, Any]] = (),
     unpriced_calls: int = 0,
     unsettled_usd: float = 0.0,
+    unmatched_match_keys: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
     """`status` is "degraded" while the last checkpoint or the last read of the store
     failed, a started meter's timer is not running, the checkpoint is overdue (a
@@ -88,4 +94,67 @@ def build_health(
         "fleet_view": state.get("fleet_view"),
         # Spend recorded at a reservation's maximum because an exception closed it.
         "unsettled_usd": unsettled_usd,
+        # Budgets whose match keys no call of today has carried (a typo'd key?).
+        "unmatched_match_keys": list(unmatched_match_keys),
     }
+
+
+class _Matching(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def match(self) -> Mapping[str, Any] | None: ...
+
+
+def unmatched_match_keys(budgets: Iterable[_Matching],
+                         seen_keys: Collection[str]) -> list[dict[str, str]]:
+    """Each budget's match keys that none of `seen_keys` (the attribute keys calls
+    carried) is: `[{"budget": name, "key": key}]`. Pure."""
+    return [{"budget": budget.name, "key": key}
+            for budget in budgets for key in sorted(budget.match or {})
+            if key not in seen_keys]
+
+
+class MatchKeyWatch:
+    """Warns once per budget and key when a budget's match key has appeared in no call
+    for a whole collection period after calls were recorded (`match = {agents =
+    "coder"}` for `agent` counts $0 forever otherwise). `observe` is given the day's
+    attribute sets at each collection; `unmatched()` is what health shows."""
+
+    def __init__(self, budgets: Iterable[_Matching], period_s: float, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._budgets = tuple(b for b in budgets if b.match)
+        self._period_s = period_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._unmatched: list[dict[str, str]] = []
+        self._warned: set[tuple[str, str]] = set()
+
+    def observe(self, attribute_sets: Iterable[Mapping[str, Any]]) -> None:
+        if not self._budgets:
+            return
+        seen: set[str] = set()
+        for attributes in attribute_sets:
+            seen.update(attributes)
+        with self._lock:
+            if not seen:  # no call yet (or a new day): nothing to judge by
+                self._since, self._unmatched = None, []
+                return
+            now = self._clock()
+            if self._since is None:
+                self._since = now
+            due = now - self._since >= self._period_s
+            self._unmatched = unmatched_match_keys(self._budgets, seen) if due else []
+            fresh = [item for item in self._unmatched
+                     if (item["budget"], item["key"]) not in self._warned]
+            self._warned.update((item["budget"], item["key"]) for item in fresh)
+        for item in fresh:
+            _log.warning(
+                "otel_budget: budget %r matches on attribute %r, which no call recorded "
+                "today carries: the budget counts $0 until calls carry it (a typo in its "
+                "match?)", item["budget"], item["key"])
+
+    def unmatched(self) -> list[dict[str, str]]:
+        with self._lock:
+            return [dict(item) for item in self._unmatched]

@@ -32,7 +32,7 @@ from . import ledger, lifecycle
 from ._version import __version__
 from .config import BudgetConfig
 from .errors import BudgetError, BudgetExceeded, ConfigError
-from .health import build_health
+from .health import MatchKeyWatch, build_health
 from .leases import FleetLease, LeaseStore, supports_leases
 from .ledger import UsdAmount
 from .notify import Notifier, NotifierDispatcher
@@ -133,6 +133,8 @@ class BudgetMeter:
         )
         if self._leases:
             self._tracker.add_round_hook(self._lease_round)
+        self._match_watch = MatchKeyWatch(config.all_budgets, config.collect_interval_s)
+        self._tracker.add_round_hook(self._watch_match_keys)
         self._providers_to_shutdown: list[MeterProvider] = []
         self._wire_provider(meter_provider, metric_readers)
         self._prices = prices
@@ -169,6 +171,9 @@ class BudgetMeter:
                 ttl_s=ttl, idle_s=idle,
             )
         return leases
+
+    def _watch_match_keys(self) -> None:
+        self._match_watch.observe(attrs for attrs, _ in self._ledger.export_points())
 
     def _lease_round(self) -> None:
         """At each store round (after the checkpoint): renew, report, give back. Not
@@ -653,6 +658,7 @@ class BudgetMeter:
             pending_nudges=self._dispatcher.pending(),
             unpriced_calls=self.unpriced_calls(),
             unsettled_usd=self._book.unsettled_usd(),
+            unmatched_match_keys=self._match_watch.unmatched(),
         )
 
     def render_metrics(self) -> tuple[bytes, str]:

@@ -125,6 +125,56 @@ def test_match_values_may_be_shell_patterns() -> None:
     assert opus == Budget("opus", 1, match={"gen_ai.request.model": "claude-opus-4*"})
 
 
+def test_a_match_key_no_call_carries_is_reported_after_a_whole_period(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from otel_budget.health import MatchKeyWatch
+
+    now = [100.0]
+    typo = Budget("coder", 5, match={"agents": "coder"})
+    good = Budget("team", 5, match={"team": "a"})
+    watch = MatchKeyWatch([typo, good, Budget("all", 5)], 60.0, clock=lambda: now[0])
+    calls = [{"agent": "coder", "team": "a"}, {"agent": "other"}]
+    with caplog.at_level(logging.WARNING, logger="otel_budget"):
+        watch.observe([])  # no call yet: nothing to judge
+        watch.observe(calls)  # calls recorded: the period starts
+        now[0] += 59.0
+        watch.observe(calls)
+        assert watch.unmatched() == [] and not caplog.records
+        now[0] += 1.0  # a whole period without the key
+        watch.observe(calls)
+        watch.observe(calls)
+        now[0] += 600.0
+        watch.observe(calls)
+    assert watch.unmatched() == [{"budget": "coder", "key": "agents"}]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'coder'" in warnings[0] and "'agents'" in warnings[0]
+    watch.observe([*calls, {"agents": "coder"}])  # the key shows up: no longer reported
+    assert watch.unmatched() == []
+
+
+def test_health_names_a_budget_whose_match_key_no_call_carries(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from otel_budget.stores.memory import MemoryStore
+    from tests.conftest import wait_for
+
+    config = BudgetConfig(instance_id="a", collect_interval_s=0.05, budgets=[
+        Budget("coder", 5, match={"agents": "coder"}), Budget("all", 50)])
+    with caplog.at_level(logging.WARNING, logger="otel_budget"), \
+            BudgetMeter(config, store=MemoryStore()) as meter:
+        meter.record(0.5, {"agent": "coder"})
+        assert wait_for(lambda: meter.health()["unmatched_match_keys"], timeout=10)
+        assert meter.health()["unmatched_match_keys"] == [{"budget": "coder", "key": "agents"}]
+        for _ in range(3):
+            meter.collect()
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "'agents'" in r.getMessage()]
+    assert len(warnings) == 1 and "'coder'" in warnings[0]
+
+
 def test_budgets_from_a_toml_file(tmp_path: Path) -> None:
     path = tmp_path / "budgets.toml"
     path.write_text(
