@@ -433,3 +433,25 @@ def test_fleet_metrics_bound_the_series_and_keep_the_total(store_url: str) -> No
     assert samples['{agent="a4",odd_key_="4"}'] == 0.05
     assert label_name("gen_ai.request.model") == "gen_ai_request_model"
     assert label_name("__x") == "_x" and label_name("1a") == "_1a"
+
+
+def test_writers_live_stale_and_retired(store_url: str) -> None:
+    live = BudgetMeter(_config(store_url, instance_id="live")).start()
+    gone = BudgetMeter(_config(store_url, instance_id="gone")).start()
+    try:
+        live.record(0.1, CODER)
+        gone.record(0.2, REVIEWER)
+        assert live.checkpoint() and gone.checkpoint()
+        gone.shutdown()  # its final entry retires its row
+        today = live.day.isoformat()
+        with SQLiteStore(Path(store_url.removeprefix("sqlite:///"))) as store:
+            store.merge_writer({"date": today, "writer_id": "silent", "instance_id": "old",
+                                "spend_usd": 0.3, "seq": 1,
+                                "updated_at": "2000-01-01T00:00:00+00:00"})
+        writers = StatusSource(live).status()["writers"]
+    finally:
+        live.shutdown()
+    assert (writers["live"], writers["stale"], writers["retired"]) == (1, 1, 1)
+    states = {w["instance_id"]: w["state"] for w in writers["list"]}
+    assert states == {"live": "live", "old": "stale", "gone": "retired"}
+    assert [w["instance_id"] for w in writers["list"]] == ["live", "old", "gone"]
