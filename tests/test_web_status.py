@@ -30,6 +30,7 @@ from otel_budget.web import StatusSource, asgi_app, wsgi_app
 from otel_budget.web.app import respond
 from otel_budget.web.fleet_metrics import FleetMetrics, label_name
 from otel_budget.web.page import render_page
+from otel_budget.web.status import top_keys
 from tests.conftest import FakeClock
 
 CODER = {"agent": "coder", "gen_ai.request.model": "claude-sonnet-4-5"}
@@ -455,3 +456,22 @@ def test_writers_live_stale_and_retired(store_url: str) -> None:
     states = {w["instance_id"]: w["state"] for w in writers["list"]}
     assert states == {"live": "live", "old": "stale", "gone": "retired"}
     assert [w["instance_id"] for w in writers["list"]] == ["live", "old", "gone"]
+
+
+def test_top_keys_of_a_per_key_budget_from_the_breakdown() -> None:
+    coder = Budget("coder", 1.0, match={"agent": "coder"})
+    items = [
+        {"attributes": {"agent": "coder", "user": "ada"}, "spend_usd": 0.25},
+        {"attributes": {"agent": "coder", "user": "bob"}, "spend_usd": 0.5},
+        {"attributes": {"agent": "coder", "user": "ada", "model": "x"}, "spend_usd": 0.5},
+        {"attributes": {"agent": "reviewer", "user": "cy"}, "spend_usd": 9.0},  # not matched
+        {"attributes": {"agent": "coder"}, "spend_usd": 2.0},  # no key
+        {"attributes": {"agent": "coder", "user": ["x"]}, "spend_usd": 1.0},  # unhashable
+        {"attributes": {"agent": "coder", "user": "dee"}, "spend_usd": -1},  # not an amount
+    ]
+    rows = top_keys(items, coder.matches, "user", coder.cap_usd)
+    assert [(r["key"], r["spend_usd"], r["utilization"]) for r in rows] == [
+        ({"user": "ada"}, 0.75, 0.75), ({"user": "bob"}, 0.5, 0.5)]
+    pairs = top_keys(items, coder.matches, ("agent", "user"), 1.0, limit=1)
+    assert pairs[0]["key"] == {"agent": "coder", "user": "ada"}
+    assert pairs[0]["remaining_usd"] == 0.25 and len(pairs) == 1

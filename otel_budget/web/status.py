@@ -136,6 +136,31 @@ def breakdown_by(items: Iterable[Mapping[str, Any]], attribute: str,
     return rows[:limit]
 
 
+def top_keys(items: Iterable[Mapping[str, Any]], matches: Callable[[Mapping[str, Any]], bool],
+             per: str | Sequence[str], cap_usd: float, limit: int = 10) -> list[dict[str, Any]]:
+    """The biggest keys of a per-key budget: breakdown items it `matches`, grouped by
+    the `per` attribute(s) (an item lacking one is no key's), largest first:
+    [{"key": {attr: value}, "spend_usd", "cap_usd", "remaining_usd", "utilization"}]."""
+    names = (per,) if isinstance(per, str) else tuple(per)
+    totals: dict[tuple[Any, ...], float] = {}
+    for item in items:
+        attrs = item.get("attributes")
+        spend = item.get("spend_usd")
+        if not isinstance(attrs, Mapping) or not ledger_amount(spend):
+            continue
+        if any(name not in attrs for name in names) or not matches(attrs):
+            continue
+        try:
+            key = tuple(attrs[name] for name in names)
+            totals[key] = totals.get(key, 0.0) + float(spend)
+        except TypeError:  # an unhashable value is no key
+            continue
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], repr(kv[0])))[:limit]
+    return [{"key": dict(zip(names, key, strict=True)), "spend_usd": ledger.round_usd(usd),
+             "cap_usd": cap_usd, "remaining_usd": ledger.remaining_usd(usd, cap_usd),
+             "utilization": ledger.utilization(usd, cap_usd)} for key, usd in ranked]
+
+
 def _budget_meta(budget: Budget) -> dict[str, Any]:
     return {"name": budget.name, "period": budget.period,
             "match": dict(budget.match) if budget.match is not None else None,
@@ -284,6 +309,7 @@ class StatusSource:
                                      if ledger_amount(e.get("spend_usd"))))
         writers = self._writers(entries, now)
         self._add_burn(budgets, entries, now, day)
+        self._add_top_keys(budgets, day, items, errors)
         refusal_fields = [e.get(ENTRY_KEY) for e in entries]
         refusal_writers = [e.get("writer_id") for e in entries]
         local: list[dict[str, Any]] = []
@@ -330,6 +356,31 @@ class StatusSource:
         field = self._meter.refusal_log.entry_field(windows)
         counts: dict[str, dict[str, int]] = field["counts"]
         return counts
+
+    def _add_top_keys(self, budgets: list[dict[str, Any]], day: date,
+                      today_items: list[Mapping[str, Any]], errors: list[str]) -> None:
+        """A per-key budget's (`Budget.per`) biggest keys in its window, from the
+        writers' stored breakdowns, unless the row has them already."""
+        configured = {b.name: b for b in self._budgets or ()}
+        earlier: dict[str, list[Mapping[str, Any]]] = {}
+        for row in budgets:
+            budget = configured.get(str(row["name"]))
+            per = getattr(budget, "per", None) if budget is not None else None
+            if budget is None or not per or row.get("top_keys"):
+                continue
+            items = list(today_items)
+            for d in ledger.window_days_before(day, budget.period):
+                name = d.isoformat()
+                if name not in earlier:
+                    try:
+                        earlier[name] = [item for e in self._store.writer_entries([name])
+                                         for item in (e.get("by_attributes") or [])
+                                         if isinstance(item, Mapping)]
+                    except Exception as exc:
+                        errors.append(f"reading {name}'s breakdown failed: {_describe(exc)}")
+                        earlier[name] = []
+                items.extend(earlier[name])
+            row["top_keys"] = top_keys(items, budget.matches, per, budget.cap_usd)
 
     def _meter_budgets(self) -> list[dict[str, Any]]:
         assert self._meter is not None
