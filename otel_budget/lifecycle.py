@@ -39,7 +39,10 @@ meter has stopped, the main thread puts the original handlers and functions back
 
 The stop runs in a helper thread joined with a deadline: a handler interrupts the
 main thread wherever it is, possibly inside a lock the final checkpoint needs, and
-the signal must still take effect within the deadline.
+the signal must still take effect within the deadline. A stop signal that arrives
+while a shutdown is already under way (an exit hook or a multiprocessing finalizer
+it interrupts; `Pool.terminate()` does this to workers that are exiting) is held
+until that shutdown ends, at most STOP_DEADLINE_S, then takes effect.
 """
 
 from __future__ import annotations
@@ -205,7 +208,8 @@ def _on_signal(signum: int, frame: FrameType | None) -> Any:
             return None
         _pending[:] = [s for s in _pending if s != signum]
         _hold_until.pop(signum, None)
-    stop_all(STOP_DEADLINE_S, in_thread=True)
+    # A shutdown still under way here had its hold: only the live meters remain.
+    stop_all(STOP_DEADLINE_S, in_thread=True, wait_closing=False)
     # What would have happened without us: the default action, here and now.
     with _lock:
         _chained.pop(signum, None)
@@ -232,12 +236,13 @@ def _start_watchdog(signum: int) -> None:
     threading.Thread(target=expire, name="OtelBudgetStopDeadline", daemon=True).start()
 
 
-def stop_all(timeout: float = STOP_DEADLINE_S, *, in_thread: bool = False) -> None:
-    """Shut every live meter down within `timeout` seconds in all; a meter already
-    shutting down (in an exit hook this signal interrupted) is waited for."""
+def stop_all(timeout: float = STOP_DEADLINE_S, *, in_thread: bool = False,
+             wait_closing: bool = True) -> None:
+    """Shut every live meter down within `timeout` seconds in all; with
+    `wait_closing`, a meter already shutting down elsewhere is waited for."""
     with _lock:
         meters = list(_live)
-        closing = list(_closing)
+        closing = list(_closing) if wait_closing else []
     if not meters and not closing:
         return
     deadline = time.monotonic() + timeout
