@@ -475,3 +475,26 @@ def test_top_keys_of_a_per_key_budget_from_the_breakdown() -> None:
     pairs = top_keys(items, coder.matches, ("agent", "user"), 1.0, limit=1)
     assert pairs[0]["key"] == {"agent": "coder", "user": "ada"}
     assert pairs[0]["remaining_usd"] == 0.25 and len(pairs) == 1
+
+
+@pytest.mark.slow
+def test_status_and_fleet_metrics_from_a_postgresql_store(pg_clean: str) -> None:
+    a = BudgetMeter(_config(pg_clean, instance_id="pg-a")).start()
+    b = BudgetMeter(_config(pg_clean, instance_id="pg-b")).start()
+    try:
+        _seed(a, b)
+        want = {row["name"]: row["spend_usd"] for row in a.budgets()}
+        app = asgi_app(pg_clean, budgets=a.config.all_budgets)
+        try:
+            doc = app.source.status()
+            text = FleetMetrics(app.source).render().decode()
+        finally:
+            app.close()
+    finally:
+        a.shutdown()
+        b.shutdown()
+    assert {row["name"]: row["spend_usd"] for row in doc["budgets"]} == want
+    assert doc["by_model"][0] == {"value": "claude-sonnet-4-5", "spend_usd": 0.375}
+    assert doc["writers"]["live"] == 2 and doc["errors"] == []
+    assert _fleet_samples(text, "llm_fleet_day_spend_USD") == {"": 0.46875}
+    assert "postgresql://" not in json.dumps(doc)
