@@ -175,6 +175,21 @@ class Checkpointer:
             self._last_success_mono = time.monotonic()
         return result
 
+    def mark_up(self) -> None:
+        """The store answered a read: it is up again."""
+        with self._lock:
+            self.store_up = True
+
+    def defer(self, entry: dict[str, Any]) -> bool:
+        """Spool `entry` without trying the store (known down): a failed checkpoint."""
+        spooled = self.spool_entry(entry)
+        with self._lock:
+            self._last = CheckpointResult(
+                ok=False, at=entry["updated_at"], seq=entry["seq"], spooled=spooled,
+                error="the store failed the last round; spooled, retried in the background")
+            self._attempted = True
+        return spooled
+
     def spool_entry(self, entry: dict[str, Any]) -> bool:
         if self._spool is None:
             return False
@@ -215,6 +230,8 @@ class Checkpointer:
                 # The store is down, or refuses a well-formed entry because of what it
                 # holds: keep them all for a later round.
                 break
+            with self._lock:
+                self.store_up = True
             if item.entry.get("writer_id") == self._writer_id:
                 own.append(item.entry)
             else:

@@ -74,6 +74,7 @@ class BudgetTracker:
         self._io = threading.Lock()
         self._again = False
         self._again_checkpoint = False
+        self._background: threading.Thread | None = None
         self._alerts = AlertBook()
         #: Called at the end of every store round, off the hot path (budget leases).
         self._round_hooks: list[Callable[[], None]] = []
@@ -136,6 +137,7 @@ class BudgetTracker:
         the others in the child's view until the child's first merge reads the store."""
         self._state = threading.Lock()
         self._io = threading.Lock()
+        self._background = None
         inherited = self._ledger.reset_after_fork()
         view, restore = self._fleet, dict(self._restore)
         parent_inherited = self._inherited
@@ -288,6 +290,14 @@ class BudgetTracker:
         """Replay the spool, write closed days' final entries, (re)load the fleet view,
         write this writer's entry when `checkpoint`, claim due alerts. Returns False
         if another round held the I/O lock and `wait` was False (it will go again)."""
+        if not wait and not self.store_answers():
+            # The store failed last time: a collection must not wait for it to fail
+            # again (a hung server can take the whole statement timeout). What the
+            # round would have written goes to the spool now; a background round
+            # probes the store (and replays the spool once it answers).
+            self._local_round(checkpoint)
+            self._round_in_background()
+            return True
         if wait:
             acquired = self._io.acquire(timeout=timeout_s) if timeout_s >= 0 else self._io.acquire()
         else:
@@ -308,6 +318,46 @@ class BudgetTracker:
         finally:
             self._io.release()
 
+    def store_answers(self) -> bool:
+        """False after a store round failed on the store (not on a refused entry)."""
+        return self._checkpointer.store_up and self._read_up
+
+    def _local_round(self, checkpoint: bool) -> None:
+        """A round without the store: closed days' final entries and (when
+        `checkpoint`) this writer's entry go to the spool."""
+        with self._state:
+            self._ledger.roll_if_due()
+            self._sync_day_locked()
+            finals = list(self._pending_final)
+            entry = None
+            if checkpoint:
+                snapshot = self._ledger.snapshot()
+                if snapshot.day == self._day:
+                    entry = self._checkpointer.entry(snapshot, self._checkpointer.next_seq(),
+                                                     self._now().isoformat())
+        for final in finals:
+            self._checkpointer.spool_entry(final)
+        if entry is not None:
+            self._checkpointer.defer(entry)
+
+    def _round_in_background(self) -> None:
+        """One store round on a thread of its own, unless one is running."""
+        with self._state:
+            worker = self._background
+            if worker is not None and worker.is_alive():
+                return
+
+            def run() -> None:
+                try:
+                    self.store_round(checkpoint=False, wait=True)
+                except Exception as exc:
+                    _log.warning("otel_budget: a background store round failed: %s",
+                                 describe(exc))
+
+            self._background = threading.Thread(target=run, name="OtelBudgetRound",
+                                                daemon=True)
+            self._background.start()
+
     def _round(self, checkpoint: bool) -> None:
         with self._state:
             self._ledger.roll_if_due()
@@ -315,6 +365,8 @@ class BudgetTracker:
             finals = list(self._pending_final)
             day = self._day
             must_load = self._fleet.day != day or self._fleet.source != fleet.SOURCE_STORE
+        # After a store failure the read is the probe that sees the store again.
+        must_load = must_load or not self.store_answers()
         replayed, own = self._checkpointer.replay_spool()
         if own:
             with self._state:
@@ -459,6 +511,7 @@ class BudgetTracker:
             self._restore = {"ok": True, "at": at, "error": None,
                              "days_read": len(names), "legacy_document": legacy is not None}
             self._read_up = True
+        self._checkpointer.mark_up()
 
     # --- the local copy of the fleet view (fleet_cache.py) -------------------------
 

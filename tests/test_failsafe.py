@@ -427,3 +427,73 @@ def test_hostile_match_values_are_refused_when_the_budget_is_built(value: str) -
         Budget("team", 5.0, match={value: "a"})
     with pytest.raises(ConfigError, match="match"):
         Budget("team", 5.0, match={"team": ["ok", value]})
+
+
+# --- collect() never waits on store I/O --------------------------------------------------------
+
+
+class SwitchStore:
+    """A named mock at the boundary: passes calls through, fails them (a server that
+    refuses connections) or blocks them until released (a hung server)."""
+
+    def __init__(self, inner: PatchStore) -> None:
+        self._inner = inner
+        self.mode = "pass"
+        self.release = threading.Event()
+        self.blocked = 0
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._inner, name)
+        if not callable(target) or name in ("close", "identity", "known_identity"):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.mode == "fail":
+                from otel_budget import StoreError
+                raise StoreError("connection refused (SwitchStore)")
+            if self.mode == "hang":
+                self.blocked += 1
+                self.release.wait()
+            return target(*args, **kwargs)
+
+        return call
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+
+def test_collect_never_waits_on_a_store_known_down(clock: FakeClock, tmp_path: Path) -> None:
+    inner = SQLiteStore(tmp_path / "b.db")
+    switch = SwitchStore(inner)
+    config = BudgetConfig(budgets=[Budget("daily", 10.0)], collect_interval_s=3600,
+                          checkpoint_every=1, spool_dir=str(tmp_path / "spool"))
+    meter = BudgetMeter(config, store=switch, clock=clock).start()
+    try:
+        meter.record(1.0)
+        assert meter.checkpoint()
+        switch.mode = "fail"
+        meter.record(1.0)
+        meter.collect()  # fails on the store: the store is known down from now on
+        assert meter.health()["store_up"] is False
+        switch.mode = "hang"
+        meter.record(1.0)
+        meter.collect()  # returns although the store hangs: the entry is spooled
+        assert wait_for(lambda: switch.blocked >= 1), "a background round probes the store"
+        assert not switch.release.is_set()
+        spool = meter.health()["spool"]
+        assert spool["entries"] == 1 and spool["spend_usd"] == 3.0
+        assert meter.health()["last_checkpoint"]["spooled"] is True
+        switch.mode = "pass"
+        switch.release.set()
+        for thread in threading.enumerate():
+            if thread.name == "OtelBudgetRound":
+                thread.join()
+        meter.collect()
+        assert meter.health()["spool"]["entries"] == 0
+        assert meter.health()["store_up"] is True
+        assert inner.day_totals([clock().date().isoformat()])[
+            clock().date().isoformat()]["total_usd"] == 3.0
+    finally:
+        switch.release.set()
+        meter.shutdown(timeout=5)
+        inner.close()

@@ -234,7 +234,12 @@ def test_nudge_exactly_once_across_restart_and_second_instance(
     assert nudge["date"] == "2026-11-25" and nudge["instance_id"] == "a"
     assert nudge["daily_spend_usd"] == 8.0 and nudge["daily_cap_usd"] == 10.0
     assert nudge["budget"] == "daily" and nudge["window"] == TODAY and nudge["period"] == "day"
-    assert store_factory().get(NUDGE_TYPE, "budget_alert_2026-11-25_80") == nudge
+    assert nudge["id"] == "budget_alert_2026-11-25_80"
+    # The row is the document, its delivery recorded once the notifier took it.
+    stored = store_factory().get(NUDGE_TYPE, "budget_alert_2026-11-25_80")
+    assert stored is not None
+    assert {k: v for k, v in stored.items() if k != "delivered_at"} == {
+        k: v for k, v in nudge.items() if k != "delivered_at"}
     a.shutdown()
 
     restarted = make(store_factory(), clock, "a", notifiers=[delivered.append]).start()
@@ -355,7 +360,9 @@ def test_store_outage_degrades_then_recovers_losing_nothing(store: PatchStore,
     assert health["spool"]["entries"] == 1 and health["spool"]["spend_usd"] == 3.0
     json.dumps(health)
     flaky.down = False
-    meter.collect()
+    # With the store known down a collection only spools (it never waits on the store)
+    # and probes it in the background; checkpoint() waits for the store.
+    assert meter.checkpoint()
     meter.collect()
     health = meter.health()
     assert health["status"] == "ok" and health["unflushed_usd"] == 0.0, health["reasons"]
@@ -377,7 +384,7 @@ def test_unreachable_store_at_start_degrades_and_restores_later(clock: FakeClock
     assert meter.health()["status"] == "degraded"
     assert meter.daily_spend() == 1.0, "the fleet is unknown until the store answers"
     flaky.down = False
-    meter.collect()
+    assert meter.checkpoint()  # a collection would only probe the store in the background
     assert meter.daily_spend() == 5.0
     assert read_day(inner, TODAY)["total_usd"] == 5.0
     assert meter.health()["status"] == "ok"
