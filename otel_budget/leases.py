@@ -48,6 +48,10 @@ DEFAULT_SHARE = 0.5
 #: one is refused: bounding it is what makes a refusal mean the fleet has spent or
 #: holds the cap (>= 1 - this, less one call), whatever the writers do next.
 DEFAULT_SURPLUS_SHARE = 0.025
+#: The room is split as if at least this many writers shared it: the first writer of
+#: the day must not take all of it while the others join (they would get one call
+#: per round trip until it gives the surplus back).
+MIN_SHARERS = 4
 #: After a failed round trip, fleet reservations beyond the lease are refused at
 #: once (no I/O) until a round trip succeeds: the timer's probe, or a foreground
 #: try after this long when no timer runs.
@@ -97,6 +101,8 @@ def lease_request_problem(req: Any, *, release: bool = False) -> str | None:
     if "surplus_share" in req and not (_amount(req["surplus_share"])
                                        and 0 < req["surplus_share"] <= 1):
         return f"surplus_share must be in (0, 1], got {req['surplus_share']!r:.60}"
+    if "keep_usd" in req and not _amount(req["keep_usd"]):
+        return f"keep_usd must be a finite number >= 0, got {req['keep_usd']!r:.60}"
     ttl = req.get("ttl_s")
     if not isinstance(ttl, (int, float)) or not _amount(ttl) or not (MIN_TTL_S <= ttl <= MAX_TTL_S):
         return f"ttl_s must be between {MIN_TTL_S} and {MAX_TTL_S} seconds, got {ttl!r:.60}"
@@ -166,11 +172,12 @@ def grant_size(*, avail: float, want: float, active: int, share: float, min_chun
 
 def surplus_room(*, cap: float, surplus_share: float, active: int,
                  others_surplus: float) -> float:
-    """The surplus one lease may hold: its fair part of `surplus_share * cap`, and no
-    more than the others' reported surplus leaves of it (their real surplus is at
-    most that: a writer's use only grows between its reports)."""
+    """The surplus one lease may hold: its fair part of `surplus_share * cap` (split
+    among the active leases, at least MIN_SHARERS), and no more than the others'
+    reported surplus leaves of it (their real surplus is at most that: a writer's
+    use only grows between its reports)."""
     limit = surplus_share * cap
-    return max(0.0, min(limit / max(1, active), limit - others_surplus))
+    return max(0.0, min(limit / max(MIN_SHARERS, active), limit - others_surplus))
 
 
 def apply_acquire(doc: dict[str, Any] | None, req: Mapping[str, Any],
@@ -216,7 +223,10 @@ def apply_acquire(doc: dict[str, Any] | None, req: Mapping[str, Any],
         else:
             granted = r9(used + extra)
     else:
-        granted = used if contended else r9(max(used, min(old_granted, free)))
+        # A renewal keeps the grant (never more than is free), or trims it to what
+        # the writer says it keeps (`keep_usd`: it already draws no further).
+        keep = float(req["keep_usd"]) if "keep_usd" in req else old_granted
+        granted = used if contended else r9(max(used, min(old_granted, free, keep)))
     if own is None and granted <= 0 and used <= 0:
         return doc, _answer(doc, lid, None, ok=ok, expired=False, now=now, ttl=0.0)
     leases[lid] = {"writer_id": req["writer_id"], "granted_usd": granted, "used_usd": used,
@@ -408,6 +418,13 @@ class FleetLease:
                              name=f"OtelBudgetLease-{self.budget}").start()
         return draw
 
+    def _fair_surplus(self) -> float:
+        """This lease's part of the fleet's surplus room, as of the last answer."""
+        if self.surplus_share is None:
+            return math.inf
+        return self.surplus_share * self.cap_usd / max(MIN_SHARERS,
+                                                       int(self._last.get("active") or 1))
+
     def _down_locked(self, now: float) -> bool:
         return now < self._down_until
 
@@ -473,6 +490,13 @@ class FleetLease:
                 if new:
                     self._lease_id = uuid.uuid4().hex
                     self._window = window
+                keep = None
+                if want <= 0 and not new and self.surplus_share is not None:
+                    # A renewal gives back surplus beyond this lease's fair part of
+                    # the fleet's surplus room (writers that joined since it was
+                    # granted wait on it); drawn no further from now on, here.
+                    keep = min(self._granted, self._used + self._fair_surplus())
+                    self._granted = keep
                 lid, used, generation = self._lease_id, self._used, self._generation
             assert lid is not None
             request = {
@@ -484,6 +508,8 @@ class FleetLease:
             }
             if self.surplus_share is not None:
                 request["surplus_share"] = self.surplus_share
+            if keep is not None:
+                request["keep_usd"] = r9(keep)
             sent = self._mono()
             try:
                 answer = self._store.lease_acquire(request)
@@ -591,12 +617,18 @@ class FleetLease:
             # Contended: give back what this lease holds beyond its use (once).
             contended = held and self._contended(now) and \
                 self._granted - self._used > EPS
+            hoarding = held and self._granted - self._used > 2 * self._fair_surplus()
         if down and not (held and idle):
             self.acquire(0.0, probe=True)  # a success lifts the refusals at once
         elif idle:
             self.release()
-        elif stale or changed or contended:
+        elif stale or changed or contended or hoarding:
             self.acquire(0.0)
+            with self._lock:  # the answer may say more writers share the room now
+                again = self._lease_id is not None and \
+                    self._granted - self._used > 2 * self._fair_surplus()
+            if again:
+                self.acquire(0.0)
 
     def describe(self) -> dict[str, Any]:
         with self._lock:

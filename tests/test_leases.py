@@ -15,6 +15,7 @@ from otel_budget.errors import BudgetExceeded, CheckpointError, ConfigError, Sto
 from otel_budget.leases import (
     DEFAULT_SURPLUS_SHARE,
     LEASE_TYPE,
+    FleetLease,
     apply_acquire,
     apply_release,
     empty_lease_doc,
@@ -68,8 +69,10 @@ def test_grant_size_is_a_share_of_what_is_free_per_active_lease() -> None:
 
 
 def test_the_surplus_room_bounds_the_chunk_but_never_the_call() -> None:
-    assert surplus_room(cap=100.0, surplus_share=0.025, active=1, others_surplus=0.0) == 2.5
-    assert surplus_room(cap=100.0, surplus_share=0.025, active=4, others_surplus=0.0) == 0.625
+    # split as if 4 writers shared it: the first of the day must not take it all
+    assert surplus_room(cap=100.0, surplus_share=0.025, active=1, others_surplus=0.0) == 0.625
+    assert surplus_room(cap=100.0, surplus_share=0.025, active=10,
+                        others_surplus=0.0) == 0.25
     assert surplus_room(cap=100.0, surplus_share=0.025, active=4,
                         others_surplus=2.0) == pytest.approx(0.5)
     assert surplus_room(cap=100.0, surplus_share=0.025, active=2, others_surplus=3.0) == 0.0
@@ -258,18 +261,56 @@ def test_store_lease_steps(store: Any) -> None:
 
 def test_store_lease_grants_bound_the_fleets_surplus(store: Any) -> None:
     """The SQL functions and the Python reference agree on the surplus bound."""
-    a = store.lease_acquire(req("a", want=0.05, cap=100.0, surplus_share=0.025))
-    assert a["ok"] and a["granted_usd"] == pytest.approx(2.5)  # not 0.5 * 100
-    b = store.lease_acquire(req("b", want=0.05, cap=100.0, writer="w2", surplus_share=0.025))
-    assert b["ok"] and b["granted_usd"] == pytest.approx(0.05)  # a holds the room
-    a2 = store.lease_acquire(req("a", used=2.0, want=0.05, cap=100.0, new=False,
-                                 surplus_share=0.025))
-    # a's surplus is now 0.5 (2.5 - 2.0 reported), b's 0.05: a gets its fair half
-    assert a2["ok"] and a2["granted_usd"] == pytest.approx(2.0 + 1.25)
-    old = store.lease_acquire(req("c", want=0.05, cap=100.0, writer="w3"))
-    assert old["ok"] and old["granted_usd"] > 10.0  # an older client: unbounded, as before
+    a = store.lease_acquire(req("a", want=0.05, cap=1000.0, surplus_share=0.04))
+    assert a["ok"] and a["granted_usd"] == pytest.approx(10.0)  # 40 / 4, not 0.5 * 1000
+    b = store.lease_acquire(req("b", want=0.05, cap=1000.0, writer="w2", surplus_share=0.04))
+    assert b["ok"] and b["granted_usd"] == pytest.approx(10.0)
+    c = store.lease_acquire(req("c", want=0.05, cap=1000.0, writer="w3", surplus_share=0.04,
+                                used=25.0))  # used beyond its grant: reported, counted
+    assert c["ok"] and c["granted_usd"] == pytest.approx(35.0)
+    d = store.lease_acquire(req("d", want=0.05, cap=1000.0, writer="w4", surplus_share=0.04))
+    assert d["ok"] and d["granted_usd"] == pytest.approx(10.0)
+    e = store.lease_acquire(req("e", want=0.05, cap=1000.0, writer="w5", surplus_share=0.04))
+    assert e["ok"] and e["granted_usd"] == pytest.approx(0.05)  # the room is held
+    # a reports 9.0 used: 5 leases now, so a's fair part is 40 / 5
+    a2 = store.lease_acquire(req("a", used=9.0, want=0.05, cap=1000.0, new=False,
+                                 surplus_share=0.04))
+    assert a2["ok"] and a2["granted_usd"] == pytest.approx(9.0 + 8.0)
+    # a renewal trims the grant to what the writer keeps
+    a3 = store.lease_acquire(req("a", used=9.5, cap=1000.0, new=False, surplus_share=0.04)
+                             | {"keep_usd": 10.0})
+    assert a3["ok"] and a3["granted_usd"] == pytest.approx(10.0)
+    old = store.lease_acquire(req("f", want=0.05, cap=1000.0, writer="w6"))
+    assert old["ok"] and old["granted_usd"] > 0.05  # an older client: unbounded, as before
     with pytest.raises(CheckpointError, match="surplus_share"):
-        store.lease_acquire(req("d", want=0.05, cap=100.0, surplus_share=1.5))
+        store.lease_acquire(req("g", want=0.05, cap=1000.0, surplus_share=1.5))
+    with pytest.raises(CheckpointError, match="keep_usd"):
+        store.lease_acquire(req("a", used=9.5, cap=1000.0, new=False) | {"keep_usd": -1})
+
+
+def test_a_lease_granted_before_the_others_joined_gives_its_surplus_back() -> None:
+    store = MemoryStore()
+    now = [0.0]
+
+    def lease(i: int) -> FleetLease:
+        return FleetLease(budget="fleet", cap_usd=1000.0, store=store,
+                          writer_id=lambda: f"w{i}", window_of=lambda: W,
+                          seen_of=lambda: 0.0, ttl_s=60.0, idle_s=1e9,
+                          monotonic=lambda: now[0])
+
+    leases = [lease(i) for i in range(10)]
+    for each in leases:
+        assert each.acquire(0.05)
+    first = leases[0]
+    # granted while it was alone: a quarter of the $25 room (2.5% of the cap)
+    assert first.remaining() == pytest.approx(6.25)
+    assert leases[-1].remaining() == pytest.approx(0.05)  # the room was taken
+    now[0] = 25.0  # a third of the TTL later: a renewal is due
+    first.on_round(1.0)
+    # 10 leases now share the room: it keeps its tenth, the store has the rest back
+    assert first.remaining() == pytest.approx(2.5)
+    row = store.get(LEASE_TYPE, lease_row_name("fleet", W))
+    assert row is not None and row["leases"][first._lease_id]["granted_usd"] == pytest.approx(2.5)
 
 
 def test_store_lease_requests_are_checked_before_io(store: Any) -> None:
@@ -357,8 +398,8 @@ def test_budget_dict_and_health_show_the_lease() -> None:
     with BudgetMeter(fleet_config(cap=100.0, instance_id="a"), store=store) as meter:
         r = meter.reserve(0.05)
         row = meter.budgets()[0]
-        # the first chunk: the fleet's whole surplus room (one lease), not half the cap
-        chunk = DEFAULT_SURPLUS_SHARE * 100.0
+        # the first chunk: a quarter of the fleet's surplus room, not half the cap
+        chunk = DEFAULT_SURPLUS_SHARE * 100.0 / 4
         assert row["enforce"] == "fleet" and row["leased_usd"] == pytest.approx(chunk)
         lease = row["lease"]
         assert lease["lease_used_usd"] == pytest.approx(0.05)
@@ -401,9 +442,9 @@ def test_spend_recorded_before_leases_counts() -> None:
 def test_a_store_outage_fails_safe() -> None:
     store = MemoryStore()
     with BudgetMeter(fleet_config(cap=100.0, instance_id="a"), store=store) as meter:
-        meter.reserve(0.05).settle(0.05)  # holds a 2.5 lease
+        meter.reserve(0.05).settle(0.05)  # holds a 0.625 lease
         store._closed = True
-        meter.reserve(2.0).settle(2.0)  # inside the lease: no store needed
+        meter.reserve(0.5).settle(0.5)  # inside the lease: no store needed
         with pytest.raises(BudgetExceeded, match="cannot be reached"):
             meter.reserve(1.0)
         store._closed = False
@@ -483,7 +524,7 @@ def test_after_a_store_failure_fleet_calls_are_refused_at_once_until_a_probe_see
     # A timer that never fires on its own: the test runs the rounds (collect()).
     config = fleet_config(cap=100.0, instance_id="a", lease_ttl_s=600.0)
     with BudgetMeter(config, store=store) as meter:
-        meter.reserve(0.05).settle(0.05)  # a 2.5 lease
+        meter.reserve(0.05).settle(0.05)  # a 0.625 lease
         store.down = True
         before = store.lease_calls
         with pytest.raises(BudgetExceeded, match="cannot be reached"):
@@ -495,7 +536,7 @@ def test_after_a_store_failure_fleet_calls_are_refused_at_once_until_a_probe_see
             with pytest.raises(BudgetExceeded, match="cannot be reached"):
                 meter.guard(5.0)
         assert store.lease_calls == before + 1
-        meter.reserve(1.0).settle(1.0)  # what the lease holds is still spendable
+        meter.reserve(0.5).settle(0.5)  # what the lease holds is still spendable
         assert store.lease_calls == before + 1
         meter.collect()  # a timer round probes the store: still down
         assert store.lease_calls == before + 2

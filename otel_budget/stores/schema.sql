@@ -1034,6 +1034,10 @@ begin
            or (p_req ->> 'surplus_share')::numeric <= 0 or (p_req ->> 'surplus_share')::numeric > 1) then
             return 'surplus_share must be in (0, 1]';
         end if;
+        if p_req ? 'keep_usd' and (jsonb_typeof(p_req -> 'keep_usd') is distinct from 'number'
+           or (p_req ->> 'keep_usd')::numeric < 0) then
+            return 'keep_usd must be a finite number >= 0';
+        end if;
         if jsonb_typeof(p_req -> 'new') is distinct from 'boolean' then
             return 'new must be true or false';
         end if;
@@ -1191,8 +1195,9 @@ begin
     v_avail := round(v_free - v_used, 9);
     v_contended := coalesce((v_doc ->> 'short_until')::numeric, 0) > v_now;
     v_active := v_active + 1;
-    -- The surplus bound (leases.surplus_room): a fair part of surplus_share * cap, no
-    -- more than the others' reported surplus leaves of it.
+    -- The surplus bound (leases.surplus_room): a fair part of surplus_share * cap
+    -- (split among at least 4 leases, MIN_SHARERS), no more than the others'
+    -- reported surplus leaves of it.
     if p_request ? 'surplus_share' then
         select coalesce(sum(greatest(0, (e.value ->> 'granted_usd')::numeric
                                         - (e.value ->> 'used_usd')::numeric)), 0)
@@ -1220,8 +1225,12 @@ begin
     elsif v_contended then
         v_granted := v_used;
     else
+        -- keep_usd: the writer trims its grant (it draws no further already).
         v_granted := round(greatest(v_used, least(coalesce((v_own ->> 'granted_usd')::numeric, 0),
-                                                  v_free)), 9);
+                                                  v_free,
+                                                  coalesce((p_request ->> 'keep_usd')::numeric,
+                                                           (v_own ->> 'granted_usd')::numeric,
+                                                           0))), 9);
     end if;
     v_doc := v_doc || jsonb_build_object('external_usd', pg_catalog.trim_scale(v_external));
     if v_own is null and v_granted <= 0 and v_used <= 0 then
