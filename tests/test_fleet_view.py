@@ -202,3 +202,80 @@ def test_the_local_copy_round_trips_the_current_windows_only(tmp_path: Any) -> N
     path.write_text('{"version": 1, "budgets": {"daily": {"window": "2026-11-25", '
                     '"spend_usd": -5}}}')
     assert load(path, day=DAY, windows={"daily": TODAY}) is None, "a negative amount is ignored"
+
+
+# --- Checkpointer, without a database (an in-process store) -----------------------------
+
+
+class RefusingStore:
+    """A named mock at the boundary: every write fails as an unreachable server does."""
+
+    def merge_writer(self, entry: dict[str, Any]) -> Any:
+        from otel_budget import StoreError
+        raise StoreError("unreachable (RefusingStore)")
+
+    retire_writer = merge_writer
+
+
+def _snapshot(usd: float) -> Any:
+    from otel_budget.spend import DaySnapshot
+
+    nanos = round(usd * 1e9)
+    return DaySnapshot(day=DAY, total_nanos=nanos, by_attributes=(({"agent": "x"}, nanos),),
+                       by_budget={"daily": nanos})
+
+
+def test_the_checkpointer_writes_seqs_and_reports_results(tmp_path: Any) -> None:
+    from datetime import datetime, timezone
+
+    from otel_budget.checkpoint import Checkpointer
+    from otel_budget.stores.memory import MemoryStore
+
+    store = MemoryStore()
+    started = datetime(2026, 11, 25, 9, 0, tzinfo=timezone.utc)
+    cp = Checkpointer(store, None, instance_id="host", timezone="UTC", started_at=started)
+    assert cp.status()["checkpoint_age_s"] is None and cp.status()["seq"] == 0
+    entry = cp.entry(_snapshot(1.5), cp.next_seq(), AT)
+    assert entry["writer_id"] == cp.writer_id and entry["seq"] == 1
+    assert entry["by_attributes"] == [{"attributes": {"agent": "x"}, "spend_usd": 1.5}]
+    result = cp.write(entry)
+    assert result is not None and result["applied"] is True
+    status = cp.status()
+    assert status["last_checkpoint"]["ok"] is True and status["checkpoint_age_s"] is not None
+    final = cp.entry(_snapshot(2.0), cp.next_seq(), AT, final=True)
+    assert cp.write(final) is not None
+    row = store.get(WRITER_TYPE_NAME, writer_row_name(TODAY, cp.writer_id))
+    assert row is not None and row["retired"] is True and row["spend_usd"] == 2.0
+    old = cp.writer_id
+    cp.new_writer(started)
+    assert cp.writer_id != old and cp.status()["seq"] == 0
+
+
+def test_the_checkpointer_spools_what_the_store_refuses_and_replays_it(tmp_path: Any) -> None:
+    from datetime import datetime, timezone
+
+    from otel_budget.checkpoint import Checkpointer
+    from otel_budget.spool import Spool
+    from otel_budget.stores.memory import MemoryStore
+
+    store = MemoryStore()
+    spool = Spool(str(tmp_path / "spool"), store=store)
+    started = datetime(2026, 11, 25, 9, 0, tzinfo=timezone.utc)
+    down = Checkpointer(RefusingStore(), spool, instance_id="host",  # type: ignore[arg-type]
+                        timezone="UTC", started_at=started)
+    entry = down.entry(_snapshot(3.0), down.next_seq(), AT)
+    assert down.write(entry) is None
+    status = down.status()
+    assert status["checkpoint_failed"] is True and status["last_checkpoint"]["spooled"] is True
+    assert down.store_up is False
+    deferred = down.entry(_snapshot(4.0), down.next_seq(), AT)
+    assert down.defer(deferred) is True
+    assert spool.summary()["entries"] == 1, "the newer seq replaces the older"
+    up = Checkpointer(store, spool, instance_id="host", timezone="UTC", started_at=started)
+    replayed, own = up.replay_spool()
+    assert replayed is True and own == []
+    assert spool.summary()["entries"] == 0
+    assert store.day_totals([TODAY])[TODAY]["total_usd"] == 4.0
+
+
+WRITER_TYPE_NAME = "budget_writer"

@@ -75,6 +75,23 @@ def test_insert_if_absent_claims_once(store: Any) -> None:
     assert store.get(NUDGE_TYPE, "budget_alert_2026-11-25_80") == nudge
 
 
+def test_replace_claim_is_a_compare_and_set(store: Any) -> None:
+    """How a claim records its delivery and how one writer (only one) takes over a
+    claim its writer never delivered."""
+    name = "budget_alert_2026-11-25_80"
+    claim = {"id": name, "ratio": 0.8, "claimed_by": "a", "delivered_at": None}
+    assert store.insert_if_absent(NUDGE_TYPE, name, claim)
+    taken = {**claim, "claimed_by": "b"}
+    assert store.replace_claim(NUDGE_TYPE, name, claim, taken) is True
+    assert store.replace_claim(NUDGE_TYPE, name, claim, {**claim, "claimed_by": "c"}) is False
+    assert store.get(NUDGE_TYPE, name) == taken
+    done = {**taken, "delivered_at": "2026-11-25T12:00:00+00:00"}
+    assert store.replace_claim(NUDGE_TYPE, name, taken, done) is True
+    assert store.get(NUDGE_TYPE, name) == done
+    assert store.replace_claim(NUDGE_TYPE, "absent", claim, done) is False
+    assert store.get(NUDGE_TYPE, "absent") is None
+
+
 def test_nudges_on_lists_the_nudges_claimed_that_day(store: Any) -> None:
     assert store.nudges_on("2026-11-25") == []
     first = {"to": "ag_lu", "date": "2026-11-25", "ratio": 0.8, "budget": "daily"}
