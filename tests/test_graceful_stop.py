@@ -33,7 +33,7 @@ import pytest
 import otel_budget
 from otel_budget.stores.base import open_store
 from tests.apps.procs import PYTHON, ROOT, child_env, ensure_stopped
-from tests.pg_server import free_port
+from tests.pg_server import PgServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -395,3 +395,59 @@ def test_the_last_meter_to_stop_puts_the_original_handlers_back(tmp_path: Path) 
     done = subprocess.run([PYTHON, "-c", RESTORED], cwd=ROOT, env=_budget_env(tmp_path, "memory://"),
                           capture_output=True, timeout=60)
     assert done.returncode == 0 and done.stdout.split() == [b"ok"], done.stderr[-3000:]
+
+
+def test_a_stop_while_the_store_hangs_still_ends_the_process_and_loses_nothing(
+        tmp_path: Path, pg_server: PgServer, pg_clean: str,
+        request: pytest.FixtureRequest) -> None:
+    """SIGTERM with a SIGSTOPped PostgreSQL: the final entries go to the spool, the
+    process still dies by SIGTERM (shutdown's deadline bounds the wait), and the
+    store ends up with them exactly once after the next meter on this host starts."""
+    env = _budget_env(tmp_path, pg_clean)
+    proc = subprocess.Popen([PYTHON, "-c", SCRIPT], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    request.addfinalizer(lambda: ensure_stopped(proc))
+    assert proc.stdout is not None
+    writer = proc.stdout.readline().decode().strip()
+    with pg_server.frozen():
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=40)  # a bound for a hang, not a speed check
+    assert proc.returncode == -signal.SIGTERM, err[-2000:]
+    # The write in flight may land when the server resumes; the spool holds it anyway
+    # and replaying it must neither lose nor double it.
+    config = otel_budget.BudgetConfig(daily_cap_usd=1000.0, store_url=pg_clean,
+                                      collect_interval_s=3600, spool_dir=env["OTEL_BUDGET_SPOOL_DIR"])
+    otel_budget.BudgetMeter(config).start().shutdown()  # replays the spool
+    total, by_writer = _stored(pg_clean)
+    assert total == _nanos(0.25) + _nanos(0.0105) and by_writer[writer] == total, by_writer
+
+
+ASYNCIO = """
+import asyncio, os, signal
+import otel_budget
+meter = otel_budget.from_env()
+meter.record(0.25)
+
+async def main():
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)  # after start(), as servers do
+    loop.call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(stop.wait(), 30)
+    meter.record(0.125)  # a drain still records
+    print("stopped by the loop's handler", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_an_event_loops_signal_handler_still_gets_the_signal(tmp_path: Path) -> None:
+    """asyncio's add_signal_handler (hypercorn without workers, many apps) installs
+    through signal.signal and learns of signals through the wakeup fd: both still work
+    with the chained handler, and the app's normal exit writes the final entries."""
+    store_url = f"sqlite:///{tmp_path / 'budget.db'}"
+    done = subprocess.run([PYTHON, "-c", ASYNCIO], cwd=ROOT, env=_budget_env(tmp_path, store_url),
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.decode().strip() == "stopped by the loop's handler"
+    assert _stored(store_url)[0] == _nanos(0.375)
