@@ -295,8 +295,12 @@ class Spool:
         """Every spooled entry of this store, oldest day first. A file that does not
         parse or fails its integrity check is set aside (renamed *.bad), logged and
         listed by summary(), never replayed. A directory another user could write is
-        not read at all (SpoolError)."""
-        return self._pending(ask=True)
+        not read at all (SpoolError).
+
+        The store's identity is what it learnt when it last answered (no I/O here:
+        a store that is down must not cost a wait before the replay even starts);
+        until then only the entries spooled under its offline key are seen."""
+        return self._pending(ask=False)
 
     def _pending(self, *, ask: bool) -> list[SpooledEntry]:
         if self._root is None:

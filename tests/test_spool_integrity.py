@@ -313,3 +313,27 @@ def test_spools_starting_together_agree_on_one_key(sqlite_store: SQLiteStore, tm
         f"w{i}" for i in range(8)]
     assert reader.summary()["set_aside"] == []
     assert [p.name for p in root.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_reading_the_spool_never_asks_a_store_that_has_not_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A store that is down must not cost a wait before the replay even starts.
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/db", pool_timeout_s=0.2,
+                          connect_timeout_s=2)
+    asked: list[int] = []
+    real_identity = store.identity
+
+    def counting_identity() -> str:
+        asked.append(1)
+        return real_identity()
+
+    monkeypatch.setattr(store, "identity", counting_identity)
+    try:
+        spool = Spool(str(tmp_path / "spool"), store=store)
+        spool.put(_entry("w", 1.0))  # under the offline key
+        assert [i.entry["writer_id"] for i in spool.pending()] == ["w"]
+        assert spool.summary()["entries"] == 1
+        assert asked == []
+    finally:
+        store.close()

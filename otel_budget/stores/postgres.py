@@ -418,10 +418,15 @@ class PostgresStore(ContextStore):
                                           _severer(conn))
                     try:
                         if single:  # `work` is one message: its own implicit transaction
-                            return work(conn)
-                        with conn.transaction():
-                            conn.execute(_TIMEOUT, (self._statement_timeout,))
-                            return work(conn)
+                            result = work(conn)
+                        else:
+                            with conn.transaction():
+                                conn.execute(_TIMEOUT, (self._statement_timeout,))
+                                result = work(conn)
+                        if self._identity is None:  # not learnt when this connection opened
+                            with contextlib.suppress(psycopg.Error):
+                                self._learn_identity(conn)
+                        return result
                     finally:
                         hung = not _WATCHDOG.disarm(token)
             except psycopg.Error as exc:
