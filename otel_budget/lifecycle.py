@@ -118,10 +118,11 @@ def stopped(meter: Stoppable) -> None:
         _closing.discard(meter)
         if _closing:
             return
-        if _pending:
-            _deliver_pending()
-        elif not _live and _on_main_thread():
+        held = bool(_pending)
+        if not held and not _live and _on_main_thread():
             _disarm()
+    if held:  # outside the lock: its handler may run right here, on this thread
+        _deliver_pending()
 
 
 def live_meters() -> list[Stoppable]:
@@ -221,17 +222,22 @@ def _on_signal(signum: int, frame: FrameType | None) -> Any:
 def _deliver_pending() -> None:
     """Re-send the held signal to the main thread, where `_on_signal` (no shutdown
     under way any more) performs the default action."""
-    signum = _pending[0]
-    _hold_until[signum] = 0.0  # no second hold
-    signal.pthread_kill(threading.main_thread().ident or 0, signum)
+    with _lock:
+        if not _pending:
+            return
+        signum = _pending[0]
+        _hold_until[signum] = 0.0  # no second hold
+    if hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(threading.main_thread().ident or 0, signum)
+    else:  # no pthread_kill (Windows): the process's handler runs on the main thread
+        os.kill(os.getpid(), signum)
 
 
 def _start_watchdog(signum: int) -> None:
     def expire() -> None:
         time.sleep(STOP_DEADLINE_S)
-        with _lock:
-            if signum in _pending:
-                _deliver_pending()
+        if signum in _pending:
+            _deliver_pending()
 
     threading.Thread(target=expire, name="OtelBudgetStopDeadline", daemon=True).start()
 
