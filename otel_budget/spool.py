@@ -54,6 +54,9 @@ _KEY_FILE = ".spool-key"
 _MAX_FILE = 16 * 1024 * 1024
 
 
+_NOWHERE = Path(os.devnull) / "otel_budget-spool-unavailable"
+
+
 class SpoolError(BudgetError, OSError):
     """The spool directory cannot be used safely (shared, not ours, no home)."""
 
@@ -175,10 +178,18 @@ class Spool:
         return keys
 
     @property
+    def root(self) -> Path | None:
+        """The spool's root directory (None when there is none: no home, say)."""
+        return self._root
+
+    @property
     def directory(self) -> Path:
-        """Where this meter spools now (its store's identity's directory once known)."""
+        """Where this meter spools now (its store's identity's directory once known).
+        Without a root, a path nothing can be created under (below a device file),
+        so whatever tries to write beside the spool fails instead of falling back
+        to the working directory."""
         if self._root is None:
-            return Path(self._error or "")
+            return _NOWHERE / "spool"
         return self._dir_for(self._current_key())
 
     def __repr__(self) -> str:

@@ -215,8 +215,9 @@ def test_a_planted_entry_is_never_replayed(sqlite_store: SQLiteStore, tmp_path: 
 # --- where the spool lives ------------------------------------------------------------
 
 def test_no_home_means_no_spool_under_the_temporary_directory(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # nor in the working directory
     monkeypatch.delenv("HOME", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     # The boundary: no passwd entry with a home for this uid either.
@@ -236,6 +237,7 @@ def test_no_home_means_no_spool_under_the_temporary_directory(
         meter.shutdown(timeout=2)
     created = set(os.listdir(tempfile.gettempdir())) - before
     assert not [n for n in created if "otel_budget" in n]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_directories_it_creates_are_private(sqlite_store: SQLiteStore, tmp_path: Path) -> None:
