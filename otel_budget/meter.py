@@ -597,10 +597,15 @@ class BudgetMeter:
         self._reader.run_collection(counted=True)
 
     def checkpoint(self, timeout: float = 30.0) -> bool:
-        """Write this process's entry now; True if the store took it."""
-        if not self._reader.run_collection(counted=False, checkpoint=True, wait=True):
-            return False
-        return bool(self._tracker.state()["last_checkpoint"]["ok"])
+        """Write this process's entry now; True if the store took it within `timeout`
+        seconds (past it the entry is spooled locally and False returned, even
+        against a hung server)."""
+        def work() -> bool:
+            if not self._reader.run_collection(counted=False, checkpoint=True, wait=True):
+                return False
+            return bool(self._tracker.state()["last_checkpoint"]["ok"])
+
+        return self._tracker.within(work, timeout)
 
     def daily_spend(self) -> float:
         """The "daily" budget's spend today (fleet-wide, as known now); without a

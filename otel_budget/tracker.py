@@ -318,6 +318,29 @@ class BudgetTracker:
         finally:
             self._io.release()
 
+    def within(self, work: Callable[[], bool], timeout_s: float) -> bool:
+        """Run `work` (a round that checkpoints) on a thread of its own and wait at most
+        `timeout_s`: past it, this writer's entry is spooled now (the round goes on and
+        its later answer supersedes it) and False is returned."""
+        done = threading.Event()
+        result: list[bool] = []
+
+        def run() -> None:
+            try:
+                result.append(work())
+            except Exception as exc:
+                _log.warning("otel_budget: checkpoint failed: %s", describe(exc))
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="OtelBudgetCheckpoint", daemon=True).start()
+        if done.wait(max(0.0, timeout_s)):
+            return bool(result and result[0])
+        _log.warning("otel_budget: the store did not take the checkpoint within %.1f s; "
+                     "spooled", timeout_s)
+        self._local_round(checkpoint=True)
+        return False
+
     def store_answers(self) -> bool:
         """False after a store round failed on the store (not on a refused entry)."""
         return self._checkpointer.store_up and self._read_up

@@ -497,3 +497,48 @@ def test_collect_never_waits_on_a_store_known_down(clock: FakeClock, tmp_path: P
         switch.release.set()
         meter.shutdown(timeout=5)
         inner.close()
+
+
+def test_checkpoint_keeps_its_deadline_against_a_hung_store(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    inner = SQLiteStore(tmp_path / "b.db")
+    switch = SwitchStore(inner)
+    config = BudgetConfig(budgets=[Budget("daily", 10.0)], collect_interval_s=3600,
+                          spool_dir=str(tmp_path / "spool"))
+    meter = BudgetMeter(config, store=switch, clock=clock).start()
+    try:
+        meter.record(2.0)
+        switch.mode = "hang"
+        assert meter.checkpoint(timeout=0.3) is False
+        assert switch.blocked >= 1 and not switch.release.is_set(), "returned while hung"
+        spool = meter.health()["spool"]
+        assert spool["entries"] == 1 and spool["spend_usd"] == 2.0
+        switch.mode = "pass"
+        switch.release.set()
+        assert meter.checkpoint(timeout=30) is True
+        assert meter.health()["spool"]["entries"] == 0
+    finally:
+        switch.release.set()
+        meter.shutdown(timeout=5)
+        inner.close()
+
+
+def test_checkpoint_keeps_its_deadline_against_a_sigstopped_postgresql(
+    clock: FakeClock, tmp_path: Path, private_pg_server: Any,
+) -> None:
+    url = private_pg_server.create_database("hung", migrate=True)
+    config = BudgetConfig(budgets=[Budget("daily", 10.0)], collect_interval_s=3600,
+                          spool_dir=str(tmp_path / "spool"))
+    store = PostgresStore(url)
+    meter = BudgetMeter(config, store=store, clock=clock).start()
+    try:
+        meter.record(2.0)
+        with private_pg_server.frozen():
+            assert meter.checkpoint(timeout=1.0) is False  # returns while the server is frozen
+            spool = meter.health()["spool"]
+            assert spool["entries"] == 1 and spool["spend_usd"] == 2.0
+        assert meter.checkpoint(timeout=60) is True
+    finally:
+        meter.shutdown(timeout=5)
+        store.close()
