@@ -203,11 +203,11 @@ def usage_from_response(
         tier = _tier(_get(response, "service_tier"))
         if tier != STANDARD_TIER:
             usage = usage._replace(service_tier=tier)
-        model = _get(response, "model")
+        model = named = _get(response, "model")
     elif _get(response, "type") == "message":
         provider = PROVIDER_ANTHROPIC
         usage = anthropic_usage(_need_usage(response, "usage"))
-        model = _get(response, "model")
+        model = named = _get(response, "model")
     elif _get(response, "usage_metadata", "usageMetadata") is not None or (
             _get(response, "candidates") is not None):
         provider = PROVIDER_GEMINI
@@ -215,18 +215,20 @@ def usage_from_response(
         searches = _gemini_web_searches(response)
         if searches:
             usage = usage._replace(web_search_requests=searches)
-        model = _get(response, "model_version", "modelVersion") or _attr(attributes, MODEL_ATTR)
+        named = _get(response, "model_version", "modelVersion")
+        model = named or _attr(attributes, MODEL_ATTR)
     elif isinstance(response, Mapping) and _get(response.get("usage"), "inputTokens",
                                                 "outputTokens") is not None:
         provider = PROVIDER_BEDROCK
         usage = bedrock_usage(response["usage"])
-        model = _attr(attributes, MODEL_ATTR) or _get(response, "modelId", "model")
+        named = _get(response, "modelId", "model")
+        model = _attr(attributes, MODEL_ATTR) or named
     elif _get(_get(response, "usage"), "input_tokens") is not None and (
             _get(response, "model") is not None):
         # An Anthropic-shaped message without a type field (e.g. a partial dict).
         provider = PROVIDER_ANTHROPIC
         usage = anthropic_usage(_get(response, "usage"))
-        model = _get(response, "model")
+        model = named = _get(response, "model")
     else:
         raise TypeError(
             "record_response: not a recognised provider response (Anthropic Message, OpenAI "
@@ -241,8 +243,9 @@ def usage_from_response(
     tier = _attr(attributes, SERVICE_TIER_ATTR)
     if tier is not None:
         usage = usage._replace(service_tier=_tier(tier))
-    named = response_model_of(response)
-    return ResponseUsage(model, provider, usage, named if named == model else None)
+    # The id the response itself names (not one taken from `attributes`).
+    return ResponseUsage(model, provider, usage,
+                         named if isinstance(named, str) and named.strip() else None)
 
 
 def _unwrap(response: Any) -> Any:
