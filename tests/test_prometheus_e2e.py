@@ -30,6 +30,7 @@ import pytest
 
 from otel_budget import Budget, BudgetConfig, BudgetMeter, ledger, read_day
 from otel_budget.cli.serve import serve_with_fleet
+from otel_budget.pricing import PriceTable
 from otel_budget.stores.sqlite import SQLiteStore
 from tests.dashboard_queries import load_dashboard, panel_queries, substitute, template_variables
 from tests.prom_server import PromServer, free_port, launch_prometheus
@@ -39,7 +40,9 @@ JOB = "otel-budget"
 SERVE_JOB = "otel-budget-serve"
 SONNET = "claude-sonnet-4-20250514"
 HAIKU = "claude-3-5-haiku-20241022"
-MYSTERY = "mystery-model-1"  # not in the price table: $0 and llm.spend.unpriced
+# Not in the price table: llm.spend.unpriced; at $0 through a "0,0" fallback price (the
+# conservative default would price it as the table's dearest model).
+MYSTERY = "mystery-model-1"
 CAP = 10.0
 MONTH = "cloud_lu_month"
 MONTH_CAP = 20.0
@@ -108,7 +111,8 @@ def meter(tmp_path: Path) -> Iterator[BudgetMeter]:
         budgets=(Budget(MONTH, MONTH_CAP, period="month", match={"agent": "cloud_lu"}),),
         collect_interval_s=3600,  # the test drives collections
     )
-    m = BudgetMeter(config, store=store).start()
+    m = BudgetMeter(config, store=store, prices=PriceTable.load_default(
+        {"OTEL_BUDGET_FALLBACK_PRICE": "0,0"})).start()
     yield m
     m.shutdown()
     store.close()
