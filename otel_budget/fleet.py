@@ -47,6 +47,8 @@ class Spend:
 
     total_usd: float = 0.0
     by_budget: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
+    #: The writer entry's seq it was computed from (one writer's spend), else None.
+    seq: int | None = None
 
     @staticmethod
     def of(total_usd: float, by_budget: Mapping[str, float]) -> Spend:
@@ -162,8 +164,31 @@ def sort_entries(
 
 
 def spend_of_entry(entry: Mapping[str, Any], budgets: Sequence[Budget]) -> Spend:
-    return Spend.of(float(entry["spend_usd"]),
-                    {b.name: entry_budget_spend(entry, b) for b in budgets})
+    seq = entry.get("seq")
+    spend = Spend.of(float(entry["spend_usd"]),
+                     {b.name: entry_budget_spend(entry, b) for b in budgets})
+    if isinstance(seq, int) and not isinstance(seq, bool):
+        spend = replace(spend, seq=seq)
+    return spend
+
+
+def lacks_budgets(entry: Mapping[str, Any], budgets: Sequence[Budget]) -> bool:
+    """True when the entry has no figure of its own for one of `budgets`."""
+    own = entry.get("by_budget")
+    return not isinstance(own, Mapping) or any(b.name not in own for b in budgets)
+
+
+def fill_from_cache(
+    entry: Mapping[str, Any], view: FleetView, budgets: Sequence[Budget],
+) -> dict[str, Any] | None:
+    """`entry` (read without its breakdown) with every budget's figure from the view's
+    copy of the same writer at the same seq (the same seq is the same content), or
+    None when the view has no such copy."""
+    name = entry_row_name(entry)
+    cached = view.writers.get(name) if name is not None else None
+    if cached is None or cached.seq is None or cached.seq != entry.get("seq"):
+        return None
+    return {**entry, "by_budget": {b.name: cached.budget(b.name) for b in budgets}}
 
 
 def incomplete(totals: DayTotals, budgets: Sequence[Budget]) -> bool:
@@ -323,6 +348,6 @@ def rolled(prev: FleetView, new_day: date, prior: Mapping[str, float]) -> FleetV
 
 __all__ = [
     "SOURCE_LOCAL", "SOURCE_NONE", "SOURCE_STORE", "FleetView", "Spend", "after_merge",
-    "carry_quarantined", "entry_budget_spend", "from_load", "incomplete", "legacy_spend",
-    "rolled", "sort_entries", "spend_of_entry",
+    "carry_quarantined", "entry_budget_spend", "fill_from_cache", "from_load", "incomplete",
+    "lacks_budgets", "legacy_spend", "rolled", "sort_entries", "spend_of_entry",
 ]

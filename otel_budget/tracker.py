@@ -31,7 +31,7 @@ from .fleet import FleetView
 from .spend import DaySnapshot, SpendLedger
 from .spool import Spool
 from .stores.base import PatchStore
-from .stores.entries import MergeResult
+from .stores.entries import WRITER_TYPE, MergeResult
 
 _log = logging.getLogger("otel_budget")
 
@@ -439,7 +439,7 @@ class BudgetTracker:
         entries: list[dict[str, Any]] | None = None
         if fleet.incomplete(others, self._budgets):
             try:
-                entries = self._store.writer_entries([str(entry["date"])], breakdown=True)
+                entries = self._entries_of(str(entry["date"]))
             except Exception as exc:
                 _log.warning("otel_budget: reading the entries of %s failed (the budgets "
                              "some writers lack stay estimated): %s", entry["date"],
@@ -452,6 +452,44 @@ class BudgetTracker:
                 self._fleet, day=self._day, budgets=self._budgets, others=others,
                 entries=entries, writer_id=self._checkpointer.writer_id, read_at=at)
             self._inherited = None
+
+    def _entries_of(self, day: str) -> list[dict[str, Any]]:
+        """Today's writer entries, every budget's figure in each: read without the
+        breakdowns (most of the bytes); an entry lacking a budget is completed from
+        the view's copy of that writer at the same seq, else read whole (one row at
+        a time for a few, the day's breakdowns at once for many)."""
+        light = self._store.writer_entries([day], breakdown=False)
+        with self._state:
+            view = self._fleet
+        me = self._checkpointer.writer_id
+        out: list[dict[str, Any]] = []
+        missing: list[str] = []
+        for item in light:
+            if not isinstance(item, dict) or item.get("writer_id") == me:
+                continue
+            if not fleet.lacks_budgets(item, self._budgets):
+                out.append(item)
+                continue
+            filled = fleet.fill_from_cache(item, view, self._budgets)
+            name = fleet.entry_row_name(item)
+            if filled is not None:
+                out.append(filled)
+            elif name is not None:
+                missing.append(name)
+            else:
+                out.append(item)  # malformed: sort_entries names what it can
+        if len(missing) > 8:
+            wanted = set(missing)
+            return out + [e for e in self._store.writer_entries([day], breakdown=True)
+                          if isinstance(e, dict) and fleet.entry_row_name(e) in wanted]
+        for name in missing:
+            try:
+                whole = self._store.get(WRITER_TYPE, name)
+            except CheckpointError:
+                whole = None
+            out.append(whole if whole is not None else
+                       {"writer_id": name.rsplit("/", 1)[-1], "date": day, "spend_usd": None})
+        return out
 
     def _note_stored_locked(self, entry: Mapping[str, Any]) -> None:
         """Our own entry for today is in the store: the fleet view must not count it

@@ -279,3 +279,17 @@ def test_the_checkpointer_spools_what_the_store_refuses_and_replays_it(tmp_path:
 
 
 WRITER_TYPE_NAME = "budget_writer"
+
+
+def test_an_entry_read_without_its_breakdown_is_completed_from_the_same_seq_only() -> None:
+    from otel_budget.fleet import fill_from_cache, lacks_budgets
+
+    old = entry("old", [({"team": "a"}, 4.0)], budgets=(DAILY,))
+    view = after_merge(FleetView(day=DAY, source=SOURCE_STORE), day=DAY,
+                       budgets=(DAILY, TEAM), others=totals_of(TODAY, [old]),
+                       entries=[old], writer_id="me", read_at=AT)
+    light = {k: v for k, v in old.items() if k != "by_attributes"}
+    assert lacks_budgets(light, (DAILY, TEAM)) and not lacks_budgets(light, (DAILY,))
+    filled = fill_from_cache(light, view, (DAILY, TEAM))
+    assert filled is not None and filled["by_budget"] == {"daily": 4.0, "team": 4.0}
+    assert fill_from_cache({**light, "seq": 2}, view, (DAILY, TEAM)) is None, "a newer seq"
