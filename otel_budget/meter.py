@@ -517,14 +517,15 @@ class BudgetMeter:
     def record_response(self, response: Any, attributes: Attributes | None = None, *,
                         reservation: Reservation | None = None) -> float:
         """Price and record a provider's response object (Anthropic, OpenAI, Gemini,
-        Bedrock Converse); returns the cost in USD. Never raises after a paid call for
-        an unknown model: see README "Pricing from responses"."""
+        Bedrock Converse); returns the cost in USD. Never raises after a paid call
+        because of the response (an unknown model, no usage): see README "Pricing from
+        responses"."""
         self._own_reservation(reservation)
         return self.usage.record_response(response, attributes, reservation=reservation)
 
     def estimate_usd(self, model: str, input_tokens: int, max_output_tokens: int) -> float:
-        """A call's maximum cost before it is made (for guard/reserve); raises
-        UnknownModelError for a model without a price and no fallback price."""
+        """A call's maximum cost before it is made (for guard/reserve); an unknown
+        model is priced by the conservative default (never UnknownModelError)."""
         return self.usage.estimate_usd(model, input_tokens, max_output_tokens)
 
     def unpriced_calls(self) -> int:
@@ -552,8 +553,11 @@ class BudgetMeter:
                 response = call_the_model()
                 r.settle(actual_usd)
 
-        Leaving the block without settle() or cancel() records `max_usd`; with
-        on_error="release", leaving it by an exception releases the hold instead."""
+        Leaving the block without settle() or cancel() records `max_usd`. Leaving it by
+        an exception that means the provider did not bill (the SDKs' HTTP status and
+        connection errors) releases the hold; any other exception records `max_usd`
+        marked otel_budget.settlement="unsettled" (with on_error="release", every
+        exception releases the hold)."""
         return self._book.reserve(max_usd, attributes, on_error=on_error)
 
     @asynccontextmanager

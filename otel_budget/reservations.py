@@ -391,8 +391,9 @@ class Reservation:
         self.closed = True
 
     def close(self, exc: BaseException | None = None) -> None:
-        """Settle at the held maximum unless settled or cancelled already (or, with
-        on_error="release", release it when `exc` says the block failed)."""
+        """Settle at the held maximum unless settled or cancelled already. With `exc`
+        (the block failed): release the hold when the provider did not bill or
+        on_error="release", else settle at the maximum marked "unsettled"."""
         if self.closed:
             return
         if exc is None:
