@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import unquote
@@ -299,7 +299,31 @@ _TEXT_FIELDS = ("timezone", "instance_id", "sibling", "store_url", "service_name
 _MAX_ALIASES = 10_000
 
 
-def check_model_aliases(aliases: Any) -> dict[str, str] | None:
+class FrozenAliases(Mapping[str, str]):
+    """A read-only, hashable mapping (the config is frozen and hashable)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, str]) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+
+def check_model_aliases(aliases: Any) -> FrozenAliases | None:
     """`model_aliases` validated: a mapping of non-empty model ids (no control
     characters, at most 200 characters) to other ids; names are case-insensitive."""
     if aliases is None:
@@ -327,7 +351,7 @@ def check_model_aliases(aliases: Any) -> dict[str, str] | None:
             raise ConfigError(f"model_aliases: {name!r} is given twice (names ignore case)")
         seen.add(key)
         out[name.strip()] = target.strip()
-    return out
+    return FrozenAliases(out)
 
 
 def parse_model_aliases(raw: str) -> dict[str, str]:

@@ -355,6 +355,9 @@ def test_model_aliases_from_the_environment() -> None:
         "OTEL_BUDGET_DAILY_CAP_USD": "5",
         "OTEL_BUDGET_MODEL_ALIASES": " my-gpt4o=gpt-4o , prod-sonnet=claude-sonnet-4-5,"})
     assert config.model_aliases == {"my-gpt4o": "gpt-4o", "prod-sonnet": "claude-sonnet-4-5"}
+    assert hash(config) == hash(config.replace())  # the config stays frozen and hashable
+    with pytest.raises(TypeError):
+        config.model_aliases["x"] = "gpt-4o"  # type: ignore[index]
     for bad in ("my-gpt4o", "=gpt-4o", "my-gpt4o=", "a=b=c", "a=b,a=c", "gpt-4o=GPT-4o"):
         with pytest.raises(ConfigError, match="OTEL_BUDGET_MODEL_ALIASES"):
             BudgetConfig.from_env({"OTEL_BUDGET_DAILY_CAP_USD": "5",
