@@ -434,3 +434,114 @@ def test_meter_areserve_releases_not_billed_and_marks_the_rest() -> None:
     assert meter.health()["unsettled_usd"] == 0.3
     assert rig.budget("coder")["unsettled_usd"] == 0.3
     meter.shutdown()
+
+
+# --- the real SDK clients against a local fake of their APIs ---------------------------------
+
+class FakeProviderAPI:
+    """A local HTTP server standing in for the providers' APIs: `POST /v1/messages`
+    answers 500; `POST /v1/chat/completions` answers 500, or with `"stream": true` an SSE
+    stream without usage (as OpenAI does without stream_options.include_usage)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+
+        requests: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                requests.append(self.path)
+                if self.path.endswith("/chat/completions") and body.get("stream"):
+                    chunks = [{"role": "assistant", "content": "Hel"}, {"content": "lo"}, {}]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.end_headers()
+                    for i, delta in enumerate(chunks):
+                        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                                 "model": "gpt-4o-2024-08-06", "choices": [{
+                                     "index": 0, "delta": delta,
+                                     "finish_reason": "stop" if i == len(chunks) - 1
+                                     else None}]}
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    return
+                payload = json.dumps({"type": "error", "error": {
+                    "type": "api_error", "message": "internal server error"}}).encode()
+                self.send_response(500)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.requests = requests
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def fake_api() -> Any:
+    api = FakeProviderAPI()
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+def test_real_sdk_calls_that_fail_are_not_spend(fake_api: FakeProviderAPI) -> None:
+    import socket
+
+    import anthropic
+    import openai
+
+    rig = MeterRig()
+    meter = rig.meter
+    claude = anthropic.Anthropic(api_key="test", base_url=fake_api.url, max_retries=0)
+    for _ in range(3):  # the issue's three HTTP 500s inside reserve
+        with pytest.raises(anthropic.InternalServerError), \
+                meter.reserve(0.1125, {"agent": "coder"}):
+            claude.messages.create(model="claude-sonnet-4-5", max_tokens=10,
+                                   messages=[{"role": "user", "content": "hi"}])
+    with socket.socket() as probe:  # a port nothing listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    gpt = openai.OpenAI(api_key="test", base_url=f"http://127.0.0.1:{closed}/v1",
+                        max_retries=0)
+    with pytest.raises(openai.APIConnectionError), meter.reserve(0.1, {"agent": "coder"}):
+        gpt.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert fake_api.requests == ["/v1/messages"] * 3  # the calls really went out
+    assert meter.daily_spend() == 0.0 and meter.reserved_usd() == 0.0
+    assert meter.health()["unsettled_usd"] == 0.0
+    meter.shutdown()
+
+
+def test_real_openai_stream_without_usage_records_the_reservation_max(
+        fake_api: FakeProviderAPI) -> None:
+    import openai
+
+    rig = MeterRig()
+    meter = rig.meter
+    gpt = openai.OpenAI(api_key="test", base_url=f"{fake_api.url}/v1", max_retries=0)
+    with meter.reserve(0.072, {"agent": "coder"}) as r:
+        stream = gpt.chat.completions.create(
+            model="gpt-4o", stream=True, messages=[{"role": "user", "content": "x"}])
+        chunks = list(stream)
+        assert chunks[-1].usage is None and len(chunks) == 3
+        assert meter.record_response(chunks[-1], {"agent": "coder"}, reservation=r) == 0.072
+    assert meter.daily_spend() == 0.072 and meter.unpriced_calls() == 1
+    meter.collect()
+    [(attrs, value)] = rig.spend_points().items()
+    assert dict(attrs)["otel_budget.settlement"] == "estimated" and value == 0.072
+    assert dict(attrs)["gen_ai.response.model"] == "gpt-4o-2024-08-06"
+    meter.shutdown()
