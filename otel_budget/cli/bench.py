@@ -149,6 +149,8 @@ def run_bench(calls: int = 100_000, rounds: int = 7,
                                for cap in (100.0, 1.0)}
     results["lease_round_trips_per_reservation"] = (
         results["fleet_leases"]["cap_100_usd"]["round_trips_per_reservation"])
+    results["fleet_first_refusal"] = bench_first_refusal()
+    results["freshness_defaults"] = bench_freshness()
     results.update(_optional_benches(postgres_url))
     litellm = results.get("litellm")
     if isinstance(litellm, dict) and litellm.get("cost_per_token_us"):
@@ -284,6 +286,215 @@ def bench_lease_round_trips(cap_usd: float = 100.0, writers: int = 4,
             "round_trips_per_reservation": round(trips / max(1, reservations), 4),
             "spent_usd": round(sum(spent), 6),
             "left_usd": round(cap_usd - sum(spent), 6), "seconds": round(elapsed, 3)}
+
+
+def bench_first_refusal(cap_usd: float = 100.0, writers: int = 4, idle_writers: int = 2,
+                        idle_after_usd: float = 12.0, seed: int = 11) -> dict[str, Any]:
+    """The burst of issue 16: `writers` meters with the DEFAULT settings and a
+    `Budget(hard=True)` (fleet-wide) on one SQLite file, each its own store handle
+    (threads standing for workers); `idle_writers` of them stop reserving after
+    `idle_after_usd` (their meters stay up, holding their leases), the others
+    reserve $0.01-0.05 calls until refused. The share of the cap the fleet had spent
+    (counted in settled spend, in the order things happened) at the first refusal."""
+    import random
+
+    from ..budgets import Budget
+
+    lock = threading.Lock()
+    events: list[tuple[str, float]] = []  # ("spend" | "refused", usd), in order
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "burst.db")
+        stores = [SQLiteStore(path) for _ in range(writers)]
+        meters = [BudgetMeter(BudgetConfig(budgets=(Budget("fleet", cap_usd, hard=True),),
+                                           instance_id=f"burst-{i}",
+                                           spool_dir=os.path.join(tmp, "spool")),
+                              store=stores[i]).start() for i in range(writers)]
+        idle_done = threading.Event()
+
+        def run(i: int) -> None:
+            rng = random.Random(seed + i)
+            spent = 0.0
+            while True:
+                if i < idle_writers and spent >= idle_after_usd:
+                    idle_done.wait(600)
+                    return
+                max_usd = round(rng.uniform(0.01, 0.05), 6)
+                try:
+                    with meters[i].reserve(max_usd) as r:
+                        time.sleep(rng.uniform(0.0, 0.002))  # the model call
+                        actual = round(rng.uniform(0.0, max_usd), 6)
+                        with lock:  # logged before it settles: the fleet's spend, first
+                            events.append(("spend", actual))
+                        r.settle(actual)
+                    spent += actual
+                except BudgetExceeded:
+                    with lock:
+                        events.append(("refused", max_usd))
+                    if i >= idle_writers:
+                        return
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads[idle_writers:]:
+            t.join()
+        stats = [m.lease_stats() for m in meters]
+        idle_done.set()
+        for t in threads[:idle_writers]:
+            t.join()
+        for meter in meters:
+            meter.shutdown()
+        for store in stores:
+            store.close()
+    spent_before = 0.0
+    for kind, usd in events:
+        if kind == "refused":
+            break
+        spent_before += usd
+    trips = sum(s["round_trips"] for s in stats)
+    reservations = sum(s["reservations"] for s in stats)
+    return {"cap_usd": cap_usd, "writers": writers, "idle_writers": idle_writers,
+            "first_refusal_usd": round(spent_before, 6),
+            "first_refusal_share": round(spent_before / cap_usd, 4),
+            "round_trips_per_reservation": round(trips / max(1, reservations), 4)}
+
+
+class _CountingStore:
+    """A store that counts its calls by name (the cost of freshness to the store)."""
+
+    #: The calls that only read; every other store call writes a row.
+    READS = frozenset({"get", "day_totals", "writer_entries", "nudges_on", "identity",
+                       "system_identity"})
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._inner, name)
+        if name.startswith("_") or name == "close" or not callable(target):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.calls[name] = self.calls.get(name, 0) + 1
+            return target(*args, **kwargs)
+        return call
+
+
+def bench_freshness(writers: int = 4, cap_usd: float = 20.0, seconds: float = 27.0,
+                    seed: int = 3) -> dict[str, Any]:
+    """`writers` meters with the DEFAULT collect interval and checkpoint period on one
+    SQLite file (threads standing for workers, each its own meter, timer and store
+    handle), each reserving and settling a $0.01 call every ~50 ms against the
+    default fleet-wide "daily" budget, plus a soft budget alerting at 20/40/60/80%.
+    Measured: how old each writer's view of the OTHER writers' spend is (the time
+    since the fleet had spent what the view shows; sampled between calls), how long
+    after the fleet crossed each alert ratio the nudge was delivered, and how many
+    store writes each writer made per minute."""
+    import bisect
+    import random
+
+    from ..budgets import Budget
+
+    ratios = (0.2, 0.4, 0.6, 0.8)
+    lock = threading.Lock()
+    spends: list[tuple[float, int, float]] = []  # (monotonic, writer, usd), in order
+    delivered: dict[float, float] = {}
+    samples: list[tuple[int, float, float]] = []  # (writer, monotonic, others in view)
+
+    def notifier(nudge: dict[str, Any]) -> None:
+        if nudge.get("budget") == "alerts":
+            with lock:
+                delivered.setdefault(float(nudge["ratio"]), time.monotonic())
+
+    defaults = BudgetConfig(daily_cap_usd=1.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "fresh.db")
+        stores = [_CountingStore(SQLiteStore(path)) for _ in range(writers)]
+        config = BudgetConfig(daily_cap_usd=1000.0, instance_id="fresh",
+                              budgets=(Budget("alerts", cap_usd, alert_ratios=ratios),),
+                              spool_dir=os.path.join(tmp, "spool"))
+        meters = [BudgetMeter(config, store=stores[i], notifiers=[notifier])
+                  for i in range(writers)]
+        for meter in meters:
+            meter.start()
+        stop = time.monotonic() + seconds
+        start = time.monotonic()
+
+        def run(i: int) -> None:
+            rng = random.Random(seed + i)
+            own = 0.0
+            time.sleep(rng.uniform(0.0, 0.05))
+            while time.monotonic() < stop:
+                with meters[i].reserve(0.02) as r:
+                    with lock:
+                        spends.append((time.monotonic(), i, 0.01))
+                    r.settle(0.01)
+                own += 0.01
+                view = next(b["spend_usd"] for b in meters[i].budgets()
+                            if b["name"] == "alerts")
+                samples.append((i, time.monotonic(), view - own))
+                time.sleep(rng.uniform(0.03, 0.07))
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        deadline = time.monotonic() + 20.0
+        while len(delivered) < len(ratios) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a crossing at the very end: wait for its delivery
+        elapsed = time.monotonic() - start
+        calls: dict[str, int] = {}
+        for counted in stores:
+            for name, n in counted.calls.items():
+                calls[name] = calls.get(name, 0) + n
+        for meter in meters:
+            meter.shutdown()
+        for counted in stores:
+            counted._inner.close()
+    # the fleet's cumulative spend, and every writer's "others" cumulative spend
+    times = [t for t, _, _ in spends]
+    total: list[float] = []
+    others: dict[int, list[float]] = {i: [] for i in range(writers)}
+    run_total, per = 0.0, [0.0] * writers
+    for _, i, usd in spends:
+        run_total += usd
+        per[i] += usd
+        total.append(run_total)
+        for j in range(writers):
+            others[j].append(run_total - per[j])
+    ages = []
+    for i, now, view in samples:
+        k = bisect.bisect_left(others[i], view - 1e-9)  # first moment the others had it
+        ages.append(0.0 if k >= len(times) else max(0.0, now - times[k]))
+    ages.sort()
+
+    def per_minute(n: int) -> float:
+        return round(n / writers / (elapsed / 60.0), 1)
+
+    delays: dict[str, float | None] = {}
+    for ratio in ratios:
+        k = bisect.bisect_left(total, ratio * cap_usd - 1e-9)
+        if k < len(times) and ratio in delivered:
+            delays[f"{ratio:g}"] = round(delivered[ratio] - times[k], 3)
+        else:
+            delays[f"{ratio:g}"] = None
+    return {
+        "writers": writers, "collect_interval_s": defaults.collect_interval_s,
+        "checkpoint_every": defaults.checkpoint_every, "seconds": round(elapsed, 1),
+        "fleet_view_age_p50_s": round(ages[len(ages) // 2], 3) if ages else None,
+        "fleet_view_age_p99_s": round(ages[int(len(ages) * 0.99)], 3) if ages else None,
+        "fleet_view_age_max_s": round(ages[-1], 3) if ages else None,
+        "alert_delay_s": delays,
+        "alert_delay_max_s": max((d for d in delays.values() if d is not None), default=None),
+        "store_writes_per_writer_per_minute": per_minute(
+            sum(n for name, n in calls.items() if name not in _CountingStore.READS)),
+        "store_calls_per_writer_per_minute": {name: per_minute(n)
+                                              for name, n in sorted(calls.items())},
+    }
 
 
 def _optional_benches(postgres_url: str | None) -> dict[str, Any]:
