@@ -234,7 +234,9 @@ def _send_tasks(workdir: Path, amounts: list[float]) -> None:
     queue.mkdir(parents=True, exist_ok=True)
     producer = Celery("producer", broker="filesystem://")
     producer.conf.broker_transport_options = {
-        "data_folder_in": str(queue), "data_folder_out": str(queue), "store_processed": False}
+        "data_folder_in": str(queue), "data_folder_out": str(queue), "store_processed": False,
+        # kombu's default control folder is ./control, in the checkout
+        "control_folder": str(workdir / "control")}
     for usd in amounts:
         producer.send_task("spend", args=[usd])
 

@@ -26,7 +26,9 @@ def make_app(name: str = "tests.apps.celery_tasks") -> Celery:
     app = Celery(name, broker="filesystem://")
     app.conf.update(
         broker_transport_options={"data_folder_in": str(queue), "data_folder_out": str(queue),
-                                  "store_processed": False},
+                                  "store_processed": False,
+                                  # kombu's default control folder is ./control
+                                  "control_folder": str(DIR / "control")},
         worker_enable_remote_control=False,
         worker_hijack_root_logger=False,
         task_acks_late=False,
