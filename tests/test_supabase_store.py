@@ -319,3 +319,23 @@ def test_a_redirect_is_never_followed_with_the_key(status: int) -> None:
     finally:
         store.close()
         recorder.close()
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_a_client_passed_in_that_follows_redirects_is_warned_about(
+    follow: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import httpx
+    import supabase
+
+    key = "sb_secret_passed-in-0123456789"
+    http = httpx.Client(timeout=5.0, follow_redirects=follow)
+    client = supabase.create_client("http://127.0.0.1:9", key,
+                                    options=supabase.ClientOptions(httpx_client=http))
+    with caplog.at_level("WARNING"):
+        store = SupabaseStore(client=client)
+    store.close()
+    http.close()
+    warned = [r.getMessage() for r in caplog.records if "follows redirects" in r.getMessage()]
+    assert len(warned) == (1 if follow else 0)
+    assert all(key not in message for message in warned)

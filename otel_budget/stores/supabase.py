@@ -87,6 +87,7 @@ class SupabaseStore(ContextStore):
             self._client = client
             self._key = key
             self._where = _host_of(str(getattr(client, "supabase_url", url or "")))
+            _warn_if_following_redirects(client, self._where)
             return
         if not url or not key:
             raise ConfigError(
@@ -388,6 +389,19 @@ class SupabaseStore(ContextStore):
 
     def _scrub(self, text: str) -> str:
         return scrub_known(text, self._key)
+
+
+def _warn_if_following_redirects(client: Any, where: str) -> None:
+    """A client passed in is the caller's to configure; say so when it would carry
+    the key along a redirect (ours never follow one)."""
+    try:
+        session = getattr(getattr(client, "postgrest", None), "session", None)
+    except Exception:  # a client of another shape: nothing to check
+        return
+    if isinstance(session, httpx.Client) and session.follow_redirects:
+        _log.warning("otel_budget: the Supabase client passed for %s follows redirects, which "
+                     "would send its key to wherever one points; build its httpx client with "
+                     "follow_redirects=False", where)
 
 
 class _RedirectRefused(httpx.RequestError):
