@@ -76,7 +76,7 @@ def test_summarize_is_an_exact_decimal_sum() -> None:
     totals = summarize("2026-11-25", entries)
     assert totals == {"date": "2026-11-25", "total_usd": 1.0, "writers": 10,
                       "updated_at": "t9", "by_budget": {"daily": 1.0, "team": 1.0},
-                      "budget_writers": {"daily": 10, "team": 5}}
+                      "budget_writers": {"daily": 10, "team": 5}, "quarantined": []}
     assert sum(0.1 for _ in range(10)) != 1.0, "the float sum would be off"
     assert summarize("2026-11-24", []) == empty_totals("2026-11-24")
 
