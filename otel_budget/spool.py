@@ -95,13 +95,29 @@ def check_private_chain(directory: Path) -> None:
         last = index == len(parts) - 1
         if st.st_uid not in (uid, 0) or ((below_sticky or last) and st.st_uid != uid):
             raise SpoolError(f"spool directory refused: {str(part)!r} belongs to another user")
-        shared = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        shared = st.st_mode & stat.S_IWOTH or (
+            st.st_mode & stat.S_IWGRP and not _private_group(st.st_gid))
         if shared and (last or not st.st_mode & stat.S_ISVTX):
             raise SpoolError(
                 f"spool directory refused: other users can write {str(part)!r} "
                 f"(mode {stat.S_IMODE(st.st_mode):o}); use a directory of this user's own"
             )
         below_sticky = bool(shared)
+
+
+def _private_group(gid: int) -> bool:
+    """A user-private group (umask 002 systems make ~/.cache 0775): this user's
+    primary group, named after the user, with no other member."""
+    try:
+        import grp
+        import pwd
+
+        me = pwd.getpwuid(os.geteuid())
+        group = grp.getgrgid(gid)
+    except (ImportError, KeyError):
+        return False
+    return (gid == me.pw_gid and group.gr_name == me.pw_name
+            and set(group.gr_mem) <= {me.pw_name})
 
 
 @dataclass(frozen=True)

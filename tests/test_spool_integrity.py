@@ -339,3 +339,31 @@ def test_reading_the_spool_never_asks_a_store_that_has_not_answered(
         assert asked == []
     finally:
         store.close()
+
+
+def test_a_group_writable_directory_of_a_private_group_is_fine(
+    sqlite_store: SQLiteStore, tmp_path: Path,
+) -> None:
+    # umask 002 systems (user-private groups) create ~/.cache 0775.
+    import grp
+    import pwd
+
+    me = pwd.getpwuid(os.geteuid())
+    if grp.getgrgid(me.pw_gid).gr_name != me.pw_name:
+        pytest.skip("this user has no user-private group")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o775)
+    assert Spool(str(cache / "spool"), store=sqlite_store).put(_entry("w", 1.0)).exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another group needs root")
+def test_a_directory_writable_by_a_shared_group_is_refused(
+    sqlite_store: SQLiteStore, tmp_path: Path,
+) -> None:
+    shared = tmp_path / "team"
+    shared.mkdir()
+    os.chown(shared, os.geteuid(), 65534)  # nogroup: not this user's own
+    shared.chmod(0o770)
+    with pytest.raises(SpoolError, match="other users can write"):
+        Spool(str(shared / "spool"), store=sqlite_store).put(_entry("w", 1.0))
