@@ -597,8 +597,10 @@ class FleetLease:
                 with self._lock:
                     self.round_trips += 1
 
-    def on_round(self, interval_s: float) -> None:
-        """At a store round: probe the store after a failure; give an idle lease back
+    def on_round(self, interval_s: float, *, store_suspect: bool = False) -> None:
+        """At a store round: probe the store after a failure (this lease's, or the
+        round's own when `store_suspect`: the next call then need not be the one
+        that waits on a dead store); give an idle lease back
         (its surplus is a busy writer's refusal); report and renew a busy one (before
         a third of its TTL is left, or when its use changed, at most every sixth of
         the TTL); give the surplus back when the pool is contended; clear the 'pool is
@@ -607,7 +609,7 @@ class FleetLease:
             now = self._mono()
             if self._short_until <= now:
                 self._short_for = None
-            down = self._down_until > 0.0
+            down = self._down_until > 0.0 or store_suspect
             held = self._lease_id is not None
             idle = held and self._open == 0 and now - self._last_draw >= self.idle_s
             stale = held and (now - self._reported_at >= self.ttl_s / 3

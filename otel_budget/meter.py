@@ -181,9 +181,12 @@ class BudgetMeter:
         reloads the day before the final entry is stored), and release follows."""
         if self._closed:
             return
+        # The round failed on the store: probe it now, so that the next fleet call is
+        # refused at once if it is down instead of waiting on it.
+        suspect = not self._tracker.store_answers()
         for lease in self._leases.values():
             try:
-                lease.on_round(self._config.collect_interval_s)
+                lease.on_round(self._config.collect_interval_s, store_suspect=suspect)
             except Exception as exc:
                 _log.warning("otel_budget: renewing the lease on budget %r failed: %s",
                              lease.budget, type(exc).__name__ if not isinstance(exc, BudgetError)

@@ -692,3 +692,17 @@ def test_guard_on_a_fleet_budget_asks_for_lease() -> None:
         with pytest.raises(BudgetExceeded):
             b.guard(0.2)
         b.guard(0.05)
+
+
+def test_a_failed_checkpoint_makes_the_next_fleet_call_refuse_without_waiting() -> None:
+    store = DownStore()
+    config = fleet_config(cap=100.0, instance_id="a", lease_ttl_s=600.0)
+    with BudgetMeter(config, store=store) as meter:
+        meter.reserve(0.05).settle(0.05)
+        store.down = True
+        assert meter.checkpoint() is False  # the round fails on the store ...
+        probed = store.lease_calls  # ... and its lease probe too
+        with pytest.raises(BudgetExceeded, match="cannot be reached"):
+            meter.reserve(5.0)
+        assert store.lease_calls == probed  # refused without asking the dead store
+        store.down = False
