@@ -47,6 +47,8 @@ def build_health(
     if quarantined:
         shown = ", ".join(quarantined[:5]) + (" ..." if len(quarantined) > 5 else "")
         reasons.append(f"{len(quarantined)} malformed stored row(s) quarantined: {shown}")
+    if state.get("alert_claim_error"):
+        reasons.append(f"claiming an alert failed: {state['alert_claim_error']}")
     view = state.get("fleet_view") or {}
     if view.get("source") == "local copy":
         reasons.append(f"fleet view from the local copy ({view.get('age_s')} s old): "

@@ -95,6 +95,8 @@ class BudgetTracker:
         self._watch: dict[str, datetime | None] = {}
         #: Claims of this writer its notifiers have not yet taken: row name -> content.
         self._mine: dict[str, dict[str, Any]] = {}
+        #: The last alert claim the store refused or could not take (None: none).
+        self._claim_error: str | None = None
 
     # --- identity ---------------------------------------------------------------
 
@@ -263,6 +265,7 @@ class BudgetTracker:
                 "spool_error": checkpoints["spool_error"],
                 "attribute_sets_today": self._ledger.attribute_sets_today(),
                 "quarantined_rows": list(view.quarantined),
+                "alert_claim_error": self._claim_error,
                 "fleet_view": self._view_info_locked(view),
             }
 
@@ -413,6 +416,10 @@ class BudgetTracker:
                 hook()
             except Exception as exc:
                 _log.warning("otel_budget: a store round hook failed: %s", describe(exc))
+
+    def add_entry_field(self, key: str, value_for_day: Callable[[str], Any]) -> None:
+        """Every entry this writer stores for a day carries `key` = value_for_day(day)."""
+        self._checkpointer.add_entry_field(key, value_for_day)
 
     def add_round_hook(self, hook: Callable[[], None]) -> None:
         """Run `hook` at the end of every store round (after the checkpoint)."""
@@ -692,11 +699,15 @@ class BudgetTracker:
                 inserted = self._store.insert_if_absent(ledger.NUDGE_TYPE, name, nudge)
             except Exception as exc:
                 with self._state:
-                    self._read_up = False
+                    # A refused claim (a row the store will not take) is not an outage,
+                    # but it is an alert nobody gets: health says so.
+                    self._read_up = isinstance(exc, CheckpointError)
+                    self._claim_error = f"{name}: {describe(exc)}"
                 _log.warning("otel_budget: claiming %s failed (will retry): %s", name,
                              describe(exc))
                 continue
             with self._state:
+                self._claim_error = None
                 self._alerts.mark_claimed(budget.name, window, ratio)
                 self._watch.setdefault(name, None)
                 if inserted:

@@ -542,3 +542,28 @@ def test_checkpoint_keeps_its_deadline_against_a_sigstopped_postgresql(
     finally:
         meter.shutdown(timeout=5)
         store.close()
+
+
+def test_an_alert_claim_the_store_refuses_degrades_health(clock: FakeClock) -> None:
+    from otel_budget import CheckpointError
+    from otel_budget.stores.memory import MemoryStore
+
+    class RefusingClaims(MemoryStore):
+        """A named mock at the boundary: a store that refuses every claim row (as
+        PostgreSQL refused a NUL before match values were checked)."""
+
+        def insert_if_absent(self, patch_type: str, name: str,
+                             content: dict[str, Any]) -> bool:
+            raise CheckpointError(f"row {patch_type}/{name} refused")
+
+    meter = BudgetMeter(BudgetConfig(budgets=[Budget("daily", 10.0)], collect_interval_s=3600),
+                        store=RefusingClaims(), clock=clock).start()
+    try:
+        meter.record(9.0)
+        meter.collect()
+        health = meter.health()
+        assert health["status"] == "degraded"
+        assert any("claiming an alert failed" in r and "budget_alert_" in r
+                   for r in health["reasons"])
+    finally:
+        meter.shutdown(timeout=5)
