@@ -1,5 +1,6 @@
 """otel_budget: keep LLM spend honest with an OpenTelemetry counter and budgets."""
 
+from ._version import __version__
 from .autoconfig import from_env
 from .budgets import Budget
 from .config import BudgetConfig
@@ -12,7 +13,6 @@ from .errors import (
     StoreError,
     UnknownModelError,
 )
-from ._version import __version__
 from .meter import BudgetMeter
 from .notify import LoggingNotifier, NotifierDispatcher, SlackNotifier, WebhookNotifier
 from .pricing import ModelPrice, PriceTable, TokenUsage

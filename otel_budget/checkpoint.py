@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +30,10 @@ from .stores.base import PatchStore
 from .stores.entries import MergeResult, writer_entry_problem
 
 _log = logging.getLogger("otel_budget")
+#: What the checkpoint itself writes in an entry (and the store sets).
+_ENTRY_KEYS = frozenset({"date", "writer_id", "instance_id", "timezone", "spend_usd", "seq",
+                         "updated_at", "started_at", "by_attributes", "by_budget", "final",
+                         "retired"})
 
 
 def new_writer_id() -> str:
@@ -69,7 +73,17 @@ class Checkpointer:
         self._timezone = timezone
         self._lock = threading.Lock()
         self._writer_id = new_writer_id()
+        #: Extra content keys of every entry: key -> the value for a day (None: omit).
+        self._fields: dict[str, Callable[[str], Any]] = {}
         self._reset(started_at)
+
+    def add_entry_field(self, key: str, value_for_day: Callable[[str], Any]) -> None:
+        """Every entry of a day gets `key` = value_for_day(day), unless that is None
+        (what the meter's refusal log keeps per day, say). A failing provider leaves
+        its key out: the entry, and the spend in it, must still be written."""
+        if key in _ENTRY_KEYS:
+            raise ValueError(f"entry key {key!r} is the checkpoint's own")
+        self._fields[key] = value_for_day
 
     def _reset(self, started_at: datetime) -> None:
         self._started_at = started_at
@@ -132,6 +146,14 @@ class Checkpointer:
             ],
             "by_budget": {name: ledger.from_nanos(n) for name, n in snapshot.by_budget.items()},
         }
+        for key, value_for_day in self._fields.items():
+            try:
+                value = value_for_day(snapshot.day.isoformat())
+            except Exception as exc:
+                _log.warning("otel_budget: entry field %r left out: %s", key, describe(exc))
+                continue
+            if value is not None:
+                entry[key] = value
         if final:
             # This writer's last entry for the day (shutdown, or a closed day): the
             # store retires its row into the day's summary. Kept by the spool, so a

@@ -37,6 +37,7 @@ from .leases import FleetLease, LeaseStore, supports_leases
 from .ledger import UsdAmount
 from .notify import Notifier, NotifierDispatcher
 from .reader import SCOPE_NAME, SPEND_INSTRUMENT, BudgetReader
+from .refusals import ENTRY_KEY as REFUSALS_KEY
 from .refusals import RefusalLog
 from .reservations import RESERVE_ATTEMPTS, Reservation, ReservationBook
 from .spool import Spool
@@ -123,7 +124,12 @@ class BudgetMeter:
         self._budget_index = {b.name: b for b in config.all_budgets}
         self._leases = self._make_leases(config)
         tracker = self._tracker
-        self._refusals = RefusalLog(writer=lambda: tracker.writer_id, clock=clock)
+        self._refusals = RefusalLog(
+            writer=lambda: tracker.writer_id, clock=clock,
+            day_of=lambda at: ledger.day_of(at, config.tzinfo).isoformat())
+        # Each day's entry carries that day's refusals, so every worker's page and
+        # `otel-budget status` see the fleet's.
+        self._tracker.add_entry_field(REFUSALS_KEY, self._refusals.day_field)
         self._book = ReservationBook(
             budgets=config.all_budgets, spend_of=self._tracker.budget_spend,
             window_of=self._tracker.window_of, record=self.record,

@@ -26,6 +26,9 @@ ENTRY_KEY = "refusals"
 #: Refusals kept in memory and written per entry.
 DEFAULT_KEEP = 100
 ENTRY_LAST = 20
+#: Days whose refusal counts are kept for their entries (today and a closed day
+#: still owed its final entry).
+_DAYS_KEPT = 3
 _MAX_TEXT = 200
 
 
@@ -37,11 +40,16 @@ class RefusalLog:
     """Thread-safe; `record` is called on the refusing caller's thread."""
 
     def __init__(self, *, writer: Callable[[], str] | None = None, keep: int = DEFAULT_KEEP,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None,
+                 day_of: Callable[[datetime], str] | None = None) -> None:
         if not isinstance(keep, int) or keep < 1:
             raise ValueError(f"keep must be an int >= 1, got {keep!r}")
         self._writer = writer
         self._clock = clock or _utc_now
+        #: The budget day (in the configured zone) a refusal belongs to: a writer's
+        #: entry is per day, so it carries that day's refusals only (a week's
+        #: refusals summed over its days' entries then count each one once).
+        self._day_of = day_of or (lambda at: at.date().isoformat())
         self._lock = threading.Lock()
         self._keep = keep
         self._reset()
@@ -49,16 +57,20 @@ class RefusalLog:
     def _reset(self) -> None:
         self._totals: dict[str, int] = {}
         self._windows: dict[tuple[str, str], int] = {}
+        self._by_day: dict[str, dict[tuple[str, str], int]] = {}
         self._last: deque[dict[str, Any]] = deque(maxlen=self._keep)
 
     def record(self, budget: str, *, amount_usd: float, window: str | None = None,
                key: Mapping[str, Any] | None = None, reason: str | None = None,
                spend_usd: float | None = None, cap_usd: float | None = None) -> None:
         """Count one refusal. Never raises: a refusal must reach its caller unchanged."""
+        day: str | None = None
         try:
             writer = self._writer() if self._writer is not None else None
+            now = self._clock()
+            day = self._day_of(now)
             item: dict[str, Any] = {
-                "at": self._clock().isoformat(),
+                "at": now.isoformat(),
                 "budget": str(budget),
                 "window": window,
                 "key": _jsonable_key(key),
@@ -77,6 +89,12 @@ class RefusalLog:
             if window is not None:
                 pair = (item["budget"], str(window))
                 self._windows[pair] = self._windows.get(pair, 0) + 1
+                if day is not None:
+                    counts = self._by_day.setdefault(day, {})
+                    counts[pair] = counts.get(pair, 0) + 1
+                    for old in sorted(self._by_day)[:-_DAYS_KEPT]:
+                        del self._by_day[old]
+            item["_day"] = day
             self._last.append(item)
 
     def record_exception(self, exc: BaseException, *, reason: str | None = None) -> None:
@@ -99,7 +117,7 @@ class RefusalLog:
     def recent(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The last refusals, newest first."""
         with self._lock:
-            items = [dict(item) for item in reversed(self._last)]
+            items = [_public(item) for item in reversed(self._last)]
         return items if limit is None else items[:limit]
 
     def entry_field(self, window_ids: Iterable[tuple[str, str]] | Mapping[str, str]
@@ -113,14 +131,33 @@ class RefusalLog:
             for (budget, window), n in self._windows.items():
                 if (budget, window) in pairs:
                     counts.setdefault(budget, {})[window] = n
-            last = [dict(item) for item in reversed(self._last)
+            last = [_public(item) for item in reversed(self._last)
                     if (item["budget"], item["window"]) in pairs][:ENTRY_LAST]
+        return {"counts": counts, "last": last}
+
+    def day_field(self, day: str) -> dict[str, Any] | None:
+        """The "refusals" field of this writer's entry for `day`: counts per budget and
+        window of the refusals recorded that day and the last `ENTRY_LAST` of them,
+        newest first; None when there were none (the entry then has no such key)."""
+        with self._lock:
+            pairs = self._by_day.get(day)
+            if not pairs:
+                return None
+            counts: dict[str, dict[str, int]] = {}
+            for (budget, window), n in pairs.items():
+                counts.setdefault(budget, {})[window] = n
+            last = [_public(item) for item in reversed(self._last)
+                    if item.get("_day") == day][:ENTRY_LAST]
         return {"counts": counts, "last": last}
 
     def after_fork_in_child(self) -> None:
         """A forked child is a new writer: it counts only its own refusals."""
         self._lock = threading.Lock()
         self._reset()
+
+
+def _public(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if not k.startswith("_")}
 
 
 def _number(value: Any) -> float | None:

@@ -278,6 +278,29 @@ def test_store_source_shows_refusals_stored_in_writers_entries(store_url: str) -
     assert doc["writers"]["total"] == 3
 
 
+def test_a_writers_refusals_reach_the_store_and_every_workers_page(
+    two_meters: tuple[BudgetMeter, BudgetMeter],
+) -> None:
+    a, b = two_meters
+    a.record(0.45, CODER)
+    with pytest.raises(BudgetExceeded):
+        a.guard(0.2, CODER)  # 'coder' (a hard $0.50 budget) would pass its cap
+    day = a.day.isoformat()
+    assert a.checkpoint() and b.checkpoint()
+    [row] = [e for e in a.store.writer_entries([day], breakdown=True)
+             if e["writer_id"] == a.writer_id]
+    assert row["refusals"]["counts"] == {"coder": {day: 1}}
+    [stored] = row["refusals"]["last"]
+    assert stored["budget"] == "coder" and stored["amount_usd"] == 0.2
+    assert stored["writer"] == a.writer_id
+    [other] = [e for e in a.store.writer_entries([day], breakdown=True)
+               if e["writer_id"] == b.writer_id]
+    assert "refusals" not in other, "a writer without refusals stores no such key"
+    # The worker that refused nothing shows the fleet's refusal (read from the store).
+    doc = StatusSource(b.config.store_url, budgets=b.config.all_budgets).status()
+    assert [(r["budget"], r["writer"]) for r in doc["refusals"]] == [("coder", a.writer_id)]
+
+
 def test_otel_budget_status_lists_refusals(
     store_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
