@@ -54,6 +54,7 @@ _KEY_FILE = ".spool-key"
 _MAX_FILE = 16 * 1024 * 1024
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NOWHERE = Path(os.devnull) / "otel_budget-spool-unavailable"
 
 
@@ -83,6 +84,8 @@ def check_private_chain(directory: Path) -> None:
     by group/others without the sticky bit; below a sticky shared directory (the
     temporary directory), the next one must be ours. `directory` itself must be ours
     and writable by nobody else."""
+    if not hasattr(os, "geteuid"):  # Windows: ACLs, not modes; the profile is private
+        return
     uid = os.geteuid()
     real = Path(os.path.realpath(directory))
     parts = [real, *real.parents][::-1]  # "/" first
@@ -241,10 +244,10 @@ class Spool:
                     os.link(tmp, path)
             finally:
                 _unlink(Path(tmp))
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
         try:
             st = os.fstat(fd)
-            if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            if hasattr(os, "geteuid") and (st.st_uid != os.geteuid() or st.st_mode & 0o077):
                 raise SpoolError(f"spool key {str(path)!r} is readable or writable by others")
             key = os.read(fd, 256).strip()
         finally:
@@ -459,7 +462,7 @@ def _locator_of(store: Any) -> str:
 
 
 def _read_private(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(f"{path} is not a regular file")
