@@ -648,6 +648,9 @@ class FleetLease:
                     round(self.round_trips / draws, 4) if draws else None),
                 "lease_refusals": self.refusals,
                 "lease_error": self.last_error,
+                # True: calls past this lease are refused without asking the store
+                # until a probe (the timer's next round) reaches it again.
+                "lease_store_down": self._down_locked(now),
                 "fleet_leased_usd": self._last.get("leased_usd"),
                 "fleet_free_usd": self._last.get("free_usd"),
                 "fleet_active_leases": self._last.get("active"),

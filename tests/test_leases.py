@@ -543,11 +543,14 @@ def test_after_a_store_failure_fleet_calls_are_refused_at_once_until_a_probe_see
         with pytest.raises(BudgetExceeded, match="cannot be reached"):
             meter.reserve(5.0)
         assert store.lease_calls == before + 2
-        assert "unreachable" in str(meter.budgets()[0]["lease"]["lease_error"])
+        lease = meter.budgets()[0]["lease"]
+        assert "unreachable" in str(lease["lease_error"]) and lease["lease_store_down"]
         store.down = False
         meter.collect()  # the probe sees the store again
         probed = store.lease_calls
-        assert probed >= before + 3 and meter.budgets()[0]["lease"]["lease_error"] is None
+        lease = meter.budgets()[0]["lease"]
+        assert probed >= before + 3 and lease["lease_error"] is None
+        assert not lease["lease_store_down"]
         meter.reserve(5.0).settle(5.0)  # granted again, through the store
         assert store.lease_calls > probed
 
