@@ -91,6 +91,26 @@ class PatchStore(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+class IdentifiedStore(Protocol):
+    """What the local spool asks of a store (optional: without it a store's spool is
+    keyed by the object itself, as for `memory://`).
+
+    `identity()` names the database itself, whatever spelling of the URL led to it
+    (SQLite: the file's real path; PostgreSQL: the cluster's system identifier and
+    the database; Supabase: the project); it may do I/O, bounded by the store's
+    deadlines, and raises StoreError while the store has never answered.
+    `known_identity` is that name when known already (no I/O), else None.
+    A store may also have `spool_key`: where the URL leads as far as it can be told
+    without I/O (no secret in it); entries spooled before the store ever answered
+    wait under it (PostgreSQL: host, port, database and user with libpq's
+    environment defaults applied)."""
+
+    def identity(self) -> str: ...
+
+    @property
+    def known_identity(self) -> str | None: ...
+
+
 # scheme -> "module:Class"; imported lazily so optional drivers cost nothing unused.
 _BACKENDS: dict[str, str] = {
     "memory": "otel_budget.stores.memory:MemoryStore",
