@@ -1204,7 +1204,8 @@ begin
           into v_others_surplus
           from pg_catalog.jsonb_each(v_doc -> 'leases') as e
          where e.key <> v_lid;
-        v_room := greatest(0, least((p_request ->> 'surplus_share')::numeric * v_cap / v_active,
+        v_room := greatest(0, least((p_request ->> 'surplus_share')::numeric * v_cap
+                                    / greatest(4, v_active),
                                     (p_request ->> 'surplus_share')::numeric * v_cap
                                     - v_others_surplus));
     end if;
