@@ -18,11 +18,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from . import ledger
-from .errors import BudgetError, CheckpointError, ConfigError
+from .budgets import Budget
+from .errors import BudgetError, CheckpointError, ConfigError, StoreError
+from .fleet import Spend, entry_budget_spend, legacy_spend, sort_entries
 from .read import read_day
 from .stores.base import PatchStore
 
-__all__ = ["BudgetReport", "DaySpend", "breakdown", "load_report", "render_png"]
+__all__ = ["BudgetReport", "BudgetSpend", "DaySpend", "breakdown", "load_report",
+           "render_png", "window_spend"]
 
 _log = logging.getLogger("otel_budget")
 
@@ -43,11 +46,24 @@ class DaySpend:
 
 
 @dataclass(frozen=True)
+class BudgetSpend:
+    """One configured budget in its current window, as the fleet's rows have it."""
+
+    name: str
+    period: str
+    window: str
+    spend_usd: float
+    cap_usd: float
+    alert_ratios: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class BudgetReport:
     days: tuple[DaySpend, ...]  # oldest first; the last is today
     alert_ratios: tuple[float, ...]
     timezone: str
     unreadable: tuple[str, ...] = ()  # document names skipped as corrupt
+    budgets: tuple[BudgetSpend, ...] = ()  # every configured budget, current window
 
     @property
     def today(self) -> DaySpend:
@@ -69,6 +85,40 @@ def breakdown(by_attributes: Iterable[Mapping[str, Any]], key: str) -> dict[str,
     return {k: ledger.round_usd(v) for k, v in totals.items() if ledger.round_usd(v) > 0}
 
 
+def window_spend(store: PatchStore, budgets: Sequence[Budget], today: date
+                 ) -> tuple[list[BudgetSpend], list[str]]:
+    """Each budget's spend in its window up to `today`, summed over every writer's row
+    (a budget a writer's configuration lacked counts from that row's breakdown), and
+    the names of the malformed rows left out. One read for all the windows' days."""
+    days = {today}
+    for budget in budgets:
+        days.update(ledger.window_days_before(today, budget.period))
+    names = sorted(d.isoformat() for d in days)
+    by_day, bad = sort_entries(store.writer_entries(names, breakdown=True))
+    # Days an upgraded store still holds as version 1 day documents.
+    legacy: dict[str, Spend] = {}
+    for day in sorted(days):
+        name = ledger.budget_name(day)
+        try:
+            document = store.get(ledger.BUDGET_TYPE, name)
+            if document is not None:
+                ledger.validate_budget_document(document, name=name)
+                legacy[day.isoformat()] = legacy_spend(document, budgets)
+        except CheckpointError:
+            bad.append(name)
+    rows = []
+    for budget in budgets:
+        window_days = [today, *ledger.window_days_before(today, budget.period)]
+        spend = sum(entry_budget_spend(entry, budget)
+                    for d in window_days for entry in by_day.get(d.isoformat(), []))
+        spend += sum(legacy[d.isoformat()].budget(budget.name) for d in window_days
+                     if d.isoformat() in legacy)
+        rows.append(BudgetSpend(budget.name, budget.period,
+                                ledger.window_id(today, budget.period),
+                                ledger.round_usd(spend), budget.cap_usd, budget.alert_ratios))
+    return rows, bad
+
+
 def load_report(
     store: PatchStore,
     *,
@@ -77,8 +127,10 @@ def load_report(
     cap_usd: float | None = None,
     alert_ratios: Sequence[float] = (0.8,),
     today: date | None = None,
+    budgets: Sequence[Budget] = (),
 ) -> BudgetReport:
-    """Read the last `days` days (today included) from `store`, whatever their layout."""
+    """Read the last `days` days (today included) from `store`, whatever their layout,
+    and each of `budgets` in its current window."""
     if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 366:
         raise ConfigError(f"days must be an integer from 1 to 366, got {days!r}")
     tz = ZoneInfo(timezone_name)
@@ -95,6 +147,9 @@ def load_report(
             _log.warning("otel_budget report: skipping %s: %s", day, exc)
             unreadable.append(ledger.budget_name(day))
             spent = None
+        if spent is not None:
+            unreadable.extend(name for name in spent.get("quarantined", ())
+                              if name not in unreadable)
         if spent is None or not spent["instances"]:
             out.append(DaySpend(day, None, cap_usd))
             continue
@@ -104,7 +159,16 @@ def load_report(
             by_model=breakdown(items, MODEL_KEY), by_agent=breakdown(items, AGENT_KEY),
             by_budget=dict(spent["by_budget"]),
         ))
-    return BudgetReport(tuple(out), tuple(sorted(alert_ratios)), timezone_name, tuple(unreadable))
+    spends: list[BudgetSpend] = []
+    if budgets:
+        try:
+            spends, bad = window_spend(store, budgets, today)
+        except StoreError as exc:
+            _log.warning("otel_budget report: reading the budgets' windows failed: %s", exc)
+            bad = []
+        unreadable.extend(name for name in bad if name not in unreadable)
+    return BudgetReport(tuple(out), tuple(sorted(alert_ratios)), timezone_name,
+                        tuple(unreadable), tuple(spends))
 
 
 def _require_matplotlib() -> tuple[Any, Any]:
@@ -140,10 +204,15 @@ def render_png(report: BudgetReport, path: str | Path, *, dpi: int = 110) -> Pat
     """Draw the report into a PNG file at `path` and return the path."""
     figure_cls, canvas_cls = _require_matplotlib()
     path = Path(path)
-    fig = figure_cls(figsize=(11, 8), dpi=dpi, layout="constrained")
+    budget_rows = len(report.budgets)
+    height = 8 + (0.9 + 0.35 * budget_rows if budget_rows else 0)
+    fig = figure_cls(figsize=(11, height), dpi=dpi, layout="constrained")
     canvas_cls(fig)
-    grid = fig.add_gridspec(2, 2, height_ratios=[3, 2])
+    ratios = [3, 2] + ([0.6 + 0.3 * budget_rows] if budget_rows else [])
+    grid = fig.add_gridspec(len(ratios), 2, height_ratios=ratios)
     _draw_days(fig.add_subplot(grid[0, :]), report)
+    if budget_rows:
+        _draw_budgets(fig.add_subplot(grid[2, :]), report.budgets)
     today = report.today
     _draw_breakdown(fig.add_subplot(grid[1, 0]), today.by_model,
                     f"Today by model ({MODEL_KEY})")
@@ -214,6 +283,31 @@ def _draw_days(ax: Any, report: BudgetReport) -> None:
         title += f" ({len(report.unreadable)} unreadable document(s) skipped)"
     ax.set_title(title, loc="left")
     ax.legend(handles=handles, loc="upper left", fontsize=8, ncols=2, framealpha=0.9)
+
+
+def _draw_budgets(ax: Any, budgets: Sequence[BudgetSpend]) -> None:
+    """Each budget's spend against its cap (as a share, so a $5 day and a $500 month
+    fit one axis), with its alert ratios marked."""
+    ax.set_title("Budgets in their current window (spend against cap)", loc="left")
+    rows = list(budgets)[::-1]
+    ys = list(range(len(rows)))
+    shares = [min(b.spend_usd / b.cap_usd, 1.25) for b in rows]
+    colours = [_bar_colour(b.spend_usd, b.cap_usd, b.alert_ratios) for b in rows]
+    ax.barh(ys, shares, color=colours, zorder=2, height=0.6)
+    for y, b in zip(ys, rows, strict=True):
+        for ratio in b.alert_ratios:
+            ax.plot([ratio, ratio], [y - 0.38, y + 0.38], color="#dd8452", linewidth=1.5,
+                    zorder=3)
+        # matplotlib reads text between two "$" as mathtext: escape them
+        ax.text(min(b.spend_usd / b.cap_usd, 1.25) + 0.01, y,
+                f"\\${b.spend_usd:,.2f} of \\${b.cap_usd:,.2f} "
+                f"({b.spend_usd / b.cap_usd:.0%})", va="center", fontsize=8)
+    ax.axvline(1.0, color="#c44e52", linewidth=2, zorder=3)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([_shorten(f"{b.name} ({b.window})", 40) for b in rows], fontsize=8)
+    ax.set_xlim(0, 1.5)
+    ax.xaxis.set_major_formatter(lambda value, _pos: f"{value:.0%}")
+    ax.grid(axis="x", alpha=0.3, zorder=0)
 
 
 def _draw_breakdown(ax: Any, values: Mapping[str, float], title: str) -> None:

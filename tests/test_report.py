@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from otel_budget import ledger
+from otel_budget import Budget, ledger
 from otel_budget.cli import main
 from otel_budget.errors import BudgetError, ConfigError
 from otel_budget.report import breakdown, load_report, render_png
@@ -108,6 +108,31 @@ def test_a_corrupt_document_is_skipped_and_named(store: SQLiteStore) -> None:
     assert report.days_with_data == 5
 
 
+def test_every_budget_is_drawn_against_its_cap_over_its_window(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    # A week budget over three days of rows, and a budget one writer's configuration
+    # lacked (a rolling deploy): its spend comes from that writer's breakdown.
+    monday = date(2026, 11, 23)  # ISO week 2026-W48
+    for offset, writer in ((0, "w-mon"), (1, "w-tue")):
+        store.merge_writer(_writer(monday + timedelta(days=offset), writer, "i", 1,
+                                   [({"agent": "ag_lu"}, 3.0), ({"agent": "cloud_lu"}, 1.0)]))
+    old = _writer(TODAY, "w-old", "i", 1, [({"agent": "ag_lu"}, 2.0)])
+    old["by_budget"] = {"daily": 2.0}  # no 'ag_lu': its configuration predates it
+    store.merge_writer(old)
+    budgets = [Budget("ag_lu", 20.0, period="week", match={"agent": "ag_lu"},
+                       alert_ratios=(0.5, 0.8)),
+               Budget("daily", 5.0, alert_ratios=(0.8,))]
+    report = load_report(store, days=7, today=TODAY, budgets=budgets)
+    drawn = {b.name: b for b in report.budgets}
+    assert drawn["ag_lu"].window == "2026-W48" and drawn["ag_lu"].spend_usd == 8.0
+    assert drawn["ag_lu"].cap_usd == 20.0 and drawn["ag_lu"].alert_ratios == (0.5, 0.8)
+    assert drawn["daily"].window == "2026-11-25" and drawn["daily"].spend_usd == 2.0
+    out = render_png(report, tmp_path / "budgets.png")
+    width, height = _png_size(out)
+    assert width == 1210 and height > 880
+
+
 def test_days_must_be_sensible(store: SQLiteStore) -> None:
     for days in (0, -1, 367, True):
         with pytest.raises(ConfigError):
@@ -169,9 +194,11 @@ def test_cli_report(
     assert "today $32.00 of $50.00" in printed
     # Each budget's spend today, from the writers' stored sums; the cap where the
     # configuration knows it.
-    assert "budget daily: $32.000000 today of $50.00" in printed
-    assert "budget ag_lu: $10.000000 today\n" in printed
-    assert _png_size(out) == (1210, 880)
+    today = datetime.now(UTC).date().isoformat()
+    assert f"budget daily ({today}): $32.000000 of $50.00" in printed
+    assert "budget ag_lu: $10.000000 today\n" in printed, "a budget not configured here"
+    width, height = _png_size(out)
+    assert width == 1210 and height > 880, "a panel for the configured budget"
 
 
 def test_cli_report_refuses_a_missing_database(

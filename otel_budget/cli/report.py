@@ -60,6 +60,7 @@ def handle(args: argparse.Namespace) -> int:
             store, days=args.days, timezone_name=config.timezone,
             cap_usd=config.daily_cap_usd if cap_known else None,
             alert_ratios=config.alert_ratios,
+            budgets=[b for b in config.all_budgets if cap_known or b.name != "daily"],
         )
     finally:
         store.close()
@@ -69,11 +70,14 @@ def handle(args: argparse.Namespace) -> int:
     cap = f" of ${today.cap_usd:,.2f}" if today.cap_usd else ""
     print(f"wrote {printable(path)} ({report.days_with_data}/{len(report.days)} days with data; "
           f"today {spent}{cap})")
-    caps = {budget.name: budget.cap_usd for budget in config.all_budgets} if cap_known or \
-        config.budgets else {}
+    for budget in report.budgets:
+        print(f"  budget {budget.name} ({budget.window}): ${budget.spend_usd:,.6f} "
+              f"of ${budget.cap_usd:,.2f}")
+    # Budgets the writers reported that this configuration does not know: no cap.
+    configured = {budget.name for budget in report.budgets}
     for name, usd in sorted(today.by_budget.items()):
-        of = f" of ${caps[name]:,.2f}" if name in caps else ""
-        print(f"  budget {printable(name)}: ${usd:,.6f} today{of}")
+        if name not in configured:
+            print(f"  budget {printable(name)}: ${usd:,.6f} today")
     for name in report.unreadable:
         print(f"warning: skipped unreadable document {printable(name)}")
     return 0
