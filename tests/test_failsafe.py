@@ -216,6 +216,10 @@ def test_start_raises_on_a_malformed_row_only_when_strict(kind: Kind, clock: Fak
             strict.start(strict=True)
     finally:
         strict.shutdown(timeout=5)
+    from otel_budget import read_day
+
+    day_report = read_day(kind.factory(), day)
+    assert day_report["total_usd"] == 0.0 and day_report["quarantined"] == [name]
     meter = BudgetMeter(config, store=kind.factory(), clock=clock).start()
     try:
         meter.record(1.0)

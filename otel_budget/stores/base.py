@@ -31,9 +31,10 @@ class PatchStore(Protocol):
         `applied` is False when the stored seq is equal or newer; that includes a
         retry of a merge whose first answer was lost after it committed, so a
         caller treats `stored_seq >= entry["seq"]` as "my entry is durable".
-        An amount in another writer's row of the day that is not a number >= 0
-        raises CheckpointError naming that row (never counted as 0), and nothing
-        is written; so does a malformed summary row of the day.
+        Another writer's row of the day whose amounts are not amounts (a number
+        in [0, 1e12]) is left out of the others' totals and named in their
+        `quarantined` list (never counted as 0, never fatal); a malformed summary
+        row of the day raises CheckpointError naming it, and nothing is written.
 
         The others are the day's summary row (its retired writers) plus its writer
         rows not retired. On a retired row a newer seq replaces the entry and moves
@@ -64,8 +65,9 @@ class PatchStore(Protocol):
         """Every day's totals over its writer rows, in one round trip; a day
         without rows gets zero totals. Retired or not, every row counts once: the
         day's summary row stands for the retired ones, so the totals are those of
-        `entries.summarize` over all of the day's writer rows. A malformed summary
-        row raises CheckpointError naming it."""
+        `entries.summarize` over all of the day's writer rows. A writer row whose
+        amounts are not amounts is left out and named in `quarantined`; a
+        malformed summary row raises CheckpointError naming it."""
         ...
 
     def writer_entries(self, days: Sequence[str], *, breakdown: bool = True) -> list[dict[str, Any]]:
@@ -79,7 +81,11 @@ class PatchStore(Protocol):
         ...
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
-        """Insert the row unless (patch_type, name) exists; True if this call inserted."""
+        """Insert the row unless (patch_type, name) exists; True if this call inserted.
+        (Every bundled store also has `replace_claim(patch_type, name, expected,
+        content) -> bool`: replace the row's content only if it still equals
+        `expected`, the compare and set behind an alert's delivery record and
+        takeover; a store without it delivers each alert from its claimer only.)"""
         ...
 
     def close(self) -> None:
