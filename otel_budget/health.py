@@ -64,6 +64,10 @@ def build_health(
         known = sum(item.get("spend_usd") or 0.0 for item in set_aside)
         reasons.append(f"{len(set_aside)} spool file(s) set aside (${known:.6f} where "
                        "readable): see health()['spool']['set_aside']")
+    legacy = (spool or {}).get("legacy") or []
+    if legacy:
+        reasons.append(f"{len(legacy)} entry file(s) spooled by otel_budget 2 are not "
+                       "replayed (keyed by the URL's spelling): see health()['spool']['legacy']")
     daily = next((b for b in budgets if b["name"] == "daily"), None)
     return {
         "status": "degraded" if reasons else "ok",

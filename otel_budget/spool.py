@@ -424,8 +424,33 @@ class Spool:
             "days": sorted({str(i.entry.get("date")) for i in items}),
             "directory": str(self.directory),
             "set_aside": self._list_set_aside(),
+            "legacy": self._list_legacy(),
             "error": error,
         }
+
+    def _list_legacy(self) -> list[dict[str, Any]]:
+        """Entries version 2 spooled for this store (keyed by the URL's spelling,
+        without an integrity check): shown, never replayed, since they may belong to
+        another database that spelling led to then."""
+        legacy_key = _legacy_key_of(self._store)
+        if legacy_key is None or self._root is None:
+            return []
+        directory = self._root / hashlib.sha256(
+            legacy_key.encode("utf-8", "backslashreplace")).hexdigest()[:24]
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            return []
+        out: list[dict[str, Any]] = []
+        for name in names:
+            if name.startswith(".") or not name.endswith((_SUFFIX, _BAD)):
+                continue
+            try:
+                amount = _amount_in(_read_private(directory / name))
+            except OSError:
+                amount = None
+            out.append({"file": str(directory / name), "spend_usd": amount})
+        return out
 
     def _list_set_aside(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -459,6 +484,15 @@ def _locator_of(store: Any) -> str:
     if path is not None:
         return f"sqlite:{os.path.realpath(path)}"
     return f"{type(store).__name__}:{id(store)}"
+
+
+def _legacy_key_of(store: Any) -> str | None:
+    """The key version 2 named this store's spool directory by."""
+    key = getattr(store, "legacy_spool_key", None)
+    if isinstance(key, str) and key:
+        return key
+    path = getattr(store, "path", None)
+    return f"sqlite:{path}" if path is not None else None
 
 
 def _read_private(path: Path) -> bytes:

@@ -367,3 +367,24 @@ def test_a_directory_writable_by_a_shared_group_is_refused(
     shared.chmod(0o770)
     with pytest.raises(SpoolError, match="other users can write"):
         Spool(str(shared / "spool"), store=sqlite_store).put(_entry("w", 1.0))
+
+
+def test_entries_spooled_by_version_2_are_shown_not_replayed(
+    sqlite_store: SQLiteStore, tmp_path: Path,
+) -> None:
+    import hashlib
+
+    # Version 2 keyed the directory by the URL's spelling and wrote bare entries.
+    old_key = f"sqlite:{sqlite_store.path}"
+    old_dir = tmp_path / "spool" / hashlib.sha256(old_key.encode()).hexdigest()[:24]
+    old_dir.mkdir(parents=True, mode=0o700)
+    (old_dir / f"v2writer_{DAY}_000000000004.json").write_text(json.dumps(_entry("v2writer", 4.5)))
+    meter = BudgetMeter(_config(tmp_path / "spool"), store=sqlite_store, clock=_clock()).start()
+    try:
+        health = meter.health()
+        assert [(Path(i["file"]).name, i["spend_usd"]) for i in health["spool"]["legacy"]] == [
+            (f"v2writer_{DAY}_000000000004.json", 4.5)]
+        assert health["status"] == "degraded"
+        assert otel_budget.read_day(sqlite_store, DAY)["total_usd"] == 0.0
+    finally:
+        meter.shutdown(timeout=2)

@@ -206,6 +206,12 @@ class PostgresStore(ContextStore):
             {"host": value("host") or value("hostaddr"), "port": value("port") or "5432",
              "dbname": value("dbname") or user, "user": user}, sort_keys=True)
 
+    @property
+    def legacy_spool_key(self) -> str:
+        """What version 2 keyed this store's spool by (its entries are shown, not
+        replayed: see otel_budget.spool)."""
+        return f"postgresql:{self._redacted}"
+
     def identity(self) -> str:
         """The database itself: the cluster's system identifier (fixed at initdb)
         and the database's name, whatever DSN spelling led here. Asked once, on the

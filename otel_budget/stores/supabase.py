@@ -167,6 +167,11 @@ class SupabaseStore(ContextStore):
         """Names the project for the local spool, the same in every process."""
         return f"supabase:{self._where}"
 
+    @property
+    def legacy_spool_key(self) -> str:
+        """What version 2 keyed this project's spool by."""
+        return self.spool_key
+
     def identity(self) -> str:
         """The project (its host), for the local spool."""
         return self.spool_key
