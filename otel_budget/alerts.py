@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from . import ledger
-from .budgets import Budget
+from .budgets import DAILY, Budget
 
 AlertKey = tuple[str, str, float]  # (budget, window, ratio)
 
@@ -41,8 +41,9 @@ def build_nudge(
     instance_id: str, now: datetime, day: str, row_name: str | None = None,
     claimed_by: str | None = None,
 ) -> dict[str, Any]:
-    """Version 1's keys (daily_spend_usd / daily_cap_usd hold the budget's window
-    spend and cap), plus which budget, period, window and match; with `row_name`,
+    """Which budget, period, window and match, and its own `spend_usd`/`cap_usd` (in
+    that window); the `"daily"` budget also keeps version 1's `daily_spend_usd` and
+    `daily_cap_usd` (a month budget's spend is not a day's); with `row_name`,
     the claim's keys: `id` (the row name, for a receiver to deduplicate: a claim
     taken over is delivered again under the same id), `claimed_by`, `claimed_at`
     and `delivered_at` (None until a notifier took it)."""
@@ -51,13 +52,13 @@ def build_nudge(
     if row_name is not None:
         claim = {"id": row_name, "claimed_by": claimed_by, "claimed_at": now.isoformat(),
                  "delivered_at": None}
-    return claim | {
+    daily = ({"daily_spend_usd": spend, "daily_cap_usd": budget.cap_usd}
+             if budget.name == DAILY else {})
+    return claim | daily | {
         "to": sibling,
         "kind": "budget_alert",
         "date": day,
         "ratio": ratio,
-        "daily_spend_usd": spend,
-        "daily_cap_usd": budget.cap_usd,
         "instance_id": instance_id,
         "created_at": now.isoformat(),
         "budget": budget.name,
