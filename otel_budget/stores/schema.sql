@@ -1331,6 +1331,7 @@ do $grants$
 declare
     v_role text;
     v_object text;
+    v_sequence text;
     v_functions text[] := array[
         'public.otel_budget_entry_problem(jsonb)',
         'public.otel_budget_checked(jsonb, text)',
@@ -1354,9 +1355,15 @@ begin
     revoke all on table public.quilt_patches from public;
     revoke all on table public.otel_budget_days from public;
     foreach v_object in array v_functions loop
-    v_sequence text;
         execute format('revoke all on function %s from public', v_object);
     end loop;
+    -- The identity column's sequence gets the default privileges too: with USAGE
+    -- or UPDATE, anon could setval() it and make every later insert fail. Inserts
+    -- through the identity column need no privilege on it.
+    v_sequence := pg_catalog.pg_get_serial_sequence('public.quilt_patches', 'id');
+    if v_sequence is not null then
+        execute format('revoke all on sequence %s from public', v_sequence);
+    end if;
 
     foreach v_role in array array['anon', 'authenticated'] loop
         if exists (select 1 from pg_catalog.pg_roles where rolname = v_role) then
@@ -1364,6 +1371,19 @@ begin
             execute format('revoke all on table public.otel_budget_days from %I', v_role);
             foreach v_object in array v_functions loop
                 execute format('revoke all on function %s from %I', v_object, v_role);
+            end loop;
+            if v_sequence is not null then
+                execute format('revoke all on sequence %s from %I', v_sequence, v_role);
+            end if;
+            -- Every otel_budget function, listed above or not (one added later and
+            -- forgotten in the lists must not stay open to the API's roles).
+            for v_object in
+                select p.oid::regprocedure::text from pg_catalog.pg_proc as p
+                 where p.pronamespace = 'public'::regnamespace
+                   and p.proname like 'otel\_budget\_%'
+            loop
+                execute format('revoke all on function %s from %I', v_object, v_role);
+                execute format('revoke all on function %s from public', v_object);
             end loop;
         end if;
     end loop;
@@ -1379,13 +1399,6 @@ begin
         if not exists (
             select 1 from pg_catalog.pg_policies
              where schemaname = 'public' and tablename = 'quilt_patches'
-    -- The identity column's sequence gets the default privileges too: with USAGE
-    -- or UPDATE, anon could setval() it and make every later insert fail. Inserts
-    -- through the identity column need no privilege on it.
-    v_sequence := pg_catalog.pg_get_serial_sequence('public.quilt_patches', 'id');
-    if v_sequence is not null then
-        execute format('revoke all on sequence %s from public', v_sequence);
-    end if;
                and policyname = 'otel_budget_service_role'
         ) then
             create policy otel_budget_service_role on public.quilt_patches
@@ -1394,19 +1407,6 @@ begin
     end if;
 end
 $grants$;
-            if v_sequence is not null then
-                execute format('revoke all on sequence %s from %I', v_sequence, v_role);
-            end if;
-            -- Every otel_budget function, listed above or not (one added later and
-            -- forgotten in the lists must not stay open to the API's roles).
-            for v_object in
-                select p.oid::regprocedure::text from pg_catalog.pg_proc as p
-                 where p.pronamespace = 'public'::regnamespace
-                   and p.proname like 'otel\_budget\_%'
-            loop
-                execute format('revoke all on function %s from %I', v_object, v_role);
-                execute format('revoke all on function %s from public', v_object);
-            end loop;
 
 -- Ask PostgREST (Supabase's Data API) to see the functions now; a no-op elsewhere.
 notify pgrst, 'reload schema';

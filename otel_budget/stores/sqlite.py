@@ -213,7 +213,6 @@ class SQLiteStore(ContextStore):
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self._path)!r})"
 
-    def _connection(self) -> sqlite3.Connection:
     def identity(self) -> str:
         """The file itself (its real path: symlinks, `..` and relative spellings of
         the same file agree), for the local spool."""
@@ -223,6 +222,7 @@ class SQLiteStore(ContextStore):
     def known_identity(self) -> str:
         return self.identity()
 
+    def _connection(self) -> sqlite3.Connection:
         if self._closed:
             raise StoreError(f"{self!r} is closed")
         # A forked child must not share the parent's connection (SQLite forbids it).
