@@ -647,6 +647,8 @@ class BudgetTracker:
             with self._state:
                 self._restore = {"ok": False, "at": self._now().isoformat(),
                                  "error": f"the store did not answer within {timeout_s:g} s"}
+                # Collections spool instead of waiting on the store until it answers.
+                self._read_up = False
             self._use_local_copy()
             return
         if errors:
