@@ -571,3 +571,20 @@ def test_an_alert_claim_the_store_refuses_degrades_health(clock: FakeClock) -> N
                    for r in health["reasons"])
     finally:
         meter.shutdown(timeout=5)
+
+
+def test_a_nudge_row_that_is_not_json_does_not_break_reading_the_day(tmp_path: Path) -> None:
+    from otel_budget import read_day
+
+    path = tmp_path / "b.db"
+    store = SQLiteStore(path)
+    try:
+        store.merge_writer({"date": "2026-11-25", "writer_id": "w", "instance_id": "i",
+                            "spend_usd": 1.0, "seq": 1, "updated_at": "x"})
+        with closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("INSERT INTO quilt_patches (patch_type, name, content) "
+                         "VALUES ('sibling_nudge', 'budget_alert_2026-11-25_80', '{oops')")
+        day = read_day(store, "2026-11-25")
+        assert day["total_usd"] == 1.0 and day["nudges"] == []
+    finally:
+        store.close()

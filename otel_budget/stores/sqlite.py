@@ -442,12 +442,17 @@ class SQLiteStore(ContextStore):
             conn = self._connection()
             try:
                 rows = conn.execute(
+                    # A hand-edited row that is not JSON is no nudge: skipped, never an
+                    # error for the whole day (json_extract would raise on it).
                     "SELECT name, content FROM quilt_patches WHERE patch_type = 'sibling_nudge' "
-                    "AND json_extract(content, '$.date') = ? ORDER BY name", (day,),
+                    "AND CASE WHEN json_valid(content) THEN json_extract(content, '$.date') "
+                    "END = ? ORDER BY name", (day,),
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"reading the nudges of {day} failed: {exc}") from None
-        return [loads_content(text, patch_type="sibling_nudge", name=name) for name, text in rows]
+        nudges = [loads_content(text, patch_type="sibling_nudge", name=name)
+                  for name, text in rows]
+        return [n for n in nudges if isinstance(n, dict)]
 
     # --- budget leases (otel_budget.leases) --------------------------------------------
 
