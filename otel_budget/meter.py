@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import ObservableCounter as SdkObservableCounter
 from opentelemetry.sdk.metrics.export import MetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from . import ledger, lifecycle
 from ._version import __version__
@@ -36,7 +38,16 @@ from .health import MatchKeyWatch, build_health
 from .leases import FleetLease, LeaseStore, supports_leases
 from .ledger import UsdAmount
 from .notify import Notifier, NotifierDispatcher
-from .reader import SCOPE_NAME, SPEND_INSTRUMENT, BudgetReader
+from .reader import (
+    SCOPE_NAME,
+    SPEND_DESCRIPTION,
+    SPEND_INSTRUMENT,
+    SPEND_UNIT,
+    BudgetReader,
+    LedgerReader,
+    SpendPoints,
+    ledger_collecting,
+)
 from .refusals import ENTRY_KEY as REFUSALS_KEY
 from .refusals import RefusalLog
 from .reservations import RESERVE_ATTEMPTS, Reservation, ReservationBook
@@ -209,7 +220,6 @@ class BudgetMeter:
     def _wire_provider(
         self, app_provider: MeterProvider | None, metric_readers: Sequence[MetricReader]
     ) -> None:
-        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
         from prometheus_client import CollectorRegistry
 
         from .scrape import ScrapeTimePrometheus
@@ -226,6 +236,7 @@ class BudgetMeter:
         # keeping a Prometheus reader on the provider: each reader aggregates every
         # synchronous measurement again (the token histogram's two per call).
         scrape: Callable[[], MetricsData | None]
+        local_reader: MetricReader | None = None
         if app_provider is None:
             self._reader = BudgetReader()
             provider = MeterProvider(
@@ -242,11 +253,10 @@ class BudgetMeter:
             self._owns_export_provider = False
             # The app's provider exports; /metrics and the collections of a provider
             # we cannot add readers to come from a private one over the same ledger.
-            local_reader: MetricReader
             if bound is not None:
                 self._reader = bound
-                local_reader = InMemoryMetricReader()
-                scrape = local_reader.get_metrics_data
+                local_reader = LedgerReader()
+                scrape = local_reader.collect_data
             else:
                 self._reader = local_reader = BudgetReader()
                 scrape = self._reader.collect_data
@@ -263,14 +273,33 @@ class BudgetMeter:
         self._register_instruments(self._export_meter)
         if self._local_provider is not self._export_provider:
             self._register_instruments(self._local_provider.get_meter(SCOPE_NAME, __version__))
+        if self._spend_exported:
+            self._feed_ledger_readers(local_reader)
         token_metrics = self._config.token_metrics
         self._token_metrics = self._owns_export_provider if token_metrics is None else token_metrics
+
+    def _feed_ledger_readers(self, local_reader: MetricReader | None) -> None:
+        """The readers that build llm.spend from the ledger (reader.py) get its points."""
+        scope = InstrumentationScope(SCOPE_NAME, __version__)
+        ledger_ = self._ledger
+        tracker = self._tracker
+
+        def spend_points() -> SpendPoints:
+            # Each process's series of its own (see the observable callback).
+            return (ledger_.export_points(), {WRITER_ATTRIBUTE: tracker.writer_id},
+                    ledger_.export_start_ns)
+
+        self._reader.set_spend_source(spend_points, resource=self._resource, scope=scope)
+        if isinstance(local_reader, LedgerReader) and local_reader is not self._reader:
+            local_reader.set_spend_source(spend_points, resource=self._resource, scope=scope)
 
     def _register_instruments(self, otel_meter: Meter) -> None:
         ledger_ = self._ledger
         tracker = self._tracker
 
         def spend(options: CallbackOptions) -> Iterable[Observation]:
+            if ledger_collecting():  # a LedgerReader builds its llm.spend points itself
+                return ()
             # Integer nanos / 1e9 is the float nearest the exact amount already.
             per_usd = ledger.NANOS_PER_USD
             # Each process's series of its own, whatever resource it shares (workers
@@ -279,10 +308,11 @@ class BudgetMeter:
             return [Observation(nanos / per_usd, {**attrs, WRITER_ATTRIBUTE: writer})
                     for attrs, nanos in ledger_.export_points()]
 
-        otel_meter.create_observable_counter(
-            SPEND_INSTRUMENT, callbacks=[spend], unit="USD",
-            description="Money spent on LLM calls",
+        instrument = otel_meter.create_observable_counter(
+            SPEND_INSTRUMENT, callbacks=[spend], unit=SPEND_UNIT, description=SPEND_DESCRIPTION,
         )
+        # OTEL_SDK_DISABLED gives no-op instruments: then no reader exports llm.spend.
+        self._spend_exported = isinstance(instrument, SdkObservableCounter)
         refusals = self._refusals
 
         def refused(options: CallbackOptions) -> Iterable[Observation]:

@@ -9,6 +9,16 @@ numbers is the tracker's job (tracker.py); the numbers live in the ledger.
 Put it on your own MeterProvider next to your exporters and hand that provider to
 `BudgetMeter(config, meter_provider=provider)`: the meter finds the reader there
 and binds it, so no second provider is built.
+
+`llm.spend` in this reader's collections is built from the ledger's cells
+(`LedgerReader`): the SDK's observable path costs about 10 µs per attribute set and
+per reader collection (an Observation, a Measurement, attribute cleaning, an
+aggregation per set held in each reader's storage), this about 1 µs. The observable
+instrument stays registered for every other reader on the provider (an OTLP
+exporter, the app's readers, with whatever temporality they ask for): its callback
+yields nothing while a LedgerReader collects in this thread, and the reader splices
+its own points into the data it receives. Both read the same ledger sums, so every
+reader exports the same values.
 """
 
 from __future__ import annotations
@@ -21,7 +31,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from opentelemetry.sdk.metrics.export import MetricReader, MetricsData
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Metric,
+    MetricReader,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from . import ledger
 
@@ -31,10 +52,128 @@ if TYPE_CHECKING:
 SCOPE_NAME = "otel_budget"
 SPEND_INSTRUMENT = "llm.spend"
 
+SPEND_UNIT = "USD"
+SPEND_DESCRIPTION = "Money spent on LLM calls"
+
 _log = logging.getLogger("otel_budget")
+_ledger_collecting = threading.local()
+_NO_EXEMPLARS: tuple[()] = ()
+
+#: What a spend source returns: (attributes, nano-USD) per attribute set, the extra
+#: attributes every point carries, and the start of the cumulative series (ns).
+SpendPoints = tuple[list[tuple[dict[str, Any], int]], dict[str, Any], int]
 
 
-class BudgetReader(MetricReader):
+def ledger_collecting() -> bool:
+    """True while a LedgerReader collects in this thread: the observable `llm.spend`
+    callback then yields nothing (the reader adds the ledger's points itself)."""
+    return bool(getattr(_ledger_collecting, "on", False))
+
+
+def spend_metric(points: SpendPoints, now_ns: int) -> Metric | None:
+    """The cumulative, monotonic `llm.spend` Sum of these ledger points (None for no
+    points, as the SDK leaves out an instrument that observed nothing)."""
+    cells, extra, start_ns = points
+    if not cells:
+        return None
+    per_usd = ledger.NANOS_PER_USD
+    data_points = [
+        NumberDataPoint(attributes={**attrs, **extra}, start_time_unix_nano=start_ns,
+                        time_unix_nano=now_ns, value=nanos / per_usd, exemplars=_NO_EXEMPLARS)
+        for attrs, nanos in cells
+    ]
+    return Metric(name=SPEND_INSTRUMENT, description=SPEND_DESCRIPTION, unit=SPEND_UNIT,
+                  data=Sum(data_points=data_points, is_monotonic=True,
+                           aggregation_temporality=AggregationTemporality.CUMULATIVE))
+
+
+def splice_metric(data: MetricsData | None, metric: Metric, resource: Resource,
+                  scope: InstrumentationScope) -> MetricsData:
+    """`data` with `metric` added to `scope`'s metrics (replacing one of the same name)."""
+    if data is None or not data.resource_metrics:
+        return MetricsData(resource_metrics=[ResourceMetrics(
+            resource=resource, schema_url=resource.schema_url,
+            scope_metrics=[ScopeMetrics(scope=scope, metrics=[metric], schema_url="")])])
+    first = data.resource_metrics[0]
+    scopes = list(first.scope_metrics)
+    for i, scope_metrics in enumerate(scopes):
+        if scope_metrics.scope.name == scope.name:
+            metrics = [m for m in scope_metrics.metrics if m.name != metric.name]
+            metrics.append(metric)
+            scopes[i] = ScopeMetrics(scope=scope_metrics.scope, metrics=metrics,
+                                     schema_url=scope_metrics.schema_url)
+            break
+    else:
+        scopes.append(ScopeMetrics(scope=scope, metrics=[metric], schema_url=""))
+    return MetricsData(resource_metrics=[
+        ResourceMetrics(resource=first.resource, scope_metrics=scopes,
+                        schema_url=first.schema_url),
+        *data.resource_metrics[1:],
+    ])
+
+
+class LedgerReader(MetricReader):
+    """A reader whose `llm.spend` points come from the ledger (see the module
+    docstring); everything else is the SDK's collection. Keeps the latest data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._spend_source: Callable[[], SpendPoints] | None = None
+        self._resource = Resource.get_empty()
+        self._scope = InstrumentationScope(SCOPE_NAME)
+        self._latest: MetricsData | None = None
+        self._received = False
+
+    def set_spend_source(self, source: Callable[[], SpendPoints], *, resource: Resource,
+                         scope: InstrumentationScope) -> None:
+        self._spend_source = source
+        self._resource = resource
+        self._scope = scope
+
+    def _receive_metrics(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> None:
+        self._received = True
+        self._latest = self._with_spend(metrics_data)
+
+    def _with_spend(self, data: MetricsData | None) -> MetricsData | None:
+        source = self._spend_source
+        if source is None:
+            return data
+        metric = spend_metric(source(), time.time_ns())
+        if metric is None:
+            return data
+        return splice_metric(data, metric, self._resource, self._scope)
+
+    def collect_spliced(self) -> None:
+        """One SDK collection with `llm.spend` from the ledger."""
+        if self._collect is None:  # on no provider: the ledger's points alone
+            self._latest = self._with_spend(None)
+            return
+        self._received = False
+        _ledger_collecting.on = True
+        try:
+            self.collect()
+        finally:
+            _ledger_collecting.on = False
+        if not self._received:  # the SDK had nothing else to report
+            self._latest = self._with_spend(None)
+
+    def collect_data(self) -> MetricsData | None:
+        """One collection, without a store round (what /metrics renders)."""
+        self.collect_spliced()
+        return self._latest
+
+    @property
+    def latest(self) -> MetricsData | None:
+        """What the last collection produced (None if nothing yet)."""
+        return self._latest
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
+class BudgetReader(LedgerReader):
     def __init__(self) -> None:
         super().__init__()
         self._tracker: BudgetTracker | None = None
@@ -43,7 +182,6 @@ class BudgetReader(MetricReader):
         self._thread: threading.Thread | None = None
         self._timer_wanted = False
         self._closed = False
-        self._latest: MetricsData | None = None
         self._clock: Callable[[], datetime] | None = None
         self._tz: ZoneInfo | None = None
 
@@ -59,21 +197,6 @@ class BudgetReader(MetricReader):
         self._interval = interval_s
         self._clock = clock or tracker.now
         self._tz = tz
-
-    def _receive_metrics(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> None:
-        self._latest = metrics_data
-
-    def collect_data(self) -> MetricsData | None:
-        """One SDK collection, without a store round (what /metrics renders)."""
-        self.collect()
-        return self._latest
-
-    @property
-    def latest(self) -> MetricsData | None:
-        """What the last collection read from the provider (None if nothing yet)."""
-        return self._latest
 
     # --- the timer --------------------------------------------------------------
 
@@ -121,7 +244,7 @@ class BudgetReader(MetricReader):
             return False
         if self._collect is not None:  # registered on a MeterProvider
             try:
-                self.collect()
+                self.collect_spliced()
             except Exception:
                 _log.exception("otel_budget: SDK collection failed")
         due = tracker.count_collection() if counted else False

@@ -99,6 +99,8 @@ class SpendLedger:
         self._export: dict[frozenset[Any], _Bucket] = {}
         self._export_overflow = _Bucket(dict(ledger.OVERFLOW_ATTRIBUTES))
         self._closed_days: list[DaySnapshot] = []
+        #: When the lifetime sums started (the cumulative series' start time).
+        self.export_start_ns = time.time_ns()
         self._start_day(self._now_date())
 
     # --- the hot path -----------------------------------------------------------
@@ -291,6 +293,7 @@ class SpendLedger:
         inherited = self._snapshot_locked()
         self._export = {}
         self._export_overflow = _Bucket(dict(ledger.OVERFLOW_ATTRIBUTES))
+        self.export_start_ns = time.time_ns()
         self._closed_days = []
         self._start_day(self._day)
         return inherited
