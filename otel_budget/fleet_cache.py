@@ -6,9 +6,11 @@ its window (this writer's own included: a restarted process is a new writer, and
 what its predecessor spent is the fleet's) and the day's total, as last read.
 
 Written atomically (a temporary file, fsync, rename; 0600) in the spool's root
-directory, one file per store (keyed by the store's description, which carries no
-secret). A missing, unreadable or malformed copy is ignored: it only ever raises
-the floor the fleet view starts from, and the store's answer replaces it.
+directory, one file per store (keyed by `spool.store_locator`: where the store
+leads as far as can be told offline, so a process starting during an outage finds
+the copy whatever the URL's spelling; it carries no secret). A missing, unreadable
+or malformed copy is ignored: it only ever raises the floor the fleet view starts
+from, and the store's answer replaces it.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ _VERSION = 1
 _MAX_BYTES = 1 << 20
 
 
-def cache_path(spool_directory: Path, store_key: str) -> Path:
-    """The copy's file: in the spool's root (the parent of the store's spool directory)."""
-    digest = hashlib.sha256(store_key.encode("utf-8", "backslashreplace")).hexdigest()[:24]
-    return spool_directory.parent / f"fleet-{digest}.json"
+def cache_path(spool_root: Path, store_locator: str) -> Path:
+    """The copy's file, in the spool's root directory."""
+    digest = hashlib.sha256(store_locator.encode("utf-8", "backslashreplace")).hexdigest()[:24]
+    return spool_root / f"fleet-{digest}.json"
 
 
 def save(path: Path, *, day: date, total_usd: float, windows: Mapping[str, tuple[str, float]],

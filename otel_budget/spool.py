@@ -148,7 +148,7 @@ class Spool:
                           else default_spool_dir())
         except SpoolError as exc:
             self._root, self._error = None, str(exc)
-        locator = store_key if store_key is not None else _locator_of(store)
+        locator = store_key if store_key is not None else store_locator(store)
         self._locator = f"at:{locator}"
         self._fixed_identity = store_key is not None and store is None
         self._mac_key: bytes | None = None
@@ -476,7 +476,10 @@ class Spool:
         return out
 
 
-def _locator_of(store: Any) -> str:
+def store_locator(store: Any) -> str:
+    """Where a store leads as far as it can be told without I/O (no secret in it):
+    `spool_key` where the store has one, a SQLite file's real path, else the object.
+    Stable through an outage, unlike its identity, which needs an answer."""
     key = getattr(store, "spool_key", None)
     if isinstance(key, str) and key:
         return key

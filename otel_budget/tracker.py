@@ -29,7 +29,7 @@ from .config import BudgetConfig
 from .errors import CheckpointError, StoreError
 from .fleet import FleetView
 from .spend import DaySnapshot, SpendLedger
-from .spool import Spool
+from .spool import Spool, store_locator
 from .stores.base import PatchStore
 from .stores.entries import WRITER_TYPE, MergeResult
 
@@ -68,8 +68,8 @@ class BudgetTracker:
         )
         self._checkpointer = Checkpointer(store, spool, instance_id=instance_id,
                                           timezone=config.timezone, started_at=self._now())
-        self._cache_path = (fleet_cache.cache_path(spool.directory, repr(store))
-                            if spool is not None else None)
+        self._cache_path = (fleet_cache.cache_path(spool.root, store_locator(store))
+                            if spool is not None and spool.root is not None else None)
         self._state = threading.Lock()
         self._io = threading.Lock()
         self._again = False

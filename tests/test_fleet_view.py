@@ -21,6 +21,8 @@ from otel_budget.fleet import (
     rolled,
 )
 from otel_budget.fleet_cache import cache_path, load, save
+from otel_budget.spool import store_locator
+from otel_budget.stores.base import open_store
 from otel_budget.stores.entries import DayTotals, summarize, writer_row_name
 
 DAY = date(2026, 11, 25)
@@ -187,12 +189,12 @@ def test_the_view_is_immutable() -> None:
 
 
 def test_the_local_copy_round_trips_the_current_windows_only(tmp_path: Any) -> None:
-    spool_dir = tmp_path / "spool" / "abc"
-    spool_dir.mkdir(parents=True)
-    path = cache_path(spool_dir, "SQLiteStore('/x.db')")
+    spool_root = tmp_path / "spool"
+    spool_root.mkdir(mode=0o700)
+    path = cache_path(spool_root, "sqlite:/x.db")
     save(path, day=DAY, total_usd=7.5, windows={"daily": (TODAY, 7.5), "week": ("2026-W47", 9.0)},
          read_at=AT)
-    assert path.parent == spool_dir.parent and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert path.parent == spool_root and oct(path.stat().st_mode & 0o777) == "0o600"
     view = load(path, day=DAY, windows={"daily": TODAY, "week": "2026-W48"})
     assert view is not None and view.source == SOURCE_LOCAL and view.read_at == AT
     assert view.window_budget("daily") == 7.5
@@ -293,3 +295,18 @@ def test_an_entry_read_without_its_breakdown_is_completed_from_the_same_seq_only
     filled = fill_from_cache(light, view, (DAILY, TEAM))
     assert filled is not None and filled["by_budget"] == {"daily": 4.0, "team": 4.0}
     assert fill_from_cache({**light, "seq": 2}, view, (DAILY, TEAM)) is None, "a newer seq"
+
+
+def test_the_local_copy_is_found_whatever_the_urls_spelling(tmp_path: Any,
+                                                              monkeypatch: Any) -> None:
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    spellings = [f"sqlite:///{tmp_path / 'x.db'}", "sqlite:///../x.db",
+                 f"sqlite:///{tmp_path / 'sub' / '..' / 'x.db'}"]
+    paths = set()
+    for url in spellings:
+        with open_store(url) as store:
+            paths.add(cache_path(tmp_path, store_locator(store)))
+    assert len(paths) == 1
+    with open_store(f"sqlite:///{tmp_path / 'other.db'}") as store:
+        assert cache_path(tmp_path, store_locator(store)) not in paths
