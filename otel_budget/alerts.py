@@ -18,6 +18,8 @@ class AlertBook:
         self._claimed: set[AlertKey] = set()
 
     def due(self, budget: Budget, window: str, spend_usd: float) -> list[float]:
+        if budget.per is not None:
+            return []  # its cap is each key's: alerts per key (otel_budget.perkey)
         return [
             ratio for ratio in budget.alert_ratios
             if (budget.name, window, ratio) not in self._claimed

@@ -56,6 +56,9 @@ class Budget:
     #: "fleet" or "process"; None (the default) is resolved at construction: "fleet"
     #: for a hard budget, else "process". Never None on a built Budget.
     enforce: str | None = None
+    #: An attribute name, or a tuple of them: each distinct value (combination) is a
+    #: key with its own cap, window, alerts and refusals (see otel_budget.perkey).
+    per: str | tuple[str, ...] | None = None
     _match: tuple[tuple[str, frozenset[Any]], ...] = field(
         init=False, compare=False, repr=False, hash=False
     )
@@ -92,6 +95,12 @@ class Budget:
         if self.enforce == "fleet" and not self.hard:
             raise ConfigError(f"{where}: enforce: 'fleet' applies to hard budgets only "
                               "(set hard=True)")
+        object.__setattr__(self, "per", _check_per(self.per, where))
+        if self.per is not None and self.hard and self.enforce != "fleet":
+            # A key's cap per process would let N workers spend N caps on one customer,
+            # and a process cannot keep every key's spend (the bound): only the store can.
+            raise ConfigError(f"{where}: per: a hard per-key budget is enforced across the "
+                              "fleet (enforce='fleet'), not per process")
         object.__setattr__(self, "_match", _compile_match(self.match, where))
         object.__setattr__(self, "_patterns", _compile_patterns(self._match))
         if self.match is not None:
@@ -126,10 +135,55 @@ class Budget:
             return not self._match
         return self.matches(attributes)
 
+    def key_of(self, attributes: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+        """This call's key (the `per` attributes' values, in `per`'s order), or None
+        for a budget without `per`. A call lacking one of them is not free: it counts
+        under the value None there (shown "(unset)")."""
+        per = self.per
+        if per is None:
+            return None
+        if not attributes:
+            return (None,) * len(per)
+        return tuple(_key_value(attributes.get(name)) for name in per)
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "period": self.period,
-                "match": dict(self.match) if self.match is not None else None,
-                "cap_usd": self.cap_usd, "hard": self.hard, "enforce": self.enforce}
+        out: dict[str, Any] = {"name": self.name, "period": self.period,
+                               "match": dict(self.match) if self.match is not None else None,
+                               "cap_usd": self.cap_usd, "hard": self.hard,
+                               "enforce": self.enforce}
+        if self.per is not None:
+            out["per"] = list(self.per)
+        return out
+
+
+#: A `per` value may name at most this many attributes.
+MAX_PER_ATTRIBUTES = 8
+
+
+def _key_value(value: Any) -> Any:
+    # A sequence attribute (OTel allows them) keys by its items; lists are unhashable.
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _check_per(per: Any, where: str) -> tuple[str, ...] | None:
+    if per is None:
+        return None
+    names = [per] if isinstance(per, str) else per
+    if not isinstance(names, (list, tuple)) or not names:
+        raise ConfigError(f"{where}: per: must be an attribute name or a non-empty list "
+                          f"of them, got {per!r:.80}")
+    if len(names) > MAX_PER_ATTRIBUTES:
+        raise ConfigError(f"{where}: per: at most {MAX_PER_ATTRIBUTES} attribute names, "
+                          f"got {len(names)}")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: per: attribute names must be non-empty strings, "
+                              f"got {name!r:.80}")
+        if (problem := _text_problem(name)) is not None:
+            raise ConfigError(f"{where}: per: attribute name {name!r:.80} {problem}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: per: names an attribute twice: {list(names)!r:.120}")
+    return tuple(names)
 
 
 _MISSING = object()
@@ -198,7 +252,7 @@ def daily_budget(cap_usd: float, alert_ratios: tuple[float, ...]) -> Budget:
                   enforce="fleet")
 
 
-_FIELDS = ("name", "cap_usd", "period", "match", "alert_ratios", "hard", "enforce")
+_FIELDS = ("name", "cap_usd", "period", "match", "alert_ratios", "hard", "enforce", "per")
 
 
 def budget_from_mapping(raw: Any, where: str) -> Budget:

@@ -50,6 +50,10 @@ class BudgetConfig:
     #: Model ids the price table does not know -> ids it does (Azure deployment names,
     #: gateway aliases): {"my-gpt4o-deployment": "gpt-4o"}. Case-insensitive names.
     model_aliases: Mapping[str, str] | None = None
+    #: A per-key budget's keys in one writer's entry per day (the rest fold into one
+    #: "(overflow)" item there; each still counts toward its own cap through its
+    #: lease): see otel_budget.perkey.
+    max_keys_per_budget: int = 10_000
     _tz: ZoneInfo = field(init=False, compare=False)
     _all_budgets: tuple[Budget, ...] = field(init=False, compare=False)
 
@@ -94,6 +98,9 @@ class BudgetConfig:
         limit = self.max_attribute_sets
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ConfigError(f"max_attribute_sets must be an integer >= 1, got {limit!r}")
+        keys = self.max_keys_per_budget
+        if not isinstance(keys, int) or isinstance(keys, bool) or keys < 1:
+            raise ConfigError(f"max_keys_per_budget must be an integer >= 1, got {keys!r}")
         max_call = self.max_call_usd
         if not _is_number(max_call) or not math.isfinite(max_call) or max_call <= 0:
             raise ConfigError(f"max_call_usd must be a finite number > 0, got {max_call!r}")

@@ -24,14 +24,17 @@ class NotifyError(BudgetError):
 
 
 class BudgetExceeded(BudgetError):
-    """A guarded call would pass a hard budget's cap. `.budget` names the budget."""
+    """A guarded call would pass a hard budget's cap. `.budget` names the budget and
+    `.key` the key of a per-key budget."""
 
     def __init__(
         self, *, date: str, daily_spend_usd: float, reserved_usd: float,
         estimated_usd: float, daily_cap_usd: float, budget: str = "daily",
-        window: str | None = None,
+        window: str | None = None, key: dict[str, object] | None = None,
     ) -> None:
         self.budget = budget
+        #: A per-key budget's key ({attribute: value} of its `per` attributes), else None.
+        self.key = key
         self.window = window or date
         self.date = date
         self.daily_spend_usd = self.spend_usd = daily_spend_usd
@@ -41,8 +44,9 @@ class BudgetExceeded(BudgetError):
         self.exceeded_by_usd = round(
             daily_spend_usd + reserved_usd + estimated_usd - daily_cap_usd, 9
         )
+        of_key = f" for {key!r}" if key is not None else ""
         super().__init__(
-            f"budget {budget!r} ({self.window}) would be exceeded by ${self.exceeded_by_usd:.6f}: "
+            f"budget {budget!r}{of_key} ({self.window}) would be exceeded by ${self.exceeded_by_usd:.6f}: "
             f"spent ${daily_spend_usd:.6f} + reserved ${reserved_usd:.6f} "
             f"+ estimated ${estimated_usd:.6f} > cap ${daily_cap_usd:.6f}"
         )

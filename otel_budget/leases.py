@@ -454,6 +454,12 @@ class FleetLease:
                 self._open = max(0, self._open - 1)
             self.draws -= 1
 
+    def holds_nothing(self) -> bool:
+        """No lease, no open draw, no prefetch in flight: the object can be dropped
+        (a per-key budget's key leases come and go with the keys in use)."""
+        with self._lock:
+            return self._lease_id is None and self._open == 0 and not self._prefetching
+
     def remaining(self) -> float:
         with self._lock:
             if not self._valid_locked(self._mono()):

@@ -38,6 +38,7 @@ from .health import MatchKeyWatch, build_health
 from .leases import FleetLease, LeaseStore, supports_leases
 from .ledger import UsdAmount
 from .notify import Notifier, NotifierDispatcher
+from .perkey import KEY_FIELD, PerKey
 from .reader import (
     SCOPE_NAME,
     SPEND_DESCRIPTION,
@@ -134,6 +135,8 @@ class BudgetMeter:
         self._ledger = self._tracker.ledger
         self._budget_index = {b.name: b for b in config.all_budgets}
         self._leases = self._make_leases(config)
+        # None without a per-key budget: record() then pays nothing for them.
+        self._perkey = self._make_perkey(config)
         tracker = self._tracker
         self._refusals = RefusalLog(
             writer=lambda: tracker.writer_id, clock=clock,
@@ -142,14 +145,17 @@ class BudgetMeter:
         # `otel-budget status` see the fleet's.
         self._tracker.add_entry_field(REFUSALS_KEY, self._refusals.day_field)
         self._book = ReservationBook(
-            budgets=config.all_budgets, spend_of=self._tracker.budget_spend,
-            window_of=self._tracker.window_of, record=self.record,
+            budgets=config.all_budgets, spend_of=self._spend_of,
+            window_of=self._window_of, record=self.record,
             check_amount=self._check_amount, leases=self._leases,
             on_refusal=self._refusals.record_exception,
-            day=lambda: self._tracker.day,
+            day=lambda: self._tracker.day, keyed=self._perkey,
         )
         if self._leases:
             self._tracker.add_round_hook(self._lease_round)
+        if self._perkey is not None:
+            self._tracker.add_entry_field(KEY_FIELD, self._perkey.book.entry_field)
+            self._tracker.add_round_hook(self._perkey_round)
         self._match_watch = MatchKeyWatch(config.all_budgets, config.collect_interval_s)
         self._tracker.add_round_hook(self._watch_match_keys)
         self._providers_to_shutdown: list[MeterProvider] = []
@@ -161,6 +167,44 @@ class BudgetMeter:
         self._closed = False
 
     # --- wiring -------------------------------------------------------------------
+
+    def _lease_timing(self, config: BudgetConfig) -> tuple[float, float]:
+        ttl = config.resolved_lease_ttl_s
+        # An idle writer's lease goes back within seconds: its surplus is what a busy
+        # writer would otherwise be refused.
+        return ttl, max(2 * config.collect_interval_s, min(ttl / 3, 5.0))
+
+    def _make_perkey(self, config: BudgetConfig) -> PerKey | None:
+        if not any(b.per is not None for b in config.all_budgets):
+            return None
+        tracker = self._tracker
+        ttl, idle = self._lease_timing(config)
+        return PerKey(
+            config.all_budgets, max_keys=config.max_keys_per_budget, store=self._store,
+            writer_id=lambda: tracker.writer_id, day=self._current_day, now=tracker.now,
+            window_of=tracker.window_of, ttl_s=ttl, idle_s=idle,
+            # Other writers' entries change at their checkpoints: re-read no more often
+            # (and at least every 30 s, whatever the collection interval).
+            refresh_s=min(30.0, max(0.5, config.checkpoint_every * config.collect_interval_s)),
+            sibling=config.sibling, instance_id=self._instance_id,
+            submit_nudge=self._dispatcher.submit,
+        )
+
+    def _perkey_round(self) -> None:
+        if self._closed or self._perkey is None:
+            return
+        self._perkey.on_round(self._config.collect_interval_s,
+                              store_suspect=not self._tracker.store_answers())
+
+    def _spend_of(self, name: str) -> float:
+        if self._perkey is not None and PerKey.owns(name):
+            return self._perkey.spend(name)
+        return self._tracker.budget_spend(name)
+
+    def _window_of(self, name: str) -> str:
+        if self._perkey is not None and PerKey.owns(name):
+            return self._perkey.window(name)
+        return self._tracker.window_of(name)
 
     def _make_leases(self, config: BudgetConfig) -> dict[str, FleetLease]:
         fleet = [b for b in config.all_budgets if b.hard and b.enforce == "fleet"]
@@ -179,6 +223,8 @@ class BudgetMeter:
         tracker = self._tracker
         leases = {}
         for budget in fleet:
+            if budget.per is not None:
+                continue  # each key has its own lease (perkey.PerKey), made when used
             name = budget.name
             leases[name] = FleetLease(
                 budget=name, cap_usd=budget.cap_usd, store=store,
@@ -210,6 +256,8 @@ class BudgetMeter:
                              else exc)
 
     def _release_leases(self) -> None:
+        if self._perkey is not None:
+            self._perkey.close()
         for lease in self._leases.values():
             try:
                 lease.close()
@@ -472,6 +520,8 @@ class BudgetMeter:
         self._refusals.after_fork_in_child()
         for lease in self._leases.values():
             lease.after_fork_in_child()  # the parent's lease stays the parent's
+        if self._perkey is not None:
+            self._perkey.after_fork_in_child()
         # A new writer is a new OTel service instance; the SDK keeps the resource on
         # its configuration object, which every reader's storage shares.
         resource = Resource.create({
@@ -500,6 +550,8 @@ class BudgetMeter:
         if self._closed:
             raise BudgetError("record() after shutdown(): this spend would be lost")
         self._ledger.add(round(cost_usd * 1e9), attributes)
+        if self._perkey is not None:
+            self._perkey.add(round(cost_usd * 1e9), attributes, self._current_day())
 
     def _current_day(self) -> date:
         # Priced on every record_usage: the ledger's lock-free read while the day is open.
@@ -676,7 +728,48 @@ class BudgetMeter:
                 info = lease.describe()
                 row["leased_usd"] = info["leased_usd"]
                 row["lease"] = info
+            budget = self._budget_index.get(row["name"])
+            if self._perkey is not None and budget is not None and budget.per is not None:
+                self._per_key_row(row, budget)
         return rows
+
+    def _per_key_row(self, row: dict[str, Any], budget: Any) -> None:
+        """A per-key budget's row: its cap is each key's, so its spend, remaining and
+        utilization are those of its biggest key (what health and the gauges compare
+        with the cap); `top_keys` the 10 biggest, fleet-wide as known; `keys` how many
+        keys are known in the window and `total_spend_usd` their sum."""
+        assert self._perkey is not None
+        top, count, total = self._perkey.top_keys(budget)
+        biggest = top[0]["spend_usd"] if top else 0.0
+        row.update({
+            "per": list(budget.per), "top_keys": top, "keys": count,
+            "total_spend_usd": total, "spend_usd": biggest,
+            "remaining_usd": ledger.remaining_usd(biggest, budget.cap_usd),
+            "utilization": ledger.utilization(biggest, budget.cap_usd),
+            "alerts_sent": [],
+        })
+
+    def budget(self, name: str, attributes: Attributes | None = None) -> dict[str, Any]:
+        """One budget's state, in the shape of a `budgets()` entry; for a per-key budget,
+        the state of the key `attributes` select (a missing `per` attribute selects its
+        "(unset)" key; without attributes, the budget's row with its top keys).
+        An unknown name raises ConfigError."""
+        budget = self._budget_index.get(name) if isinstance(name, str) else None
+        if budget is None:
+            raise ConfigError(f"no budget named {name!r:.120} (configured: "
+                              f"{', '.join(self._budget_index) or 'none'})")
+        if attributes is not None:
+            attributes = ledger.check_attributes(attributes)
+        row = next(r for r in self.budgets() if r["name"] == name)
+        if budget.per is None or attributes is None or self._perkey is None:
+            return row
+        state = self._perkey.key_state(budget, attributes)
+        for drop in ("top_keys", "keys", "total_spend_usd", "lease", "leased_usd"):
+            row.pop(drop, None)
+        row.update(state)
+        row["reserved_usd"] = self._book.held_usd(state.pop("lease_row"))
+        row.pop("lease_row", None)
+        return row
 
     def refusals(self, limit: int | None = None) -> list[dict[str, Any]]:
         """This process's recent refusals, newest first (budget, key, amount_usd,
@@ -689,8 +782,11 @@ class BudgetMeter:
 
     def lease_stats(self) -> dict[str, Any]:
         """Store round trips per reservation of the fleet budgets' leases (this process)."""
-        trips = sum(lease.round_trips for lease in self._leases.values())
-        draws = sum(lease.draws for lease in self._leases.values())
+        leases = list(self._leases.values())
+        if self._perkey is not None:
+            leases += self._perkey.leases()  # the keys' leases held now
+        trips = sum(lease.round_trips for lease in leases)
+        draws = sum(lease.draws for lease in leases)
         return {"round_trips": trips, "reservations": draws,
                 "round_trips_per_reservation": round(trips / draws, 4) if draws else None}
 

@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from . import ledger
 from .budgets import Budget
@@ -44,6 +44,19 @@ def would_pass_cap(
 
 
 ON_ERROR = ("record", "release")
+
+
+class KeyedBudgets(Protocol):
+    """Per-key budgets (otel_budget.perkey.PerKey): a call's key checked as a budget
+    of its own, named ``{budget}~{hash}``."""
+
+    def resolve(self, budget: Budget, attributes: Attributes | None) -> Budget: ...
+
+    def lease(self, name: str) -> FleetLease | None: ...
+
+    def key(self, name: str) -> dict[str, Any] | None: ...
+
+    def budget_named(self, name: str) -> Budget | None: ...
 
 #: Marks spend that is not a provider's billed usage (the DESIGN's "settlement marks").
 SETTLEMENT_ATTR = "otel_budget.settlement"
@@ -104,8 +117,11 @@ class ReservationBook:
         leases: Mapping[str, FleetLease] | None = None,
         on_refusal: Callable[[BudgetExceeded], None] | None = None,
         day: Callable[[], object] | None = None,
+        keyed: KeyedBudgets | None = None,
     ) -> None:
         self._hard = tuple(b for b in budgets if b.hard)
+        #: Per-key budgets' keys (None without a per-key budget: nothing to resolve).
+        self._keyed = keyed
         # Unsettled spend counts toward soft budgets too: shown per budget.
         self._all = tuple(budgets)
         self._day = day
@@ -181,7 +197,7 @@ class ReservationBook:
             if estimate <= 0.0:
                 return
             for budget in budgets:
-                lease = self._leases.get(budget.name)
+                lease = self._lease(budget.name)
                 if lease is not None and lease.remaining() < estimate - ledger.USD_EPSILON:
                     self.fill([lease], estimate)
         except BudgetExceeded as exc:
@@ -218,7 +234,26 @@ class ReservationBook:
 
     def refusal(self, budgets: Sequence[Budget], amount: float) -> BudgetExceeded:
         """The refusal of the first fleet budget among `budgets`."""
-        return self._lease_refusal(next(b for b in budgets if b.name in self._leases), amount)
+        return self._lease_refusal(next(b for b in budgets if self._lease(b.name) is not None),
+                                   amount)
+
+    def _lease(self, name: str) -> FleetLease | None:
+        lease = self._leases.get(name)
+        if lease is None and self._keyed is not None:
+            lease = self._keyed.lease(name)
+        return lease
+
+    def _named(self, name: str) -> Budget:
+        for budget in self._hard:
+            if budget.name == name:
+                return budget
+        keyed = self._keyed.budget_named(name) if self._keyed is not None else None
+        if keyed is None:
+            raise KeyError(name)
+        return keyed
+
+    def _key(self, name: str) -> dict[str, Any] | None:
+        return self._keyed.key(name) if self._keyed is not None else None
 
     def prepare(self, max_usd: UsdAmount, attributes: Attributes | None,
                 on_error: str) -> tuple[float, tuple[Budget, ...]]:
@@ -239,7 +274,7 @@ class ReservationBook:
             need: list[FleetLease] = []
             if amount > 0.0:
                 for budget in budgets:
-                    lease = self._leases.get(budget.name)
+                    lease = self._lease(budget.name)
                     if lease is None:
                         continue
                     got = lease.try_draw(amount)
@@ -279,10 +314,10 @@ class ReservationBook:
                     "(%s); refusing beyond the lease held", lease.budget,
                     describe_exception(exc) if isinstance(exc, BudgetError)
                     else type(exc).__name__)
-                budget = next(b for b in self._hard if b.name == lease.budget)
+                budget = self._named(lease.budget)
                 raise self._lease_refusal(budget, amount, store_down=True) from None
             if not granted:
-                budget = next(b for b in self._hard if b.name == lease.budget)
+                budget = self._named(lease.budget)
                 raise self._lease_refusal(budget, amount)
 
     def _lease_refusal(self, budget: Budget, amount: float, *,
@@ -292,17 +327,23 @@ class ReservationBook:
         window = self._window_of(budget.name)
         exc = BudgetExceeded(
             date=window, daily_spend_usd=ledger.round_usd(spend), reserved_usd=held,
-            estimated_usd=amount, daily_cap_usd=budget.cap_usd, budget=budget.name,
-            window=window,
+            estimated_usd=amount, daily_cap_usd=budget.cap_usd, budget=_public(budget.name),
+            window=window, key=self._key(budget.name),
         )
         why = ("the store cannot be reached to extend this writer's lease" if store_down
                else "the fleet's leases and spend leave less than that under the cap")
-        exc.args = (f"budget {budget.name!r} ({window}, enforced across the fleet): "
+        of_key = f" for {exc.key!r}" if exc.key is not None else ""
+        exc.args = (f"budget {exc.budget!r}{of_key} ({window}, enforced across the fleet): "
                     f"${amount:.6f} refused: {why} (cap ${budget.cap_usd:.6f})",)
         return exc
 
     def _covering(self, attributes: Attributes | None) -> tuple[Budget, ...]:
-        return tuple(b for b in self._hard if b.covers(attributes))
+        keyed = self._keyed
+        if keyed is None:
+            return tuple(b for b in self._hard if b.covers(attributes))
+        # A per-key budget is checked as its call's key: its own cap, spend and lease.
+        return tuple(keyed.resolve(b, attributes) if b.per is not None else b
+                     for b in self._hard if b.covers(attributes))
 
     def _check(self, estimate: float, budgets: Sequence[Budget]) -> None:
         for budget in budgets:
@@ -313,7 +354,7 @@ class ReservationBook:
                 raise BudgetExceeded(
                     date=window, daily_spend_usd=ledger.round_usd(spend), reserved_usd=held,
                     estimated_usd=estimate, daily_cap_usd=budget.cap_usd,
-                    budget=budget.name, window=window,
+                    budget=_public(budget.name), window=window, key=self._key(budget.name),
                 )
 
     def _close(self, token: int, actual: float | None, attributes: Attributes | None) -> None:
@@ -335,6 +376,12 @@ class ReservationBook:
                     self._held.pop(name, None)  # no float residue once nothing is held
                 else:
                     self._held[name] = left
+
+
+def _public(name: str) -> str:
+    """A per-key budget's key goes by ``{budget}~{hash}`` here; refusals name the
+    budget (and carry the key)."""
+    return name.partition("~")[0]
 
 
 class Reservation:

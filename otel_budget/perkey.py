@@ -1,0 +1,611 @@
+"""Budgets per key: ``Budget(name, cap_usd, per="customer")`` gives every distinct
+value of the `per` attribute(s) its own cap, window, alerts and refusals, fleet-wide.
+
+Where a key's spend lives:
+
+- **This writer, today** (`KeyBook`): integer nano-USD per key, per per-key budget.
+  A writer's entry carries, under ``by_key``, ``{budget: {key: usd}}`` for the keys
+  it saw that day: at most ``BudgetConfig.max_keys_per_budget`` keys per budget; the
+  rest fold into one ``"(overflow)"`` item there (the entry grows with the keys the
+  writer saw, never with all keys). Beyond the bound a key is still known exactly
+  in memory (up to ``EXTRA_FACTOR`` times the bound), and always counts toward its
+  own cap through its lease (below): never silently $0.
+- **The fleet** (`KeyFleet`): the sum of the stored entries' ``by_key`` over the
+  budget's window (every writer's rows of the earlier days, read once a day; the
+  other writers' rows of today, read at most every `refresh_s`), plus this writer's
+  own today. That is what alerts, `meter.budget()` and ``top_keys`` show, and what
+  a key's lease is told the fleet has seen (its ``seen_usd``).
+- **Hard caps** (`KeyLeases`): a hard per-key budget's key is a fleet lease of its
+  own, row ``budget_lease/lease_{budget}~{hash}_{window}`` (`hash`: 16 hex digits of
+  the key's SHA-256), created when a call for that key is first reserved in a
+  window and given back when idle: rows exist only for keys used. The escrow
+  invariant of `otel_budget.leases` holds per key, so one customer is refused across
+  the fleet while another passes.
+
+A call without a `per` attribute is not free: it counts under the value None there
+(shown ``"(unset)"``). Alerts are claimed once per (budget, key, window, ratio):
+``sibling_nudge`` rows named ``budget_alert_{budget}~{hash}_{window}_{pct}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import date, datetime
+from typing import Any
+
+from . import ledger
+from .alerts import build_nudge
+from .budgets import Budget
+from .errors import BudgetError
+from .leases import FleetLease
+
+_log = logging.getLogger("otel_budget")
+
+#: The writer entry's content key: {budget: {key_json: usd}}.
+KEY_FIELD = "by_key"
+#: The item of a writer entry's by_key that sums the keys beyond the bound.
+OVERFLOW_KEY = "(overflow)"
+#: How a key's missing attribute (None) is shown.
+UNSET = "(unset)"
+#: Keys known exactly in memory, per budget per day, as a multiple of the entry bound.
+EXTRA_FACTOR = 10
+#: Separates a budget's name from its key's hash in lease and alert row names
+#: (budget names cannot hold it, so no budget's rows collide with a key's).
+SEP = "~"
+#: Claims of per-key alerts tried per store round (a wave of keys crossing at once
+#: is claimed over the next rounds instead of holding up this one).
+MAX_CLAIMS_PER_ROUND = 200
+TOP_KEYS = 10
+
+
+# --- keys ---------------------------------------------------------------------------
+
+
+def _printable(value: Any) -> Any:
+    """A value fit for a JSON key stored in PostgreSQL (jsonb refuses NUL and lone
+    surrogates): unfit text is replaced by a stable, hashed stand-in."""
+    if isinstance(value, str):
+        if "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+            return f"(unprintable:{digest})"
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, tuple):
+        return [_printable(v) for v in value]
+    return value
+
+
+def key_json(values: Sequence[Any]) -> str:
+    """A key's canonical text: the JSON list of its values in `per`'s order."""
+    return json.dumps([_printable(v) for v in values], separators=(",", ":"),
+                      ensure_ascii=False)
+
+
+def key_hash(kjson: str) -> str:
+    return hashlib.sha256(kjson.encode("utf-8")).hexdigest()[:16]
+
+
+def key_budget_name(budget: str, kjson: str) -> str:
+    """The name a key goes by in lease and alert rows: ``{budget}~{hash}``."""
+    return f"{budget}{SEP}{key_hash(kjson)}"
+
+
+def key_dict(budget: Budget, kjson: str) -> dict[str, Any]:
+    per = budget.per or ()
+    try:
+        values = json.loads(kjson)
+    except ValueError:
+        values = None
+    if not isinstance(values, list) or len(values) != len(per):
+        return {name: None for name in per}
+    return dict(zip(per, values, strict=True))
+
+
+def key_label(key: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={UNSET if v is None else v}" for k, v in key.items())
+
+
+# --- this writer's spend per key, today -----------------------------------------------------
+
+
+class KeyBook:
+    """This process's spend per key of each per-key budget, for the day it is on
+    (the meter's day, passed in). Thread-safe; one lock, held for a dict update."""
+
+    def __init__(self, budgets: Sequence[Budget], *, max_keys: int) -> None:
+        self.budgets = tuple(b for b in budgets if b.per is not None)
+        self._max = max_keys
+        self._lock = threading.Lock()
+        self._day: date | None = None
+        self._start(None)
+        #: Fields of days that ended, until their final entry has been built.
+        self._closed: dict[str, dict[str, dict[str, float]]] = {}
+
+    def _start(self, day: date | None) -> None:
+        self._day = day
+        n = len(self.budgets)
+        self._keys: list[dict[str, int]] = [{} for _ in range(n)]
+        self._extra: list[dict[str, int]] = [{} for _ in range(n)]
+        self._overflow = [0] * n  # beyond the in-memory bound too
+
+    def add(self, nanos: int, attributes: Mapping[str, Any] | None, day: date) -> None:
+        """Count a recorded call (attributes already validated)."""
+        for index, budget in enumerate(self.budgets):
+            if not budget.matches(attributes):
+                continue
+            values = budget.key_of(attributes)
+            assert values is not None
+            kjson = key_json(values)
+            with self._lock:
+                if day != self._day:
+                    self._roll_locked(day)
+                keys = self._keys[index]
+                if kjson in keys:
+                    keys[kjson] += nanos
+                elif len(keys) < self._max:
+                    keys[kjson] = nanos
+                else:
+                    extra = self._extra[index]
+                    if kjson in extra:
+                        extra[kjson] += nanos
+                    elif len(extra) < self._max * EXTRA_FACTOR:
+                        extra[kjson] = nanos
+                    else:
+                        self._overflow[index] += nanos
+
+    def _roll_locked(self, day: date) -> None:
+        if self._day is not None and day > self._day:
+            self._closed[self._day.isoformat()] = self._field_locked()
+            # Only the last few closed days are waited for (their final entries are
+            # written at the next store round).
+            for old in sorted(self._closed)[:-3]:
+                del self._closed[old]
+        elif self._day is not None and day < self._day:
+            return  # a clock step back: stay on the later day
+        self._start(day)
+
+    def _field_locked(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for index, budget in enumerate(self.budgets):
+            items = {k: ledger.from_nanos(n) for k, n in self._keys[index].items()}
+            folded = sum(self._extra[index].values()) + self._overflow[index]
+            if folded:
+                items[OVERFLOW_KEY] = ledger.from_nanos(folded)
+            if items:
+                out[budget.name] = items
+        return out
+
+    def entry_field(self, day: str) -> dict[str, dict[str, float]] | None:
+        """The ``by_key`` field of this writer's entry for `day` (None: no such spend)."""
+        with self._lock:
+            if self._day is not None and day == self._day.isoformat():
+                field = self._field_locked()
+            else:
+                field = self._closed.get(day) or {}
+        return field or None
+
+    def own_usd(self, budget: Budget, kjson: str, day: date) -> float:
+        """This writer's spend on the key today (0 beyond the in-memory bound: such a
+        key's spend is then counted by its lease only)."""
+        index = self.budgets.index(budget)
+        with self._lock:
+            if day != self._day:
+                return 0.0
+            nanos = self._keys[index].get(kjson)
+            if nanos is None:
+                nanos = self._extra[index].get(kjson, 0)
+        return ledger.from_nanos(nanos)
+
+    def own_keys(self, budget: Budget, day: date) -> dict[str, int]:
+        index = self.budgets.index(budget)
+        with self._lock:
+            if day != self._day:
+                return {}
+            return {**self._extra[index], **self._keys[index]}
+
+    def keys_today(self) -> dict[str, int]:
+        """Keys per budget in this writer's entry today (health, tests)."""
+        with self._lock:
+            return {b.name: len(self._keys[i]) for i, b in enumerate(self.budgets)}
+
+    def after_fork_in_child(self) -> None:
+        """What the parent counted is the parent's to checkpoint."""
+        self._lock = threading.Lock()
+        self._closed = {}
+        self._start(self._day)
+
+
+# --- the fleet's spend per key ---------------------------------------------------------------
+
+
+def _amount(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and 0 <= value <= 1e12)
+
+
+def add_entry_keys(into: dict[str, dict[str, float]], entry: Mapping[str, Any],
+                   names: Iterable[str]) -> bool:
+    """Add one writer entry's ``by_key`` of budgets `names` into `into`; False if the
+    field is malformed (then nothing of it is added)."""
+    field = entry.get(KEY_FIELD)
+    if field is None:
+        return True
+    if not isinstance(field, Mapping):
+        return False
+    wanted: list[tuple[str, Mapping[str, Any]]] = []
+    for name in names:
+        items = field.get(name)
+        if items is None:
+            continue
+        if not isinstance(items, Mapping) or not all(_amount(v) for v in items.values()):
+            return False
+        wanted.append((name, items))
+    for name, items in wanted:
+        sums = into.setdefault(name, {})
+        for key, usd in items.items():
+            sums[key] = sums.get(key, 0.0) + float(usd)
+    return True
+
+
+class KeyFleet:
+    """The fleet's spend per key, as last read: the earlier days of each budget's
+    window (read once a day) and today's other writers (read at most every
+    `refresh_s`). Swapped whole under a lock."""
+
+    def __init__(self, budgets: Sequence[Budget], *, refresh_s: float) -> None:
+        self.budgets = tuple(b for b in budgets if b.per is not None)
+        self.refresh_s = refresh_s
+        self._lock = threading.Lock()
+        self._day: date | None = None
+        self._prior: dict[str, dict[str, float]] = {}
+        self._today: dict[str, dict[str, float]] = {}
+        self._read_at = -math.inf
+        self._prior_read = False
+        #: Writer rows whose by_key was malformed at the last read (named, not summed).
+        self.quarantined: tuple[str, ...] = ()
+        self.reads = 0
+        self.last_error: str | None = None
+
+    def due(self, day: date) -> bool:
+        with self._lock:
+            return (day != self._day or not self._prior_read
+                    or time.monotonic() - self._read_at >= self.refresh_s)
+
+    def refresh(self, store: Any, day: date, writer_id: str) -> None:
+        """One read of the store (two on a new day). Raises what the store raises."""
+        with self._lock:
+            need_prior = day != self._day or not self._prior_read
+        names = [b.name for b in self.budgets]
+        bad: list[str] = []
+        prior: dict[str, dict[str, float]] | None = None
+        if need_prior:
+            days = sorted({d for b in self.budgets
+                           for d in ledger.window_days_before(day, b.period)})
+            prior = {}
+            if days:
+                by_day: dict[str, list[dict[str, Any]]] = {}
+                for entry in store.writer_entries([d.isoformat() for d in days],
+                                                  breakdown=False):
+                    by_day.setdefault(str(entry.get("date")), []).append(entry)
+                for budget in self.budgets:
+                    for d in ledger.window_days_before(day, budget.period):
+                        for entry in by_day.get(d.isoformat(), []):
+                            if not add_entry_keys(prior, entry, [budget.name]):
+                                bad.append(_row(entry))
+        today: dict[str, dict[str, float]] = {}
+        for entry in store.writer_entries([day.isoformat()], breakdown=False):
+            if entry.get("writer_id") == writer_id:
+                continue  # this writer's today is its book's, exact and newer
+            if not add_entry_keys(today, entry, names):
+                bad.append(_row(entry))
+        with self._lock:
+            if prior is not None:
+                self._prior = prior
+                self._prior_read = True
+            self._day = day
+            self._today = today
+            self._read_at = time.monotonic()
+            self.quarantined = tuple(sorted(set(bad)))
+            self.reads += 1
+            self.last_error = None
+
+    def others_usd(self, budget: str, kjson: str, day: date) -> float:
+        with self._lock:
+            if day != self._day:
+                return 0.0
+            return (self._prior.get(budget, {}).get(kjson, 0.0)
+                    + self._today.get(budget, {}).get(kjson, 0.0))
+
+    def others_keys(self, budget: str, day: date) -> dict[str, float]:
+        with self._lock:
+            if day != self._day:
+                return {}
+            out = dict(self._prior.get(budget, {}))
+            for key, usd in self._today.get(budget, {}).items():
+                out[key] = out.get(key, 0.0) + usd
+            return out
+
+
+def _row(entry: Mapping[str, Any]) -> str:
+    return f"budget_{entry.get('date')}/{entry.get('writer_id')}"
+
+
+# --- the whole: what the meter composes -----------------------------------------------------
+
+
+class PerKey:
+    """Per-key budgets for one meter: the book (hot path), the fleet's sums, the
+    hard budgets' key leases and the alerts per key."""
+
+    def __init__(
+        self, budgets: Sequence[Budget], *, max_keys: int, store: Any,
+        writer_id: Callable[[], str], day: Callable[[], date], now: Callable[[], datetime],
+        window_of: Callable[[str], str], ttl_s: float, idle_s: float, refresh_s: float,
+        sibling: str, instance_id: str, submit_nudge: Callable[[dict[str, Any]], object],
+    ) -> None:
+        self.book = KeyBook(budgets, max_keys=max_keys)
+        self.fleet = KeyFleet(budgets, refresh_s=refresh_s)
+        self.budgets = self.book.budgets
+        self._by_name = {b.name: b for b in self.budgets}
+        self._max = max_keys
+        self._store = store
+        self._writer_id = writer_id
+        self._day = day
+        self._now = now
+        self._window_of = window_of
+        self._ttl_s = ttl_s
+        self._idle_s = idle_s
+        self._sibling = sibling
+        self._instance_id = instance_id
+        self._submit = submit_nudge
+        self._lock = threading.Lock()
+        #: key budget name -> (parent, key json, the key budget).
+        self._resolved: dict[str, tuple[Budget, str, Budget]] = {}
+        self._leases: dict[str, FleetLease] = {}
+        self._claimed: set[tuple[str, str, str, float]] = set()
+        self.claim_error: str | None = None
+        self._closed = False
+
+    # --- the hot path: only called when a per-key budget exists ------------------------
+
+    def add(self, nanos: int, attributes: Mapping[str, Any] | None, day: date) -> None:
+        self.book.add(nanos, attributes, day)
+
+    # --- keys as budgets (for the reservation book) -------------------------------------
+
+    @staticmethod
+    def owns(name: str) -> bool:
+        return SEP in name
+
+    def resolve(self, budget: Budget, attributes: Mapping[str, Any] | None) -> Budget:
+        """The budget a call's key is checked against: a copy of `budget` named
+        ``{budget}~{hash}`` (its lease's name), whose spend is the key's."""
+        values = budget.key_of(attributes)
+        if values is None:
+            return budget
+        kjson = key_json(values)
+        name = key_budget_name(budget.name, kjson)
+        with self._lock:
+            known = self._resolved.get(name)
+            if known is not None:
+                return known[2]
+            keyed = copy.copy(budget)
+            object.__setattr__(keyed, "name", name)
+            object.__setattr__(keyed, "per", None)
+            if len(self._resolved) >= 4 * self._max:
+                # Forget keys not holding a lease (a new call resolves them again).
+                self._resolved = {n: v for n, v in self._resolved.items() if n in self._leases}
+            self._resolved[name] = (budget, kjson, keyed)
+            return keyed
+
+    def _parent(self, name: str) -> tuple[Budget, str] | None:
+        with self._lock:
+            known = self._resolved.get(name)
+        return (known[0], known[1]) if known is not None else None
+
+    def key(self, name: str) -> dict[str, Any] | None:
+        known = self._parent(name)
+        return key_dict(known[0], known[1]) if known is not None else None
+
+    def spend(self, name: str) -> float:
+        """The key's spend in its window, fleet-wide as known now."""
+        known = self._parent(name)
+        if known is None:
+            return 0.0
+        return self.key_spend(known[0], known[1])
+
+    def key_spend(self, budget: Budget, kjson: str) -> float:
+        day = self._day()
+        return ledger.round_usd(self.fleet.others_usd(budget.name, kjson, day)
+                                + self.book.own_usd(budget, kjson, day))
+
+    def window(self, name: str) -> str:
+        known = self._parent(name)
+        if known is None:
+            raise KeyError(name)
+        return self._window_of(known[0].name)
+
+    def lease(self, name: str) -> FleetLease | None:
+        """The key's fleet lease (created on first use; None for a soft budget)."""
+        with self._lock:
+            lease = self._leases.get(name)
+            if lease is not None or self._closed:
+                return lease
+            known = self._resolved.get(name)
+            if known is None or not known[0].hard:
+                return None
+            parent, kjson, _ = known
+            lease = FleetLease(
+                budget=name, cap_usd=parent.cap_usd, store=self._store,
+                writer_id=self._writer_id,
+                window_of=lambda: self._window_of(parent.name),
+                seen_of=lambda: self.key_spend(parent, kjson),
+                ttl_s=self._ttl_s, idle_s=self._idle_s,
+            )
+            self._leases[name] = lease
+            return lease
+
+    def budget_named(self, name: str) -> Budget | None:
+        with self._lock:
+            known = self._resolved.get(name)
+        return known[2] if known is not None else None
+
+    def leases(self) -> list[FleetLease]:
+        with self._lock:
+            return list(self._leases.values())
+
+    # --- store rounds ------------------------------------------------------------------
+
+    def on_round(self, interval_s: float, *, store_suspect: bool) -> None:
+        """Renew, report or give back the key leases (dropping the ones given back),
+        re-read the fleet's keys when due, and claim the alerts that came due."""
+        for name, lease in list(self._leases_items()):
+            try:
+                lease.on_round(interval_s, store_suspect=store_suspect)
+            except Exception as exc:
+                _log.warning("otel_budget: renewing the lease on %r failed: %s", name,
+                             exc if isinstance(exc, BudgetError) else type(exc).__name__)
+            if lease.holds_nothing():
+                with self._lock:
+                    if self._leases.get(name) is lease and lease.holds_nothing():
+                        del self._leases[name]
+        day = self._day()
+        if self.fleet.due(day):
+            try:
+                self.fleet.refresh(self._store, day, self._writer_id())
+            except Exception as exc:
+                self.fleet.last_error = (str(exc) if isinstance(exc, BudgetError)
+                                         else type(exc).__name__)[:300]
+                _log.warning("otel_budget: reading the fleet's spend per key failed: %s",
+                             self.fleet.last_error)
+                return
+            self._claim_alerts(day)
+
+    def _leases_items(self) -> list[tuple[str, FleetLease]]:
+        with self._lock:
+            return list(self._leases.items())
+
+    def key_spends(self, budget: Budget, day: date | None = None) -> dict[str, float]:
+        """Every known key's spend in the budget's window (fleet + this writer)."""
+        day = day or self._day()
+        out = self.fleet.others_keys(budget.name, day)
+        for key, nanos in self.book.own_keys(budget, day).items():
+            out[key] = out.get(key, 0.0) + nanos / ledger.NANOS_PER_USD
+        out.pop(OVERFLOW_KEY, None)  # no key's: the keys folded there count by their leases
+        return out
+
+    def _claim_alerts(self, day: date) -> None:
+        due: list[tuple[Budget, str, str, float, float]] = []
+        for budget in self.budgets:
+            if not budget.alert_ratios:
+                continue
+            window = self._window_of(budget.name)
+            floor = min(budget.alert_ratios) * budget.cap_usd
+            for kjson, spend in self.key_spends(budget, day).items():
+                if spend < floor - ledger.USD_EPSILON:
+                    continue
+                for ratio in budget.alert_ratios:
+                    if ledger.threshold_reached(spend, ratio, budget.cap_usd) and \
+                            (budget.name, window, kjson, ratio) not in self._claimed:
+                        due.append((budget, window, kjson, ratio, spend))
+        current = {(b.name, self._window_of(b.name)) for b in self.budgets}
+        self._claimed = {c for c in self._claimed if (c[0], c[1]) in current}
+        for budget, window, kjson, ratio, spend in due[:MAX_CLAIMS_PER_ROUND]:
+            name = ledger.budget_nudge_name(key_budget_name(budget.name, kjson), window, ratio)
+            nudge = build_nudge(
+                sibling=self._sibling, budget=budget, window=window, ratio=ratio,
+                spend_usd=spend, instance_id=self._instance_id, now=self._now(),
+                day=day.isoformat(), row_name=name, claimed_by=self._writer_id())
+            nudge["key"] = key_dict(budget, kjson)
+            nudge["per"] = list(budget.per or ())
+            try:
+                inserted = self._store.insert_if_absent(ledger.NUDGE_TYPE, name, nudge)
+            except Exception as exc:
+                self.claim_error = f"{name}: " + (str(exc) if isinstance(exc, BudgetError)
+                                                  else type(exc).__name__)[:300]
+                _log.warning("otel_budget: claiming %s failed (will retry): %s", name,
+                             self.claim_error)
+                continue
+            self.claim_error = None
+            self._claimed.add((budget.name, window, kjson, ratio))
+            if inserted:
+                _log.info("otel_budget: %s%% of budget %r for %s (%s) reached; nudging %s",
+                          ledger.ratio_pct(ratio), budget.name,
+                          key_label(nudge["key"]), window, self._sibling)
+                self._submit(nudge)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def key_state(self, budget: Budget, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The fields of one key's state (`meter.budget(name, attributes)`)."""
+        values = budget.key_of(attributes)
+        assert values is not None
+        kjson = key_json(values)
+        spend = self.key_spend(budget, kjson)
+        window = self._window_of(budget.name)
+        name = key_budget_name(budget.name, kjson)
+        claimed = sorted(r for (b, w, k, r) in self._claimed
+                         if b == budget.name and w == window and k == kjson)
+        with self._lock:
+            lease = self._leases.get(name)
+        out: dict[str, Any] = {
+            "key": key_dict(budget, kjson), "spend_usd": spend,
+            "remaining_usd": ledger.remaining_usd(spend, budget.cap_usd),
+            "utilization": ledger.utilization(spend, budget.cap_usd),
+            "alerts_sent": claimed, "lease_row": name,
+        }
+        if lease is not None:
+            info = lease.describe()
+            out["leased_usd"] = info["leased_usd"]
+            out["lease"] = info
+        return out
+
+    def top_keys(self, budget: Budget, limit: int = TOP_KEYS) -> tuple[list[dict[str, Any]], int,
+                                                                        float]:
+        """(the `limit` biggest keys in the window, how many keys are known, their sum)."""
+        spends = self.key_spends(budget)
+        ranked = sorted(spends.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        rows = [{"key": key_dict(budget, k), "spend_usd": ledger.round_usd(usd),
+                 "cap_usd": budget.cap_usd,
+                 "remaining_usd": ledger.remaining_usd(usd, budget.cap_usd),
+                 "utilization": ledger.utilization(usd, budget.cap_usd)} for k, usd in ranked]
+        return rows, len(spends), ledger.round_usd(sum(spends.values()))
+
+    def describe(self) -> dict[str, Any]:
+        return {"keys_today": self.book.keys_today(), "key_leases": len(self._leases_items()),
+                "fleet_reads": self.fleet.reads, "fleet_error": self.fleet.last_error,
+                "quarantined": list(self.fleet.quarantined), "claim_error": self.claim_error}
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            leases = list(self._leases.values())
+            self._leases = {}
+        for lease in leases:
+            try:
+                lease.close()
+            except Exception as exc:  # it expires after its TTL instead
+                _log.warning("otel_budget: giving back the lease on %r failed: %s",
+                             lease.budget, type(exc).__name__)
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self.book.after_fork_in_child()
+        self._leases = {}  # the parent's leases stay the parent's
+        self._claimed = set()
+
+
+__all__ = [
+    "EXTRA_FACTOR", "KEY_FIELD", "OVERFLOW_KEY", "UNSET", "KeyBook", "KeyFleet", "PerKey",
+    "add_entry_keys", "key_budget_name", "key_dict", "key_hash", "key_json", "key_label",
+]
