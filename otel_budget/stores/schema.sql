@@ -560,13 +560,348 @@ end
 $fn$;
 
 
--- otel_budget_day_totals, with the writer entry p_minus (a retired row of its day)
--- taken out of its day's summary: the others of a writer already retired.
-create or replace function public.otel_budget_day_totals_minus(
-    p_days text[],
-    p_exclude_writer text,
-    p_minus jsonb
+-- ---------------------------------------------------------------------------
+-- Version 3: the day's aggregate, so a merge costs the same with 10 writers or
+-- 10,000 (live or not). public.otel_budget_day_shards holds, per (day, shard),
+-- the sums of the day's counted writer rows: live ones and retired ones apart,
+-- per budget [amount, writers], and the two latest updated_at stamps with their
+-- row names (enough to give "the others' latest" exactly: a writer's own stamp
+-- only grows). A row is counted when its date is a string and its amounts are
+-- amounts (otel_budget_amounts_ok); one that is not is quarantined: left out of
+-- the sums, named by the quilt_patches_writer_bad index.
+--
+-- The trigger otel_budget_writer_rows_changed keeps the shards exact whatever
+-- writes a writer row (the functions below, a hand edit, a DELETE, a TRUNCATE):
+-- it applies the row's delta (new contribution minus old) to its shard in the
+-- same transaction. Shards are chosen by a hash of the row's name, so writers
+-- of one day rarely wait on each other's shard row; the others are the sum of
+-- the day's shards minus the writer's own row. Retiring a row (shutdown, or the
+-- reaper) only moves its sums from the live to the retired columns.
+create table if not exists public.otel_budget_day_shards (
+    day             text     not null,
+    shard           smallint not null,
+    live_usd        numeric  not null default 0,
+    live_writers    bigint   not null default 0,
+    retired_usd     numeric  not null default 0,
+    retired_writers bigint   not null default 0,
+    budgets         jsonb    not null default '{}'::jsonb,
+    stamps          jsonb    not null default '[]'::jsonb,
+    constraint otel_budget_day_shards_pkey primary key (day, shard)
+);
+alter table public.otel_budget_day_shards enable row level security;
+
+
+-- True if the amounts of a stored writer row are amounts: spend_usd a number in
+-- [0, 1e12], by_budget absent, null or an object of such numbers. Mirrors
+-- otel_budget.stores.entries.amounts_problem. One check after another, so no cast
+-- of a non-number is ever attempted.
+create or replace function public.otel_budget_amounts_ok(p_content jsonb)
+returns boolean
+language plpgsql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+begin
+    if jsonb_typeof(p_content) is distinct from 'object' then
+        return false;
+    end if;
+    if jsonb_typeof(p_content -> 'spend_usd') is distinct from 'number' then
+        return false;
+    end if;
+    if (p_content ->> 'spend_usd')::numeric not between 0 and 1e12 then
+        return false;
+    end if;
+    if coalesce(jsonb_typeof(p_content -> 'by_budget'), 'null') = 'null' then
+        return true;
+    end if;
+    if jsonb_typeof(p_content -> 'by_budget') <> 'object' then
+        return false;
+    end if;
+    return not exists (
+        select 1 from pg_catalog.jsonb_each(p_content -> 'by_budget') as e
+         where case when jsonb_typeof(e.value) = 'number'
+                    then (e.value #>> '{}')::numeric not between 0 and 1e12
+                    else true end);
+end
+$fn$;
+
+
+-- The day's quarantined writer rows (amounts that are not amounts), found without
+-- visiting the others.
+create index if not exists quilt_patches_writer_bad
+    on public.quilt_patches ((content ->> 'date'))
+    where patch_type = 'budget_writer' and not public.otel_budget_amounts_ok(content);
+
+-- The reaper's way to the live rows that stopped checkpointing.
+create index if not exists quilt_patches_writer_stale
+    on public.quilt_patches (updated_at)
+    where patch_type = 'budget_writer' and not (content ? 'retired');
+
+
+-- The shard of a writer row: stable for the row's name.
+create or replace function public.otel_budget_shard(p_name text)
+returns smallint
+language sql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+    select (('x' || pg_catalog.substr(pg_catalog.md5(p_name), 1, 8))::bit(32)::bigint % 32)::smallint
+$fn$;
+
+
+-- {budget: [amount, writers]} of a writer row, times p_sign; {} for NULL.
+create or replace function public.otel_budget_budgets_of(p_content jsonb, p_sign integer)
+returns jsonb
+language sql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+    select coalesce(pg_catalog.jsonb_object_agg(
+               e.key, pg_catalog.jsonb_build_array(p_sign * (e.value #>> '{}')::numeric, p_sign)),
+           '{}'::jsonb)
+      from pg_catalog.jsonb_each(
+               case when jsonb_typeof(p_content -> 'by_budget') = 'object'
+                    then p_content -> 'by_budget' else '{}'::jsonb end) as e
+$fn$;
+
+
+-- Two {budget: [amount, writers]} objects added; a budget left with no writer and
+-- no amount is dropped.
+create or replace function public.otel_budget_budgets_sum(p_a jsonb, p_b jsonb)
+returns jsonb
+language sql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+    select coalesce(pg_catalog.jsonb_object_agg(
+               x.key, pg_catalog.jsonb_build_array(pg_catalog.trim_scale(x.usd), x.n))
+               filter (where x.n <> 0 or x.usd <> 0), '{}'::jsonb)
+      from (select e.key, sum((e.value ->> 0)::numeric) as usd, sum((e.value ->> 1)::bigint) as n
+              from (select a.key, a.value from pg_catalog.jsonb_each(coalesce(p_a, '{}'::jsonb)) as a
+                    union all
+                    select b.key, b.value from pg_catalog.jsonb_each(coalesce(p_b, '{}'::jsonb)) as b
+                   ) as e
+             group by e.key) as x
+$fn$;
+
+
+-- A shard's two latest [updated_at, row name] pairs, with p_name's stamp replaced
+-- by p_stamp (NULL: p_name taken out).
+create or replace function public.otel_budget_stamps_put(p_stamps jsonb, p_name text, p_stamp text)
+returns jsonb
+language sql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+    select coalesce(pg_catalog.jsonb_agg(t.v order by t.v ->> 0 desc), '[]'::jsonb)
+      from (select s.v
+              from (select e.value as v
+                      from pg_catalog.jsonb_array_elements(coalesce(p_stamps, '[]'::jsonb)) as e
+                     where (e.value ->> 1) is distinct from p_name
+                    union all
+                    select pg_catalog.jsonb_build_array(p_stamp, p_name) where p_stamp is not null
+                   ) as s
+             order by s.v ->> 0 desc
+             limit 2) as t
+$fn$;
+
+
+-- Move the day's shard of row p_name by (p_add - p_sub): each a counted writer
+-- row's content or NULL.
+create or replace function public.otel_budget_shard_apply(
+    p_day text, p_name text, p_sub jsonb, p_add jsonb
 )
+returns void
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_live numeric := 0;
+    v_live_n bigint := 0;
+    v_retired numeric := 0;
+    v_retired_n bigint := 0;
+    v_stamp text;
+    v_budgets jsonb;
+begin
+    if p_sub is not null then
+        if p_sub ? 'retired' then
+            v_retired := v_retired - (p_sub ->> 'spend_usd')::numeric;
+            v_retired_n := v_retired_n - 1;
+        else
+            v_live := v_live - (p_sub ->> 'spend_usd')::numeric;
+            v_live_n := v_live_n - 1;
+        end if;
+    end if;
+    if p_add is not null then
+        if p_add ? 'retired' then
+            v_retired := v_retired + (p_add ->> 'spend_usd')::numeric;
+            v_retired_n := v_retired_n + 1;
+        else
+            v_live := v_live + (p_add ->> 'spend_usd')::numeric;
+            v_live_n := v_live_n + 1;
+        end if;
+        if jsonb_typeof(p_add -> 'updated_at') = 'string' then
+            v_stamp := p_add ->> 'updated_at';
+        end if;
+    end if;
+    v_budgets := public.otel_budget_budgets_sum(public.otel_budget_budgets_of(p_sub, -1),
+                                                public.otel_budget_budgets_of(p_add, 1));
+    insert into public.otel_budget_day_shards as s
+           (day, shard, live_usd, live_writers, retired_usd, retired_writers, budgets, stamps)
+    values (p_day, public.otel_budget_shard(p_name), v_live, v_live_n, v_retired, v_retired_n,
+            v_budgets, public.otel_budget_stamps_put(null, p_name, v_stamp))
+    on conflict (day, shard) do update
+        set live_usd = s.live_usd + excluded.live_usd,
+            live_writers = s.live_writers + excluded.live_writers,
+            retired_usd = s.retired_usd + excluded.retired_usd,
+            retired_writers = s.retired_writers + excluded.retired_writers,
+            budgets = case when excluded.budgets = '{}'::jsonb then s.budgets
+                           else public.otel_budget_budgets_sum(s.budgets, excluded.budgets) end,
+            stamps = public.otel_budget_stamps_put(s.stamps, p_name, v_stamp);
+end
+$fn$;
+
+
+-- The trigger behind the shards: every change of a writer row applies its delta.
+create or replace function public.otel_budget_writer_rows_changed()
+returns trigger
+language plpgsql
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_old jsonb;
+    v_new jsonb;
+begin
+    if tg_op = 'TRUNCATE' then
+        delete from public.otel_budget_day_shards;
+        return null;
+    end if;
+    if tg_op in ('UPDATE', 'DELETE') then
+        if old.patch_type = 'budget_writer' and jsonb_typeof(old.content -> 'date') = 'string' then
+            if public.otel_budget_amounts_ok(old.content) then
+                v_old := old.content;
+            end if;
+        end if;
+    end if;
+    if tg_op in ('UPDATE', 'INSERT') then
+        if new.patch_type = 'budget_writer' and jsonb_typeof(new.content -> 'date') = 'string' then
+            if public.otel_budget_amounts_ok(new.content) then
+                v_new := new.content;
+            end if;
+        end if;
+    end if;
+    if v_old is not null and v_new is not null and old.name = new.name
+       and (v_old ->> 'date') = (v_new ->> 'date') then
+        perform public.otel_budget_shard_apply(v_new ->> 'date', new.name, v_old, v_new);
+    else
+        if v_old is not null then
+            perform public.otel_budget_shard_apply(v_old ->> 'date', old.name, v_old, null);
+        end if;
+        if v_new is not null then
+            perform public.otel_budget_shard_apply(v_new ->> 'date', new.name, null, v_new);
+        end if;
+    end if;
+    return null;
+end
+$fn$;
+
+
+-- A version 2 database: its writer rows (live and retired) summed into the
+-- shards once, when the table is new, with writes to quilt_patches held off
+-- (the lock lasts to the migration's commit, and the trigger exists by then).
+do $backfill$
+begin
+    if exists (select 1 from public.otel_budget_day_shards) then
+        return;
+    end if;
+    lock table public.quilt_patches in share row exclusive mode;
+    with counted as materialized (
+        select q.name, q.content ->> 'date' as day, public.otel_budget_shard(q.name) as shard,
+               (q.content ? 'retired') as retired, (q.content ->> 'spend_usd')::numeric as usd,
+               case when jsonb_typeof(q.content -> 'updated_at') = 'string'
+                    then q.content ->> 'updated_at' end as stamp,
+               q.content
+          from public.quilt_patches as q
+         where q.patch_type = 'budget_writer' and jsonb_typeof(q.content -> 'date') = 'string'
+           and public.otel_budget_amounts_ok(q.content)
+    ),
+    sums as (
+        select c.day, c.shard,
+               coalesce(sum(c.usd) filter (where not c.retired), 0) as live_usd,
+               count(*) filter (where not c.retired) as live_writers,
+               coalesce(sum(c.usd) filter (where c.retired), 0) as retired_usd,
+               count(*) filter (where c.retired) as retired_writers
+          from counted as c group by c.day, c.shard
+    ),
+    budgets as (
+        select b.day, b.shard,
+               pg_catalog.jsonb_object_agg(b.key, pg_catalog.jsonb_build_array(
+                   pg_catalog.trim_scale(b.usd), b.n)) as budgets
+          from (select c.day, c.shard, e.key, sum((e.value #>> '{}')::numeric) as usd,
+                       count(*) as n
+                  from counted as c
+                 cross join lateral pg_catalog.jsonb_each(
+                       case when jsonb_typeof(c.content -> 'by_budget') = 'object'
+                            then c.content -> 'by_budget' else '{}'::jsonb end) as e
+                 group by c.day, c.shard, e.key) as b
+         group by b.day, b.shard
+    ),
+    stamps as (
+        select r.day, r.shard,
+               pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(r.stamp, r.name)
+                                    order by r.stamp desc) as stamps
+          from (select c.day, c.shard, c.stamp, c.name,
+                       row_number() over (partition by c.day, c.shard order by c.stamp desc) as k
+                  from counted as c where c.stamp is not null) as r
+         where r.k <= 2
+         group by r.day, r.shard
+    )
+    insert into public.otel_budget_day_shards
+           (day, shard, live_usd, live_writers, retired_usd, retired_writers, budgets, stamps)
+    select s.day, s.shard, s.live_usd, s.live_writers, s.retired_usd, s.retired_writers,
+           coalesce(b.budgets, '{}'::jsonb), coalesce(t.stamps, '[]'::jsonb)
+      from sums as s
+      left join budgets as b on b.day = s.day and b.shard = s.shard
+      left join stamps as t on t.day = s.day and t.shard = s.shard;
+end
+$backfill$;
+
+create or replace trigger otel_budget_writer_rows_inserted
+    after insert on public.quilt_patches
+    for each row when (new.patch_type = 'budget_writer')
+    execute function public.otel_budget_writer_rows_changed();
+create or replace trigger otel_budget_writer_rows_updated
+    after update on public.quilt_patches
+    for each row when ((old.patch_type = 'budget_writer' or new.patch_type = 'budget_writer')
+                       and (old.content is distinct from new.content
+                            or old.name is distinct from new.name
+                            or old.patch_type is distinct from new.patch_type))
+    execute function public.otel_budget_writer_rows_changed();
+create or replace trigger otel_budget_writer_rows_deleted
+    after delete on public.quilt_patches
+    for each row when (old.patch_type = 'budget_writer')
+    execute function public.otel_budget_writer_rows_changed();
+create or replace trigger otel_budget_writer_rows_truncated
+    after truncate on public.quilt_patches
+    for each statement execute function public.otel_budget_writer_rows_changed();
+
+
+-- The totals of the day p_day without the writer row p_name (NULL: none left
+-- out), whose stored content is p_own (NULL if absent): {"date", "total_usd",
+-- "writers", "updated_at", "by_budget", "budget_writers", "quarantined"}, equal to
+-- otel_budget.stores.entries.summarize over the day's other counted rows. Reads
+-- the day's shards (at most 32 small rows), the summary row (checked: a malformed
+-- one raises OB002 naming it) and the quarantined rows' index; never the other
+-- writers' rows.
+create or replace function public.otel_budget_others(p_day text, p_name text, p_own jsonb)
 returns jsonb
 language plpgsql
 stable
@@ -574,122 +909,99 @@ security invoker
 set search_path = ''
 as $fn$
 declare
-    v_result jsonb;
+    v_total numeric;
+    v_writers bigint;
+    v_stamp text;
+    v_budgets jsonb;
+    v_bad jsonb;
+    v_own jsonb;
 begin
-    with days as (
-        select distinct u.day from pg_catalog.unnest(p_days) as u(day) where u.day is not null
-    ),
-    -- Every live row of the days. One whose amounts are not amounts (a number in
-    -- [0, 1e12]; otel_budget.stores.entries.amounts_problem: `amount` null or
-    -- `budgets_ok` false) is left out of the sums and named in "quarantined": a
-    -- hand-edited or foreign row must not zero the whole day.
-    raw as materialized (
-        select q.name, r.date as day, r.spend_usd as spend, r.updated_at, r.by_budget,
-               case when jsonb_typeof(r.spend_usd) = 'number'
-                    then case when r.spend_usd::numeric between 0 and 1e12
-                              then r.spend_usd::numeric end
-               end as amount,
-               (r.by_budget is null or jsonb_typeof(r.by_budget) = 'null'
-                or (jsonb_typeof(r.by_budget) = 'object'
-                    and not exists (
-                        select 1 from pg_catalog.jsonb_each(r.by_budget) as e
-                         where case when jsonb_typeof(e.value) = 'number'
-                                    then (e.value #>> '{}')::numeric not between 0 and 1e12
-                                    else true end))) as budgets_ok
-          from public.quilt_patches as q
-         cross join lateral pg_catalog.jsonb_to_record(q.content)
-               as r("date" text, spend_usd jsonb, updated_at text, by_budget jsonb)
-         where q.patch_type = 'budget_writer'
-           and (q.content ->> 'date') = any (p_days)
-           and not (q.content ? 'retired')
-           and (p_exclude_writer is null
-                or q.name <> 'budget_' || r.date || '/' || p_exclude_writer)
-    ),
-    wr as (
-        select w.* from raw as w where w.amount is not null and w.budgets_ok
-    ),
-    bad as (
-        select w.day, pg_catalog.jsonb_agg(w.name order by w.name) as names
-          from raw as w where w.amount is null or not w.budgets_ok
-         group by w.day
-    ),
-    sm as materialized (
-        select d.day,
-               case when p_minus is not null and (p_minus ->> 'date') = d.day
-                    then public.otel_budget_summary_add(s.content, d.day, null, p_minus)
-                    else public.otel_budget_summary_checked(s.content, d.day) end as content
-          from days as d
-          join public.quilt_patches as s
-            on s.patch_type = 'budget_summary' and s.name = 'budget_' || d.day
-    ),
-    per_budget as (
-        select w.day, w.name, e.key,
-               case when jsonb_typeof(e.value) = 'number'
-                    then case when e.value::numeric >= 0 then e.value::numeric end
-               end as amount
-          from wr as w
-         cross join lateral pg_catalog.jsonb_each(
-               case when jsonb_typeof(w.by_budget) = 'object'
-                    then w.by_budget else '{}'::jsonb end) as e
-    ),
-    totals as (
-        select w.day, sum(w.amount) as total, count(*) as writers,
-               max(w.updated_at) as updated_at
-          from wr as w
-         group by w.day
-    ),
-    budget_parts as (
-        select p.day, p.key, p.amount, 1::numeric as n from per_budget as p
-        union all
-        select s.day, e.key, (e.value #>> '{}')::numeric * 0.000000001,
-               (s.content -> 'budget_writers' ->> e.key)::numeric
-          from sm as s
-         cross join lateral pg_catalog.jsonb_each(s.content -> 'by_budget_nanos') as e
-    ),
-    budgets as (
-        select b.day,
-               pg_catalog.jsonb_object_agg(b.key, b.total) as by_budget,
-               pg_catalog.jsonb_object_agg(b.key, b.n) as budget_writers
-          from (select p.day, p.key, pg_catalog.trim_scale(round(sum(p.amount), 9)) as total,
-                       sum(p.n) as n
-                  from budget_parts as p
-                 group by p.day, p.key) as b
-         group by b.day
-    )
-    select coalesce(pg_catalog.jsonb_object_agg(d.day, pg_catalog.jsonb_build_object(
-               'date', d.day,
-               'total_usd', pg_catalog.trim_scale(round(
-                    coalesce(t.total, 0)
-                    + coalesce((s.content ->> 'spend_nanos')::numeric, 0) * 0.000000001, 9)),
-               'writers', coalesce(t.writers, 0) + coalesce((s.content ->> 'writers')::bigint, 0),
-               'updated_at', greatest(t.updated_at, s.content ->> 'updated_at'),
-               'by_budget', coalesce(b.by_budget, '{}'::jsonb),
-               'budget_writers', coalesce(b.budget_writers, '{}'::jsonb),
-               'quarantined', coalesce(x.names, '[]'::jsonb))), '{}'::jsonb)
-      into v_result
-      from days as d
-      left join totals as t on t.day = d.day
-      left join budgets as b on b.day = d.day
-      left join sm as s on s.day = d.day
-      left join bad as x on x.day = d.day;
-    return v_result;
+    perform public.otel_budget_summary_checked(s.content, p_day)
+       from public.quilt_patches as s
+      where s.patch_type = 'budget_summary' and s.name = 'budget_' || p_day;
+    if p_own is not null and jsonb_typeof(p_own -> 'date') = 'string'
+       and (p_own ->> 'date') = p_day then
+        if public.otel_budget_amounts_ok(p_own) then
+            v_own := p_own;
+        end if;
+    end if;
+    select coalesce(sum(s.live_usd + s.retired_usd), 0),
+           coalesce(sum(s.live_writers + s.retired_writers), 0),
+           max(case when (s.stamps -> 0 ->> 1) is distinct from p_name
+                    then s.stamps -> 0 ->> 0 else s.stamps -> 1 ->> 0 end)
+      into v_total, v_writers, v_stamp
+      from public.otel_budget_day_shards as s
+     where s.day = p_day;
+    select pg_catalog.jsonb_build_object(
+               'by_budget', coalesce(pg_catalog.jsonb_object_agg(
+                   x.key, pg_catalog.trim_scale(round(x.usd, 9))) filter (where x.n > 0), '{}'::jsonb),
+               'budget_writers', coalesce(pg_catalog.jsonb_object_agg(x.key, x.n)
+                   filter (where x.n > 0), '{}'::jsonb))
+      into v_budgets
+      from (select e.key, sum((e.value ->> 0)::numeric) as usd, sum((e.value ->> 1)::bigint) as n
+              from (select b.key, b.value
+                      from public.otel_budget_day_shards as s
+                     cross join lateral pg_catalog.jsonb_each(s.budgets) as b
+                     where s.day = p_day
+                    union all
+                    select o.key, o.value
+                      from pg_catalog.jsonb_each(public.otel_budget_budgets_of(v_own, -1)) as o
+                   ) as e
+             group by e.key) as x;
+    if v_own is not null then
+        v_total := v_total - (v_own ->> 'spend_usd')::numeric;
+        v_writers := v_writers - 1;
+    end if;
+    select pg_catalog.jsonb_agg(q.name order by q.name) into v_bad
+      from public.quilt_patches as q
+     where q.patch_type = 'budget_writer' and (q.content ->> 'date') = p_day
+       and not public.otel_budget_amounts_ok(q.content)
+       and q.name is distinct from p_name;
+    return pg_catalog.jsonb_build_object(
+        'date', p_day,
+        'total_usd', pg_catalog.trim_scale(round(v_total, 9)),
+        'writers', v_writers,
+        'updated_at', v_stamp,
+        'by_budget', v_budgets -> 'by_budget',
+        'budget_writers', v_budgets -> 'budget_writers',
+        'quarantined', coalesce(v_bad, '[]'::jsonb));
 end
 $fn$;
 
 
--- The totals of each day in p_days: its summary row plus its writer rows not
--- retired, leaving out the writer p_exclude_writer if given: {"<day>": {"date",
--- "total_usd", "writers", "updated_at", "by_budget", "budget_writers"}}. Every
--- day in p_days is a key, zero when it has no rows. Equal to
--- otel_budget.stores.entries.summarize over ALL the day's writer rows (retired
--- ones through the summary); a row whose amount is not a number in [0, 1e12] is
--- left out and named in "quarantined" (never counted as 0, never fatal); a
--- malformed summary row raises OB002.
---
--- Cost: the live rows come from the quilt_patches_writer_live index, and each
--- row's content is read (detoasted) once, by jsonb_to_record; the writer to leave
--- out is matched on the row's name, not its content; the summary row is one
--- lookup by its unique key.
+-- otel_budget_day_totals leaving out the writer p_exclude_writer, whatever its
+-- row's state (version 2 took a retired row p_minus out of the summary here; the
+-- shards hold every row, so p_minus is no longer needed and is ignored).
+create or replace function public.otel_budget_day_totals_minus(
+    p_days text[],
+    p_exclude_writer text,
+    p_minus jsonb
+)
+returns jsonb
+language sql
+stable
+security invoker
+set search_path = ''
+as $fn$
+    select coalesce(pg_catalog.jsonb_object_agg(d.day, public.otel_budget_others(
+               d.day,
+               case when p_exclude_writer is not null then 'budget_' || d.day || '/' || p_exclude_writer end,
+               (select o.content from public.quilt_patches as o
+                 where p_exclude_writer is not null and o.patch_type = 'budget_writer'
+                   and o.name = 'budget_' || d.day || '/' || p_exclude_writer))), '{}'::jsonb)
+      from (select distinct u.day from pg_catalog.unnest(p_days) as u(day)
+             where u.day is not null) as d
+$fn$;
+
+
+-- The totals of each day in p_days over all its writer rows (live and retired),
+-- leaving out the writer p_exclude_writer if given: {"<day>": {"date",
+-- "total_usd", "writers", "updated_at", "by_budget", "budget_writers",
+-- "quarantined"}}. Every day in p_days is a key, zero when it has no rows. Equal
+-- to otel_budget.stores.entries.summarize over the day's rows; a row whose
+-- amounts are not amounts is left out and named in "quarantined" (never counted
+-- as 0, never fatal); a malformed summary row raises OB002. Cost: the day's
+-- shards, not its writers (otel_budget_others).
 create or replace function public.otel_budget_day_totals(
     p_days text[],
     p_exclude_writer text default null
@@ -730,8 +1042,10 @@ $fn$;
 
 
 -- merge_writer (p_retire false) and retire_writer (p_retire true). Mirrors
--- otel_budget.stores.entries.plan_write. Lock order: the writer's row, then the
--- day's summary row (every path), so concurrent retires cannot deadlock.
+-- otel_budget.stores.entries.plan_write. Lock order: the writer's row, then its
+-- shard (the trigger), then the day's summary row, so concurrent writes cannot
+-- deadlock. The others come from the day's shards minus the writer's own row
+-- (otel_budget_others): the cost does not grow with the day's writers.
 create or replace function public.otel_budget_write_writer(p_entry jsonb, p_retire boolean)
 returns jsonb
 language plpgsql
@@ -751,7 +1065,7 @@ declare
     v_stored_seq numeric;
     v_applied boolean;
     v_kept jsonb;
-    v_others jsonb;
+    v_final jsonb;
     v_found boolean := false;
 begin
     v_problem := public.otel_budget_writer_problem(p_entry);
@@ -774,7 +1088,8 @@ begin
         'spend_usd', pg_catalog.trim_scale(round((p_entry ->> 'spend_usd')::numeric, 9)));
 
     if not p_retire then
-        -- The hot path: a new row, or a live row with an older seq.
+        -- The hot path: a new row, or a live row with an older seq. The trigger
+        -- moves the row's shard by the difference.
         insert into public.quilt_patches as q (patch_type, name, content)
         values ('budget_writer', v_name, v_entry)
         on conflict (patch_type, name) do update
@@ -785,7 +1100,7 @@ begin
             return jsonb_build_object(
                 'applied', true,
                 'stored_seq', v_seq,
-                'others', public.otel_budget_day_totals(array[v_day], v_writer) -> v_day);
+                'others', public.otel_budget_others(v_day, v_name, v_entry));
         end if;
     end if;
 
@@ -799,10 +1114,9 @@ begin
             exit;
         end if;
         -- No row (or it vanished since the upsert): create it, retired if retiring.
-        v_others := public.otel_budget_day_totals(array[v_day], v_writer) -> v_day;
+        v_final := case when p_retire then v_entry || '{"retired": true}'::jsonb else v_entry end;
         insert into public.quilt_patches (patch_type, name, content)
-        values ('budget_writer', v_name,
-                case when p_retire then v_entry || '{"retired": true}'::jsonb else v_entry end)
+        values ('budget_writer', v_name, v_final)
         on conflict (patch_type, name) do nothing;
         if found then
             if p_retire then
@@ -813,7 +1127,8 @@ begin
                     set content = public.otel_budget_summary_add(q.content, v_day, v_entry, null),
                         updated_at = now();
             end if;
-            return jsonb_build_object('applied', true, 'stored_seq', v_seq, 'others', v_others);
+            return jsonb_build_object('applied', true, 'stored_seq', v_seq,
+                                      'others', public.otel_budget_others(v_day, v_name, v_final));
         end if;
     end loop;
     if not v_found then
@@ -823,12 +1138,15 @@ begin
 
     v_stored_seq := public.otel_budget_stored_seq(v_stored, v_name);
     v_applied := v_stored_seq < v_seq;
+    v_final := v_stored;
     if v_stored ? 'retired' then
-        -- Counted in the summary already: the others are the summary without it.
-        v_others := public.otel_budget_day_totals_minus(array[v_day], v_writer, v_stored) -> v_day;
+        -- A newer seq on a retired row (a late merge of a writer the reaper retired,
+        -- or a retry): it replaces the row, which stays retired, counted once; the
+        -- summary moves by the difference.
         if v_applied then
+            v_final := v_entry || '{"retired": true}'::jsonb;
             update public.quilt_patches as q
-               set content = v_entry || '{"retired": true}'::jsonb, updated_at = now()
+               set content = v_final, updated_at = now()
              where q.patch_type = 'budget_writer' and q.name = v_name;
             update public.quilt_patches as q
                set content = public.otel_budget_summary_add(q.content, v_day, v_entry, v_stored),
@@ -841,11 +1159,11 @@ begin
             end if;
         end if;
     else
-        v_others := public.otel_budget_day_totals(array[v_day], v_writer) -> v_day;
         v_kept := case when v_applied then v_entry else v_stored end;
         if p_retire then
+            v_final := v_kept || '{"retired": true}'::jsonb;
             update public.quilt_patches as q
-               set content = v_kept || '{"retired": true}'::jsonb, updated_at = now()
+               set content = v_final, updated_at = now()
              where q.patch_type = 'budget_writer' and q.name = v_name;
             insert into public.quilt_patches as q (patch_type, name, content)
             values ('budget_summary', v_summary_name,
@@ -854,6 +1172,7 @@ begin
                 set content = public.otel_budget_summary_add(q.content, v_day, v_kept, null),
                     updated_at = now();
         elsif v_applied then
+            v_final := v_entry;
             update public.quilt_patches as q
                set content = v_entry, updated_at = now()
              where q.patch_type = 'budget_writer' and q.name = v_name;
@@ -862,7 +1181,52 @@ begin
     return jsonb_build_object(
         'applied', v_applied,
         'stored_seq', case when v_applied then v_seq else v_stored_seq end,
-        'others', v_others);
+        'others', public.otel_budget_others(v_day, v_name, v_final));
+end
+$fn$;
+
+
+-- The reaper: retire (as otel_budget_retire_writer does, with the row's own
+-- stored entry) at most p_limit live writer rows not written for p_stale_after_s
+-- seconds (this server's clock): a writer killed (SIGKILL, OOM, a frozen
+-- instance) never retires itself. Safe against a writer that was only slow: its
+-- row stays counted once, and its next merge applies against the stored row (a
+-- newer seq on a retired row replaces it and moves the sums by the difference).
+-- Rows another transaction holds are skipped (SKIP LOCKED), as are quarantined
+-- ones (left where they are, named). Returns the names of the rows retired.
+create or replace function public.otel_budget_reap(p_stale_after_s numeric, p_limit integer)
+returns jsonb
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_row record;
+    v_names jsonb := '[]'::jsonb;
+begin
+    if p_stale_after_s is null or p_stale_after_s < 0 or p_limit is null or p_limit < 1 then
+        raise exception using errcode = 'OB001',
+            message = 'otel_budget_reap: p_stale_after_s must be >= 0 and p_limit >= 1';
+    end if;
+    for v_row in
+        select q.name, q.content
+          from public.quilt_patches as q
+         where q.patch_type = 'budget_writer' and not (q.content ? 'retired')
+           and q.updated_at < pg_catalog.now() - pg_catalog.make_interval(secs => p_stale_after_s::double precision)
+         order by q.updated_at
+         limit p_limit
+           for update skip locked
+    loop
+        if public.otel_budget_writer_problem(v_row.content) is null
+           and public.otel_budget_amounts_ok(v_row.content)
+           and coalesce(jsonb_typeof(v_row.content -> 'final'), 'boolean') = 'boolean'
+           and v_row.name = 'budget_' || (v_row.content ->> 'date') || '/' || (v_row.content ->> 'writer_id') then
+            perform public.otel_budget_write_writer(v_row.content, true);
+            v_names := v_names || pg_catalog.to_jsonb(v_row.name);
+        end if;
+    end loop;
+    return v_names;
 end
 $fn$;
 
@@ -923,8 +1287,8 @@ end
 $fn$;
 
 
--- One row per date: the day's summary row (its retired writers), its writer rows
--- not retired, and version 1 day documents together.
+-- One row per date: the day's writer rows (live and retired, from the shards)
+-- and version 1 day documents together.
 -- `select * from public.otel_budget_days where date = '2026-11-25'`.
 create or replace view public.otel_budget_days
 with (security_invoker = true) as
@@ -933,23 +1297,12 @@ select d.day as "date",
        sum(d.writers)::bigint as writers,
        max(d.updated_at) as updated_at
   from (
-      select q.content ->> 'date' as day,
-             case when jsonb_typeof(q.content -> 'spend_usd') = 'number'
-                  then (q.content ->> 'spend_usd')::numeric end as total,
-             1 as writers,
-             q.content ->> 'updated_at' as updated_at
-        from public.quilt_patches as q
-       where q.patch_type = 'budget_writer' and not (q.content ? 'retired')
-      union all
-      select q.content ->> 'date',
-             case when jsonb_typeof(q.content -> 'spend_nanos') = 'number'
-                  then (q.content ->> 'spend_nanos')::numeric * 0.000000001 end,
-             case when jsonb_typeof(q.content -> 'writers') = 'number'
-                       and (q.content ->> 'writers') ~ '^[0-9]+$'
-                  then (q.content ->> 'writers')::bigint else 0 end,
-             q.content ->> 'updated_at'
-        from public.quilt_patches as q
-       where q.patch_type = 'budget_summary'
+      select s.day,
+             s.live_usd + s.retired_usd as total,
+             s.live_writers + s.retired_writers as writers,
+             s.stamps -> 0 ->> 0 as updated_at
+        from public.otel_budget_day_shards as s
+       where s.live_writers + s.retired_writers <> 0
       union all
       select coalesce(q.content ->> 'date', substr(q.name, 8)),
              case when jsonb_typeof(q.content -> 'total_usd') = 'number'
@@ -1349,11 +1702,21 @@ declare
         'public.otel_budget_write_writer(jsonb, boolean)',
         'public.otel_budget_merge_writer(jsonb)',
         'public.otel_budget_retire_writer(jsonb)',
-        'public.otel_budget_nudges_on(text)'
+        'public.otel_budget_nudges_on(text)',
+        'public.otel_budget_amounts_ok(jsonb)',
+        'public.otel_budget_shard(text)',
+        'public.otel_budget_budgets_of(jsonb, integer)',
+        'public.otel_budget_budgets_sum(jsonb, jsonb)',
+        'public.otel_budget_stamps_put(jsonb, text, text)',
+        'public.otel_budget_shard_apply(text, text, jsonb, jsonb)',
+        'public.otel_budget_writer_rows_changed()',
+        'public.otel_budget_others(text, text, jsonb)',
+        'public.otel_budget_reap(numeric, integer)'
     ];
 begin
     revoke all on table public.quilt_patches from public;
     revoke all on table public.otel_budget_days from public;
+    revoke all on table public.otel_budget_day_shards from public;
     foreach v_object in array v_functions loop
         execute format('revoke all on function %s from public', v_object);
     end loop;
@@ -1369,6 +1732,7 @@ begin
         if exists (select 1 from pg_catalog.pg_roles where rolname = v_role) then
             execute format('revoke all on table public.quilt_patches from %I', v_role);
             execute format('revoke all on table public.otel_budget_days from %I', v_role);
+            execute format('revoke all on table public.otel_budget_day_shards from %I', v_role);
             foreach v_object in array v_functions loop
                 execute format('revoke all on function %s from %I', v_object, v_role);
             end loop;
@@ -1391,6 +1755,15 @@ begin
     if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
         execute 'grant select, insert, update, delete on table public.quilt_patches to service_role';
         execute 'grant select on table public.otel_budget_days to service_role';
+        execute 'grant select, insert, update, delete on table public.otel_budget_day_shards to service_role';
+        if not exists (
+            select 1 from pg_catalog.pg_policies
+             where schemaname = 'public' and tablename = 'otel_budget_day_shards'
+               and policyname = 'otel_budget_service_role'
+        ) then
+            create policy otel_budget_service_role on public.otel_budget_day_shards
+                for all to service_role using (true) with check (true);
+        end if;
         foreach v_object in array v_functions loop
             execute format('grant execute on function %s to service_role', v_object);
         end loop;
