@@ -282,15 +282,15 @@ def test_cli_migrate_prints_and_applies(
     assert capsys.readouterr().out == schema_sql()
 
     url = pg_fresh_database()
-    assert main(["migrate", "--url", url]) == 0
+    assert main(["migrate", "--store", url]) == 0
     assert "schema applied" in capsys.readouterr().out
     with psycopg.connect(url) as conn:
         assert conn.execute("select to_regclass('public.quilt_patches') is not null"
                             ).fetchone() == (True,)
 
-    assert main(["migrate", "--url", "https://project.supabase.co"]) == 2
+    assert main(["migrate", "--store", "https://project.supabase.co"]) == 2
     assert "postgresql://" in capsys.readouterr().err
-    assert main(["migrate", "--url", "postgresql://u:hunter2-pw@127.0.0.1:1/db"]) == 2
+    assert main(["migrate", "--store", "postgresql://u:hunter2-pw@127.0.0.1:1/db"]) == 2
     err = capsys.readouterr().err
     assert "hunter2-pw" not in err and "u:***@" in err
 

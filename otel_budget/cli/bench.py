@@ -34,8 +34,10 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="measure record(), collection, checkpoint and restore")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--calls", type=int, default=100_000, help="calls per timing round")
-    p.add_argument("--postgres-url", metavar="URL",
-                   help="also measure PostgreSQL merges (default: $OTEL_BUDGET_BENCH_POSTGRES_URL)")
+    p.add_argument("--store", dest="postgres_url", metavar="URL",
+                   help="a postgresql:// store to also measure merges on (default: "
+                        "$OTEL_BUDGET_BENCH_POSTGRES_URL)")
+    p.add_argument("--postgres-url", dest="postgres_url", help=argparse.SUPPRESS)  # earlier name
     p.set_defaults(func=_cmd_bench)
 
 

@@ -29,8 +29,11 @@ def register(subparsers: Any) -> None:
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--print", dest="print_sql", action="store_true",
                         help="write the SQL to stdout")
-    action.add_argument("--url", help=f"postgresql://... to apply it to (or set {URL_ENV} "
-                        "and pass --url env:)")
+    action.add_argument("--store", dest="url", metavar="URL",
+                        help=f"postgresql://... to apply it to (or set {URL_ENV} "
+                        "and pass --store env:)")
+    # The name before every command said --store; kept so scripts keep working.
+    action.add_argument("--url", dest="url", help=argparse.SUPPRESS)
     parser.set_defaults(func=handle)
 
 
@@ -43,11 +46,11 @@ def handle(args: argparse.Namespace) -> int:
         # Keeps the password out of the shell history and the process list.
         url = os.environ.get(URL_ENV, "")
         if not url:
-            raise ConfigError(f"--url env: needs {URL_ENV} to be set")
+            raise ConfigError(f"--store env: needs {URL_ENV} to be set")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in ("postgresql", "postgres"):
         raise ConfigError(
-            f"--url must be a postgresql:// URL, got {redact_url(url)!r} "
+            f"--store must be a postgresql:// URL, got {redact_url(url)!r} "
             "(for Supabase, use the database connection string, not the API URL)"
         )
     apply_migration(url)

@@ -27,8 +27,9 @@ def register(subparsers: Any) -> None:
                         help="a model id, e.g. claude-sonnet-4-20250514")
     parser.add_argument("--file", metavar="PATH",
                         help=f"a price file overriding the packaged one (default: ${PRICES_ENV})")
-    parser.add_argument("--on", metavar="YYYY-MM-DD",
+    parser.add_argument("--date", dest="on", metavar="YYYY-MM-DD",
                         help="show the prices in effect on this day (default: today, UTC)")
+    parser.add_argument("--on", dest="on", help=argparse.SUPPRESS)  # the earlier name
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--diff-litellm", action="store_true",
                         help="show where LiteLLM's bundled price map disagrees with ours "
@@ -58,7 +59,7 @@ def _parse_day(text: str | None) -> date | None:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise ConfigError(f"--on: expected a date like 2026-11-25, got {text!r}") from None
+        raise ConfigError(f"--date: expected a date like 2026-11-25, got {text!r}") from None
 
 
 def _show_one(table: PriceTable, model: str, day: date | None, *, as_json: bool) -> int:

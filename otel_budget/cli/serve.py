@@ -39,6 +39,8 @@ def register(subparsers: Any) -> None:
                         help="address to bind (default 127.0.0.1; use 0.0.0.0 deliberately)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port to bind (default {DEFAULT_PORT}; 0 picks a free one)")
+    parser.add_argument("--store", metavar="URL",
+                        help="store URL (default: $OTEL_BUDGET_STORE or sqlite:///otel_budget.db)")
     parser.set_defaults(func=handle)
 
 
@@ -86,7 +88,8 @@ def handle(args: argparse.Namespace) -> int:
     }
     try:
         # A corrupt stored row must not stop a server: it starts degraded and says why.
-        meter = from_env(start=False)
+        overrides = {"store_url": args.store} if args.store else {}
+        meter = from_env(start=False, **overrides)
         try:
             meter.start(strict=False)
             try:
