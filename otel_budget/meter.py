@@ -696,6 +696,8 @@ class BudgetMeter:
         seconds (past it the entry is spooled locally and False returned, even
         against a hung server)."""
         def work() -> bool:
+            if self._perkey is not None:
+                self._perkey.fleet.invalidate()  # "now" reads the fleet's keys too
             if not self._reader.run_collection(counted=False, checkpoint=True, wait=True):
                 return False
             return bool(self._tracker.state()["last_checkpoint"]["ok"])

@@ -279,6 +279,11 @@ class KeyFleet:
             return (day != self._day or not self._prior_read
                     or time.monotonic() - self._read_at >= self.refresh_s)
 
+    def invalidate(self) -> None:
+        """Make the next store round read the fleet's keys (`meter.checkpoint()`)."""
+        with self._lock:
+            self._read_at = -math.inf
+
     def refresh(self, store: Any, day: date, writer_id: str) -> None:
         """One read of the store (two on a new day). Raises what the store raises."""
         with self._lock:
