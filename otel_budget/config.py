@@ -11,7 +11,8 @@ from typing import Any
 from urllib.parse import unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .budgets import Budget, budget_from_mapping, check_ratios, daily_budget, load_budgets_file
+from . import environment
+from .budgets import Budget, budget_from_mapping, check_ratios, daily_budget
 from .errors import ConfigError
 from .stores.base import redact_url
 
@@ -202,59 +203,15 @@ class BudgetConfig:
         OTEL_RESOURCE_ATTRIBUTES (service.instance.id is the default instance id).
         Explicit keyword arguments win over the environment."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        if "OTEL_BUDGET_DAILY_CAP_USD" in env:
-            values["daily_cap_usd"] = _parse_float(env, "OTEL_BUDGET_DAILY_CAP_USD")
-        if env.get("OTEL_BUDGET_ALERT_RATIOS", "").strip():
-            raw = env["OTEL_BUDGET_ALERT_RATIOS"]
-            try:
-                values["alert_ratios"] = tuple(
-                    float(part) for part in raw.split(",") if part.strip()
-                )
-            except ValueError:
-                raise ConfigError(
-                    f"OTEL_BUDGET_ALERT_RATIOS must be comma-separated numbers, got {raw!r}"
-                ) from None
-        if "OTEL_BUDGET_CHECKPOINT_EVERY" in env:
-            raw = env["OTEL_BUDGET_CHECKPOINT_EVERY"]
-            try:
-                values["checkpoint_every"] = int(raw)
-            except ValueError:
-                raise ConfigError(
-                    f"OTEL_BUDGET_CHECKPOINT_EVERY must be an integer, got {raw!r}"
-                ) from None
-        if "OTEL_BUDGET_COLLECT_INTERVAL_S" in env:
-            interval = _parse_float(env, "OTEL_BUDGET_COLLECT_INTERVAL_S")
+        parsed = environment.config_values(env)
+        values: dict[str, Any] = {field: value for field, (_, value) in parsed.items()}
+        if "collect_interval_s" in values:
+            interval = values["collect_interval_s"]
             if not (interval >= MIN_ENV_COLLECT_INTERVAL_S):
                 raise ConfigError(
                     f"OTEL_BUDGET_COLLECT_INTERVAL_S={env['OTEL_BUDGET_COLLECT_INTERVAL_S']!r}: "
                     f"must be at least {MIN_ENV_COLLECT_INTERVAL_S:g} seconds"
                 )
-            values["collect_interval_s"] = interval
-        if "OTEL_BUDGET_MAX_ATTRIBUTE_SETS" in env:
-            raw = env["OTEL_BUDGET_MAX_ATTRIBUTE_SETS"]
-            try:
-                values["max_attribute_sets"] = int(raw)
-            except ValueError:
-                raise ConfigError(
-                    f"OTEL_BUDGET_MAX_ATTRIBUTE_SETS must be an integer, got {raw!r}"
-                ) from None
-        if "OTEL_BUDGET_MAX_CALL_USD" in env:
-            values["max_call_usd"] = _parse_float(env, "OTEL_BUDGET_MAX_CALL_USD")
-        if env.get("OTEL_BUDGET_TOKEN_METRICS", "").strip():
-            raw = env["OTEL_BUDGET_TOKEN_METRICS"].strip().lower()
-            if raw not in ("true", "false"):
-                raise ConfigError(f"OTEL_BUDGET_TOKEN_METRICS must be true or false, got {raw!r}")
-            values["token_metrics"] = raw == "true"
-        if env.get("OTEL_BUDGET_MODEL_ALIASES", "").strip():
-            values["model_aliases"] = parse_model_aliases(env["OTEL_BUDGET_MODEL_ALIASES"])
-        if env.get("OTEL_BUDGET_BUDGETS_FILE", "").strip():
-            values["budgets"] = load_budgets_file(env["OTEL_BUDGET_BUDGETS_FILE"].strip(),
-                                                  "OTEL_BUDGET_BUDGETS_FILE")
-        for key in _TEXT_FIELDS:
-            name = _ENV_VARS[key]
-            if env.get(name, "").strip():
-                values[key] = env[name].strip()
         if "instance_id" not in values:
             resource_id = resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")).get(
                 "service.instance.id"
@@ -266,7 +223,7 @@ class BudgetConfig:
                         f"string of at most {_MAX_ID_LENGTH} characters, got {resource_id!r:.80}"
                     )
                 values["instance_id"] = resource_id
-        from_environment = {key: var for key, var in _ENV_VARS.items() if key in values}
+        from_environment = {key: var.name for key, (var, _) in parsed.items()}
         for key in overrides:
             from_environment.pop(key, None)
         values.update(overrides)
@@ -277,30 +234,9 @@ class BudgetConfig:
             for key, var in from_environment.items():
                 if str(exc).startswith(key):
                     raw = env.get(var, "")
-                    shown = redact_url(raw) if key == "store_url" else raw
+                    shown = redact_url(raw) if environment.variable_is_secret(var) else raw
                     raise ConfigError(f"{var}={shown!r}: {exc}") from None
             raise
-
-
-_ENV_VARS = {
-    "daily_cap_usd": "OTEL_BUDGET_DAILY_CAP_USD",
-    "alert_ratios": "OTEL_BUDGET_ALERT_RATIOS",
-    "checkpoint_every": "OTEL_BUDGET_CHECKPOINT_EVERY",
-    "collect_interval_s": "OTEL_BUDGET_COLLECT_INTERVAL_S",
-    "timezone": "OTEL_BUDGET_TIMEZONE",
-    "instance_id": "OTEL_BUDGET_INSTANCE_ID",
-    "sibling": "OTEL_BUDGET_SIBLING",
-    "store_url": "OTEL_BUDGET_STORE",
-    "service_name": "OTEL_SERVICE_NAME",
-    "spool_dir": "OTEL_BUDGET_SPOOL_DIR",
-    "max_attribute_sets": "OTEL_BUDGET_MAX_ATTRIBUTE_SETS",
-    "max_call_usd": "OTEL_BUDGET_MAX_CALL_USD",
-    "budgets": "OTEL_BUDGET_BUDGETS_FILE",
-    "model_aliases": "OTEL_BUDGET_MODEL_ALIASES",
-}
-
-
-_TEXT_FIELDS = ("timezone", "instance_id", "sibling", "store_url", "service_name", "spool_dir")
 
 
 _MAX_ALIASES = 10_000
@@ -363,19 +299,9 @@ def check_model_aliases(aliases: Any) -> FrozenAliases | None:
 
 def parse_model_aliases(raw: str) -> dict[str, str]:
     """``OTEL_BUDGET_MODEL_ALIASES="my-gpt4o=gpt-4o,prod-sonnet=claude-sonnet-4-5"``."""
-    out: dict[str, str] = {}
-    for part in raw.split(","):
-        if not part.strip():
-            continue
-        name, sep, target = part.partition("=")
-        if not sep or not name.strip() or not target.strip() or "=" in target:
-            raise ConfigError(
-                "OTEL_BUDGET_MODEL_ALIASES: expected name=model pairs separated by commas, "
-                f"e.g. 'my-gpt4o-deployment=gpt-4o'; got {part.strip()!r:.80}")
-        if name.strip() in out:
-            raise ConfigError(f"OTEL_BUDGET_MODEL_ALIASES: {name.strip()!r} is given twice")
-        out[name.strip()] = target.strip()
-    return out
+    parsed: dict[str, str] = environment.variable("OTEL_BUDGET_MODEL_ALIASES").parse(
+        "OTEL_BUDGET_MODEL_ALIASES", raw)
+    return parsed
 
 
 def resource_attributes(raw: str) -> dict[str, str]:
@@ -391,13 +317,6 @@ def resource_attributes(raw: str) -> dict[str, str]:
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-
-def _parse_float(env: Mapping[str, str], name: str) -> float:
-    raw = env[name]
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
 def _check_name(field_name: str, value: Any) -> None:
