@@ -5,11 +5,16 @@ from .autoconfig import from_env
 from .budgets import Budget
 from .config import BudgetConfig
 from .errors import (
+    AmountTypeError,
     BudgetError,
     BudgetExceeded,
     CheckpointError,
     ConfigError,
+    CorruptRowError,
+    InvalidEntryError,
+    LeaseStoreDown,
     NotifyError,
+    SpoolError,
     StoreError,
     UnknownModelError,
 )
@@ -22,6 +27,7 @@ from .reservations import Reservation
 from .stores.base import PatchStore, open_store
 
 __all__ = [
+    "AmountTypeError",
     "Budget",
     "BudgetConfig",
     "BudgetError",
@@ -30,6 +36,9 @@ __all__ = [
     "BudgetReader",
     "CheckpointError",
     "ConfigError",
+    "CorruptRowError",
+    "InvalidEntryError",
+    "LeaseStoreDown",
     "LoggingNotifier",
     "ModelPrice",
     "NotifierDispatcher",
@@ -38,6 +47,7 @@ __all__ = [
     "PriceTable",
     "Reservation",
     "SlackNotifier",
+    "SpoolError",
     "StoreError",
     "TokenUsage",
     "UnknownModelError",

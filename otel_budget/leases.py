@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from .errors import BudgetError, CheckpointError
+from .errors import CheckpointError, LeaseStoreDown
 
 _log = logging.getLogger("otel_budget")
 
@@ -661,15 +661,6 @@ class FleetLease:
                 "fleet_free_usd": self._last.get("free_usd"),
                 "fleet_active_leases": self._last.get("active"),
             }
-
-
-class LeaseStoreDown(BudgetError):
-    """A fleet lease's last store round trip failed: not asked again until a probe
-    (the meter's timer) or DOWN_RETRY_S says the store answers."""
-
-
-class LeaseUnsupported(BudgetError):
-    """The store cannot grant leases (a fleet budget needs one that can)."""
 
 
 __all__ = [

@@ -12,7 +12,7 @@ from numbers import Real
 from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo
 
-from .errors import CheckpointError
+from .errors import AmountTypeError, CheckpointError
 from .stores.entries import is_amount
 
 #: Money is stored and compared to this precision (DESIGN decision 8).
@@ -189,11 +189,6 @@ def to_nanos(usd: float) -> int:
 
 def from_nanos(nanos: int) -> float:
     return round_usd(nanos / NANOS_PER_USD)
-
-
-class AmountTypeError(TypeError, ValueError):
-    """An amount of the wrong type. Both a TypeError (what it is) and a ValueError
-    (what DESIGN decision 6 promises for every bad amount), so either catch works."""
 
 
 def check_amount(value: Any, name: str, max_usd: float) -> float:

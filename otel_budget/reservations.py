@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 from . import ledger
 from .budgets import Budget
-from .errors import BudgetError, BudgetExceeded
-from .leases import Draw, FleetLease, LeaseStoreDown
+from .errors import BudgetError, BudgetExceeded, LeaseStoreDown
+from .leases import Draw, FleetLease
 from .ledger import UsdAmount
 from .redact import describe_exception
 

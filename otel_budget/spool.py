@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BudgetError
+from .errors import SpoolError
 
 _log = logging.getLogger("otel_budget")
 _SUFFIX = ".json"
@@ -56,10 +56,6 @@ _MAX_FILE = 16 * 1024 * 1024
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NOWHERE = Path(os.devnull) / "otel_budget-spool-unavailable"
-
-
-class SpoolError(BudgetError, OSError):
-    """The spool directory cannot be used safely (shared, not ours, no home)."""
 
 
 def default_spool_dir() -> Path:

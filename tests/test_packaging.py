@@ -27,3 +27,20 @@ def test_supabase_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ConfigError, match=r'otel-budget\[supabase\]') as info:
         open_store("supabase://")
     assert "sekrit" not in str(info.value)
+
+
+def test_the_error_tree_is_one_hierarchy_drawn_in_its_docstring() -> None:
+    import inspect
+
+    from otel_budget import errors
+
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass)
+               if c.__module__ == errors.__name__]
+    assert len(classes) >= 12
+    doc = errors.__doc__ or ""
+    for cls in classes:
+        assert issubclass(cls, otel_budget.BudgetError), cls
+        assert cls.__name__ in doc, f"{cls.__name__} is not drawn in errors.py's tree"
+        assert getattr(otel_budget, cls.__name__) is cls, f"{cls.__name__} is not exported"
+    assert issubclass(errors.InvalidEntryError, ValueError)
+    assert not issubclass(errors.CorruptRowError, ValueError), "stored data is not input"
