@@ -332,3 +332,105 @@ def test_anon_cannot_setval_the_identity_sequence(pg_clean: str) -> None:
         conn.execute("set role anon")
         with pytest.raises(pgerrors.InsufficientPrivilege):
             conn.execute("select setval('public.quilt_patches_id_seq', 9223372036854775807)")
+
+
+# --- version 3: the day shards ----------------------------------------------------------
+
+def _day_entry(writer: str, spend: float, seq: int, **budgets: float) -> dict[str, Any]:
+    return {"date": "2026-11-25", "writer_id": writer, "instance_id": "i", "spend_usd": spend,
+            "seq": seq, "updated_at": f"2026-11-25T10:00:{seq:02d}+00:00",
+            "by_budget": budgets,
+            "by_attributes": [{"attributes": {"agent": "a"}, "spend_usd": spend}]}
+
+
+def test_migrate_upgrades_a_version_2_database_in_place(
+    pg_fresh_database: Callable[..., str],
+) -> None:
+    """Rows a version 2 database holds (live, retired into the summary row, and a
+    quarantined one) keep counting after the migration: the shards are backfilled."""
+    from pathlib import Path
+
+    url = pg_fresh_database()
+    v2 = (Path(__file__).parent / "schema_v2.sql").read_text("utf-8")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(v2.encode())
+        assert conn.execute("select to_regclass('public.otel_budget_day_shards')").fetchone() == (
+            None,), "the fixture is version 2"
+    store = PostgresStore(url)
+    try:
+        store.merge_writer(_day_entry("live", 1.25, 2, daily=1.25))
+        store.merge_writer(_day_entry("done", 2.5, 1, daily=2.5, team=1.0))
+        store.retire_writer(_day_entry("done", 3.0, 3, daily=3.0, team=1.5))
+        store.merge_writer(_day_entry("other-day", 9.0, 1) | {"date": "2026-11-24"})
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "insert into public.quilt_patches (patch_type, name, content) values "
+                "('budget_writer', 'budget_2026-11-25/bad', %s::jsonb)",
+                (json.dumps(_day_entry("bad", 1.0, 1) | {"spend_usd": "abc"}),))
+        before = store.day_totals(["2026-11-25", "2026-11-24"])
+        assert before["2026-11-25"]["total_usd"] == 4.25
+        assert before["2026-11-25"]["quarantined"] == ["budget_2026-11-25/bad"]
+    finally:
+        store.close()
+
+    assert main(["migrate", "--url", url]) == 0
+    store = PostgresStore(url)
+    try:
+        assert store.day_totals(["2026-11-25", "2026-11-24"]) == before
+        with psycopg.connect(url) as conn:
+            shards = conn.execute(
+                "select day, sum(live_writers), sum(retired_writers), sum(live_usd + retired_usd) "
+                "from public.otel_budget_day_shards group by day order by day").fetchall()
+        assert [(d, int(lw), int(rw), float(t)) for d, lw, rw, t in shards] == [
+            ("2026-11-24", 1, 0, 9.0), ("2026-11-25", 1, 1, 4.25)]
+        # Merges after the upgrade: the others are the backfilled rows minus their own.
+        result = store.merge_writer(_day_entry("live", 2.0, 3, daily=2.0))
+        assert result["applied"] is True
+        assert result["others"]["total_usd"] == 3.0 and result["others"]["writers"] == 1
+        assert result["others"]["by_budget"] == {"daily": 3.0, "team": 1.5}
+        assert result["others"]["quarantined"] == ["budget_2026-11-25/bad"]
+        late = store.merge_writer(_day_entry("done", 3.5, 4, daily=3.5, team=1.5))
+        assert late["others"]["total_usd"] == 2.0
+        totals = store.day_totals(["2026-11-25"])["2026-11-25"]
+        assert totals["total_usd"] == 5.5 and totals["writers"] == 2
+    finally:
+        store.close()
+    before_catalog = _catalog(url)
+    apply_migration(url)
+    assert _catalog(url) == before_catalog, "a second run backfills nothing twice"
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select sum(live_usd + retired_usd) from public.otel_budget_day_shards "
+                            "where day = '2026-11-25'").fetchone() == (5.5,)
+
+
+def _rows_read_by_one_merge(url: str, writer: str) -> int:
+    """quilt_patches tuples one merge reads (sequential and index fetches), from
+    PostgreSQL's own counters of the merge's transaction."""
+    with psycopg.connect(url) as conn, conn.transaction():
+        conn.execute("select public.otel_budget_merge_writer(%s::jsonb)",
+                     (json.dumps(_day_entry(writer, 1.0, 1, daily=1.0)),))
+        row = conn.execute(
+            "select coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
+            "from pg_catalog.pg_stat_xact_user_tables where relid = 'public.quilt_patches'::regclass"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_merge_reads_the_same_rows_whatever_the_days_live_writers(pg_clean: str) -> None:
+    """Version 2 summed every live row of the day; the shards make a merge's reads
+    independent of them (killed writers that never retire included)."""
+    few = _rows_read_by_one_merge(pg_clean, "w-0")
+    with psycopg.connect(pg_clean, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.executemany("select public.otel_budget_merge_writer(%s::jsonb)",
+                            [(json.dumps(_day_entry(f"killed-{i}", 0.5, 1, daily=0.5)),)
+                             for i in range(400)])
+        conn.execute("analyze public.quilt_patches")
+    many = _rows_read_by_one_merge(pg_clean, "w-1")
+    assert many == few <= 2, (few, many)  # version 2: 401
+    with psycopg.connect(pg_clean) as conn:
+        totals = conn.execute("select public.otel_budget_day_totals(array['2026-11-25'])"
+                              ).fetchone()
+    assert totals is not None
+    assert totals[0]["2026-11-25"]["total_usd"] == 202 and totals[0]["2026-11-25"]["writers"] == 402

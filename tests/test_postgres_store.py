@@ -202,10 +202,12 @@ def test_the_benchmark_reports_throughput_and_latency(
     monkeypatch.setattr(pgbench, "WARMUP_MERGES", 1)
     monkeypatch.setattr(pgbench, "WRITER_COUNTS", (1, 4))
     monkeypatch.setattr(pgbench, "FINISHED_WRITERS", 50)
+    monkeypatch.setattr(pgbench, "NEVER_RETIRED", (30,))
     monkeypatch.setattr(pgbench, "RESTORE_REPEATS", 2)
     url = pg_fresh_database()  # the bench applies the migration itself
     result = pgbench.run_postgres_bench(url)
-    for key, writers in (("writers_1", 1), ("writers_4", 4), ("writers_4_with_50_finished", 4)):
+    for key, writers in (("writers_1", 1), ("writers_4", 4), ("writers_4_with_50_finished", 4),
+                         ("writers_4_with_30_never_retired", 4)):
         figures = result[key]
         assert figures["writers"] == writers and figures["merges"] == 48
         assert figures["merges_per_s"] > 0
@@ -213,6 +215,8 @@ def test_the_benchmark_reports_throughput_and_latency(
     assert result["restore_50_writers"]["day_totals_median_ms"] > 0
     with psycopg.connect(url) as conn:  # it cleans up after itself
         assert conn.execute("select count(*) from public.quilt_patches").fetchone() == (0,)
+        assert conn.execute(
+            "select count(*) from public.otel_budget_day_shards").fetchone() == (0,)
 
 
 def _use_after_fork(store: Any, writer: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -495,3 +496,96 @@ def test_concurrent_retires_and_merges_lose_nothing(store_factory: StoreFactory)
     assert totals["total_usd"] == float(writers) and totals["writers"] == writers
     assert totals["budget_writers"] == {"d": writers}
     assert reader.get(SUMMARY_TYPE, summary_row_name(DAY))["writers"] == writers
+
+
+# --- the reaper: writers that stopped checkpointing (killed, OOM, frozen) -------------
+
+def _reap_all(store: Any) -> list[str]:
+    """Every live row written before now (the clocks of SQLite and memory tick in
+    milliseconds and microseconds: wait until they have moved past the last write)."""
+    names: list[str] = []
+    for _ in range(200):
+        names += store.reap_stale(0)
+        if not [e for e in store.writer_entries([DAY, "2026-11-26"], breakdown=False)
+                if not e.get("retired")]:
+            break
+        threading.Event().wait(0.005)
+    return sorted(names)
+
+
+def test_the_reaper_retires_stale_writers_and_a_late_merge_never_counts_twice(
+    store: Any,
+) -> None:
+    store.merge_writer(entry("killed", 1.0, 3, budgets={"daily": 1.0}))
+    store.merge_writer(entry("slow", 2.0, 1, budgets={"daily": 2.0, "team": 2.0}))
+    before = store.day_totals([DAY])[DAY]
+    assert store.reap_stale(3600) == [], "nothing that old"
+    assert _reap_all(store) == [writer_row_name(DAY, "killed"), writer_row_name(DAY, "slow")]
+    rows = {e["writer_id"]: e for e in store.writer_entries([DAY], breakdown=False)}
+    assert rows["killed"]["retired"] is True and rows["slow"]["retired"] is True
+    assert rows["killed"]["seq"] == 3 and rows["killed"]["spend_usd"] == 1.0, "its own entry"
+    assert store.day_totals([DAY])[DAY] == before, "retiring moves nothing"
+    assert store.get(SUMMARY_TYPE, summary_row_name(DAY))["writers"] == 2
+    assert store.reap_stale(0) == [], "a retired row is reaped once"
+
+    # The slow writer comes back: its newer entry replaces its row, counted once.
+    late = store.merge_writer(entry("slow", 2.5, 2, budgets={"daily": 2.5, "team": 2.5}))
+    assert late["applied"] is True and late["stored_seq"] == 2
+    assert late["others"]["total_usd"] == 1.0 and late["others"]["writers"] == 1
+    again = store.merge_writer(entry("slow", 2.5, 2, budgets={"daily": 2.5, "team": 2.5}))
+    assert again["applied"] is False and again["others"]["total_usd"] == 1.0
+    totals = store.day_totals([DAY])[DAY]
+    assert totals["total_usd"] == 3.5 and totals["writers"] == 2
+    assert totals["by_budget"] == {"daily": 3.5, "team": 2.5}
+    assert totals["budget_writers"] == {"daily": 2, "team": 1}
+    assert store.get(SUMMARY_TYPE, summary_row_name(DAY))["spend_nanos"] == 3_500_000_000
+    fresh = store.merge_writer(entry("fresh", 4.0, 1))
+    assert fresh["others"]["total_usd"] == 3.5 and fresh["others"]["writers"] == 2
+    assert store.reap_stale(3600) == []
+
+
+def test_reap_stale_refuses_bad_arguments_before_any_io(store: Any) -> None:
+    for bad in (-1, math.nan, "10", None):
+        with pytest.raises(CheckpointError):
+            store.reap_stale(bad)
+    with pytest.raises(CheckpointError):
+        store.reap_stale(10, limit=0)
+
+
+@pytest.mark.parametrize("seed", [31, 32])
+def test_merges_retires_and_reaps_in_any_order_keep_the_totals_exact(
+    store: Any, seed: int
+) -> None:
+    """As the test above with retires, plus reaps at random moments: every answer's
+    others and day_totals equal entries.summarize over every row, reaped or not."""
+    rng = random.Random(seed)
+    latest: dict[str, dict[str, Any]] = {}
+    retired: set[str] = set()
+    for step in range(60):
+        if rng.random() < 0.15:
+            for name in store.reap_stale(0, limit=rng.randint(1, 3)):
+                retired.add(name.rsplit("/", 1)[1])
+            continue
+        writer = rng.choice(["a", "b", "c", "d", "e"])
+        spend = rng.choice([rng.uniform(0, 20), 0.1, 1e-9, float(rng.randint(0, 4))])
+        budgets = {n: rng.choice([spend, rng.uniform(0, 2)])
+                   for n in rng.sample(["daily", "team"], rng.randint(0, 2))}
+        seq = rng.randint(0, 9)
+        raw = entry(writer, spend, seq, budgets=budgets)
+        raw["updated_at"] = f"t{seq:02d}-{step:03d}"
+        retire = rng.random() < 0.2
+        stored = latest.get(writer)
+        was_retired = writer in retired
+        result = (store.retire_writer if retire else store.merge_writer)(raw)
+        if stored is None or seq > stored["seq"]:
+            latest[writer] = normalize_writer_entry(raw, where="test")
+        if retire:
+            retired.add(writer)
+        got = dict(result["others"])
+        want = summarize(DAY, [e for w, e in latest.items() if w != writer])
+        if was_retired:  # documented: others.updated_at may then be this writer's
+            got["updated_at"] = want["updated_at"] = None
+        assert got == want, step
+        assert store.day_totals([DAY])[DAY] == summarize(DAY, list(latest.values())), step
+    rows = store.writer_entries([DAY], breakdown=False)
+    assert {e["writer_id"] for e in rows if e.get("retired")} == retired

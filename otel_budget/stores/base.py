@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -14,7 +16,17 @@ from .entries import DayTotals, MergeResult
 
 @runtime_checkable
 class PatchStore(Protocol):
-    """Rows of `quilt_patches`, addressed by (patch_type, name), holding JSON objects."""
+    """Rows of `quilt_patches`, addressed by (patch_type, name), holding JSON objects.
+
+    Every bundled store also has `reap_stale(stale_after_s, *, limit=100) ->
+    list[str]` (optional for others, so not part of the protocol): retire, as
+    retire_writer does with the row's own stored entry, at most `limit` live writer
+    rows of any day not written for `stale_after_s` seconds, and return their names.
+    Retiring only moves a row's sums from the day's live writers to its retired ones:
+    a late merge of a writer that was only slow applies against the stored row and
+    never counts it twice; malformed rows are left alone (quarantined). The bundled
+    stores run it themselves, piggybacked on merges (their `stale_after_s`, default
+    DEFAULT_STALE_AFTER_S; None: never)."""
 
     def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
         """The row's content, or None if absent. Raises CheckpointError if it is not
@@ -183,6 +195,49 @@ def _reject_constant(token: str) -> float:
 
 def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: A live writer row not written for this long is retired by the stores' reaper: its
+#: writer was killed (SIGKILL, OOM, a frozen instance) and never retired it. A writer
+#: that was only slow loses nothing: its next merge applies against the stored row
+#: (retired rows stay counted once). 15 minutes: 90 of the default checkpoints.
+DEFAULT_STALE_AFTER_S = 900.0
+
+
+class ReapSchedule:
+    """When a store runs its reaper next: at most once per quarter of
+    `stale_after_s` (and at least a second apart) per store object, piggybacked on
+    a merge, so no thread or process of its own is needed. None: never."""
+
+    def __init__(self, stale_after_s: float | None) -> None:
+        if stale_after_s is not None and (not is_finite_number(stale_after_s)
+                                          or stale_after_s <= 0):
+            raise ConfigError(f"store: stale_after_s must be a number > 0 or None, "
+                              f"got {stale_after_s!r:.40}")
+        self.stale_after_s = None if stale_after_s is None else float(stale_after_s)
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def due(self) -> bool:
+        """True (once) when the reaper should run now."""
+        if self.stale_after_s is None:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                return False
+            self._next = now + max(1.0, self.stale_after_s / 4)
+            return True
+
+
+def check_reap_args(stale_after_s: float, limit: int) -> tuple[float, int]:
+    """reap_stale's arguments, or CheckpointError before any I/O."""
+    if not is_finite_number(stale_after_s) or stale_after_s < 0:
+        raise CheckpointError(f"reap_stale: stale_after_s must be a number >= 0, "
+                              f"got {stale_after_s!r:.40}")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise CheckpointError(f"reap_stale: limit must be an integer >= 1, got {limit!r:.40}")
+    return float(stale_after_s), limit
 
 
 class ContextStore:

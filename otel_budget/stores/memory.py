@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import time
@@ -18,7 +19,7 @@ from ..leases import (
     lease_doc_problem,
     lease_row_name,
 )
-from .base import ContextStore, dumps_content
+from .base import DEFAULT_STALE_AFTER_S, ContextStore, ReapSchedule, check_reap_args, dumps_content
 from .entries import (
     SUMMARY_TYPE,
     WRITER_TYPE,
@@ -32,12 +33,16 @@ from .entries import (
     summary_row_name,
     validate_summary,
     validate_writer_entry,
+    writer_entry_problem,
     writer_row_name,
 )
 
 
 class MemoryStore(ContextStore):
-    def __init__(self) -> None:
+    def __init__(self, *, stale_after_s: float | None = DEFAULT_STALE_AFTER_S) -> None:
+        self._reaps = ReapSchedule(stale_after_s)
+        # Writer row name -> when it was last written (time.time()), for the reaper.
+        self._written: dict[str, float] = {}
         self._rows: dict[tuple[str, str], Any] = {}
         # name -> writer row name, per day: the in-memory "index" on the date.
         self._days: dict[str, set[str]] = {}
@@ -78,7 +83,41 @@ class MemoryStore(ContextStore):
         return rows
 
     def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
-        return self._write(entry, retire=False)
+        result = self._write(entry, retire=False)
+        if self._reaps.due():
+            assert self._reaps.stale_after_s is not None
+            # A malformed summary row stops it: every merge of that day names the row.
+            with contextlib.suppress(CheckpointError):
+                self.reap_stale(self._reaps.stale_after_s)
+        return result
+
+    def reap_stale(self, stale_after_s: float, *, limit: int = 100) -> list[str]:
+        """Retire live writer rows not written for `stale_after_s` seconds, at most
+        `limit` (see PatchStore)."""
+        self._check_open()
+        seconds, limit = check_reap_args(stale_after_s, limit)
+        cutoff = time.time() - seconds
+        reaped: list[str] = []
+        with self._lock:
+            stale = sorted((at, name) for name, at in self._written.items() if at < cutoff)
+            for _, name in stale:
+                if len(reaped) >= limit:
+                    break
+                row = self._rows.get((WRITER_TYPE, name))
+                if (not isinstance(row, dict) or row.get("retired") is True
+                        or writer_entry_problem(row) is not None
+                        or amounts_problem(row) is not None
+                        or name != writer_row_name(row["date"], row["writer_id"])):
+                    continue  # retired already, or quarantined: left where it is
+                day = row["date"]
+                plan = plan_write(row, row, self._summary(day), retire=True)
+                if plan["row"] is not None:
+                    self._rows[(WRITER_TYPE, name)] = copy.deepcopy(plan["row"])
+                    self._written[name] = time.time()
+                if plan["summary"] is not None:
+                    self._rows[(SUMMARY_TYPE, summary_row_name(day))] = plan["summary"]
+                reaped.append(name)
+        return reaped
 
     def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
         return self._write(entry, retire=True)
@@ -100,6 +139,7 @@ class MemoryStore(ContextStore):
             if plan["row"] is not None:
                 self._rows[(WRITER_TYPE, name)] = copy.deepcopy(plan["row"])
                 self._days.setdefault(day, set()).add(name)
+                self._written[name] = time.time()
             if plan["summary"] is not None:
                 self._rows[(SUMMARY_TYPE, summary_row_name(day))] = plan["summary"]
         return {"applied": plan["applied"], "stored_seq": plan["stored_seq"], "others": others}
@@ -203,6 +243,8 @@ class MemoryStore(ContextStore):
         """Test hook: store anything, however malformed."""
         with self._lock:
             self._rows[(patch_type, name)] = content
+            if patch_type == WRITER_TYPE:
+                self._written[name] = time.time()
             if patch_type == WRITER_TYPE and isinstance(content, dict):
                 day = content.get("date")
                 if isinstance(day, str):

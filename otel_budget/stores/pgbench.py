@@ -4,11 +4,12 @@
 Writers are separate processes, each with its own PostgresStore (one connection),
 each checkpointing its own writer row of one shared day with `merge_writer`, the
 entry carrying `ATTRIBUTE_SETS` attribute sets: that is how replicas behave. Each
-scenario runs at 1, 4 and 16 writers, once into an empty day and once into a day
-that already holds `FINISHED_WRITERS` finished writers, retired as a shutdown
-retires them (`retire_writer`: their rows marked retired and summed into the day's
-summary row, so a merge reads the summary and the live rows, not the finished
-ones). Then the restore path: `day_totals` and `writer_entries` of that large day.
+scenario runs at 1, 4, 16 and 64 writers into a day that holds nothing yet,
+`FINISHED_WRITERS` finished writers (retired as a shutdown retires them), or
+`NEVER_RETIRED` live rows nobody updates any more (killed writers): a merge reads
+the day's aggregate shards minus its own row, so all of them should cost alike.
+Directly, and through a transaction pooler when one is given. Then the restore
+path: `day_totals` and `writer_entries` of a day of finished writers.
 
 Every writer warms up (connects, merges WARMUP_MERGES times), then all wait at a
 barrier and start together; merges/s is timed from the first timed merge of any
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import os
 import random
 import statistics
 import time
@@ -35,35 +37,52 @@ from .migrate import apply_migration
 
 TOTAL_MERGES = 3200
 WARMUP_MERGES = 10
-WRITER_COUNTS = (1, 4, 16)
+WRITER_COUNTS = (1, 4, 16, 64)
 ATTRIBUTE_SETS = 20
 FINISHED_WRITERS = 1000
+#: Writers that never retire (SIGKILL, OOM, frozen instances): live rows of the day
+#: that nobody updates any more. Version 2 merges summed every one of them.
+NEVER_RETIRED = (1000, 10000)
 RESTORE_REPEATS = 20
 
 
-def run_postgres_bench(url: str) -> dict[str, Any]:
+def run_postgres_bench(url: str, *, pooler_url: str | None = None) -> dict[str, Any]:
     """{"writers_1": {...}, ..., "writers_16_with_1000_finished": {...},
-    "restore_1000_writers": {...}} with merges/s, median/p99 in ms (the 1,000
-    finished writers retired into the day's summary row)."""
+    "writers_16_with_10000_never_retired": {...}, "restore_1000_writers": {...}}
+    with merges/s, median/p99 in ms. `pooler_url` (default
+    OTEL_BUDGET_BENCH_PGBOUNCER_URL): the same database through a transaction
+    pooler (PgBouncer); its rows are keyed "pgbouncer_writers_...". A day's
+    background is seeded once per scenario: nothing, FINISHED_WRITERS writers
+    retired as a shutdown retires them, or NEVER_RETIRED live rows nobody updates."""
     apply_migration(url)
+    if pooler_url is None:
+        pooler_url = os.environ.get("OTEL_BUDGET_BENCH_PGBOUNCER_URL") or None
     results: dict[str, Any] = {
         "mode": "processes, one connection each, one writer row each, one shared day",
         "merges_per_scenario": TOTAL_MERGES,
         "attribute_sets_per_entry": ATTRIBUTE_SETS,
+        "host": f"{os.cpu_count()} CPUs, shared with whatever else runs: compare rows "
+                "of one run, not runs",
     }
     context = multiprocessing.get_context("spawn")  # no inherited pools or threads
     days: list[str] = []
+    backgrounds: list[tuple[str, int]] = [("", 0), ("finished", FINISHED_WRITERS)]
+    backgrounds += [("never_retired", n) for n in NEVER_RETIRED]
+    paths = [("", url)] + ([("pgbouncer_", pooler_url)] if pooler_url else [])
     try:
-        for finished in (0, FINISHED_WRITERS):
-            for writers in WRITER_COUNTS:
-                day = _bench_day(days)
-                days.append(day)
-                if finished:
-                    _seed(url, day, finished)
-                per_writer = max(1, TOTAL_MERGES // writers)
-                batches = _run_writers(context, url, day, writers, per_writer)
-                key = f"writers_{writers}" + (f"_with_{finished}_finished" if finished else "")
-                results[key] = _figures(writers, batches)
+        for prefix, target in paths:
+            for kind, count in backgrounds:
+                for writers in WRITER_COUNTS:
+                    day = _bench_day(days)
+                    days.append(day)
+                    if kind == "finished":
+                        _seed(url, day, count)
+                    elif kind == "never_retired":
+                        _seed_live(url, day, count)
+                    per_writer = max(1, TOTAL_MERGES // writers)
+                    batches = _run_writers(context, target, day, writers, per_writer)
+                    key = f"{prefix}writers_{writers}" + (f"_with_{count}_{kind}" if kind else "")
+                    results[key] = _figures(writers, batches)
         day = _bench_day(days)
         days.append(day)
         _seed(url, day, FINISHED_WRITERS)
@@ -215,6 +234,19 @@ def _seed(url: str, day: str, writers: int) -> None:
         conn.execute("vacuum analyze public.quilt_patches")
 
 
+def _seed_live(url: str, day: str, writers: int) -> None:
+    """`writers` live rows of `day` that are never updated again (their writers
+    were killed): merged once each, never retired."""
+    import psycopg
+
+    merges = [json.dumps(_entry(day, f"killed-{i}", 1 + i)) for i in range(writers)]
+    with psycopg.connect(url, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.executemany("select public.otel_budget_merge_writer(%s::jsonb)",
+                            [(m,) for m in merges])
+        conn.execute("vacuum analyze public.quilt_patches")
+
+
 def _bench_day(taken: list[str]) -> str:
     rng = random.Random(uuid.uuid4().int)
     while True:
@@ -240,5 +272,7 @@ def _delete(url: str, days: list[str]) -> None:
                 "and (content ->> 'date') = any(%s::text[])",
                 (days,),
             )
+            conn.execute("delete from public.otel_budget_day_shards where day = any(%s::text[])",
+                         (days,))
     except psycopg.Error:
         pass  # leftovers are dated 2999; nothing depends on them

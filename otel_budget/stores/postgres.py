@@ -34,7 +34,14 @@ from psycopg.types.json import Jsonb
 from ..errors import CheckpointError, ConfigError, StoreError
 from ..leases import LEASE_TYPE, check_lease_request, lease_answer, lease_row_name
 from ..redact import password_of, scrub_known
-from .base import ContextStore, dumps_content, redact_url
+from .base import (
+    DEFAULT_STALE_AFTER_S,
+    ContextStore,
+    ReapSchedule,
+    check_reap_args,
+    dumps_content,
+    redact_url,
+)
 from .entries import WRITER_TYPE, DayTotals, MergeResult, check_days, writer_row_name
 from .sqlfunctions import (
     CHECKPOINT_SQLSTATES,
@@ -42,6 +49,7 @@ from .sqlfunctions import (
     as_object,
     days_totals,
     entry_list,
+    entry_list_of_names,
     merge_result,
     prepare_writer_entry,
 )
@@ -64,6 +72,10 @@ _MERGE = pgsql.SQL(
 _RETIRE = pgsql.SQL(
     "select pg_catalog.set_config('statement_timeout', %s::text, true); "
     "select public.otel_budget_retire_writer(%s::jsonb)"
+)
+_REAP = pgsql.SQL(
+    "select pg_catalog.set_config('statement_timeout', %s::text, true); "
+    "select public.otel_budget_reap(%s::numeric, %s::integer)"
 )
 _TOTALS = pgsql.SQL(
     "select pg_catalog.set_config('statement_timeout', %s::text, true); "
@@ -119,6 +131,7 @@ class PostgresStore(ContextStore):
         connect_timeout_s: int = 5,
         reconnect_timeout_s: float = 10.0,
         io_timeout_s: float | None = None,
+        stale_after_s: float | None = DEFAULT_STALE_AFTER_S,
     ) -> None:
         try:
             from psycopg_pool import ConnectionPool
@@ -129,6 +142,7 @@ class PostgresStore(ContextStore):
         if statement_timeout_ms <= 0 or pool_timeout_s <= 0 or connect_timeout_s <= 0:
             raise ConfigError("store: statement_timeout_ms, pool_timeout_s and "
                               "connect_timeout_s must be > 0")
+        self._reaps = ReapSchedule(stale_after_s)
         self._redacted = redact_url(conninfo)
         self._password = password_of(conninfo)
         self._params = _parse_conninfo(conninfo, self._redacted)
@@ -264,7 +278,35 @@ class PostgresStore(ContextStore):
 
     def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
         # Retried: idempotent, the same seq applies at most once.
-        return self._write_writer(entry, _MERGE, "merging")
+        result = self._write_writer(entry, _MERGE, "merging")
+        if self._reaps.due():
+            self._reap_quietly()
+        return result
+
+    def reap_stale(self, stale_after_s: float, *, limit: int = 100) -> list[str]:
+        """Retire live writer rows not written for `stale_after_s` seconds (this
+        server's clock), at most `limit`: otel_budget_reap (see PatchStore)."""
+        self._check_open()
+        seconds, limit = check_reap_args(stale_after_s, limit)
+        row = self._run(
+            "reaping stale writer rows",
+            lambda conn: _one_trip(conn, _REAP, (self._statement_timeout, seconds, limit)),
+            retry=True, single=True,
+        )
+        assert row is not None
+        return [str(name) for name in entry_list_of_names(row[0])]
+
+    def _reap_quietly(self) -> None:
+        # A merge never fails because the reaper did: it runs again next time.
+        assert self._reaps.stale_after_s is not None
+        try:
+            reaped = self.reap_stale(self._reaps.stale_after_s)
+        except (StoreError, CheckpointError) as exc:
+            _log.info("otel_budget: reaping stale writer rows failed: %s", exc)
+            return
+        if reaped:
+            _log.info("otel_budget: retired %d writer rows not written for %g s",
+                      len(reaped), self._reaps.stale_after_s)
 
     def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
         # Retried: idempotent, a retired row is never added again.

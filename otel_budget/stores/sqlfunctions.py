@@ -64,6 +64,15 @@ def entry_list(value: Any) -> list[dict[str, Any]]:
     return value
 
 
+def entry_list_of_names(value: Any) -> list[str]:
+    """The answer of otel_budget_reap: a list of row names."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CheckpointError(
+            f"otel_budget_reap answered {str(value)[:80]!r}, expected a list of row names"
+        )
+    return value
+
+
 def as_object(value: Any, *, patch_type: str, name: str) -> dict[str, Any]:
     """A row's content as returned by the database, or CheckpointError naming the row."""
     if not isinstance(value, dict):

@@ -16,6 +16,7 @@ unlinked file nobody will ever read.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -34,7 +35,14 @@ from ..leases import (
     lease_doc_problem,
     lease_row_name,
 )
-from .base import ContextStore, dumps_content, loads_content
+from .base import (
+    DEFAULT_STALE_AFTER_S,
+    ContextStore,
+    ReapSchedule,
+    check_reap_args,
+    dumps_content,
+    loads_content,
+)
 from .entries import (
     SUMMARY_TYPE,
     WRITER_TYPE,
@@ -48,6 +56,7 @@ from .entries import (
     summary_row_name,
     validate_summary,
     validate_writer_entry,
+    writer_entry_problem,
     writer_row_name,
 )
 
@@ -113,6 +122,8 @@ GROUP BY day
 """,
 )
 
+_log = logging.getLogger(__name__)
+
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 # The day's writer rows not retired. INDEXED BY: an error, not a silent scan of every
@@ -125,6 +136,13 @@ _DAY_ROWS = (
     "AND json_extract(content, '$.retired') IS NULL"
 )
 _ROW = "SELECT content FROM quilt_patches WHERE patch_type = ? AND name = ?"
+# Live writer rows not written since the cutoff, oldest first (the reaper's).
+_STALE_ROWS = (
+    "SELECT name, content FROM quilt_patches INDEXED BY quilt_patches_writer_live "
+    "WHERE patch_type = 'budget_writer' AND json_extract(content, '$.retired') IS NULL "
+    "AND updated_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) "
+    "ORDER BY updated_at LIMIT ?"
+)
 _UPSERT = (
     "INSERT INTO quilt_patches (patch_type, name, content) VALUES (?, ?, ?) "
     "ON CONFLICT (patch_type, name) DO UPDATE SET "
@@ -185,7 +203,9 @@ def _is_in_memory(path: str) -> bool:
 
 
 class SQLiteStore(ContextStore):
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 5.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 5.0,
+                 stale_after_s: float | None = DEFAULT_STALE_AFTER_S) -> None:
+        self._reaps = ReapSchedule(stale_after_s)
         if not str(path):
             raise ConfigError("store: sqlite URL needs a file path, e.g. sqlite:///otel_budget.db")
         if _is_in_memory(str(path)):
@@ -319,7 +339,54 @@ class SQLiteStore(ContextStore):
         return loads_content(row[0], patch_type=patch_type, name=name)
 
     def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
-        return self._write(entry, retire=False)
+        result = self._write(entry, retire=False)
+        if self._reaps.due():
+            assert self._reaps.stale_after_s is not None
+            try:
+                self.reap_stale(self._reaps.stale_after_s)
+            except (StoreError, CheckpointError) as exc:  # runs again next time
+                _log.info("otel_budget: reaping stale writer rows failed: %s", exc)
+        return result
+
+    def reap_stale(self, stale_after_s: float, *, limit: int = 100) -> list[str]:
+        """Retire live writer rows not written for `stale_after_s` seconds (the
+        row's updated_at column), at most `limit`, in one transaction (see
+        PatchStore)."""
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
+        seconds, limit = check_reap_args(stale_after_s, limit)
+        reaped: list[str] = []
+        with self._lock:
+            conn = self._writable()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for name, text in conn.execute(_STALE_ROWS, (f"-{seconds:f} seconds",
+                                                                 limit)).fetchall():
+                        try:
+                            row = loads_content(text, patch_type=WRITER_TYPE, name=name)
+                        except CheckpointError:
+                            continue
+                        if (writer_entry_problem(row) is not None
+                                or amounts_problem(row) is not None
+                                or row.get("retired") is not None
+                                or name != writer_row_name(row["date"], row["writer_id"])):
+                            continue  # quarantined: left where it is, named by the merges
+                        day = row["date"]
+                        plan = plan_write(row, row, self._summary(conn, day), retire=True)
+                        if plan["row"] is not None:
+                            conn.execute(_UPSERT, (WRITER_TYPE, name, dumps_content(plan["row"])))
+                        if plan["summary"] is not None:
+                            conn.execute(_UPSERT, (SUMMARY_TYPE, summary_row_name(day),
+                                                   dumps_content(plan["summary"])))
+                        reaped.append(name)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"reaping stale writer rows failed: {exc}") from None
+        return reaped
 
     def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
         return self._write(entry, retire=True)

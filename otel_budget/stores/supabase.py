@@ -33,7 +33,13 @@ import httpx
 from ..errors import CheckpointError, ConfigError, StoreError
 from ..leases import LEASE_TYPE, check_lease_request, lease_answer, lease_row_name
 from ..redact import scrub_known
-from .base import ContextStore, dumps_content
+from .base import (
+    DEFAULT_STALE_AFTER_S,
+    ContextStore,
+    ReapSchedule,
+    check_reap_args,
+    dumps_content,
+)
 from .entries import WRITER_TYPE, DayTotals, MergeResult, check_days, writer_row_name
 from .sqlfunctions import (
     CHECKPOINT_SQLSTATES,
@@ -41,6 +47,7 @@ from .sqlfunctions import (
     as_object,
     days_totals,
     entry_list,
+    entry_list_of_names,
     merge_result,
     prepare_writer_entry,
 )
@@ -71,7 +78,9 @@ class SupabaseStore(ContextStore):
         backoff_s: float = 0.25,
         max_backoff_s: float = 4.0,
         sleep: Callable[[float], None] = time.sleep,
+        stale_after_s: float | None = DEFAULT_STALE_AFTER_S,
     ) -> None:
+        self._reaps = ReapSchedule(stale_after_s)
         if max_attempts < 1:
             raise ConfigError("store: max_attempts must be >= 1")
         self._max_attempts = max_attempts
@@ -199,7 +208,30 @@ class SupabaseStore(ContextStore):
         return as_object(rows[0].get("content"), patch_type=patch_type, name=name)
 
     def merge_writer(self, entry: dict[str, Any]) -> MergeResult:
-        return self._write_writer(entry, "otel_budget_merge_writer", "merging")
+        result = self._write_writer(entry, "otel_budget_merge_writer", "merging")
+        if self._reaps.due():
+            self._reap_quietly()
+        return result
+
+    def reap_stale(self, stale_after_s: float, *, limit: int = 100) -> list[str]:
+        """Retire live writer rows not written for `stale_after_s` seconds (the
+        database's clock), at most `limit`: otel_budget_reap (see PatchStore)."""
+        self._check_open()
+        seconds, limit = check_reap_args(stale_after_s, limit)
+        response = self._call(
+            "reaping stale writer rows",
+            lambda: self._current_client().rpc(
+                "otel_budget_reap", {"p_stale_after_s": seconds, "p_limit": limit}).execute(),
+        )
+        return entry_list_of_names(response.data)
+
+    def _reap_quietly(self) -> None:
+        # A merge never fails because the reaper did: it runs again next time.
+        assert self._reaps.stale_after_s is not None
+        try:
+            self.reap_stale(self._reaps.stale_after_s)
+        except (StoreError, CheckpointError) as exc:
+            _log.info("otel_budget: reaping stale writer rows failed: %s", exc)
 
     def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
         # Retried like a merge: a retired row is never added again.
