@@ -15,7 +15,7 @@ Two kinds of sums are kept, because they live for different times:
 Totals are exact whatever the breakdowns hold.
 
 The hot path never waits for the lock: when another thread holds it, a call for
-an attribute set already seen appends `(key, nanos)` to a deque (one atomic
+an attribute set already seen today appends `(cell, nanos)` to a deque (one atomic
 operation under the GIL) and returns; whoever holds the lock next drains the
 deque before it reads or adds. Waiting on one lock made threads queue behind each
 other (8 threads kept 0.2-0.6 of one thread's throughput). A read still counts
@@ -41,6 +41,11 @@ _EMPTY_KEY: frozenset[Any] = frozenset()
 #: Attribute sets whose cell is remembered for the fast path, per day, as a multiple
 #: of max_attribute_sets (beyond it, new sets take the slow path on every call).
 _CELL_CACHE_FACTOR = 4
+#: The hot path drains the queue once it holds this many calls (a short queue keeps
+#: its tuples on CPython's free list), at most _DRAIN_CHUNK at a time (a short hold
+#: of the lock: a thread preempted while holding it leaves the others queueing).
+_DRAIN_AT = 256
+_DRAIN_CHUNK = 1024
 
 
 
@@ -69,6 +74,13 @@ class _Bucket:
         self.nanos = 0
 
 
+#: (day bucket, lifetime bucket, indexes of the budgets the set matches, the day's cell
+#: map it belongs to, the set's key, its checked attributes). A tuple: unpacked on every
+#: call, no lookups.
+_Cell = tuple[_Bucket, _Bucket, tuple[int, ...], dict[frozenset[Any], Any], frozenset[Any],
+              dict[str, Any]]
+
+
 def _key(attributes: Attributes) -> frozenset[Any]:
     # The SDK's own choice of key: cheap, order-free.
     return frozenset((k, tuple(v) if isinstance(v, list) else v) for k, v in attributes.items())
@@ -94,8 +106,7 @@ class SpendLedger:
             (lambda: clock().timestamp()) if clock is not None else time.time
         )
         self._lock = threading.Lock()
-        self._queue: deque[tuple[frozenset[Any], int]] = deque()
-        self._known: dict[frozenset[Any], dict[str, Any]] = {}
+        self._queue: deque[tuple[_Cell, int]] = deque()
         self._export: dict[frozenset[Any], _Bucket] = {}
         self._export_overflow = _Bucket(dict(ledger.OVERFLOW_ATTRIBUTES))
         self._closed_days: list[DaySnapshot] = []
@@ -116,53 +127,56 @@ class SpendLedger:
                 key = _key(ledger.check_attributes(attributes))
         else:
             key = _EMPTY_KEY
-        lock = self._lock
-        if not lock.acquire(blocking=False):
-            if key in self._known and self._now_ts() < self._boundary_ts:
-                # Another thread holds the lock: queue instead of waiting behind it.
-                self._queue.append((key, nanos))
-                return
-            lock.acquire()
-        try:
-            if self._queue:
-                self._drain_locked()
+        cell = self._cells.get(key)
+        if cell is not None and self._now_ts() < self._boundary_ts:
+            # A set seen today: queue the day's long-lived cell (this call's frozenset is
+            # freed now) and return; every so often the caller drains what is queued.
+            queue = self._queue
+            queue.append((cell, nanos))
+            if len(queue) >= _DRAIN_AT and self._lock.acquire(False):
+                # Another thread holding the lock will drain: never wait behind it.
+                try:
+                    self._drain_locked(_DRAIN_CHUNK)
+                finally:
+                    self._lock.release()
+            return
+        with self._lock:  # first call of the set today, or the day has ended
+            self._drain_locked()
             if self._now_ts() >= self._boundary_ts:
                 self._roll()
-            self._apply_locked(key, nanos, attributes)
-        finally:
-            lock.release()
+            cell = self._cells.get(key)
+            if cell is None:
+                cell = self._admit(key, attributes)
+            day_bucket, export_bucket, budget_indexes, _, _, _ = cell
+            day_bucket.nanos += nanos
+            export_bucket.nanos += nanos
+            self._day_total += nanos
+            budget_nanos = self._budget_nanos
+            for index in budget_indexes:
+                budget_nanos[index] += nanos
 
-    def _apply_locked(self, key: frozenset[Any], nanos: int,
-                      attributes: Attributes | None) -> None:
-        cell = self._cells.get(key)
-        if cell is None:
-            cell = self._admit(key, attributes)
-        day_bucket, export_bucket, budget_indexes = cell
-        day_bucket.nanos += nanos
-        export_bucket.nanos += nanos
-        self._day_total += nanos
-        budget_nanos = self._budget_nanos
-        for index in budget_indexes:
-            budget_nanos[index] += nanos
-
-    def _drain_locked(self) -> None:
-        """Apply what the lock-free path queued. Every queued key is in `_known`, whose
-        attributes were validated when the set was first seen. (Inlined: this loop is
-        the other half of every hot-path call.)"""
+    def _drain_locked(self, most: int | None = None) -> None:
+        """Apply what the hot path queued (at most `most` calls, oldest first).
+        (Inlined: this loop is the other half of every call.)"""
         queue = self._queue
         if not queue:
             return
-        cells, known, budget_nanos = self._cells, self._known, self._budget_nanos
+        budget_nanos = self._budget_nanos
+        days_cells = self._cells
         popleft = queue.popleft
         total = 0
         # Only what was queued when the drain began: a writer appending meanwhile
         # cannot keep this loop (and the lock) going.
-        for _ in range(len(queue)):
-            key, nanos = popleft()
-            cell = cells.get(key)
-            if cell is None:
-                cell = self._admit(key, known[key])
-            day_bucket, export_bucket, budget_indexes = cell
+        for _ in range(len(queue) if most is None else min(most, len(queue))):
+            cell, nanos = popleft()
+            day_bucket, export_bucket, budget_indexes, cells, key, attrs = cell
+            if cells is not days_cells:
+                # Queued with the cell of a day that has closed since (the call read
+                # the cell just before midnight, the roll drained before it appended):
+                # it counts on the open day, like a call that took the lock after.
+                current = days_cells.get(key)
+                cell = current if current is not None else self._admit(key, attrs)
+                day_bucket, export_bucket, budget_indexes, _, _, _ = cell
             day_bucket.nanos += nanos
             export_bucket.nanos += nanos
             total += nanos
@@ -170,9 +184,7 @@ class SpendLedger:
                 budget_nanos[index] += nanos
         self._day_total += total
 
-    def _admit(
-        self, key: frozenset[Any], attributes: Attributes | None
-    ) -> tuple[_Bucket, _Bucket, tuple[int, ...]]:
+    def _admit(self, key: frozenset[Any], attributes: Attributes | None) -> _Cell:
         attrs = ledger.check_attributes(attributes) if attributes else {}
         export = self._export.get(key)
         if export is None:
@@ -187,13 +199,14 @@ class SpendLedger:
             else:
                 day = self._day_overflow
         indexes = tuple(i for i, budget in enumerate(self._budgets) if budget.matches(attrs))
-        cell = (day, export, indexes)
-        if len(self._cells) < self._limit * _CELL_CACHE_FACTOR:
-            self._cells[key] = cell
-            if key not in self._known and len(self._known) < self._limit * _CELL_CACHE_FACTOR:
-                # Published last, once the set is validated: from now on its calls
-                # take the lock-free path (across days too).
-                self._known[key] = attrs
+        cells = self._cells
+        # The cell names its day's cell map, so a drain can tell a cell queued before a
+        # roll from today's.
+        cell = (day, export, indexes, cells, key, attrs)
+        if len(cells) < self._limit * _CELL_CACHE_FACTOR:
+            # Published last, once the set is validated: from now on the set's calls
+            # may take the lock-free path (today).
+            cells[key] = cell
         return cell
 
     # --- days -------------------------------------------------------------------
@@ -207,7 +220,7 @@ class SpendLedger:
         self._boundary_ts = ledger.next_day_start(
             datetime.combine(day, datetime.min.time(), tzinfo=self._tz), self._tz
         ).timestamp()
-        self._cells: dict[frozenset[Any], tuple[_Bucket, _Bucket, tuple[int, ...]]] = {}
+        self._cells: dict[frozenset[Any], _Cell] = {}
         self._day_sets: dict[frozenset[Any], _Bucket] = {}
         self._day_overflow = _Bucket(dict(ledger.OVERFLOW_ATTRIBUTES))
         self._day_total = 0
