@@ -15,13 +15,11 @@ from, and the store's answer replaces it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 
 from . import ledger
 from .fleet import SOURCE_LOCAL, FleetView, Spend
+from .private_files import check_private_chain, ensure_private_dir, write_atomic
 from .stores.entries import MAX_STORED_USD
 
 _log = logging.getLogger("otel_budget")
@@ -53,37 +52,18 @@ def save(path: Path, *, day: date, total_usd: float, windows: Mapping[str, tuple
                     for name, (w, s) in sorted(windows.items())},
     }
     data = json.dumps(content, sort_keys=True, allow_nan=False).encode()
-    _private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=".fleet-", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _private_dir(directory: Path) -> None:
-    """Create the spool's root as the spool does (0700), and refuse one that another
-    user owns or may write: a planted copy must not raise or lower what is enforced."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    st = directory.stat()
-    if st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise PermissionError(f"{directory} is not a private directory of this user")
+    ensure_private_dir(path.parent)
+    write_atomic(path, data, prefix=".fleet-")
 
 
 def load(path: Path, *, day: date, windows: Mapping[str, str]) -> FleetView | None:
     """The view the copy gives for `day` (budget name -> its current window id), or
     None when there is no usable copy. Only windows still current count."""
     try:
-        st, parent = path.stat(), path.parent.stat()
-        if (st.st_size > _MAX_BYTES or st.st_uid != os.getuid() or st.st_mode & 0o022
-                or parent.st_uid != os.getuid() or parent.st_mode & 0o022):
+        # A copy another user could have planted or changed must not set the floor.
+        check_private_chain(path.parent)
+        st = path.stat()
+        if st.st_size > _MAX_BYTES or st.st_uid != os.getuid() or st.st_mode & 0o022:
             return None
         content = json.loads(path.read_bytes())
     except (OSError, ValueError):

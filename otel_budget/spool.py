@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpoolError
+from .private_files import check_private_chain, ensure_private_dir, write_atomic
 
 _log = logging.getLogger("otel_budget")
 _SUFFIX = ".json"
@@ -72,51 +73,6 @@ def default_spool_dir() -> Path:
             )
         base = os.path.join(home, ".cache")
     return Path(base) / "otel_budget" / "spool"
-
-
-def check_private_chain(directory: Path) -> None:
-    """SpoolError naming the first directory on the way to `directory` that another
-    user could write or replace: one not owned by this user (or root), or writable
-    by group/others without the sticky bit; below a sticky shared directory (the
-    temporary directory), the next one must be ours. `directory` itself must be ours
-    and writable by nobody else."""
-    if not hasattr(os, "geteuid"):  # Windows: ACLs, not modes; the profile is private
-        return
-    uid = os.geteuid()
-    real = Path(os.path.realpath(directory))
-    parts = [real, *real.parents][::-1]  # "/" first
-    below_sticky = False
-    for index, part in enumerate(parts):
-        try:
-            st = os.stat(part)
-        except FileNotFoundError:
-            return  # the rest will be created by us, 0700
-        last = index == len(parts) - 1
-        if st.st_uid not in (uid, 0) or ((below_sticky or last) and st.st_uid != uid):
-            raise SpoolError(f"spool directory refused: {str(part)!r} belongs to another user")
-        shared = st.st_mode & stat.S_IWOTH or (
-            st.st_mode & stat.S_IWGRP and not _private_group(st.st_gid))
-        if shared and (last or not st.st_mode & stat.S_ISVTX):
-            raise SpoolError(
-                f"spool directory refused: other users can write {str(part)!r} "
-                f"(mode {stat.S_IMODE(st.st_mode):o}); use a directory of this user's own"
-            )
-        below_sticky = bool(shared)
-
-
-def _private_group(gid: int) -> bool:
-    """A user-private group (umask 002 systems make ~/.cache 0775): this user's
-    primary group, named after the user, with no other member."""
-    try:
-        import grp
-        import pwd
-
-        me = pwd.getpwuid(os.geteuid())
-        group = grp.getgrgid(gid)
-    except (ImportError, KeyError):
-        return False
-    return (gid == me.pw_gid and group.gr_name == me.pw_name
-            and set(group.gr_mem) <= {me.pw_name})
 
 
 @dataclass(frozen=True)
@@ -211,14 +167,8 @@ class Spool:
         return f"Spool({str(self._root)!r})"
 
     def _ensure_dir(self, path: Path) -> None:
-        """Create `path` (0700, every missing level) and check the chain to it."""
         assert self._root is not None
-        check_private_chain(path)
-        missing = [p for p in [path, *path.parents] if not p.exists()][::-1]
-        for level in missing:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(level, 0o700)
-        check_private_chain(path)
+        ensure_private_dir(path)
 
     def _key(self) -> bytes:
         """The per-user MAC key, created once (0600) at the spool's root."""
@@ -281,18 +231,7 @@ class Spool:
             f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'), sort_keys=True, allow_nan=False)}"
             for k, v in (("format", _FORMAT), ("spend_usd", amount), ("store", key),
                          ("mac", self._mac(key, entry)), ("entry", entry))) + "}")
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=_SUFFIX)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(directory)
+        write_atomic(path, payload.encode("utf-8"))
         self.discard(entry["writer_id"], entry["date"], below_seq=int(entry["seq"]))
         return path
 
@@ -550,16 +489,3 @@ def _describe(exc: BaseException) -> str:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
