@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,7 +44,7 @@ from typing import Any
 from . import ledger
 from .alerts import build_nudge
 from .budgets import Budget
-from .errors import BudgetError
+from .errors import BudgetError, StoreError
 from .leases import FleetLease
 
 _log = logging.getLogger("otel_budget")
@@ -255,6 +256,82 @@ def add_entry_keys(into: dict[str, dict[str, float]], entry: Mapping[str, Any],
     return True
 
 
+# Summed by the store where it can (one row per key comes back, not every writer's
+# entry): PostgreSQL and SQLite walk each row's by_key with their JSON functions.
+# Items that are not amounts are skipped there (a hand-edited row); the other
+# stores' entries are summed here, where a malformed field leaves its row out.
+_PG_KEY_SUMS = """
+select b.key, k.key, sum((k.value)::text::numeric)::float8
+  from public.quilt_patches as r
+  cross join lateral pg_catalog.jsonb_each(
+      case when pg_catalog.jsonb_typeof(r.content -> 'by_key') = 'object'
+           then r.content -> 'by_key' else '{}'::jsonb end) as b
+  cross join lateral pg_catalog.jsonb_each(
+      case when pg_catalog.jsonb_typeof(b.value) = 'object' then b.value
+           else '{}'::jsonb end) as k
+ where r.patch_type = 'budget_writer' and (r.content ->> 'date') = any (%s::text[])
+   and b.key = any (%s::text[]) and coalesce(r.content ->> 'writer_id', '') <> %s
+   and pg_catalog.jsonb_typeof(k.value) = 'number'
+   and (k.value)::text::numeric between 0 and 1e12
+ group by 1, 2
+"""
+
+_SQLITE_KEY_SUMS = """
+SELECT b.key, k.key, sum(k.value)
+  FROM quilt_patches AS r, json_each(r.content, '$.by_key') AS b, json_each(b.value) AS k
+ WHERE r.patch_type = 'budget_writer' AND json_valid(r.content)
+   AND json_extract(r.content, '$.date') IN ({days}) AND b.key IN ({budgets})
+   AND b.type = 'object' AND coalesce(json_extract(r.content, '$.writer_id'), '') <> ?
+   AND k.type IN ('integer', 'real') AND k.value BETWEEN 0 AND 1e12
+ GROUP BY 1, 2
+"""
+
+
+def read_key_sums(store: Any, days: Sequence[str], budgets: Sequence[str],
+                  exclude_writer: str = "") -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Each budget's spend per key over the writer rows of `days` (leaving out the
+    rows of `exclude_writer`), and the rows left out as malformed."""
+    out: dict[str, dict[str, float]] = {}
+    if not days or not budgets:
+        return out, []
+    from .stores.postgres import PostgresStore
+    from .stores.sqlite import SQLiteStore
+
+    rows: list[tuple[Any, ...]]
+    if isinstance(store, PostgresStore):
+        params = (list(days), list(budgets), exclude_writer)
+        timeout = store._statement_timeout
+
+        def work(conn: Any) -> list[tuple[Any, ...]]:
+            # The store's statement timeout, as its own reads set it (this transaction only).
+            conn.execute("select pg_catalog.set_config('statement_timeout', %s::text, true)",
+                         (timeout,))
+            result: list[tuple[Any, ...]] = conn.execute(_PG_KEY_SUMS, params).fetchall()
+            return result
+
+        rows = store._run("reading the spend per key", work, retry=True)
+    elif isinstance(store, SQLiteStore):
+        query = _SQLITE_KEY_SUMS.format(days=",".join("?" * len(days)),
+                                        budgets=",".join("?" * len(budgets)))
+        with store._lock:
+            try:
+                rows = store._connection().execute(
+                    query, (*days, *budgets, exclude_writer)).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"reading the spend per key failed: {exc}") from None
+    else:
+        bad = []
+        for entry in store.writer_entries(list(days), breakdown=False):
+            if exclude_writer and entry.get("writer_id") == exclude_writer:
+                continue
+            if not add_entry_keys(out, entry, budgets):
+                bad.append(_row(entry))
+        return out, bad
+    for budget, key, usd in rows:
+        out.setdefault(str(budget), {})[str(key)] = float(usd)
+    return out, []
+
+
 class KeyFleet:
     """The fleet's spend per key, as last read: the earlier days of each budget's
     window (read once a day) and today's other writers (read at most every
@@ -292,25 +369,17 @@ class KeyFleet:
         bad: list[str] = []
         prior: dict[str, dict[str, float]] | None = None
         if need_prior:
-            days = sorted({d for b in self.budgets
-                           for d in ledger.window_days_before(day, b.period)})
             prior = {}
-            if days:
-                by_day: dict[str, list[dict[str, Any]]] = {}
-                for entry in store.writer_entries([d.isoformat() for d in days],
-                                                  breakdown=False):
-                    by_day.setdefault(str(entry.get("date")), []).append(entry)
-                for budget in self.budgets:
-                    for d in ledger.window_days_before(day, budget.period):
-                        for entry in by_day.get(d.isoformat(), []):
-                            if not add_entry_keys(prior, entry, [budget.name]):
-                                bad.append(_row(entry))
-        today: dict[str, dict[str, float]] = {}
-        for entry in store.writer_entries([day.isoformat()], breakdown=False):
-            if entry.get("writer_id") == writer_id:
-                continue  # this writer's today is its book's, exact and newer
-            if not add_entry_keys(today, entry, names):
-                bad.append(_row(entry))
+            # One read per period: the budgets of a period share their earlier days.
+            for period in sorted({b.period for b in self.budgets}):
+                days = [d.isoformat() for d in ledger.window_days_before(day, period)]
+                sums, left_out = read_key_sums(
+                    store, days, [b.name for b in self.budgets if b.period == period])
+                prior.update(sums)
+                bad.extend(left_out)
+        # This writer's today is its book's, exact and newer than its stored entry.
+        today, left_out = read_key_sums(store, [day.isoformat()], names, writer_id)
+        bad.extend(left_out)
         with self._lock:
             if prior is not None:
                 self._prior = prior

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from otel_budget.perkey import (
 from otel_budget.stores.base import open_store
 from otel_budget.stores.memory import MemoryStore
 from tests.apps.procs import PYTHON, ROOT, child_env, ensure_stopped
+from tests.conftest import FakeClock, StoreFactory
 
 # --- validation and keys ----------------------------------------------------------------
 
@@ -213,17 +215,23 @@ def test_hard_per_key_refuses_one_customer_while_another_passes(tmp_path: Path) 
         store.close()
 
 
-def test_rolling_restart_keeps_the_key_window(tmp_path: Path) -> None:
-    """A weekly per-key cap: a new writer started mid-window (the old one gone) sees
-    the key's earlier spend, shows it, and refuses past what is left."""
+def test_rolling_restart_keeps_the_key_window(store_factory: StoreFactory) -> None:
+    """A weekly per-key cap: a new writer started two days later in the same week (the
+    old one gone) sees the key's earlier spend, shows it, and refuses past what is
+    left (every store kind: PostgreSQL and SQLite sum the keys in SQL, the others
+    here)."""
     budget = Budget("weekly", 1.0, hard=True, per="customer", period="week")
-    url = _sqlite(tmp_path)
-    with BudgetMeter(_config(budget, instance_id="old"), store=open_store(url)) as old:
+    tuesday = FakeClock(datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc))
+    thursday = FakeClock(datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc))
+    with BudgetMeter(_config(budget, instance_id="old"), store=store_factory(),
+                     clock=tuesday) as old:
         for _ in range(15):
             old.reserve(0.05, {"customer": "acme"}).settle(0.05)
         old.record(0.1, {"customer": "acme"})  # without a reservation: still counted
         old.record(0.2, {"customer": "globex"})
-    with BudgetMeter(_config(budget, instance_id="new"), store=open_store(url)) as new:
+    with BudgetMeter(_config(budget, instance_id="new"), store=store_factory(),
+                     clock=thursday) as new:
+        assert new.budget("weekly", {"customer": "acme"})["window"] == "2026-W48"
         assert new.budget("weekly", {"customer": "acme"})["spend_usd"] == pytest.approx(0.85)
         assert new.budget("weekly", {"customer": "globex"})["spend_usd"] == pytest.approx(0.2)
         passed = 0
@@ -316,7 +324,11 @@ def _run_processes(url: str, tmp_path: Path, writers: int = 4) -> tuple[list[dic
             assert json.loads(proc.stdout.readline())["started"]
         stats = []
         for proc in procs:
-            out, _ = proc.communicate(timeout=180)
+            proc.wait(timeout=180)
+            # read() of the same text stream: its buffer may hold the last line already
+            # (communicate() with a timeout reads past that buffer).
+            assert proc.stdout is not None
+            out = proc.stdout.read()
             assert proc.returncode == 0, out
             stats.append(json.loads(out.strip().splitlines()[-1]))
     finally:

@@ -1,0 +1,136 @@
+"""Per-key budgets at 10,000 keys x 16 writers on a real PostgreSQL (tests/pg_server.py).
+
+Every one of 16 writers has recorded spend for all 10,000 customers today (the worst
+case: each writer's entry holds 10,000 keys), then:
+
+- checkpoint: one writer's merge of its 10,000-key entry (a timer round: the fleet's
+  keys are re-read at most every refresh_s, not at this round), and
+  `meter.checkpoint()` (which also re-reads the other 15 writers' keys), each against
+  the same writer without a per-key budget;
+- start(): a new writer's `start()` (its first round reads the 16 writers' keys),
+  against one without a per-key budget;
+- reserve: `reserve()+settle()` on a per-key hard budget (a key holding a lease)
+  against the same on a hard budget without `per`, and a key's first reservation of
+  the window (a store round trip: its lease).
+
+Run: python -m tests.bench.perkey_pg [keys] [writers]"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+from otel_budget import Budget, BudgetConfig, BudgetMeter
+from otel_budget.stores.base import open_store
+from tests.pg_server import start_server
+
+PER_KEY = Budget("per-customer", 1e6, hard=True, per="customer")
+PLAIN = Budget("fleet", 1e6, hard=True)
+
+
+def _config(budget: Budget, name: str) -> BudgetConfig:
+    return BudgetConfig(budgets=(budget,), instance_id=name, collect_interval_s=3600.0,
+                        checkpoint_every=1, lease_ttl_s=60.0)
+
+
+def _ms(fn: Callable[[], object], runs: int) -> tuple[float, float]:
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times), max(times)
+
+
+def _per_call_us(fn: Callable[[], object], calls: int) -> float:
+    began = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - began) / calls * 1e6
+
+
+def main(keys: int = 10_000, writers: int = 16) -> None:
+    server = start_server()
+    meters: list[BudgetMeter] = []
+    try:
+        url = server.create_database("perkey_bench", migrate=True)
+        began = time.perf_counter()
+        for i in range(writers):
+            meter = BudgetMeter(_config(PER_KEY, f"w{i}"), store=open_store(url)).start()
+            for k in range(keys):
+                meter.record(0.0001, {"customer": f"c{k:05d}"})
+            meter.checkpoint()
+            meters.append(meter)
+        print(f"setup: {writers} writers x {keys} keys in {time.perf_counter() - began:.1f} s")
+        writer = meters[-1]
+        tracker = writer._tracker
+
+        def timer_round() -> None:
+            writer.record(0.0001, {"customer": "c00000"})  # a new seq: a real merge
+            tracker.store_round(checkpoint=True, wait=True)
+
+        plain = BudgetMeter(_config(PLAIN, "plain"), store=open_store(url)).start()
+        meters.append(plain)
+        for k in range(keys):
+            plain.record(0.0001, {"customer": f"c{k:05d}"})
+
+        def plain_round() -> None:
+            plain.record(0.0001, {"customer": "c00000"})
+            plain._tracker.store_round(checkpoint=True, wait=True)
+
+        med, worst = _ms(timer_round, 20)
+        pmed, pworst = _ms(plain_round, 20)
+        print(f"checkpoint (timer round, {keys}-key entry): median {med:.1f} ms, "
+              f"max {worst:.1f} ms; without per-key budget {pmed:.1f} / {pworst:.1f} ms")
+        med, worst = _ms(writer.checkpoint, 10)
+        pmed, pworst = _ms(plain.checkpoint, 10)
+        print(f"meter.checkpoint() (+ reading {writers - 1} x {keys} keys): median {med:.1f} ms,"
+              f" max {worst:.1f} ms; without per-key budget {pmed:.1f} / {pworst:.1f} ms")
+
+        def start(budget: Budget, name: str) -> Callable[[], None]:
+            def run() -> None:
+                meter = BudgetMeter(_config(budget, name), store=open_store(url))
+                began = time.perf_counter()
+                meter.start()
+                starts.append((time.perf_counter() - began) * 1000)
+                meter.shutdown()
+            return run
+
+        starts: list[float] = []
+        for i in range(5):
+            start(PER_KEY, f"s{i}")()
+        per_key_starts, starts = starts, []
+        for i in range(5):
+            start(PLAIN, f"p{i}")()
+        print(f"start() with {writers} x {keys} keys stored: median "
+              f"{statistics.median(per_key_starts):.1f} ms (max {max(per_key_starts):.1f}); "
+              f"without per-key budget {statistics.median(starts):.1f} ms")
+
+        attrs = {"customer": "c00001"}
+        writer.reserve(0.001, attrs).settle(0.001)  # the key's lease
+        plain.reserve(0.001, attrs).settle(0.001)
+        rounds = []
+        for _ in range(5):
+            pk = _per_call_us(lambda: writer.reserve(0.001, attrs).settle(0.001), 2000)
+            pl = _per_call_us(lambda: plain.reserve(0.001, attrs).settle(0.001), 2000)
+            rounds.append((pk, pl))
+        pk = statistics.median(r[0] for r in rounds)
+        pl = statistics.median(r[1] for r in rounds)
+        print(f"reserve+settle: per-key {pk:.1f} us/call, plain hard budget {pl:.1f} us/call "
+              f"(ratio {pk / pl:.2f}); round trips/reservation: per-key "
+              f"{writer.lease_stats()['round_trips_per_reservation']}, plain "
+              f"{plain.lease_stats()['round_trips_per_reservation']}")
+        fresh = [{"customer": f"new{k}"} for k in range(200)]
+        it = iter(fresh)
+        first = _per_call_us(lambda: writer.reserve(0.001, next(it)).settle(0.001), 200)
+        print(f"a key's first reservation in the window (its lease row): {first / 1000:.2f} ms")
+    finally:
+        for meter in meters:
+            meter.shutdown()
+        server.destroy()
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:3]))
