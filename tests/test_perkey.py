@@ -377,3 +377,30 @@ def test_per_customer_cap_across_4_sqlite_processes(tmp_path: Path) -> None:
 def test_per_customer_cap_across_4_postgres_processes(pg_clean: str, tmp_path: Path) -> None:
     stats, lines = _run_processes(pg_clean, tmp_path)
     _check_processes(pg_clean, stats, lines)
+
+
+def test_key_sums_skip_what_is_no_amount(store_factory: StoreFactory) -> None:
+    """A hand-edited by_key (text, a negative number, a list) never fails the read:
+    PostgreSQL and SQLite skip such items, the other stores leave the row out and name
+    it."""
+    from otel_budget.perkey import read_key_sums
+
+    store = store_factory()
+    day = "2026-11-25"
+
+    def entry(writer: str, by_key: Any) -> dict[str, Any]:
+        return {"date": day, "writer_id": writer, "instance_id": "i", "timezone": "UTC",
+                "spend_usd": 1.0, "seq": 1, "updated_at": f"{day}T00:00:00+00:00",
+                "started_at": f"{day}T00:00:00+00:00", "by_attributes": [],
+                "by_budget": {}, KEY_FIELD: by_key}
+
+    store.merge_writer(entry("good1", {"b": {'["a"]': 0.25, '["b"]': 1e-05}}))
+    store.merge_writer(entry("good2", {"b": {'["a"]': 0.5}, "other": {'["a"]': 9}}))
+    store.merge_writer(entry("bad", {"b": {'["a"]': "lots", '["c"]': -1, '["d"]': [1]}}))
+    store.merge_writer(entry("me", {"b": {'["a"]': 100}}))
+    sums, bad = read_key_sums(store, [day], ["b"], "me")
+    assert sums["b"]['["a"]'] == pytest.approx(0.75)
+    assert sums["b"]['["b"]'] == pytest.approx(1e-05)
+    assert '["c"]' not in sums["b"] and '["d"]' not in sums["b"]
+    assert set(sums) == {"b"}
+    assert bad in ([], [f"budget_{day}/bad"])

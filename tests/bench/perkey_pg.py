@@ -17,6 +17,7 @@ Run: python -m tests.bench.perkey_pg [keys] [writers]"""
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -52,29 +53,31 @@ def _per_call_us(fn: Callable[[], object], calls: int) -> float:
 
 
 def main(keys: int = 10_000, writers: int = 16) -> None:
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     server = start_server()
     meters: list[BudgetMeter] = []
     try:
         url = server.create_database("perkey_bench", migrate=True)
+        # The baseline: the same fleet and calls with a hard budget without `per`, in a
+        # database of its own (writers of one database share their budgets).
+        plain_url = server.create_database("plain_bench", migrate=True)
         began = time.perf_counter()
-        for i in range(writers):
-            meter = BudgetMeter(_config(PER_KEY, f"w{i}"), store=open_store(url)).start()
-            for k in range(keys):
-                meter.record(0.0001, {"customer": f"c{k:05d}"})
-            meter.checkpoint()
-            meters.append(meter)
-        print(f"setup: {writers} writers x {keys} keys in {time.perf_counter() - began:.1f} s")
-        writer = meters[-1]
+        for budget, where in ((PER_KEY, url), (PLAIN, plain_url)):
+            for i in range(writers):
+                meter = BudgetMeter(_config(budget, f"w{i}"), store=open_store(where)).start()
+                for k in range(keys):
+                    meter.record(0.0001, {"customer": f"c{k:05d}"})
+                meter.checkpoint()
+                meters.append(meter)
+        print(f"setup: 2 x {writers} writers x {keys} keys in "
+              f"{time.perf_counter() - began:.1f} s")
+        writer = meters[writers - 1]
+        plain = meters[-1]
         tracker = writer._tracker
 
         def timer_round() -> None:
             writer.record(0.0001, {"customer": "c00000"})  # a new seq: a real merge
             tracker.store_round(checkpoint=True, wait=True)
-
-        plain = BudgetMeter(_config(PLAIN, "plain"), store=open_store(url)).start()
-        meters.append(plain)
-        for k in range(keys):
-            plain.record(0.0001, {"customer": f"c{k:05d}"})
 
         def plain_round() -> None:
             plain.record(0.0001, {"customer": "c00000"})
@@ -91,7 +94,8 @@ def main(keys: int = 10_000, writers: int = 16) -> None:
 
         def start(budget: Budget, name: str) -> Callable[[], None]:
             def run() -> None:
-                meter = BudgetMeter(_config(budget, name), store=open_store(url))
+                where = url if budget is PER_KEY else plain_url
+                meter = BudgetMeter(_config(budget, name), store=open_store(where))
                 began = time.perf_counter()
                 meter.start()
                 starts.append((time.perf_counter() - began) * 1000)
@@ -130,6 +134,7 @@ def main(keys: int = 10_000, writers: int = 16) -> None:
         for meter in meters:
             meter.shutdown()
         server.destroy()
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
