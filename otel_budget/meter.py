@@ -378,6 +378,9 @@ class BudgetMeter:
                 for row in self._tracker.budgets():
                     if only_daily and row["period"] != "day":
                         continue
+                    budget = self._budget_index.get(row["name"])
+                    if self._perkey is not None and budget is not None and budget.per:
+                        self._per_key_row(row, budget)  # its biggest key against the cap
                     number = value(row)
                     if number is not None:
                         out.append(Observation(number, {"budget": row["name"],

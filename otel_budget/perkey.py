@@ -64,6 +64,7 @@ SEP = "~"
 #: is claimed over the next rounds instead of holding up this one).
 MAX_CLAIMS_PER_ROUND = 200
 TOP_KEYS = 10
+TOP_KEYS_TTL_S = 1.0
 
 
 # --- keys ---------------------------------------------------------------------------
@@ -393,6 +394,9 @@ class KeyFleet:
             self.reads += 1
             self.last_error = None
 
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
     def others_usd(self, budget: str, kjson: str, day: date) -> float:
         with self._lock:
             if day != self._day:
@@ -449,6 +453,8 @@ class PerKey:
         self._claimed: set[tuple[str, str, str, float]] = set()
         self.claim_error: str | None = None
         self._closed = False
+        self._top: dict[tuple[str, int], tuple[float, tuple[list[dict[str, Any]], int,
+                                                            float]]] = {}
 
     # --- the hot path: only called when a per-key budget exists ------------------------
 
@@ -646,7 +652,18 @@ class PerKey:
 
     def top_keys(self, budget: Budget, limit: int = TOP_KEYS) -> tuple[list[dict[str, Any]], int,
                                                                         float]:
-        """(the `limit` biggest keys in the window, how many keys are known, their sum)."""
+        """(the `limit` biggest keys in the window, how many keys are known, their sum);
+        kept for a second (each gauge of a collection asks, and a window may hold
+        10,000 keys)."""
+        now = time.monotonic()
+        cached = self._top.get((budget.name, limit))
+        if cached is not None and now - cached[0] < TOP_KEYS_TTL_S:
+            return copy.deepcopy(cached[1])
+        result = self._top_keys(budget, limit)
+        self._top[(budget.name, limit)] = (now, result)
+        return copy.deepcopy(result)
+
+    def _top_keys(self, budget: Budget, limit: int) -> tuple[list[dict[str, Any]], int, float]:
         spends = self.key_spends(budget)
         ranked = sorted(spends.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
         rows = [{"key": key_dict(budget, k), "spend_usd": ledger.round_usd(usd),
@@ -676,6 +693,7 @@ class PerKey:
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
+        self.fleet.after_fork_in_child()
         self.book.after_fork_in_child()
         self._leases = {}  # the parent's leases stay the parent's
         self._claimed = set()

@@ -404,3 +404,22 @@ def test_key_sums_skip_what_is_no_amount(store_factory: StoreFactory) -> None:
     assert '["c"]' not in sums["b"] and '["d"]' not in sums["b"]
     assert set(sums) == {"b"}
     assert bad in ([], [f"budget_{day}/bad"])
+
+
+def test_gauges_show_the_biggest_key_against_the_cap(tmp_path: Path) -> None:
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    budget = Budget("per-customer", 2.0, per="customer")
+    reader = InMemoryMetricReader()
+    with BudgetMeter(_config(budget, instance_id="g"), store=open_store(_sqlite(tmp_path)),
+                     metric_readers=[reader]) as m:
+        m.record(1.5, {"customer": "acme"})
+        m.record(1.0, {"customer": "globex"})  # $2.5 in all: past the cap of no key
+        data = reader.get_metrics_data()
+        assert data is not None
+        points = {metric.name: metric.data.data_points[0].value  # type: ignore[union-attr]
+                  for rm in data.resource_metrics for sm in rm.scope_metrics
+                  for metric in sm.metrics if metric.name.startswith("llm.budget.")
+                  and metric.data.data_points}
+        assert points["llm.budget.utilization.ratio"] == 0.75
+        assert points["llm.budget.spend"] == 1.5
