@@ -32,6 +32,7 @@ from .spend import DaySnapshot, SpendLedger
 from .spool import Spool, store_locator
 from .stores.base import PatchStore
 from .stores.entries import WRITER_TYPE, MergeResult
+from .stores.shares import incomplete_day_entries
 
 _log = logging.getLogger("otel_budget")
 
@@ -532,7 +533,9 @@ class BudgetTracker:
         try:
             totals = self._store.day_totals(names)
             incomplete = [n for n in names if fleet.incomplete(totals[n], self._budgets)]
-            entries = self._store.writer_entries(incomplete) if incomplete else []
+            # Closed days: every budget's spend as the store computed and kept it.
+            entries = incomplete_day_entries(self._store, incomplete, totals, self._budgets,
+                                             today=day.isoformat())
             legacy_name = ledger.budget_name(day)
             legacy: dict[str, Any] | None
             try:

@@ -302,3 +302,77 @@ def test_eight_processes_through_pgbouncer_in_transaction_mode(
     _run_processes(pgbouncer_url, 8)
     _check_day(pgbouncer_url, 8)
     assert pgbouncer.process.poll() is None
+
+
+def test_a_closed_days_budget_share_is_kept_and_reused_until_the_day_changes(
+    pg_clean: str,
+) -> None:
+    from otel_budget.budgets import Budget
+    from otel_budget.stores.shares import SHARE_TYPE, budget_key
+
+    budget = Budget("opus", 10.0, period="month", match={"model": "opus*"})
+    store = PostgresStore(pg_clean)
+    try:
+        for i, day in enumerate(("2026-11-24", "2026-11-25")):
+            store.merge_writer(entry(f"w{i}", 2.0, 1, day=day) | {"by_attributes": [
+                {"attributes": {"model": "opus-4"}, "spend_usd": 1.5},
+                {"attributes": {"model": "gpt"}, "spend_usd": 0.5}]})
+        first = store.budget_day_spend(["2026-11-24", "2026-11-25"], [budget],
+                                       closed_before="2026-11-25")
+        assert first == {"2026-11-24": {"opus": 1.5}, "2026-11-25": {"opus": 1.5}}
+        kept = f"share_2026-11-24_{budget_key(budget)}"
+        with psycopg.connect(pg_clean, autocommit=True) as conn:
+            names = [r[0] for r in conn.execute(
+                "select name from public.quilt_patches where patch_type = %s", (SHARE_TYPE,))]
+            assert names == [kept], "closed days only"
+            # Proof that the kept figure is what the next call reads: change it by hand.
+            conn.execute("update public.quilt_patches set content = jsonb_set(content, "
+                         "'{spend_usd}', '7') where name = %s", (kept,))
+        assert store.budget_day_spend(["2026-11-24"], [budget], closed_before="2026-11-25") == {
+            "2026-11-24": {"opus": 7.0}}
+        # A late entry of the closed day changes its fingerprint: computed again.
+        store.merge_writer(entry("late", 1.0, 1, day="2026-11-24") | {"by_attributes": [
+            {"attributes": {"model": "opus-1"}, "spend_usd": 1.0}]})
+        assert store.budget_day_spend(["2026-11-24"], [budget], closed_before="2026-11-25") == {
+            "2026-11-24": {"opus": 2.5}}
+        with pytest.raises(NotImplementedError):
+            store.budget_day_spend(["2026-11-24"], [Budget("b", 1.0, match={"m": "[ab]*"})],
+                                   closed_before="2026-11-25")
+    finally:
+        store.close()
+
+
+def test_start_with_a_budget_added_mid_month_reads_the_kept_shares(
+    pg_clean: str, clock: Any,
+) -> None:
+    """Writers of earlier days of the month never had `team`: start() gets its share of
+    each closed day from the store (kept rows), and the window spend is exact."""
+    from otel_budget import Budget, BudgetConfig, BudgetMeter
+    from otel_budget.stores.shares import SHARE_TYPE
+
+    seeder = PostgresStore(pg_clean)
+    try:
+        for day in range(1, 25):
+            for writer in range(3):
+                seeder.merge_writer(entry(f"w{writer}", 1.5, 1, day=f"2026-11-{day:02d}") | {
+                    "by_budget": {"daily": 1.5}, "by_attributes": [
+                        {"attributes": {"team": "a", "model": "m"}, "spend_usd": 1.0},
+                        {"attributes": {"team": "b"}, "spend_usd": 0.5}]})
+    finally:
+        seeder.close()
+    budgets = [Budget("daily", 100.0),
+               Budget("team", 1000.0, period="month", match={"team": "a"})]
+    spends = []
+    for run in range(2):
+        meter = BudgetMeter(BudgetConfig(budgets=budgets, collect_interval_s=3600,
+                                         instance_id=f"run{run}"),
+                            store=PostgresStore(pg_clean), clock=clock).start()
+        try:
+            spends.append(next(b["spend_usd"] for b in meter.budgets() if b["name"] == "team"))
+        finally:
+            meter.shutdown(timeout=5)
+    assert spends == [72.0, 72.0], "24 closed days x 3 writers x $1"
+    with psycopg.connect(pg_clean) as conn:
+        kept = conn.execute("select count(*) from public.quilt_patches where patch_type = %s",
+                            (SHARE_TYPE,)).fetchone()
+    assert kept == (48,), "one kept share per closed day and budget"

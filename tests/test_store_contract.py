@@ -589,3 +589,75 @@ def test_merges_retires_and_reaps_in_any_order_keep_the_totals_exact(
         assert store.day_totals([DAY])[DAY] == summarize(DAY, list(latest.values())), step
     rows = store.writer_entries([DAY], breakdown=False)
     assert {e["writer_id"] for e in rows if e.get("retired")} == retired
+
+
+# --- a budget's share of closed days, computed in the store (otel_budget.stores.shares) --
+
+def _breakdown_entry(writer: str, seq: int, items: list[tuple[dict[str, Any], float]],
+                     *, day: str = "2026-11-24", budgets: dict[str, float] | None = None,
+                     ) -> dict[str, Any]:
+    raw = entry(writer, round(sum(s for _, s in items), 9), seq, day=day, budgets=budgets)
+    raw["by_attributes"] = [{"attributes": a, "spend_usd": s} for a, s in items]
+    return raw
+
+
+def test_budget_day_spend_is_every_writers_share_of_the_budget(store: Any) -> None:
+    from otel_budget.budgets import Budget
+    from otel_budget.stores.shares import day_spend_from_entries
+
+    budgets = [
+        Budget("opus", 10.0, period="month", match={"gen_ai.request.model": "claude-opus-4*"}),
+        Budget("one", 10.0, period="month", match={"agent": ["a?", "exact%_\\"]}),
+        Budget("flag", 10.0, period="month", match={"prod": True, "tier": [2, "x"]}),
+        Budget("daily", 10.0, period="month"),
+    ]
+    items: list[tuple[dict[str, Any], float]] = [
+        ({"gen_ai.request.model": "claude-opus-4-1", "agent": "ab", "prod": 1, "tier": 2.0}, 1.25),
+        ({"gen_ai.request.model": "claude-sonnet-4", "agent": "abc", "prod": True}, 0.5),
+        ({"gen_ai.request.model": "claude-opus-4", "agent": "exact%_\\", "tier": "x",
+          "prod": True}, 2.0),
+        ({"agent": "a_", "prod": False}, 0.125),
+        ({"otel.metric.overflow": True}, 4.0),
+        ({}, 0.0625),
+    ]
+    store.merge_writer(_breakdown_entry("old-config", 1, items))
+    # A writer that reported "opus" itself: its own figure counts, not its breakdown.
+    store.merge_writer(_breakdown_entry("new-config", 1, items[:2], budgets={"opus": 9.0}))
+    store.merge_writer(_breakdown_entry("today", 1, items[:1], day=DAY))
+    days = ["2026-11-23", "2026-11-24", DAY]
+    got = store.budget_day_spend(days, budgets, closed_before=DAY)
+    want = day_spend_from_entries(store.writer_entries(days), budgets)
+    assert got["2026-11-24"] == pytest.approx(want["2026-11-24"], abs=1e-9)
+    assert got["2026-11-24"]["opus"] == pytest.approx(1.25 + 2.0 + 9.0)
+    assert got["2026-11-24"]["one"] == pytest.approx(1.25 + 2.0 + 0.125 + 1.25)
+    assert got["2026-11-24"]["flag"] == pytest.approx(1.25 + 2.0 + 1.25)
+    assert got["2026-11-24"]["daily"] == pytest.approx(3.9375 + 1.75), "overflow left out"
+    assert got[DAY]["opus"] == pytest.approx(1.25)
+    assert got["2026-11-23"] == {b.name: 0.0 for b in budgets}
+    # Asked again: the same (kept, on the stores that keep them).
+    assert store.budget_day_spend(days, budgets, closed_before=DAY) == got
+    # A late entry of the closed day (a spool replayed after an outage) counts.
+    store.merge_writer(_breakdown_entry("late", 1, items[:1]))
+    again = store.budget_day_spend(days, budgets, closed_before=DAY)
+    assert again["2026-11-24"]["opus"] == pytest.approx(got["2026-11-24"]["opus"] + 1.25)
+    assert again[DAY] == got[DAY]
+
+
+def test_closed_days_reach_the_fleet_view_as_one_entry_each(store: Any) -> None:
+    from otel_budget.budgets import Budget
+    from otel_budget.stores.shares import CLOSED_DAY_WRITER, incomplete_day_entries
+
+    budgets = [Budget("opus", 10.0, period="month",
+                      match={"gen_ai.request.model": "claude-opus-4*"})]
+    items: list[tuple[dict[str, Any], float]] = [({"gen_ai.request.model": "claude-opus-4-1"}, 1.5),
+             ({"gen_ai.request.model": "gpt-4o"}, 0.25)]
+    for i in range(3):
+        store.merge_writer(_breakdown_entry(f"w{i}", 1, items))
+    store.merge_writer(_breakdown_entry("t", 1, items, day=DAY))
+    days = ["2026-11-24", DAY]
+    totals = store.day_totals(days)
+    entries = incomplete_day_entries(store, days, totals, budgets, today=DAY)
+    closed = [e for e in entries if e["date"] == "2026-11-24"]
+    assert [e["writer_id"] for e in closed] == [CLOSED_DAY_WRITER]
+    assert closed[0]["spend_usd"] == 5.25 and closed[0]["by_budget"] == {"opus": 4.5}
+    assert [e["writer_id"] for e in entries if e["date"] == DAY] == ["t"], "today read whole"

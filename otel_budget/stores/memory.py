@@ -7,7 +7,7 @@ import copy
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError, StoreError
 from ..leases import (
@@ -36,6 +36,10 @@ from .entries import (
     writer_entry_problem,
     writer_row_name,
 )
+from .shares import day_spend_from_entries
+
+if TYPE_CHECKING:
+    from ..budgets import Budget
 
 
 class MemoryStore(ContextStore):
@@ -150,6 +154,15 @@ class MemoryStore(ContextStore):
         with self._lock:
             return {day: self._summarize(day, exclude=None, base=self._summary(day))
                     for day in wanted}
+
+    def budget_day_spend(self, days: Sequence[str], budgets: Sequence[Budget], *,
+                         closed_before: str) -> dict[str, dict[str, float]]:
+        """{day: {budget: spend}} over each day's writers (own figure, else the
+        breakdown's share), in Python (see otel_budget.stores.shares)."""
+        wanted = check_days(days)
+        check_days([closed_before])
+        spend = day_spend_from_entries(self.writer_entries(wanted), budgets)
+        return {d: spend.get(d, {b.name: 0.0 for b in budgets}) for d in wanted}
 
     def writer_entries(
         self, days: Sequence[str], *, breakdown: bool = True

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import sql as pgsql
@@ -43,6 +43,7 @@ from .base import (
     redact_url,
 )
 from .entries import WRITER_TYPE, DayTotals, MergeResult, check_days, writer_row_name
+from .shares import budget_spec, check_spend_answer
 from .sqlfunctions import (
     CHECKPOINT_SQLSTATES,
     MIGRATE_HINT,
@@ -53,6 +54,9 @@ from .sqlfunctions import (
     merge_result,
     prepare_writer_entry,
 )
+
+if TYPE_CHECKING:
+    from ..budgets import Budget
 
 _log = logging.getLogger(__name__)
 
@@ -76,6 +80,10 @@ _RETIRE = pgsql.SQL(
 _REAP = pgsql.SQL(
     "select pg_catalog.set_config('statement_timeout', %s::text, true); "
     "select public.otel_budget_reap(%s::numeric, %s::integer)"
+)
+_SPEND = pgsql.SQL(
+    "select pg_catalog.set_config('statement_timeout', %s::text, true); "
+    "select public.otel_budget_budget_spend(%s::text[], %s::jsonb, %s::text)"
 )
 _TOTALS = pgsql.SQL(
     "select pg_catalog.set_config('statement_timeout', %s::text, true); "
@@ -336,6 +344,28 @@ class PostgresStore(ContextStore):
         )
         assert row is not None
         return days_totals(wanted, row[0])
+
+    def budget_day_spend(self, days: Sequence[str], budgets: Sequence[Budget], *,
+                         closed_before: str) -> dict[str, dict[str, float]]:
+        """{day: {budget: spend}} over each day's writers (own figure, else the
+        breakdown's share), computed in SQL and kept for the days before
+        `closed_before` (otel_budget_budget_spend; see otel_budget.stores.shares).
+        NotImplementedError for a match SQL cannot mirror (read the entries)."""
+        self._check_open()
+        wanted = check_days(days)
+        (closed_before,) = check_days([closed_before])
+        specs = [budget_spec(b) for b in budgets]
+        if any(spec is None for spec in specs):
+            raise NotImplementedError("a budget's match has a [...] pattern")
+        payload = _dumps(specs)
+        row = self._run(
+            "reading the budgets' spend of closed days",
+            lambda conn: _one_trip(conn, _SPEND, (self._statement_timeout, wanted, payload,
+                                                  closed_before)),
+            retry=True, single=True,
+        )
+        assert row is not None
+        return check_spend_answer(row[0], wanted, [b.name for b in budgets])
 
     def writer_entries(
         self, days: Sequence[str], *, breakdown: bool = True

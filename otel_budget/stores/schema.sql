@@ -1333,6 +1333,150 @@ $fn$;
 
 
 -- ---------------------------------------------------------------------------
+-- A budget's share of a closed day, computed once and kept (version 3).
+-- A budget some writers did not report (added mid-window, a rolling deploy) is
+-- the sum of their breakdowns' matching items; otel_budget_budget_spend gives
+-- it per day without sending the breakdowns, and keeps each closed day's figure
+-- in a row patch_type 'budget_share', name 'share_<date>_<key>' (key: a hash of
+-- the budget's name and match, made by otel_budget.stores.shares.budget_key),
+-- content {"date", "budget", "key", "fingerprint", "spend_usd"}. The fingerprint
+-- is the day's shards: a late entry of a closed day changes it, and the figure is
+-- computed again.
+
+-- True if a breakdown item's attributes match a budget's rules
+-- [[attribute, [exact JSON values], [LIKE patterns]], ...] (none: every call).
+-- Mirrors otel_budget.budgets.Budget.matches for what budget_spec accepts.
+create or replace function public.otel_budget_attrs_match(p_attrs jsonb, p_rules jsonb)
+returns boolean
+language plpgsql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_rule jsonb;
+    v_value jsonb;
+begin
+    if p_rules is null or jsonb_array_length(p_rules) = 0 then
+        return true;
+    end if;
+    if jsonb_typeof(p_attrs) is distinct from 'object' or p_attrs = '{}'::jsonb then
+        return false;
+    end if;
+    for v_rule in select r.value from pg_catalog.jsonb_array_elements(p_rules) as r loop
+        v_value := p_attrs -> (v_rule ->> 0);
+        if v_value is null then
+            return false;
+        end if;
+        if exists (select 1 from pg_catalog.jsonb_array_elements(v_rule -> 1) as x
+                    where x.value = v_value) then
+            continue;
+        end if;
+        if jsonb_typeof(v_value) = 'string' and exists (
+               select 1 from pg_catalog.jsonb_array_elements_text(v_rule -> 2) as p
+                where (v_value #>> '{}') like p.value) then
+            continue;
+        end if;
+        return false;
+    end loop;
+    return true;
+end
+$fn$;
+
+
+-- {"<day>": {"<budget>": spend}} for each day of p_days and each budget of
+-- p_budgets ([{"name", "key", "match"}]): over the day's counted writer rows, a
+-- row's own by_budget figure when it has one, else the sum of its breakdown's
+-- items the budget matches (the overflow bucket left out). Days before
+-- p_closed_before are closed: their figures are kept and reused while the day's
+-- fingerprint holds.
+create or replace function public.otel_budget_budget_spend(
+    p_days text[], p_budgets jsonb, p_closed_before text
+)
+returns jsonb
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_day text;
+    v_budget jsonb;
+    v_name text;
+    v_row text;
+    v_fingerprint text;
+    v_kept jsonb;
+    v_spend numeric;
+    v_day_out jsonb;
+    v_out jsonb := '{}'::jsonb;
+begin
+    if jsonb_typeof(p_budgets) is distinct from 'array' or exists (
+           select 1 from pg_catalog.jsonb_array_elements(p_budgets) as b
+            where jsonb_typeof(b.value -> 'name') is distinct from 'string'
+               or coalesce(b.value ->> 'key', '') !~ '^[0-9a-f]{1,64}$'
+               or jsonb_typeof(b.value -> 'match') is distinct from 'array') then
+        raise exception using errcode = 'OB001',
+            message = 'otel_budget_budget_spend: p_budgets must be [{"name", "key", "match"}]';
+    end if;
+    for v_day in select distinct u.day from pg_catalog.unnest(p_days) as u(day)
+                  where u.day is not null loop
+        v_day_out := '{}'::jsonb;
+        select pg_catalog.md5(coalesce(pg_catalog.string_agg(
+                   s.shard || ':' || s.live_usd || ':' || s.live_writers || ':' || s.retired_usd
+                   || ':' || s.retired_writers || ':' || s.budgets::text || ':' || s.stamps::text,
+                   '|' order by s.shard), ''))
+          into v_fingerprint
+          from public.otel_budget_day_shards as s where s.day = v_day;
+        for v_budget in select b.value from pg_catalog.jsonb_array_elements(p_budgets) as b loop
+            v_name := v_budget ->> 'name';
+            v_row := 'share_' || v_day || '_' || (v_budget ->> 'key');
+            v_kept := null;
+            if v_day < p_closed_before then
+                select q.content into v_kept from public.quilt_patches as q
+                 where q.patch_type = 'budget_share' and q.name = v_row;
+            end if;
+            if v_kept is not null and (v_kept ->> 'fingerprint') = v_fingerprint
+               and jsonb_typeof(v_kept -> 'spend_usd') = 'number' then
+                v_day_out := v_day_out || pg_catalog.jsonb_build_object(v_name, v_kept -> 'spend_usd');
+                continue;
+            end if;
+            select coalesce(sum(
+                       case when jsonb_typeof(q.content -> 'by_budget' -> v_name) = 'number'
+                            then (q.content -> 'by_budget' ->> v_name)::numeric
+                            else (select coalesce(sum((i.value ->> 'spend_usd')::numeric), 0)
+                                    from pg_catalog.jsonb_array_elements(
+                                         case when jsonb_typeof(q.content -> 'by_attributes') = 'array'
+                                              then q.content -> 'by_attributes'
+                                              else '[]'::jsonb end) as i
+                                   where jsonb_typeof(i.value -> 'spend_usd') = 'number'
+                                     and (i.value -> 'attributes' -> 'otel.metric.overflow')
+                                         is distinct from 'true'::jsonb
+                                     and public.otel_budget_attrs_match(i.value -> 'attributes',
+                                                                        v_budget -> 'match'))
+                       end), 0)
+              into v_spend
+              from public.quilt_patches as q
+             where q.patch_type = 'budget_writer' and (q.content ->> 'date') = v_day
+               and public.otel_budget_amounts_ok(q.content);
+            v_spend := pg_catalog.trim_scale(round(v_spend, 9));
+            if v_day < p_closed_before then
+                insert into public.quilt_patches as q (patch_type, name, content)
+                values ('budget_share', v_row, pg_catalog.jsonb_build_object(
+                            'date', v_day, 'budget', v_name, 'key', v_budget ->> 'key',
+                            'fingerprint', v_fingerprint, 'spend_usd', v_spend))
+                on conflict (patch_type, name) do update
+                    set content = excluded.content, updated_at = pg_catalog.now();
+            end if;
+            v_day_out := v_day_out || pg_catalog.jsonb_build_object(v_name, v_spend);
+        end loop;
+        v_out := v_out || pg_catalog.jsonb_build_object(v_day, v_day_out);
+    end loop;
+    return v_out;
+end
+$fn$;
+
+
+-- ---------------------------------------------------------------------------
 -- Budget leases: a hard cap across the fleet (Budget(enforce="fleet")).
 -- One row per (budget, window): patch_type 'budget_lease', name
 -- 'lease_<budget>_<window>', content {budget, window, cap_usd, settled_usd,
@@ -1711,7 +1855,9 @@ declare
         'public.otel_budget_shard_apply(text, text, jsonb, jsonb)',
         'public.otel_budget_writer_rows_changed()',
         'public.otel_budget_others(text, text, jsonb)',
-        'public.otel_budget_reap(numeric, integer)'
+        'public.otel_budget_reap(numeric, integer)',
+        'public.otel_budget_attrs_match(jsonb, jsonb)',
+        'public.otel_budget_budget_spend(text[], jsonb, text)'
     ];
 begin
     revoke all on table public.quilt_patches from public;

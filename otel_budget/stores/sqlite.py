@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError, ConfigError, StoreError
 from ..leases import (
@@ -59,6 +59,7 @@ from .entries import (
     writer_entry_problem,
     writer_row_name,
 )
+from .shares import day_spend_from_entries
 
 _SCHEMA = (
     """
@@ -200,6 +201,10 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 def _is_in_memory(path: str) -> bool:
     lowered = path.lower()
     return ":memory:" in lowered or "mode=memory" in lowered
+
+
+if TYPE_CHECKING:
+    from ..budgets import Budget
 
 
 class SQLiteStore(ContextStore):
@@ -442,6 +447,15 @@ class SQLiteStore(ContextStore):
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreError(f"reading day totals failed: {exc}") from None
+
+    def budget_day_spend(self, days: Sequence[str], budgets: Sequence[Budget], *,
+                         closed_before: str) -> dict[str, dict[str, float]]:
+        """{day: {budget: spend}} over each day's writers (own figure, else the
+        breakdown's share), in Python (see otel_budget.stores.shares)."""
+        wanted = check_days(days)
+        check_days([closed_before])
+        spend = day_spend_from_entries(self.writer_entries(wanted), budgets)
+        return {d: spend.get(d, {b.name: 0.0 for b in budgets}) for d in wanted}
 
     def writer_entries(
         self, days: Sequence[str], *, breakdown: bool = True

@@ -25,7 +25,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -41,6 +41,7 @@ from .base import (
     dumps_content,
 )
 from .entries import WRITER_TYPE, DayTotals, MergeResult, check_days, writer_row_name
+from .shares import budget_spec, check_spend_answer
 from .sqlfunctions import (
     CHECKPOINT_SQLSTATES,
     MIGRATE_HINT,
@@ -51,6 +52,9 @@ from .sqlfunctions import (
     merge_result,
     prepare_writer_entry,
 )
+
+if TYPE_CHECKING:
+    from ..budgets import Budget
 
 _log = logging.getLogger(__name__)
 
@@ -257,6 +261,24 @@ class SupabaseStore(ContextStore):
             .execute(),
         )
         return days_totals(wanted, response.data)
+
+    def budget_day_spend(self, days: Sequence[str], budgets: Sequence[Budget], *,
+                         closed_before: str) -> dict[str, dict[str, float]]:
+        """As PostgresStore.budget_day_spend: otel_budget_budget_spend over RPC."""
+        self._check_open()
+        wanted = check_days(days)
+        (closed_before,) = check_days([closed_before])
+        specs = [budget_spec(b) for b in budgets]
+        if any(spec is None for spec in specs):
+            raise NotImplementedError("a budget's match has a [...] pattern")
+        dumps_content({"budgets": specs})  # CheckpointError before any I/O
+        response = self._call(
+            "reading the budgets' spend of closed days",
+            lambda: self._current_client().rpc("otel_budget_budget_spend", {
+                "p_days": wanted, "p_budgets": specs, "p_closed_before": closed_before,
+            }).execute(),
+        )
+        return check_spend_answer(response.data, wanted, [b.name for b in budgets])
 
     def writer_entries(
         self, days: Sequence[str], *, breakdown: bool = True
