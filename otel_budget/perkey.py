@@ -30,6 +30,7 @@ A call without a `per` attribute is not free: it counts under the value None the
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -87,6 +88,17 @@ def _printable(value: Any) -> Any:
 
 def key_json(values: Sequence[Any]) -> str:
     """A key's canonical text: the JSON list of its values in `per`'s order."""
+    values = tuple(values)
+    try:
+        return _key_json(values)
+    except TypeError:  # unhashable: not cached
+        return _key_json.__wrapped__(values)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _key_json(values: tuple[Any, ...]) -> str:
+    # Cached: every recorded and reserved call of a per-key budget asks (json.dumps
+    # was a third of a reservation's cost).
     return json.dumps([_printable(v) for v in values], separators=(",", ":"),
                       ensure_ascii=False)
 
@@ -449,6 +461,8 @@ class PerKey:
         self._lock = threading.Lock()
         #: key budget name -> (parent, key json, the key budget).
         self._resolved: dict[str, tuple[Budget, str, Budget]] = {}
+        #: (budget, key json) -> its name in _resolved (no hashing per call).
+        self._names: dict[tuple[str, str], str] = {}
         self._leases: dict[str, FleetLease] = {}
         self._claimed: set[tuple[str, str, str, float]] = set()
         self.claim_error: str | None = None
@@ -474,6 +488,11 @@ class PerKey:
         if values is None:
             return budget
         kjson = key_json(values)
+        with self._lock:
+            name = self._names.get((budget.name, kjson))
+            known = self._resolved.get(name) if name is not None else None
+            if known is not None:
+                return known[2]
         name = key_budget_name(budget.name, kjson)
         with self._lock:
             known = self._resolved.get(name)
@@ -485,7 +504,9 @@ class PerKey:
             if len(self._resolved) >= 4 * self._max:
                 # Forget keys not holding a lease (a new call resolves them again).
                 self._resolved = {n: v for n, v in self._resolved.items() if n in self._leases}
+                self._names = {(v[0].name, v[1]): n for n, v in self._resolved.items()}
             self._resolved[name] = (budget, kjson, keyed)
+            self._names[(budget.name, kjson)] = name
             return keyed
 
     def _parent(self, name: str) -> tuple[Budget, str] | None:
