@@ -376,3 +376,19 @@ def test_start_with_a_budget_added_mid_month_reads_the_kept_shares(
         kept = conn.execute("select count(*) from public.quilt_patches where patch_type = %s",
                             (SHARE_TYPE,)).fetchone()
     assert kept == (48,), "one kept share per closed day and budget"
+
+
+def test_the_start_benchmark_reports_and_cleans_up(
+    pg_fresh_database: Callable[..., str],
+) -> None:
+    url = pg_fresh_database()
+    result = pgbench.run_start_bench(url, days=3, writers=2, sets=4, repeats=1)
+    # 3 days x 2 writers x the items of team-3 (agents 3 of 4 sets: one item each).
+    assert result["with_added_budget_window_spend_usd"] == pytest.approx(3 * 2 * 0.001)
+    assert result["without_added_budget_window_spend_usd"] == pytest.approx(2 * 0.004)  # today
+    assert result["with_added_budget_median_ms"] > 0 and result[
+        "with_added_budget_first_start_ms"] > 0
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select count(*) from public.quilt_patches").fetchone() == (0,)
+        assert conn.execute(
+            "select count(*) from public.otel_budget_day_shards").fetchone() == (0,)

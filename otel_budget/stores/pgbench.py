@@ -31,6 +31,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from .migrate import apply_migration
@@ -232,6 +233,76 @@ def _seed(url: str, day: str, writers: int) -> None:
         # Autovacuum would do it on a live server: the index entries of the rows as
         # they were before retiring point at dead tuples until a vacuum.
         conn.execute("vacuum analyze public.quilt_patches")
+
+
+def run_start_bench(url: str, *, days: int = 31, writers: int = 100, sets: int = 200,
+                    repeats: int = 5) -> dict[str, Any]:
+    """start() of a meter with a budget added mid-month: `days` days of a month (the
+    last one today) with `writers` writers each, every entry `sets` attribute sets
+    and no figure of its own for the new budget. Times start() (store connection
+    warmed) with and without that budget: the first start with it computes the
+    closed days' shares in the store and keeps them, the later ones read them."""
+    import psycopg
+
+    from ..budgets import Budget
+    from ..config import BudgetConfig
+    from ..meter import BudgetMeter
+    from .postgres import PostgresStore
+
+    apply_migration(url)
+    month = "2998-03"
+    names = [f"{month}-{d:02d}" for d in range(1, days + 1)]
+    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        for day in names:
+            rows = []
+            for w in range(writers):
+                items = [{"attributes": {"agent": f"agent-{i}", "team": f"team-{i % 7}"},
+                          "spend_usd": 0.001} for i in range(sets)]
+                rows.append((json.dumps({
+                    "date": day, "writer_id": f"start-{w}", "instance_id": "bench-host",
+                    "seq": 1, "spend_usd": round(0.001 * sets, 9),
+                    "updated_at": f"{day}T12:00:00+00:00", "timezone": "UTC",
+                    "by_budget": {"daily": round(0.001 * sets, 9)}, "by_attributes": items}),))
+            cur.executemany("select public.otel_budget_merge_writer(%s::jsonb)", rows)
+        conn.execute("vacuum analyze public.quilt_patches")
+    today = datetime.fromisoformat(f"{names[-1]}T18:00:00+00:00")
+    base = [Budget("daily", 1e6)]
+    added = [*base, Budget("team-3", 1e6, period="month", match={"team": "team-3"})]
+    out: dict[str, Any] = {"days": days, "writers_per_day": writers, "sets_per_entry": sets,
+                           "repeats": repeats}
+    try:
+        for label, budgets in (("without_added_budget", base), ("with_added_budget", added)):
+            times: list[float] = []
+            spend = None
+            for run in range(repeats + (1 if label == "with_added_budget" else 0)):
+                store = PostgresStore(url, min_size=1, max_size=2)
+                store.day_totals([names[-1]])  # the connection warmed, as a running app's
+                config = BudgetConfig(budgets=budgets, collect_interval_s=3600,
+                                      instance_id=f"start-bench-{run}")
+                meter = BudgetMeter(config, store=store, clock=lambda: today)
+                t0 = time.perf_counter()
+                meter.start()
+                elapsed = time.perf_counter() - t0
+                spend = next(b["spend_usd"] for b in meter.budgets() if b["name"] == budgets[-1].name)
+                meter.shutdown(timeout=5)
+                if label == "with_added_budget" and run == 0:
+                    out["with_added_budget_first_start_ms"] = round(elapsed * 1e3, 1)
+                    continue
+                times.append(elapsed)
+            times.sort()
+            out[f"{label}_median_ms"] = round(statistics.median(times) * 1e3, 1)
+            out[f"{label}_min_ms"] = round(times[0] * 1e3, 1)
+            out[f"{label}_max_ms"] = round(times[-1] * 1e3, 1)
+            out[f"{label}_window_spend_usd"] = spend
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("delete from public.quilt_patches where (patch_type in "
+                         "('budget_writer', 'budget_summary', 'budget_share') and "
+                         "(content ->> 'date') like %s) or patch_type = 'sibling_nudge'",
+                         (f"{month}-%",))
+            conn.execute("delete from public.otel_budget_day_shards where day like %s",
+                         (f"{month}-%",))
+    return out
 
 
 def _seed_live(url: str, day: str, writers: int) -> None:
