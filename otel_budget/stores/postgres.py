@@ -296,13 +296,21 @@ class PostgresStore(ContextStore):
         server's clock), at most `limit`: otel_budget_reap (see PatchStore)."""
         self._check_open()
         seconds, limit = check_reap_args(stale_after_s, limit)
-        row = self._run(
-            "reaping stale writer rows",
-            lambda conn: _one_trip(conn, _REAP, (self._statement_timeout, seconds, limit)),
-            retry=True, single=True,
-        )
-        assert row is not None
-        return [str(name) for name in entry_list_of_names(row[0])]
+        reaped: list[str] = []
+        # One row per transaction: the lock order of retire_writer (the writer's row,
+        # its shard, the day's summary row), so a reaper never deadlocks a shutdown.
+        for _ in range(limit):
+            row = self._run(
+                "reaping stale writer rows",
+                lambda conn: _one_trip(conn, _REAP, (self._statement_timeout, seconds, 1)),
+                retry=True, single=True,
+            )
+            assert row is not None
+            names = entry_list_of_names(row[0])
+            if not names:
+                break
+            reaped += names
+        return reaped
 
     def _reap_quietly(self) -> None:
         # A merge never fails because the reaper did: it runs again next time.

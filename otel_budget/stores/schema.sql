@@ -1193,7 +1193,10 @@ $fn$;
 -- row stays counted once, and its next merge applies against the stored row (a
 -- newer seq on a retired row replaces it and moves the sums by the difference).
 -- Rows another transaction holds are skipped (SKIP LOCKED), as are quarantined
--- ones (left where they are, named). Returns the names of the rows retired.
+-- ones (left where they are, named). Returns the names of the rows retired. The
+-- stores call it with p_limit 1, one transaction per row: each then takes its locks
+-- in retire_writer's order (the row, its shard, the day's summary row), while
+-- several rows in one transaction could hold a summary row while waiting on a shard.
 create or replace function public.otel_budget_reap(p_stale_after_s numeric, p_limit integer)
 returns jsonb
 language plpgsql

@@ -222,12 +222,19 @@ class SupabaseStore(ContextStore):
         database's clock), at most `limit`: otel_budget_reap (see PatchStore)."""
         self._check_open()
         seconds, limit = check_reap_args(stale_after_s, limit)
-        response = self._call(
-            "reaping stale writer rows",
-            lambda: self._current_client().rpc(
-                "otel_budget_reap", {"p_stale_after_s": seconds, "p_limit": limit}).execute(),
-        )
-        return entry_list_of_names(response.data)
+        reaped: list[str] = []
+        # One row per call: see PostgresStore.reap_stale (the lock order of a retire).
+        for _ in range(limit):
+            response = self._call(
+                "reaping stale writer rows",
+                lambda: self._current_client().rpc(
+                    "otel_budget_reap", {"p_stale_after_s": seconds, "p_limit": 1}).execute(),
+            )
+            names = entry_list_of_names(response.data)
+            if not names:
+                break
+            reaped += names
+        return reaped
 
     def _reap_quietly(self) -> None:
         # A merge never fails because the reaper did: it runs again next time.
