@@ -14,12 +14,14 @@ Two kinds of sums are kept, because they live for different times:
   (a counter must not reset at midnight), bounded the same way.
 Totals are exact whatever the breakdowns hold.
 
-The hot path never waits for the lock: when another thread holds it, a call for
-an attribute set already seen today appends `(cell, nanos)` to a deque (one atomic
-operation under the GIL) and returns; whoever holds the lock next drains the
-deque before it reads or adds. Waiting on one lock made threads queue behind each
-other (8 threads kept 0.2-0.6 of one thread's throughput). A read still counts
-every `add()` that returned before it.
+The hot path takes no lock: a call for an attribute set already seen today appends
+its nanos to that set's cell (list.append, atomic under the GIL) and lists the cell
+as dirty; readers, and the hot path once a cell holds 256 calls, drain the dirty
+cells under the lock (one sum per cell), without ever waiting for it on the hot
+path. A lock around each call's few additions made threads convoy: a thread
+preempted while holding it sent the others to sleep on it (8 threads kept 0.2-0.7
+of one thread's throughput). A read still counts every `add()` that returned
+before it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -41,11 +44,9 @@ _EMPTY_KEY: frozenset[Any] = frozenset()
 #: Attribute sets whose cell is remembered for the fast path, per day, as a multiple
 #: of max_attribute_sets (beyond it, new sets take the slow path on every call).
 _CELL_CACHE_FACTOR = 4
-#: The hot path drains the queue once it holds this many calls (a short queue keeps
-#: its tuples on CPython's free list), at most _DRAIN_CHUNK at a time (a short hold
-#: of the lock: a thread preempted while holding it leaves the others queueing).
+#: The hot path drains once a cell holds this many pending calls (without a reader,
+#: memory stays bounded; with one, a collection drains every interval).
 _DRAIN_AT = 256
-_DRAIN_CHUNK = 1024
 
 
 
@@ -74,11 +75,23 @@ class _Bucket:
         self.nanos = 0
 
 
-#: (day bucket, lifetime bucket, indexes of the budgets the set matches, the day's cell
-#: map it belongs to, the set's key, its checked attributes). A tuple: unpacked on every
-#: call, no lookups.
-_Cell = tuple[_Bucket, _Bucket, tuple[int, ...], dict[frozenset[Any], Any], frozenset[Any],
-              dict[str, Any]]
+class _Cell:
+    """One attribute set on one day: its buckets, the budgets it counts toward, and
+    the calls recorded since the last drain (`pending`, appended without the lock)."""
+
+    __slots__ = ("attrs", "budgets", "cells", "day", "dirty", "export", "key", "pending")
+
+    def __init__(self, day: _Bucket, export: _Bucket, budgets: tuple[int, ...],
+                 cells: dict[frozenset[Any], _Cell], key: frozenset[Any],
+                 attrs: dict[str, Any]) -> None:
+        self.day = day
+        self.export = export
+        self.budgets = budgets
+        self.cells = cells  # the day's cell map: a drain tells a closed day's cell by it
+        self.key = key
+        self.attrs = attrs
+        self.pending: list[int] = []
+        self.dirty = False
 
 
 def _key(attributes: Attributes) -> frozenset[Any]:
@@ -106,7 +119,7 @@ class SpendLedger:
             (lambda: clock().timestamp()) if clock is not None else time.time
         )
         self._lock = threading.Lock()
-        self._queue: deque[tuple[_Cell, int]] = deque()
+        self._dirty: deque[_Cell] = deque()
         self._export: dict[frozenset[Any], _Bucket] = {}
         self._export_overflow = _Bucket(dict(ledger.OVERFLOW_ATTRIBUTES))
         self._closed_days: list[DaySnapshot] = []
@@ -129,14 +142,19 @@ class SpendLedger:
             key = _EMPTY_KEY
         cell = self._cells.get(key)
         if cell is not None and self._now_ts() < self._boundary_ts:
-            # A set seen today: queue the day's long-lived cell (this call's frozenset is
-            # freed now) and return; every so often the caller drains what is queued.
-            queue = self._queue
-            queue.append((cell, nanos))
-            if len(queue) >= _DRAIN_AT and self._lock.acquire(False):
-                # Another thread holding the lock will drain: never wait behind it.
+            # A set seen today: no lock. list.append is atomic under the GIL; the cell
+            # goes on the dirty list unless it is there already (a drain clears the flag
+            # before it reads the pending calls, and this call appended before it read
+            # the flag, so no call is left behind unlisted).
+            pending = cell.pending
+            pending.append(nanos)
+            if not cell.dirty:
+                cell.dirty = True
+                self._dirty.append(cell)
+            if len(pending) >= _DRAIN_AT and self._lock.acquire(False):
+                # Another thread holding the lock drains: never wait behind it.
                 try:
-                    self._drain_locked(_DRAIN_CHUNK)
+                    self._drain_locked()
                 finally:
                     self._lock.release()
             return
@@ -147,41 +165,45 @@ class SpendLedger:
             cell = self._cells.get(key)
             if cell is None:
                 cell = self._admit(key, attributes)
-            day_bucket, export_bucket, budget_indexes, _, _, _ = cell
-            day_bucket.nanos += nanos
-            export_bucket.nanos += nanos
+            cell.day.nanos += nanos
+            cell.export.nanos += nanos
             self._day_total += nanos
             budget_nanos = self._budget_nanos
-            for index in budget_indexes:
+            for index in cell.budgets:
                 budget_nanos[index] += nanos
 
-    def _drain_locked(self, most: int | None = None) -> None:
-        """Apply what the hot path queued (at most `most` calls, oldest first).
-        (Inlined: this loop is the other half of every call.)"""
-        queue = self._queue
-        if not queue:
+    def _drain_locked(self) -> None:
+        """Apply the calls the hot path left pending, one sum per dirty cell."""
+        dirty = self._dirty
+        if not dirty:
             return
+        cells_now = self._cells
         budget_nanos = self._budget_nanos
-        days_cells = self._cells
-        popleft = queue.popleft
+        popleft = dirty.popleft
         total = 0
-        # Only what was queued when the drain began: a writer appending meanwhile
+        # Only the cells listed when the drain began: writers appending meanwhile
         # cannot keep this loop (and the lock) going.
-        for _ in range(len(queue) if most is None else min(most, len(queue))):
-            cell, nanos = popleft()
-            day_bucket, export_bucket, budget_indexes, cells, key, attrs = cell
-            if cells is not days_cells:
-                # Queued with the cell of a day that has closed since (the call read
-                # the cell just before midnight, the roll drained before it appended):
-                # it counts on the open day, like a call that took the lock after.
-                current = days_cells.get(key)
-                cell = current if current is not None else self._admit(key, attrs)
-                day_bucket, export_bucket, budget_indexes, _, _, _ = cell
-            day_bucket.nanos += nanos
-            export_bucket.nanos += nanos
-            total += nanos
-            for index in budget_indexes:
-                budget_nanos[index] += nanos
+        for _ in range(len(dirty)):
+            cell = popleft()
+            cell.dirty = False  # before the read below: see add()
+            pending = cell.pending
+            count = len(pending)
+            # The first `count` calls: calls appended meanwhile go after them.
+            amount = sum(islice(pending, count))
+            del pending[:count]
+            if not amount:
+                continue
+            if cell.cells is not cells_now:
+                # A cell of a day that has closed since (the call read it just before
+                # midnight, the roll drained before it appended): it counts on the
+                # open day, like a call that took the lock after.
+                current = cells_now.get(cell.key)
+                cell = current if current is not None else self._admit(cell.key, cell.attrs)
+            cell.day.nanos += amount
+            cell.export.nanos += amount
+            total += amount
+            for index in cell.budgets:
+                budget_nanos[index] += amount
         self._day_total += total
 
     def _admit(self, key: frozenset[Any], attributes: Attributes | None) -> _Cell:
@@ -200,9 +222,7 @@ class SpendLedger:
                 day = self._day_overflow
         indexes = tuple(i for i, budget in enumerate(self._budgets) if budget.matches(attrs))
         cells = self._cells
-        # The cell names its day's cell map, so a drain can tell a cell queued before a
-        # roll from today's.
-        cell = (day, export, indexes, cells, key, attrs)
+        cell = _Cell(day, export, indexes, cells, key, attrs)
         if len(cells) < self._limit * _CELL_CACHE_FACTOR:
             # Published last, once the set is validated: from now on the set's calls
             # may take the lock-free path (today).
