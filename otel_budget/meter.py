@@ -334,7 +334,7 @@ class BudgetMeter:
 
         def spend_points() -> SpendPoints:
             # Each process's series of its own (see the observable callback).
-            return (ledger_.export_points(), {WRITER_ATTRIBUTE: tracker.writer_id},
+            return (ledger_.export_columns(), {WRITER_ATTRIBUTE: tracker.writer_id},
                     ledger_.export_start_ns)
 
         self._reader.set_spend_source(spend_points, resource=self._resource, scope=scope)

@@ -59,9 +59,10 @@ _log = logging.getLogger("otel_budget")
 _ledger_collecting = threading.local()
 _NO_EXEMPLARS: tuple[()] = ()
 
-#: What a spend source returns: (attributes, nano-USD) per attribute set, the extra
-#: attributes every point carries, and the start of the cumulative series (ns).
-SpendPoints = tuple[list[tuple[dict[str, Any], int]], dict[str, Any], int]
+#: What a spend source returns: the attribute sets and their nano-USD sums (two
+#: columns), the extra attributes every point carries, and the start of the
+#: cumulative series (ns).
+SpendPoints = tuple[tuple[tuple[dict[str, Any], ...], tuple[int, ...]], dict[str, Any], int]
 
 
 def ledger_collecting() -> bool:
@@ -73,15 +74,15 @@ def ledger_collecting() -> bool:
 def spend_metric(points: SpendPoints, now_ns: int) -> Metric | None:
     """The cumulative, monotonic `llm.spend` Sum of these ledger points (None for no
     points, as the SDK leaves out an instrument that observed nothing)."""
-    cells, extra, start_ns = points
-    if not cells:
+    (attribute_sets, sums), extra, start_ns = points
+    if not sums:
         return None
     per_usd = ledger.NANOS_PER_USD
     # Positional (attributes, start_time_unix_nano, time_unix_nano, value, exemplars),
     # the dataclass's field order: half the cost of keywords per point.
     data_points = [NumberDataPoint({**attrs, **extra}, start_ns, now_ns, nanos / per_usd,
                                    _NO_EXEMPLARS)
-                   for attrs, nanos in cells]
+                   for attrs, nanos in zip(attribute_sets, sums, strict=True)]
     return Metric(name=SPEND_INSTRUMENT, description=SPEND_DESCRIPTION, unit=SPEND_UNIT,
                   data=Sum(data_points=data_points, is_monotonic=True,
                            aggregation_temporality=AggregationTemporality.CUMULATIVE))

@@ -123,6 +123,7 @@ class SpendLedger:
         self._export: dict[frozenset[Any], _Bucket] = {}
         self._export_overflow = _Bucket(dict(ledger.OVERFLOW_ATTRIBUTES))
         self._closed_days: list[DaySnapshot] = []
+        self._index_tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
         #: When the lifetime sums started (the cumulative series' start time).
         self.export_start_ns = time.time_ns()
         self._start_day(self._now_date())
@@ -221,6 +222,8 @@ class SpendLedger:
             else:
                 day = self._day_overflow
         indexes = tuple(i for i, budget in enumerate(self._budgets) if budget.matches(attrs))
+        # One tuple per distinct combination, not per set (48 bytes each at 2,000 sets).
+        indexes = self._index_tuples.setdefault(indexes, indexes)
         cells = self._cells
         cell = _Cell(day, export, indexes, cells, key, attrs)
         if len(cells) < self._limit * _CELL_CACHE_FACTOR:
@@ -310,6 +313,16 @@ class SpendLedger:
             if self._export_overflow.nanos:
                 points.append((self._export_overflow.attributes, self._export_overflow.nanos))
             return points
+
+    def export_columns(self) -> tuple[tuple[dict[str, Any], ...], tuple[int, ...]]:
+        """`export_points` as two columns (attribute sets, sums): what a reader keeps
+        between a collection and the read of its data, in a third of the memory."""
+        with self._lock:
+            self._drain_locked()
+            buckets = list(self._export.values())
+            if self._export_overflow.nanos:
+                buckets.append(self._export_overflow)
+            return tuple(b.attributes for b in buckets), tuple(b.nanos for b in buckets)
 
     def attribute_sets_today(self) -> int:
         with self._lock:
