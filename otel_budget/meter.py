@@ -796,6 +796,14 @@ class BudgetMeter:
                 "round_trips_per_reservation": round(trips / draws, 4) if draws else None}
 
     def health(self) -> dict[str, Any]:
+        out = self._health()
+        if self._perkey is not None:
+            # The per-key budgets' keys today, key leases held, the last read of the
+            # fleet's keys and any failure of it or of an alert claim per key.
+            out["per_key"] = self._perkey.describe()
+        return out
+
+    def _health(self) -> dict[str, Any]:
         return build_health(
             self._tracker.state(), self.budgets(), instance_id=self._instance_id,
             timezone=self._config.timezone,

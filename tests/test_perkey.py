@@ -163,6 +163,9 @@ def test_meter_budget_shape_and_errors(tmp_path: Path) -> None:
         # the row's cap is each key's: its spend is the biggest key's, not the sum
         assert whole["spend_usd"] == 0.75
         assert next(r for r in m.budgets() if r["name"] == "per-customer") == whole
+        health = m.health()["per_key"]
+        assert health["keys_today"] == {"per-customer": 3}
+        assert health["fleet_error"] is None and health["claim_error"] is None
         with pytest.raises(ConfigError, match="no budget named 'nope'"):
             m.budget("nope")
         with pytest.raises(TypeError):
