@@ -121,6 +121,7 @@ def bench(rounds: int = 15, rss_runs: int = 3) -> tuple[list[Row], dict[str, Any
                                          "timer_only": timer.as_dict(1e3),
                                          "observable_path": before.as_dict(1e3),
                                          "sdk_counter": counter.as_dict(1e3)}
+    rows.append(_checkpoint_row(2000, rounds, figures))
     sets = 2000
     rss: dict[str, list[float]] = {"meter": [], "counter": []}
     for _ in range(rss_runs):  # interleaved, a fresh process each
@@ -133,6 +134,42 @@ def bench(rounds: int = 15, rss_runs: int = 3) -> tuple[list[Row], dict[str, Any
                     "<= the Counter's"))
     figures[f"rss_{sets}_sets_mb"] = {"meter": ours.as_dict(), "sdk_counter": peer.as_dict()}
     return rows, figures
+
+
+def _checkpoint_row(sets: int, rounds: int, figures: dict[str, Any]) -> Row:
+    """`meter.checkpoint()` (a collection and this writer's entry merged into a SQLite
+    file) at `sets` attribute sets, the ledger path against the observable path."""
+    import tempfile
+    from pathlib import Path
+
+    from otel_budget.stores.sqlite import SQLiteStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        meters = {}
+        for side in ("ledger", "observable"):
+            config = BudgetConfig(daily_cap_usd=1e12, instance_id=f"bench-{side}",
+                                  checkpoint_every=10**9, collect_interval_s=3600,
+                                  max_attribute_sets=sets)
+            store = SQLiteStore(Path(tmp) / f"{side}.db")
+            meter = BudgetMeter(config, store=store).start()
+            for i in range(sets):
+                meter.record(0.001, _attrs(i))
+            if side == "observable":
+                _observable_path(meter)
+            meters[side] = (meter, store)
+        try:
+            samples = interleaved({side: _timed(partial(m.checkpoint, 30.0))
+                                   for side, (m, _) in meters.items()}, rounds)
+        finally:
+            for meter, store in meters.values():
+                meter.shutdown()
+                store.close()
+    ours, before = Spread.of(samples["ledger"]), Spread.of(samples["observable"])
+    figures[f"checkpoint_{sets}_sets_sqlite_ms"] = {"ledger": ours.as_dict(1e3),
+                                                    "observable_path": before.as_dict(1e3)}
+    return Row(f"meter.checkpoint(), {sets} sets, SQLite, ms (peer: observable path)",
+               ours.text(1e3), before.text(1e3),
+               Spread.of(ratios(samples["ledger"], samples["observable"])).text())
 
 
 def _rss_in_subprocess(side: str, sets: int) -> float:
