@@ -189,7 +189,10 @@ class KeyBook:
     def _field_locked(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for index, budget in enumerate(self.budgets):
-            items = {k: ledger.from_nanos(n) for k, n in self._keys[index].items()}
+            # Integer nanos / 1e9 is the float nearest the exact amount already (what
+            # from_nanos's rounding gives, at a third of the cost for 10,000 keys).
+            per_usd = ledger.NANOS_PER_USD
+            items = {k: n / per_usd for k, n in self._keys[index].items()}
             folded = sum(self._extra[index].values()) + self._overflow[index]
             if folded:
                 items[OVERFLOW_KEY] = ledger.from_nanos(folded)
