@@ -301,7 +301,10 @@ def test_four_replicas_crossing_80_percent_together_nudge_once(pg_clean: str,
     assert nudge["ratio"] == 0.8 and nudge["daily_spend_usd"] == 8.0
     assert _count_rows(pg_clean, NUDGE_TYPE) == 1
     day, entries = _read_day(("postgresql", pg_clean, ""), today)
-    assert day["nudges"] == [nudge]
+    # The stored claim is the delivered nudge plus the moment its delivery was recorded.
+    [stored] = day["nudges"]
+    assert stored.pop("delivered_at") is not None and nudge.get("delivered_at") is None
+    assert stored == {k: v for k, v in nudge.items() if k != "delivered_at"}
     assert day["total_usd"] == 14.0  # the final checkpoints at shutdown
     assert set(day["instances"]) == {"earlier-process"} | {f"replica-{i}" for i in range(4)}
     assert len({e["writer_id"] for e in entries}) == 5
