@@ -223,7 +223,7 @@ class StatusSource:
         self._clock = clock or _utc_now
         self._cache_s = float(cache_s)
         self._lock = threading.Lock()
-        self._cached: tuple[float, dict[str, Any]] | None = None
+        self._cached: tuple[float, dict[str, Any], tuple[float, ...]] | None = None
         self._cached_read: tuple[float, dict[str, Any]] | None = None
         self._rings: dict[str, _BurnRing] = {}
 
@@ -247,11 +247,24 @@ class StatusSource:
         with self._lock:
             cached = self._cached
             mono = time.monotonic()
-            if cached is not None and mono - cached[0] < self._cache_s:
+            # A meter's own numbers are live and cheap: a reload right after more spend
+            # must show it, so the cache (which spares the store) holds only while
+            # they have not moved.
+            live = self._live_fingerprint()
+            if (cached is not None and mono - cached[0] < self._cache_s
+                    and cached[2] == live):
                 return cached[1]
             document = self._build()
-            self._cached = (mono, document)
+            self._cached = (mono, document, live)
             return document
+
+    def _live_fingerprint(self) -> tuple[float, ...]:
+        if self._meter is None:
+            return ()
+        try:
+            return tuple(float(row["spend_usd"]) for row in self._meter.budgets())
+        except Exception:  # the document names what failed; the cache just expires
+            return (math.nan,)
 
     def _today(self, now: datetime) -> date:
         if self._meter is not None:
