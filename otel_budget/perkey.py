@@ -484,6 +484,8 @@ class PerKey:
         #: (budget, key json) -> its name in _resolved (no hashing per call).
         self._names: dict[tuple[str, str], str] = {}
         self._leases: dict[str, FleetLease] = {}
+        #: key lease name -> when a reservation last looked it up (monotonic).
+        self._touched: dict[str, float] = {}
         self._claimed: set[tuple[str, str, str, float]] = set()
         self.claim_error: str | None = None
         self._closed = False
@@ -561,6 +563,8 @@ class PerKey:
         with self._lock:
             lease = self._leases.get(name)
             if lease is not None or self._closed:
+                if lease is not None:
+                    self._touched[name] = time.monotonic()
                 return lease
             known = self._resolved.get(name)
             if known is None or not known[0].hard:
@@ -574,6 +578,7 @@ class PerKey:
                 ttl_s=self._ttl_s, idle_s=self._idle_s,
             )
             self._leases[name] = lease
+            self._touched[name] = time.monotonic()
             return lease
 
     def budget_named(self, name: str) -> Budget | None:
@@ -598,8 +603,19 @@ class PerKey:
                              exc if isinstance(exc, BudgetError) else type(exc).__name__)
             if lease.holds_nothing():
                 with self._lock:
-                    if self._leases.get(name) is lease and lease.holds_nothing():
+                    # Dropped only when untouched for a while: a reservation that just
+                    # looked it up must find it still here. One dropped anyway is
+                    # closed, so it can never take a lease nobody renews (a call
+                    # holding it is refused: the safe side).
+                    quiet = time.monotonic() - self._touched.get(name, 0.0) >= 2 * self._idle_s
+                    if self._leases.get(name) is lease and quiet and lease.holds_nothing():
                         del self._leases[name]
+                        self._touched.pop(name, None)
+                        drop = True
+                    else:
+                        drop = False
+                if drop:
+                    lease.close()
         day = self._day()
         if self.fleet.due(day):
             try:
@@ -737,6 +753,7 @@ class PerKey:
         self.fleet.after_fork_in_child()
         self.book.after_fork_in_child()
         self._leases = {}  # the parent's leases stay the parent's
+        self._touched = {}
         self._claimed = set()
 
 

@@ -426,3 +426,27 @@ def test_gauges_show_the_biggest_key_against_the_cap(tmp_path: Path) -> None:
                   and metric.data.data_points}
         assert points["llm.budget.utilization.ratio"] == 0.75
         assert points["llm.budget.spend"] == 1.5
+
+
+def test_key_leases_are_given_back_and_dropped_when_idle(tmp_path: Path) -> None:
+    from tests.conftest import wait_for
+
+    budget = Budget("per-customer", 1.0, hard=True, per="customer")
+    url = _sqlite(tmp_path)
+    with BudgetMeter(_config(budget, instance_id="w", collect_interval_s=0.05,
+                             lease_ttl_s=0.6), store=open_store(url)) as m:
+        for customer in ("a", "b", "c"):
+            m.reserve(0.1, {"customer": customer}).settle(0.1)
+        assert m.health()["per_key"]["key_leases"] == 3
+        # idle: each key's lease goes back to its row and the object is dropped
+        assert wait_for(lambda: m.health()["per_key"]["key_leases"] == 0, timeout=30)
+        window = m.budget("per-customer")["window"]
+        row = m.store.get(LEASE_TYPE, lease_row_name(
+            key_budget_name("per-customer", key_json(("a",))), window))
+        assert row is not None and row["leases"] == {} and row["settled_usd"] == 0.1
+        # the key's next call takes a new lease on the same row, its spend still counted
+        for _ in range(9):
+            m.reserve(0.1, {"customer": "a"}).settle(0.1)
+        with pytest.raises(BudgetExceeded):
+            m.reserve(0.1, {"customer": "a"})
+        m.reserve(0.1, {"customer": "b"}).settle(0.1)
