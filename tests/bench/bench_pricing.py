@@ -123,6 +123,11 @@ def bench(calls: int = 2000, rounds: int = 9) -> tuple[list[Row], dict[str, Any]
             f"{usd['record_response_anthropic']:.6g}", f"{usd['completion_cost_anthropic']:.6g}"),
     ]
     figures: dict[str, Any] = {f"{k}_us": Spread.of(v).as_dict(1e6) for k, v in samples.items()}
+    figures["ratios"] = {
+        f"{ours}_vs_{peer}": Spread.of(ratios(samples[ours], samples[peer])).as_dict()
+        for ours, peer in (("record_response", "completion_cost"),
+                           ("record_usage", "cost_per_token"),
+                           ("record_usage_nohist", "cost_per_token"))}
     figures["usd"] = usd
     figures["litellm_version"] = _version("litellm")
     return rows, figures
