@@ -1,5 +1,6 @@
 """The fair bench, one table: `python -m tests.bench.run [--quick] [--json]
-[--only hotpath,collection,pricing] [--postgres URL]` from the repository root.
+[--only hotpath,collection,pricing] [--postgres URL [--pgbouncer URL]]` from the
+repository root.
 
 Every figure is a median with its spread (min-max) over interleaved rounds: both
 sides of a comparison run once per round, in turn, and a ratio is the median of the
@@ -32,10 +33,10 @@ SECTIONS: dict[str, Callable[[bool], tuple[list[Row], dict[str, Any]]]] = {
 }
 
 
-def _postgres(url: str) -> tuple[list[Row], dict[str, Any]]:
+def _postgres(url: str, pooler_url: str | None) -> tuple[list[Row], dict[str, Any]]:
     from otel_budget.stores.pgbench import run_postgres_bench
 
-    result = run_postgres_bench(url)
+    result = run_postgres_bench(url, pooler_url=pooler_url)
     rows = [Row(f"postgres {key}", json.dumps(value, sort_keys=True)[:120])
             for key, value in result.items()]
     return rows, result
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated sections among {', '.join(SECTIONS)}")
     parser.add_argument("--postgres", metavar="URL",
                         help="also the PostgreSQL merge bench (otel_budget.stores.pgbench)")
+    parser.add_argument("--pgbouncer", metavar="URL",
+                        help="with --postgres: the same database through PgBouncer too")
     args = parser.parse_args(argv)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in SECTIONS]
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += section_rows
         figures[name] = section_figures
     if args.postgres:
-        section_rows, figures["postgres"] = _postgres(args.postgres)
+        section_rows, figures["postgres"] = _postgres(args.postgres, args.pgbouncer)
         rows += section_rows
     load_after = os.getloadavg()
     machine["load_after"] = load_after
