@@ -24,8 +24,10 @@ reader exports the same values.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -182,9 +184,40 @@ class LedgerReader(MetricReader):
         pass
 
 
+_GATED: weakref.WeakSet[BudgetReader] = weakref.WeakSet()
+_held_at_fork: list[BudgetReader] = []
+
+
+def _before_fork() -> None:
+    # A fork while the timer is inside the SDK's collection would copy the SDK's
+    # locks held: the child's first collection would wait for them forever. Let the
+    # collection finish first (bounded: a stuck one must not stop the fork).
+    for reader in list(_GATED):
+        if reader._gate.acquire(timeout=2.0):
+            _held_at_fork.append(reader)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_at_fork:
+        _held_at_fork.pop()._gate.release()
+
+
+def _after_fork_in_child() -> None:
+    _held_at_fork.clear()
+    for reader in list(_GATED):
+        reader._gate = threading.Lock()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
 class BudgetReader(LedgerReader):
     def __init__(self) -> None:
         super().__init__()
+        #: Held while the timer is inside the SDK's collection (see _before_fork).
+        self._gate = threading.Lock()
+        _GATED.add(self)
         self._tracker: BudgetTracker | None = None
         self._interval = 60.0
         self._stop = threading.Event()
@@ -253,7 +286,8 @@ class BudgetReader(LedgerReader):
             return False
         if self._collect is not None:  # registered on a MeterProvider
             try:
-                self.collect_spliced()
+                with self._gate:
+                    self.collect_spliced()
             except Exception:
                 _log.exception("otel_budget: SDK collection failed")
         due = tracker.count_collection() if counted else False

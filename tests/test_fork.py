@@ -9,12 +9,14 @@ stored once, by the parent.
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.metrics import Observation
 
 import otel_budget
 from otel_budget import BudgetConfig, BudgetMeter
@@ -107,3 +109,56 @@ def test_forked_children_are_writers_of_their_own(tmp_path: Path) -> None:
     assert entries[parent_writer]["spend_usd"] == 1.25  # the pre-fork 1.0 once, here
     for report in reports:
         assert entries[report["writer_id"]]["spend_usd"] == report["instance_spend_usd"]
+
+
+_slow_meter: BudgetMeter | None = None
+
+
+def _child_after_slow_collection(results: Any) -> None:
+    meter = _slow_meter
+    assert meter is not None
+    before = meter.health()["collections"]
+    deadline = time.monotonic() + 10
+    while meter.health()["collections"] < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    results.put(meter.health()["collections"] - before)
+    meter.shutdown(timeout=5)
+
+
+def test_a_fork_during_the_sdks_collection_leaves_the_child_collecting(tmp_path: Path) -> None:
+    """The timer is inside the SDK's collection (a slow callback on the same provider)
+    when the process forks: the child must not inherit the SDK's locks held."""
+    global _slow_meter
+    inside = threading.Event()
+
+    def slow(options: Any) -> list[Observation]:
+        if threading.current_thread().name == "OtelBudgetReader":
+            inside.set()
+            time.sleep(0.3)
+        return [Observation(1.0)]
+
+    config = BudgetConfig(daily_cap_usd=1000.0, collect_interval_s=0.05,
+                          spool_dir=str(tmp_path / "spool"))
+    with SQLiteStore(tmp_path / "budget.db") as store:
+        meter = BudgetMeter(config, store=store).start()
+        meter.meter_provider.get_meter("slow").create_observable_gauge(
+            "slow.gauge", callbacks=[slow])
+        _slow_meter = meter
+        try:
+            assert inside.wait(10)
+            inside.clear()
+            assert inside.wait(10)  # the timer is in the slow callback right now
+            results = FORK.Queue()
+            child = FORK.Process(target=_child_after_slow_collection, args=(results,))
+            child.start()
+            try:
+                grown = results.get(timeout=30)
+                child.join(timeout=30)
+            finally:
+                if child.is_alive():
+                    child.kill()
+                    child.join(5)
+            assert grown >= 2, "the child's timer collected after the fork"
+        finally:
+            _slow_meter = None
+            meter.shutdown(timeout=5)
