@@ -187,7 +187,7 @@ class BudgetMeter:
             # (and at least every 30 s, whatever the collection interval).
             refresh_s=min(30.0, max(0.5, config.checkpoint_every * config.collect_interval_s)),
             sibling=config.sibling, instance_id=self._instance_id,
-            submit_nudge=self._dispatcher.submit,
+            submit_nudge=self._dispatcher.submit, first_wait_s=config.start_timeout_s,
         )
 
     def _perkey_round(self) -> None:
@@ -724,6 +724,8 @@ class BudgetMeter:
     def budgets(self) -> list[dict[str, Any]]:
         """One dict per budget: name, period, window, match, cap_usd, spend_usd,
         remaining_usd, utilization, alerts_sent, hard (and enforce, reserved_usd)."""
+        if self._perkey is not None:
+            self._perkey.wait_first_read()  # the fleet's keys, read beside start()
         rows = self._tracker.budgets()
         for row in rows:
             row["reserved_usd"] = self._book.held_usd(row["name"]) if row["hard"] else 0.0

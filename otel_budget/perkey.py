@@ -462,6 +462,7 @@ class PerKey:
         writer_id: Callable[[], str], day: Callable[[], date], now: Callable[[], datetime],
         window_of: Callable[[str], str], ttl_s: float, idle_s: float, refresh_s: float,
         sibling: str, instance_id: str, submit_nudge: Callable[[dict[str, Any]], object],
+        first_wait_s: float = 5.0,
     ) -> None:
         self.book = KeyBook(budgets, max_keys=max_keys)
         self.fleet = KeyFleet(budgets, refresh_s=refresh_s)
@@ -489,6 +490,9 @@ class PerKey:
         self._claimed: set[tuple[str, str, str, float]] = set()
         self.claim_error: str | None = None
         self._closed = False
+        self._first_started = False
+        self._first_read = threading.Event()
+        self._first_wait_s = first_wait_s
         self._top: dict[tuple[str, int], tuple[float, tuple[list[dict[str, Any]], int,
                                                             float]]] = {}
 
@@ -617,16 +621,44 @@ class PerKey:
                 if drop:
                     lease.close()
         day = self._day()
+        with self._lock:
+            first, self._first_started = not self._first_started, True
+        if first:
+            # The first read (start()'s round) runs beside the round: enforcement
+            # does not wait on it (each key's lease row holds the fleet's use), and
+            # start() need not wait on summing every key of the window.
+            threading.Thread(target=self._first_refresh, args=(day,), daemon=True,
+                             name="OtelBudgetKeys").start()
+            return
+        self._first_read.wait(self._first_wait_s)
         if self.fleet.due(day):
-            try:
-                self.fleet.refresh(self._store, day, self._writer_id())
-            except Exception as exc:
-                self.fleet.last_error = (str(exc) if isinstance(exc, BudgetError)
-                                         else type(exc).__name__)[:300]
+            self._refresh(day)
+
+    def _first_refresh(self, day: date) -> None:
+        try:
+            self._refresh(day)
+        finally:
+            self._first_read.set()
+
+    def _refresh(self, day: date) -> None:
+        try:
+            self.fleet.refresh(self._store, day, self._writer_id())
+        except Exception as exc:
+            self.fleet.last_error = (str(exc) if isinstance(exc, BudgetError)
+                                     else type(exc).__name__)[:300]
+            if not self._closed:
                 _log.warning("otel_budget: reading the fleet's spend per key failed: %s",
                              self.fleet.last_error)
-                return
-            self._claim_alerts(day)
+            return
+        self._claim_alerts(day)
+
+    def wait_first_read(self) -> bool:
+        """Wait (at most the start timeout) for the first read of the fleet's keys, once
+        it has begun: what `meter.budget()` and `budgets()` show includes the rest of
+        the fleet from then on. True when it has completed."""
+        with self._lock:
+            started = self._first_started
+        return started and self._first_read.wait(self._first_wait_s)
 
     def _leases_items(self) -> list[tuple[str, FleetLease]]:
         with self._lock:
@@ -754,6 +786,8 @@ class PerKey:
         self.book.after_fork_in_child()
         self._leases = {}  # the parent's leases stay the parent's
         self._touched = {}
+        self._first_started = False  # the child's first round reads for itself
+        self._first_read = threading.Event()
         self._claimed = set()
 
 
