@@ -743,13 +743,13 @@ class BudgetMeter:
     def _per_key_row(self, row: dict[str, Any], budget: Any) -> None:
         """A per-key budget's row: its cap is each key's, so its spend, remaining and
         utilization are those of its biggest key (what health and the gauges compare
-        with the cap); `top_keys` the 10 biggest, fleet-wide as known; `keys` how many
-        keys are known in the window and `total_spend_usd` their sum."""
+        with the cap); `top_keys` the 10 biggest, fleet-wide as known; `key_count` how
+        many keys are known in the window and `total_spend_usd` their sum."""
         assert self._perkey is not None
         top, count, total = self._perkey.top_keys(budget)
         biggest = top[0]["spend_usd"] if top else 0.0
         row.update({
-            "per": list(budget.per), "top_keys": top, "keys": count,
+            "per": list(budget.per), "top_keys": top, "key_count": count,
             "total_spend_usd": total, "spend_usd": biggest,
             "remaining_usd": ledger.remaining_usd(biggest, budget.cap_usd),
             "utilization": ledger.utilization(biggest, budget.cap_usd),
@@ -771,7 +771,7 @@ class BudgetMeter:
         if budget.per is None or attributes is None or self._perkey is None:
             return row
         state = self._perkey.key_state(budget, attributes)
-        for drop in ("top_keys", "keys", "total_spend_usd", "lease", "leased_usd"):
+        for drop in ("top_keys", "key_count", "total_spend_usd", "lease", "leased_usd"):
             row.pop(drop, None)
         row.update(state)
         row["reserved_usd"] = self._book.held_usd(state.pop("lease_row"))

@@ -228,6 +228,20 @@ class KeyBook:
                 return {}
             return {**self._extra[index], **self._keys[index]}
 
+    def only_unset(self, day: date) -> list[str]:
+        """The budgets every call of which, today, lacked a `per` attribute (all counted
+        under the "(unset)" key: a typo in `per`, or calls not tagged)."""
+        with self._lock:
+            if day != self._day:
+                return []
+            out = []
+            for index, budget in enumerate(self.budgets):
+                keys = self._keys[index]
+                unset = key_json((None,) * len(budget.per or ()))
+                if keys and set(keys) == {unset} and not self._extra[index]:
+                    out.append(budget.name)
+            return out
+
     def keys_today(self) -> dict[str, int]:
         """Keys per budget in this writer's entry today (health, tests)."""
         with self._lock:
@@ -493,6 +507,7 @@ class PerKey:
         self._first_started = False
         self._first_read = threading.Event()
         self._first_wait_s = first_wait_s
+        self._warned_unset: set[tuple[str, date]] = set()
         self._top: dict[tuple[str, int], tuple[float, tuple[list[dict[str, Any]], int,
                                                             float]]] = {}
 
@@ -621,6 +636,7 @@ class PerKey:
                 if drop:
                     lease.close()
         day = self._day()
+        self._warn_unset(day)
         with self._lock:
             first, self._first_started = not self._first_started, True
         if first:
@@ -633,6 +649,17 @@ class PerKey:
         self._first_read.wait(self._first_wait_s)
         if self.fleet.due(day):
             self._refresh(day)
+
+    def _warn_unset(self, day: date) -> None:
+        for name in self.book.only_unset(day):
+            if (name, day) in self._warned_unset:
+                continue
+            self._warned_unset.add((name, day))
+            budget = self._by_name[name]
+            _log.warning(
+                "otel_budget: budget %r is per %s, which no call recorded today carries: "
+                "every call counts under its (unset) key (a typo in `per`, or calls not "
+                "tagged?)", name, ", ".join(repr(p) for p in budget.per or ()))
 
     def _first_refresh(self, day: date) -> None:
         try:
@@ -763,6 +790,7 @@ class PerKey:
 
     def describe(self) -> dict[str, Any]:
         return {"keys_today": self.book.keys_today(), "key_leases": len(self._leases_items()),
+                "only_unset_key": self.book.only_unset(self._day()),
                 "fleet_reads": self.fleet.reads, "fleet_error": self.fleet.last_error,
                 "quarantined": list(self.fleet.quarantined), "claim_error": self.claim_error}
 

@@ -157,7 +157,7 @@ def test_meter_budget_shape_and_errors(tmp_path: Path) -> None:
         assert m.budget("per-customer", {"other": 1})["spend_usd"] == 0.05
         assert m.budget("per-customer", {"customer": "nobody"})["spend_usd"] == 0.0
         whole = m.budget("per-customer")
-        assert whole["keys"] == 3 and whole["total_spend_usd"] == 0.9
+        assert whole["key_count"] == 3 and whole["total_spend_usd"] == 0.9
         assert [k["key"] for k in whole["top_keys"]] == [
             {"customer": "acme"}, {"customer": "globex"}, {"customer": None}]
         # the row's cap is each key's: its spend is the biggest key's, not the sum
@@ -450,3 +450,21 @@ def test_key_leases_are_given_back_and_dropped_when_idle(tmp_path: Path) -> None
         with pytest.raises(BudgetExceeded):
             m.reserve(0.1, {"customer": "a"})
         m.reserve(0.1, {"customer": "b"}).settle(0.1)
+
+
+def test_a_per_attribute_no_call_carries_is_named(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    budget = Budget("per-customer", 1.0, per="customer")
+    with BudgetMeter(_config(budget, instance_id="u"), store=open_store(_sqlite(tmp_path))) as m:
+        m.record(0.1, {"cutsomer": "acme"})  # the typo: every call is (unset)'s
+        m.checkpoint()
+        assert m.health()["per_key"]["only_unset_key"] == ["per-customer"]
+        warned = [r for r in caplog.records if "no call recorded today carries" in r.message
+                  and "per-customer" in r.message]
+        assert len(warned) == 1
+        m.checkpoint()  # once, not at every round
+        assert len([r for r in caplog.records
+                    if "no call recorded today carries" in r.message
+                    and "per-customer" in r.message]) == 1
+        m.record(0.1, {"customer": "acme"})
+        assert m.health()["per_key"]["only_unset_key"] == []
