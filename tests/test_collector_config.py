@@ -1,6 +1,6 @@
 """collector-config.yaml is a coherent Collector pipeline that fits the rest of the
 repository: every component a pipeline uses is defined, the ports are the ones the
-README and the dashboards' Prometheus use. (No collector binary is installable here,
+docs/observability.md and the dashboards' Prometheus use. (No collector binary is installable here,
 so this is structural; the OTLP wire format is proven in test_otlp_e2e.py.)"""
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ def test_prometheus_scrapes_the_collector_exporter_port(
     assert all(job.get("honor_labels") is True for job in jobs)
 
 
-def test_readme_documents_the_command_and_ports(config: dict[str, Any]) -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_give_the_command_and_ports(config: dict[str, Any]) -> None:
+    readme = (ROOT / "docs" / "observability.md").read_text()
     assert "otelcol-contrib --config collector-config.yaml" in readme
     protocols = config["receivers"]["otlp"]["protocols"]
     for endpoint in (
@@ -125,4 +125,4 @@ def test_readme_documents_the_command_and_ports(config: dict[str, Any]) -> None:
         protocols["http"]["endpoint"],
         config["exporters"]["prometheus"]["endpoint"],
     ):
-        assert str(_port(endpoint)) in readme, f"README does not mention port {_port(endpoint)}"
+        assert str(_port(endpoint)) in readme, f"docs/observability.md does not mention port {_port(endpoint)}"
