@@ -125,4 +125,5 @@ def test_the_docs_give_the_command_and_ports(config: dict[str, Any]) -> None:
         protocols["http"]["endpoint"],
         config["exporters"]["prometheus"]["endpoint"],
     ):
-        assert str(_port(endpoint)) in readme, f"docs/observability.md does not mention port {_port(endpoint)}"
+        assert str(_port(endpoint)) in readme, \
+            f"docs/observability.md does not mention port {_port(endpoint)}"

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 import otel_budget
-from otel_budget import BudgetConfig, BudgetMeter
-from otel_budget.spool import Spool, SpoolError, default_spool_dir
+from otel_budget import BudgetConfig, BudgetMeter, SpoolError
+from otel_budget.spool import Spool, default_spool_dir
 from otel_budget.stores.memory import MemoryStore
 from otel_budget.stores.postgres import PostgresStore
 from otel_budget.stores.sqlite import SQLiteStore
