@@ -639,32 +639,40 @@ create index if not exists quilt_patches_writer_stale
     where patch_type = 'budget_writer' and not (content ? 'retired');
 
 
--- The shard of a writer row: stable for the row's name.
+-- The shard of a writer row: stable for the row's name. The helpers of the hot
+-- path are PL/pgSQL, not SQL: PL/pgSQL keeps its plans for the session, while a
+-- SQL function called from PL/pgSQL is planned again at every call.
 create or replace function public.otel_budget_shard(p_name text)
 returns smallint
-language sql
+language plpgsql
 immutable
 security invoker
 set search_path = ''
 as $fn$
-    select (('x' || pg_catalog.substr(pg_catalog.md5(p_name), 1, 8))::bit(32)::bigint % 32)::smallint
+begin
+    return (('x' || pg_catalog.substr(pg_catalog.md5(p_name), 1, 8))::bit(32)::bigint % 32)::smallint;
+end
 $fn$;
 
 
 -- {budget: [amount, writers]} of a writer row, times p_sign; {} for NULL.
 create or replace function public.otel_budget_budgets_of(p_content jsonb, p_sign integer)
 returns jsonb
-language sql
+language plpgsql
 immutable
 security invoker
 set search_path = ''
 as $fn$
-    select coalesce(pg_catalog.jsonb_object_agg(
-               e.key, pg_catalog.jsonb_build_array(p_sign * (e.value #>> '{}')::numeric, p_sign)),
-           '{}'::jsonb)
-      from pg_catalog.jsonb_each(
-               case when jsonb_typeof(p_content -> 'by_budget') = 'object'
-                    then p_content -> 'by_budget' else '{}'::jsonb end) as e
+begin
+    if jsonb_typeof(p_content -> 'by_budget') is distinct from 'object'
+       or p_content -> 'by_budget' = '{}'::jsonb then
+        return '{}'::jsonb;
+    end if;
+    return (select coalesce(pg_catalog.jsonb_object_agg(
+                e.key, pg_catalog.jsonb_build_array(p_sign * (e.value #>> '{}')::numeric, p_sign)),
+            '{}'::jsonb)
+       from pg_catalog.jsonb_each(p_content -> 'by_budget') as e);
+end
 $fn$;
 
 
@@ -672,12 +680,19 @@ $fn$;
 -- no amount is dropped.
 create or replace function public.otel_budget_budgets_sum(p_a jsonb, p_b jsonb)
 returns jsonb
-language sql
+language plpgsql
 immutable
 security invoker
 set search_path = ''
 as $fn$
-    select coalesce(pg_catalog.jsonb_object_agg(
+begin
+    if p_b is null or p_b = '{}'::jsonb then
+        return coalesce(p_a, '{}'::jsonb);
+    end if;
+    if p_a is null or p_a = '{}'::jsonb then
+        return p_b;
+    end if;
+    return (select coalesce(pg_catalog.jsonb_object_agg(
                x.key, pg_catalog.jsonb_build_array(pg_catalog.trim_scale(x.usd), x.n))
                filter (where x.n <> 0 or x.usd <> 0), '{}'::jsonb)
       from (select e.key, sum((e.value ->> 0)::numeric) as usd, sum((e.value ->> 1)::bigint) as n
@@ -685,7 +700,8 @@ as $fn$
                     union all
                     select b.key, b.value from pg_catalog.jsonb_each(coalesce(p_b, '{}'::jsonb)) as b
                    ) as e
-             group by e.key) as x
+             group by e.key) as x);
+end
 $fn$;
 
 
@@ -693,12 +709,17 @@ $fn$;
 -- by p_stamp (NULL: p_name taken out).
 create or replace function public.otel_budget_stamps_put(p_stamps jsonb, p_name text, p_stamp text)
 returns jsonb
-language sql
+language plpgsql
 immutable
 security invoker
 set search_path = ''
 as $fn$
-    select coalesce(pg_catalog.jsonb_agg(t.v order by t.v ->> 0 desc), '[]'::jsonb)
+begin
+    -- The common case: the row's own stamp is the shard's latest already, or joins it.
+    if p_stamp is not null and (p_stamps is null or p_stamps = '[]'::jsonb) then
+        return pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_array(p_stamp, p_name));
+    end if;
+    return (select coalesce(pg_catalog.jsonb_agg(t.v order by t.v ->> 0 desc), '[]'::jsonb)
       from (select s.v
               from (select e.value as v
                       from pg_catalog.jsonb_array_elements(coalesce(p_stamps, '[]'::jsonb)) as e
@@ -707,7 +728,8 @@ as $fn$
                     select pg_catalog.jsonb_build_array(p_stamp, p_name) where p_stamp is not null
                    ) as s
              order by s.v ->> 0 desc
-             limit 2) as t
+             limit 2) as t);
+end
 $fn$;
 
 
