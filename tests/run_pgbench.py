@@ -1,8 +1,10 @@
-"""Run `otel_budget.stores.pgbench` against a throwaway PostgreSQL (durable settings:
-fsync and synchronous_commit on, unlike the test fixture) and PgBouncer in
-transaction mode in front of it, and print the JSON:
+"""Run `otel_budget.stores.pgbench` against a throwaway PostgreSQL (the test
+fixture's settings, fsync off; `--durable`: fsync and synchronous_commit on) and
+PgBouncer in transaction mode in front of it, and print the JSON:
 
-    python3 -m tests.run_pgbench > pgbench.json
+    python3 -m tests.run_pgbench [--durable] [--start] > pgbench.json
+
+(--start: also `run_start_bench`, start() with a budget added mid-month.)
 
 Both servers are stopped at the end, even on failure."""
 
@@ -11,13 +13,17 @@ from __future__ import annotations
 import json
 import sys
 
-from otel_budget.stores.pgbench import run_postgres_bench
+from otel_budget.stores.pgbench import run_postgres_bench, run_start_bench
 from tests import pg_server
 from tests.pgbouncer_server import PgBouncer, find_pgbouncer
 
 
 def main() -> int:
-    pg_server._SERVER_SETTINGS = "-c max_connections=200 -c shared_buffers=128MB"
+    if "--durable" in sys.argv:  # fsync and synchronous_commit on: commits wait on the disk
+        pg_server._SERVER_SETTINGS = "-c max_connections=200 -c shared_buffers=128MB"
+    else:  # the test fixture's settings (fsync off), as the version 2 figures were taken
+        pg_server._SERVER_SETTINGS = pg_server._SERVER_SETTINGS.replace(
+            "max_connections=120", "max_connections=200")
     binary = find_pgbouncer()
     if binary is None:
         print("pgbouncer not found", file=sys.stderr)
@@ -27,7 +33,12 @@ def main() -> int:
         url = server.create_database("otel_budget_bench", migrate=True)
         bouncer = PgBouncer(binary, server.port)
         try:
-            result = run_postgres_bench(url, pooler_url=bouncer.url("otel_budget_bench"))
+            result = run_postgres_bench(
+                url, pooler_url=bouncer.url("otel_budget_bench"),
+                progress=lambda key, figures: print(key, json.dumps(figures), file=sys.stderr,
+                                                    flush=True))
+            if "--start" in sys.argv:
+                result["start_with_a_budget_added_mid_month"] = run_start_bench(url)
         finally:
             bouncer.stop()
     finally:

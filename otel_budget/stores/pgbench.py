@@ -47,14 +47,18 @@ NEVER_RETIRED = (1000, 10000)
 RESTORE_REPEATS = 20
 
 
-def run_postgres_bench(url: str, *, pooler_url: str | None = None) -> dict[str, Any]:
+def run_postgres_bench(url: str, *, pooler_url: str | None = None,
+                       progress: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
     """{"writers_1": {...}, ..., "writers_16_with_1000_finished": {...},
     "writers_16_with_10000_never_retired": {...}, "restore_1000_writers": {...}}
     with merges/s, median/p99 in ms. `pooler_url` (default
     OTEL_BUDGET_BENCH_PGBOUNCER_URL): the same database through a transaction
-    pooler (PgBouncer); its rows are keyed "pgbouncer_writers_...". A day's
-    background is seeded once per scenario: nothing, FINISHED_WRITERS writers
-    retired as a shutdown retires them, or NEVER_RETIRED live rows nobody updates."""
+    pooler (PgBouncer); its rows are keyed "pgbouncer_writers_...". Backgrounds:
+    a fresh day for each run; FINISHED_WRITERS writers retired as a shutdown retires
+    them, or NEVER_RETIRED live rows nobody updates, each seeded once into its own
+    day that every writer count (and path) then shares. A scenario that fails is
+    reported as {"error": ...} and the others still run; `progress(key, figures)`
+    is called after each."""
     apply_migration(url)
     if pooler_url is None:
         pooler_url = os.environ.get("OTEL_BUDGET_BENCH_PGBOUNCER_URL") or None
@@ -70,20 +74,31 @@ def run_postgres_bench(url: str, *, pooler_url: str | None = None) -> dict[str, 
     backgrounds: list[tuple[str, int]] = [("", 0), ("finished", FINISHED_WRITERS)]
     backgrounds += [("never_retired", n) for n in NEVER_RETIRED]
     paths = [("", url)] + ([("pgbouncer_", pooler_url)] if pooler_url else [])
+    seeded: dict[tuple[str, int], str] = {}
     try:
         for prefix, target in paths:
             for kind, count in backgrounds:
                 for writers in WRITER_COUNTS:
-                    day = _bench_day(days)
-                    days.append(day)
-                    if kind == "finished":
-                        _seed(url, day, count)
-                    elif kind == "never_retired":
-                        _seed_live(url, day, count)
-                    per_writer = max(1, TOTAL_MERGES // writers)
-                    batches = _run_writers(context, target, day, writers, per_writer)
                     key = f"{prefix}writers_{writers}" + (f"_with_{count}_{kind}" if kind else "")
-                    results[key] = _figures(writers, batches)
+                    try:
+                        if kind and (kind, count) in seeded:
+                            day = seeded[(kind, count)]
+                        else:
+                            day = _bench_day(days)
+                            days.append(day)
+                            if kind == "finished":
+                                _seed(url, day, count)
+                            elif kind == "never_retired":
+                                _seed_live(url, day, count)
+                            if kind:
+                                seeded[(kind, count)] = day
+                        per_writer = max(1, TOTAL_MERGES // writers)
+                        batches = _run_writers(context, target, day, writers, per_writer)
+                        results[key] = _figures(writers, batches)
+                    except Exception as exc:  # one scenario's failure is a figure too
+                        results[key] = {"writers": writers, "error": f"{exc}"[:300]}
+                    if progress is not None:
+                        progress(key, results[key])
         day = _bench_day(days)
         days.append(day)
         _seed(url, day, FINISHED_WRITERS)
