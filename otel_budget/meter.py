@@ -17,37 +17,33 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics import ObservableCounter as SdkObservableCounter
-from opentelemetry.sdk.metrics.export import MetricReader, MetricsData
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from . import ledger, lifecycle
+from . import provider as provider_wiring
 from ._version import __version__
 from .config import BudgetConfig
 from .errors import BudgetError, BudgetExceeded, ConfigError
 from .health import MatchKeyWatch, build_health
+from .instruments import WRITER_ATTRIBUTE, register_instruments
 from .leases import FleetLease, LeaseStore, supports_leases
 from .ledger import UsdAmount
 from .notify import Notifier, NotifierDispatcher
 from .perkey import KEY_FIELD, PerKey
 from .reader import (
     SCOPE_NAME,
-    SPEND_DESCRIPTION,
-    SPEND_INSTRUMENT,
-    SPEND_UNIT,
     BudgetReader,
     LedgerReader,
     SpendPoints,
-    ledger_collecting,
 )
 from .refusals import ENTRY_KEY as REFUSALS_KEY
 from .refusals import RefusalLog
@@ -65,8 +61,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger("otel_budget")
 
 Attributes = Mapping[str, Any]
-INSTANCE_ATTRIBUTE = "otel_budget.instance.id"
-WRITER_ATTRIBUTE = "otel_budget.writer.id"
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
 
 
@@ -268,63 +262,24 @@ class BudgetMeter:
     def _wire_provider(
         self, app_provider: MeterProvider | None, metric_readers: Sequence[MetricReader]
     ) -> None:
-        from prometheus_client import CollectorRegistry
-
-        from .scrape import ScrapeTimePrometheus
-
-        self._resource = Resource.create({
-            "service.name": self._config.service_name,
-            # Unique per process (the specification requires it); the human label
-            # travels as an attribute.
-            "service.instance.id": self._tracker.writer_id,
-            INSTANCE_ATTRIBUTE: self._instance_id,
-        })
-        bound = _find_budget_reader(app_provider) if app_provider is not None else None
-        # /metrics renders a collection of the reader below at scrape time instead of
-        # keeping a Prometheus reader on the provider: each reader aggregates every
-        # synchronous measurement again (the token histogram's two per call).
-        scrape: Callable[[], MetricsData | None]
-        local_reader: MetricReader | None = None
-        if app_provider is None:
-            self._reader = BudgetReader()
-            provider = MeterProvider(
-                resource=self._resource,
-                metric_readers=[self._reader, *metric_readers],
-                shutdown_on_exit=False,
-            )
-            self._providers_to_shutdown.append(provider)
-            self._export_provider = self._local_provider = provider
-            self._owns_export_provider = True
-            scrape = self._reader.collect_data
-        else:
-            self._export_provider = app_provider
-            self._owns_export_provider = False
-            # The app's provider exports; /metrics and the collections of a provider
-            # we cannot add readers to come from a private one over the same ledger.
-            if bound is not None:
-                self._reader = bound
-                local_reader = LedgerReader()
-                scrape = local_reader.collect_data
-            else:
-                self._reader = local_reader = BudgetReader()
-                scrape = self._reader.collect_data
-            self._local_provider = MeterProvider(resource=self._resource,
-                                                 metric_readers=[local_reader],
-                                                 shutdown_on_exit=False)
-            self._providers_to_shutdown.append(self._local_provider)
-        # A private registry: two meters in one process must not collide in the global one.
-        self._registry = CollectorRegistry(auto_describe=True)
-        ScrapeTimePrometheus(scrape, registry=self._registry)
+        wiring = provider_wiring.wire(
+            resource=provider_wiring.make_resource(self._config.service_name,
+                                                   self._tracker.writer_id, self._instance_id),
+            app_provider=app_provider, metric_readers=metric_readers)
+        self._wiring = wiring
+        self._reader = wiring.reader
+        self._providers_to_shutdown = wiring.providers_to_shutdown
         self._reader.bind(self._tracker, interval_s=self._config.collect_interval_s,
                           clock=self._tracker.now, tz=self._config.tzinfo)
-        self._export_meter = self._export_provider.get_meter(SCOPE_NAME, __version__)
-        self._register_instruments(self._export_meter)
-        if self._local_provider is not self._export_provider:
-            self._register_instruments(self._local_provider.get_meter(SCOPE_NAME, __version__))
+        self._export_meter = wiring.export_provider.get_meter(SCOPE_NAME, __version__)
+        self._spend_exported = self._register_instruments(self._export_meter)
+        if wiring.local_provider is not wiring.export_provider:
+            self._register_instruments(wiring.local_provider.get_meter(SCOPE_NAME, __version__))
         if self._spend_exported:
-            self._feed_ledger_readers(local_reader)
+            self._feed_ledger_readers(wiring.local_reader)
         token_metrics = self._config.token_metrics
-        self._token_metrics = self._owns_export_provider if token_metrics is None else token_metrics
+        self._token_metrics = (wiring.owns_export_provider if token_metrics is None
+                               else token_metrics)
 
     def _feed_ledger_readers(self, local_reader: MetricReader | None) -> None:
         """The readers that build llm.spend from the ledger (reader.py) get its points."""
@@ -337,89 +292,25 @@ class BudgetMeter:
             return (ledger_.export_columns(), {WRITER_ATTRIBUTE: tracker.writer_id},
                     ledger_.export_start_ns)
 
-        self._reader.set_spend_source(spend_points, resource=self._resource, scope=scope)
+        resource = self._wiring.resource
+        self._reader.set_spend_source(spend_points, resource=resource, scope=scope)
         if isinstance(local_reader, LedgerReader) and local_reader is not self._reader:
-            local_reader.set_spend_source(spend_points, resource=self._resource, scope=scope)
+            local_reader.set_spend_source(spend_points, resource=resource, scope=scope)
 
-    def _register_instruments(self, otel_meter: Meter) -> None:
-        ledger_ = self._ledger
+    def _register_instruments(self, otel_meter: Meter) -> bool:
         tracker = self._tracker
+        return register_instruments(
+            otel_meter, spend_ledger=self._ledger, writer_id=lambda: tracker.writer_id,
+            refusals=self._refusals, budget_rows=self._gauge_rows, state=tracker.state)
 
-        def spend(options: CallbackOptions) -> Iterable[Observation]:
-            if ledger_collecting():  # a LedgerReader builds its llm.spend points itself
-                return ()
-            # Integer nanos / 1e9 is the float nearest the exact amount already.
-            per_usd = ledger.NANOS_PER_USD
-            # Each process's series of its own, whatever resource it shares (workers
-            # under one service.instance.id): summing them gives the fleet's spend.
-            writer = tracker.writer_id
-            return [Observation(nanos / per_usd, {**attrs, WRITER_ATTRIBUTE: writer})
-                    for attrs, nanos in ledger_.export_points()]
-
-        instrument = otel_meter.create_observable_counter(
-            SPEND_INSTRUMENT, callbacks=[spend], unit=SPEND_UNIT, description=SPEND_DESCRIPTION,
-        )
-        # OTEL_SDK_DISABLED gives no-op instruments: then no reader exports llm.spend.
-        self._spend_exported = isinstance(instrument, SdkObservableCounter)
-        refusals = self._refusals
-
-        def refused(options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(n, {"budget": name}) for name, n in refusals.totals().items()]
-
-        otel_meter.create_observable_counter(
-            "llm.budget.refusals", callbacks=[refused], unit="{call}",
-            description="Calls refused by a hard budget (guard, reserve, areserve)",
-        )
-
-        def per_budget(value: Callable[[dict[str, Any]], float | None],
-                       only_daily: bool = False) -> Callable[[CallbackOptions], Iterable[Observation]]:
-            def callback(options: CallbackOptions) -> Iterable[Observation]:
-                out = []
-                for row in self._tracker.budgets():
-                    if only_daily and row["period"] != "day":
-                        continue
-                    budget = self._budget_index.get(row["name"])
-                    if self._perkey is not None and budget is not None and budget.per:
-                        self._per_key_row(row, budget)  # its biggest key against the cap
-                    number = value(row)
-                    if number is not None:
-                        out.append(Observation(number, {"budget": row["name"],
-                                                        "period": row["period"]}))
-                return out
-            return callback
-
-        def state(value: Callable[[dict[str, Any]], float]) -> Callable[[CallbackOptions],
-                                                                         Iterable[Observation]]:
-            def callback(options: CallbackOptions) -> Iterable[Observation]:
-                return [Observation(value(self._tracker.state()))]
-            return callback
-
-        gauges: list[tuple[str, str, str, Callable[[CallbackOptions], Iterable[Observation]]]] = [
-            ("llm.budget.daily_spend", "USD", "Spend today, per daily budget",
-             per_budget(lambda r: r["spend_usd"], only_daily=True)),
-            ("llm.budget.daily_cap", "USD", "Cap of each daily budget",
-             per_budget(lambda r: r["cap_usd"], only_daily=True)),
-            ("llm.budget.spend", "USD", "Spend in the budget's current window",
-             per_budget(lambda r: r["spend_usd"])),
-            ("llm.budget.cap", "USD", "The budget's cap", per_budget(lambda r: r["cap_usd"])),
-            ("llm.budget.remaining", "USD", "Cap minus spend in the window, never below 0",
-             per_budget(lambda r: r["remaining_usd"])),
-            ("llm.budget.utilization.ratio", "1", "Spend in the window divided by the cap",
-             per_budget(lambda r: r["utilization"])),
-            ("llm.budget.alerts.sent", "{alert}", "Alert thresholds claimed in the window",
-             per_budget(lambda r: len(r["alerts_sent"]))),
-            ("llm.budget.unflushed", "USD", "This process's spend not yet checkpointed",
-             state(lambda s: s["unflushed_usd"])),
-            ("llm.budget.checkpoint.age", "s", "Seconds since the last successful checkpoint",
-             # Before the first checkpoint: the time since start (as overdue as that).
-             state(lambda s: s["checkpoint_age_s"] if s["checkpoint_age_s"] is not None
-                   else s["uptime_s"])),
-            ("llm.budget.store.up", "{status}", "1 while the store answers, else 0",
-             state(lambda s: 1 if s["store_up"] else 0)),
-        ]
-        for name, unit, description, callback in gauges:
-            otel_meter.create_observable_gauge(name, callbacks=[callback], unit=unit,
-                                               description=description)
+    def _gauge_rows(self) -> list[dict[str, Any]]:
+        rows = self._tracker.budgets()
+        if self._perkey is not None:
+            for row in rows:
+                budget = self._budget_index.get(row["name"])
+                if budget is not None and budget.per:
+                    self._per_key_row(row, budget)  # its biggest key against the cap
+        return rows
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -525,18 +416,11 @@ class BudgetMeter:
             lease.after_fork_in_child()  # the parent's lease stays the parent's
         if self._perkey is not None:
             self._perkey.after_fork_in_child()
-        # A new writer is a new OTel service instance; the SDK keeps the resource on
-        # its configuration object, which every reader's storage shares.
-        resource = Resource.create({
-            "service.name": self._config.service_name,
-            "service.instance.id": self._tracker.writer_id,
-            INSTANCE_ATTRIBUTE: self._instance_id,
-        })
-        for provider in self._providers_to_shutdown:
-            config = getattr(provider, "_sdk_config", None)
-            if config is not None:
-                config.resource = resource
-        self._resource = resource
+        # A new writer is a new OTel service instance.
+        resource = provider_wiring.make_resource(self._config.service_name,
+                                                 self._tracker.writer_id, self._instance_id)
+        provider_wiring.set_resource(self._providers_to_shutdown, resource)
+        self._wiring.resource = resource
         if self._started and not self._closed:
             self._reader.after_fork_in_child()
 
@@ -825,7 +709,7 @@ class BudgetMeter:
         its local provider at scrape time)."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return generate_latest(self._registry), CONTENT_TYPE_LATEST
+        return generate_latest(self._wiring.registry), CONTENT_TYPE_LATEST
 
     def serve_health(self, host: str = "127.0.0.1", port: int = 0, *,
                      status_page: bool = True) -> HealthServer:
@@ -869,7 +753,7 @@ class BudgetMeter:
     @property
     def meter_provider(self) -> MeterProvider:
         """The provider the exported instruments live on (the app's, if given)."""
-        return self._export_provider
+        return self._wiring.export_provider
 
     @property
     def day(self) -> date:
@@ -883,13 +767,3 @@ class BudgetMeter:
 
 def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
-
-
-def _find_budget_reader(provider: MeterProvider) -> BudgetReader | None:
-    # `_metric_readers` is this provider's own list (`_all_metric_readers` is every
-    # provider's, a class attribute).
-    readers = getattr(provider, "_metric_readers", ()) or ()
-    for reader in readers:
-        if isinstance(reader, BudgetReader):
-            return reader
-    return None

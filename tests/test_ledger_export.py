@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
-import otel_budget.meter as meter_module
+import otel_budget.instruments as instruments_module
 from otel_budget import BudgetConfig, BudgetMeter, BudgetReader
 from otel_budget.reader import LedgerReader
 from otel_budget.stores.memory import MemoryStore
@@ -149,7 +149,7 @@ def test_a_budget_reader_collection_builds_no_observation_per_attribute_set(
             built.append(attributes)
         return Observation(value, attributes)
 
-    monkeypatch.setattr(meter_module, "Observation", counting)
+    monkeypatch.setattr(instruments_module, "Observation", counting)
     other = InMemoryMetricReader()
     meter = BudgetMeter(config(), store=MemoryStore(), clock=clock, metric_readers=[other]).start()
     try:

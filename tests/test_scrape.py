@@ -79,7 +79,7 @@ def test_the_meters_own_provider_has_the_budget_reader_and_the_callers_readers_o
         provider = meter.meter_provider
         assert isinstance(provider, MeterProvider)
         # No Prometheus reader: each reader on a provider aggregates every token point.
-        readers = provider._metric_readers  # what _find_budget_reader reads too
+        readers = provider._metric_readers  # what provider.find_budget_reader reads too
         assert [type(r) for r in readers] == [BudgetReader, InMemoryMetricReader]
         meter.record_usage(SONNET, 10, 20)
         assert token_sample(samples(meter), "gen_ai_client_token_usage_sum", "output") == 20
