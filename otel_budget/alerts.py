@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from . import ledger
+from . import money
 from .budgets import DAILY, Budget
 
 AlertKey = tuple[str, str, float]  # (budget, window, ratio)
@@ -23,7 +23,7 @@ class AlertBook:
         return [
             ratio for ratio in budget.alert_ratios
             if (budget.name, window, ratio) not in self._claimed
-            and ledger.threshold_reached(spend_usd, ratio, budget.cap_usd)
+            and money.threshold_reached(spend_usd, ratio, budget.cap_usd)
         ]
 
     def mark_claimed(self, budget: str, window: str, ratio: float) -> None:
@@ -49,7 +49,7 @@ def build_nudge(
     the claim's keys: `id` (the row name, for a receiver to deduplicate: a claim
     taken over is delivered again under the same id), `claimed_by`, `claimed_at`
     and `delivered_at` (None until a notifier took it)."""
-    spend = ledger.round_usd(spend_usd)
+    spend = money.round_usd(spend_usd)
     claim: dict[str, Any] = {}
     if row_name is not None:
         claim = {"id": row_name, "claimed_by": claimed_by, "claimed_at": now.isoformat(),

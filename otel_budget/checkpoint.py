@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from . import ledger
+from . import money
 from .errors import BudgetError, CheckpointError
 from .redact import describe_exception
 from .spend import DaySnapshot
@@ -141,10 +141,10 @@ class Checkpointer:
             "updated_at": stamp,
             "started_at": self._started_at.isoformat(),
             "by_attributes": [
-                {"attributes": _jsonable(attrs), "spend_usd": ledger.from_nanos(nanos)}
+                {"attributes": _jsonable(attrs), "spend_usd": money.from_nanos(nanos)}
                 for attrs, nanos in sorted(snapshot.by_attributes, key=lambda item: -item[1])
             ],
-            "by_budget": {name: ledger.from_nanos(n) for name, n in snapshot.by_budget.items()},
+            "by_budget": {name: money.from_nanos(n) for name, n in snapshot.by_budget.items()},
         }
         for key, value_for_day in self._fields.items():
             try:

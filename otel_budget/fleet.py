@@ -25,7 +25,7 @@ from datetime import date
 from types import MappingProxyType
 from typing import Any
 
-from . import ledger
+from . import ledger, money
 from .budgets import Budget
 from .stores.entries import DayTotals, amounts_problem, writer_row_name
 
@@ -38,7 +38,7 @@ SOURCE_LOCAL = "local copy"
 
 
 def _frozen(values: Mapping[str, float]) -> Mapping[str, float]:
-    return MappingProxyType({k: ledger.round_usd(v) for k, v in sorted(values.items())})
+    return MappingProxyType({k: money.round_usd(v) for k, v in sorted(values.items())})
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Spend:
 
     @staticmethod
     def of(total_usd: float, by_budget: Mapping[str, float]) -> Spend:
-        return Spend(ledger.round_usd(total_usd), _frozen(by_budget))
+        return Spend(money.round_usd(total_usd), _frozen(by_budget))
 
     def budget(self, name: str) -> float:
         return float(self.by_budget.get(name, 0.0))
@@ -92,18 +92,18 @@ class FleetView:
 
     def others_total(self) -> float:
         carried = sum(s.total_usd for s in self.carried.values())
-        return ledger.round_usd(self.others.total_usd + self.legacy.total_usd + carried)
+        return money.round_usd(self.others.total_usd + self.legacy.total_usd + carried)
 
     def others_budget(self, name: str) -> float:
         carried = sum(s.budget(name) for s in self.carried.values())
-        return ledger.round_usd(self.others.budget(name) + self.legacy.budget(name) + carried)
+        return money.round_usd(self.others.budget(name) + self.legacy.budget(name) + carried)
 
     def prior_budget(self, name: str) -> float:
         return float(self.prior.get(name, 0.0))
 
     def window_budget(self, name: str) -> float:
         """The others' spend on budget `name` over its whole window up to today."""
-        return ledger.round_usd(self.prior_budget(name) + self.others_budget(name))
+        return money.round_usd(self.prior_budget(name) + self.others_budget(name))
 
 
 # --- pieces ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from . import ledger
+from . import money
 from .fleet import SOURCE_LOCAL, FleetView, Spend
 from .private_files import check_private_chain, ensure_private_dir, write_atomic
 from .stores.entries import MAX_STORED_USD
@@ -46,9 +46,9 @@ def save(path: Path, *, day: date, total_usd: float, windows: Mapping[str, tuple
          read_at: str | None) -> None:
     """Write the copy: `windows` is budget name -> (window id, fleet spend in it)."""
     content = {
-        "version": _VERSION, "day": day.isoformat(), "total_usd": ledger.round_usd(total_usd),
+        "version": _VERSION, "day": day.isoformat(), "total_usd": money.round_usd(total_usd),
         "read_at": read_at,
-        "budgets": {name: {"window": w, "spend_usd": ledger.round_usd(s)}
+        "budgets": {name: {"window": w, "spend_usd": money.round_usd(s)}
                     for name, (w, s) in sorted(windows.items())},
     }
     data = json.dumps(content, sort_keys=True, allow_nan=False).encode()

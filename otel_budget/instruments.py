@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import ObservableCounter as SdkObservableCounter
 
-from . import ledger
+from . import money
 from .reader import SPEND_DESCRIPTION, SPEND_INSTRUMENT, SPEND_UNIT, ledger_collecting
 from .refusals import RefusalLog
 from .spend import SpendLedger
@@ -65,7 +65,7 @@ def register_instruments(
         if ledger_collecting():  # a LedgerReader builds its llm.spend points itself
             return ()
         # Integer nanos / 1e9 is the float nearest the exact amount already.
-        per_usd = ledger.NANOS_PER_USD
+        per_usd = money.NANOS_PER_USD
         writer = writer_id()
         return [Observation(nanos / per_usd, {**attrs, WRITER_ATTRIBUTE: writer})
                 for attrs, nanos in spend_ledger.export_points()]

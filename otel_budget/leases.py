@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .errors import CheckpointError, LeaseStoreDown
+from .money import round_usd
 
 _log = logging.getLogger("otel_budget")
 
@@ -65,8 +66,7 @@ def lease_row_name(budget: str, window: str) -> str:
     return f"lease_{budget}_{window}"
 
 
-def r9(value: float) -> float:
-    return round(float(value), 9) + 0.0
+r9 = round_usd  # the lease arithmetic's short name for it
 
 
 # --- requests -------------------------------------------------------------------------

@@ -6,34 +6,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time, timedelta, timezone
-from decimal import Decimal
-from fractions import Fraction
-from numbers import Real
-from typing import Any, TypeAlias
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from .errors import AmountTypeError, CheckpointError
+from .errors import CheckpointError
+from .money import round_usd
 from .stores.entries import is_amount
-
-#: Money is stored and compared to this precision (DESIGN decision 8).
-USD_EPSILON = 1e-9
-_DECIMALS = 9
 
 BUDGET_TYPE = "budget"
 NUDGE_TYPE = "sibling_nudge"
 
 AttributesKey = tuple[tuple[str, Any], ...]
-
-#: What the API takes as an amount of USD: any real number but bool (int is a float
-#: to type checkers). Decimal and Fraction keep a caller's exact prices exact.
-UsdAmount: TypeAlias = float | Decimal | Fraction
-
-
-def round_usd(value: float) -> float:
-    """Round to 1e-9 USD so float drift (0.1 + 0.2) never reaches a document."""
-    rounded = round(float(value), _DECIMALS)
-    return rounded + 0.0  # folds -0.0 into 0.0
-
 
 def day_of(instant: datetime, tz: ZoneInfo) -> date:
     """The calendar day `instant` falls on in `tz`."""
@@ -64,23 +47,6 @@ def ratio_pct(ratio: float) -> str:
     return format(round(ratio * 100, 2), "g")
 
 
-
-
-def threshold_reached(spend_usd: float, ratio: float, cap_usd: float) -> bool:
-    return spend_usd >= ratio * cap_usd - USD_EPSILON
-
-
-def passes_cap(spend_usd: float, cap_usd: float) -> bool:
-    """Landing exactly on the cap is allowed; only exceeding it by > 1e-9 passes it."""
-    return spend_usd > cap_usd + USD_EPSILON
-
-
-def remaining_usd(spend_usd: float, cap_usd: float) -> float:
-    return round_usd(max(0.0, cap_usd - spend_usd))
-
-
-def utilization(spend_usd: float, cap_usd: float) -> float:
-    return round(spend_usd / cap_usd, 6) if cap_usd > 0 else 0.0
 
 
 # --- attribute sets --------------------------------------------------------------
@@ -176,38 +142,10 @@ def document_total(content: Mapping[str, Any]) -> float:
 
 # --- version 2: money in integer nano-USD, validated at the door -------------------
 
-NANOS_PER_USD = 1_000_000_000
 OVERFLOW_ATTRIBUTES: dict[str, Any] = {"otel.metric.overflow": True}
 MAX_ATTRIBUTE_KEY_LENGTH = 256
 MAX_ATTRIBUTE_VALUE_LENGTH = 4096
 MAX_ATTRIBUTES = 64
-
-
-def to_nanos(usd: float) -> int:
-    return round(usd * NANOS_PER_USD)
-
-
-def from_nanos(nanos: int) -> float:
-    return round_usd(nanos / NANOS_PER_USD)
-
-
-def check_amount(value: Any, name: str, max_usd: float) -> float:
-    """A caller's USD amount: a real number, finite, >= 0 and at most `max_usd`.
-    Decimal and Fraction are accepted (they are real numbers); bool and str are not."""
-    if isinstance(value, bool) or not isinstance(value, (Real, Decimal)):
-        raise AmountTypeError(f"{name} must be a real number of USD, got {type(value).__name__}")
-    try:
-        amount = float(value)
-    except (OverflowError, ValueError):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r:.40}") from None
-    if not (0.0 <= amount < math.inf):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r:.40}")
-    if amount > max_usd:
-        raise ValueError(
-            f"{name}={amount!r} is more than max_call_usd={max_usd!r}: refused as a likely "
-            "unit error (raise BudgetConfig(max_call_usd=...) if it is real)"
-        )
-    return amount
 
 
 def _check_text(text: str, what: str) -> None:

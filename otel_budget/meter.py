@@ -28,7 +28,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from . import ledger, lifecycle
+from . import ledger, lifecycle, money
 from . import provider as provider_wiring
 from ._version import __version__
 from .config import BudgetConfig
@@ -36,7 +36,7 @@ from .errors import BudgetError, BudgetExceeded, ConfigError
 from .health import MatchKeyWatch, build_health
 from .instruments import WRITER_ATTRIBUTE, register_instruments
 from .leases import FleetLease, LeaseStore, supports_leases
-from .ledger import UsdAmount
+from .money import UsdAmount
 from .notify import Notifier, NotifierDispatcher
 from .perkey import KEY_FIELD, PerKey
 from .reader import (
@@ -445,7 +445,7 @@ class BudgetMeter:
         return self._ledger.current_day() or self._tracker.day
 
     def _check_amount(self, value: object, name: str) -> float:
-        return ledger.check_amount(value, name, self._max_call)
+        return money.check_amount(value, name, self._max_call)
 
     # --- usage and pricing (composed, see usage.py) ---------------------------------
 
@@ -603,7 +603,7 @@ class BudgetMeter:
         budget = self._budget_index.get("daily")
         if budget is None:
             return float("inf")
-        return ledger.remaining_usd(self.daily_spend(), budget.cap_usd)
+        return money.remaining_usd(self.daily_spend(), budget.cap_usd)
 
     def budgets(self) -> list[dict[str, Any]]:
         """One dict per budget: name, period, window, match, cap_usd, spend_usd,
@@ -635,8 +635,8 @@ class BudgetMeter:
         row.update({
             "per": list(budget.per), "top_keys": top, "key_count": count,
             "total_spend_usd": total, "spend_usd": biggest,
-            "remaining_usd": ledger.remaining_usd(biggest, budget.cap_usd),
-            "utilization": ledger.utilization(biggest, budget.cap_usd),
+            "remaining_usd": money.remaining_usd(biggest, budget.cap_usd),
+            "utilization": money.utilization(biggest, budget.cap_usd),
             "alerts_sent": [],
         })
 

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from . import ledger
+from . import ledger, money
 from .alerts import build_nudge
 from .budgets import Budget
 from .errors import BudgetError, StoreError
@@ -191,11 +191,11 @@ class KeyBook:
         for index, budget in enumerate(self.budgets):
             # Integer nanos / 1e9 is the float nearest the exact amount already (what
             # from_nanos's rounding gives, at a third of the cost for 10,000 keys).
-            per_usd = ledger.NANOS_PER_USD
+            per_usd = money.NANOS_PER_USD
             items = {k: n / per_usd for k, n in self._keys[index].items()}
             folded = sum(self._extra[index].values()) + self._overflow[index]
             if folded:
-                items[OVERFLOW_KEY] = ledger.from_nanos(folded)
+                items[OVERFLOW_KEY] = money.from_nanos(folded)
             if items:
                 out[budget.name] = items
         return out
@@ -219,7 +219,7 @@ class KeyBook:
             nanos = self._keys[index].get(kjson)
             if nanos is None:
                 nanos = self._extra[index].get(kjson, 0)
-        return ledger.from_nanos(nanos)
+        return money.from_nanos(nanos)
 
     def own_keys(self, budget: Budget, day: date) -> dict[str, int]:
         index = self.budgets.index(budget)
@@ -568,7 +568,7 @@ class PerKey:
 
     def key_spend(self, budget: Budget, kjson: str) -> float:
         day = self._day()
-        return ledger.round_usd(self.fleet.others_usd(budget.name, kjson, day)
+        return money.round_usd(self.fleet.others_usd(budget.name, kjson, day)
                                 + self.book.own_usd(budget, kjson, day))
 
     def window(self, name: str) -> str:
@@ -696,7 +696,7 @@ class PerKey:
         day = day or self._day()
         out = self.fleet.others_keys(budget.name, day)
         for key, nanos in self.book.own_keys(budget, day).items():
-            out[key] = out.get(key, 0.0) + nanos / ledger.NANOS_PER_USD
+            out[key] = out.get(key, 0.0) + nanos / money.NANOS_PER_USD
         out.pop(OVERFLOW_KEY, None)  # no key's: the keys folded there count by their leases
         return out
 
@@ -708,10 +708,10 @@ class PerKey:
             window = self._window_of(budget.name)
             floor = min(budget.alert_ratios) * budget.cap_usd
             for kjson, spend in self.key_spends(budget, day).items():
-                if spend < floor - ledger.USD_EPSILON:
+                if spend < floor - money.USD_EPSILON:
                     continue
                 for ratio in budget.alert_ratios:
-                    if ledger.threshold_reached(spend, ratio, budget.cap_usd) and \
+                    if money.threshold_reached(spend, ratio, budget.cap_usd) and \
                             (budget.name, window, kjson, ratio) not in self._claimed:
                         due.append((budget, window, kjson, ratio, spend))
         current = {(b.name, self._window_of(b.name)) for b in self.budgets}
@@ -756,8 +756,8 @@ class PerKey:
             lease = self._leases.get(name)
         out: dict[str, Any] = {
             "key": key_dict(budget, kjson), "spend_usd": spend,
-            "remaining_usd": ledger.remaining_usd(spend, budget.cap_usd),
-            "utilization": ledger.utilization(spend, budget.cap_usd),
+            "remaining_usd": money.remaining_usd(spend, budget.cap_usd),
+            "utilization": money.utilization(spend, budget.cap_usd),
             "alerts_sent": claimed, "lease_row": name,
         }
         if lease is not None:
@@ -782,11 +782,11 @@ class PerKey:
     def _top_keys(self, budget: Budget, limit: int) -> tuple[list[dict[str, Any]], int, float]:
         spends = self.key_spends(budget)
         ranked = sorted(spends.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-        rows = [{"key": key_dict(budget, k), "spend_usd": ledger.round_usd(usd),
+        rows = [{"key": key_dict(budget, k), "spend_usd": money.round_usd(usd),
                  "cap_usd": budget.cap_usd,
-                 "remaining_usd": ledger.remaining_usd(usd, budget.cap_usd),
-                 "utilization": ledger.utilization(usd, budget.cap_usd)} for k, usd in ranked]
-        return rows, len(spends), ledger.round_usd(sum(spends.values()))
+                 "remaining_usd": money.remaining_usd(usd, budget.cap_usd),
+                 "utilization": money.utilization(usd, budget.cap_usd)} for k, usd in ranked]
+        return rows, len(spends), money.round_usd(sum(spends.values()))
 
     def describe(self) -> dict[str, Any]:
         return {"keys_today": self.book.keys_today(), "key_leases": len(self._leases_items()),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from . import ledger
+from . import ledger, money
 from .errors import CheckpointError
 from .fleet import sort_entries
 from .stores.base import PatchStore
@@ -41,7 +41,7 @@ def read_day(store: PatchStore, day: date | str) -> dict[str, Any]:
     breakdown: dict[ledger.AttributesKey, float] = {}
     for entry in entries:
         for budget, usd in (entry.get("by_budget") or {}).items():
-            by_budget[budget] = ledger.round_usd(by_budget.get(budget, 0.0) + float(usd))
+            by_budget[budget] = money.round_usd(by_budget.get(budget, 0.0) + float(usd))
         breakdown = ledger.add_maps(breakdown,
                                     ledger.by_attributes_to_map(entry.get("by_attributes", [])))
     for entry in ((legacy or {}).get("instances") or {}).values():
@@ -54,7 +54,7 @@ def read_day(store: PatchStore, day: date | str) -> dict[str, Any]:
     nudges = list_nudges(store, name)
     return {
         "date": name,
-        "total_usd": ledger.round_usd(total),
+        "total_usd": money.round_usd(total),
         "writers": sum(row["writers"] for row in instances.values()),
         "instances": instances,
         "by_budget": dict(sorted(by_budget.items())),

@@ -46,7 +46,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from . import ledger
+from . import ledger, money
 
 if TYPE_CHECKING:
     from .tracker import BudgetTracker
@@ -79,7 +79,7 @@ def spend_metric(points: SpendPoints, now_ns: int) -> Metric | None:
     (attribute_sets, sums), extra, start_ns = points
     if not sums:
         return None
-    per_usd = ledger.NANOS_PER_USD
+    per_usd = money.NANOS_PER_USD
     # Positional (attributes, start_time_unix_nano, time_unix_nano, value, exemplars),
     # the dataclass's field order: half the cost of keywords per point.
     data_points = [NumberDataPoint({**attrs, **extra}, start_ns, now_ns, nanos / per_usd,

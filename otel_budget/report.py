@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from . import ledger
+from . import ledger, money
 from .budgets import Budget
 from .errors import BudgetError, CheckpointError, ConfigError, StoreError
 from .fleet import Spend, entry_budget_spend, legacy_spend, sort_entries
@@ -82,7 +82,7 @@ def breakdown(by_attributes: Iterable[Mapping[str, Any]], key: str) -> dict[str,
         value = (item.get("attributes") or {}).get(key)
         label = UNSET if value is None else str(value)
         totals[label] = totals.get(label, 0.0) + float(item["spend_usd"])
-    return {k: ledger.round_usd(v) for k, v in totals.items() if ledger.round_usd(v) > 0}
+    return {k: money.round_usd(v) for k, v in totals.items() if money.round_usd(v) > 0}
 
 
 def window_spend(store: PatchStore, budgets: Sequence[Budget], today: date
@@ -115,7 +115,7 @@ def window_spend(store: PatchStore, budgets: Sequence[Budget], today: date
                      if d.isoformat() in legacy)
         rows.append(BudgetSpend(budget.name, budget.period,
                                 ledger.window_id(today, budget.period),
-                                ledger.round_usd(spend), budget.cap_usd, budget.alert_ratios))
+                                money.round_usd(spend), budget.cap_usd, budget.alert_ratios))
     return rows, bad
 
 
@@ -193,9 +193,9 @@ def _top(values: Mapping[str, float], n: int = _TOP) -> list[tuple[str, float]]:
 def _bar_colour(spend: float, cap: float | None, ratios: Iterable[float]) -> str:
     if cap is None:
         return "#4c72b0"
-    if ledger.passes_cap(spend, cap) or ledger.threshold_reached(spend, 1.0, cap):
+    if money.passes_cap(spend, cap) or money.threshold_reached(spend, 1.0, cap):
         return "#c44e52"
-    if any(ledger.threshold_reached(spend, r, cap) for r in ratios):
+    if any(money.threshold_reached(spend, r, cap) for r in ratios):
         return "#dd8452"
     return "#55a868"
 

@@ -5,7 +5,7 @@ Independent of the meter: the book is given the budgets, a ``spend_of(name)`` ca
 when a reservation is settled. One lock makes "check the cap, then hold the amount" atomic, so concurrent
 callers in one process cannot all pass the check and overshoot together.
 
-Cap semantics are those of :func:`otel_budget.ledger.passes_cap`: landing exactly on the
+Cap semantics are those of :func:`otel_budget.money.passes_cap`: landing exactly on the
 cap is allowed, exceeding it by more than 1e-9 USD is not, and a zero-cost call is always
 allowed, even past the cap.
 """
@@ -18,11 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
-from . import ledger
+from . import money
 from .budgets import Budget
 from .errors import BudgetError, BudgetExceeded, LeaseStoreDown
 from .leases import Draw, FleetLease
-from .ledger import UsdAmount
+from .money import UsdAmount
 from .redact import describe_exception
 
 _log = logging.getLogger("otel_budget")
@@ -40,7 +40,7 @@ def would_pass_cap(
     """True when spending `estimate_usd` on top of spend and reservations passes the cap."""
     if estimate_usd <= 0.0:
         return False
-    return ledger.passes_cap(spend_usd + reserved_usd + estimate_usd, cap_usd)
+    return money.passes_cap(spend_usd + reserved_usd + estimate_usd, cap_usd)
 
 
 ON_ERROR = ("record", "release")
@@ -148,8 +148,8 @@ class ReservationBook:
         """USD held by open reservations (against one budget, or in all)."""
         with self._lock:
             if budget is None:
-                return ledger.round_usd(sum(held[0] for held in self._open.values()))
-            return ledger.round_usd(self._held.get(budget, 0.0))
+                return money.round_usd(sum(held[0] for held in self._open.values()))
+            return money.round_usd(self._held.get(budget, 0.0))
 
     def unsettled_usd(self, budget: str | None = None) -> float:
         """Spend recorded at a reservation's maximum because an exception closed it
@@ -159,14 +159,14 @@ class ReservationBook:
             if budget is None:
                 if self._day is not None and self._unsettled_day != self._day():
                     return 0.0
-                return self._unsettled_nanos / ledger.NANOS_PER_USD
+                return self._unsettled_nanos / money.NANOS_PER_USD
             held = self._unsettled_by_budget.get(budget)
             if held is None or held[0] != self._window_of(budget):
                 return 0.0
-            return held[1] / ledger.NANOS_PER_USD
+            return held[1] / money.NANOS_PER_USD
 
     def _note_unsettled(self, usd: float, attributes: Attributes | None) -> None:
-        nanos = round(usd * ledger.NANOS_PER_USD)
+        nanos = round(usd * money.NANOS_PER_USD)
         with self._lock:
             if self._day is not None:
                 today = self._day()
@@ -198,7 +198,7 @@ class ReservationBook:
                 return
             for budget in budgets:
                 lease = self._lease(budget.name)
-                if lease is not None and lease.remaining() < estimate - ledger.USD_EPSILON:
+                if lease is not None and lease.remaining() < estimate - money.USD_EPSILON:
                     self.fill([lease], estimate)
         except BudgetExceeded as exc:
             self.refused(exc)
@@ -326,7 +326,7 @@ class ReservationBook:
         held = self.held_usd(budget.name)
         window = self._window_of(budget.name)
         exc = BudgetExceeded(
-            date=window, daily_spend_usd=ledger.round_usd(spend), reserved_usd=held,
+            date=window, daily_spend_usd=money.round_usd(spend), reserved_usd=held,
             estimated_usd=amount, daily_cap_usd=budget.cap_usd, budget=_public(budget.name),
             window=window, key=self._key(budget.name),
         )
@@ -348,11 +348,11 @@ class ReservationBook:
     def _check(self, estimate: float, budgets: Sequence[Budget]) -> None:
         for budget in budgets:
             spend = float(self._spend_of(budget.name))
-            held = ledger.round_usd(self._held.get(budget.name, 0.0))
+            held = money.round_usd(self._held.get(budget.name, 0.0))
             if would_pass_cap(spend, held, estimate, budget.cap_usd):
                 window = self._window_of(budget.name)
                 raise BudgetExceeded(
-                    date=window, daily_spend_usd=ledger.round_usd(spend), reserved_usd=held,
+                    date=window, daily_spend_usd=money.round_usd(spend), reserved_usd=held,
                     estimated_usd=estimate, daily_cap_usd=budget.cap_usd,
                     budget=_public(budget.name), window=window, key=self._key(budget.name),
                 )
@@ -372,7 +372,7 @@ class ReservationBook:
                 draw.lease.close_draw(draw, actual)
             for name in names:
                 left = self._held.get(name, 0.0) - amount
-                if left <= ledger.USD_EPSILON or not self._open:
+                if left <= money.USD_EPSILON or not self._open:
                     self._held.pop(name, None)  # no float residue once nothing is held
                 else:
                     self._held[name] = left

@@ -36,7 +36,7 @@ from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from . import ledger
+from . import ledger, money
 from .budgets import Budget
 
 Attributes = Mapping[str, Any]
@@ -61,10 +61,10 @@ class DaySnapshot:
 
     @property
     def total_usd(self) -> float:
-        return ledger.from_nanos(self.total_nanos)
+        return money.from_nanos(self.total_nanos)
 
     def budget_usd(self, name: str) -> float:
-        return ledger.from_nanos(self.by_budget.get(name, 0))
+        return money.from_nanos(self.by_budget.get(name, 0))
 
 
 class _Bucket:

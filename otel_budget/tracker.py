@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from . import alerts, fleet, fleet_cache, ledger
+from . import alerts, fleet, fleet_cache, ledger, money
 from .alerts import AlertBook, build_nudge
 from .budgets import Budget
 from .checkpoint import Checkpointer, CheckpointResult, describe, new_writer_id
@@ -192,14 +192,14 @@ class BudgetTracker:
         day, own_total, own_budgets = self._ledger.today_nanos()
         inherited = self._inherited
         view = self._fleet
-        total = (view.others_total() + own_total / ledger.NANOS_PER_USD
+        total = (view.others_total() + own_total / money.NANOS_PER_USD
                  + (inherited.total_usd if inherited else 0.0))
         spends = []
         for budget, own in zip(self._budgets, own_budgets, strict=True):
             name = budget.name
-            spends.append(view.window_budget(name) + own / ledger.NANOS_PER_USD
+            spends.append(view.window_budget(name) + own / money.NANOS_PER_USD
                           + (inherited.budget_usd(name) if inherited else 0.0))
-        return day, ledger.round_usd(total), [ledger.round_usd(s) for s in spends]
+        return day, money.round_usd(total), [money.round_usd(s) for s in spends]
 
     def day_total(self) -> float:
         with self._state:
@@ -234,8 +234,8 @@ class BudgetTracker:
                     "name": budget.name, "period": budget.period, "window": window,
                     "match": dict(budget.match) if budget.match is not None else None,
                     "cap_usd": budget.cap_usd, "spend_usd": spend,
-                    "remaining_usd": ledger.remaining_usd(spend, budget.cap_usd),
-                    "utilization": ledger.utilization(spend, budget.cap_usd),
+                    "remaining_usd": money.remaining_usd(spend, budget.cap_usd),
+                    "utilization": money.utilization(spend, budget.cap_usd),
                     "alerts_sent": self._alerts.claimed(budget.name, window),
                     "hard": budget.hard, "enforce": budget.enforce,
                 })
@@ -252,8 +252,8 @@ class BudgetTracker:
                 "date": day.isoformat(),
                 "fleet_spend_usd": total,
                 "writer_id": self._checkpointer.writer_id,
-                "instance_spend_usd": ledger.from_nanos(own),
-                "unflushed_usd": ledger.from_nanos(max(0, own - self._checkpointed_nanos)),
+                "instance_spend_usd": money.from_nanos(own),
+                "unflushed_usd": money.from_nanos(max(0, own - self._checkpointed_nanos)),
                 "collections": self._collections,
                 "seq": checkpoints["seq"],
                 "last_checkpoint": checkpoints["last_checkpoint"],
@@ -280,7 +280,7 @@ class BudgetTracker:
                 age = None
         return {"source": view.source, "read_at": view.read_at, "age_s": age,
                 "estimated": view.estimated,
-                "carried_usd": ledger.round_usd(sum(s.total_usd for s in view.carried.values()))}
+                "carried_usd": money.round_usd(sum(s.total_usd for s in view.carried.values()))}
 
     def count_collection(self) -> bool:
         """Count one collection; True when it is a checkpoint one."""

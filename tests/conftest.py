@@ -14,7 +14,7 @@ import pytest
 # told to use the copy it ships; this machine has no internet.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from otel_budget.meter import WRITER_ATTRIBUTE
+from otel_budget.instruments import WRITER_ATTRIBUTE
 from otel_budget.stores.base import PatchStore
 from otel_budget.stores.memory import MemoryStore
 from otel_budget.stores.sqlite import SQLiteStore

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from otel_budget import CheckpointError, ledger
+from otel_budget import CheckpointError, ledger, money
 from otel_budget.alerts import AlertBook, build_nudge
 from otel_budget.budgets import Budget
 
@@ -158,14 +158,14 @@ def test_ratio_pct_and_nudge_names(ratio: float, pct: str) -> None:
 # --- rounding and tolerances ---------------------------------------------------------
 
 def test_round_usd() -> None:
-    assert ledger.round_usd(0.1 + 0.2) == 0.3
-    assert ledger.round_usd(0.36300000000000004) == 0.363
-    assert ledger.round_usd(1e-10) == 0.0
-    assert ledger.round_usd(12.3456789014) == 12.345678901
-    assert ledger.round_usd(5) == 5.0 and isinstance(ledger.round_usd(5), float)
-    negative_zero = ledger.round_usd(-1e-12)
+    assert money.round_usd(0.1 + 0.2) == 0.3
+    assert money.round_usd(0.36300000000000004) == 0.363
+    assert money.round_usd(1e-10) == 0.0
+    assert money.round_usd(12.3456789014) == 12.345678901
+    assert money.round_usd(5) == 5.0 and isinstance(money.round_usd(5), float)
+    negative_zero = money.round_usd(-1e-12)
     assert negative_zero == 0.0 and math.copysign(1.0, negative_zero) == 1.0, "no -0.0"
-    assert str(ledger.round_usd(0.1 + 0.2)) == "0.3"
+    assert str(money.round_usd(0.1 + 0.2)) == "0.3"
 
 
 def test_threshold_tolerance_is_exactly_one_nano_dollar() -> None:
@@ -173,38 +173,38 @@ def test_threshold_tolerance_is_exactly_one_nano_dollar() -> None:
     # drift of long sums (DESIGN decision 8) is removed where spend is summed (the
     # meter counts integer nano-USD: see test_meter's 400,000 x $0.001 test), not by
     # widening this tolerance.
-    assert ledger.threshold_reached(8.0 - 0.9e-9, 0.8, 10.0)
-    assert not ledger.threshold_reached(8.0 - 2e-9, 0.8, 10.0)
-    assert ledger.threshold_reached(ledger.round_usd(7.9999999996), 0.8, 10.0)
+    assert money.threshold_reached(8.0 - 0.9e-9, 0.8, 10.0)
+    assert not money.threshold_reached(8.0 - 2e-9, 0.8, 10.0)
+    assert money.threshold_reached(money.round_usd(7.9999999996), 0.8, 10.0)
 
 
 def test_threshold_reached_at_exactly_eighty_percent() -> None:
-    assert ledger.threshold_reached(8.0, 0.8, 10.0)
+    assert money.threshold_reached(8.0, 0.8, 10.0)
     spend = 0.0
     for _ in range(80):
         spend += 0.1
-    assert ledger.threshold_reached(spend, 0.8, 10.0)
-    assert not ledger.threshold_reached(7.99, 0.8, 10.0)
-    assert not ledger.threshold_reached(8.0 - 1e-6, 0.8, 10.0)
-    assert ledger.threshold_reached(10.0, 1.0, 10.0)
+    assert money.threshold_reached(spend, 0.8, 10.0)
+    assert not money.threshold_reached(7.99, 0.8, 10.0)
+    assert not money.threshold_reached(8.0 - 1e-6, 0.8, 10.0)
+    assert money.threshold_reached(10.0, 1.0, 10.0)
 
 
 def test_passes_cap_allows_landing_exactly_on_the_cap() -> None:
-    assert not ledger.passes_cap(10.0, 10.0)
-    assert not ledger.passes_cap(10.0 + 0.5e-9, 10.0)
-    assert ledger.passes_cap(10.0 + 2e-9, 10.0)
-    assert ledger.passes_cap(10.01, 10.0)
+    assert not money.passes_cap(10.0, 10.0)
+    assert not money.passes_cap(10.0 + 0.5e-9, 10.0)
+    assert money.passes_cap(10.0 + 2e-9, 10.0)
+    assert money.passes_cap(10.01, 10.0)
     spend = 0.0
     for _ in range(100):
         spend += 0.1  # 9.99999999999998: float noise must not "pass" anything
-    assert not ledger.passes_cap(spend, 10.0)
+    assert not money.passes_cap(spend, 10.0)
 
 
 def test_remaining_and_utilization() -> None:
-    assert ledger.remaining_usd(12.34, 50.0) == 37.66
-    assert ledger.remaining_usd(60.0, 50.0) == 0.0
-    assert ledger.utilization(12.34, 50.0) == 0.2468
-    assert ledger.utilization(1.0, 0.0) == 0.0
+    assert money.remaining_usd(12.34, 50.0) == 37.66
+    assert money.remaining_usd(60.0, 50.0) == 0.0
+    assert money.utilization(12.34, 50.0) == 0.2468
+    assert money.utilization(1.0, 0.0) == 0.0
 
 
 # --- attribute maps --------------------------------------------------------------------

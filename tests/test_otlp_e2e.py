@@ -19,7 +19,7 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
 from otel_budget import BudgetConfig, BudgetMeter, ConfigError
 from otel_budget.autoconfig import from_env, otlp_exporter_from_env, otlp_reader_from_env
-from otel_budget.meter import WRITER_ATTRIBUTE
+from otel_budget.instruments import WRITER_ATTRIBUTE
 from otel_budget.stores.sqlite import SQLiteStore
 from tests.otlp_receivers import GrpcReceiver, HttpReceiver, MetricSeen, metrics_in
 

@@ -18,7 +18,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData, 
 from opentelemetry.sdk.resources import Resource
 
 from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, BudgetReader, read_day
-from otel_budget.meter import WRITER_ATTRIBUTE
+from otel_budget.instruments import WRITER_ATTRIBUTE
 from otel_budget.stores.sqlite import SQLiteStore
 from tests.conftest import FakeClock
 from tests.otlp_receivers import HttpReceiver, metrics_in

@@ -16,7 +16,7 @@ from typing import Any
 
 import otel_budget
 from otel_budget import BudgetConfig, BudgetMeter
-from otel_budget.ledger import round_usd
+from otel_budget.money import round_usd
 from otel_budget.stores.postgres import PostgresStore
 from tests.pg_server import PgServer, wait_until
 

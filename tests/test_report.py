@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from otel_budget import Budget, ledger
+from otel_budget import Budget, ledger, money
 from otel_budget.cli import main
 from otel_budget.errors import BudgetError, ConfigError
 from otel_budget.report import breakdown, load_report, render_png
@@ -24,7 +24,7 @@ HAIKU = "claude-3-5-haiku-20241022"
 
 def _entry(seq: int, items: list[tuple[dict[str, str], float]]) -> dict[str, Any]:
     return {
-        "spend_usd": ledger.round_usd(sum(v for _, v in items)),
+        "spend_usd": money.round_usd(sum(v for _, v in items)),
         "seq": seq,
         "updated_at": "2026-11-25T10:00:00+00:00",
         "by_attributes": [{"attributes": a, "spend_usd": v} for a, v in items],
@@ -36,7 +36,7 @@ def _writer(day: date, writer: str, instance: str, seq: int,
     entry = _entry(seq, items)
     coder = sum(v for a, v in items if a.get("agent") == "ag_lu")
     return {**entry, "date": day.isoformat(), "writer_id": writer, "instance_id": instance,
-            "by_budget": {"daily": entry["spend_usd"], "ag_lu": ledger.round_usd(coder)}}
+            "by_budget": {"daily": entry["spend_usd"], "ag_lu": money.round_usd(coder)}}
 
 
 def _fill(store: SQLiteStore, today: date) -> None:

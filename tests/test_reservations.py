@@ -12,7 +12,7 @@ import pytest
 
 from otel_budget.budgets import Budget
 from otel_budget.errors import BudgetExceeded
-from otel_budget.ledger import check_amount
+from otel_budget.money import check_amount
 from otel_budget.reservations import ReservationBook, would_pass_cap
 
 EPS = 1e-9

@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from otel_budget.budgets import Budget
-from otel_budget.ledger import OVERFLOW_ATTRIBUTES, check_attributes, to_nanos
+from otel_budget.ledger import OVERFLOW_ATTRIBUTES, check_attributes
+from otel_budget.money import to_nanos
 from otel_budget.spend import SpendLedger
 from tests.conftest import FakeClock
 

@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 
 from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, ConfigError, read_day
 from otel_budget.cli.bench_pricing import bench_record_usage
-from otel_budget.meter import WRITER_ATTRIBUTE
+from otel_budget.instruments import WRITER_ATTRIBUTE
 from otel_budget.pricing import ModelPrice, PriceTable
 from otel_budget.stores.memory import MemoryStore
 from otel_budget.usage import TOKEN_BUCKETS

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from otel_budget.meter import WRITER_ATTRIBUTE
+from otel_budget.instruments import WRITER_ATTRIBUTE
 from tests.apps.procs import PYTHON, ROOT, child_env
 from tests.otlp_receivers import HttpReceiver, metrics_in
 

@@ -9,7 +9,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import ledger
+from .. import ledger, money
 from ..config import BudgetConfig
 from ..errors import ConfigError
 from ..read import read_day
@@ -75,7 +75,7 @@ def status_report(store: PatchStore, day: date, budgets: list[str] | None = None
     report["found"] = bool(report["instances"])
     report["document"] = ledger.budget_name(day)
     report["daily_cap_usd"] = daily_cap_usd
-    report["utilization"] = (ledger.utilization(report["total_usd"], daily_cap_usd)
+    report["utilization"] = (money.utilization(report["total_usd"], daily_cap_usd)
                              if daily_cap_usd else None)
     # The refusals each writer stored in its entry (newest first; odd ones skipped).
     entries = store.writer_entries([report["date"]], breakdown=False)

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from .. import ledger
+from .. import ledger, money
 from ..refusals import ENTRY_KEY, merge_entry_counts
 from .status import StatusSource, ledger_amount
 
@@ -110,7 +110,7 @@ class FleetMetrics(Collector):
                                 float(row["utilization"]))
         yield from (spend, cap, util)
 
-        day_total = ledger.round_usd(sum(
+        day_total = money.round_usd(sum(
             float(e["spend_usd"]) for e in entries if ledger_amount(e.get("spend_usd"))))
         total = Metric("llm_fleet_day_spend", "Every writer's spend today, from the store",
                        "gauge", unit="USD")
@@ -136,7 +136,7 @@ class FleetMetrics(Collector):
         if rest:
             by_attrs.add_sample("llm_fleet_spend_by_attributes_USD",
                                 {"otel_budget_overflow": "true"},
-                                ledger.round_usd(sum(r["spend_usd"] for r in rest)))
+                                money.round_usd(sum(r["spend_usd"] for r in rest)))
         yield by_attrs
 
         writers = Metric("llm_fleet_writers", "Writers with a row today, by state", "gauge")

@@ -27,7 +27,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .. import ledger
+from .. import ledger, money
 from ..budgets import Budget
 from ..errors import ConfigError
 from ..redact import describe_exception
@@ -130,7 +130,7 @@ def breakdown_by(items: Iterable[Mapping[str, Any]], attribute: str,
         if isinstance(spend, (int, float)) and not isinstance(spend, bool) and \
                 math.isfinite(spend) and spend >= 0:
             totals[value] = totals.get(value, 0.0) + float(spend)
-    rows = [{"value": value, "spend_usd": ledger.round_usd(usd)}
+    rows = [{"value": value, "spend_usd": money.round_usd(usd)}
             for value, usd in totals.items()]
     rows.sort(key=lambda row: (-row["spend_usd"], str(row["value"])))
     return rows[:limit]
@@ -156,9 +156,9 @@ def top_keys(items: Iterable[Mapping[str, Any]], matches: Callable[[Mapping[str,
         except TypeError:  # an unhashable value is no key
             continue
     ranked = sorted(totals.items(), key=lambda kv: (-kv[1], repr(kv[0])))[:limit]
-    return [{"key": dict(zip(names, key, strict=True)), "spend_usd": ledger.round_usd(usd),
-             "cap_usd": cap_usd, "remaining_usd": ledger.remaining_usd(usd, cap_usd),
-             "utilization": ledger.utilization(usd, cap_usd)} for key, usd in ranked]
+    return [{"key": dict(zip(names, key, strict=True)), "spend_usd": money.round_usd(usd),
+             "cap_usd": cap_usd, "remaining_usd": money.remaining_usd(usd, cap_usd),
+             "utilization": money.utilization(usd, cap_usd)} for key, usd in ranked]
 
 
 def _budget_meta(budget: Budget) -> dict[str, Any]:
@@ -318,7 +318,7 @@ class StatusSource:
             budgets = self._store_budgets(day, entries, nudges, errors)
         items = [item for e in entries for item in (e.get("by_attributes") or [])
                  if isinstance(item, Mapping)]
-        total = ledger.round_usd(sum(float(e["spend_usd"]) for e in entries
+        total = money.round_usd(sum(float(e["spend_usd"]) for e in entries
                                      if ledger_amount(e.get("spend_usd"))))
         writers = self._writers(entries, now)
         self._add_burn(budgets, entries, now, day)
@@ -475,7 +475,7 @@ class StatusSource:
                         for e in incomplete[d])
                 else:
                     spend += float(day_totals["by_budget"].get(name, 0.0))
-            spend = ledger.round_usd(spend)
+            spend = money.round_usd(spend)
             window = ledger.window_id(day, meta["period"])
             cap = meta["cap_usd"]
             sent = sorted({float(n["ratio"]) for n in nudges
@@ -484,8 +484,8 @@ class StatusSource:
                            and ledger_amount(n.get("ratio"))})
             rows.append({
                 **meta, "window": window, "spend_usd": spend,
-                "remaining_usd": ledger.remaining_usd(spend, cap) if cap else None,
-                "utilization": ledger.utilization(spend, cap) if cap else None,
+                "remaining_usd": money.remaining_usd(spend, cap) if cap else None,
+                "utilization": money.utilization(spend, cap) if cap else None,
                 "alerts_sent": sent,
             })
         return rows
@@ -538,7 +538,7 @@ class StatusSource:
             else:
                 rate = self._writers_rate(name, entries, now, midnight)
                 basis = "average of the live writers since they started today"
-            rate = ledger.round_usd(rate)
+            rate = money.round_usd(rate)
             row["burn_usd_per_hour"] = rate
             row["burn_basis"] = basis
             period = row.get("period")
@@ -547,12 +547,12 @@ class StatusSource:
             end = window_end(day, str(period), self._tz)
             hours_left = max(0.0, (end - now).total_seconds() / 3600.0)
             row["window_end"] = end.isoformat()
-            row["projected_usd"] = ledger.round_usd(spend + rate * hours_left)
+            row["projected_usd"] = money.round_usd(spend + rate * hours_left)
             cap = row.get("cap_usd")
             if not cap:
                 row["cap_hit_at"] = None
                 continue
-            if spend >= cap - ledger.USD_EPSILON:
+            if spend >= cap - money.USD_EPSILON:
                 row["cap_hit_at"] = "reached"
             elif rate > 0:
                 hit = now + timedelta(hours=(cap - spend) / rate)
@@ -562,7 +562,7 @@ class StatusSource:
             ratios = row.get("alert_ratios") or []
             sent = set(row.get("alerts_sent") or [])
             row["alerts_pending"] = [r for r in ratios if r not in sent
-                                     and ledger.threshold_reached(spend, r, cap)]
+                                     and money.threshold_reached(spend, r, cap)]
 
     def _writers_rate(self, budget: str, entries: Sequence[Mapping[str, Any]],
                       now: datetime, midnight: datetime) -> float:

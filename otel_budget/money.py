@@ -1,0 +1,89 @@
+"""Money: the one place for how USD is rounded, held as integer nano-USD, checked at
+the door and compared with a cap.
+
+Floats drift (0.001 added 400,000 times is 399.99999999745), so sums are kept in
+integer nano-USD, stored and reported amounts are rounded to 1e-9, and every cap
+comparison allows that tolerance: $8.00 of a $10.00 cap is 80% (DESIGN decision 8).
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from fractions import Fraction
+from numbers import Real
+from typing import Any, TypeAlias
+
+from .errors import AmountTypeError
+
+__all__ = [
+    "MAX_STORED_USD", "NANOS_PER_USD", "USD_EPSILON", "UsdAmount", "check_amount",
+    "from_nanos", "is_stored_amount", "passes_cap", "remaining_usd", "round_usd",
+    "threshold_reached", "to_nanos", "utilization",
+]
+
+#: Money is stored and compared to this precision.
+USD_EPSILON = 1e-9
+_DECIMALS = 9
+NANOS_PER_USD = 1_000_000_000
+#: No stored amount is larger (a row claiming more is corrupt, not rich).
+MAX_STORED_USD = 1e12
+
+#: What the API takes as an amount of USD: any real number but bool (int is a float
+#: to type checkers). Decimal and Fraction keep a caller's exact prices exact.
+UsdAmount: TypeAlias = float | Decimal | Fraction
+
+
+def round_usd(value: float) -> float:
+    """Round to 1e-9 USD so float drift (0.1 + 0.2) never reaches a document."""
+    return round(float(value), _DECIMALS) + 0.0  # + 0.0 folds -0.0 into 0.0
+
+
+def to_nanos(usd: float) -> int:
+    return round(usd * NANOS_PER_USD)
+
+
+def from_nanos(nanos: int) -> float:
+    return round_usd(nanos / NANOS_PER_USD)
+
+
+def check_amount(value: Any, name: str, max_usd: float) -> float:
+    """A caller's USD amount: a real number, finite, >= 0 and at most `max_usd`.
+    Decimal and Fraction are accepted (they are real numbers); bool and str are not."""
+    if isinstance(value, bool) or not isinstance(value, (Real, Decimal)):
+        raise AmountTypeError(f"{name} must be a real number of USD, got {type(value).__name__}")
+    try:
+        amount = float(value)
+    except (OverflowError, ValueError):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r:.40}") from None
+    if not (0.0 <= amount < math.inf):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r:.40}")
+    if amount > max_usd:
+        raise ValueError(
+            f"{name}={amount!r} is more than max_call_usd={max_usd!r}: refused as a likely "
+            "unit error (raise BudgetConfig(max_call_usd=...) if it is real)"
+        )
+    return amount
+
+
+def is_stored_amount(value: Any) -> bool:
+    """A stored amount: a finite number >= 0 and <= MAX_STORED_USD (not a bool)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and 0 <= value <= MAX_STORED_USD)
+
+
+def threshold_reached(spend_usd: float, ratio: float, cap_usd: float) -> bool:
+    return spend_usd >= ratio * cap_usd - USD_EPSILON
+
+
+def passes_cap(spend_usd: float, cap_usd: float) -> bool:
+    """Landing exactly on the cap is allowed; only exceeding it by > 1e-9 passes it."""
+    return spend_usd > cap_usd + USD_EPSILON
+
+
+def remaining_usd(spend_usd: float, cap_usd: float) -> float:
+    return round_usd(max(0.0, cap_usd - spend_usd))
+
+
+def utilization(spend_usd: float, cap_usd: float) -> float:
+    return round(spend_usd / cap_usd, 6) if cap_usd > 0 else 0.0
