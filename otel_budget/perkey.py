@@ -677,6 +677,8 @@ class PerKey:
                 _log.warning("otel_budget: reading the fleet's spend per key failed: %s",
                              self.fleet.last_error)
             return
+        # The ranking kept for the gauges is of the keys as read before.
+        self._top.clear()
         self._claim_alerts(day)
 
     def wait_first_read(self) -> bool:

@@ -220,3 +220,35 @@ def test_page_under_a_path_prefix_fetches_relative_to_itself(
     assert "/budget/api/status" in seen and "/api/status" not in seen
     assert int(page.body.get("data-refreshes") or 0) >= 1
     _check_budgets(page, a.budgets())
+
+
+def test_a_per_key_budget_shows_its_top_keys_from_two_writers(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'budget.db'}"
+
+    def config(instance: str) -> BudgetConfig:
+        return BudgetConfig(daily_cap_usd=50.0, store_url=url, collect_interval_s=3600,
+                            instance_id=instance,
+                            budgets=(Budget("per-customer", 5.0, per="customer"),))
+
+    a = BudgetMeter(config("api-1")).start()
+    b = BudgetMeter(config("api-2")).start()
+    try:
+        for customer, usd, meter in (("acme", 1.25, a), ("acme", 0.5, b), ("globex", 0.75, b),
+                                     ("initech", 0.125, a)):
+            meter.record(usd, {"customer": customer})
+        assert a.checkpoint() and b.checkpoint() and a.checkpoint()
+        expected = {k["key"]["customer"]: k["spend_usd"]
+                    for k in next(r for r in a.budgets() if r["name"] == "per-customer")["top_keys"]}
+        assert expected == {"acme": 1.75, "globex": 0.75, "initech": 0.125}, "fleet-wide keys"
+        server = a.serve_health()
+        try:
+            page = _parse(_browse(server.url + "/", tmp_path / "profile"))
+        finally:
+            server.shutdown()
+    finally:
+        a.shutdown()
+        b.shutdown()
+    text = " ".join(page.text)
+    for customer, usd in expected.items():
+        assert customer in text and _shown(usd) in text, (customer, usd)
+    assert page.budgets["per-customer"]["usd"] == "1.75", "the biggest key against the cap"
