@@ -182,6 +182,7 @@ class BudgetMeter:
             refresh_s=min(30.0, max(0.5, config.checkpoint_every * config.collect_interval_s)),
             sibling=config.sibling, instance_id=self._instance_id,
             submit_nudge=self._dispatcher.submit, first_wait_s=config.start_timeout_s,
+            watch_claim=tracker.watch_claim,
         )
 
     def _perkey_round(self) -> None:

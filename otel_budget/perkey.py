@@ -477,6 +477,7 @@ class PerKey:
         window_of: Callable[[str], str], ttl_s: float, idle_s: float, refresh_s: float,
         sibling: str, instance_id: str, submit_nudge: Callable[[dict[str, Any]], object],
         first_wait_s: float = 5.0,
+        watch_claim: Callable[[str, dict[str, Any] | None], None] | None = None,
     ) -> None:
         self.book = KeyBook(budgets, max_keys=max_keys)
         self.fleet = KeyFleet(budgets, refresh_s=refresh_s)
@@ -493,6 +494,9 @@ class PerKey:
         self._sibling = sibling
         self._instance_id = instance_id
         self._submit = submit_nudge
+        #: The tracker's claim watch (delivery recorded, takeover when undelivered):
+        #: given each claim this writer made (with its nudge) or found made.
+        self._watch_claim = watch_claim
         self._lock = threading.Lock()
         #: key budget name -> (parent, key json, the key budget).
         self._resolved: dict[str, tuple[Budget, str, Budget]] = {}
@@ -736,6 +740,8 @@ class PerKey:
                 continue
             self.claim_error = None
             self._claimed.add((budget.name, window, kjson, ratio))
+            if self._watch_claim is not None:
+                self._watch_claim(name, nudge if inserted else None)
             if inserted:
                 _log.info("otel_budget: %s%% of budget %r for %s (%s) reached; nudging %s",
                           ledger.ratio_pct(ratio), budget.name,

@@ -723,6 +723,15 @@ class BudgetTracker:
                 self._submit_nudge(nudge)
         self._watch_claims()
 
+    def watch_claim(self, name: str, nudge: dict[str, Any] | None) -> None:
+        """Watch a claim made outside the tracker's own budgets (a per-key budget's):
+        `nudge` when this writer made it (its delivery is recorded), None when it found
+        the row already there (taken over if it stays undelivered)."""
+        with self._state:
+            self._watch.setdefault(name, None)
+            if nudge is not None:
+                self._mine[name] = nudge
+
     def _watch_claims(self) -> None:
         """Alerts at least once: record the delivery of this writer's claims once its
         notifiers took them, and take over (compare and set, so exactly one writer

@@ -19,7 +19,7 @@ from otel_budget import Budget, BudgetConfig, BudgetMeter
 from otel_budget.budgets import load_budgets_file
 from otel_budget.errors import BudgetExceeded, ConfigError
 from otel_budget.leases import LEASE_TYPE, lease_row_name
-from otel_budget.ledger import NUDGE_TYPE
+from otel_budget.ledger import NUDGE_TYPE, budget_nudge_name
 from otel_budget.perkey import (
     KEY_FIELD,
     OVERFLOW_KEY,
@@ -468,3 +468,50 @@ def test_a_per_attribute_no_call_carries_is_named(tmp_path: Path,
                     and "per-customer" in r.message]) == 1
         m.record(0.1, {"customer": "acme"})
         assert m.health()["per_key"]["only_unset_key"] == []
+
+
+def test_a_key_alert_claimed_by_a_writer_that_died_is_delivered_once_by_another(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Per-key alerts are delivered at least once too: a claim row whose writer died
+    before its notifiers took it is taken over by one live writer after
+    alert_delivery_timeout_s, under the same id."""
+    url = f"sqlite:///{tmp_path / 'budget.db'}"
+    budget = Budget("per-customer", 10.0, per="customer", alert_ratios=(0.8,))
+    day = clock().date().isoformat()
+    name = budget_nudge_name(key_budget_name("per-customer", key_json(("acme",))), day, 0.8)
+    with open_store(url) as store:
+        assert store.insert_if_absent(NUDGE_TYPE, name, {
+            "id": name, "to": "ag_lu", "kind": "budget_alert", "date": day, "ratio": 0.8,
+            "budget": "per-customer", "window": day, "claimed_by": "dead-writer",
+            "claimed_at": clock().isoformat(), "created_at": clock().isoformat(),
+            "delivered_at": None, "spend_usd": 8.5, "cap_usd": 10.0,
+            "key": {"customer": "acme"}})
+    got: list[list[dict[str, Any]]] = [[], []]
+    config = BudgetConfig(budgets=[budget], store_url=url, collect_interval_s=3600,
+                          alert_delivery_timeout_s=60.0)
+    meters = [BudgetMeter(config, clock=clock, notifiers=[got[i].append]).start()
+              for i in range(2)]
+    try:
+        meters[0].record(8.5, {"customer": "acme"})
+        for meter in meters * 2:
+            meter.checkpoint()
+        assert got == [[], []], "not before the timeout: its writer may still deliver"
+        clock.advance(seconds=61)
+        for meter in meters * 3:
+            meter.checkpoint()
+        deadline = time.monotonic() + 10
+        while not (got[0] or got[1]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for meter in meters * 2:
+            meter.checkpoint()
+        delivered = got[0] + got[1]
+        assert len(delivered) == 1, "exactly one writer took it over"
+        assert delivered[0]["id"] == name and delivered[0]["key"] == {"customer": "acme"}
+        with open_store(url) as store:
+            row = store.get(NUDGE_TYPE, name)
+        assert row is not None and isinstance(row["delivered_at"], str)
+        assert row["claimed_by"] in {m.writer_id for m in meters}
+    finally:
+        for meter in meters:
+            meter.shutdown(timeout=5)
