@@ -1414,7 +1414,9 @@ $fn$;
 -- row's own by_budget figure when it has one, else the sum of its breakdown's
 -- items the budget matches (the overflow bucket left out). Days before
 -- p_closed_before are closed: their figures are kept and reused while the day's
--- fingerprint holds.
+-- fingerprint holds. Bounded: once a call has computed for about a second, the
+-- days it would still have to compute answer null (ask again for them: what was
+-- computed is kept), so a long window never runs into the statement timeout.
 create or replace function public.otel_budget_budget_spend(
     p_days text[], p_budgets jsonb, p_closed_before text
 )
@@ -1434,6 +1436,8 @@ declare
     v_spend numeric;
     v_day_out jsonb;
     v_out jsonb := '{}'::jsonb;
+    v_started timestamptz := pg_catalog.clock_timestamp();
+    v_computed boolean := false;
 begin
     if jsonb_typeof(p_budgets) is distinct from 'array' or exists (
            select 1 from pg_catalog.jsonb_array_elements(p_budgets) as b
@@ -1465,6 +1469,11 @@ begin
                 v_day_out := v_day_out || pg_catalog.jsonb_build_object(v_name, v_kept -> 'spend_usd');
                 continue;
             end if;
+            if v_computed and pg_catalog.clock_timestamp() - v_started > interval '1 second' then
+                v_day_out := null;  -- left for the next call
+                exit;
+            end if;
+            v_computed := true;
             select coalesce(sum(
                        case when jsonb_typeof(q.content -> 'by_budget' -> v_name) = 'number'
                             then (q.content -> 'by_budget' ->> v_name)::numeric

@@ -106,12 +106,15 @@ def day_spend_from_entries(
 
 def check_spend_answer(value: Any, days: Sequence[str], names: Sequence[str]) -> dict[
         str, dict[str, float]]:
-    """otel_budget_budget_spend's answer: every day and budget asked, numbers only."""
+    """otel_budget_budget_spend's answer: every day and budget asked, numbers only;
+    a day answered null (left for the next call) is left out."""
     if not isinstance(value, dict):
         raise CheckpointError(f"otel_budget_budget_spend answered {str(value)[:80]!r}")
     out: dict[str, dict[str, float]] = {}
     for day in days:
         row = value.get(day)
+        if day in value and row is None:
+            continue
         if not isinstance(row, dict) or any(
                 isinstance(row.get(n), bool) or not isinstance(row.get(n), (int, float))
                 for n in names):
