@@ -1,4 +1,4 @@
-"""Run `otel_budget.stores.pgbench` against a throwaway PostgreSQL (the test
+"""Run `tests.bench.pgbench` against a throwaway PostgreSQL (the test
 fixture's settings, fsync off; `--durable`: fsync and synchronous_commit on) and
 PgBouncer in transaction mode in front of it, and print the JSON:
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import sys
 
-from otel_budget.stores.pgbench import run_postgres_bench, run_start_bench
 from tests import pg_server
+from tests.bench.pgbench import run_postgres_bench, run_start_bench
 from tests.pgbouncer_server import PgBouncer, find_pgbouncer
 
 

@@ -176,8 +176,20 @@ def test_demo_with_bad_flags_is_one_clear_line(tmp_path: Path, args: tuple[str, 
     assert list(tmp_path.iterdir()) == [], "nothing is written before the flags are checked"
 
 
+def test_bench_outside_a_checkout_says_where_it_runs(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "bench")
+    assert result.returncode == 2 and "from a checkout" in result.stderr, result.stderr
+
+
 def test_bench_json(tmp_path: Path) -> None:
-    result = run_cli(tmp_path, "bench", "--calls", "2000", "--json")
+    # The benchmarks live in the checkout (tests/bench), run here with the work dir
+    # elsewhere so what they leave behind would show.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench.bench_cli", "--calls", "2000", "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     for key in ("record_vs_counter_add", "collect_1000_attribute_sets_ms",

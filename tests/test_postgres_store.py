@@ -17,7 +17,6 @@ import psycopg
 import pytest
 
 from otel_budget import StoreError
-from otel_budget.stores import pgbench
 from otel_budget.stores.base import open_store
 from otel_budget.stores.entries import (
     WRITER_TYPE,
@@ -26,6 +25,7 @@ from otel_budget.stores.entries import (
     writer_row_name,
 )
 from otel_budget.stores.postgres import PostgresStore
+from tests.bench import pgbench
 from tests.pg_server import PgServer
 from tests.pgbouncer_server import PgBouncer
 

@@ -383,7 +383,7 @@ def test_thread_safe_unpriced_count() -> None:
 
 def test_bench_vs_litellm_runs() -> None:
     pytest.importorskip("litellm")
-    from otel_budget.cli.bench_pricing import bench_vs_litellm
+    from tests.bench.bench_litellm import bench_vs_litellm
 
     result = bench_vs_litellm(n=50, rounds=1)
     assert result["ours_usd"] == pytest.approx(result["litellm_usd"], abs=1e-9)

@@ -13,11 +13,11 @@ import pytest
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 from otel_budget import BudgetConfig, BudgetExceeded, BudgetMeter, ConfigError, read_day
-from otel_budget.cli.bench_pricing import bench_record_usage
 from otel_budget.instruments import WRITER_ATTRIBUTE
 from otel_budget.pricing import ModelPrice, PriceTable
 from otel_budget.stores.memory import MemoryStore
 from otel_budget.usage import TOKEN_BUCKETS
+from tests.bench.bench_litellm import bench_record_usage
 from tests.conftest import FakeClock
 
 SONNET = "claude-sonnet-4-20250514"

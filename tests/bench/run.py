@@ -34,7 +34,7 @@ SECTIONS: dict[str, Callable[[bool], tuple[list[Row], dict[str, Any]]]] = {
 
 
 def _postgres(url: str, pooler_url: str | None) -> tuple[list[Row], dict[str, Any]]:
-    from otel_budget.stores.pgbench import run_postgres_bench
+    from tests.bench.pgbench import run_postgres_bench
 
     result = run_postgres_bench(url, pooler_url=pooler_url)
     rows = [Row(f"postgres {key}", json.dumps(value, sort_keys=True)[:120])
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections among {', '.join(SECTIONS)}")
     parser.add_argument("--postgres", metavar="URL",
-                        help="also the PostgreSQL merge bench (otel_budget.stores.pgbench)")
+                        help="also the PostgreSQL merge bench (tests.bench.pgbench)")
     parser.add_argument("--pgbouncer", metavar="URL",
                         help="with --postgres: the same database through PgBouncer too")
     args = parser.parse_args(argv)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from .migrate import apply_migration
+from otel_budget.stores.migrate import apply_migration
 
 TOTAL_MERGES = 3200
 WARMUP_MERGES = 10
@@ -163,7 +163,7 @@ def _writer_process(url: str, day: str, index: int, merges: int, barrier: Any,
 
 def _writer(url: str, day: str, index: int, merges: int,
             barrier: Any = None) -> tuple[float, float, list[float]]:
-    from .postgres import PostgresStore
+    from otel_budget.stores.postgres import PostgresStore
 
     store = PostgresStore(url, min_size=1, max_size=1)
     writer = f"bench-{index}-{uuid.uuid4().hex[:8]}"
@@ -188,7 +188,7 @@ def _writer(url: str, day: str, index: int, merges: int,
 
 
 def _restore(url: str, day: str) -> dict[str, Any]:
-    from .postgres import PostgresStore
+    from otel_budget.stores.postgres import PostgresStore
 
     store = PostgresStore(url, min_size=1, max_size=1)
     try:
@@ -259,10 +259,10 @@ def run_start_bench(url: str, *, days: int = 31, writers: int = 100, sets: int =
     closed days' shares in the store and keeps them, the later ones read them."""
     import psycopg
 
-    from ..budgets import Budget
-    from ..config import BudgetConfig
-    from ..meter import BudgetMeter
-    from .postgres import PostgresStore
+    from otel_budget.budgets import Budget
+    from otel_budget.config import BudgetConfig
+    from otel_budget.meter import BudgetMeter
+    from otel_budget.stores.postgres import PostgresStore
 
     apply_migration(url)
     month = "2998-03"

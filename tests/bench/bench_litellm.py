@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..pricing import PriceTable
-from ..usage import MODEL_ATTR, PROVIDER_ATTR, UsageRecorder
+from otel_budget.pricing import PriceTable
+from otel_budget.usage import MODEL_ATTR, PROVIDER_ATTR, UsageRecorder
 
 SONNET = "claude-sonnet-4-20250514"
 
@@ -20,9 +20,9 @@ def bench_record_usage(n: int = 20_000, rounds: int = 5) -> dict[str, float]:
 
     Returns per-call microseconds (best round) and their ratio, for `otel-budget bench`.
     """
-    from ..config import BudgetConfig
-    from ..meter import BudgetMeter
-    from ..stores.memory import MemoryStore
+    from otel_budget.config import BudgetConfig
+    from otel_budget.meter import BudgetMeter
+    from otel_budget.stores.memory import MemoryStore
 
     config = BudgetConfig(daily_cap_usd=1e12, instance_id="bench", checkpoint_every=10**9)
     meter = BudgetMeter(config, store=MemoryStore())

@@ -1,6 +1,6 @@
 """How long `/api/status` (and the fleet's /metrics) take on a big day:
 
-    python -m otel_budget.web.bench --store sqlite:////tmp/bench.db \\
+    python -m tests.bench.bench_status --store sqlite:////tmp/bench.db \\
         [--writers 1000] [--sets-per-writer 10] [--rounds 5]
 
 Seeds today's rows in the store (one entry per writer, `--sets-per-writer` attribute
@@ -17,11 +17,11 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from ..budgets import Budget
-from ..stores.base import PatchStore, open_store
-from .app import status_json
-from .fleet_metrics import FleetMetrics
-from .status import StatusSource
+from otel_budget.budgets import Budget
+from otel_budget.stores.base import PatchStore, open_store
+from otel_budget.web.app import status_json
+from otel_budget.web.fleet_metrics import FleetMetrics
+from otel_budget.web.status import StatusSource
 
 MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "gpt-4o", "gpt-4o-mini", "claude-opus-4-1")
 AGENTS = ("coder", "reviewer", "planner", "triage")
