@@ -4,7 +4,7 @@ SIGSTOPped), with the store's default timeouts. Run from the repository root:
     python -m tests.bench.hung_store
 
 Prints one line per measured call (seconds). The server is a throwaway one
-(tests/pg_server.py), resumed and removed at the end whatever happens.
+(tests/support/pg_server.py), resumed and removed at the end whatever happens.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from otel_budget import BudgetConfig, BudgetMeter
 from otel_budget.stores.postgres import PostgresStore
-from tests.pg_server import start_server
+from tests.support.pg_server import start_server
 
 
 def _timed(what: str, call: Callable[[], object]) -> None:

@@ -1,4 +1,4 @@
-"""Per-key budgets at 10,000 keys x 16 writers on a real PostgreSQL (tests/pg_server.py).
+"""Per-key budgets at 10,000 keys x 16 writers on a real PostgreSQL (tests/support/pg_server.py).
 
 Every one of 16 writers has recorded spend for all 10,000 customers today (the worst
 case: each writer's entry holds 10,000 keys), then:
@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from otel_budget import Budget, BudgetConfig, BudgetMeter
 from otel_budget.stores.base import open_store
-from tests.pg_server import start_server
+from tests.support.pg_server import start_server
 
 PER_KEY = Budget("per-customer", 1e6, hard=True, per="customer")
 PLAIN = Budget("fleet", 1e6, hard=True)

@@ -1,0 +1,1 @@
+"""What the tests share: servers, fixtures' helpers, apps the tests run."""
