@@ -29,7 +29,7 @@ class ScrapeTimePrometheus(PrometheusMetricReader):
     # The exporter's collector calls collect() at each scrape. MetricReader marks it
     # final for readers a provider drives; this one no provider drives, and it keeps
     # the contract (collect, then hand the data to _receive_metrics) with another
-    # reader's collection as the source. tests/test_scrape.py fails if the exporter
+    # reader's collection as the source. tests/integration/test_scrape.py fails if the exporter
     # stops calling it.
     def collect(self, timeout_millis: float = 10_000, **kwargs: Any) -> None:  # type: ignore[misc]
         data = self._source()

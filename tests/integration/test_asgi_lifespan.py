@@ -1,6 +1,6 @@
 """otel_budget.asgi: the explicit lifespan hooks. FastAPI's TestClient runs the app's
 real lifespan; the bare-ASGI case is driven by a minimal lifespan driver (the
-server side of the protocol, a stand-in for uvicorn: tests/test_graceful_stop.py
+server side of the protocol, a stand-in for uvicorn: tests/integration/test_graceful_stop.py
 runs the middleware under the real uvicorn)."""
 
 from __future__ import annotations

@@ -153,8 +153,8 @@ def test_sixteen_meters_killed_at_random_lose_at_most_their_unflushed_tails(
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
     proc = subprocess.Popen(
-        [PYTHON, str(ROOT / "tests" / "apps" / "pg_writers.py"), pg_clean, str(tmp_path),
-         str(WRITERS), str(RUN_S)],
+        [PYTHON, str(ROOT / "tests" / "support" / "apps" / "pg_writers.py"), pg_clean,
+         str(tmp_path), str(WRITERS), str(RUN_S)],
         cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, text=True, start_new_session=True,
     )
     request.addfinalizer(lambda: ensure_stopped(proc, grace_s=10, group=True))

@@ -117,6 +117,11 @@ def test_requests_are_the_documented_ones(
 ) -> None:
     store = supabase_store_factory()
     store.merge_writer(_entry(1.0, 1))
+    # The reaper rides on merges, one call per schedule period: the first merge's.
+    assert [urlsplit(p).path for _, p in gateway.requests] == [
+        MERGE_PATH, "/rest/v1/rpc/otel_budget_reap"]
+    gateway.requests.clear()
+    store.merge_writer(_entry(1.0, 2))
     store.insert_if_absent(NUDGE_TYPE, "budget_alert_2026-11-25_80", {"to": "ag_lu"})
     store.get(BUDGET_TYPE, NAME)
     week = [f"2026-11-{d}" for d in range(23, 30)]
@@ -131,7 +136,7 @@ def test_requests_are_the_documented_ones(
     assert query == {"select": "content", "patch_type": "eq.budget_writer",
                      "name": f"eq.{NAME}", "limit": "1"}
     assert totals[DAY]["total_usd"] == 1.0 and list(totals) == week
-    assert entries == [_entry(1.0, 1)]
+    assert entries == [_entry(1.0, 2)]
 
 
 # --- retries -----------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def spend_points(reader: Any) -> dict[tuple[Any, ...], float]:
                     assert metric.unit == "USD" and metric.data.is_monotonic
                     for p in metric.data.data_points:
                         # Every point names its writer (one per process here): the key
-                        # is what the test recorded. tests/test_graceful_stop.py checks
+                        # is what the test recorded. tests/integration/test_graceful_stop.py checks
                         # the writer attribute itself.
                         attributes = dict(p.attributes)
                         assert isinstance(attributes.pop(WRITER_ATTRIBUTE), str)

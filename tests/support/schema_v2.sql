@@ -1,5 +1,5 @@
 -- Test data: the version 2 migration as it stood before the day shards (version 3),
--- applied by tests/test_postgres_schema.py to test that `otel-budget migrate`
+-- applied by tests/stores/test_postgres_schema.py to test that `otel-budget migrate`
 -- upgrades a version 2 database in place. Not shipped.
 
 -- otel_budget: the one migration for PostgreSQL and Supabase.

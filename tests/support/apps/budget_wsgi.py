@@ -1,4 +1,4 @@
-"""A small WSGI app for tests/test_gunicorn.py: the meter is built at import, as an
+"""A small WSGI app for tests/integration/test_gunicorn.py: the meter is built at import, as an
 app module would (`otel_budget.from_env()`), so under `gunicorn --preload` it is
 started in the master before the workers are forked.
 

@@ -1,4 +1,4 @@
-"""A Celery app for tests/test_graceful_stop.py, written as the README shows: the
+"""A Celery app for tests/integration/test_graceful_stop.py, written as the README shows: the
 meter is built at import (`otel_budget.from_env()`), here in the worker's main
 process before the prefork pool forks its children; no Celery signal code.
 

@@ -1,5 +1,5 @@
 """multiprocessing children that record spend and end the way multiprocessing ends
-them, for tests/test_graceful_stop.py: `Process` children and `Pool` workers end
+them, for tests/integration/test_graceful_stop.py: `Process` children and `Pool` workers end
 with `os._exit` under fork (no atexit), and the `Pool` context manager ends its
 workers with `terminate()` (SIGTERM). The meter is built at import, as the README
 shows; nothing calls shutdown() in a child.

@@ -1,4 +1,4 @@
-"""Launcher for tests/test_postgres_replicas.py: imports otel_budget once, then forks
+"""Launcher for tests/stores/test_postgres_replicas.py: imports otel_budget once, then forks
 N writer processes, each building its own BudgetMeter on PostgreSQL after the fork
 (checkpoint_every=1, collect_interval_s=0.05) and recording for `seconds`.
 

@@ -1,6 +1,6 @@
 """One worker of a fleet whose processes share a resource (what
 `opentelemetry-instrument` under the OpenTelemetry Operator gives every worker of
-a pod: the same service.instance.id), for tests/test_writer_series.py.
+a pod: the same service.instance.id), for tests/integration/test_writer_series.py.
 
     python -m tests.support.apps.shared_resource OTLP_METRICS_URL AGENT USD [--fork USD]
 

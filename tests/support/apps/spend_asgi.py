@@ -1,5 +1,5 @@
 """A plain ASGI app (`app`) and the same as WSGI (`wsgi_app`) for
-tests/test_graceful_stop.py, written as the README shows: the
+tests/integration/test_graceful_stop.py, written as the README shows: the
 meter is built at import (`otel_budget.from_env()`) and nothing else; no lifespan
 code, no shutdown call. Whether the final entries reach the store after a SIGTERM
 is the library's doing.
