@@ -11,6 +11,7 @@ with its own store and connections.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -171,7 +172,10 @@ def test_sixteen_meters_killed_at_random_lose_at_most_their_unflushed_tails(
     began = time.monotonic()
     for moment, index in moments:
         time.sleep(max(0.0, began + moment - time.monotonic()))
-        os.kill(pids[index], signal.SIGKILL)
+        # A writer may have finished its run already: then it is simply not killed
+        # (its log ends in "done" and it is checked as a survivor).
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[index], signal.SIGKILL)
     assert proc.wait(timeout=60) == 0, "a surviving writer failed (see its traceback above)"
 
     parsed = [_parse_log(p) for p in logs]
