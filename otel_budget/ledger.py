@@ -9,7 +9,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .errors import CheckpointError
+from .errors import CheckpointError, CorruptRowError
 from .money import round_usd
 from .stores.entries import is_amount
 
@@ -122,10 +122,10 @@ def validate_budget_document(content: Any, *, name: str) -> dict[str, Any]:
     """Check a stored budget document; raise CheckpointError naming the row."""
     where = f"budget row {name!r}"
     if not isinstance(content, dict):
-        raise CheckpointError(f"{where}: content is {type(content).__name__}, expected an object")
+        raise CorruptRowError(f"{where}: content is {type(content).__name__}, expected an object")
     instances = content.get("instances", {})
     if not isinstance(instances, dict):
-        raise CheckpointError(f"{where}: 'instances' must be an object")
+        raise CorruptRowError(f"{where}: 'instances' must be an object")
     for instance_id, entry in instances.items():
         validate_entry(entry, where=f"{where}, instance {instance_id!r}")
     return content

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol, Self, runtime_checkable
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, CorruptRowError, InvalidEntryError
 from .entries import DayTotals, MergeResult
 
 
@@ -171,7 +171,7 @@ def dumps_content(content: dict[str, Any]) -> str:
     try:
         return json.dumps(content, separators=(",", ":"), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"content is not JSON-serialisable: {exc}") from None
+        raise InvalidEntryError(f"content is not JSON-serialisable: {exc}") from None
 
 
 def loads_content(raw: str | bytes | dict[str, Any], *, patch_type: str, name: str) -> dict[str, Any]:
@@ -181,9 +181,9 @@ def loads_content(raw: str | bytes | dict[str, Any], *, patch_type: str, name: s
     try:
         value = json.loads(raw, parse_constant=_reject_constant)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"row {patch_type}/{name} holds invalid JSON: {exc}") from None
+        raise CorruptRowError(f"row {patch_type}/{name} holds invalid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise CheckpointError(
+        raise CorruptRowError(
             f"row {patch_type}/{name} holds {type(value).__name__}, expected a JSON object"
         )
     return value

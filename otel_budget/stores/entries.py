@@ -17,7 +17,7 @@ from datetime import date as _date
 from decimal import Decimal
 from typing import Any, TypedDict
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CorruptRowError
 
 WRITER_TYPE = "budget_writer"
 #: One row per day (`name='budget_YYYY-MM-DD'`) summing the day's retired writer rows.
@@ -304,7 +304,7 @@ def summary_problem(content: Any, day: str) -> str | None:
 def validate_summary(content: Any, *, day: str, where: str) -> dict[str, Any]:
     problem = summary_problem(content, day)
     if problem is not None:
-        raise CheckpointError(f"{where}: {problem}")
+        raise CorruptRowError(f"{where}: {problem}")
     assert isinstance(content, dict)
     return content
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CheckpointError, StoreError
+from ..errors import CheckpointError, CorruptRowError, StoreError
 from ..leases import (
     LEASE_TYPE,
     apply_acquire,
@@ -249,7 +249,7 @@ class MemoryStore(ContextStore):
     def _lease_doc(self, key: tuple[str, str]) -> dict[str, Any] | None:
         doc = self._rows.get(key)
         if doc is not None and (problem := lease_doc_problem(doc)) is not None:
-            raise CheckpointError(f"row {key[0]}/{key[1]}: {problem}")
+            raise CorruptRowError(f"row {key[0]}/{key[1]}: {problem}")
         return doc
 
     def put_raw(self, patch_type: str, name: str, content: Any) -> None:

@@ -108,3 +108,19 @@ def test_check_days() -> None:
     for bad in (["2026-02-30"], "2026-11-25", [20261125]):
         with pytest.raises(CheckpointError):
             check_days(bad)
+
+
+def test_bad_input_and_corrupt_stored_data_are_told_apart() -> None:
+    import math
+
+    from otel_budget.errors import CheckpointError, CorruptRowError, InvalidEntryError
+    from otel_budget.stores.base import dumps_content, loads_content
+
+    with pytest.raises(InvalidEntryError) as offered:
+        dumps_content({"spend_usd": math.nan})
+    assert isinstance(offered.value, ValueError) and isinstance(offered.value, CheckpointError)
+    with pytest.raises(CorruptRowError, match="budget_writer/budget_2026-11-25/w1") as stored:
+        loads_content('{"spend_usd": ', patch_type="budget_writer", name="budget_2026-11-25/w1")
+    assert not isinstance(stored.value, InvalidEntryError)
+    with pytest.raises(CorruptRowError):
+        loads_content("[1, 2]", patch_type="budget", name="budget_2026-11-25")
