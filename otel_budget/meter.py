@@ -437,9 +437,10 @@ class BudgetMeter:
             attributes = ledger.check_attributes(attributes)
         if self._closed:
             raise BudgetError("record() after shutdown(): this spend would be lost")
-        self._ledger.add(round(cost_usd * 1e9), attributes)
+        nanos = round(cost_usd * 1e9)
+        self._ledger.add(nanos, attributes)
         if self._perkey is not None:
-            self._perkey.add(round(cost_usd * 1e9), attributes, self._current_day())
+            self._perkey.add(nanos, attributes, self._current_day())
 
     def _current_day(self) -> date:
         # Priced on every record_usage: the ledger's lock-free read while the day is open.
