@@ -27,7 +27,7 @@ from typing import Any
 
 from . import ledger, money
 from .budgets import Budget
-from .stores.entries import DayTotals, amounts_problem, writer_row_name
+from .stores.entries import DayTotals, amounts_problem, summary_quarantine_name, writer_row_name
 
 _EMPTY: Mapping[str, float] = MappingProxyType({})
 
@@ -332,9 +332,11 @@ def after_merge(
         estimated = True
     names = sorted(quarantined)
     carried = carry_quarantined(prev, day, spend, names)
+    # A merge answers for today's rows (writer rows and the summary row); what a
+    # load named of other days stays until the next load.
+    todays = (f"budget_{day.isoformat()}/", summary_quarantine_name(day.isoformat()))
     return replace(prev, others=spend, writers=writers, quarantined=tuple(
-        sorted(set(names) | {n for n in prev.quarantined if not n.startswith(
-            f"budget_{day.isoformat()}/")})),
+        sorted(set(names) | {n for n in prev.quarantined if not n.startswith(todays)})),
         carried=MappingProxyType(carried), source=SOURCE_STORE, read_at=read_at,
         estimated=estimated)
 

@@ -10,6 +10,7 @@ from . import ledger, money
 from .errors import CheckpointError
 from .fleet import sort_entries
 from .stores.base import PatchStore
+from .stores.entries import SUMMARY_TYPE, summary_problem, summary_quarantine_name, summary_row_name
 
 
 def read_day(store: PatchStore, day: date | str) -> dict[str, Any]:
@@ -37,6 +38,8 @@ def read_day(store: PatchStore, day: date | str) -> dict[str, Any]:
     except CheckpointError:
         legacy = None
         quarantined.append(legacy_name)
+    if summary_malformed(store, name):
+        quarantined.append(summary_quarantine_name(name))
     by_budget: dict[str, float] = {}
     breakdown: dict[ledger.AttributesKey, float] = {}
     for entry in entries:
@@ -63,6 +66,16 @@ def read_day(store: PatchStore, day: date | str) -> dict[str, Any]:
         "legacy": legacy is not None,
         "quarantined": sorted(set(quarantined)),
     }
+
+
+def summary_malformed(store: PatchStore, day: str) -> bool:
+    """Whether the day's summary row is there and malformed (the stores count the
+    retired rows in its place; a person should still hear of it)."""
+    try:
+        content = store.get(SUMMARY_TYPE, summary_row_name(day))
+    except CheckpointError:
+        return True
+    return content is not None and summary_problem(content, day) is not None
 
 
 def list_nudges(store: PatchStore, day: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import date as _date
 from decimal import Decimal
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from ..errors import CheckpointError, CorruptRowError
 
@@ -94,8 +94,78 @@ def _string_problem(value: str) -> str | None:
     return None
 
 
+#: Values that never hold a string, a key or a float.
+_INERT = frozenset({int, bool, type(None)})
+_TEXT = frozenset({str})
+_NUMBERS = frozenset({int, float})
+_MAX_CONTAINERS = 1_000_000
+
+
+def _plainly_clean(value: Any) -> bool:
+    """True if `_strings_walk` would find nothing in `value`, checked with C-level
+    passes: a writer entry of 10,000 per-key items holds 20,000 strings, and the
+    walk costs a microsecond a string (a sixth of a checkpoint). Every string is
+    joined into one text, searched for NUL and encoded once; only plain dicts, lists
+    and tuples are entered. False means "look closer", never "bad": anything
+    unusual (a subclass, another type, a sum that overflows) is left to the walk,
+    which names the culprit."""
+    texts: list[str] = []
+    pending: list[Any] = [value]
+    for item in pending:  # grows as containers are found
+        kind = type(item)
+        members: Iterable[Any]
+        if kind is dict:
+            if not set(map(type, item)) <= _TEXT:
+                return False
+            texts += item
+            members = item.values()
+        elif kind is list or kind is tuple:
+            members = item
+        elif kind is str:
+            texts.append(item)
+            continue
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+            continue
+        elif kind in _INERT:
+            continue
+        else:
+            return False
+        kinds = set(map(type, members))
+        if kinds <= _TEXT:
+            texts += members
+        elif kinds <= _NUMBERS:
+            # A non-finite float makes the sum non-finite; so may a huge one (then
+            # the walk decides).
+            try:
+                if not math.isfinite(sum(members, 0.0)):
+                    return False
+            except OverflowError:
+                return False
+        else:
+            pending += members
+            if len(pending) > _MAX_CONTAINERS:  # a cycle, or no entry of ours
+                return False
+    text = "".join(texts)
+    if "\x00" in text:
+        return False
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
 def _strings_problem(value: Any, path: str) -> str | None:
     """The first string (key or value, at any depth) PostgreSQL's jsonb would refuse."""
+    if _plainly_clean(value):
+        return None
+    return _strings_walk(value, path)
+
+
+def _strings_walk(value: Any, path: str) -> str | None:
     if isinstance(value, str):
         problem = _string_problem(value)
         return f"{path} {problem}" if problem else None
@@ -105,11 +175,11 @@ def _strings_problem(value: Any, path: str) -> str | None:
                 return f"a key in {path} {problem}"
             if not isinstance(key, str):
                 return f"{path} has a non-string key {key!r:.40}"
-            if found := _strings_problem(item, f"{path}.{key}"):
+            if found := _strings_walk(item, f"{path}.{key}"):
                 return found
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            if found := _strings_problem(item, f"{path}[{i}]"):
+            if found := _strings_walk(item, f"{path}[{i}]"):
                 return found
     elif isinstance(value, float) and not math.isfinite(value):
         return f"{path} is {value}, not JSON"
@@ -299,6 +369,46 @@ def summary_problem(content: Any, day: str) -> str | None:
     if set(content["by_budget_nanos"]) != set(content["budget_writers"]):
         return "by_budget_nanos and budget_writers must name the same budgets"
     return None
+
+
+def summary_quarantine_name(day: str) -> str:
+    """How a malformed summary row is named among quarantined rows: with its type,
+    since a version 1 day document has the same name."""
+    return f"{SUMMARY_TYPE}/{summary_row_name(day)}"
+
+
+class SummaryBase(NamedTuple):
+    """The day's summary as a write or a sum should build on it."""
+
+    #: The stored row if well-formed, else the sums rebuilt from the day's retired
+    #: writer rows (None when there are none): what the row should hold either way.
+    content: dict[str, Any] | None
+    #: False when the stored row is malformed: it is quarantined, left as it is
+    #: (never overwritten: a person may want to see it), and sums use `content`.
+    writable: bool
+    quarantined: list[str]
+
+
+def stored_summary(day: str, content: Any) -> dict[str, Any] | None:
+    """`content` (a stored summary row) if well-formed, else None."""
+    return content if summary_problem(content, day) is None else None
+
+
+def rebuild_summary(
+    day: str, retired: Iterable[tuple[str, Any]], *, malformed: bool,
+) -> SummaryBase:
+    """The summary of the day's retired writer rows `retired` ((name, content)
+    pairs), for when the stored row is absent (deleted by hand, or from before any
+    retirement) or `malformed`. Rows are never deleted, so the sums are exact; a
+    retired row whose amounts are not amounts is left out and named."""
+    content: dict[str, Any] | None = None
+    bad = [summary_quarantine_name(day)] if malformed else []
+    for name, row in retired:
+        if amounts_problem(row) is not None:
+            bad.append(name)
+            continue
+        content = summary_add(content or empty_summary(day), add=row)
+    return SummaryBase(content, not malformed, bad)
 
 
 def validate_summary(content: Any, *, day: str, where: str) -> dict[str, Any]:

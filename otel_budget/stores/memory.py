@@ -25,17 +25,20 @@ from .entries import (
     WRITER_TYPE,
     DayTotals,
     MergeResult,
+    SummaryBase,
     amounts_problem,
     check_days,
     normalize_writer_entry,
     plan_write,
+    rebuild_summary,
+    stored_summary,
     summarize,
     summary_row_name,
-    validate_summary,
     validate_writer_entry,
     writer_entry_problem,
     writer_row_name,
 )
+from .keysums import sum_entry_keys
 from .shares import day_spend_from_entries
 
 if TYPE_CHECKING:
@@ -90,7 +93,7 @@ class MemoryStore(ContextStore):
         result = self._write(entry, retire=False)
         if self._reaps.due():
             assert self._reaps.stale_after_s is not None
-            # A malformed summary row stops it: every merge of that day names the row.
+            # A malformed writer row elsewhere is left where it is; the merges name it.
             with contextlib.suppress(CheckpointError):
                 self.reap_stale(self._reaps.stale_after_s)
         return result
@@ -114,11 +117,12 @@ class MemoryStore(ContextStore):
                         or name != writer_row_name(row["date"], row["writer_id"])):
                     continue  # retired already, or quarantined: left where it is
                 day = row["date"]
-                plan = plan_write(row, row, self._summary(day), retire=True)
+                summary = self._summary(day)
+                plan = plan_write(row, row, summary.content, retire=True)
                 if plan["row"] is not None:
                     self._rows[(WRITER_TYPE, name)] = copy.deepcopy(plan["row"])
                     self._written[name] = time.time()
-                if plan["summary"] is not None:
+                if plan["summary"] is not None and summary.writable:
                     self._rows[(SUMMARY_TYPE, summary_row_name(day))] = plan["summary"]
                 reaped.append(name)
         return reaped
@@ -137,14 +141,16 @@ class MemoryStore(ContextStore):
             if (WRITER_TYPE, name) in self._rows:
                 stored = validate_writer_entry(
                     self._rows[(WRITER_TYPE, name)], where=f"row {WRITER_TYPE}/{name}")
-            plan = plan_write(checked, stored, self._summary(day), retire=retire)
+            summary = self._summary(day)
+            plan = plan_write(checked, stored, summary.content, retire=retire)
             # Summed before writing; a malformed row elsewhere is named, not summed.
-            others = self._summarize(day, exclude=name, base=plan["others_base"])
+            others = self._summarize(day, exclude=name, base=plan["others_base"],
+                                     quarantined=summary.quarantined)
             if plan["row"] is not None:
                 self._rows[(WRITER_TYPE, name)] = copy.deepcopy(plan["row"])
                 self._days.setdefault(day, set()).add(name)
                 self._written[name] = time.time()
-            if plan["summary"] is not None:
+            if plan["summary"] is not None and summary.writable:
                 self._rows[(SUMMARY_TYPE, summary_row_name(day))] = plan["summary"]
         return {"applied": plan["applied"], "stored_seq": plan["stored_seq"], "others": others}
 
@@ -152,8 +158,12 @@ class MemoryStore(ContextStore):
         self._check_open()
         wanted = check_days(days)
         with self._lock:
-            return {day: self._summarize(day, exclude=None, base=self._summary(day))
-                    for day in wanted}
+            out: dict[str, DayTotals] = {}
+            for day in wanted:
+                summary = self._summary(day)
+                out[day] = self._summarize(day, exclude=None, base=summary.content,
+                                           quarantined=summary.quarantined)
+            return out
 
     def budget_day_spend(self, days: Sequence[str], budgets: Sequence[Budget], *,
                          closed_before: str) -> dict[str, dict[str, float]]:
@@ -179,18 +189,20 @@ class MemoryStore(ContextStore):
                     out.append(row)
         return out
 
-    def _summary(self, day: str) -> dict[str, Any] | None:
+    def _summary(self, day: str) -> SummaryBase:
         name = summary_row_name(day)
-        if (SUMMARY_TYPE, name) not in self._rows:
-            return None
-        return validate_summary(self._rows[(SUMMARY_TYPE, name)], day=day,
-                                where=f"row {SUMMARY_TYPE}/{name}")
+        stored = self._rows.get((SUMMARY_TYPE, name))
+        if stored is not None and stored_summary(day, stored) is not None:
+            return SummaryBase(stored, True, [])
+        retired = [(n, self._rows[(WRITER_TYPE, n)]) for n in sorted(self._days.get(day, ()))
+                   if _is_retired(self._rows[(WRITER_TYPE, n)])]
+        return rebuild_summary(day, retired, malformed=(SUMMARY_TYPE, name) in self._rows)
 
-    def _summarize(self, day: str, *, exclude: str | None,
-                   base: dict[str, Any] | None) -> DayTotals:
-        """`base` (the summary row) plus the day's writer rows not retired."""
+    def _summarize(self, day: str, *, exclude: str | None, base: dict[str, Any] | None,
+                   quarantined: Sequence[str] = ()) -> DayTotals:
+        """`base` (the summary) plus the day's writer rows not retired."""
         rows = []
-        bad = []
+        bad = list(quarantined)
         for name in sorted(self._days.get(day, ())):
             if name == exclude:
                 continue
@@ -265,3 +277,31 @@ class MemoryStore(ContextStore):
 
     def close(self) -> None:
         self._closed = True
+
+    # --- the rest of the contract (otel_budget.stores.base) ----------------------------
+
+    def key_sums(self, days: Sequence[str], budgets: Sequence[str], *,
+                 exclude_writer: str = "") -> tuple[dict[str, dict[str, float]], list[str]]:
+        """Each per-key budget's spend per key (see SummingStore), in Python."""
+        return sum_entry_keys(self.writer_entries(days, breakdown=False), budgets,
+                              exclude_writer=exclude_writer)
+
+    def identity(self) -> str:
+        """This object: nothing outlives it, so the spool keeps its entries apart."""
+        return f"{type(self).__name__}:{id(self)}"
+
+    @property
+    def known_identity(self) -> str:
+        return self.identity()
+
+    @property
+    def spool_key(self) -> str:
+        return self.identity()
+
+    @property
+    def legacy_spool_key(self) -> None:
+        return None
+
+
+def _is_retired(row: Any) -> bool:
+    return isinstance(row, dict) and row.get("retired") is True

@@ -560,6 +560,76 @@ end
 $fn$;
 
 
+-- The day's summary rebuilt from its retired writer rows, the row p_exclude left
+-- out (NULL when no row is left): for a summary row that is absent (deleted by
+-- hand to repair a malformed one). Rows are never deleted, so it is exact.
+-- Mirrors otel_budget.stores.entries.rebuild_summary.
+create or replace function public.otel_budget_summary_rebuilt(p_day text, p_exclude text)
+returns jsonb
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_row jsonb;
+    v_base jsonb;
+begin
+    for v_row in
+        select q.content from public.quilt_patches as q
+         where q.patch_type = 'budget_writer' and (q.content ->> 'date') = p_day
+           and (q.content ? 'retired') and q.name is distinct from p_exclude
+           and public.otel_budget_amounts_ok(q.content)
+         order by q.name
+    loop
+        v_base := public.otel_budget_summary_add(v_base, p_day, v_row, null);
+    end loop;
+    return v_base;
+end
+$fn$;
+
+
+-- Move the day's summary row by p_add in and p_sub out, for the writer row p_name
+-- that this transaction has just written (and locked). A malformed summary row is
+-- quarantined: left as it is (the totals come from the shards, and name it). An
+-- absent one is rebuilt from the retired rows other than p_name, to which p_add is
+-- added (p_sub, p_name's old content, is not in it). A concurrent first insert
+-- wins the conflict and this one's move applies to it.
+create or replace function public.otel_budget_summary_move(
+    p_day text, p_name text, p_add jsonb, p_sub jsonb
+)
+returns void
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_summary jsonb;
+begin
+    select q.content into v_summary from public.quilt_patches as q
+     where q.patch_type = 'budget_summary' and q.name = 'budget_' || p_day
+       for update;
+    if found then
+        if public.otel_budget_summary_problem(v_summary, p_day) is null then
+            update public.quilt_patches as q
+               set content = public.otel_budget_summary_add(v_summary, p_day, p_add, p_sub),
+                   updated_at = now()
+             where q.patch_type = 'budget_summary' and q.name = 'budget_' || p_day;
+        end if;
+        return;
+    end if;
+    insert into public.quilt_patches as q (patch_type, name, content)
+    values ('budget_summary', 'budget_' || p_day, public.otel_budget_summary_add(
+                public.otel_budget_summary_rebuilt(p_day, p_name), p_day, p_add, null))
+    on conflict (patch_type, name) do update
+        set content = public.otel_budget_summary_add(q.content, p_day, p_add, p_sub),
+            updated_at = now()
+        where public.otel_budget_summary_problem(q.content, p_day) is null;
+end
+$fn$;
+
+
 -- ---------------------------------------------------------------------------
 -- Version 3: the day's aggregate, so a merge costs the same with 10 writers or
 -- 10,000 (live or not). public.otel_budget_day_shards holds, per (day, shard),
@@ -936,11 +1006,14 @@ declare
     v_stamp text;
     v_budgets jsonb;
     v_bad jsonb;
+    v_summary_bad jsonb;
     v_own jsonb;
 begin
-    perform public.otel_budget_summary_checked(s.content, p_day)
-       from public.quilt_patches as s
-      where s.patch_type = 'budget_summary' and s.name = 'budget_' || p_day;
+    -- A malformed summary row is named, never fatal: the shards hold every row.
+    select pg_catalog.jsonb_build_array('budget_summary/' || s.name) into v_summary_bad
+      from public.quilt_patches as s
+     where s.patch_type = 'budget_summary' and s.name = 'budget_' || p_day
+       and public.otel_budget_summary_problem(s.content, p_day) is not null;
     if p_own is not null and jsonb_typeof(p_own -> 'date') = 'string'
        and (p_own ->> 'date') = p_day then
         if public.otel_budget_amounts_ok(p_own) then
@@ -986,7 +1059,7 @@ begin
         'updated_at', v_stamp,
         'by_budget', v_budgets -> 'by_budget',
         'budget_writers', v_budgets -> 'budget_writers',
-        'quarantined', coalesce(v_bad, '[]'::jsonb));
+        'quarantined', coalesce(v_summary_bad, '[]'::jsonb) || coalesce(v_bad, '[]'::jsonb));
 end
 $fn$;
 
@@ -1080,7 +1153,6 @@ declare
     v_day text;
     v_writer text;
     v_name text;
-    v_summary_name text;
     v_seq numeric;
     v_entry jsonb;
     v_stored jsonb;
@@ -1104,7 +1176,6 @@ begin
     v_day := p_entry ->> 'date';
     v_writer := p_entry ->> 'writer_id';
     v_name := 'budget_' || v_day || '/' || v_writer;
-    v_summary_name := 'budget_' || v_day;
     v_seq := (p_entry ->> 'seq')::numeric;
     v_entry := p_entry || jsonb_build_object(
         'spend_usd', pg_catalog.trim_scale(round((p_entry ->> 'spend_usd')::numeric, 9)));
@@ -1142,12 +1213,7 @@ begin
         on conflict (patch_type, name) do nothing;
         if found then
             if p_retire then
-                insert into public.quilt_patches as q (patch_type, name, content)
-                values ('budget_summary', v_summary_name,
-                        public.otel_budget_summary_add(null, v_day, v_entry, null))
-                on conflict (patch_type, name) do update
-                    set content = public.otel_budget_summary_add(q.content, v_day, v_entry, null),
-                        updated_at = now();
+                perform public.otel_budget_summary_move(v_day, v_name, v_entry, null);
             end if;
             return jsonb_build_object('applied', true, 'stored_seq', v_seq,
                                       'others', public.otel_budget_others(v_day, v_name, v_final));
@@ -1170,15 +1236,7 @@ begin
             update public.quilt_patches as q
                set content = v_final, updated_at = now()
              where q.patch_type = 'budget_writer' and q.name = v_name;
-            update public.quilt_patches as q
-               set content = public.otel_budget_summary_add(q.content, v_day, v_entry, v_stored),
-                   updated_at = now()
-             where q.patch_type = 'budget_summary' and q.name = v_summary_name;
-            if not found then
-                raise exception using errcode = 'OB002',
-                    message = format('row budget_writer/%s is retired but the day has no summary row %L',
-                                     v_name, 'budget_summary/' || v_summary_name);
-            end if;
+            perform public.otel_budget_summary_move(v_day, v_name, v_entry, v_stored);
         end if;
     else
         v_kept := case when v_applied then v_entry else v_stored end;
@@ -1187,12 +1245,7 @@ begin
             update public.quilt_patches as q
                set content = v_final, updated_at = now()
              where q.patch_type = 'budget_writer' and q.name = v_name;
-            insert into public.quilt_patches as q (patch_type, name, content)
-            values ('budget_summary', v_summary_name,
-                    public.otel_budget_summary_add(null, v_day, v_kept, null))
-            on conflict (patch_type, name) do update
-                set content = public.otel_budget_summary_add(q.content, v_day, v_kept, null),
-                    updated_at = now();
+            perform public.otel_budget_summary_move(v_day, v_name, v_kept, null);
         elsif v_applied then
             v_final := v_entry;
             update public.quilt_patches as q
@@ -1874,6 +1927,8 @@ declare
         'public.otel_budget_summary_problem(jsonb, text)',
         'public.otel_budget_summary_checked(jsonb, text)',
         'public.otel_budget_summary_add(jsonb, text, jsonb, jsonb)',
+        'public.otel_budget_summary_rebuilt(text, text)',
+        'public.otel_budget_summary_move(text, text, jsonb, jsonb)',
         'public.otel_budget_day_totals_minus(text[], text, jsonb)',
         'public.otel_budget_day_totals(text[], text)',
         'public.otel_budget_writer_entries(text[], boolean)',

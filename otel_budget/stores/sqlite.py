@@ -48,17 +48,20 @@ from .entries import (
     WRITER_TYPE,
     DayTotals,
     MergeResult,
+    SummaryBase,
     amounts_problem,
     check_days,
     normalize_writer_entry,
     plan_write,
+    rebuild_summary,
+    stored_summary,
     summarize,
     summary_row_name,
-    validate_summary,
     validate_writer_entry,
     writer_entry_problem,
     writer_row_name,
 )
+from .keysums import key_sums_of_rows, sqlite_key_sums
 from .shares import day_spend_from_entries
 
 _SCHEMA = (
@@ -86,6 +89,13 @@ CREATE INDEX IF NOT EXISTS quilt_patches_writer_day
 CREATE INDEX IF NOT EXISTS quilt_patches_writer_live
     ON quilt_patches (json_extract(content, '$.date'))
     WHERE patch_type = 'budget_writer' AND json_extract(content, '$.retired') IS NULL
+""",
+    # The day's retired writer rows: what rebuilds the summary row when it is absent
+    # or malformed (quarantined). Spelled exactly so in _RETIRED_ROWS.
+    """
+CREATE INDEX IF NOT EXISTS quilt_patches_writer_retired
+    ON quilt_patches (json_extract(content, '$.date'))
+    WHERE patch_type = 'budget_writer' AND json_extract(content, '$.retired') IS NOT NULL
 """,
     # One row per date: the summary row (retired writers), the writer rows not retired,
     # and version 1 day documents together.
@@ -136,6 +146,11 @@ _DAY_ROWS = (
     "WHERE patch_type = 'budget_writer' AND json_extract(content, '$.date') = ? "
     "AND json_extract(content, '$.retired') IS NULL"
 )
+_RETIRED_ROWS = (
+    "SELECT name, content FROM quilt_patches INDEXED BY quilt_patches_writer_retired "
+    "WHERE patch_type = 'budget_writer' AND json_extract(content, '$.date') = ? "
+    "AND json_extract(content, '$.retired') IS NOT NULL ORDER BY name"
+)
 _ROW = "SELECT content FROM quilt_patches WHERE patch_type = ? AND name = ?"
 # Live writer rows not written since the cutoff, oldest first (the reaper's).
 _STALE_ROWS = (
@@ -171,13 +186,15 @@ def sqlite_path(url: str) -> str:
 
 
 _SCHEMA_OBJECTS = frozenset(
-    {"quilt_patches", "quilt_patches_writer_day", "quilt_patches_writer_live", "otel_budget_days"}
+    {"quilt_patches", "quilt_patches_writer_day", "quilt_patches_writer_live",
+     "quilt_patches_writer_retired", "otel_budget_days"}
 )
 
 
 def _schema_is_current(conn: sqlite3.Connection) -> bool:
     rows = conn.execute(
-        "SELECT name, sql FROM sqlite_master WHERE name IN (?, ?, ?, ?)", tuple(_SCHEMA_OBJECTS)
+        f"SELECT name, sql FROM sqlite_master WHERE name IN ({', '.join('?' * len(_SCHEMA_OBJECTS))})",
+        tuple(_SCHEMA_OBJECTS),
     ).fetchall()
     found = {name: sql for name, sql in rows}
     return set(found) == _SCHEMA_OBJECTS and "budget_summary" in str(found["otel_budget_days"])
@@ -378,10 +395,11 @@ class SQLiteStore(ContextStore):
                                 or name != writer_row_name(row["date"], row["writer_id"])):
                             continue  # quarantined: left where it is, named by the merges
                         day = row["date"]
-                        plan = plan_write(row, row, self._summary(conn, day), retire=True)
+                        summary = self._summary(conn, day)
+                        plan = plan_write(row, row, summary.content, retire=True)
                         if plan["row"] is not None:
                             conn.execute(_UPSERT, (WRITER_TYPE, name, dumps_content(plan["row"])))
-                        if plan["summary"] is not None:
+                        if plan["summary"] is not None and summary.writable:
                             conn.execute(_UPSERT, (SUMMARY_TYPE, summary_row_name(day),
                                                    dumps_content(plan["summary"])))
                         reaped.append(name)
@@ -417,11 +435,13 @@ class SQLiteStore(ContextStore):
                         stored = validate_writer_entry(
                             loads_content(row[0], patch_type=WRITER_TYPE, name=name), where=where
                         )
-                    plan = plan_write(checked, stored, self._summary(conn, day), retire=retire)
-                    others = self._totals(conn, day, exclude=name, base=plan["others_base"])
+                    summary = self._summary(conn, day)
+                    plan = plan_write(checked, stored, summary.content, retire=retire)
+                    others = self._totals(conn, day, exclude=name, base=plan["others_base"],
+                                          quarantined=summary.quarantined)
                     if plan["row"] is not None:
                         conn.execute(_UPSERT, (WRITER_TYPE, name, dumps_content(plan["row"])))
-                    if plan["summary"] is not None:
+                    if plan["summary"] is not None and summary.writable:
                         conn.execute(_UPSERT, (SUMMARY_TYPE, summary_row_name(day),
                                                dumps_content(plan["summary"])))
                     conn.execute("COMMIT")
@@ -440,9 +460,12 @@ class SQLiteStore(ContextStore):
             try:
                 conn.execute("BEGIN")  # one snapshot for every day
                 try:
-                    return {day: self._totals(conn, day, exclude=None,
-                                              base=self._summary(conn, day))
-                            for day in wanted}
+                    out: dict[str, DayTotals] = {}
+                    for day in wanted:
+                        summary = self._summary(conn, day)
+                        out[day] = self._totals(conn, day, exclude=None, base=summary.content,
+                                                quarantined=summary.quarantined)
+                    return out
                 finally:
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -589,24 +612,61 @@ class SQLiteStore(ContextStore):
                 self._conn.close()
             self._conn = None
 
+    # --- the rest of the contract (otel_budget.stores.base) ----------------------------
+
+    def key_sums(self, days: Sequence[str], budgets: Sequence[str], *,
+                 exclude_writer: str = "") -> tuple[dict[str, dict[str, float]], list[str]]:
+        """Each per-key budget's spend per key, summed in SQL (see SummingStore):
+        items that are no amount are skipped, so no row is named."""
+        if not days or not budgets:
+            return {}, []
+        with self._lock:
+            try:
+                rows = self._connection().execute(
+                    sqlite_key_sums(len(days), len(budgets)),
+                    (*days, *budgets, exclude_writer)).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"reading the spend per key failed: {exc}") from None
+        return key_sums_of_rows(rows), []
+
+    @property
+    def spool_key(self) -> str:
+        return self.identity()  # the real path: no I/O beyond the file system's
+
+    @property
+    def legacy_spool_key(self) -> str:
+        """What version 2 keyed this file's spool by."""
+        return f"sqlite:{self._path}"
+
     # --- plumbing ------------------------------------------------------------------
 
     @staticmethod
-    def _summary(conn: sqlite3.Connection, day: str) -> dict[str, Any] | None:
+    def _summary(conn: sqlite3.Connection, day: str) -> SummaryBase:
         name = summary_row_name(day)
         row = conn.execute(_ROW, (SUMMARY_TYPE, name)).fetchone()
-        if row is None:
-            return None
-        return validate_summary(loads_content(row[0], patch_type=SUMMARY_TYPE, name=name),
-                                day=day, where=f"row {SUMMARY_TYPE}/{name}")
+        if row is not None:
+            try:
+                content = stored_summary(day, loads_content(row[0], patch_type=SUMMARY_TYPE,
+                                                            name=name))
+            except CheckpointError:  # not JSON: as malformed as a wrong field
+                content = None
+            if content is not None:
+                return SummaryBase(content, True, [])
+        retired: list[tuple[str, Any]] = []
+        for writer, text in conn.execute(_RETIRED_ROWS, (day,)):
+            try:
+                retired.append((writer, json.loads(text)))
+            except ValueError:
+                retired.append((writer, None))  # named by rebuild_summary
+        return rebuild_summary(day, retired, malformed=row is not None)
 
     @staticmethod
     def _totals(conn: sqlite3.Connection, day: str, *, exclude: str | None,
-                base: dict[str, Any] | None) -> DayTotals:
-        """`base` (the summary row) plus the day's writer rows not retired; a row whose
+                base: dict[str, Any] | None, quarantined: Sequence[str] = ()) -> DayTotals:
+        """`base` (the summary) plus the day's writer rows not retired; a row whose
         amounts are not amounts is left out and named (quarantined), never fatal."""
         rows: list[dict[str, Any]] = []
-        bad: list[str] = []
+        bad: list[str] = list(quarantined)
         for name, spend, updated_at, by_budget in conn.execute(_DAY_ROWS, (day,)):
             if name == exclude:
                 continue

@@ -21,7 +21,13 @@ import pytest
 
 from otel_budget import Budget, BudgetConfig, BudgetExceeded, BudgetMeter
 from otel_budget.stores.base import PatchStore
-from otel_budget.stores.entries import WRITER_TYPE, writer_row_name
+from otel_budget.stores.entries import (
+    SUMMARY_TYPE,
+    WRITER_TYPE,
+    summary_quarantine_name,
+    summary_row_name,
+    writer_row_name,
+)
 from otel_budget.stores.postgres import PostgresStore
 from otel_budget.stores.sqlite import SQLiteStore
 from tests.support.helpers import FakeClock, wait_for
@@ -31,9 +37,13 @@ Factory = Callable[[], PatchStore]
 
 
 class Kind:
-    def __init__(self, name: str, factory: Factory, plant: Callable[[str, dict[str, Any]], None]
-                 ) -> None:
-        self.name, self.factory, self.plant = name, factory, plant
+    def __init__(self, name: str, factory: Factory,
+                 put: Callable[[str, str, str | None], None]) -> None:
+        self.name, self.factory, self.put = name, factory, put
+
+    def plant(self, name: str, content: dict[str, Any]) -> None:
+        """A writer row, hand-edited into `content`."""
+        self.put(WRITER_TYPE, name, json.dumps(content))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -47,12 +57,17 @@ def kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kind]:
             opened.append(store)
             return store
 
-        def sqlite_plant(name: str, content: dict[str, Any]) -> None:
+        def sqlite_put(patch_type: str, name: str, text: str | None) -> None:
+            """Store `text` as the row's content, or delete the row (None)."""
             with closing(sqlite3.connect(path)) as conn, conn:
-                conn.execute("INSERT OR REPLACE INTO quilt_patches (patch_type, name, content) "
-                             "VALUES (?, ?, ?)", (WRITER_TYPE, name, json.dumps(content)))
+                if text is None:
+                    conn.execute("DELETE FROM quilt_patches WHERE patch_type = ? AND name = ?",
+                                 (patch_type, name))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO quilt_patches (patch_type, name, content) "
+                                 "VALUES (?, ?, ?)", (patch_type, name, text))
 
-        yield Kind("sqlite", sqlite_factory, sqlite_plant)
+        yield Kind("sqlite", sqlite_factory, sqlite_put)
     else:
         url: str = request.getfixturevalue("pg_clean")
 
@@ -61,15 +76,18 @@ def kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kind]:
             opened.append(store)
             return store
 
-        def pg_plant(name: str, content: dict[str, Any]) -> None:
+        def pg_put(patch_type: str, name: str, text: str | None) -> None:
             with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute(
-                    "insert into public.quilt_patches (patch_type, name, content) "
-                    "values (%s, %s, %s::jsonb) on conflict (patch_type, name) "
-                    "do update set content = excluded.content",
-                    (WRITER_TYPE, name, json.dumps(content)))
+                if text is None:
+                    conn.execute("delete from public.quilt_patches "
+                                 "where patch_type = %s and name = %s", (patch_type, name))
+                else:
+                    conn.execute(
+                        "insert into public.quilt_patches (patch_type, name, content) "
+                        "values (%s, %s, %s::jsonb) on conflict (patch_type, name) "
+                        "do update set content = excluded.content", (patch_type, name, text))
 
-        yield Kind("postgresql", pg_factory, pg_plant)
+        yield Kind("postgresql", pg_factory, pg_put)
     for store in opened:
         store.close()
 
@@ -197,6 +215,68 @@ def test_one_malformed_row_among_four_writers_is_quarantined_not_zeroed(
         # Each writer's view misses at most the other two writers' calls since its own
         # last merge: one checkpoint period's spend.
         assert worst <= 2.0
+    finally:
+        for meter in meters:
+            meter.shutdown(timeout=5)
+
+
+def test_a_malformed_summary_row_is_quarantined_and_the_fleet_keeps_counting(
+    kind: Kind, clock: FakeClock
+) -> None:
+    """The day's summary row (what retired writers fold into) hand-edited into
+    garbage: checkpoints and retirements still land, every writer's spend (retired
+    ones' too) still counts, health names the row (degraded), a fresh start neither
+    raises nor zeroes, and deleting the row repairs the day."""
+    budgets = [Budget("daily", 20.0, hard=True, enforce="process")]
+    day = clock().date().isoformat()
+    gone = [BudgetMeter(_config(f"old{i}", budgets), store=kind.factory(), clock=clock).start()
+            for i in range(2)]
+    for meter in gone:
+        meter.record(3.0, {"agent": "x"})
+        meter.shutdown(timeout=5)  # retired into the summary row: $6
+    kind.put(SUMMARY_TYPE, summary_row_name(day), json.dumps({"date": day, "spend_nanos": "lots"}))
+    bad = summary_quarantine_name(day)
+    meters = [BudgetMeter(_config(f"w{i}", budgets), store=kind.factory(), clock=clock).start()
+              for i in range(3)]
+    try:
+        for meter in meters:
+            assert meter.health()["quarantined_rows"] == [bad], "named at start, not raised"
+            meter.record(2.0, {"agent": "x"})
+            assert meter.checkpoint(), "checkpoints still land"
+        meters[2].shutdown(timeout=5)  # a retirement while the row is quarantined
+        alive = meters[:2]
+        calls, worst = 0, 0.0
+        for meter in alive:
+            assert meter.checkpoint()
+            health = meter.health()
+            assert health["status"] == "degraded" and health["quarantined_rows"] == [bad]
+            assert any(bad in reason for reason in health["reasons"])
+            assert not any("checkpoint" in reason and "fail" in reason
+                           for reason in health["reasons"])
+            assert _spend(meter, "daily") == 12.0, "$6 retired + $6 of three writers"
+        for _ in range(10):
+            for meter in alive:
+                if _try(meter, 1.0, {"agent": "x"}):
+                    calls += 1
+                    fleet = 8.0 + sum(m.health()["instance_spend_usd"] for m in alive)
+                    worst = max(worst, fleet - 20.0)
+                assert meter.checkpoint()
+        stored = 8.0 + sum(m.health()["instance_spend_usd"] for m in alive)
+        print(f"\n[{kind.name}] malformed summary row, $20 process cap: fleet spent "
+              f"${stored:.2f} ({calls} calls granted, worst overshoot ${worst:+.2f})")
+        assert stored <= 21.0 and worst <= 1.0, "within one call of the cap"
+        assert stored >= 19.0, "refused only near the cap, not blind"
+        # The repair: delete the row; the day is rebuilt from the retired rows.
+        kind.put(SUMMARY_TYPE, summary_row_name(day), None)
+        for meter in alive:
+            assert meter.checkpoint()
+            assert meter.health()["quarantined_rows"] == []
+        late = BudgetMeter(_config("late", budgets), store=kind.factory(), clock=clock).start()
+        try:
+            assert late.health()["quarantined_rows"] == []
+            assert _spend(late, "daily") == stored
+        finally:
+            late.shutdown(timeout=5)
     finally:
         for meter in meters:
             meter.shutdown(timeout=5)

@@ -19,12 +19,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from otel_budget import CheckpointError
+from otel_budget import CheckpointError, read_day
 from otel_budget.stores.base import PatchStore
 from otel_budget.stores.entries import (
     LEGACY_TYPE,
     SUMMARY_TYPE,
     WRITER_TYPE,
+    summary_quarantine_name,
     summary_row_name,
     writer_row_name,
 )
@@ -45,16 +46,23 @@ class Kind:
     put_raw: Callable[[str, str, str], None]
     raw: Callable[[str, str], tuple[Any, ...] | None]  # (content text, updated_at)
     table_count: Callable[[], int]
+    delete_raw: Callable[[str, str], None]
 
 
 def _pg_helpers(url: str) -> tuple[Callable[[str, str, str], None],
                                    Callable[[str, str], tuple[Any, ...] | None],
-                                   Callable[[], int]]:
+                                   Callable[[], int], Callable[[str, str], None]]:
     def put_raw(patch_type: str, name: str, content: str) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
                 "insert into public.quilt_patches (patch_type, name, content) "
-                "values (%s, %s, %s::jsonb)", (patch_type, name, content))
+                "values (%s, %s, %s::jsonb) on conflict (patch_type, name) "
+                "do update set content = excluded.content", (patch_type, name, content))
+
+    def delete_raw(patch_type: str, name: str) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("delete from public.quilt_patches where patch_type = %s and name = %s",
+                         (patch_type, name))
 
     def raw(patch_type: str, name: str) -> tuple[Any, ...] | None:
         with psycopg.connect(url) as conn:
@@ -67,7 +75,7 @@ def _pg_helpers(url: str) -> tuple[Callable[[str, str, str], None],
             row = conn.execute("select count(*) from public.quilt_patches").fetchone()
         return int(row[0]) if row else -1
 
-    return put_raw, raw, count
+    return put_raw, raw, count, delete_raw
 
 
 @pytest.fixture(params=["memory", "postgresql", "supabase", "sqlite"])
@@ -82,7 +90,10 @@ def kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kind]:
             row = mem._rows.get((patch_type, name))
             return None if row is None else (json.dumps(row, sort_keys=True),)
 
-        yield Kind("memory", mem, mem_put, mem_raw, lambda: len(mem._rows))
+        def mem_delete(patch_type: str, name: str) -> None:
+            del mem._rows[(patch_type, name)]
+
+        yield Kind("memory", mem, mem_put, mem_raw, lambda: len(mem._rows), mem_delete)
         return
     if request.param == "sqlite":
         path = tmp_path / "bad.db"
@@ -90,8 +101,13 @@ def kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kind]:
 
         def put_raw(patch_type: str, name: str, content: str) -> None:
             with sqlite3.connect(path) as conn:
-                conn.execute("insert into quilt_patches (patch_type, name, content) "
+                conn.execute("insert or replace into quilt_patches (patch_type, name, content) "
                              "values (?, ?, ?)", (patch_type, name, content))
+
+        def delete_raw(patch_type: str, name: str) -> None:
+            with sqlite3.connect(path) as conn:
+                conn.execute("delete from quilt_patches where patch_type = ? and name = ?",
+                             (patch_type, name))
 
         def raw(patch_type: str, name: str) -> tuple[Any, ...] | None:
             with sqlite3.connect(path) as conn:
@@ -104,7 +120,7 @@ def kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kind]:
             with sqlite3.connect(path) as conn:
                 return int(conn.execute("select count(*) from quilt_patches").fetchone()[0])
 
-        yield Kind("sqlite", store, put_raw, raw, count)
+        yield Kind("sqlite", store, put_raw, raw, count, delete_raw)
         store.close()
         return
     url: str = request.getfixturevalue("pg_clean")
@@ -209,46 +225,85 @@ MALFORMED_SUMMARIES = {
 }
 
 
+def _spend(kind: Kind, name: str) -> float:
+    row = kind.raw(WRITER_TYPE, writer_row_name(DAY, name))
+    assert row is not None
+    return float(json.loads(row[0])["spend_usd"])
+
+
 @pytest.mark.parametrize("content", MALFORMED_SUMMARIES.values(), ids=list(MALFORMED_SUMMARIES))
-def test_a_malformed_summary_row_is_reported_by_name_and_left_untouched(
+def test_a_malformed_summary_row_is_quarantined_named_and_left_untouched(
     kind: Kind, content: str
 ) -> None:
+    """The day still counts every writer, retired ones included (their rows are kept,
+    so the sums are rebuilt from them), merges and retirements still land, and the
+    row is named, never overwritten, never a reason to fail."""
+    daily = {"by_budget": {"daily": 4.0}}
+    kind.store.retire_writer(_entry("old", 4.0, 1) | daily)
     kind.store.merge_writer(_entry("live", 1.0, 1))
     name = summary_row_name(DAY)
     kind.put_raw(SUMMARY_TYPE, name, content)
     summary_before = kind.raw(SUMMARY_TYPE, name)
-    live_before = kind.raw(WRITER_TYPE, writer_row_name(DAY, "live"))
-    where = f"{SUMMARY_TYPE}/{name}"
-    calls: dict[str, Callable[[], object]] = {
-        "day_totals": lambda: kind.store.day_totals([DAY]),
-        "merge (new row)": lambda: kind.store.merge_writer(_entry("a", 1.0, 1)),
-        "merge (live row)": lambda: kind.store.merge_writer(_entry("live", 2.0, 2)),
-        "retire (new row)": lambda: kind.store.retire_writer(_entry("b", 1.0, 1)),
-        "retire (live row)": lambda: kind.store.retire_writer(_entry("live", 2.0, 2)),
-    }
-    for what, call in calls.items():
-        with pytest.raises(CheckpointError) as caught:
-            call()
-        assert where in str(caught.value), (what, str(caught.value))
+    bad = [summary_quarantine_name(DAY)]
+    totals = kind.store.day_totals([DAY])[DAY]
+    assert (totals["total_usd"], totals["writers"], totals["quarantined"]) == (5.0, 2, bad)
+    assert totals["by_budget"] == {"daily": 4.0}
+    others = [
+        kind.store.merge_writer(_entry("a", 1.0, 1))["others"],  # a new row
+        kind.store.merge_writer(_entry("live", 2.0, 2))["others"],  # a live row
+        kind.store.retire_writer(_entry("b", 1.0, 1))["others"],  # retiring a new row
+        kind.store.retire_writer(_entry("live", 2.0, 2))["others"],  # retiring a live row
+    ]
+    assert [o["total_usd"] for o in others] == [5.0, 5.0, 7.0, 6.0]
+    assert all(o["quarantined"] == bad for o in others)
+    assert _spend(kind, "live") == 2.0 and _spend(kind, "b") == 1.0
+    totals = kind.store.day_totals([DAY])[DAY]
+    assert (totals["total_usd"], totals["writers"], totals["quarantined"]) == (8.0, 4, bad)
     assert kind.raw(SUMMARY_TYPE, name) == summary_before, "left as it was"
-    assert kind.raw(WRITER_TYPE, writer_row_name(DAY, "live")) == live_before, "nothing written"
-    assert kind.raw(WRITER_TYPE, writer_row_name(DAY, "a")) is None
-    assert kind.raw(WRITER_TYPE, writer_row_name(DAY, "b")) is None
+    report = read_day(kind.store, DAY)
+    assert (report["total_usd"], report["quarantined"]) == (8.0, bad)
     # Another day never reads it.
     assert kind.store.retire_writer(_entry("a", 1.0, 1) | {"date": "2026-11-26"})["applied"]
+    assert kind.store.day_totals(["2026-11-26"])["2026-11-26"]["quarantined"] == []
 
 
-def test_a_retired_row_whose_summary_is_gone_is_reported_not_counted_negative(
+def test_deleting_a_malformed_summary_row_repairs_the_day(kind: Kind) -> None:
+    kind.store.retire_writer(_entry("old", 4.0, 1))
+    kind.store.merge_writer(_entry("live", 1.0, 1))
+    kind.put_raw(SUMMARY_TYPE, summary_row_name(DAY), MALFORMED_SUMMARIES["spend is text"])
+    kind.store.retire_writer(_entry("b", 2.0, 1))  # while it is quarantined
+    kind.delete_raw(SUMMARY_TYPE, summary_row_name(DAY))
+    totals = kind.store.day_totals([DAY])[DAY]
+    assert (totals["total_usd"], totals["writers"], totals["quarantined"]) == (7.0, 3, [])
+    # The next retirement writes the summary anew from every retired row.
+    kind.store.retire_writer(_entry("live", 1.0, 1))
+    stored = kind.raw(SUMMARY_TYPE, summary_row_name(DAY))
+    assert stored is not None
+    summary = json.loads(stored[0])
+    assert (summary["spend_nanos"], summary["writers"]) == (7_000_000_000, 3)
+    totals = kind.store.day_totals([DAY])[DAY]
+    assert (totals["total_usd"], totals["writers"], totals["quarantined"]) == (7.0, 3, [])
+
+
+def test_a_retired_row_whose_summary_is_gone_is_counted_once_from_its_row(
     kind: Kind
 ) -> None:
     kind.store.merge_writer(_entry("other", 1.0, 1))
     kind.put_raw(WRITER_TYPE, writer_row_name(DAY, "gone"),
                  json.dumps(_entry("gone", 2.0, 1) | {"retired": True}))
-    with pytest.raises(CheckpointError, match="gone"):
-        kind.store.merge_writer(_entry("gone", 3.0, 2))
+    totals = kind.store.day_totals([DAY])[DAY]
+    assert (totals["total_usd"], totals["writers"], totals["quarantined"]) == (3.0, 2, [])
+    result = kind.store.merge_writer(_entry("gone", 3.0, 2))
+    assert result["applied"] is True and result["others"]["total_usd"] == 1.0
     gone = kind.raw(WRITER_TYPE, writer_row_name(DAY, "gone"))
-    assert gone is not None and json.loads(gone[0])["spend_usd"] == 2.0
-    assert kind.raw(SUMMARY_TYPE, summary_row_name(DAY)) is None
+    assert gone is not None and json.loads(gone[0])["spend_usd"] == 3.0
+    assert json.loads(gone[0])["retired"] is True, "stays retired"
+    stored = kind.raw(SUMMARY_TYPE, summary_row_name(DAY))
+    assert stored is not None
+    assert (json.loads(stored[0])["spend_nanos"], json.loads(stored[0])["writers"]) == (
+        3_000_000_000, 1)
+    totals = kind.store.day_totals([DAY])[DAY]
+    assert (totals["total_usd"], totals["writers"]) == (4.0, 2)
 
 
 @pytest.mark.parametrize("content", ["[]", '"a budget"', "42", "null"])

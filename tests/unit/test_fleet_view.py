@@ -144,6 +144,25 @@ def test_a_row_known_good_from_its_entry_carries_that_entry() -> None:
     assert bad.others_budget("team") == 4.0 and bad.others_budget("daily") == 4.0
 
 
+def test_a_quarantined_summary_row_is_named_until_a_merge_no_longer_reports_it() -> None:
+    """The summary row is today's too: a merge that no longer names it clears it
+    (a load's names of other days stay until the next load)."""
+    from otel_budget.stores.entries import summary_quarantine_name
+
+    a = entry("a", [({}, 3.0)], budgets=(DAILY,))
+    summary = summary_quarantine_name(TODAY)
+    older = writer_row_name("2026-11-24", "x")
+    start = FleetView(day=DAY, source=SOURCE_STORE, quarantined=(older,))
+    bad = after_merge(start, day=DAY, budgets=(DAILY,),
+                      others=totals_of(TODAY, [a], quarantined=(summary,)), entries=None,
+                      writer_id="me", read_at=AT)
+    assert bad.quarantined == tuple(sorted((older, summary)))
+    assert bad.others_budget("daily") == 3.0, "nothing carried: the store counts for it"
+    fixed = after_merge(bad, day=DAY, budgets=(DAILY,), others=totals_of(TODAY, [a]),
+                        entries=None, writer_id="me", read_at=AT)
+    assert fixed.quarantined == (older,)
+
+
 def test_malformed_entries_read_for_a_breakdown_are_quarantined_not_fatal() -> None:
     good = entry("good", [({"team": "a"}, 1.0)], budgets=(DAILY,))
     broken = entry("broken", [({"team": "a"}, 1.0)], budgets=(DAILY,))
