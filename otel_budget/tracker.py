@@ -18,13 +18,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
-from . import alerts, fleet, fleet_cache, ledger, money
-from .alerts import AlertBook, build_nudge
+from . import fleet, fleet_cache, ledger, money
 from .budgets import Budget
 from .checkpoint import Checkpointer, CheckpointResult, describe, new_writer_id
+from .claims import AlertClaims, read_claims
 from .config import BudgetConfig
 from .errors import CheckpointError, StoreError
 from .fleet import FleetView
@@ -56,12 +56,9 @@ class BudgetTracker:
         pending_nudges: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._config = config
-        #: The nudges the notifiers have not yet taken (the dispatcher's queue).
-        self._pending_nudges = pending_nudges
         self._store = store
         self._budgets = config.all_budgets
         self._instance_id = instance_id
-        self._submit_nudge = submit_nudge
         self._clock = clock or utc_now
         self._ledger = SpendLedger(
             self._budgets, tz=config.tzinfo, max_attribute_sets=config.max_attribute_sets,
@@ -76,7 +73,11 @@ class BudgetTracker:
         self._again = False
         self._again_checkpoint = False
         self._background: threading.Thread | None = None
-        self._alerts = AlertBook()
+        self._claims = AlertClaims(
+            store, sibling=config.sibling, instance_id=instance_id,
+            writer_id=lambda: self._checkpointer.writer_id, now=self._now,
+            submit_nudge=submit_nudge, pending_nudges=pending_nudges,
+            delivery_timeout_s=config.alert_delivery_timeout_s)
         #: Called at the end of every store round, off the hot path (budget leases).
         self._round_hooks: list[Callable[[], None]] = []
         self._init_state()
@@ -92,12 +93,6 @@ class BudgetTracker:
         self._restore: dict[str, Any] = {"ok": None, "at": None, "error": None}
         self._checkpointed_nanos = 0
         self._read_up = True
-        #: Claims not known delivered: row name -> when to look again (None: now).
-        self._watch: dict[str, datetime | None] = {}
-        #: Claims of this writer its notifiers have not yet taken: row name -> content.
-        self._mine: dict[str, dict[str, Any]] = {}
-        #: The last alert claim the store refused or could not take (None: none).
-        self._claim_error: str | None = None
 
     # --- identity ---------------------------------------------------------------
 
@@ -145,6 +140,7 @@ class BudgetTracker:
         view, restore = self._fleet, dict(self._restore)
         parent_inherited = self._inherited
         self._checkpointer.new_writer(self._now())
+        self._claims.after_fork_in_child()
         self._init_state()
         self._fleet, self._restore = view, restore
         self._inherited = _merge_snapshots(parent_inherited, inherited)
@@ -179,7 +175,7 @@ class BudgetTracker:
         self._inherited = None
         self._stored_own = None
         self._checkpointed_nanos = 0
-        self._alerts.forget_except(self._windows_locked())
+        self._claims.forget_except(self._windows_locked())
         _log.info("otel_budget: new budget day %s", new_day)
 
     def _windows_locked(self) -> list[tuple[str, str]]:
@@ -236,7 +232,7 @@ class BudgetTracker:
                     "cap_usd": budget.cap_usd, "spend_usd": spend,
                     "remaining_usd": money.remaining_usd(spend, budget.cap_usd),
                     "utilization": money.utilization(spend, budget.cap_usd),
-                    "alerts_sent": self._alerts.claimed(budget.name, window),
+                    "alerts_sent": self._claims.claimed(budget.name, window),
                     "hard": budget.hard, "enforce": budget.enforce,
                 })
             return rows
@@ -266,7 +262,7 @@ class BudgetTracker:
                 "spool_error": checkpoints["spool_error"],
                 "attribute_sets_today": self._ledger.attribute_sets_today(),
                 "quarantined_rows": list(view.quarantined),
-                "alert_claim_error": self._claim_error,
+                "alert_claim_error": self._claims.error,
                 "fleet_view": self._view_info_locked(view),
             }
 
@@ -545,17 +541,7 @@ class BudgetTracker:
             except CheckpointError as exc:
                 _log.error("otel_budget: quarantined %s: %s", legacy_name, describe(exc))
                 legacy, legacy_bad = None, [legacy_name]
-            claimed = []
-            undelivered = []
-            for budget in self._budgets:
-                window = ledger.window_id(day, budget.period)
-                for ratio in budget.alert_ratios:
-                    name = ledger.budget_nudge_name(budget.name, window, ratio)
-                    exists, open_claim = self._claim_state(name)
-                    if exists:
-                        claimed.append((budget.name, window, ratio))
-                    if open_claim:
-                        undelivered.append(name)
+            claimed, undelivered = read_claims(self._store, day, self._budgets)
         except Exception as exc:
             message = describe(exc)
             with self._state:
@@ -575,10 +561,7 @@ class BudgetTracker:
                 _log.error("otel_budget: malformed stored rows left out of the fleet view "
                            "(quarantined): %s", ", ".join(view.quarantined))
             self._fleet = view
-            for key in claimed:
-                self._alerts.mark_claimed(*key)
-            for name in undelivered:
-                self._watch.setdefault(name, None)
+            self._claims.apply_read(claimed, undelivered)
             self._restore = {"ok": True, "at": at, "error": None,
                              "days_read": len(names), "legacy_document": legacy is not None}
             self._read_up = True
@@ -661,14 +644,6 @@ class BudgetTracker:
         if not loaded:
             self._use_local_copy()
 
-    def _claim_state(self, name: str) -> tuple[bool, bool]:
-        """(the claim row exists, it is not known delivered)."""
-        try:
-            content = self._store.get(ledger.NUDGE_TYPE, name)
-        except CheckpointError:
-            return True, False  # a row is there, however malformed: someone claimed it
-        return content is not None, alerts.claim_undelivered(content)
-
     def restore(self, *, strict: bool) -> None:
         """The first load, at start(). Malformed rows are quarantined and an unreachable
         store only degrades health; with `strict`, a corrupt row (or a store that answers
@@ -688,102 +663,16 @@ class BudgetTracker:
     def _claim_alerts(self) -> None:
         with self._state:
             day, _, spends = self._view_locked()
-            due = []
-            for budget, spend in zip(self._budgets, spends, strict=True):
-                window = ledger.window_id(day, budget.period)
-                for ratio in self._alerts.due(budget, window, spend):
-                    due.append((budget, window, ratio, spend))
-        for budget, window, ratio, spend in due:
-            name = ledger.budget_nudge_name(budget.name, window, ratio)
-            nudge = build_nudge(
-                sibling=self._config.sibling, budget=budget, window=window, ratio=ratio,
-                spend_usd=spend, instance_id=self._instance_id, now=self._now(),
-                day=day.isoformat(), row_name=name, claimed_by=self._checkpointer.writer_id,
-            )
-            try:
-                inserted = self._store.insert_if_absent(ledger.NUDGE_TYPE, name, nudge)
-            except Exception as exc:
-                with self._state:
-                    # A refused claim (a row the store will not take) is not an outage,
-                    # but it is an alert nobody gets: health says so.
-                    self._read_up = isinstance(exc, CheckpointError)
-                    self._claim_error = f"{name}: {describe(exc)}"
-                _log.warning("otel_budget: claiming %s failed (will retry): %s", name,
-                             describe(exc))
-                continue
+        rows = [(b, ledger.window_id(day, b.period), spend)
+                for b, spend in zip(self._budgets, spends, strict=True)]
+        store_up = self._claims.claim_due(day, rows)
+        if store_up is not None:
             with self._state:
-                self._claim_error = None
-                self._alerts.mark_claimed(budget.name, window, ratio)
-                self._watch.setdefault(name, None)
-                if inserted:
-                    self._mine[name] = nudge
-            if inserted:
-                _log.info("otel_budget: %s%% of budget %r (%s) reached; nudging %s",
-                          ledger.ratio_pct(ratio), budget.name, window, self._config.sibling)
-                self._submit_nudge(nudge)
-        self._watch_claims()
+                self._read_up = store_up
 
     def watch_claim(self, name: str, nudge: dict[str, Any] | None) -> None:
-        """Watch a claim made outside the tracker's own budgets (a per-key budget's):
-        `nudge` when this writer made it (its delivery is recorded), None when it found
-        the row already there (taken over if it stays undelivered)."""
-        with self._state:
-            self._watch.setdefault(name, None)
-            if nudge is not None:
-                self._mine[name] = nudge
-
-    def _watch_claims(self) -> None:
-        """Alerts at least once: record the delivery of this writer's claims once its
-        notifiers took them, and take over (compare and set, so exactly one writer
-        does) a claim still undelivered `alert_delivery_timeout_s` after it was made:
-        its writer died before delivering it."""
-        replace = getattr(self._store, "replace_claim", None)
-        with self._state:
-            now = self._now()
-            due = [n for n, at in self._watch.items() if at is None or at <= now]
-            mine = {n: self._mine[n] for n in due if n in self._mine}
-        if not due or replace is None:
-            return
-        pending: set[Any] = set()
-        if mine and self._pending_nudges is not None:
-            pending = {n.get("id") for n in self._pending_nudges()}
-        timeout = timedelta(seconds=self._config.alert_delivery_timeout_s)
-        for name in due:
-            try:
-                if name in mine:
-                    if name in pending:
-                        continue  # the notifiers have not taken it yet
-                    done = replace(ledger.NUDGE_TYPE, name, mine[name],
-                                   alerts.delivered(mine[name], now))
-                    with self._state:
-                        self._mine.pop(name, None)
-                        if done:
-                            self._watch.pop(name, None)
-                    continue
-                row = self._store.get(ledger.NUDGE_TYPE, name)
-                if not alerts.claim_undelivered(row):
-                    with self._state:
-                        self._watch.pop(name, None)
-                    continue
-                assert row is not None
-                stamp = alerts.claimed_at(row)
-                if stamp is not None and now - stamp < timeout:
-                    with self._state:
-                        self._watch[name] = stamp + timeout
-                    continue
-                nudge = alerts.taken_over(row, writer_id=self._checkpointer.writer_id, now=now)
-                if not replace(ledger.NUDGE_TYPE, name, row, nudge):
-                    continue  # another writer took it over first: look again later
-                _log.warning("otel_budget: alert %s was claimed by %s but not delivered "
-                             "within %g s; delivering it", name, row.get("claimed_by"),
-                             self._config.alert_delivery_timeout_s)
-                with self._state:
-                    self._mine[name] = nudge
-                    self._watch[name] = None
-                self._submit_nudge(nudge)
-            except Exception as exc:
-                _log.warning("otel_budget: checking the delivery of %s failed (will retry): %s",
-                             name, describe(exc))
+        """Watch a claim made outside the tracker's own budgets (see AlertClaims.watch)."""
+        self._claims.watch(name, nudge)
 
     def final_entries(self) -> list[dict[str, Any]]:
         """Shutdown: every entry this writer still owes the store (closed days and today),
