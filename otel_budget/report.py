@@ -20,9 +20,9 @@ from zoneinfo import ZoneInfo
 from . import ledger, money
 from .budgets import Budget
 from .errors import BudgetError, CheckpointError, ConfigError, StoreError
-from .fleet import Spend, entry_budget_spend, legacy_spend, sort_entries
 from .read import read_day
 from .stores.base import PatchStore
+from .windows import read_window_spend
 
 __all__ = ["BudgetReport", "BudgetSpend", "DaySpend", "breakdown", "load_report",
            "render_png", "window_spend"]
@@ -87,36 +87,14 @@ def breakdown(by_attributes: Iterable[Mapping[str, Any]], key: str) -> dict[str,
 
 def window_spend(store: PatchStore, budgets: Sequence[Budget], today: date
                  ) -> tuple[list[BudgetSpend], list[str]]:
-    """Each budget's spend in its window up to `today`, summed over every writer's row
-    (a budget a writer's configuration lacked counts from that row's breakdown), and
-    the names of the malformed rows left out. One read for all the windows' days."""
-    days = {today}
-    for budget in budgets:
-        days.update(ledger.window_days_before(today, budget.period))
-    names = sorted(d.isoformat() for d in days)
-    by_day, bad = sort_entries(store.writer_entries(names, breakdown=True))
-    # Days an upgraded store still holds as version 1 day documents.
-    legacy: dict[str, Spend] = {}
-    for day in sorted(days):
-        name = ledger.budget_name(day)
-        try:
-            document = store.get(ledger.BUDGET_TYPE, name)
-            if document is not None:
-                ledger.validate_budget_document(document, name=name)
-                legacy[day.isoformat()] = legacy_spend(document, budgets)
-        except CheckpointError:
-            bad.append(name)
-    rows = []
-    for budget in budgets:
-        window_days = [today, *ledger.window_days_before(today, budget.period)]
-        spend = sum(entry_budget_spend(entry, budget)
-                    for d in window_days for entry in by_day.get(d.isoformat(), []))
-        spend += sum(legacy[d.isoformat()].budget(budget.name) for d in window_days
-                     if d.isoformat() in legacy)
-        rows.append(BudgetSpend(budget.name, budget.period,
-                                ledger.window_id(today, budget.period),
-                                money.round_usd(spend), budget.cap_usd, budget.alert_ratios))
-    return rows, bad
+    """Each budget's spend in its window up to `today` (windows.read_window_spend,
+    with the days an upgraded store still holds as version 1 documents), and the
+    names of the malformed rows left out."""
+    spent = read_window_spend(store, today, budgets, legacy=True)
+    rows = [BudgetSpend(b.name, b.period, ledger.window_id(today, b.period),
+                        spent.spend_usd[b.name], b.cap_usd, b.alert_ratios)
+            for b in budgets]
+    return rows, list(spent.quarantined)
 
 
 def load_report(

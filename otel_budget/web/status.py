@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from ..redact import describe_exception
 from ..refusals import ENTRY_KEY, merge_entry_counts, merge_entry_fields
 from ..stores.base import PatchStore
+from ..windows import NamedBudget, read_window_spend
 
 if TYPE_CHECKING:
     from ..meter import BudgetMeter
@@ -437,45 +438,18 @@ class StatusSource:
                 if isinstance(nudge.get("match"), dict):
                     meta["match"] = nudge["match"]
             metas = sorted(names.values(), key=lambda m: str(m["name"]))
-        days = {today}
-        for meta in metas:
-            days.update(d.isoformat() for d in ledger.window_days_before(day, meta["period"]))
-        try:
-            totals = self._store.day_totals(sorted(days))
-        except Exception as exc:
-            errors.append(f"reading the budgets' windows failed: {_describe(exc)}")
-            totals = {}
-        budget_objects = {b.name: b for b in self._budgets or ()}
+        configured = {b.name: b for b in self._budgets or ()}
+        budgets = [configured.get(m["name"]) or NamedBudget(m["name"], m["period"])
+                   for m in metas]
         # Today's rows were read already (with their breakdown): not again.
-        incomplete: dict[str, Sequence[Mapping[str, Any]]] = {today: entries}
+        spent = read_window_spend(
+            self._store, day, budgets, read={today: entries},
+            on_error=lambda what, exc: errors.append(
+                f"reading {what} failed: {_describe(exc)}"))
         rows = []
         for meta in metas:
             name = meta["name"]
-            window_days = [d.isoformat() for d in ledger.window_days_before(day, meta["period"])]
-            spend = 0.0
-            for d in [*window_days, today]:
-                day_totals = totals.get(d)
-                if not day_totals:
-                    continue
-                budget = budget_objects.get(name)
-                if (budget is not None and int(day_totals["budget_writers"].get(name, 0))
-                        < int(day_totals["writers"])):
-                    # Some writer of that day predates the budget: price its
-                    # breakdown the way the meter does.
-                    if d not in incomplete:
-                        try:
-                            incomplete[d] = self._store.writer_entries([d], breakdown=True)
-                        except Exception as exc:
-                            errors.append(f"reading {d}'s writers failed: {_describe(exc)}")
-                            incomplete[d] = []
-                    spend += sum(
-                        float(e["by_budget"][name]) if name in (e.get("by_budget") or {})
-                        else ledger.spend_of_breakdown(e.get("by_attributes") or [],
-                                                       budget.matches)
-                        for e in incomplete[d])
-                else:
-                    spend += float(day_totals["by_budget"].get(name, 0.0))
-            spend = money.round_usd(spend)
+            spend = spent.spend_usd[name]
             window = ledger.window_id(day, meta["period"])
             cap = meta["cap_usd"]
             sent = sorted({float(n["ratio"]) for n in nudges
