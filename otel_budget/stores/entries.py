@@ -10,6 +10,7 @@ and nobody else ever writes it. An *instance* is the human label grouping writer
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -94,59 +95,54 @@ def _string_problem(value: str) -> str | None:
     return None
 
 
-#: Values that never hold a string, a key or a float.
-_INERT = frozenset({int, bool, type(None)})
+#: The types `_plainly_clean` knows (exactly these: a subclass is left to the walk).
+_KNOWN = frozenset({dict, list, tuple, str, float, int, bool, type(None)})
 _TEXT = frozenset({str})
-_NUMBERS = frozenset({int, float})
-_MAX_CONTAINERS = 1_000_000
+#: Beyond these, `_plainly_clean` leaves the entry to the walk (no entry is so deep
+#: or so big; a structure holding itself is).
+_MAX_DEPTH = 64
+_MAX_ITEMS = 4_000_000
 
 
 def _plainly_clean(value: Any) -> bool:
-    """True if `_strings_walk` would find nothing in `value`, checked with C-level
+    """True if `_strings_walk` would find nothing in `value`, found with C-level
     passes: a writer entry of 10,000 per-key items holds 20,000 strings, and the
-    walk costs a microsecond a string (a sixth of a checkpoint). Every string is
-    joined into one text, searched for NUL and encoded once; only plain dicts, lists
-    and tuples are entered. False means "look closer", never "bad": anything
-    unusual (a subclass, another type, a sum that overflows) is left to the walk,
-    which names the culprit."""
+    walk costs a microsecond a string (a sixth of a checkpoint). The containers are
+    entered a depth at a time (all dicts and lists of a depth together); every
+    string is joined into one text, searched for NUL and encoded once; the floats
+    are summed (a NaN or an infinity makes the sum non-finite). False means "look
+    closer", never "bad": anything unusual (a subclass, another type, a sum that
+    overflows, a depth or size no entry has) is left to the walk, which names it."""
+    chain = itertools.chain.from_iterable
     texts: list[str] = []
-    pending: list[Any] = [value]
-    for item in pending:  # grows as containers are found
-        kind = type(item)
-        members: Iterable[Any]
-        if kind is dict:
-            if not set(map(type, item)) <= _TEXT:
-                return False
-            texts += item
-            members = item.values()
-        elif kind is list or kind is tuple:
-            members = item
-        elif kind is str:
-            texts.append(item)
-            continue
-        elif kind is float:
-            if not math.isfinite(item):
-                return False
-            continue
-        elif kind in _INERT:
-            continue
-        else:
+    level: list[Any] = [value]
+    for _ in range(_MAX_DEPTH):
+        kinds = set(map(type, level))
+        if not kinds <= _KNOWN:
             return False
-        kinds = set(map(type, members))
-        if kinds <= _TEXT:
-            texts += members
-        elif kinds <= _NUMBERS:
-            # A non-finite float makes the sum non-finite; so may a huge one (then
-            # the walk decides).
-            try:
-                if not math.isfinite(sum(members, 0.0)):
-                    return False
-            except OverflowError:
+        if str in kinds:
+            texts += filter(str.__instancecheck__, level)
+        if float in kinds and not math.isfinite(
+                sum(filter(float.__instancecheck__, level), 0.0)):
+            return False
+        deeper: list[Any] = []
+        if dict in kinds:
+            dicts = list(filter(dict.__instancecheck__, level))
+            if not set(map(type, chain(dicts))) <= _TEXT:
                 return False
-        else:
-            pending += members
-            if len(pending) > _MAX_CONTAINERS:  # a cycle, or no entry of ours
-                return False
+            texts += chain(dicts)
+            deeper += chain(map(dict.values, dicts))
+        if list in kinds:
+            deeper += chain(filter(list.__instancecheck__, level))
+        if tuple in kinds:
+            deeper += chain(filter(tuple.__instancecheck__, level))
+        if not deeper:
+            break
+        if len(deeper) > _MAX_ITEMS:
+            return False
+        level = deeper
+    else:
+        return False
     text = "".join(texts)
     if "\x00" in text:
         return False

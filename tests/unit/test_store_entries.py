@@ -124,3 +124,71 @@ def test_bad_input_and_corrupt_stored_data_are_told_apart() -> None:
     assert not isinstance(stored.value, InvalidEntryError)
     with pytest.raises(CorruptRowError):
         loads_content("[1, 2]", patch_type="budget", name="budget_2026-11-25")
+
+
+_POISONS: list[Any] = [
+    "nul\x00", "lone \ud800", "\udfff", math.nan, math.inf, -math.inf, 1e308,
+    {1: "int key"}, {None: 1}, {True: 1}, {1.5: 1}, {("t",): 1}, {"k\x00": 1}, {"\udc80": 1},
+    type("S", (str,), {})("a subclass\x00"), type("F", (float,), {})(math.nan),
+    ["x", "y\x00"], ("t", "\ud800"), {"nested": [{"deep": "\x00"}]},
+]
+_CLEAN: list[Any] = [
+    "plain", "naïve ✓ 日本", 0.0, 1e-9, 10**30, True, None, 3, [], {}, (), ["a", 1.5],
+    {"k": "v", "n": 2.5}, {"deep": [{"deeper": ("t", 1)}]},
+]
+
+
+def _random_value(rng: random.Random, depth: int, poison: Any) -> tuple[Any, bool]:
+    """A random nested value of the shapes writer entries hold; with `poison` placed
+    somewhere in it (as a value, or inside a key) when one is given."""
+    if depth == 0 or rng.random() < 0.3:
+        if poison is not None:
+            return poison, True
+        return rng.choice(_CLEAN), False
+    placed = False
+    if rng.random() < 0.5:
+        out: Any = {}
+        for i in range(rng.randint(1, 6)):
+            child, here = _random_value(rng, depth - 1, None if placed else poison)
+            placed = placed or here
+            out[f"k{i}-{rng.random():.3f}"] = child
+    else:
+        items = []
+        for _ in range(rng.randint(1, 6)):
+            child, here = _random_value(rng, depth - 1, None if placed else poison)
+            placed = placed or here
+            items.append(child)
+        out = items if rng.random() < 0.8 else tuple(items)
+    return out, placed
+
+
+def test_the_fast_string_check_never_passes_what_the_walk_names() -> None:
+    from otel_budget.stores.entries import _plainly_clean, _strings_problem, _strings_walk
+
+    rng = random.Random(19)
+    passed_fast = 0
+    for trial in range(3000):
+        poison = rng.choice(_POISONS) if trial % 2 else None
+        value, _ = _random_value(rng, rng.randint(1, 5), poison)
+        walked = _strings_walk(value, "entry")
+        assert _strings_problem(value, "entry") == walked
+        if walked is not None:
+            assert not _plainly_clean(value), (value, walked)
+        elif poison is None:
+            assert _plainly_clean(value), value
+            passed_fast += 1
+    assert passed_fast > 1000
+
+
+def test_a_bad_key_among_ten_thousand_is_named() -> None:
+    keys = {f'["c{k:05d}"]': 0.0001 for k in range(10_000)}
+    assert validate_writer_entry(good(by_key={"per-customer": keys}), where="w")
+    for bad, problem in (('["c\x00"]', "contains a NUL character"),
+                         ('["c\udc80"]', "contains a lone surrogate")):
+        entry = good(by_key={"per-customer": {**keys, bad: 0.0001}})
+        with pytest.raises(CheckpointError,
+                           match=rf"^w: a key in entry\.by_key\.per-customer {problem}$"):
+            validate_writer_entry(entry, where="w")
+    entry = good(by_key={"per-customer": {**keys, '["c9"]': math.inf}})
+    with pytest.raises(CheckpointError, match=r'per-customer\.\["c9"\] is inf, not JSON$'):
+        validate_writer_entry(entry, where="w")
