@@ -2,14 +2,16 @@
 rounds of store I/O.
 
 It composes the exact ledger (what this process recorded), the FleetView (what the
-other writers had stored, as last read: immutable, swapped whole; fleet.py), the
-Checkpointer (this writer's entry to the store, or the spool; checkpoint.py) and the
-alert claims (alerts.py).
+other writers had stored, as last read: immutable, swapped whole; read by
+fleet_read.py, built by fleet.py), the Checkpointer (this writer's entry to the
+store, or the spool; checkpoint.py), the alert claims (claims.py) and the round gate
+(rounds.py). A round, in order: replay the spool, write closed days' final entries,
+load the day when needed, checkpoint, keep the local copy, claim alerts, run hooks.
 
 Locks: `_state` guards the numbers that `daily_spend()`, `budgets()` and `health()`
-read and is only ever held for arithmetic. `_io` serialises store rounds; nothing
-on the hot path or on a reader of the state ever waits for it, and a collection
-that finds a round running asks it to go again instead of waiting.
+read and is only ever held for arithmetic. Store rounds take turns at the RoundGate;
+nothing on the hot path or on a reader of the state ever waits for it, and a
+collection that finds a round running asks it to go again instead of waiting.
 """
 
 from __future__ import annotations
@@ -21,18 +23,18 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timezone
 from typing import Any
 
-from . import fleet, fleet_cache, ledger, money
+from . import fleet, fleet_cache, fleet_read, ledger, money, rounds
 from .budgets import Budget
 from .checkpoint import Checkpointer, CheckpointResult, describe, new_writer_id
 from .claims import AlertClaims, read_claims
 from .config import BudgetConfig
 from .errors import CheckpointError, StoreError
 from .fleet import FleetView
+from .rounds import RoundGate
 from .spend import DaySnapshot, SpendLedger
 from .spool import Spool, store_locator
 from .stores.base import PatchStore
-from .stores.entries import WRITER_TYPE, MergeResult
-from .stores.shares import incomplete_day_entries
+from .stores.entries import MergeResult
 
 _log = logging.getLogger("otel_budget")
 
@@ -69,17 +71,12 @@ class BudgetTracker:
         self._cache_path = (fleet_cache.cache_path(spool.root, store_locator(store))
                             if spool is not None and spool.root is not None else None)
         self._state = threading.Lock()
-        self._io = threading.Lock()
-        self._again = False
-        self._again_checkpoint = False
-        self._background: threading.Thread | None = None
+        self._rounds = RoundGate(self._round)
         self._claims = AlertClaims(
             store, sibling=config.sibling, instance_id=instance_id,
             writer_id=lambda: self._checkpointer.writer_id, now=self._now,
             submit_nudge=submit_nudge, pending_nudges=pending_nudges,
             delivery_timeout_s=config.alert_delivery_timeout_s)
-        #: Called at the end of every store round, off the hot path (budget leases).
-        self._round_hooks: list[Callable[[], None]] = []
         self._init_state()
 
     def _init_state(self) -> None:
@@ -134,8 +131,7 @@ class BudgetTracker:
         what the parent had counted stays the parent's (to checkpoint) and is part of
         the others in the child's view until the child's first merge reads the store."""
         self._state = threading.Lock()
-        self._io = threading.Lock()
-        self._background = None
+        self._rounds.after_fork_in_child()
         inherited = self._ledger.reset_after_fork()
         view, restore = self._fleet, dict(self._restore)
         parent_inherited = self._inherited
@@ -158,20 +154,12 @@ class BudgetTracker:
             seq = self._checkpointer.next_seq()
             self._pending_final.append(self._checkpointer.entry(snapshot, seq, now, final=True))
         old_day, new_day = self._day, self._ledger.day
-        last_own = closed[-1] if closed[-1].day == old_day else None
-        view = self._fleet
-        prior: dict[str, float] = {}
-        for budget in self._budgets:
-            name = budget.name
-            if ledger.window_id(old_day, budget.period) == ledger.window_id(new_day,
-                                                                             budget.period):
-                prior[name] = (view.window_budget(name)
-                               + (self._inherited.budget_usd(name) if self._inherited else 0.0)
-                               + (last_own.budget_usd(name) if last_own else 0.0))
-            else:
-                prior[name] = 0.0
+        prior = fleet_read.prior_after_roll(
+            self._fleet, self._budgets, old_day=old_day, new_day=new_day,
+            inherited=self._inherited,
+            last_own=closed[-1] if closed[-1].day == old_day else None)
         self._day = new_day
-        self._fleet = fleet.rolled(view, new_day, prior)
+        self._fleet = fleet.rolled(self._fleet, new_day, prior)
         self._inherited = None
         self._stored_own = None
         self._checkpointed_nanos = 0
@@ -263,20 +251,8 @@ class BudgetTracker:
                 "attribute_sets_today": self._ledger.attribute_sets_today(),
                 "quarantined_rows": list(view.quarantined),
                 "alert_claim_error": self._claims.error,
-                "fleet_view": self._view_info_locked(view),
+                "fleet_view": fleet_read.view_info(view, self._now()),
             }
-
-    def _view_info_locked(self, view: FleetView) -> dict[str, Any]:
-        age = None
-        if view.read_at is not None:
-            try:
-                age = round(max(0.0, (self._now() - datetime.fromisoformat(view.read_at))
-                                .total_seconds()), 3)
-            except ValueError:
-                age = None
-        return {"source": view.source, "read_at": view.read_at, "age_s": age,
-                "estimated": view.estimated,
-                "carried_usd": money.round_usd(sum(s.total_usd for s in view.carried.values()))}
 
     def count_collection(self) -> bool:
         """Count one collection; True when it is a checkpoint one."""
@@ -288,58 +264,23 @@ class BudgetTracker:
 
     def store_round(self, *, checkpoint: bool, wait: bool, timeout_s: float = -1) -> bool:
         """Replay the spool, write closed days' final entries, (re)load the fleet view,
-        write this writer's entry when `checkpoint`, claim due alerts. Returns False
-        if another round held the I/O lock and `wait` was False (it will go again)."""
+        write this writer's entry when `checkpoint`, claim due alerts (one round at a
+        time: rounds.py). Returns False if another round held the turn and `wait` was
+        False (it will go again)."""
         if not wait and not self.store_answers():
             # The store failed last time: a collection must not wait for it to fail
             # again (a hung server can take the whole statement timeout). What the
             # round would have written goes to the spool now; a background round
             # probes the store (and replays the spool once it answers).
             self._local_round(checkpoint)
-            self._round_in_background()
+            self._rounds.in_background(lambda: self.store_round(checkpoint=False, wait=True))
             return True
-        if wait:
-            acquired = self._io.acquire(timeout=timeout_s) if timeout_s >= 0 else self._io.acquire()
-        else:
-            acquired = self._io.acquire(blocking=False)
-        if not acquired:
-            with self._state:
-                self._again = True
-                self._again_checkpoint = self._again_checkpoint or checkpoint
-            return False
-        try:
-            while True:
-                self._round(checkpoint)
-                with self._state:
-                    if not self._again:
-                        return True
-                    checkpoint = self._again_checkpoint
-                    self._again = self._again_checkpoint = False
-        finally:
-            self._io.release()
+        return self._rounds.run(checkpoint=checkpoint, wait=wait, timeout_s=timeout_s)
 
     def within(self, work: Callable[[], bool], timeout_s: float) -> bool:
-        """Run `work` (a round that checkpoints) on a thread of its own and wait at most
-        `timeout_s`: past it, this writer's entry is spooled now (the round goes on and
-        its later answer supersedes it) and False is returned."""
-        done = threading.Event()
-        result: list[bool] = []
-
-        def run() -> None:
-            try:
-                result.append(work())
-            except Exception as exc:
-                _log.warning("otel_budget: checkpoint failed: %s", describe(exc))
-            finally:
-                done.set()
-
-        threading.Thread(target=run, name="OtelBudgetCheckpoint", daemon=True).start()
-        if done.wait(max(0.0, timeout_s)):
-            return bool(result and result[0])
-        _log.warning("otel_budget: the store did not take the checkpoint within %.1f s; "
-                     "spooled", timeout_s)
-        self._local_round(checkpoint=True)
-        return False
+        """Run `work` (a round that checkpoints) for at most `timeout_s`; past it this
+        writer's entry is spooled now and False returned (rounds.within)."""
+        return rounds.within(work, timeout_s, lambda: self._local_round(checkpoint=True))
 
     def store_answers(self) -> bool:
         """False after a store round failed on the store (not on a refused entry)."""
@@ -362,24 +303,6 @@ class BudgetTracker:
             self._checkpointer.spool_entry(final)
         if entry is not None:
             self._checkpointer.defer(entry)
-
-    def _round_in_background(self) -> None:
-        """One store round on a thread of its own, unless one is running."""
-        with self._state:
-            worker = self._background
-            if worker is not None and worker.is_alive():
-                return
-
-            def run() -> None:
-                try:
-                    self.store_round(checkpoint=False, wait=True)
-                except Exception as exc:
-                    _log.warning("otel_budget: a background store round failed: %s",
-                                 describe(exc))
-
-            self._background = threading.Thread(target=run, name="OtelBudgetRound",
-                                                daemon=True)
-            self._background.start()
 
     def _round(self, checkpoint: bool) -> None:
         with self._state:
@@ -408,11 +331,6 @@ class BudgetTracker:
         if must_load or checkpoint:
             self._save_local_copy()
         self._claim_alerts()
-        for hook in list(self._round_hooks):
-            try:
-                hook()
-            except Exception as exc:
-                _log.warning("otel_budget: a store round hook failed: %s", describe(exc))
 
     def add_entry_field(self, key: str, value_for_day: Callable[[str], Any]) -> None:
         """Every entry this writer stores for a day carries `key` = value_for_day(day)."""
@@ -420,7 +338,7 @@ class BudgetTracker:
 
     def add_round_hook(self, hook: Callable[[], None]) -> None:
         """Run `hook` at the end of every store round (after the checkpoint)."""
-        self._round_hooks.append(hook)
+        self._rounds.add_hook(hook)
 
     def _write(self, entry: dict[str, Any], *, final: bool = False) -> bool:
         """Merge (or retire) one entry (spooled on failure); a merge of today's entry
@@ -458,42 +376,11 @@ class BudgetTracker:
             self._inherited = None
 
     def _entries_of(self, day: str) -> list[dict[str, Any]]:
-        """Today's writer entries, every budget's figure in each: read without the
-        breakdowns (most of the bytes); an entry lacking a budget is completed from
-        the view's copy of that writer at the same seq, else read whole (one row at
-        a time for a few, the day's breakdowns at once for many)."""
-        light = self._store.writer_entries([day], breakdown=False)
+        """Today's other writers' entries, every budget's figure in each (fleet_read)."""
         with self._state:
             view = self._fleet
-        me = self._checkpointer.writer_id
-        out: list[dict[str, Any]] = []
-        missing: list[str] = []
-        for item in light:
-            if not isinstance(item, dict) or item.get("writer_id") == me:
-                continue
-            if not fleet.lacks_budgets(item, self._budgets):
-                out.append(item)
-                continue
-            filled = fleet.fill_from_cache(item, view, self._budgets)
-            name = fleet.entry_row_name(item)
-            if filled is not None:
-                out.append(filled)
-            elif name is not None:
-                missing.append(name)
-            else:
-                out.append(item)  # malformed: sort_entries names what it can
-        if len(missing) > 8:
-            wanted = set(missing)
-            return out + [e for e in self._store.writer_entries([day], breakdown=True)
-                          if isinstance(e, dict) and fleet.entry_row_name(e) in wanted]
-        for name in missing:
-            try:
-                whole = self._store.get(WRITER_TYPE, name)
-            except CheckpointError:
-                whole = None
-            out.append(whole if whole is not None else
-                       {"writer_id": name.rsplit("/", 1)[-1], "date": day, "spend_usd": None})
-        return out
+        return fleet_read.entries_of(self._store, day, view, self._budgets,
+                                     self._checkpointer.writer_id)
 
     def _note_stored_locked(self, entry: Mapping[str, Any]) -> None:
         """Our own entry for today is in the store: the fleet view must not count it
@@ -517,35 +404,17 @@ class BudgetTracker:
                     self._checkpointed_nanos = snapshot.total_nanos
 
     def _load(self, day: date) -> None:
-        """Read the fleet's spend for every budget's window up to today (one call for
-        all the days), the v1 document of today, and the alerts already claimed. A
-        malformed row is quarantined (left out, named), never fatal."""
-        days = {day}
-        for budget in self._budgets:
-            days.update(ledger.window_days_before(day, budget.period))
-        names = sorted(d.isoformat() for d in days)
+        """Read the fleet's spend for every budget's window up to `day` and the alerts
+        already claimed (fleet_read, claims); swap the view in if the day is still
+        `day`. A malformed row is quarantined (left out, named), never fatal."""
         at = self._now().isoformat()
-        legacy_bad: list[str] = []
         try:
-            totals = self._store.day_totals(names)
-            incomplete = [n for n in names if fleet.incomplete(totals[n], self._budgets)]
-            # Closed days: every budget's spend as the store computed and kept it.
-            entries = incomplete_day_entries(self._store, incomplete, totals, self._budgets,
-                                             today=day.isoformat())
-            legacy_name = ledger.budget_name(day)
-            legacy: dict[str, Any] | None
-            try:
-                legacy = self._store.get(ledger.BUDGET_TYPE, legacy_name)
-                if legacy is not None:
-                    ledger.validate_budget_document(legacy, name=legacy_name)
-            except CheckpointError as exc:
-                _log.error("otel_budget: quarantined %s: %s", legacy_name, describe(exc))
-                legacy, legacy_bad = None, [legacy_name]
+            read = fleet_read.read_day(self._store, day, self._budgets)
             claimed, undelivered = read_claims(self._store, day, self._budgets)
         except Exception as exc:
             message = describe(exc)
             with self._state:
-                self._restore = {"ok": False, "at": at, "error": message}
+                self._restore = fleet_read.restore_failed(at, message)
                 self._read_up = isinstance(exc, CheckpointError)
             _log.warning("otel_budget: reading the budgets of %s failed (will retry): %s",
                          day, message)
@@ -553,17 +422,15 @@ class BudgetTracker:
         with self._state:
             if self._day != day:
                 return  # the day moved on while we read; the next round loads again
-            view = fleet.from_load(
-                self._fleet, day=day, budgets=self._budgets, totals=totals, entries=entries,
-                legacy=legacy, writer_id=self._checkpointer.writer_id, own=self._stored_own,
-                read_at=at, legacy_quarantined=legacy_bad)
+            view = fleet_read.view_of(self._fleet, read, budgets=self._budgets,
+                                      writer_id=self._checkpointer.writer_id,
+                                      own=self._stored_own, read_at=at)
             if view.quarantined:
                 _log.error("otel_budget: malformed stored rows left out of the fleet view "
                            "(quarantined): %s", ", ".join(view.quarantined))
             self._fleet = view
             self._claims.apply_read(claimed, undelivered)
-            self._restore = {"ok": True, "at": at, "error": None,
-                             "days_read": len(names), "legacy_document": legacy is not None}
+            self._restore = fleet_read.restore_ok(at, read)
             self._read_up = True
         self._checkpointer.mark_up()
 
@@ -648,7 +515,7 @@ class BudgetTracker:
         """The first load, at start(). Malformed rows are quarantined and an unreachable
         store only degrades health; with `strict`, a corrupt row (or a store that answers
         with an error) raises CheckpointError naming it."""
-        with self._io:
+        with self._rounds.turn():
             self._load(self.day)
         with self._state:
             restore = dict(self._restore)
