@@ -125,6 +125,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("OTEL_BUDGET_MAX_ATTRIBUTE_SETS", "integer",
              "attribute sets kept per writer and day; the rest in one overflow set",
              field="max_attribute_sets", parse=_integer, default="`2000`"),
+    Variable("OTEL_BUDGET_MAX_KEYS_PER_BUDGET", "integer",
+             "keys of a per-key budget kept per writer entry and day; the rest in one "
+             "`\"(overflow)\"` item",
+             field="max_keys_per_budget", parse=_integer, default="`10000`"),
     Variable("OTEL_BUDGET_MAX_CALL_USD", "number", "the largest amount one call may record",
              field="max_call_usd", parse=_number, default="`1000000`"),
     Variable("OTEL_BUDGET_TOKEN_METRICS", "true/false", "also export the token histogram",

@@ -58,7 +58,16 @@ def test_each_variable_reaches_its_field() -> None:
     assert (config.daily_cap_usd, config.checkpoint_every, config.sibling) == (12.5, 3, "reviewer")
 
 
+def test_the_bound_on_a_per_key_budgets_keys_comes_from_the_environment() -> None:
+    env = {"OTEL_BUDGET_DAILY_CAP_USD": "10", "OTEL_BUDGET_MAX_KEYS_PER_BUDGET": " 250 "}
+    assert BudgetConfig.from_env(env).max_keys_per_budget == 250
+    assert BudgetConfig.from_env({"OTEL_BUDGET_DAILY_CAP_USD": "10"}).max_keys_per_budget == (
+        BudgetConfig(daily_cap_usd=10).max_keys_per_budget)
+    assert BudgetConfig.from_env(env, max_keys_per_budget=7).max_keys_per_budget == 7
+
+
 @pytest.mark.parametrize(("name", "raw"), [
+    ("OTEL_BUDGET_MAX_KEYS_PER_BUDGET", "1e4"), ("OTEL_BUDGET_MAX_KEYS_PER_BUDGET", "0"),
     ("OTEL_BUDGET_DAILY_CAP_USD", "fifty"), ("OTEL_BUDGET_CHECKPOINT_EVERY", "2.5"),
     ("OTEL_BUDGET_ALERT_RATIOS", "0.8;0.9"), ("OTEL_BUDGET_TOKEN_METRICS", "yes"),
     ("OTEL_BUDGET_MODEL_ALIASES", "no-equals-sign"), ("OTEL_BUDGET_DAILY_CAP_USD", "-3"),
