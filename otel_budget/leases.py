@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from .errors import CheckpointError, LeaseStoreDown
+from .errors import CorruptRowError, InvalidEntryError, LeaseStoreDown
 from .money import round_usd
 
 _log = logging.getLogger("otel_budget")
@@ -114,7 +114,7 @@ def lease_request_problem(req: Any, *, release: bool = False) -> str | None:
 def check_lease_request(req: Any, *, release: bool = False) -> dict[str, Any]:
     problem = lease_request_problem(req, release=release)
     if problem is not None:
-        raise CheckpointError(f"lease request: {problem}")
+        raise InvalidEntryError(f"lease request: {problem}")
     assert isinstance(req, dict)
     return req
 
@@ -276,7 +276,8 @@ def _answer(doc: Mapping[str, Any], lid: str, entry: Mapping[str, Any] | None, *
 def lease_answer(value: Any, what: str) -> dict[str, Any]:
     """A store's answer, checked (the SQL functions return jsonb)."""
     if not isinstance(value, dict) or not isinstance(value.get("ok"), bool):
-        raise CheckpointError(f"{what} answered {str(value)[:80]!r}, expected an object")
+        # Read back from the store (a lease row or what its function made of one).
+        raise CorruptRowError(f"{what} answered {str(value)[:80]!r}, expected an object")
     out = dict(value)
     for key in ("granted_usd", "used_usd", "expires_in_s", "settled_usd", "external_usd",
                 "leased_usd"):

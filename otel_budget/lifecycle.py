@@ -43,6 +43,14 @@ the signal must still take effect within the deadline. A stop signal that arrive
 while a shutdown is already under way (an exit hook or a multiprocessing finalizer
 it interrupts; `Pool.terminate()` does this to workers that are exiting) is held
 until that shutdown ends, at most STOP_DEADLINE_S, then takes effect.
+
+Across `fork()` the stop signals are blocked, from the last `before` hook until the
+child's last after-fork hook (registered again at every `register`, so it runs
+after every started meter's own hook). A signal that reaches a child before then
+(a `Pool` worker `terminate()`d before it was ever scheduled) would otherwise stop
+the meters while they still hold the parent's writer: the child would retire the
+parent's row and the parent's own final entry would be refused. Held by the kernel,
+it takes effect once the child is a writer of its own.
 """
 
 from __future__ import annotations
@@ -87,6 +95,9 @@ _pending: list[int] = []
 _hold_until: dict[int, float] = {}
 _mp_armed_pid: int | None = None
 _mp_token: Any = None
+# The newest after-fork hook that unblocks the stop signals in a child (0: none yet).
+_fork_hooks = 0
+_fork_state = threading.local()
 
 
 def register(meter: Stoppable) -> None:
@@ -95,6 +106,7 @@ def register(meter: Stoppable) -> None:
         _live.add(meter)
     arm()
     _arm_multiprocessing()
+    _add_fork_hook()
     if "celery" in sys.modules:
         from . import celery as _celery
 
@@ -304,3 +316,44 @@ def _rearm_multiprocessing(_token: object) -> None:
 
 def _finalize() -> None:
     stop_all()
+
+
+# --- fork ------------------------------------------------------------------------------
+
+
+def _add_fork_hook() -> None:
+    """Register a child hook that unblocks the stop signals, after every hook so far
+    (a meter registers its own at construction, before it starts)."""
+    global _fork_hooks
+    if not hasattr(os, "register_at_fork"):
+        return
+    with _lock:
+        _fork_hooks += 1
+        number = _fork_hooks
+
+    def unblock_in_child() -> None:
+        if number == _fork_hooks:  # only the last: it runs after every other one
+            _unblock_stop_signals()
+
+    os.register_at_fork(after_in_child=unblock_in_child)
+
+
+def _block_stop_signals() -> None:
+    if not _fork_hooks or not hasattr(signal, "pthread_sigmask"):
+        _fork_state.blocked = set()
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    _fork_state.blocked = set(STOP_SIGNALS) - set(before)
+
+
+def _unblock_stop_signals() -> None:
+    blocked: set[signal.Signals] = getattr(_fork_state, "blocked", set())
+    _fork_state.blocked = set()
+    if blocked:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+
+
+if hasattr(os, "register_at_fork"):
+    # Registered at import, before any meter's hooks: this `before` runs last (just
+    # before the fork) and this `after_in_parent` first.
+    os.register_at_fork(before=_block_stop_signals, after_in_parent=_unblock_stop_signals)

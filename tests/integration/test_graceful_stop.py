@@ -24,15 +24,14 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import otel_budget
-from otel_budget.stores.base import open_store
 from tests.support.apps.procs import PYTHON, ROOT, child_env, ensure_stopped
+from tests.support.helpers import stored_day
 from tests.support.pg_server import PgServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -56,13 +55,7 @@ def _get(url: str, timeout: float = 10.0) -> dict[str, Any]:
 
 def _stored(store_url: str) -> tuple[int, dict[str, int]]:
     """(the day's stored total, each writer's stored spend), in nano-USD."""
-    today = datetime.now(timezone.utc).date()
-    store = open_store(store_url)
-    try:
-        day = otel_budget.read_day(store, today)
-        entries = store.writer_entries([today.isoformat()])
-    finally:
-        store.close()
+    day, entries = stored_day(store_url)
     by_writer: Counter[str] = Counter()
     for entry in entries:
         by_writer[entry["writer_id"]] += _nanos(entry["spend_usd"])
@@ -293,10 +286,46 @@ def test_multiprocessing_children_store_their_spend(tmp_path: Path, method: str)
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["exitcodes"] == [0, 0]
     total, by_writer = _stored(store_url)
-    assert total == report["nanos"], (total, report, by_writer)
+    assert total == report["nanos"], (total, report, by_writer, done.stderr[-2000:])
     # The parent, the 2 Process children and at least one worker of each pool wrote
     # rows of their own (which pool worker takes which task is the pool's choice).
     assert len([w for w, n in by_writer.items() if n > 0]) >= 5, by_writer
+
+
+FORK_SIGNALLED = """
+import json, os, signal
+import otel_budget
+
+# A stop signal that reaches a forked child while its after-fork hooks still run (a
+# Pool worker terminate()d before it was ever scheduled), sent by a hook that runs first.
+os.register_at_fork(after_in_child=lambda: os.kill(os.getpid(), signal.SIGTERM))
+meter = otel_budget.from_env()
+meter.record(0.25, {"phase": "parent"})
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+meter.record(0.0105, {"phase": "parent"})
+killed_by = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+print(json.dumps({"writer_id": meter.writer_id, "killed_by": killed_by}), flush=True)
+"""
+
+
+def test_a_child_stopped_during_its_fork_hooks_leaves_the_parents_row_alone(
+        tmp_path: Path) -> None:
+    """The cause of test_multiprocessing_children_store_their_spend's rare failure
+    under load: such a child stopped the meter while it was still the parent's
+    writer, retiring the parent's row, so the parent's final entry was refused."""
+    store_url = f"sqlite:///{tmp_path / 'budget.db'}"
+    done = subprocess.run([PYTHON, "-c", FORK_SIGNALLED], cwd=ROOT,
+                          env=_budget_env(tmp_path, store_url), capture_output=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["killed_by"] == signal.SIGTERM, "the child dies by the signal, as it would"
+    total, by_writer = _stored(store_url)
+    parent = _nanos(0.25) + _nanos(0.0105)
+    assert by_writer.get(report["writer_id"]) == parent and total == parent, by_writer
 
 
 SCRIPT = """

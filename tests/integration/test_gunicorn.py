@@ -20,15 +20,13 @@ import time
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import otel_budget
-from otel_budget.stores.base import open_store
 from tests.support.apps.procs import PYTHON, ROOT, child_env, ensure_stopped
+from tests.support.helpers import stored_day
 from tests.support.pg_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -118,13 +116,7 @@ def _run_gunicorn(tmp_path: Path, store_url: str, *, preload: bool,
 
 def _check_stored(store_url: str, replies: list[dict[str, Any]], *, preload: bool,
                   log: str) -> None:
-    today = datetime.now(timezone.utc).date()
-    store = open_store(store_url)
-    try:
-        day = otel_budget.read_day(store, today)
-        entries = store.writer_entries([today.isoformat()])
-    finally:
-        store.close()
+    day, entries = stored_day(store_url)
     expected_by_writer: Counter[str] = Counter()
     for reply in replies:
         expected_by_writer[reply["writer_id"]] += round(reply["usd"] * 1e9)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from otel_budget.instruments import WRITER_ATTRIBUTE
-from otel_budget.stores.base import PatchStore
+from otel_budget.read import read_day
+from otel_budget.stores.base import PatchStore, open_store
 
 
 class FakeClock:
@@ -78,6 +79,20 @@ def spend_points(reader: Any) -> dict[tuple[Any, ...], float]:
                         assert isinstance(attributes.pop(WRITER_ATTRIBUTE), str)
                         out[tuple(sorted(attributes.items()))] = p.value
     return out
+
+
+def stored_day(store_url: str, day: date | None = None
+               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What the store at `store_url` holds for `day` (today in UTC by default), read
+    as a separate process would: read_day's document and the day's writer entries."""
+    day = day or datetime.now(timezone.utc).date()
+    store = open_store(store_url)
+    try:
+        document = read_day(store, day)
+        entries = store.writer_entries([day.isoformat()])
+    finally:
+        store.close()
+    return document, entries
 
 
 StoreFactory = Callable[[], PatchStore]
