@@ -1195,8 +1195,14 @@ begin
     v_writer := p_entry ->> 'writer_id';
     v_name := 'budget_' || v_day || '/' || v_writer;
     v_seq := (p_entry ->> 'seq')::numeric;
-    v_entry := p_entry || jsonb_build_object(
-        'spend_usd', pg_catalog.trim_scale(round((p_entry ->> 'spend_usd')::numeric, 9)));
+    v_entry := p_entry;
+    -- Rounded only when it is not already (the stores send it rounded): `||` rebuilds
+    -- the whole entry, a sixth of the server's work on a 10,000-key one.
+    if (p_entry ->> 'spend_usd') is distinct from
+       pg_catalog.trim_scale(round((p_entry ->> 'spend_usd')::numeric, 9))::text then
+        v_entry := p_entry || jsonb_build_object(
+            'spend_usd', pg_catalog.trim_scale(round((p_entry ->> 'spend_usd')::numeric, 9)));
+    end if;
 
     if not p_retire then
         -- The hot path: a new row, or a live row with an older seq. The trigger
