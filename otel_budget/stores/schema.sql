@@ -349,6 +349,32 @@ declare
     v_key text;
     v_bad text;
 begin
+    -- The fast path (every merge checks its entry and the stored row): simple
+    -- expressions and jsonpath scans in C, no query per check. It accepts only what
+    -- the checks below accept (array items and budget values are typed with
+    -- .type() first: lax mode would unwrap an array item); anything else takes
+    -- the checks below for the message.
+    if jsonb_typeof(p_entry) = 'object'
+       and jsonb_typeof(p_entry -> 'date') = 'string'
+       and (p_entry ->> 'date') ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$'
+       and jsonb_typeof(p_entry -> 'writer_id') = 'string'
+       and length(p_entry ->> 'writer_id') between 1 and 200
+       and jsonb_typeof(p_entry -> 'instance_id') = 'string'
+       and length(p_entry ->> 'instance_id') between 1 and 200
+       and jsonb_typeof(p_entry -> 'spend_usd') = 'number'
+       and jsonb_typeof(p_entry -> 'seq') = 'number' and (p_entry ->> 'seq') ~ '^[0-9]+$'
+       and jsonb_typeof(p_entry -> 'updated_at') = 'string'
+       and coalesce(jsonb_typeof(p_entry -> 'timezone'), 'string') = 'string'
+       and coalesce(jsonb_typeof(p_entry -> 'by_attributes'), 'array') = 'array'
+       and coalesce(jsonb_typeof(p_entry -> 'by_budget'), 'object') = 'object'
+       and not pg_catalog.jsonb_path_exists(p_entry, 'lax $.by_attributes[*].type() ? (@ != "object")')
+       and not pg_catalog.jsonb_path_exists(p_entry, 'lax $.by_attributes[*] ? (!(@.attributes.type() == "object" && @.spend_usd.type() == "number" && @.spend_usd >= 0))')
+       and not pg_catalog.jsonb_path_exists(p_entry, 'lax $.by_budget.*.type() ? (@ != "number")')
+       and not pg_catalog.jsonb_path_exists(p_entry, 'lax $.by_budget.* ? (@ < 0)') then
+        if (p_entry ->> 'spend_usd')::numeric >= 0 then  -- a number: tested above
+            return null;
+        end if;
+    end if;
     if p_entry is null or jsonb_typeof(p_entry) <> 'object' then
         return format('entry is %s, expected an object', coalesce(jsonb_typeof(p_entry), 'missing'));
     end if;
@@ -704,11 +730,12 @@ begin
     if jsonb_typeof(p_content -> 'by_budget') <> 'object' then
         return false;
     end if;
-    return not exists (
-        select 1 from pg_catalog.jsonb_each(p_content -> 'by_budget') as e
-         where case when jsonb_typeof(e.value) = 'number'
-                    then (e.value #>> '{}')::numeric not between 0 and 1e12
-                    else true end);
+    -- One jsonpath scan in C, not a query per row (every merge calls this three
+    -- times). Strict: a value that is an array is not unwrapped, its type() is
+    -- "array"; a comparison that errs (a string) is unknown, and `true || unknown`
+    -- is true.
+    return not pg_catalog.jsonb_path_exists(
+        p_content, 'strict $.by_budget.* ? (@.type() != "number" || @ < 0 || @ > 1e12)');
 end
 $fn$;
 
@@ -859,12 +886,32 @@ begin
             v_stamp := p_add ->> 'updated_at';
         end if;
     end if;
-    v_budgets := public.otel_budget_budgets_sum(public.otel_budget_budgets_of(p_sub, -1),
-                                                public.otel_budget_budgets_of(p_add, 1));
+    -- The budgets' move (budgets_of(p_add) + budgets_of(p_sub, -1)) in one query,
+    -- and the helpers below inlined where the common case allows: each call of a
+    -- function with its own search_path costs a settings save and restore.
+    select coalesce(pg_catalog.jsonb_object_agg(
+               x.key, pg_catalog.jsonb_build_array(pg_catalog.trim_scale(x.usd), x.n))
+               filter (where x.n <> 0 or x.usd <> 0), '{}'::jsonb)
+      into v_budgets
+      from (select e.key, sum(e.usd) as usd, sum(e.n) as n
+              from (select b.key, (b.value #>> '{}')::numeric as usd, 1 as n
+                      from pg_catalog.jsonb_each(case when jsonb_typeof(p_add -> 'by_budget') = 'object'
+                                                      then p_add -> 'by_budget' else '{}'::jsonb end) as b
+                    union all
+                    select b.key, -(b.value #>> '{}')::numeric, -1
+                      from pg_catalog.jsonb_each(case when jsonb_typeof(p_sub -> 'by_budget') = 'object'
+                                                      then p_sub -> 'by_budget' else '{}'::jsonb end) as b
+                   ) as e
+             group by e.key) as x;
     insert into public.otel_budget_day_shards as s
            (day, shard, live_usd, live_writers, retired_usd, retired_writers, budgets, stamps)
-    values (p_day, public.otel_budget_shard(p_name), v_live, v_live_n, v_retired, v_retired_n,
-            v_budgets, public.otel_budget_stamps_put(null, p_name, v_stamp))
+    values (p_day,
+            -- otel_budget_shard(p_name)
+            (('x' || pg_catalog.substr(pg_catalog.md5(p_name), 1, 8))::bit(32)::bigint % 32)::smallint,
+            v_live, v_live_n, v_retired, v_retired_n, v_budgets,
+            -- otel_budget_stamps_put(null, p_name, v_stamp)
+            case when v_stamp is null then '[]'::jsonb
+                 else pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_array(v_stamp, p_name)) end)
     on conflict (day, shard) do update
         set live_usd = s.live_usd + excluded.live_usd,
             live_writers = s.live_writers + excluded.live_writers,
@@ -872,7 +919,13 @@ begin
             retired_writers = s.retired_writers + excluded.retired_writers,
             budgets = case when excluded.budgets = '{}'::jsonb then s.budgets
                            else public.otel_budget_budgets_sum(s.budgets, excluded.budgets) end,
-            stamps = public.otel_budget_stamps_put(s.stamps, p_name, v_stamp);
+            -- A merge of the shard's latest writer: its stamp moves on in place (the
+            -- second stamp is older than the old first one, so the order holds).
+            stamps = case when v_stamp is not null and (s.stamps -> 0 ->> 1) = p_name
+                               and v_stamp >= (s.stamps -> 0 ->> 0)
+                          then pg_catalog.jsonb_set(s.stamps, '{0}',
+                                                    pg_catalog.jsonb_build_array(v_stamp, p_name))
+                          else public.otel_budget_stamps_put(s.stamps, p_name, v_stamp) end;
 end
 $fn$;
 
