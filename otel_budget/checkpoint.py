@@ -162,13 +162,9 @@ class Checkpointer:
         return entry
 
     def send(self, entry: dict[str, Any]) -> MergeResult:
-        """merge_writer, or retire_writer for an entry marked final (a store written
-        before retire_writer existed merges it)."""
+        """merge_writer, or retire_writer for an entry marked final."""
         if entry.get("final") is True:
-            retire = getattr(self._store, "retire_writer", None)
-            if retire is not None:
-                result: MergeResult = retire(entry)
-                return result
+            return self._store.retire_writer(entry)
         return self._store.merge_writer(entry)
 
     def write(self, entry: dict[str, Any]) -> MergeResult | None:

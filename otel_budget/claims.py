@@ -25,7 +25,7 @@ from .alerts import AlertBook, AlertKey, build_nudge
 from .budgets import Budget
 from .checkpoint import describe
 from .errors import CheckpointError
-from .stores.base import PatchStore
+from .stores.base import ClaimStore, PatchStore
 
 _log = logging.getLogger("otel_budget")
 
@@ -177,7 +177,8 @@ class AlertClaims:
     def watch_round(self) -> None:
         """Alerts at least once: record the delivery of this writer's claims once its
         notifiers took them; take over a claim left undelivered past the timeout."""
-        replace = getattr(self._store, "replace_claim", None)
+        # Without compare and set (no ClaimStore) each alert is delivered by its claimer only.
+        replace = self._store.replace_claim if isinstance(self._store, ClaimStore) else None
         with self._lock:
             now = self._now()
             due = [n for n, at in self._watch.items() if at is None or at <= now]

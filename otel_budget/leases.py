@@ -1,7 +1,7 @@
 """Budget leases: a hard cap that holds across the fleet (``Budget(enforce="fleet")``).
 
 Escrow, as in the demarcation protocol: the store keeps ONE row per (budget,
-window), ``patch_type='budget_lease'``, ``name='lease_{budget}_{window}'``::
+window), of type ``LEASE_TYPE`` named ``lease_{budget}_{window}`` (stores.layout)::
 
     {"budget", "window", "cap_usd",
      "settled_usd":  use of leases that ended (released, or expired),
@@ -33,14 +33,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from .errors import CorruptRowError, InvalidEntryError, LeaseStoreDown
 from .money import round_usd
+from .stores.base import LeaseStore
+from .stores.layout import LEASE_TYPE, lease_row_name
 
 _log = logging.getLogger("otel_budget")
 
-LEASE_TYPE = "budget_lease"
 EPS = 1e-9
 #: A chunk is this share of what is free, divided among the active leases.
 DEFAULT_SHARE = 0.5
@@ -60,10 +61,6 @@ DOWN_RETRY_S = 30.0
 #: Lease lengths (seconds): the TTL after which a dead writer's lease returns.
 MIN_TTL_S = 0.2
 MAX_TTL_S = 86_400.0
-
-
-def lease_row_name(budget: str, window: str) -> str:
-    return f"lease_{budget}_{window}"
 
 
 r9 = round_usd  # the lease arithmetic's short name for it
@@ -292,15 +289,9 @@ def lease_answer(value: Any, what: str) -> dict[str, Any]:
 # --- the client ---------------------------------------------------------------------------
 
 
-class LeaseStore(Protocol):
-    def lease_acquire(self, request: dict[str, Any]) -> dict[str, Any]: ...
-
-    def lease_release(self, request: dict[str, Any]) -> dict[str, Any]: ...
-
-
 def supports_leases(store: object) -> bool:
-    return callable(getattr(store, "lease_acquire", None)) and callable(
-        getattr(store, "lease_release", None))
+    """`isinstance(store, LeaseStore)`, the check itself (kept for version 2's callers)."""
+    return isinstance(store, LeaseStore)
 
 
 class Draw:

@@ -1,5 +1,6 @@
-"""Pure budget arithmetic: calendar days, document names, rounding, thresholds and
-the per-instance merge. No I/O here, so all of it is tested without a store."""
+"""Pure budget arithmetic: calendar days and budget windows, attribute sets, amounts
+checked at the door, the spend of a breakdown. No I/O here, so all of it is tested
+without a store."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .errors import CheckpointError, CorruptRowError
 from .money import round_usd
-from .stores.entries import is_amount
+from .stores import layout, legacy
 
-BUDGET_TYPE = "budget"
-NUDGE_TYPE = "sibling_nudge"
+# Row types and names live in stores.layout, version 1's day documents in
+# stores.legacy; these names stay for the callers of this module.
+BUDGET_TYPE = layout.LEGACY_TYPE
+NUDGE_TYPE = layout.NUDGE_TYPE
+ratio_pct = layout.ratio_pct
+budget_nudge_name = layout.nudge_row_name
+budget_name = legacy.document_name
+validate_entry = legacy.validate_entry
+validate_budget_document = legacy.validate_budget_document
+document_total = legacy.document_total
 
 AttributesKey = tuple[tuple[str, Any], ...]
 
@@ -36,17 +44,6 @@ def next_day_start(instant: datetime, tz: ZoneInfo) -> datetime:
     if start.astimezone(tz).date() != following:
         start += timedelta(hours=1)
     return start
-
-
-def budget_name(day: date) -> str:
-    return f"budget_{day.isoformat()}"
-
-
-def ratio_pct(ratio: float) -> str:
-    """0.8 -> '80', 0.825 -> '82.5' (the nudge row's suffix)."""
-    return format(round(ratio * 100, 2), "g")
-
-
 
 
 # --- attribute sets --------------------------------------------------------------
@@ -89,55 +86,6 @@ def add_maps(
     for key, value in extra.items():
         out[key] = out.get(key, 0.0) + value
     return out
-
-
-# --- documents ---------------------------------------------------------------------
-
-
-def validate_entry(entry: Any, *, where: str) -> dict[str, Any]:
-    """Check one instance entry's shape; raise CheckpointError naming `where`."""
-    if not isinstance(entry, dict):
-        raise CheckpointError(f"{where}: entry is {type(entry).__name__}, expected an object")
-    if not is_amount(entry.get("spend_usd")):
-        raise CheckpointError(
-            f"{where}: spend_usd must be a finite number >= 0, got {entry.get('spend_usd')!r}"
-        )
-    seq = entry.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise CheckpointError(f"{where}: seq must be an integer >= 0, got {seq!r}")
-    items = entry.get("by_attributes", [])
-    if not isinstance(items, list):
-        raise CheckpointError(f"{where}: by_attributes must be a list")
-    for item in items:
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("attributes", {}), dict)
-            or not is_amount(item.get("spend_usd"))
-        ):
-            raise CheckpointError(f"{where}: malformed by_attributes item {item!r:.200}")
-    return entry
-
-
-def validate_budget_document(content: Any, *, name: str) -> dict[str, Any]:
-    """Check a stored budget document; raise CheckpointError naming the row."""
-    where = f"budget row {name!r}"
-    if not isinstance(content, dict):
-        raise CorruptRowError(f"{where}: content is {type(content).__name__}, expected an object")
-    instances = content.get("instances", {})
-    if not isinstance(instances, dict):
-        raise CorruptRowError(f"{where}: 'instances' must be an object")
-    for instance_id, entry in instances.items():
-        validate_entry(entry, where=f"{where}, instance {instance_id!r}")
-    return content
-
-
-def document_total(content: Mapping[str, Any]) -> float:
-    instances = content.get("instances") or {}
-    return round_usd(sum(float(e["spend_usd"]) for e in instances.values()))
-
-
-
-
 
 
 # --- version 2: money in integer nano-USD, validated at the door -------------------
@@ -234,13 +182,6 @@ def window_days_before(day: date, period: str) -> list[date]:
     """The days of `day`'s window that come before it (empty for a day budget)."""
     start = window_start(day, period)
     return [start + timedelta(days=i) for i in range((day - start).days)]
-
-
-def budget_nudge_name(budget: str, window: str, ratio: float) -> str:
-    """The "daily" budget keeps version 1's `budget_alert_{date}_{pct}`."""
-    if budget == "daily":
-        return f"budget_alert_{window}_{ratio_pct(ratio)}"
-    return f"budget_alert_{budget}_{window}_{ratio_pct(ratio)}"
 
 
 def spend_of_breakdown(

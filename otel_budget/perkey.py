@@ -35,32 +35,30 @@ import hashlib
 import json
 import logging
 import math
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
 from . import ledger, money
 from .alerts import build_nudge
 from .budgets import Budget
-from .errors import BudgetError, StoreError
+from .errors import BudgetError
 from .leases import FleetLease
+from .stores.base import SummingStore
+from .stores.keysums import add_entry_keys, sum_entry_keys
+from .stores.layout import KEY_FIELD
+from .stores.layout import KEY_SEP as SEP
 
 _log = logging.getLogger("otel_budget")
 
-#: The writer entry's content key: {budget: {key_json: usd}}.
-KEY_FIELD = "by_key"
 #: The item of a writer entry's by_key that sums the keys beyond the bound.
 OVERFLOW_KEY = "(overflow)"
 #: How a key's missing attribute (None) is shown.
 UNSET = "(unset)"
 #: Keys known exactly in memory, per budget per day, as a multiple of the entry bound.
 EXTRA_FACTOR = 10
-#: Separates a budget's name from its key's hash in lease and alert row names
-#: (budget names cannot hold it, so no budget's rows collide with a key's).
-SEP = "~"
 #: Claims of per-key alerts tried per store round (a wave of keys crossing at once
 #: is claimed over the next rounds instead of holding up this one).
 MAX_CLAIMS_PER_ROUND = 200
@@ -257,128 +255,17 @@ class KeyBook:
 # --- the fleet's spend per key ---------------------------------------------------------------
 
 
-def _amount(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and 0 <= value <= 1e12)
-
-
-def add_entry_keys(into: dict[str, dict[str, float]], entry: Mapping[str, Any],
-                   names: Iterable[str]) -> bool:
-    """Add one writer entry's ``by_key`` of budgets `names` into `into`; False if the
-    field is malformed (then nothing of it is added)."""
-    field = entry.get(KEY_FIELD)
-    if field is None:
-        return True
-    if not isinstance(field, Mapping):
-        return False
-    wanted: list[tuple[str, Mapping[str, Any]]] = []
-    for name in names:
-        items = field.get(name)
-        if items is None:
-            continue
-        if not isinstance(items, Mapping) or not all(_amount(v) for v in items.values()):
-            return False
-        wanted.append((name, items))
-    for name, items in wanted:
-        sums = into.setdefault(name, {})
-        for key, usd in items.items():
-            sums[key] = sums.get(key, 0.0) + float(usd)
-    return True
-
-
-# Summed by the store where it can (one row per key comes back, not every writer's
-# entry): PostgreSQL and SQLite walk each row's by_key with their JSON functions.
-# PostgreSQL: values as text cast to float8 (3-4x faster than jsonb numbers); should
-# a hand-edited row hold text that is no number, the cast fails and the same sums
-# are read again with every value's type checked first. Items that are not
-# amounts are skipped (the other stores' entries are summed here, where a
-# malformed field leaves its row out).
-_PG_KEY_SUMS_FROM = """
-  from public.quilt_patches as r
-  cross join lateral pg_catalog.jsonb_each(
-      case when pg_catalog.jsonb_typeof(r.content -> 'by_key') = 'object'
-           then r.content -> 'by_key' else '{}'::jsonb end) as b
-  cross join lateral pg_catalog.{each}(
-      case when pg_catalog.jsonb_typeof(b.value) = 'object' then b.value
-           else '{}'::jsonb end) as k
- where r.patch_type = 'budget_writer' and (r.content ->> 'date') = any (%s::text[])
-   and b.key = any (%s::text[]) and coalesce(r.content ->> 'writer_id', '') <> %s
-"""
-_PG_KEY_SUMS = (
-    "select b.key, k.key, sum(k.value::float8)"
-    + _PG_KEY_SUMS_FROM.replace("{each}", "jsonb_each_text")
-    + " and k.value::float8 between 0 and 1e12 group by 1, 2")
-_PG_KEY_SUMS_CHECKED = (
-    "select b.key, k.key, sum((k.value::text)::float8)"
-    + _PG_KEY_SUMS_FROM.replace("{each}", "jsonb_each")
-    + " and pg_catalog.jsonb_typeof(k.value) = 'number'"
-    + " and (k.value::text)::float8 between 0 and 1e12 group by 1, 2")
-#: Transaction-local: 16 writers x 10,000 keys group in a hash, not sorted (the
-#: planner cannot know how many items the JSON holds and sorts, 3x slower).
-_PG_SETTINGS = ("select pg_catalog.set_config('statement_timeout', %s::text, true), "
-                "pg_catalog.set_config('work_mem', '64MB', true), "
-                "pg_catalog.set_config('enable_sort', 'off', true)")
-
-_SQLITE_KEY_SUMS = """
-SELECT b.key, k.key, sum(k.value)
-  FROM quilt_patches AS r, json_each(r.content, '$.by_key') AS b, json_each(b.value) AS k
- WHERE r.patch_type = 'budget_writer' AND json_valid(r.content)
-   AND json_extract(r.content, '$.date') IN ({days}) AND b.key IN ({budgets})
-   AND b.type = 'object' AND coalesce(json_extract(r.content, '$.writer_id'), '') <> ?
-   AND k.type IN ('integer', 'real') AND k.value BETWEEN 0 AND 1e12
- GROUP BY 1, 2
-"""
-
-
 def read_key_sums(store: Any, days: Sequence[str], budgets: Sequence[str],
                   exclude_writer: str = "") -> tuple[dict[str, dict[str, float]], list[str]]:
     """Each budget's spend per key over the writer rows of `days` (leaving out the
-    rows of `exclude_writer`), and the rows left out as malformed."""
-    out: dict[str, dict[str, float]] = {}
+    rows of `exclude_writer`), and the rows left out as malformed: summed by the
+    store where it can (SummingStore.key_sums), else here over its entries."""
     if not days or not budgets:
-        return out, []
-    from .stores.postgres import PostgresStore
-    from .stores.sqlite import SQLiteStore
-
-    rows: list[tuple[Any, ...]]
-    if isinstance(store, PostgresStore):
-        import psycopg
-
-        params = (list(days), list(budgets), exclude_writer)
-        timeout = store._statement_timeout
-
-        def work(conn: Any) -> list[tuple[Any, ...]]:
-            # The store's statement timeout, as its own reads set it (this transaction only).
-            conn.execute(_PG_SETTINGS, (timeout,))
-            result: list[tuple[Any, ...]]
-            try:
-                with conn.transaction():  # a savepoint: a failed cast leaves the rest usable
-                    result = conn.execute(_PG_KEY_SUMS, params).fetchall()
-            except psycopg.errors.DataError:
-                result = conn.execute(_PG_KEY_SUMS_CHECKED, params).fetchall()
-            return result
-
-        rows = store._run("reading the spend per key", work, retry=True)
-    elif isinstance(store, SQLiteStore):
-        query = _SQLITE_KEY_SUMS.format(days=",".join("?" * len(days)),
-                                        budgets=",".join("?" * len(budgets)))
-        with store._lock:
-            try:
-                rows = store._connection().execute(
-                    query, (*days, *budgets, exclude_writer)).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreError(f"reading the spend per key failed: {exc}") from None
-    else:
-        bad = []
-        for entry in store.writer_entries(list(days), breakdown=False):
-            if exclude_writer and entry.get("writer_id") == exclude_writer:
-                continue
-            if not add_entry_keys(out, entry, budgets):
-                bad.append(_row(entry))
-        return out, bad
-    for budget, key, usd in rows:
-        out.setdefault(str(budget), {})[str(key)] = float(usd)
-    return out, []
+        return {}, []
+    if isinstance(store, SummingStore):
+        return store.key_sums(days, budgets, exclude_writer=exclude_writer)
+    return sum_entry_keys(store.writer_entries(list(days), breakdown=False), budgets,
+                          exclude_writer=exclude_writer)
 
 
 class KeyFleet:
@@ -458,10 +345,6 @@ class KeyFleet:
             for key, usd in self._today.get(budget, {}).items():
                 out[key] = out.get(key, 0.0) + usd
             return out
-
-
-def _row(entry: Mapping[str, Any]) -> str:
-    return f"budget_{entry.get('date')}/{entry.get('writer_id')}"
 
 
 # --- the whole: what the meter composes -----------------------------------------------------

@@ -45,6 +45,7 @@ from typing import Any
 
 from .errors import SpoolError
 from .private_files import check_private_chain, ensure_private_dir, write_atomic
+from .stores.base import IdentifiedStore
 
 _log = logging.getLogger("otel_budget")
 _SUFFIX = ".json"
@@ -116,16 +117,15 @@ class Spool:
         store = self._store
         if store is None:
             return None
-        known = getattr(store, "known_identity", None)
+        if not isinstance(store, IdentifiedStore):
+            return f"id:{type(store).__name__}:{id(store)}"  # this object
+        known = store.known_identity
         if isinstance(known, str) and known:
             return f"id:{known}"
-        ask_store = getattr(store, "identity", None)
-        if not callable(ask_store):
-            return f"id:{type(store).__name__}:{id(store)}"  # a memory store: this object
-        if not ask and hasattr(store, "known_identity"):
+        if not ask:
             return None
         try:
-            value = ask_store()
+            value = store.identity()
         except Exception as exc:
             _log.debug("otel_budget: the store's identity is unknown yet: %s", exc)
             return None
@@ -413,24 +413,18 @@ class Spool:
 
 def store_locator(store: Any) -> str:
     """Where a store leads as far as it can be told without I/O (no secret in it):
-    `spool_key` where the store has one, a SQLite file's real path, else the object.
-    Stable through an outage, unlike its identity, which needs an answer."""
-    key = getattr(store, "spool_key", None)
-    if isinstance(key, str) and key:
-        return key
-    path = getattr(store, "path", None)
-    if path is not None:
-        return f"sqlite:{os.path.realpath(path)}"
+    the store's `spool_key` (IdentifiedStore), else the object. Stable through an
+    outage, unlike its identity, which needs an answer."""
+    if isinstance(store, IdentifiedStore) and store.spool_key:
+        return store.spool_key
     return f"{type(store).__name__}:{id(store)}"
 
 
 def _legacy_key_of(store: Any) -> str | None:
     """The key version 2 named this store's spool directory by."""
-    key = getattr(store, "legacy_spool_key", None)
-    if isinstance(key, str) and key:
-        return key
-    path = getattr(store, "path", None)
-    return f"sqlite:{path}" if path is not None else None
+    if not isinstance(store, IdentifiedStore):
+        return None
+    return store.legacy_spool_key or None
 
 
 def _read_private(path: Path) -> bytes:

@@ -1,4 +1,32 @@
-"""The PatchStore protocol every backend implements, and `open_store(url)`."""
+"""The store contract, and `open_store(url)`.
+
+A store keeps rows of `quilt_patches`, addressed by (patch_type, name), holding
+JSON objects (their layout: `otel_budget.stores.layout`). What the library asks
+of one is split into small protocols, each checked with `isinstance` where it is
+optional, never by probing for a method:
+
+- `BudgetStore` (also spelled `PatchStore`, its public name since version 1):
+  required. Reads and writes of rows, the writers' merge and retirement, the
+  day's totals, nudges and claims. A store with only these works everywhere:
+  what the others add is done without them, more slowly or less often.
+- `ClaimStore`: `replace_claim`, the compare and set behind an alert's delivery
+  record and takeover. Without it each alert is delivered by its claimer only.
+- `LeaseStore`: `lease_acquire`/`lease_release`, the fleet-wide hard caps
+  (`enforce="fleet"`). Without it such a budget is a ConfigError at start.
+- `IdentifiedStore`: what the local spool is keyed by (the database itself, and
+  where the URL leads without I/O). Without it the spool is keyed by the object.
+- `ReapingStore`: `reap_stale`, retiring the rows of killed writers.
+- `SummingStore`: the budget and per-key sums computed inside the store (one row
+  per budget or key comes back, not every writer's entry). Without it they are
+  summed in Python over `writer_entries`.
+
+Every bundled store (memory, SQLite, PostgreSQL, Supabase) implements all of them
+(`BundledStore`; tests/stores/test_store_contract.py checks it).
+
+A store that wraps another (to count or fail calls) should define the methods it
+passes on: from Python 3.12, `isinstance` against a protocol no longer sees what
+only `__getattr__` provides (3.11 does).
+"""
 
 from __future__ import annotations
 
@@ -8,25 +36,19 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from ..errors import CheckpointError, ConfigError, CorruptRowError, InvalidEntryError
 from .entries import DayTotals, MergeResult
 
+if TYPE_CHECKING:
+    from ..budgets import Budget
+
 
 @runtime_checkable
-class PatchStore(Protocol):
-    """Rows of `quilt_patches`, addressed by (patch_type, name), holding JSON objects.
-
-    Every bundled store also has `reap_stale(stale_after_s, *, limit=100) ->
-    list[str]` (optional for others, so not part of the protocol): retire, as
-    retire_writer does with the row's own stored entry, at most `limit` live writer
-    rows of any day not written for `stale_after_s` seconds, and return their names.
-    Retiring only moves a row's sums from the day's live writers to its retired ones:
-    a late merge of a writer that was only slow applies against the stored row and
-    never counts it twice; malformed rows are left alone (quarantined). The bundled
-    stores run it themselves, piggybacked on merges (their `stale_after_s`, default
-    DEFAULT_STALE_AFTER_S; None: never)."""
+class BudgetStore(Protocol):
+    """Rows of `quilt_patches`, addressed by (patch_type, name), holding JSON objects:
+    what every store must do."""
 
     def get(self, patch_type: str, name: str) -> dict[str, Any] | None:
         """The row's content, or None if absent. Raises CheckpointError if it is not
@@ -45,8 +67,11 @@ class PatchStore(Protocol):
         caller treats `stored_seq >= entry["seq"]` as "my entry is durable".
         Another writer's row of the day whose amounts are not amounts (a number
         in [0, 1e12]) is left out of the others' totals and named in their
-        `quarantined` list (never counted as 0, never fatal); a malformed summary
-        row of the day raises CheckpointError naming it, and nothing is written.
+        `quarantined` list (never counted as 0, never fatal). So is a malformed
+        summary row of the day (named `budget_summary/budget_{date}`): left as it
+        is, never overwritten, while the day's retired rows (never deleted) stand
+        for it; deleting it repairs the day (the next retirement writes it anew
+        from those rows).
 
         The others are the day's summary row (its retired writers) plus its writer
         rows not retired. On a retired row a newer seq replaces the entry and moves
@@ -61,7 +86,9 @@ class PatchStore(Protocol):
         stored by the same seq rule, the row marked `"retired": true` and its amounts
         (spend, by_budget, one writer, its budget_writers counts) added to the day's
         summary row (`budget_summary`/`budget_{date}`), so later merges and reads of
-        the day no longer visit it. Exactly once per writer row: retiring a retired
+        the day no longer visit it (an absent summary row is first rebuilt from the
+        day's retired rows; a malformed one is left alone, see merge_writer).
+        Exactly once per writer row: retiring a retired
         row again is a no-op unless its seq is newer (then as merge_writer on a
         retired row), so retries are idempotent. If the stored seq is newer than the
         entry's, the stored entry is the one retired.
@@ -78,8 +105,8 @@ class PatchStore(Protocol):
         without rows gets zero totals. Retired or not, every row counts once: the
         day's summary row stands for the retired ones, so the totals are those of
         `entries.summarize` over all of the day's writer rows. A writer row whose
-        amounts are not amounts is left out and named in `quarantined`; a
-        malformed summary row raises CheckpointError naming it."""
+        amounts are not amounts is left out and named in `quarantined`, and so is
+        a malformed summary row (the retired rows counted in its place)."""
         ...
 
     def writer_entries(self, days: Sequence[str], *, breakdown: bool = True) -> list[dict[str, Any]]:
@@ -93,11 +120,7 @@ class PatchStore(Protocol):
         ...
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
-        """Insert the row unless (patch_type, name) exists; True if this call inserted.
-        (Every bundled store also has `replace_claim(patch_type, name, expected,
-        content) -> bool`: replace the row's content only if it still equals
-        `expected`, the compare and set behind an alert's delivery record and
-        takeover; a store without it delivers each alert from its claimer only.)"""
+        """Insert the row unless (patch_type, name) exists; True if this call inserted."""
         ...
 
     def close(self) -> None:
@@ -109,24 +132,95 @@ class PatchStore(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+#: The name the protocol had before it was split (public: `otel_budget.PatchStore`).
+PatchStore = BudgetStore
+
+
+@runtime_checkable
+class ClaimStore(Protocol):
+    def replace_claim(self, patch_type: str, name: str, expected: dict[str, Any],
+                      content: dict[str, Any]) -> bool:
+        """Replace the row's content only if it still equals `expected` (True if this
+        call replaced it; an absent row is False): the compare and set behind an
+        alert's delivery record and takeover."""
+        ...
+
+
+@runtime_checkable
+class LeaseStore(Protocol):
+    """The lease rows of fleet budgets (otel_budget.leases: the requests, the
+    answers, and `apply_acquire`/`apply_release`, the reference the SQL mirrors)."""
+
+    def lease_acquire(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Acquire, top up or renew a writer's lease on a budget's window, atomically."""
+        ...
+
+    def lease_release(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Give a lease back, settling its exact use."""
+        ...
+
+
+@runtime_checkable
 class IdentifiedStore(Protocol):
-    """What the local spool asks of a store (optional: without it a store's spool is
-    keyed by the object itself, as for `memory://`).
+    """What the local spool keys a store's entries by.
 
     `identity()` names the database itself, whatever spelling of the URL led to it
     (SQLite: the file's real path; PostgreSQL: the cluster's system identifier and
     the database; Supabase: the project); it may do I/O, bounded by the store's
     deadlines, and raises StoreError while the store has never answered.
     `known_identity` is that name when known already (no I/O), else None.
-    A store may also have `spool_key`: where the URL leads as far as it can be told
-    without I/O (no secret in it); entries spooled before the store ever answered
-    wait under it (PostgreSQL: host, port, database and user with libpq's
-    environment defaults applied)."""
+    `spool_key` is where the URL leads as far as it can be told without I/O (no
+    secret in it); entries spooled before the store ever answered wait under it
+    (PostgreSQL: host, port, database and user with libpq's environment defaults
+    applied). `legacy_spool_key`: what version 2 keyed the spool by, or None."""
 
     def identity(self) -> str: ...
 
     @property
     def known_identity(self) -> str | None: ...
+
+    @property
+    def spool_key(self) -> str: ...
+
+    @property
+    def legacy_spool_key(self) -> str | None: ...
+
+
+@runtime_checkable
+class ReapingStore(Protocol):
+    def reap_stale(self, stale_after_s: float, *, limit: int = 100) -> list[str]:
+        """Retire, as retire_writer does with the row's own stored entry, at most
+        `limit` live writer rows of any day not written for `stale_after_s` seconds,
+        and return their names. Retiring only moves a row's sums from the day's live
+        writers to its retired ones: a late merge of a writer that was only slow
+        applies against the stored row and never counts it twice; malformed rows are
+        left alone (quarantined). The bundled stores run it themselves, piggybacked
+        on merges (their `stale_after_s`, default DEFAULT_STALE_AFTER_S; None:
+        never)."""
+        ...
+
+
+@runtime_checkable
+class SummingStore(Protocol):
+    def budget_day_spend(self, days: Sequence[str], budgets: Sequence[Budget], *,
+                         closed_before: str) -> dict[str, dict[str, float]]:
+        """{day: {budget: spend}} over each closed day's writers (a writer's own
+        figure, else its breakdown's share; see otel_budget.stores.shares)."""
+        ...
+
+    def key_sums(self, days: Sequence[str], budgets: Sequence[str], *,
+                 exclude_writer: str = "") -> tuple[dict[str, dict[str, float]], list[str]]:
+        """Each per-key budget's spend per key over the writer rows of `days`,
+        leaving out the rows of `exclude_writer`, and the rows left out as malformed.
+        An item that is no amount is skipped (SQL) or leaves its row out, named
+        (Python: `otel_budget.stores.keysums`)."""
+        ...
+
+
+@runtime_checkable
+class BundledStore(BudgetStore, ClaimStore, LeaseStore, IdentifiedStore, ReapingStore,
+                   SummingStore, Protocol):
+    """All of the above: what memory, SQLite, PostgreSQL and Supabase implement."""
 
 
 # scheme -> "module:Class"; imported lazily so optional drivers cost nothing unused.
@@ -139,7 +233,7 @@ _BACKENDS: dict[str, str] = {
 }
 
 
-def open_store(url: str) -> PatchStore:
+def open_store(url: str) -> BudgetStore:
     """Open the store a URL names: `memory://`, `sqlite:///relative.db`,
     `sqlite:////absolute.db`, `postgresql://user@host/db`, `supabase://`."""
     if not isinstance(url, str) or "://" not in url:
@@ -155,7 +249,7 @@ def open_store(url: str) -> PatchStore:
         )
     module_name, class_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    store: PatchStore = cls.from_url(url)
+    store: BudgetStore = cls.from_url(url)
     return store
 
 

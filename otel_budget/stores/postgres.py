@@ -42,7 +42,9 @@ from .base import (
     dumps_content,
     redact_url,
 )
-from .entries import WRITER_TYPE, DayTotals, MergeResult, check_days, writer_row_name
+from .entries import DayTotals, MergeResult, check_days
+from .keysums import PG_KEY_SUMS, PG_KEY_SUMS_CHECKED, PG_KEY_SUMS_SETTINGS, key_sums_of_rows
+from .layout import NUDGE_TYPE, WRITER_TYPE, writer_row_name
 from .shares import budget_spec, check_spend_answer
 from .sqlfunctions import (
     CHECKPOINT_SQLSTATES,
@@ -50,9 +52,10 @@ from .sqlfunctions import (
     as_object,
     days_totals,
     entry_list,
-    entry_list_of_names,
     merge_result,
     prepare_writer_entry,
+    reap_one_at_a_time,
+    reap_quietly,
 )
 
 if TYPE_CHECKING:
@@ -95,7 +98,7 @@ _ENTRIES = pgsql.SQL(
 )
 _NUDGES = pgsql.SQL(
     "select q.name, q.content from public.quilt_patches as q "
-    "where q.patch_type = 'sibling_nudge' and q.content->>'date' = %s::text order by q.name"
+    "where q.patch_type = %s::text and q.content->>'date' = %s::text order by q.name"
 )
 _LEASE_ACQUIRE = pgsql.SQL(
     "select pg_catalog.set_config('statement_timeout', %s::text, true); "
@@ -296,33 +299,21 @@ class PostgresStore(ContextStore):
         server's clock), at most `limit`: otel_budget_reap (see PatchStore)."""
         self._check_open()
         seconds, limit = check_reap_args(stale_after_s, limit)
-        reaped: list[str] = []
-        # One row per transaction: the lock order of retire_writer (the writer's row,
-        # its shard, the day's summary row), so a reaper never deadlocks a shutdown.
-        for _ in range(limit):
+
+        def reap_one() -> Any:
             row = self._run(
                 "reaping stale writer rows",
                 lambda conn: _one_trip(conn, _REAP, (self._statement_timeout, seconds, 1)),
                 retry=True, single=True,
             )
             assert row is not None
-            names = entry_list_of_names(row[0])
-            if not names:
-                break
-            reaped += names
-        return reaped
+            return row[0]
+
+        return reap_one_at_a_time(reap_one, limit)
 
     def _reap_quietly(self) -> None:
-        # A merge never fails because the reaper did: it runs again next time.
         assert self._reaps.stale_after_s is not None
-        try:
-            reaped = self.reap_stale(self._reaps.stale_after_s)
-        except (StoreError, CheckpointError) as exc:
-            _log.info("otel_budget: reaping stale writer rows failed: %s", exc)
-            return
-        if reaped:
-            _log.info("otel_budget: retired %d writer rows not written for %g s",
-                      len(reaped), self._reaps.stale_after_s)
+        reap_quietly(self.reap_stale, self._reaps.stale_after_s)
 
     def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
         # Retried: idempotent, a retired row is never added again.
@@ -404,9 +395,27 @@ class PostgresStore(ContextStore):
         self._check_open()
         (day,) = check_days([day])
         rows = self._run(f"reading the nudges of {day}",
-                         lambda conn: conn.execute(_NUDGES, (day,)).fetchall(), retry=True)
-        return [as_object(content, patch_type="sibling_nudge", name=name)
-                for name, content in rows]
+                         lambda conn: conn.execute(_NUDGES, (NUDGE_TYPE, day)).fetchall(),
+                         retry=True)
+        return [as_object(content, patch_type=NUDGE_TYPE, name=name) for name, content in rows]
+
+    def key_sums(self, days: Sequence[str], budgets: Sequence[str], *,
+                 exclude_writer: str = "") -> tuple[dict[str, dict[str, float]], list[str]]:
+        """Each per-key budget's spend per key, summed in SQL (see SummingStore):
+        items that are no amount are skipped, so no row is named."""
+        self._check_open()
+        params = (list(days), list(budgets), exclude_writer)
+
+        def work(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            # The store's statement timeout, as its own reads set it (this transaction only).
+            conn.execute(PG_KEY_SUMS_SETTINGS, (self._statement_timeout,))
+            try:
+                with conn.transaction():  # a savepoint: a failed cast leaves the rest usable
+                    return conn.execute(PG_KEY_SUMS, params).fetchall()
+            except psycopg.errors.DataError:
+                return conn.execute(PG_KEY_SUMS_CHECKED, params).fetchall()
+
+        return key_sums_of_rows(self._run("reading the spend per key", work, retry=True)), []
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
         self._check_open()

@@ -23,12 +23,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError
+from .base import BudgetStore, SummingStore
+from .layout import SHARE_TYPE as SHARE_TYPE  # kept importable here
 
 if TYPE_CHECKING:
     from ..budgets import Budget
 
-#: Row type of a kept share: name `share_<date>_<key>`.
-SHARE_TYPE = "budget_share"
 #: writer_id of the one entry standing for a closed day's writers.
 CLOSED_DAY_WRITER = "(closed day: budgets precomputed in the store)"
 _WILDCARDS = frozenset("*?[")
@@ -125,19 +125,18 @@ def check_spend_answer(value: Any, days: Sequence[str], names: Sequence[str]) ->
 
 
 def incomplete_day_entries(
-    store: Any, days: Sequence[str], totals: Mapping[str, Mapping[str, Any]],
+    store: BudgetStore, days: Sequence[str], totals: Mapping[str, Mapping[str, Any]],
     budgets: Sequence[Budget], *, today: str,
 ) -> list[dict[str, Any]]:
     """The writer entries `fleet.from_load` needs for `days` (the days some writer
     left a budget out of): today's read whole; each closed day as one entry holding
-    every budget's spend, from the store's `budget_day_spend` when it has one (else
+    every budget's spend, from the store's `budget_day_spend` (a SummingStore; else
     the day's entries, read whole, as before)."""
     closed = [d for d in days if d < today]
     rest = [d for d in days if d >= today]
-    method = getattr(store, "budget_day_spend", None)
-    if closed and method is not None:
+    if closed and isinstance(store, SummingStore):
         try:
-            spend = method(closed, budgets, closed_before=today)
+            spend = store.budget_day_spend(closed, budgets, closed_before=today)
         except NotImplementedError:
             spend = None
         if spend is not None:

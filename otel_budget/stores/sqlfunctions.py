@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, StoreError
 from .base import dumps_content
 from .entries import (
     DayTotals,
@@ -14,6 +16,8 @@ from .entries import (
     normalize_writer_entry,
     totals_from_json,
 )
+
+_log = logging.getLogger(__name__)
 
 #: SQLSTATEs schema.sql raises on purpose: a malformed argument, a malformed stored
 #: document. Both mean CheckpointError; neither is worth a retry.
@@ -71,6 +75,33 @@ def entry_list_of_names(value: Any) -> list[str]:
             f"otel_budget_reap answered {str(value)[:80]!r}, expected a list of row names"
         )
     return value
+
+
+def reap_one_at_a_time(reap_one: Callable[[], Any], limit: int) -> list[str]:
+    """reap_stale over either transport: `reap_one` calls otel_budget_reap for one
+    row (its answer: the names it retired), until none is left or `limit` are.
+    One row per transaction: the lock order of retire_writer (the writer's row, its
+    shard, the day's summary row), so a reaper never deadlocks a shutdown."""
+    reaped: list[str] = []
+    for _ in range(limit):
+        names = entry_list_of_names(reap_one())
+        if not names:
+            break
+        reaped += names
+    return reaped
+
+
+def reap_quietly(reap: Callable[[float], list[str]], stale_after_s: float) -> None:
+    """The reaper piggybacked on a merge: a merge never fails because the reaper
+    did (it runs again next time)."""
+    try:
+        reaped = reap(stale_after_s)
+    except (StoreError, CheckpointError) as exc:
+        _log.info("otel_budget: reaping stale writer rows failed: %s", exc)
+        return
+    if reaped:
+        _log.info("otel_budget: retired %d writer rows not written for %g s",
+                  len(reaped), stale_after_s)
 
 
 def as_object(value: Any, *, patch_type: str, name: str) -> dict[str, Any]:

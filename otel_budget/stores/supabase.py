@@ -40,7 +40,9 @@ from .base import (
     check_reap_args,
     dumps_content,
 )
-from .entries import WRITER_TYPE, DayTotals, MergeResult, check_days, writer_row_name
+from .entries import DayTotals, MergeResult, check_days
+from .keysums import sum_entry_keys
+from .layout import NUDGE_TYPE, WRITER_TYPE, writer_row_name
 from .shares import budget_spec, check_spend_answer
 from .sqlfunctions import (
     CHECKPOINT_SQLSTATES,
@@ -48,9 +50,10 @@ from .sqlfunctions import (
     as_object,
     days_totals,
     entry_list,
-    entry_list_of_names,
     merge_result,
     prepare_writer_entry,
+    reap_one_at_a_time,
+    reap_quietly,
 )
 
 if TYPE_CHECKING:
@@ -222,27 +225,15 @@ class SupabaseStore(ContextStore):
         database's clock), at most `limit`: otel_budget_reap (see PatchStore)."""
         self._check_open()
         seconds, limit = check_reap_args(stale_after_s, limit)
-        reaped: list[str] = []
-        # One row per call: see PostgresStore.reap_stale (the lock order of a retire).
-        for _ in range(limit):
-            response = self._call(
-                "reaping stale writer rows",
-                lambda: self._current_client().rpc(
-                    "otel_budget_reap", {"p_stale_after_s": seconds, "p_limit": 1}).execute(),
-            )
-            names = entry_list_of_names(response.data)
-            if not names:
-                break
-            reaped += names
-        return reaped
+        return reap_one_at_a_time(lambda: self._call(
+            "reaping stale writer rows",
+            lambda: self._current_client().rpc(
+                "otel_budget_reap", {"p_stale_after_s": seconds, "p_limit": 1}).execute(),
+        ).data, limit)
 
     def _reap_quietly(self) -> None:
-        # A merge never fails because the reaper did: it runs again next time.
         assert self._reaps.stale_after_s is not None
-        try:
-            self.reap_stale(self._reaps.stale_after_s)
-        except (StoreError, CheckpointError) as exc:
-            _log.info("otel_budget: reaping stale writer rows failed: %s", exc)
+        reap_quietly(self.reap_stale, self._reaps.stale_after_s)
 
     def retire_writer(self, entry: dict[str, Any]) -> MergeResult:
         # Retried like a merge: a retired row is never added again.
@@ -318,8 +309,14 @@ class SupabaseStore(ContextStore):
             lambda: self._current_client().rpc("otel_budget_nudges_on", {"p_day": day}).execute(),
         )
         rows = response.data if isinstance(response.data, list) else []
-        return [as_object(row, patch_type="sibling_nudge", name=f"nudge of {day}")
-                for row in rows]
+        return [as_object(row, patch_type=NUDGE_TYPE, name=f"nudge of {day}") for row in rows]
+
+    def key_sums(self, days: Sequence[str], budgets: Sequence[str], *,
+                 exclude_writer: str = "") -> tuple[dict[str, dict[str, float]], list[str]]:
+        """Each per-key budget's spend per key, summed here over the writer entries
+        (see SummingStore; rows whose by_key is malformed are named)."""
+        return sum_entry_keys(self.writer_entries(days, breakdown=False), budgets,
+                              exclude_writer=exclude_writer)
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
         self._check_open()

@@ -13,7 +13,16 @@ from typing import Any
 import pytest
 
 from otel_budget import CheckpointError, StoreError
-from otel_budget.stores.base import PatchStore
+from otel_budget.stores.base import (
+    BudgetStore,
+    BundledStore,
+    ClaimStore,
+    IdentifiedStore,
+    LeaseStore,
+    PatchStore,
+    ReapingStore,
+    SummingStore,
+)
 from otel_budget.stores.entries import (
     LEGACY_TYPE,
     SUMMARY_TYPE,
@@ -62,6 +71,42 @@ def entry(writer: str, spend: float, seq: int, *, day: str = DAY, instance: str 
 def test_every_store_is_a_patch_store(store: Any) -> None:
     assert isinstance(store, PatchStore)
     assert not hasattr(store, "merge_budget"), "version 1's shared-document merge is gone"
+
+
+def test_every_bundled_store_implements_the_whole_contract(store: Any) -> None:
+    """What the library checks with isinstance (never by probing for a method): a
+    bundled store missing one would silently lose what it is for."""
+    for protocol in (BudgetStore, ClaimStore, LeaseStore, IdentifiedStore, ReapingStore,
+                     SummingStore, BundledStore):
+        assert isinstance(store, protocol), protocol.__name__
+    assert PatchStore is BudgetStore
+    assert isinstance(store.spool_key, str) and store.spool_key
+    assert isinstance(store.identity(), str) and store.identity()
+    assert store.known_identity in (None, store.identity())
+
+
+def test_key_sums_are_the_python_reference_over_the_same_rows(store: Any) -> None:
+    """SummingStore.key_sums (SQL on SQLite and PostgreSQL) against
+    stores.keysums.sum_entry_keys over the entries the store holds."""
+    from otel_budget.stores.keysums import sum_entry_keys
+    from otel_budget.stores.layout import KEY_FIELD
+
+    rng = random.Random(21)
+    days = [DAY, "2026-11-24"]
+    for n in range(6):
+        by_key = {b: {f'["k{rng.randint(0, 4)}"]': round(rng.uniform(0, 3), 6)
+                      for _ in range(rng.randint(0, 4))} for b in ("b", "c", "other")}
+        store.merge_writer(entry(f"w{n}", 1.0, 1, day=days[n % 2]) | {KEY_FIELD: by_key})
+    store.merge_writer(entry("plain", 1.0, 1))  # no by_key at all
+    wanted = sum_entry_keys(store.writer_entries(days, breakdown=False), ["b", "c"],
+                            exclude_writer="w2")
+    got = store.key_sums(days, ["b", "c"], exclude_writer="w2")
+    assert got[1] == wanted[1] == []
+    assert set(got[0]) == set(wanted[0]) and set(got[0]) <= {"b", "c"}
+    for budget, sums in wanted[0].items():
+        assert got[0][budget] == pytest.approx(sums, abs=1e-9)
+    assert store.key_sums([], ["b"]) == ({}, [])
+    assert store.key_sums(["1999-01-01"], ["b"]) == ({}, [])
 
 
 def test_get_absent_returns_none(store: Any) -> None:
