@@ -78,7 +78,7 @@ STOP_DEADLINE_S = 11.0
 class Stoppable(Protocol):
     def shutdown(self, timeout: float = ...) -> None: ...
 
-    def _wait_final_write(self, timeout: float) -> bool: ...
+    def wait_final_write(self, timeout: float) -> bool: ...
 
 
 _lock = threading.RLock()
@@ -272,7 +272,7 @@ def stop_all(timeout: float = STOP_DEADLINE_S, *, in_thread: bool = False,
             except Exception:
                 _log.exception("otel_budget: stopping a meter failed")
         for meter in closing:
-            meter._wait_final_write(max(0.0, deadline - time.monotonic()))
+            meter.wait_final_write(max(0.0, deadline - time.monotonic()))
 
     if not in_thread:
         run()

@@ -15,39 +15,34 @@ import atexit
 import logging
 import os
 import threading
-import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import date, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from . import ledger, lifecycle, money
+from . import enforcement, ledger, lifecycle, money
 from . import provider as provider_wiring
-from ._version import __version__
 from .config import BudgetConfig
-from .errors import BudgetError, BudgetExceeded, ConfigError
+from .enforcement import Enforcement
+from .errors import BudgetError
 from .health import MatchKeyWatch, build_health
 from .instruments import WRITER_ATTRIBUTE, register_instruments
-from .leases import FleetLease, LeaseStore, supports_leases
 from .money import UsdAmount
 from .notify import Notifier, NotifierDispatcher
-from .perkey import KEY_FIELD, PerKey
 from .reader import (
-    SCOPE_NAME,
     BudgetReader,
-    LedgerReader,
     SpendPoints,
 )
 from .refusals import ENTRY_KEY as REFUSALS_KEY
 from .refusals import RefusalLog
-from .reservations import RESERVE_ATTEMPTS, Reservation, ReservationBook
+from .reservations import Reservation
+from .shutdown import DEFAULT_SHUTDOWN_TIMEOUT_S, MeterStop
 from .spool import Spool
 from .stores.base import PatchStore, open_store
 from .tracker import BudgetTracker
@@ -61,7 +56,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger("otel_budget")
 
 Attributes = Mapping[str, Any]
-DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
 
 
 class BudgetMeter:
@@ -78,19 +72,7 @@ class BudgetMeter:
         prices: PriceTable | None = None,
         meter_provider: MeterProvider | None = None,
     ) -> None:
-        if not isinstance(config, BudgetConfig):
-            raise TypeError(f"config must be a BudgetConfig, got {type(config).__name__}")
-        if not isinstance(notifiers, NotifierDispatcher):
-            for notifier in notifiers:
-                if not callable(notifier):
-                    raise TypeError(f"notifier {notifier!r} is not callable")
-        if meter_provider is not None and metric_readers:
-            raise ValueError("pass metric_readers to your own MeterProvider, not here, "
-                             "when you pass meter_provider")
-        from .pricing import PriceTable
-
-        if prices is not None and not isinstance(prices, PriceTable):
-            raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")
+        _check_arguments(config, notifiers, metric_readers, prices, meter_provider)
         self._config = config
         self._owns_store = store is None
         self._store: PatchStore = store if store is not None else open_store(config.store_url)
@@ -128,9 +110,6 @@ class BudgetMeter:
         )
         self._ledger = self._tracker.ledger
         self._budget_index = {b.name: b for b in config.all_budgets}
-        self._leases = self._make_leases(config)
-        # None without a per-key budget: record() then pays nothing for them.
-        self._perkey = self._make_perkey(config)
         tracker = self._tracker
         self._refusals = RefusalLog(
             writer=lambda: tracker.writer_id, clock=clock,
@@ -138,18 +117,14 @@ class BudgetMeter:
         # Each day's entry carries that day's refusals, so every worker's page and
         # `otel-budget status` see the fleet's.
         self._tracker.add_entry_field(REFUSALS_KEY, self._refusals.day_field)
-        self._book = ReservationBook(
-            budgets=config.all_budgets, spend_of=self._spend_of,
-            window_of=self._window_of, record=self.record,
-            check_amount=self._check_amount, leases=self._leases,
-            on_refusal=self._refusals.record_exception,
-            day=lambda: self._tracker.day, keyed=self._perkey,
-        )
-        if self._leases:
-            self._tracker.add_round_hook(self._lease_round)
-        if self._perkey is not None:
-            self._tracker.add_entry_field(KEY_FIELD, self._perkey.book.entry_field)
-            self._tracker.add_round_hook(self._perkey_round)
+        self._enforcement = Enforcement(
+            config, self._store, tracker, instance_id=self._instance_id,
+            submit_nudge=self._dispatcher.submit, record=self.record,
+            check_amount=self._check_amount, refusals=self._refusals,
+            current_day=self._current_day)
+        self._book = self._enforcement.book
+        # None without a per-key budget: record() then pays nothing for them.
+        self._perkey = self._enforcement.perkey
         self._match_watch = MatchKeyWatch(config.all_budgets, config.collect_interval_s)
         self._tracker.add_round_hook(self._watch_match_keys)
         self._providers_to_shutdown: list[MeterProvider] = []
@@ -159,106 +134,12 @@ class BudgetMeter:
         self._usage_lock = threading.Lock()
         self._started = False
         self._closed = False
+        self._stop = MeterStop(self.shutdown)
 
     # --- wiring -------------------------------------------------------------------
 
-    def _lease_timing(self, config: BudgetConfig) -> tuple[float, float]:
-        ttl = config.resolved_lease_ttl_s
-        # An idle writer's lease goes back within seconds: its surplus is what a busy
-        # writer would otherwise be refused.
-        return ttl, max(2 * config.collect_interval_s, min(ttl / 3, 5.0))
-
-    def _make_perkey(self, config: BudgetConfig) -> PerKey | None:
-        if not any(b.per is not None for b in config.all_budgets):
-            return None
-        tracker = self._tracker
-        ttl, idle = self._lease_timing(config)
-        return PerKey(
-            config.all_budgets, max_keys=config.max_keys_per_budget, store=self._store,
-            writer_id=lambda: tracker.writer_id, day=self._current_day, now=tracker.now,
-            window_of=tracker.window_of, ttl_s=ttl, idle_s=idle,
-            # Other writers' entries change at their checkpoints: re-read no more often
-            # (and at least every 30 s, whatever the collection interval).
-            refresh_s=min(30.0, max(0.5, config.checkpoint_every * config.collect_interval_s)),
-            sibling=config.sibling, instance_id=self._instance_id,
-            submit_nudge=self._dispatcher.submit, first_wait_s=config.start_timeout_s,
-            watch_claim=tracker.watch_claim,
-        )
-
-    def _perkey_round(self) -> None:
-        if self._closed or self._perkey is None:
-            return
-        self._perkey.on_round(self._config.collect_interval_s,
-                              store_suspect=not self._tracker.store_answers())
-
-    def _spend_of(self, name: str) -> float:
-        if self._perkey is not None and PerKey.owns(name):
-            return self._perkey.spend(name)
-        return self._tracker.budget_spend(name)
-
-    def _window_of(self, name: str) -> str:
-        if self._perkey is not None and PerKey.owns(name):
-            return self._perkey.window(name)
-        return self._tracker.window_of(name)
-
-    def _make_leases(self, config: BudgetConfig) -> dict[str, FleetLease]:
-        fleet = [b for b in config.all_budgets if b.hard and b.enforce == "fleet"]
-        if not fleet:
-            return {}
-        if not supports_leases(self._store):
-            raise ConfigError(
-                f"budget {fleet[0].name!r}: enforce='fleet' (the default of a hard budget) "
-                f"needs a store that grants leases (memory, SQLite, PostgreSQL or Supabase), "
-                f"got {type(self._store).__name__}; pass enforce='process' for a per-process cap")
-        store = cast(LeaseStore, self._store)
-        ttl = config.resolved_lease_ttl_s
-        # An idle writer's lease goes back within seconds: its surplus is what a busy
-        # writer would otherwise be refused.
-        idle = max(2 * config.collect_interval_s, min(ttl / 3, 5.0))
-        tracker = self._tracker
-        leases = {}
-        for budget in fleet:
-            if budget.per is not None:
-                continue  # each key has its own lease (perkey.PerKey), made when used
-            name = budget.name
-            leases[name] = FleetLease(
-                budget=name, cap_usd=budget.cap_usd, store=store,
-                writer_id=lambda: tracker.writer_id,
-                window_of=lambda name=name: tracker.window_of(name),  # type: ignore[misc]
-                seen_of=lambda name=name: tracker.budget_spend(name),  # type: ignore[misc]
-                ttl_s=ttl, idle_s=idle,
-            )
-        return leases
-
     def _watch_match_keys(self) -> None:
         self._match_watch.observe(attrs for attrs, _ in self._ledger.export_points())
-
-    def _lease_round(self) -> None:
-        """At each store round (after the checkpoint): renew, report, give back. Not
-        in shutdown's round: its view of the fleet is mid-update (the spool replay
-        reloads the day before the final entry is stored), and release follows."""
-        if self._closed:
-            return
-        # The round failed on the store: probe it now, so that the next fleet call is
-        # refused at once if it is down instead of waiting on it.
-        suspect = not self._tracker.store_answers()
-        for lease in self._leases.values():
-            try:
-                lease.on_round(self._config.collect_interval_s, store_suspect=suspect)
-            except Exception as exc:
-                _log.warning("otel_budget: renewing the lease on budget %r failed: %s",
-                             lease.budget, type(exc).__name__ if not isinstance(exc, BudgetError)
-                             else exc)
-
-    def _release_leases(self) -> None:
-        if self._perkey is not None:
-            self._perkey.close()
-        for lease in self._leases.values():
-            try:
-                lease.close()
-            except Exception as exc:  # it expires after its TTL instead
-                _log.warning("otel_budget: giving back the lease on budget %r failed: %s",
-                             lease.budget, type(exc).__name__)
 
     def _wire_provider(
         self, app_provider: MeterProvider | None, metric_readers: Sequence[MetricReader]
@@ -272,46 +153,25 @@ class BudgetMeter:
         self._providers_to_shutdown = wiring.providers_to_shutdown
         self._reader.bind(self._tracker, interval_s=self._config.collect_interval_s,
                           clock=self._tracker.now, tz=self._config.tzinfo)
-        self._export_meter = wiring.export_provider.get_meter(SCOPE_NAME, __version__)
-        self._spend_exported = self._register_instruments(self._export_meter)
-        if wiring.local_provider is not wiring.export_provider:
-            self._register_instruments(wiring.local_provider.get_meter(SCOPE_NAME, __version__))
-        if self._spend_exported:
-            self._feed_ledger_readers(wiring.local_reader)
+        self._export_meter, spend_exported = wiring.register(self._register_instruments)
+        if spend_exported:
+            wiring.feed_spend(self._spend_points)
         token_metrics = self._config.token_metrics
         self._token_metrics = (wiring.owns_export_provider if token_metrics is None
                                else token_metrics)
 
-    def _feed_ledger_readers(self, local_reader: MetricReader | None) -> None:
-        """The readers that build llm.spend from the ledger (reader.py) get its points."""
-        scope = InstrumentationScope(SCOPE_NAME, __version__)
+    def _spend_points(self) -> SpendPoints:
+        # Each process's series of its own (see the observable callback).
         ledger_ = self._ledger
-        tracker = self._tracker
-
-        def spend_points() -> SpendPoints:
-            # Each process's series of its own (see the observable callback).
-            return (ledger_.export_columns(), {WRITER_ATTRIBUTE: tracker.writer_id},
-                    ledger_.export_start_ns)
-
-        resource = self._wiring.resource
-        self._reader.set_spend_source(spend_points, resource=resource, scope=scope)
-        if isinstance(local_reader, LedgerReader) and local_reader is not self._reader:
-            local_reader.set_spend_source(spend_points, resource=resource, scope=scope)
+        return (ledger_.export_columns(), {WRITER_ATTRIBUTE: self._tracker.writer_id},
+                ledger_.export_start_ns)
 
     def _register_instruments(self, otel_meter: Meter) -> bool:
         tracker = self._tracker
         return register_instruments(
             otel_meter, spend_ledger=self._ledger, writer_id=lambda: tracker.writer_id,
-            refusals=self._refusals, budget_rows=self._gauge_rows, state=tracker.state)
-
-    def _gauge_rows(self) -> list[dict[str, Any]]:
-        rows = self._tracker.budgets()
-        if self._perkey is not None:
-            for row in rows:
-                budget = self._budget_index.get(row["name"])
-                if budget is not None and budget.per:
-                    self._per_key_row(row, budget)  # its biggest key against the cap
-        return rows
+            refusals=self._refusals, budget_rows=self._enforcement.gauge_rows,
+            state=tracker.state)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -330,7 +190,7 @@ class BudgetMeter:
             self._reader.start_timer()
             atexit.register(self.shutdown)
             # atexit misses a death by signal and os._exit: see lifecycle.py.
-            lifecycle.register(self)
+            lifecycle.register(self._stop)
             self._started = True
         return self
 
@@ -341,45 +201,13 @@ class BudgetMeter:
         if self._closed:
             return
         self._closed = True
-        deadline = time.monotonic() + max(0.0, float(timeout))
+        self._enforcement.stop_rounds()
         atexit.unregister(self.shutdown)
-        lifecycle.stopping(self)
-        self._reader.stop_timer(_left(deadline) * 0.2)
-        entries = self._tracker.final_entries()
-        # Spool first: a store that hangs past the deadline must not lose the tail.
-        self._tracker.spool_entries(entries)
-        done = self._final_write_done = threading.Event()
-
-        def write() -> None:
-            try:
-                if self._tracker.store_round(checkpoint=False, wait=True,
-                                             timeout_s=_left(deadline)):
-                    self._tracker.write_entries(entries)
-                self._release_leases()
-            except Exception:
-                _log.exception("otel_budget: final checkpoint failed (spooled)")
-            finally:
-                done.set()
-
-        worker = threading.Thread(target=write, name="OtelBudgetShutdown", daemon=True)
-        worker.start()
-        if not done.wait(_left(deadline) * 0.8):
-            _log.warning("otel_budget: the store did not take the final checkpoint within "
-                         "%.1f s; it stays spooled", timeout)
-        self._dispatcher.close(_left(deadline))
-        for provider in self._providers_to_shutdown:
-            try:
-                provider.shutdown(timeout_millis=max(1.0, _left(deadline) * 1000))
-            except Exception:
-                _log.exception("otel_budget: shutting down the MeterProvider failed")
-        if self._owns_store and done.is_set():
-            self._store.close()
-        lifecycle.stopped(self)
-
-    def _wait_final_write(self, timeout: float) -> bool:
-        """For a stop signal that interrupts shutdown(): wait for its final write."""
-        done: threading.Event | None = getattr(self, "_final_write_done", None)
-        return done is None or done.wait(max(0.0, timeout))
+        self._stop.run(
+            timeout, reader=self._reader, tracker=self._tracker,
+            release=self._enforcement.release, dispatcher=self._dispatcher,
+            providers=self._providers_to_shutdown,
+            store_to_close=self._store if self._owns_store else None)
 
     def __enter__(self) -> BudgetMeter:
         return self.start()
@@ -413,15 +241,9 @@ class BudgetMeter:
     def _after_fork_in_child(self) -> None:
         self._tracker.after_fork_in_child()
         self._refusals.after_fork_in_child()
-        for lease in self._leases.values():
-            lease.after_fork_in_child()  # the parent's lease stays the parent's
-        if self._perkey is not None:
-            self._perkey.after_fork_in_child()
-        # A new writer is a new OTel service instance.
-        resource = provider_wiring.make_resource(self._config.service_name,
-                                                 self._tracker.writer_id, self._instance_id)
-        provider_wiring.set_resource(self._providers_to_shutdown, resource)
-        self._wiring.resource = resource
+        self._enforcement.after_fork_in_child()
+        self._wiring.new_writer(self._config.service_name, self._tracker.writer_id,
+                                self._instance_id)
         if self._started and not self._closed:
             self._reader.after_fork_in_child()
 
@@ -540,35 +362,13 @@ class BudgetMeter:
         exception releases the hold)."""
         return self._book.reserve(max_usd, attributes, on_error=on_error)
 
-    @asynccontextmanager
-    async def areserve(self, max_usd: UsdAmount, attributes: Attributes | None = None, *,
-                       on_error: str = "record") -> AsyncIterator[Reservation]:
-        """`reserve` for asyncio: the check is in memory, so a refusal is immediate and
-        nothing blocks the event loop; a fleet budget's lease round trip (rare: chunks
-        are prefetched in the background) runs in a thread. Cancellation counts as an
-        error (on_error)."""
-        book = self._book
-        amount, budgets = book.prepare(max_usd, attributes, on_error)
-        try:
-            for _ in range(RESERVE_ATTEMPTS):
-                result = book.try_reserve(amount, budgets, attributes, on_error=on_error)
-                if isinstance(result, Reservation):
-                    reservation = result
-                    break
-                # A fleet lease needs a store round trip: in a thread, never on the loop.
-                await asyncio.to_thread(book.fill, result, amount)
-            else:  # the lease kept being drawn by others between our round trips
-                raise book.refusal(budgets, amount)
-        except BudgetExceeded as exc:
-            book.refused(exc)
-            raise
-        try:
-            yield reservation
-        except BaseException as exc:
-            reservation.close(exc)
-            raise
-        else:
-            reservation.close()
+    def areserve(self, max_usd: UsdAmount, attributes: Attributes | None = None, *,
+                 on_error: str = "record") -> AbstractAsyncContextManager[Reservation]:
+        """`reserve` for asyncio (`async with meter.areserve(...) as r:`): the check is
+        in memory, so a refusal is immediate and nothing blocks the event loop; a fleet
+        budget's lease round trip (rare: chunks are prefetched in the background) runs
+        in a thread. Cancellation counts as an error (on_error)."""
+        return enforcement.areserve(self._book, max_usd, attributes, on_error=on_error)
 
     def reserved_usd(self, budget: str | None = None) -> float:
         """USD held by open reservations in this process."""
@@ -610,59 +410,14 @@ class BudgetMeter:
     def budgets(self) -> list[dict[str, Any]]:
         """One dict per budget: name, period, window, match, cap_usd, spend_usd,
         remaining_usd, utilization, alerts_sent, hard (and enforce, reserved_usd)."""
-        if self._perkey is not None:
-            self._perkey.wait_first_read()  # the fleet's keys, read beside start()
-        rows = self._tracker.budgets()
-        for row in rows:
-            row["reserved_usd"] = self._book.held_usd(row["name"]) if row["hard"] else 0.0
-            row["unsettled_usd"] = self._book.unsettled_usd(row["name"])
-            lease = self._leases.get(row["name"])
-            if lease is not None:
-                info = lease.describe()
-                row["leased_usd"] = info["leased_usd"]
-                row["lease"] = info
-            budget = self._budget_index.get(row["name"])
-            if self._perkey is not None and budget is not None and budget.per is not None:
-                self._per_key_row(row, budget)
-        return rows
-
-    def _per_key_row(self, row: dict[str, Any], budget: Any) -> None:
-        """A per-key budget's row: its cap is each key's, so its spend, remaining and
-        utilization are those of its biggest key (what health and the gauges compare
-        with the cap); `top_keys` the 10 biggest, fleet-wide as known; `key_count` how
-        many keys are known in the window and `total_spend_usd` their sum."""
-        assert self._perkey is not None
-        top, count, total = self._perkey.top_keys(budget)
-        biggest = top[0]["spend_usd"] if top else 0.0
-        row.update({
-            "per": list(budget.per), "top_keys": top, "key_count": count,
-            "total_spend_usd": total, "spend_usd": biggest,
-            "remaining_usd": money.remaining_usd(biggest, budget.cap_usd),
-            "utilization": money.utilization(biggest, budget.cap_usd),
-            "alerts_sent": [],
-        })
+        return self._enforcement.budgets()
 
     def budget(self, name: str, attributes: Attributes | None = None) -> dict[str, Any]:
         """One budget's state, in the shape of a `budgets()` entry; for a per-key budget,
         the state of the key `attributes` select (a missing `per` attribute selects its
         "(unset)" key; without attributes, the budget's row with its top keys).
         An unknown name raises ConfigError."""
-        budget = self._budget_index.get(name) if isinstance(name, str) else None
-        if budget is None:
-            raise ConfigError(f"no budget named {name!r:.120} (configured: "
-                              f"{', '.join(self._budget_index) or 'none'})")
-        if attributes is not None:
-            attributes = ledger.check_attributes(attributes)
-        row = next(r for r in self.budgets() if r["name"] == name)
-        if budget.per is None or attributes is None or self._perkey is None:
-            return row
-        state = self._perkey.key_state(budget, attributes)
-        for drop in ("top_keys", "key_count", "total_spend_usd", "lease", "leased_usd"):
-            row.pop(drop, None)
-        row.update(state)
-        row["reserved_usd"] = self._book.held_usd(state.pop("lease_row"))
-        row.pop("lease_row", None)
-        return row
+        return self._enforcement.budget(name, attributes)
 
     def refusals(self, limit: int | None = None) -> list[dict[str, Any]]:
         """This process's recent refusals, newest first (budget, key, amount_usd,
@@ -675,13 +430,7 @@ class BudgetMeter:
 
     def lease_stats(self) -> dict[str, Any]:
         """Store round trips per reservation of the fleet budgets' leases (this process)."""
-        leases = list(self._leases.values())
-        if self._perkey is not None:
-            leases += self._perkey.leases()  # the keys' leases held now
-        trips = sum(lease.round_trips for lease in leases)
-        draws = sum(lease.draws for lease in leases)
-        return {"round_trips": trips, "reservations": draws,
-                "round_trips_per_reservation": round(trips / draws, 4) if draws else None}
+        return self._enforcement.lease_stats()
 
     def health(self) -> dict[str, Any]:
         out = self._health()
@@ -767,5 +516,22 @@ class BudgetMeter:
                 f"budgets=[{names}], store={self._store!r})")
 
 
-def _left(deadline: float) -> float:
-    return max(0.0, deadline - time.monotonic())
+def _check_arguments(
+    config: BudgetConfig, notifiers: Sequence[Notifier] | NotifierDispatcher,
+    metric_readers: Sequence[MetricReader], prices: PriceTable | None,
+    meter_provider: MeterProvider | None,
+) -> None:
+    """Bad arguments raise before anything is opened or started."""
+    if not isinstance(config, BudgetConfig):
+        raise TypeError(f"config must be a BudgetConfig, got {type(config).__name__}")
+    if not isinstance(notifiers, NotifierDispatcher):
+        for notifier in notifiers:
+            if not callable(notifier):
+                raise TypeError(f"notifier {notifier!r} is not callable")
+    if meter_provider is not None and metric_readers:
+        raise ValueError("pass metric_readers to your own MeterProvider, not here, "
+                         "when you pass meter_provider")
+    from .pricing import PriceTable
+
+    if prices is not None and not isinstance(prices, PriceTable):
+        raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")

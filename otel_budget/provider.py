@@ -18,13 +18,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry
 
+from ._version import __version__
 from .instruments import INSTANCE_ATTRIBUTE
-from .reader import BudgetReader, LedgerReader
+from .reader import SCOPE_NAME, BudgetReader, LedgerReader, SpendPoints
 
 __all__ = ["Wiring", "find_budget_reader", "make_resource", "set_resource", "wire"]
 
@@ -41,6 +44,29 @@ class Wiring:
     resource: Resource
     registry: CollectorRegistry
     providers_to_shutdown: list[MeterProvider] = field(default_factory=list)
+
+    def new_writer(self, service_name: str, writer_id: str, instance_id: str) -> None:
+        """A forked child is a new writer, hence a new OTel service instance."""
+        self.resource = make_resource(service_name, writer_id, instance_id)
+        set_resource(self.providers_to_shutdown, self.resource)
+
+    def register(self, register_instruments: Callable[[Meter], bool]) -> tuple[Meter, bool]:
+        """The instruments on the export provider, and on the local one when it is
+        another; returns the export provider's meter and whether `llm.spend` goes
+        through the ledger readers there (register_instruments' answer)."""
+        export_meter = self.export_provider.get_meter(SCOPE_NAME, __version__)
+        spend_exported = register_instruments(export_meter)
+        if self.local_provider is not self.export_provider:
+            register_instruments(self.local_provider.get_meter(SCOPE_NAME, __version__))
+        return export_meter, spend_exported
+
+    def feed_spend(self, spend_points: Callable[[], SpendPoints]) -> None:
+        """The readers that build llm.spend from the ledger (reader.py) get its points."""
+        scope = InstrumentationScope(SCOPE_NAME, __version__)
+        self.reader.set_spend_source(spend_points, resource=self.resource, scope=scope)
+        local = self.local_reader
+        if isinstance(local, LedgerReader) and local is not self.reader:
+            local.set_spend_source(spend_points, resource=self.resource, scope=scope)
 
 
 def make_resource(service_name: str, writer_id: str, instance_id: str) -> Resource:
