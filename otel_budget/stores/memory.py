@@ -10,15 +10,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError, CorruptRowError, StoreError
-from ..leases import (
-    LEASE_TYPE,
-    apply_acquire,
-    apply_release,
-    check_lease_request,
-    lease_answer,
-    lease_doc_problem,
-    lease_row_name,
-)
 from .base import DEFAULT_STALE_AFTER_S, ContextStore, ReapSchedule, check_reap_args, dumps_content
 from .entries import (
     SUMMARY_TYPE,
@@ -39,6 +30,15 @@ from .entries import (
     writer_row_name,
 )
 from .keysums import sum_entry_keys
+from .leaserows import (
+    LEASE_TYPE,
+    apply_acquire,
+    apply_release,
+    check_lease_request,
+    lease_answer,
+    lease_doc_problem,
+    lease_row_name,
+)
 from .shares import day_spend_from_entries
 
 if TYPE_CHECKING:

@@ -32,7 +32,6 @@ from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
 from ..errors import CheckpointError, ConfigError, StoreError
-from ..leases import LEASE_TYPE, check_lease_request, lease_answer, lease_row_name
 from ..redact import password_of, scrub_known
 from .base import (
     DEFAULT_STALE_AFTER_S,
@@ -45,6 +44,7 @@ from .base import (
 from .entries import DayTotals, MergeResult, check_days
 from .keysums import PG_KEY_SUMS, PG_KEY_SUMS_CHECKED, PG_KEY_SUMS_SETTINGS, key_sums_of_rows
 from .layout import NUDGE_TYPE, WRITER_TYPE, writer_row_name
+from .leaserows import LEASE_TYPE, check_lease_request, lease_answer, lease_row_name
 from .shares import budget_spec, check_spend_answer
 from .sqlfunctions import (
     CHECKPOINT_SQLSTATES,

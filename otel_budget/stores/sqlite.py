@@ -26,15 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError, ConfigError, StoreError
-from ..leases import (
-    LEASE_TYPE,
-    apply_acquire,
-    apply_release,
-    check_lease_request,
-    lease_answer,
-    lease_doc_problem,
-    lease_row_name,
-)
 from .base import (
     DEFAULT_STALE_AFTER_S,
     ContextStore,
@@ -62,6 +53,15 @@ from .entries import (
     writer_row_name,
 )
 from .keysums import key_sums_of_rows, sqlite_key_sums
+from .leaserows import (
+    LEASE_TYPE,
+    apply_acquire,
+    apply_release,
+    check_lease_request,
+    lease_answer,
+    lease_doc_problem,
+    lease_row_name,
+)
 from .shares import day_spend_from_entries
 
 _SCHEMA = (

@@ -31,7 +31,6 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..errors import CheckpointError, ConfigError, StoreError
-from ..leases import LEASE_TYPE, check_lease_request, lease_answer, lease_row_name
 from ..redact import scrub_known
 from .base import (
     DEFAULT_STALE_AFTER_S,
@@ -43,6 +42,7 @@ from .base import (
 from .entries import DayTotals, MergeResult, check_days
 from .keysums import sum_entry_keys
 from .layout import NUDGE_TYPE, WRITER_TYPE, writer_row_name
+from .leaserows import LEASE_TYPE, check_lease_request, lease_answer, lease_row_name
 from .shares import budget_spec, check_spend_answer
 from .sqlfunctions import (
     CHECKPOINT_SQLSTATES,
