@@ -92,6 +92,10 @@ _TOTALS = pgsql.SQL(
     "select pg_catalog.set_config('statement_timeout', %s::text, true); "
     "select public.otel_budget_day_totals(%s::text[])"
 )
+_BUDGET_ENTRIES = pgsql.SQL(
+    "select pg_catalog.set_config('statement_timeout', %s::text, true); "
+    "select public.otel_budget_writer_budget_entries(%s::text[], %s::jsonb)"
+)
 _ENTRIES = pgsql.SQL(
     "select pg_catalog.set_config('statement_timeout', %s::text, true); "
     "select public.otel_budget_writer_entries(%s::text[], %s::boolean)"
@@ -375,6 +379,27 @@ class PostgresStore(ContextStore):
                 raise CheckpointError("otel_budget_budget_spend computed no day")
             out.update(got)
         return {d: out[d] for d in wanted}
+
+    def writer_budget_entries(self, days: Sequence[str],
+                              budgets: Sequence[Budget]) -> list[dict[str, Any]]:
+        """`writer_entries(days)` without the breakdowns, every budget of `budgets` an
+        entry lacks computed from its breakdown in SQL (otel_budget_writer_budget_entries;
+        a malformed row comes whole, for the caller to name). NotImplementedError for
+        a match SQL cannot mirror (read the entries)."""
+        self._check_open()
+        wanted = check_days(days)
+        specs = [budget_spec(b) for b in budgets]
+        if any(spec is None for spec in specs):
+            raise NotImplementedError("a budget's match has a [...] pattern")
+        payload = _dumps(specs)
+        row = self._run(
+            "reading writer entries with their budgets",
+            lambda conn: _one_trip(conn, _BUDGET_ENTRIES,
+                                   (self._statement_timeout, wanted, payload)),
+            retry=True, single=True,
+        )
+        assert row is not None
+        return entry_list(row[0])
 
     def writer_entries(
         self, days: Sequence[str], *, breakdown: bool = True

@@ -1645,6 +1645,159 @@ end
 $fn$;
 
 
+-- The jsonpath of a budget's rules (as otel_budget_attrs_match takes them) over a
+-- writer row: the spend_usd of each breakdown item the budget matches, the
+-- overflow bucket left out. Evaluated in C, so a row of 200 items costs
+-- microseconds where calling otel_budget_attrs_match per item cost a millisecond.
+-- NULL when a rule's exact value is an object or an array (no jsonpath literal):
+-- the caller then matches with otel_budget_attrs_match. An attribute whose value
+-- is an array never matches (lax jsonpath would compare its elements); a LIKE
+-- pattern becomes an anchored regular expression (flag "s": % and _ match a
+-- newline, as LIKE's do).
+create or replace function public.otel_budget_match_path(p_rules jsonb)
+returns jsonpath
+language plpgsql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_rule jsonb;
+    v_key text;
+    v_value jsonb;
+    v_like text;
+    v_token text;
+    v_regex text;
+    v_alternatives text[];
+    v_path text := '';
+begin
+    for v_rule in select r.value from pg_catalog.jsonb_array_elements(coalesce(p_rules, '[]'::jsonb)) as r loop
+        v_key := '@.attributes.' || pg_catalog.to_jsonb(v_rule ->> 0)::text;
+        v_alternatives := array[]::text[];
+        for v_value in select x.value from pg_catalog.jsonb_array_elements(v_rule -> 1) as x loop
+            if jsonb_typeof(v_value) in ('object', 'array') then
+                return null;
+            end if;
+            v_alternatives := v_alternatives || (v_key || ' == ' || v_value::text);
+        end loop;
+        for v_like in select p.value from pg_catalog.jsonb_array_elements_text(v_rule -> 2) as p loop
+            v_regex := '^';
+            for v_token in select m[1] from pg_catalog.regexp_matches(v_like, '(\\.|%|_|[^\\%_]+)', 'g') as m loop
+                if v_token = '%' then
+                    v_regex := v_regex || '.*';
+                elsif v_token = '_' then
+                    v_regex := v_regex || '.';
+                else
+                    if left(v_token, 1) = '\' then
+                        v_token := substr(v_token, 2);
+                    end if;
+                    -- ASCII punctuation escaped: a backslash before it is a literal.
+                    v_regex := v_regex || pg_catalog.regexp_replace(v_token, '([!-/:-@\[-`{-~])', '\\\1', 'g');
+                end if;
+            end loop;
+            v_alternatives := v_alternatives || ('(' || v_key || '.type() == "string" && ' || v_key
+                || ' like_regex ' || pg_catalog.to_jsonb(v_regex || '$')::text || ' flag "s")');
+        end loop;
+        if cardinality(v_alternatives) = 0 then
+            v_alternatives := array['@.type() == "no value matches"'];
+        end if;
+        -- The comparisons first: most items fail them, and && stops there.
+        v_path := v_path || '(' || pg_catalog.array_to_string(v_alternatives, ' || ')
+                  || ') && ' || v_key || '.type() != "array" && ';
+    end loop;
+    return ('lax $.by_attributes[*] ? (' || v_path
+            || '!(@.attributes."otel.metric.overflow".type() == "boolean"'
+            || ' && @.attributes."otel.metric.overflow" == true)).spend_usd')::jsonpath;
+end
+$fn$;
+
+
+-- Today's writer entries for start(), each with every budget of p_budgets
+-- ([{"name", "key", "match"}], as otel_budget_budget_spend takes them) it lacks
+-- computed from its breakdown (the same rule: the items the budget matches, the
+-- overflow bucket left out; otel.budget's fleet.entry_budget_spend), and without
+-- the breakdown itself: start() with a budget added mid-window reads a few
+-- hundred bytes per writer, not its whole breakdown. A row whose amounts or
+-- breakdown are malformed (fleet.entry_problem) is returned whole, for the
+-- client to name. Ordered by date and row name, as otel_budget_writer_entries.
+create or replace function public.otel_budget_writer_budget_entries(p_days text[], p_budgets jsonb)
+returns jsonb
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $fn$
+declare
+    v_names text[];
+    v_paths jsonpath[];
+    v_rules jsonb[];
+    v_row record;
+    v_content jsonb;
+    v_own jsonb;
+    v_add jsonb;
+    v_sum numeric;
+    v_out jsonb[] := array[]::jsonb[];
+begin
+    if jsonb_typeof(p_budgets) is distinct from 'array' or exists (
+           select 1 from pg_catalog.jsonb_array_elements(p_budgets) as b
+            where jsonb_typeof(b.value -> 'name') is distinct from 'string'
+               or jsonb_typeof(b.value -> 'match') is distinct from 'array') then
+        raise exception using errcode = 'OB001',
+            message = 'otel_budget_writer_budget_entries: p_budgets must be [{"name", "match"}]';
+    end if;
+    select coalesce(pg_catalog.array_agg(b.value ->> 'name' order by b.n), array[]::text[]),
+           coalesce(pg_catalog.array_agg(public.otel_budget_match_path(b.value -> 'match') order by b.n),
+                    array[]::jsonpath[]),
+           coalesce(pg_catalog.array_agg(b.value -> 'match' order by b.n), array[]::jsonb[])
+      into v_names, v_paths, v_rules
+      from pg_catalog.jsonb_array_elements(p_budgets) with ordinality as b(value, n);
+    for v_row in
+        select q.name, q.content
+          from (select r.name, r.content from public.quilt_patches as r
+                 where r.patch_type = 'budget_writer' and (r.content ->> 'date') = any (p_days)
+                   and not (r.content ? 'retired')
+                union all
+                select r.name, r.content from public.quilt_patches as r
+                 where r.patch_type = 'budget_writer' and (r.content ->> 'date') = any (p_days)
+                   and (r.content ? 'retired')) as q
+         order by q.content ->> 'date', q.name
+    loop
+        v_content := v_row.content || '{}'::jsonb;  -- detoasted once (see otel_budget_stored_seq)
+        if not public.otel_budget_amounts_ok(v_content)
+           or coalesce(jsonb_typeof(v_content -> 'by_attributes'), 'null') not in ('null', 'array')
+           or pg_catalog.jsonb_path_exists(v_content, 'lax $.by_attributes[*].type() ? (@ != "object")')
+           or pg_catalog.jsonb_path_exists(v_content, 'lax $.by_attributes[*] ? (!((!exists(@.attributes) || @.attributes.type() == "object") && @.spend_usd.type() == "number" && @.spend_usd >= 0 && @.spend_usd <= 1e12))')
+        then
+            v_out := v_out || v_content;
+            continue;
+        end if;
+        v_own := case when jsonb_typeof(v_content -> 'by_budget') = 'object'
+                      then v_content -> 'by_budget' else '{}'::jsonb end;
+        v_add := '{}'::jsonb;
+        for i in 1 .. coalesce(pg_catalog.array_length(v_names, 1), 0) loop
+            continue when v_own ? v_names[i];
+            if v_paths[i] is not null then
+                select coalesce(sum((v.value #>> '{}')::numeric), 0) into v_sum
+                  from pg_catalog.jsonb_path_query(v_content, v_paths[i]) as v(value);
+            else
+                select coalesce(sum((e.value ->> 'spend_usd')::numeric), 0) into v_sum
+                  from pg_catalog.jsonb_array_elements(coalesce(v_content -> 'by_attributes', '[]'::jsonb)) as e
+                 where (e.value -> 'attributes' -> 'otel.metric.overflow') is distinct from 'true'::jsonb
+                   and public.otel_budget_attrs_match(e.value -> 'attributes', v_rules[i]);
+            end if;
+            v_add := v_add || pg_catalog.jsonb_build_object(v_names[i], pg_catalog.trim_scale(round(v_sum, 9)));
+        end loop;
+        v_content := v_content - 'by_attributes';
+        if v_add <> '{}'::jsonb then
+            v_content := v_content || pg_catalog.jsonb_build_object('by_budget', v_own || v_add);
+        end if;
+        v_out := v_out || v_content;
+    end loop;
+    return pg_catalog.to_jsonb(v_out);
+end
+$fn$;
+
+
 -- ---------------------------------------------------------------------------
 -- Budget leases: a hard cap across the fleet (Budget(enforce="fleet")).
 -- One row per (budget, window): patch_type 'budget_lease', name
@@ -2028,7 +2181,9 @@ declare
         'public.otel_budget_others(text, text, jsonb)',
         'public.otel_budget_reap(numeric, integer)',
         'public.otel_budget_attrs_match(jsonb, jsonb)',
-        'public.otel_budget_budget_spend(text[], jsonb, text)'
+        'public.otel_budget_budget_spend(text[], jsonb, text)',
+        'public.otel_budget_match_path(jsonb)',
+        'public.otel_budget_writer_budget_entries(text[], jsonb)'
     ];
 begin
     revoke all on table public.quilt_patches from public;

@@ -129,9 +129,10 @@ def incomplete_day_entries(
     budgets: Sequence[Budget], *, today: str,
 ) -> list[dict[str, Any]]:
     """The writer entries `fleet.from_load` needs for `days` (the days some writer
-    left a budget out of): today's read whole; each closed day as one entry holding
-    every budget's spend, from the store's `budget_day_spend` (a SummingStore; else
-    the day's entries, read whole, as before)."""
+    left a budget out of): today's writer by writer (`open_day_entries`); each
+    closed day as one entry holding every budget's spend, from the store's
+    `budget_day_spend` (a SummingStore; else the day's entries, read whole, as
+    before)."""
     closed = [d for d in days if d < today]
     rest = [d for d in days if d >= today]
     if closed and isinstance(store, SummingStore):
@@ -141,8 +142,26 @@ def incomplete_day_entries(
             spend = None
         if spend is not None:
             entries = [_closed_day_entry(d, totals[d], spend[d]) for d in closed]
-            return entries + (store.writer_entries(rest) if rest else [])
-    return list(store.writer_entries(list(days))) if days else []
+            return entries + open_day_entries(store, rest, budgets)
+    return ((list(store.writer_entries(closed)) if closed else [])
+            + open_day_entries(store, rest, budgets))
+
+
+def open_day_entries(store: BudgetStore, days: Sequence[str],
+                     budgets: Sequence[Budget]) -> list[dict[str, Any]]:
+    """The writer entries of days still being written (today), one per writer: from
+    the store's `writer_budget_entries` when it has one (every budget an entry lacks
+    computed from its breakdown in the store, the breakdowns not sent: PostgreSQL
+    and Supabase), else read whole."""
+    if not days:
+        return []
+    method = getattr(store, "writer_budget_entries", None)
+    if method is not None:
+        try:
+            return list(method(days, budgets))
+        except NotImplementedError:  # a match SQL cannot mirror
+            pass
+    return list(store.writer_entries(list(days)))
 
 
 def _closed_day_entry(day: str, totals: Mapping[str, Any],
