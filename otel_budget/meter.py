@@ -1,6 +1,9 @@
-"""BudgetMeter: the one object a dispatcher holds, composed of the ledger (what this
-process recorded), the tracker (budgets, checkpoints, alerts), the reader (the
-collection timer), the notifier dispatcher and the reservation book.
+"""BudgetMeter: the one object a dispatcher holds, a facade over the ledger (what this
+process recorded), the tracker (budgets, checkpoints, alerts; tracker.py), the
+reader (the collection timer; reader.py, wired by provider.py), the notifier
+dispatcher, the hard budgets (leases, per-key books, reservations; enforcement.py)
+and the shutdown sequence (shutdown.py). Its own code checks input on the hot path
+and hands everything else to those.
 
 Instruments are observable (asynchronous): `record()` adds to the ledger and touches
 no SDK aggregation, so its cost does not grow with the number of readers; each

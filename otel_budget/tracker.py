@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timezone
 from typing import Any
 
-from . import fleet, fleet_cache, fleet_read, ledger, money, rounds
+from . import fleet, fleet_cache, fleet_read, ledger, live, money, rounds
 from .budgets import Budget
 from .checkpoint import Checkpointer, CheckpointResult, describe, new_writer_id
 from .claims import AlertClaims, read_claims
@@ -174,16 +174,9 @@ class BudgetTracker:
         self._ledger.roll_if_due()
         self._sync_day_locked()
         day, own_total, own_budgets = self._ledger.today_nanos()
-        inherited = self._inherited
-        view = self._fleet
-        total = (view.others_total() + own_total / money.NANOS_PER_USD
-                 + (inherited.total_usd if inherited else 0.0))
-        spends = []
-        for budget, own in zip(self._budgets, own_budgets, strict=True):
-            name = budget.name
-            spends.append(view.window_budget(name) + own / money.NANOS_PER_USD
-                          + (inherited.budget_usd(name) if inherited else 0.0))
-        return day, money.round_usd(total), [money.round_usd(s) for s in spends]
+        total, spends = live.live_spend(self._fleet, self._budgets, own_total_nanos=own_total,
+                                        own_budget_nanos=own_budgets, inherited=self._inherited)
+        return day, total, spends
 
     def day_total(self) -> float:
         with self._state:
@@ -211,19 +204,10 @@ class BudgetTracker:
     def budgets(self) -> list[dict[str, Any]]:
         with self._state:
             day, _, spends = self._view_locked()
-            rows = []
-            for budget, spend in zip(self._budgets, spends, strict=True):
-                window = ledger.window_id(day, budget.period)
-                rows.append({
-                    "name": budget.name, "period": budget.period, "window": window,
-                    "match": dict(budget.match) if budget.match is not None else None,
-                    "cap_usd": budget.cap_usd, "spend_usd": spend,
-                    "remaining_usd": money.remaining_usd(spend, budget.cap_usd),
-                    "utilization": money.utilization(spend, budget.cap_usd),
-                    "alerts_sent": self._claims.claimed(budget.name, window),
-                    "hard": budget.hard, "enforce": budget.enforce,
-                })
-            return rows
+            windows = [ledger.window_id(day, b.period) for b in self._budgets]
+            return [live.budget_row(b, window=w, spend_usd=spend,
+                                    alerts_sent=self._claims.claimed(b.name, w))
+                    for b, w, spend in zip(self._budgets, windows, spends, strict=True)]
 
     def state(self) -> dict[str, Any]:
         """Everything health() shows beyond the budgets."""

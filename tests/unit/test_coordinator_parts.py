@@ -25,6 +25,7 @@ from otel_budget.fleet_read import (
     view_of,
 )
 from otel_budget.ledger import BUDGET_TYPE, NUDGE_TYPE, budget_name, budget_nudge_name
+from otel_budget.live import budget_row, live_spend
 from otel_budget.rounds import RoundGate, within
 from otel_budget.spend import DaySnapshot
 from otel_budget.stores.entries import WRITER_TYPE, writer_row_name
@@ -259,3 +260,29 @@ def test_within_gives_up_at_its_timeout_and_runs_the_fallback() -> None:
     assert within(lambda: release.wait(10), 0.05, lambda: fallbacks.append(2)) is False
     release.set()
     assert fallbacks == [2]
+
+
+# --- live --------------------------------------------------------------------------------
+
+
+def test_live_spend_adds_the_others_this_writer_and_what_it_inherited() -> None:
+    view = FleetView(day=DAY, others=Spend.of(3.0, {"daily": 3.0, "week": 3.0}),
+                     prior={"week": 5.0}, source=SOURCE_STORE)
+    inherited = DaySnapshot(day=DAY, total_nanos=500_000_000, by_attributes=(),
+                            by_budget={"daily": 500_000_000, "week": 500_000_000})
+    total, spends = live_spend(view, [DAILY, WEEK], own_total_nanos=1_250_000_000,
+                               own_budget_nanos=[1_250_000_000, 1_250_000_000],
+                               inherited=inherited)
+    assert total == 4.75
+    assert spends == [4.75, 9.75]  # the week also counts its days before today
+    alone, _ = live_spend(FleetView(), [DAILY], own_total_nanos=1, own_budget_nanos=[1],
+                          inherited=None)
+    assert alone == 0.000000001
+
+
+def test_budget_row_compares_the_spend_with_the_cap() -> None:
+    row = budget_row(TEAM, window=TODAY, spend_usd=6.0, alerts_sent=[0.8])
+    assert row["remaining_usd"] == 0.0 and row["utilization"] == 1.2
+    assert row["match"] == {"team": "a"} and row["alerts_sent"] == [0.8]
+    assert (row["name"], row["period"], row["window"], row["cap_usd"]) == ("team", "day", TODAY,
+                                                                          5.0)
