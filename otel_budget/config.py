@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from . import environment
 from .budgets import Budget, budget_from_mapping, check_ratios, daily_budget
 from .errors import ConfigError
-from .stores.base import redact_url
+from .redact import redact_dsn as redact_url
 
 _MAX_ID_LENGTH = 200
 #: The environment cannot ask for collections faster than this (a typo such as

@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CheckpointError, CorruptRowError, StoreError
 from .base import DEFAULT_STALE_AFTER_S, ContextStore, ReapSchedule, check_reap_args, dumps_content
 from .entries import (
-    SUMMARY_TYPE,
-    WRITER_TYPE,
     DayTotals,
     MergeResult,
     SummaryBase,
@@ -24,12 +22,11 @@ from .entries import (
     rebuild_summary,
     stored_summary,
     summarize,
-    summary_row_name,
     validate_writer_entry,
     writer_entry_problem,
-    writer_row_name,
 )
 from .keysums import sum_entry_keys
+from .layout import NUDGE_TYPE, SUMMARY_TYPE, WRITER_TYPE, summary_row_name, writer_row_name
 from .leaserows import (
     LEASE_TYPE,
     apply_acquire,
@@ -85,7 +82,7 @@ class MemoryStore(ContextStore):
         (day,) = check_days([day])
         with self._lock:
             rows = [copy.deepcopy(row) for (kind, _), row in sorted(self._rows.items())
-                    if kind == "sibling_nudge" and isinstance(row, dict)
+                    if kind == NUDGE_TYPE and isinstance(row, dict)
                     and row.get("date") == day]
         return rows
 

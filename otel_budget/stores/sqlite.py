@@ -35,8 +35,6 @@ from .base import (
     loads_content,
 )
 from .entries import (
-    SUMMARY_TYPE,
-    WRITER_TYPE,
     DayTotals,
     MergeResult,
     SummaryBase,
@@ -47,12 +45,18 @@ from .entries import (
     rebuild_summary,
     stored_summary,
     summarize,
-    summary_row_name,
     validate_writer_entry,
     writer_entry_problem,
-    writer_row_name,
 )
 from .keysums import key_sums_of_rows, sqlite_key_sums
+from .layout import (
+    LEGACY_TYPE,
+    NUDGE_TYPE,
+    SUMMARY_TYPE,
+    WRITER_TYPE,
+    summary_row_name,
+    writer_row_name,
+)
 from .leaserows import (
     LEASE_TYPE,
     apply_acquire,
@@ -64,6 +68,8 @@ from .leaserows import (
 )
 from .shares import day_spend_from_entries
 
+# The row types are the layout's constants, put into the SQL text itself: SQLite uses a
+# partial index only for a query that spells its predicate the same (a ? would not).
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS quilt_patches (
@@ -78,28 +84,28 @@ CREATE TABLE IF NOT EXISTS quilt_patches (
 """,
     # The day's writer rows without a scan. Queries must spell the expression and
     # the predicate exactly so for SQLite to use it.
-    """
+    f"""
 CREATE INDEX IF NOT EXISTS quilt_patches_writer_day
     ON quilt_patches (json_extract(content, '$.date'))
-    WHERE patch_type = 'budget_writer'
+    WHERE patch_type = '{WRITER_TYPE}'
 """,
     # The day's writer rows not retired: what a merge sums (retired rows are in the
     # day's summary row). Spelled exactly so in _DAY_ROWS, which names it.
-    """
+    f"""
 CREATE INDEX IF NOT EXISTS quilt_patches_writer_live
     ON quilt_patches (json_extract(content, '$.date'))
-    WHERE patch_type = 'budget_writer' AND json_extract(content, '$.retired') IS NULL
+    WHERE patch_type = '{WRITER_TYPE}' AND json_extract(content, '$.retired') IS NULL
 """,
     # The day's retired writer rows: what rebuilds the summary row when it is absent
     # or malformed (quarantined). Spelled exactly so in _RETIRED_ROWS.
-    """
+    f"""
 CREATE INDEX IF NOT EXISTS quilt_patches_writer_retired
     ON quilt_patches (json_extract(content, '$.date'))
-    WHERE patch_type = 'budget_writer' AND json_extract(content, '$.retired') IS NOT NULL
+    WHERE patch_type = '{WRITER_TYPE}' AND json_extract(content, '$.retired') IS NOT NULL
 """,
     # One row per date: the summary row (retired writers), the writer rows not retired,
     # and version 1 day documents together.
-    """
+    f"""
 CREATE VIEW IF NOT EXISTS otel_budget_days (date, total_usd, writers, updated_at) AS
 SELECT day, round(sum(total), 9), sum(writers), max(updated_at) FROM (
     SELECT json_extract(content, '$.date') AS day,
@@ -108,7 +114,7 @@ SELECT day, round(sum(total), 9), sum(writers), max(updated_at) FROM (
            1 AS writers,
            json_extract(content, '$.updated_at') AS updated_at
       FROM quilt_patches
-     WHERE patch_type = 'budget_writer' AND json_valid(content)
+     WHERE patch_type = '{WRITER_TYPE}' AND json_valid(content)
        AND json_extract(content, '$.retired') IS NULL
     UNION ALL
     SELECT json_extract(content, '$.date'),
@@ -118,7 +124,7 @@ SELECT day, round(sum(total), 9), sum(writers), max(updated_at) FROM (
                 THEN json_extract(content, '$.writers') ELSE 0 END,
            json_extract(content, '$.updated_at')
       FROM quilt_patches
-     WHERE patch_type = 'budget_summary' AND json_valid(content)
+     WHERE patch_type = '{SUMMARY_TYPE}' AND json_valid(content)
     UNION ALL
     SELECT coalesce(json_extract(content, '$.date'), substr(name, 8)),
            CASE WHEN json_type(content, '$.total_usd') IN ('integer', 'real')
@@ -127,7 +133,7 @@ SELECT day, round(sum(total), 9), sum(writers), max(updated_at) FROM (
                 THEN (SELECT count(*) FROM json_each(content, '$.instances')) ELSE 0 END,
            json_extract(content, '$.updated_at')
       FROM quilt_patches
-     WHERE patch_type = 'budget' AND json_valid(content) AND json_type(content) = 'object'
+     WHERE patch_type = '{LEGACY_TYPE}' AND json_valid(content) AND json_type(content) = 'object'
 )
 GROUP BY day
 """,
@@ -143,19 +149,19 @@ _DAY_ROWS = (
     "SELECT name, json_extract(content, '$.spend_usd'), json_extract(content, '$.updated_at'), "
     "json_extract(content, '$.by_budget') FROM quilt_patches "
     "INDEXED BY quilt_patches_writer_live "
-    "WHERE patch_type = 'budget_writer' AND json_extract(content, '$.date') = ? "
+    f"WHERE patch_type = '{WRITER_TYPE}' AND json_extract(content, '$.date') = ? "
     "AND json_extract(content, '$.retired') IS NULL"
 )
 _RETIRED_ROWS = (
     "SELECT name, content FROM quilt_patches INDEXED BY quilt_patches_writer_retired "
-    "WHERE patch_type = 'budget_writer' AND json_extract(content, '$.date') = ? "
+    f"WHERE patch_type = '{WRITER_TYPE}' AND json_extract(content, '$.date') = ? "
     "AND json_extract(content, '$.retired') IS NOT NULL ORDER BY name"
 )
 _ROW = "SELECT content FROM quilt_patches WHERE patch_type = ? AND name = ?"
 # Live writer rows not written since the cutoff, oldest first (the reaper's).
 _STALE_ROWS = (
     "SELECT name, content FROM quilt_patches INDEXED BY quilt_patches_writer_live "
-    "WHERE patch_type = 'budget_writer' AND json_extract(content, '$.retired') IS NULL "
+    f"WHERE patch_type = '{WRITER_TYPE}' AND json_extract(content, '$.retired') IS NULL "
     "AND updated_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) "
     "ORDER BY updated_at LIMIT ?"
 )
@@ -197,7 +203,7 @@ def _schema_is_current(conn: sqlite3.Connection) -> bool:
         tuple(_SCHEMA_OBJECTS),
     ).fetchall()
     found = {name: sql for name, sql in rows}
-    return set(found) == _SCHEMA_OBJECTS and "budget_summary" in str(found["otel_budget_days"])
+    return set(found) == _SCHEMA_OBJECTS and SUMMARY_TYPE in str(found["otel_budget_days"])
 
 
 def _drop_outdated_view(conn: sqlite3.Connection) -> None:
@@ -206,7 +212,7 @@ def _drop_outdated_view(conn: sqlite3.Connection) -> None:
     row = conn.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'view' AND name = 'otel_budget_days'"
     ).fetchone()
-    if row is not None and "budget_summary" not in str(row[0]):
+    if row is not None and SUMMARY_TYPE not in str(row[0]):
         conn.execute("DROP VIEW IF EXISTS otel_budget_days")
 
 
@@ -494,7 +500,7 @@ class SQLiteStore(ContextStore):
                     for day in sorted(wanted):
                         rows = conn.execute(
                             f"SELECT name, {content} FROM quilt_patches "
-                            "WHERE patch_type = 'budget_writer' "
+                            f"WHERE patch_type = '{WRITER_TYPE}' "
                             "AND json_extract(content, '$.date') = ? ORDER BY name",
                             (day,),
                         ).fetchall()
@@ -548,13 +554,13 @@ class SQLiteStore(ContextStore):
                 rows = conn.execute(
                     # A hand-edited row that is not JSON is no nudge: skipped, never an
                     # error for the whole day (json_extract would raise on it).
-                    "SELECT name, content FROM quilt_patches WHERE patch_type = 'sibling_nudge' "
+                    "SELECT name, content FROM quilt_patches WHERE patch_type = ? "
                     "AND CASE WHEN json_valid(content) THEN json_extract(content, '$.date') "
-                    "END = ? ORDER BY name", (day,),
+                    "END = ? ORDER BY name", (NUDGE_TYPE, day),
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"reading the nudges of {day} failed: {exc}") from None
-        nudges = [loads_content(text, patch_type="sibling_nudge", name=name)
+        nudges = [loads_content(text, patch_type=NUDGE_TYPE, name=name)
                   for name, text in rows]
         return [n for n in nudges if isinstance(n, dict)]
 
