@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .money import is_number
 
 PERIODS = ("day", "week", "month")
 ENFORCE_MODES = ("process", "fleet")
@@ -23,16 +24,12 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 _SCALARS = (str, bool, int, float)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def check_ratios(ratios: Any, where: str) -> tuple[float, ...]:
     if isinstance(ratios, (str, bytes)) or not hasattr(ratios, "__iter__"):
         raise ConfigError(f"{where} must be a sequence of numbers, got {ratios!r:.80}")
     checked = []
     for ratio in ratios:
-        if not _is_number(ratio) or not (0 < ratio <= 1):
+        if not is_number(ratio) or not (0 < ratio <= 1):
             raise ConfigError(f"{where}: each ratio must be in (0, 1], got {ratio!r}")
         checked.append(float(ratio))
     return tuple(sorted(set(checked)))
@@ -76,7 +73,7 @@ class Budget:
             )
         where = f"budget {name!r}"
         cap = self.cap_usd
-        if not _is_number(cap) or not math.isfinite(cap) or cap <= 0:
+        if not is_number(cap) or not math.isfinite(cap) or cap <= 0:
             raise ConfigError(f"{where}: cap_usd: must be a finite number > 0, got {cap!r}")
         object.__setattr__(self, "cap_usd", float(cap))
         if self.period not in PERIODS:

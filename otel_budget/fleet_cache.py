@@ -18,18 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 from . import money
 from .fleet import SOURCE_LOCAL, FleetView, Spend
 from .private_files import check_private_chain, ensure_private_dir, write_atomic
-from .stores.entries import MAX_STORED_USD
 
 _log = logging.getLogger("otel_budget")
 _VERSION = 1
@@ -76,12 +73,12 @@ def load(path: Path, *, day: date, windows: Mapping[str, str]) -> FleetView | No
     prior: dict[str, float] = {}
     for name, window in windows.items():
         item = budgets.get(name)
-        if isinstance(item, dict) and item.get("window") == window and _amount(
+        if isinstance(item, dict) and item.get("window") == window and money.is_stored_amount(
                 item.get("spend_usd")):
             prior[name] = float(item["spend_usd"])
     total = content.get("total_usd")
     today_total = 0.0
-    if content.get("day") == day.isoformat() and isinstance(total, (int, float)) and _amount(total):
+    if content.get("day") == day.isoformat() and money.is_stored_amount(total):
         today_total = float(total)
     if not prior and not today_total:
         return None
@@ -89,11 +86,6 @@ def load(path: Path, *, day: date, windows: Mapping[str, str]) -> FleetView | No
     return FleetView(
         day=day, others=Spend.of(today_total, {}), prior=MappingProxyType(prior),
         source=SOURCE_LOCAL, read_at=read_at if isinstance(read_at, str) else None)
-
-
-def _amount(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and 0 <= value <= MAX_STORED_USD)
 
 
 __all__ = ["cache_path", "load", "save"]

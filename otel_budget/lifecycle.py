@@ -81,7 +81,31 @@ class Stoppable(Protocol):
     def wait_final_write(self, timeout: float) -> bool: ...
 
 
-_lock = threading.RLock()
+class _Lock:
+    """This module's lock (reentrant). The main thread can be interrupted by a stop
+    signal while it holds it (a multiprocessing finalizer in `stop_all`, `Pool`'s
+    `terminate()` arriving meanwhile): the handler must not then wait for a stop
+    thread that needs it. It holds the signal instead, and the thread's outermost
+    release delivers it."""
+
+    def __init__(self) -> None:
+        self._rlock = threading.RLock()
+
+    def held_here(self) -> bool:
+        # RLock's own (C) ownership test: exact between bytecodes, where handlers run.
+        return bool(self._rlock._is_owned())  # type: ignore[attr-defined]
+
+    def __enter__(self) -> None:
+        self._rlock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._rlock.release()
+        if (_pending and _hold_until.get(_pending[0]) != 0.0 and not _closing
+                and not self.held_here() and _on_main_thread()):
+            _deliver_pending()
+
+
+_lock = _Lock()
 _live: weakref.WeakSet[Stoppable] = weakref.WeakSet()
 _real_signal = signal.signal
 _real_getsignal = signal.getsignal
@@ -209,8 +233,9 @@ def _on_signal(signum: int, frame: FrameType | None) -> Any:
         return previous(signum, frame)
     if previous == signal.SIG_IGN:
         return None
+    inside = _lock.held_here()  # interrupted in this module: see _Lock
     with _lock:
-        if _closing and time.monotonic() < _hold_until.get(signum, float("inf")):
+        if (_closing or inside) and time.monotonic() < _hold_until.get(signum, float("inf")):
             # A shutdown is under way, maybe in this very thread (an exit hook or a
             # multiprocessing finalizer the signal interrupted): let it finish; it
             # delivers the signal when done, or the watchdog does at the deadline.
@@ -235,8 +260,8 @@ def _deliver_pending() -> None:
     """Re-send the held signal to the main thread, where `_on_signal` (no shutdown
     under way any more) performs the default action."""
     with _lock:
-        if not _pending:
-            return
+        if not _pending or _hold_until.get(_pending[0]) == 0.0:
+            return  # none held, or re-sent already
         signum = _pending[0]
         _hold_until[signum] = 0.0  # no second hold
     if hasattr(signal, "pthread_kill"):

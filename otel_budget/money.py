@@ -12,13 +12,13 @@ import math
 from decimal import Decimal
 from fractions import Fraction
 from numbers import Real
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeGuard
 
 from .errors import AmountTypeError
 
 __all__ = [
     "MAX_STORED_USD", "NANOS_PER_USD", "USD_EPSILON", "UsdAmount", "check_amount",
-    "from_nanos", "is_stored_amount", "passes_cap", "remaining_usd", "round_usd",
+    "from_nanos", "is_amount", "is_number", "is_stored_amount", "passes_cap", "remaining_usd", "round_usd",
     "threshold_reached", "to_nanos", "utilization",
 ]
 
@@ -66,10 +66,19 @@ def check_amount(value: Any, name: str, max_usd: float) -> float:
     return amount
 
 
-def is_stored_amount(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_amount(value: Any) -> TypeGuard[float]:
+    """An amount read from a row or a request: a finite number >= 0 (not a bool)."""
+    return is_number(value) and math.isfinite(value) and value >= 0
+
+
+def is_stored_amount(value: Any) -> TypeGuard[float]:
     """A stored amount: a finite number >= 0 and <= MAX_STORED_USD (not a bool)."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and 0 <= value <= MAX_STORED_USD)
+    return is_amount(value) and value <= MAX_STORED_USD
 
 
 def threshold_reached(spend_usd: float, ratio: float, cap_usd: float) -> bool:

@@ -207,20 +207,22 @@ class SpendLedger:
                 budget_nanos[index] += amount
         self._day_total += total
 
+    def _bucket(self, table: dict[frozenset[Any], _Bucket], key: frozenset[Any],
+                attrs: dict[str, Any], overflow: _Bucket) -> _Bucket:
+        """The set's bucket in `table`: a new one while the table holds fewer than the
+        limit, else the overflow bucket."""
+        bucket = table.get(key)
+        if bucket is None:
+            if len(table) < self._limit:
+                bucket = table[key] = _Bucket(attrs)
+            else:
+                bucket = overflow
+        return bucket
+
     def _admit(self, key: frozenset[Any], attributes: Attributes | None) -> _Cell:
         attrs = ledger.check_attributes(attributes) if attributes else {}
-        export = self._export.get(key)
-        if export is None:
-            if len(self._export) < self._limit:
-                export = self._export[key] = _Bucket(attrs)
-            else:
-                export = self._export_overflow
-        day = self._day_sets.get(key)
-        if day is None:
-            if len(self._day_sets) < self._limit:
-                day = self._day_sets[key] = _Bucket(attrs)
-            else:
-                day = self._day_overflow
+        export = self._bucket(self._export, key, attrs, self._export_overflow)
+        day = self._bucket(self._day_sets, key, attrs, self._day_overflow)
         indexes = tuple(i for i, budget in enumerate(self._budgets) if budget.matches(attrs))
         # One tuple per distinct combination, not per set (48 bytes each at 2,000 sets).
         indexes = self._index_tuples.setdefault(indexes, indexes)

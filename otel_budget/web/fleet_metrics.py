@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 
 from .. import ledger, money
 from ..refusals import ENTRY_KEY, merge_entry_counts
-from .status import StatusSource, ledger_amount
+from .status import StatusSource
 
 __all__ = ["DEFAULT_MAX_SERIES", "FleetMetrics", "label_name"]
 
@@ -111,7 +111,7 @@ class FleetMetrics(Collector):
         yield from (spend, cap, util)
 
         day_total = money.round_usd(sum(
-            float(e["spend_usd"]) for e in entries if ledger_amount(e.get("spend_usd"))))
+            float(e["spend_usd"]) for e in entries if money.is_amount(e.get("spend_usd"))))
         total = Metric("llm_fleet_day_spend", "Every writer's spend today, from the store",
                        "gauge", unit="USD")
         total.add_sample("llm_fleet_day_spend_USD", {}, day_total)

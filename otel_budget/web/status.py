@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .. import ledger, money
@@ -128,8 +128,7 @@ def breakdown_by(items: Iterable[Mapping[str, Any]], attribute: str,
                 isinstance(value, float) and not math.isfinite(value)):
             value = None if value is None else str(value)
         spend = item.get("spend_usd")
-        if isinstance(spend, (int, float)) and not isinstance(spend, bool) and \
-                math.isfinite(spend) and spend >= 0:
+        if money.is_amount(spend):
             totals[value] = totals.get(value, 0.0) + float(spend)
     rows = [{"value": value, "spend_usd": money.round_usd(usd)}
             for value, usd in totals.items()]
@@ -147,7 +146,7 @@ def top_keys(items: Iterable[Mapping[str, Any]], matches: Callable[[Mapping[str,
     for item in items:
         attrs = item.get("attributes")
         spend = item.get("spend_usd")
-        if not isinstance(attrs, Mapping) or not ledger_amount(spend):
+        if not isinstance(attrs, Mapping) or not money.is_amount(spend):
             continue
         if any(name not in attrs for name in names) or not matches(attrs):
             continue
@@ -167,6 +166,13 @@ def _budget_meta(budget: Budget) -> dict[str, Any]:
             "match": dict(budget.match) if budget.match is not None else None,
             "cap_usd": budget.cap_usd, "alert_ratios": list(budget.alert_ratios),
             "hard": budget.hard, "enforce": budget.enforce}
+
+
+def _unconfigured_meta(name: str) -> dict[str, Any]:
+    """A budget the writers report but no configuration describes (a day budget until
+    an alert document says otherwise)."""
+    return {"name": name, "period": "day", "match": None, "cap_usd": None,
+            "alert_ratios": [], "hard": None, "enforce": None}
 
 
 class StatusSource:
@@ -320,7 +326,7 @@ class StatusSource:
         items = [item for e in entries for item in (e.get("by_attributes") or [])
                  if isinstance(item, Mapping)]
         total = money.round_usd(sum(float(e["spend_usd"]) for e in entries
-                                     if ledger_amount(e.get("spend_usd"))))
+                                     if money.is_amount(e.get("spend_usd"))))
         writers = self._writers(entries, now)
         self._add_burn(budgets, entries, now, day)
         self._add_top_keys(budgets, day, items, errors)
@@ -420,20 +426,16 @@ class StatusSource:
             for entry in entries:
                 for name in (entry.get("by_budget") or {}):
                     if isinstance(name, str):
-                        names.setdefault(name, {"name": name, "period": "day", "match": None,
-                                                "cap_usd": None, "alert_ratios": [],
-                                                "hard": None, "enforce": None})
+                        names.setdefault(name, _unconfigured_meta(name))
             for nudge in nudges:
                 name = nudge.get("budget", "daily")
                 if not isinstance(name, str):
                     continue
-                meta = names.setdefault(name, {"name": name, "period": "day", "match": None,
-                                               "cap_usd": None, "alert_ratios": [],
-                                               "hard": None, "enforce": None})
+                meta = names.setdefault(name, _unconfigured_meta(name))
                 if nudge.get("period") in ("day", "week", "month"):
                     meta["period"] = nudge["period"]
                 cap = nudge.get("cap_usd", nudge.get("daily_cap_usd"))
-                if ledger_amount(cap) and cap > 0:
+                if money.is_amount(cap) and cap > 0:
                     meta["cap_usd"] = float(cap)
                 if isinstance(nudge.get("match"), dict):
                     meta["match"] = nudge["match"]
@@ -455,7 +457,7 @@ class StatusSource:
             sent = sorted({float(n["ratio"]) for n in nudges
                            if n.get("budget", "daily") == name
                            and n.get("window", n.get("date")) == window
-                           and ledger_amount(n.get("ratio"))})
+                           and money.is_amount(n.get("ratio"))})
             rows.append({
                 **meta, "window": window, "spend_usd": spend,
                 "remaining_usd": money.remaining_usd(spend, cap) if cap else None,
@@ -485,7 +487,7 @@ class StatusSource:
             spend = entry.get("spend_usd")
             listed.append({
                 "writer_id": entry.get("writer_id"), "instance_id": entry.get("instance_id"),
-                "spend_usd": float(spend) if ledger_amount(spend) else 0.0,
+                "spend_usd": float(spend) if money.is_amount(spend) else 0.0,
                 "updated_at": entry.get("updated_at"),
                 "started_at": entry.get("started_at"), "state": state,
                 "age_s": round(age, 1) if age is not None else None,
@@ -551,7 +553,7 @@ class StatusSource:
             since = max(started, midnight) if started is not None else midnight
             hours = (updated - since).total_seconds() / 3600.0
             spend = (entry.get("by_budget") or {}).get(budget)
-            if hours > 1 / 60 and ledger_amount(spend):
+            if hours > 1 / 60 and money.is_amount(spend):
                 rate += float(spend) / hours
         return rate
 
@@ -565,11 +567,6 @@ class StatusSource:
                 "checkpoint_age_s", "unflushed_usd", "pending_nudges", "unpriced_calls",
                 "quarantined_rows", "unsettled_usd", "restore")
         return {key: health[key] for key in keep if key in health}
-
-
-def ledger_amount(value: Any) -> TypeGuard[float]:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and value >= 0)
 
 
 def _describe(exc: BaseException) -> str:

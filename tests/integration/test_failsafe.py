@@ -327,31 +327,6 @@ def test_checkpoint_age_is_null_until_a_checkpoint_ran(clock: FakeClock, tmp_pat
 # --- 17.3 bounded start ----------------------------------------------------------------------
 
 
-class HangingStore:
-    """A named mock at the boundary: a store whose every call blocks until released
-    (a server that accepted the connection and never answers)."""
-
-    def __init__(self, inner: PatchStore) -> None:
-        self._inner = inner
-        self.release = threading.Event()
-        self.calls = 0
-
-    def __getattr__(self, name: str) -> Any:
-        target = getattr(self._inner, name)
-        if not callable(target) or name in ("close", "identity", "known_identity"):
-            return target
-
-        def hang(*args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            self.release.wait()
-            return target(*args, **kwargs)
-
-        return hang
-
-    def __repr__(self) -> str:
-        return repr(self._inner)
-
-
 def test_start_is_bounded_and_enforces_from_the_local_copy(
     clock: FakeClock, tmp_path: Path
 ) -> None:
@@ -368,11 +343,11 @@ def test_start_is_bounded_and_enforces_from_the_local_copy(
     first_store.close()
 
     inner = SQLiteStore(path)
-    hanging = HangingStore(inner)
+    hanging = SwitchStore(inner, mode="hang")
     meter = BudgetMeter(config, store=hanging, clock=clock)
     try:
         meter.start()  # returns: the first load is still blocked in the store
-        assert hanging.calls >= 1 and not hanging.release.is_set()
+        assert hanging.blocked >= 1 and not hanging.release.is_set()
         assert meter.daily_spend() == 9.5, "enforcing what the fleet had spent, not $0"
         with pytest.raises(BudgetExceeded):
             meter.guard(1.0)
@@ -519,9 +494,9 @@ class SwitchStore:
     """A named mock at the boundary: passes calls through, fails them (a server that
     refuses connections) or blocks them until released (a hung server)."""
 
-    def __init__(self, inner: PatchStore) -> None:
+    def __init__(self, inner: PatchStore, mode: str = "pass") -> None:
         self._inner = inner
-        self.mode = "pass"
+        self.mode = mode
         self.release = threading.Event()
         self.blocked = 0
 

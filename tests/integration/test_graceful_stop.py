@@ -328,6 +328,38 @@ def test_a_child_stopped_during_its_fork_hooks_leaves_the_parents_row_alone(
     assert by_writer.get(report["writer_id"]) == parent and total == parent, by_writer
 
 
+SIGNALLED_INSIDE = """
+import json, os, signal
+import otel_budget
+from otel_budget import lifecycle
+
+meter = otel_budget.from_env()
+meter.record(0.25, {"phase": "script"})
+print(json.dumps({"writer_id": meter.writer_id}), flush=True)
+# The stop signal arrives while the main thread is inside lifecycle's lock (as when a
+# multiprocessing finalizer runs stop_all and Pool.terminate()'s SIGTERM comes).
+with lifecycle._lock:
+    os.kill(os.getpid(), signal.SIGTERM)
+    inside = True  # bytecode still inside the block: where the handler runs
+raise SystemExit("the signal did not take effect")
+"""
+
+
+def test_a_stop_signal_inside_the_lifecycle_lock_still_stores_the_spend(
+        tmp_path: Path) -> None:
+    """Such a signal used to start the stop on a thread that waited for the lock the
+    interrupted main thread held: nothing was stored (nor spooled) before the signal
+    took effect at the deadline."""
+    store_url = f"sqlite:///{tmp_path / 'budget.db'}"
+    done = subprocess.run([PYTHON, "-c", SIGNALLED_INSIDE], cwd=ROOT,
+                          env=_budget_env(tmp_path, store_url), capture_output=True,
+                          timeout=60)
+    assert done.returncode == -signal.SIGTERM, done.stderr[-3000:]
+    writer = json.loads(done.stdout.splitlines()[-1])["writer_id"]
+    total, by_writer = _stored(store_url)
+    assert total == _nanos(0.25) and by_writer == {writer: total}, done.stderr[-3000:]
+
+
 SCRIPT = """
 import os, signal, sys, time
 import otel_budget

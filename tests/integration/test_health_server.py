@@ -258,17 +258,26 @@ def test_a_full_pool_answers_503_busy_at_once_and_healthz_still_answers() -> Non
         assert _get(server.url + "/nope")[0] == 404
 
 
-def test_healthz_answers_while_many_slow_metrics_renders_pile_up() -> None:
-    release = threading.Event()
-    rendering = threading.Event()
-    renders = 0
+class SlowMetrics:
+    """A /metrics render that blocks until released (or `wait_s`), counting renders;
+    the body names the render it came from."""
 
-    def slow_metrics() -> tuple[bytes, str]:
-        nonlocal renders
-        renders += 1
-        rendering.set()
-        release.wait(20)
-        return _metrics()
+    def __init__(self, wait_s: float) -> None:
+        self.release = threading.Event()
+        self.rendering = threading.Event()
+        self.renders = 0
+        self._wait_s = wait_s
+
+    def __call__(self) -> tuple[bytes, str]:
+        self.renders += 1
+        self.rendering.set()
+        self.release.wait(self._wait_s)
+        return f"# TYPE x gauge\nx {self.renders}.0\n".encode(), "text/plain"
+
+
+def test_healthz_answers_while_many_slow_metrics_renders_pile_up() -> None:
+    slow_metrics = SlowMetrics(20)
+    release, rendering = slow_metrics.release, slow_metrics.rendering
 
     with serve_health(lambda: {"status": "ok"}, slow_metrics, max_threads=4) as server:
         scrapers = [threading.Thread(target=_get, args=(server.url + "/metrics",))
@@ -279,7 +288,7 @@ def test_healthz_answers_while_many_slow_metrics_renders_pile_up() -> None:
             assert rendering.wait(5)
             probes = [_get(server.url + "/healthz")[0] for _ in range(20)]
             # Overlapping scrapes share the one render in progress.
-            renders_while_piled_up = renders
+            renders_while_piled_up = slow_metrics.renders
         finally:
             release.set()
             for thread in scrapers:
@@ -289,16 +298,8 @@ def test_healthz_answers_while_many_slow_metrics_renders_pile_up() -> None:
 
 
 def test_overlapping_metrics_requests_share_one_render() -> None:
-    release = threading.Event()
-    rendering = threading.Event()
-    renders = 0
-
-    def slow_metrics() -> tuple[bytes, str]:
-        nonlocal renders
-        renders += 1
-        rendering.set()
-        release.wait(10)
-        return f"# TYPE x gauge\nx {renders}.0\n".encode(), "text/plain"
+    slow_metrics = SlowMetrics(10)
+    release, rendering = slow_metrics.release, slow_metrics.rendering
 
     with serve_health(lambda: {"status": "ok"}, slow_metrics, max_threads=8) as server:
         results: list[tuple[int, dict[str, str], bytes]] = []
@@ -313,7 +314,7 @@ def test_overlapping_metrics_requests_share_one_render() -> None:
             thread.join(10)
         assert sorted(r[0] for r in results) == [200] * 6
         assert {r[2] for r in results} == {b"# TYPE x gauge\nx 1.0\n"}
-        assert renders == 1
+        assert slow_metrics.renders == 1
         # A later scrape renders afresh.
         assert _get(server.url + "/metrics")[2] == b"# TYPE x gauge\nx 2.0\n"
 

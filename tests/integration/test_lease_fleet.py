@@ -33,6 +33,14 @@ TTL_S = 1.0
 STOP_AFTER_S = 2.5  # > TTL: the dead writer's lease comes back while the others try
 
 
+def _stats_of(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    """What a lease client process printed last (its stats), once it ended well."""
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    stats: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return stats
+
+
 def _run_fleet(url: str, writers: int, tmp_path: Path) -> dict[str, Any]:
     procs: list[subprocess.Popen[str]] = []
     logs = [tmp_path / f"w{i}.log" for i in range(writers)]
@@ -52,11 +60,7 @@ def _run_fleet(url: str, writers: int, tmp_path: Path) -> dict[str, Any]:
             time.sleep(0.005)
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
-        stats = []
-        for proc in procs[1:]:
-            out, _ = proc.communicate(timeout=120)
-            assert proc.returncode == 0, out
-            stats.append(json.loads(out.strip().splitlines()[-1]))
+        stats = [_stats_of(proc, timeout=120) for proc in procs[1:]]
     finally:
         for proc in procs:
             ensure_stopped(proc)
@@ -149,15 +153,11 @@ def _burst(url: str, tmp_path: Path) -> dict[str, Any]:
         stats = []
         for proc, role in zip(procs, roles, strict=True):
             if role == "busy":
-                out, _ = proc.communicate(timeout=300)
-                assert proc.returncode == 0, out
-                stats.append(json.loads(out.strip().splitlines()[-1]))
+                stats.append(_stats_of(proc, timeout=300))
         stop.write_text("stop")
         for proc, role in zip(procs, roles, strict=True):
             if role == "idle":
-                out, _ = proc.communicate(timeout=60)
-                assert proc.returncode == 0, out
-                stats.append(json.loads(out.strip().splitlines()[-1]))
+                stats.append(_stats_of(proc, timeout=60))
     finally:
         for proc in procs:
             ensure_stopped(proc)

@@ -114,6 +114,17 @@ def meters() -> Iterator[list[BudgetMeter]]:
         meter.shutdown()
 
 
+def _from_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+              meters: list[BudgetMeter]) -> BudgetMeter:
+    """from_env(env), with `env` in the real environment too (Resource.create reads
+    it there), shut down after the test."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    meter = from_env(env, notifiers=[])
+    meters.append(meter)
+    return meter
+
+
 @pytest.mark.slow
 def test_grpc_export_from_env(
     otlp_grpc_receiver: GrpcReceiver, budget_env: dict[str, str], meters: list[BudgetMeter],
@@ -121,11 +132,7 @@ def test_grpc_export_from_env(
 ) -> None:
     env = {**budget_env, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_grpc_receiver.endpoint}
-    # Resource.create reads the real environment, so it gets the same variables.
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    meter = from_env(env, notifiers=[])
-    meters.append(meter)
+    meter = _from_env(env, monkeypatch, meters)
     assert meter.instance_id == "pod-7"  # from OTEL_RESOURCE_ATTRIBUTES
     _record_known_spend(meter)
     _export_now(meter)
@@ -152,10 +159,7 @@ def test_http_export_from_env(
     # The base endpoint: the exporter must append /v1/metrics (the receiver 404s otherwise).
     env = {**budget_env, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http_receiver.endpoint + "/"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    meter = from_env(env, notifiers=[])
-    meters.append(meter)
+    meter = _from_env(env, monkeypatch, meters)
     _record_known_spend(meter)
     _export_now(meter)
     received = otlp_http_receiver.get()

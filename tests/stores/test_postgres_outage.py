@@ -18,7 +18,8 @@ import otel_budget
 from otel_budget import BudgetConfig, BudgetMeter
 from otel_budget.money import round_usd
 from otel_budget.stores.postgres import PostgresStore
-from tests.support.pg_server import PgServer, wait_until
+from tests.support.helpers import wait_for
+from tests.support.pg_server import PgServer
 
 PASSWORD = "s3cret-pw-never-shown"  # trust auth accepts it; it must never be echoed
 
@@ -51,13 +52,13 @@ def test_outage_degrades_health_then_recovers_without_losing_spend(
     try:
         meter.start()
         worker.start()
-        assert wait_until(lambda: _status(meter, seen) == "ok"
+        assert wait_for(lambda: _status(meter, seen) == "ok"
                           and (meter.health()["last_checkpoint"]["seq"] or 0) >= 2)
 
         server.stop()
         # Degraded as soon as a checkpoint is overdue (0.3 s here), and by the failure.
-        assert wait_until(lambda: _status(meter, seen) == "degraded"
-                          and meter.health()["last_checkpoint"]["ok"] is False, timeout_s=10)
+        assert wait_for(lambda: _status(meter, seen) == "degraded"
+                          and meter.health()["last_checkpoint"]["ok"] is False, timeout=10)
         degraded = meter.health()
         error = degraded["last_checkpoint"]["error"]
         assert degraded["last_checkpoint"]["ok"] is False
@@ -70,7 +71,7 @@ def test_outage_degrades_health_then_recovers_without_losing_spend(
         assert (meter.health()["spool"]["entries"] or 0) >= 1  # the failed checkpoints wait there
 
         server.start()
-        assert wait_until(lambda: _status(meter, seen) == "ok", timeout_s=20)
+        assert wait_for(lambda: _status(meter, seen) == "ok", timeout=20)
         healthy = meter.health()
         assert healthy["last_checkpoint"]["ok"] is True and healthy["store_up"] is True
         assert healthy["spool"]["entries"] == 0

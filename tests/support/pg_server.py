@@ -32,7 +32,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -281,12 +280,12 @@ def private_pg_server() -> Iterator[PgServer]:
         server.destroy()
 
 
-@pytest.fixture
-def postgres_store_factory(pg_clean: str) -> Iterator[Callable[..., PostgresStore]]:
+def store_factory(url: str) -> Iterator[Callable[..., PostgresStore]]:
+    """A fixture's body: PostgresStore(url, **kwargs) on demand, each closed after."""
     opened: list[PostgresStore] = []
 
     def make(**kwargs: object) -> PostgresStore:
-        store = PostgresStore(pg_clean, **kwargs)  # type: ignore[arg-type]
+        store = PostgresStore(url, **kwargs)  # type: ignore[arg-type]
         opened.append(store)
         return store
 
@@ -295,10 +294,8 @@ def postgres_store_factory(pg_clean: str) -> Iterator[Callable[..., PostgresStor
         store.close()
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+@pytest.fixture
+def postgres_store_factory(pg_clean: str) -> Iterator[Callable[..., PostgresStore]]:
+    yield from store_factory(pg_clean)
+
+

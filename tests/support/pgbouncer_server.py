@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from otel_budget.stores.postgres import PostgresStore
-from tests.support.pg_server import PgServer, free_port
+from tests.support.pg_server import PgServer, free_port, store_factory
 
 INSTALL_HINT = (
     "pgbouncer was not found on PATH or in /usr/sbin. The transaction-pooler tests "
@@ -146,13 +146,4 @@ def pgbouncer_url(pgbouncer: PgBouncer, pg_clean: str) -> str:
 
 @pytest.fixture
 def pgbouncer_store_factory(pgbouncer_url: str) -> Iterator[Callable[..., PostgresStore]]:
-    opened: list[PostgresStore] = []
-
-    def make(**kwargs: object) -> PostgresStore:
-        store = PostgresStore(pgbouncer_url, **kwargs)  # type: ignore[arg-type]
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        store.close()
+    yield from store_factory(pgbouncer_url)
