@@ -45,17 +45,18 @@ from .entries import DayTotals, MergeResult, check_days
 from .keysums import PG_KEY_SUMS, PG_KEY_SUMS_CHECKED, PG_KEY_SUMS_SETTINGS, key_sums_of_rows
 from .layout import NUDGE_TYPE, WRITER_TYPE, writer_row_name
 from .leaserows import LEASE_TYPE, check_lease_request, lease_answer, lease_row_name
-from .shares import budget_spec, check_spend_answer
 from .sqlfunctions import (
     CHECKPOINT_SQLSTATES,
     MIGRATE_HINT,
     as_object,
+    budget_specs,
     days_totals,
     entry_list,
     merge_result,
     prepare_writer_entry,
     reap_one_at_a_time,
     reap_quietly,
+    spend_in_rounds,
 )
 
 if TYPE_CHECKING:
@@ -357,28 +358,19 @@ class PostgresStore(ContextStore):
         self._check_open()
         wanted = check_days(days)
         (closed_before,) = check_days([closed_before])
-        specs = [budget_spec(b) for b in budgets]
-        if any(spec is None for spec in specs):
-            raise NotImplementedError("a budget's match has a [...] pattern")
-        payload = _dumps(specs)
-        names = [b.name for b in budgets]
-        out: dict[str, dict[str, float]] = {}
-        # Each call computes for about a second and keeps what it computed; the days
-        # it left (null) are asked again, so a long window never meets the timeout.
-        while len(out) < len(wanted):
-            left = [d for d in wanted if d not in out]
+        payload = _dumps(budget_specs(budgets))
+
+        def ask(left: list[str]) -> Any:
             row = self._run(
                 "reading the budgets' spend of closed days",
-                lambda conn, left=left: _one_trip(  # type: ignore[misc]
+                lambda conn: _one_trip(
                     conn, _SPEND, (self._statement_timeout, left, payload, closed_before)),
                 retry=True, single=True,
             )
             assert row is not None
-            got = check_spend_answer(row[0], left, names)
-            if not got:
-                raise CheckpointError("otel_budget_budget_spend computed no day")
-            out.update(got)
-        return {d: out[d] for d in wanted}
+            return row[0]
+
+        return spend_in_rounds(ask, wanted, [b.name for b in budgets])
 
     def writer_budget_entries(self, days: Sequence[str],
                               budgets: Sequence[Budget]) -> list[dict[str, Any]]:
@@ -388,10 +380,7 @@ class PostgresStore(ContextStore):
         a match SQL cannot mirror (read the entries)."""
         self._check_open()
         wanted = check_days(days)
-        specs = [budget_spec(b) for b in budgets]
-        if any(spec is None for spec in specs):
-            raise NotImplementedError("a budget's match has a [...] pattern")
-        payload = _dumps(specs)
+        payload = _dumps(budget_specs(budgets))
         row = self._run(
             "reading writer entries with their budgets",
             lambda conn: _one_trip(conn, _BUDGET_ENTRIES,

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError, StoreError
 from .base import dumps_content
@@ -16,6 +16,10 @@ from .entries import (
     normalize_writer_entry,
     totals_from_json,
 )
+from .shares import budget_spec, check_spend_answer
+
+if TYPE_CHECKING:
+    from ..budgets import Budget
 
 _log = logging.getLogger(__name__)
 
@@ -102,6 +106,34 @@ def reap_quietly(reap: Callable[[float], list[str]], stale_after_s: float) -> No
     if reaped:
         _log.info("otel_budget: retired %d writer rows not written for %g s",
                   len(reaped), stale_after_s)
+
+
+def budget_specs(budgets: Sequence[Budget]) -> list[dict[str, Any]]:
+    """The budgets as otel_budget_budget_spend takes them; NotImplementedError for a
+    match SQL cannot mirror (the caller reads the entries instead)."""
+    specs: list[dict[str, Any]] = []
+    for budget in budgets:
+        spec = budget_spec(budget)
+        if spec is None:
+            raise NotImplementedError("a budget's match has a [...] pattern")
+        specs.append(spec)
+    return specs
+
+
+def spend_in_rounds(ask: Callable[[list[str]], Any], days: list[str],
+                    names: list[str]) -> dict[str, dict[str, float]]:
+    """budget_day_spend over either transport: `ask(days)` calls
+    otel_budget_budget_spend for the days still missing. Each call computes for about
+    a second and keeps what it computed; the days it left (null) are asked again, so
+    a long window never meets the statement timeout."""
+    out: dict[str, dict[str, float]] = {}
+    while len(out) < len(days):
+        left = [d for d in days if d not in out]
+        got = check_spend_answer(ask(left), left, names)
+        if not got:
+            raise CheckpointError("otel_budget_budget_spend computed no day")
+        out.update(got)
+    return {d: out[d] for d in days}
 
 
 def as_object(value: Any, *, patch_type: str, name: str) -> dict[str, Any]:

@@ -43,17 +43,18 @@ from .entries import DayTotals, MergeResult, check_days
 from .keysums import sum_entry_keys
 from .layout import NUDGE_TYPE, WRITER_TYPE, writer_row_name
 from .leaserows import LEASE_TYPE, check_lease_request, lease_answer, lease_row_name
-from .shares import budget_spec, check_spend_answer
 from .sqlfunctions import (
     CHECKPOINT_SQLSTATES,
     MIGRATE_HINT,
     as_object,
+    budget_specs,
     days_totals,
     entry_list,
     merge_result,
     prepare_writer_entry,
     reap_one_at_a_time,
     reap_quietly,
+    spend_in_rounds,
 )
 
 if TYPE_CHECKING:
@@ -266,26 +267,18 @@ class SupabaseStore(ContextStore):
         self._check_open()
         wanted = check_days(days)
         (closed_before,) = check_days([closed_before])
-        specs = [budget_spec(b) for b in budgets]
-        if any(spec is None for spec in specs):
-            raise NotImplementedError("a budget's match has a [...] pattern")
+        specs = budget_specs(budgets)
         dumps_content({"budgets": specs})  # CheckpointError before any I/O
-        names = [b.name for b in budgets]
-        out: dict[str, dict[str, float]] = {}
-        while len(out) < len(wanted):  # the days left null are asked again (see Postgres)
-            left = [d for d in wanted if d not in out]
-            response = self._call(
+
+        def ask(left: list[str]) -> Any:
+            return self._call(
                 "reading the budgets' spend of closed days",
-                lambda left=left: self._current_client().rpc(  # type: ignore[misc]
-                    "otel_budget_budget_spend", {
+                lambda: self._current_client().rpc("otel_budget_budget_spend", {
                     "p_days": left, "p_budgets": specs, "p_closed_before": closed_before,
                 }).execute(),
-            )
-            got = check_spend_answer(response.data, left, names)
-            if not got:
-                raise CheckpointError("otel_budget_budget_spend computed no day")
-            out.update(got)
-        return {d: out[d] for d in wanted}
+            ).data
+
+        return spend_in_rounds(ask, wanted, [b.name for b in budgets])
 
     def writer_entries(
         self, days: Sequence[str], *, breakdown: bool = True
