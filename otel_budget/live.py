@@ -42,4 +42,17 @@ def budget_row(budget: Budget, *, window: str, spend_usd: float,
     }
 
 
-__all__ = ["budget_row", "live_spend"]
+def inherited_spend(earlier: DaySnapshot | None, parent: DaySnapshot) -> DaySnapshot:
+    """What a forked child counts as inherited: the parent's spend at the fork, plus
+    what the parent had itself inherited on the same day (a fork of a fork)."""
+    if earlier is None or earlier.day != parent.day:
+        return parent
+    names = set(earlier.by_budget) | set(parent.by_budget)
+    return DaySnapshot(
+        day=parent.day, total_nanos=earlier.total_nanos + parent.total_nanos,
+        by_attributes=earlier.by_attributes + parent.by_attributes,
+        by_budget={n: earlier.by_budget.get(n, 0) + parent.by_budget.get(n, 0) for n in names},
+    )
+
+
+__all__ = ["budget_row", "inherited_spend", "live_spend"]

@@ -139,7 +139,7 @@ class BudgetTracker:
         self._claims.after_fork_in_child()
         self._init_state()
         self._fleet, self._restore = view, restore
-        self._inherited = _merge_snapshots(parent_inherited, inherited)
+        self._inherited = live.inherited_spend(parent_inherited, inherited)
 
     # --- live reads (no I/O) ----------------------------------------------------
 
@@ -549,17 +549,6 @@ class BudgetTracker:
 
     def spool_summary(self) -> dict[str, Any] | None:
         return self._checkpointer.spool_summary()
-
-
-def _merge_snapshots(a: DaySnapshot | None, b: DaySnapshot) -> DaySnapshot:
-    if a is None or a.day != b.day:
-        return b
-    names = set(a.by_budget) | set(b.by_budget)
-    return DaySnapshot(
-        day=b.day, total_nanos=a.total_nanos + b.total_nanos,
-        by_attributes=a.by_attributes + b.by_attributes,
-        by_budget={n: a.by_budget.get(n, 0) + b.by_budget.get(n, 0) for n in names},
-    )
 
 
 __all__ = ["BudgetTracker", "CheckpointResult", "StoreError", "describe", "new_writer_id"]

@@ -25,7 +25,7 @@ from otel_budget.fleet_read import (
     view_of,
 )
 from otel_budget.ledger import BUDGET_TYPE, NUDGE_TYPE, budget_name, budget_nudge_name
-from otel_budget.live import budget_row, live_spend
+from otel_budget.live import budget_row, inherited_spend, live_spend
 from otel_budget.rounds import RoundGate, within
 from otel_budget.spend import DaySnapshot
 from otel_budget.stores.entries import WRITER_TYPE, writer_row_name
@@ -286,3 +286,14 @@ def test_budget_row_compares_the_spend_with_the_cap() -> None:
     assert row["match"] == {"team": "a"} and row["alerts_sent"] == [0.8]
     assert (row["name"], row["period"], row["window"], row["cap_usd"]) == ("team", "day", TODAY,
                                                                           5.0)
+
+
+def test_a_fork_of_a_fork_inherits_both_parents_spend_of_the_same_day_only() -> None:
+    def snap(day: date, nanos: int) -> DaySnapshot:
+        return DaySnapshot(day=day, total_nanos=nanos, by_attributes=(({"a": 1}, nanos),),
+                           by_budget={"daily": nanos})
+
+    both = inherited_spend(snap(DAY, 2), snap(DAY, 3))
+    assert (both.total_nanos, both.by_budget, len(both.by_attributes)) == (5, {"daily": 5}, 2)
+    assert inherited_spend(snap(DAY - timedelta(days=1), 2), snap(DAY, 3)) == snap(DAY, 3)
+    assert inherited_spend(None, snap(DAY, 3)) == snap(DAY, 3)
