@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from . import environment
 from .budgets import Budget, budget_from_mapping, check_ratios, daily_budget
 from .errors import ConfigError
+from .money import is_number
 from .redact import redact_dsn as redact_url
 
 _MAX_ID_LENGTH = 200
@@ -59,11 +60,9 @@ class BudgetConfig:
     _all_budgets: tuple[Budget, ...] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.daily_cap_usd is not None:
+            self._check_positive("daily_cap_usd")
         cap = self.daily_cap_usd
-        if cap is not None:
-            if not _is_number(cap) or not math.isfinite(cap) or cap <= 0:
-                raise ConfigError(f"daily_cap_usd must be a finite number > 0, got {cap!r}")
-            object.__setattr__(self, "daily_cap_usd", float(cap))
 
         object.__setattr__(self, "alert_ratios", check_ratios(self.alert_ratios, "alert_ratios"))
 
@@ -96,16 +95,9 @@ class BudgetConfig:
             seen.add(budget.name)
         object.__setattr__(self, "_all_budgets", tuple(all_budgets))
 
-        limit = self.max_attribute_sets
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise ConfigError(f"max_attribute_sets must be an integer >= 1, got {limit!r}")
-        keys = self.max_keys_per_budget
-        if not isinstance(keys, int) or isinstance(keys, bool) or keys < 1:
-            raise ConfigError(f"max_keys_per_budget must be an integer >= 1, got {keys!r}")
-        max_call = self.max_call_usd
-        if not _is_number(max_call) or not math.isfinite(max_call) or max_call <= 0:
-            raise ConfigError(f"max_call_usd must be a finite number > 0, got {max_call!r}")
-        object.__setattr__(self, "max_call_usd", float(max_call))
+        self._check_count("max_attribute_sets")
+        self._check_count("max_keys_per_budget")
+        self._check_positive("max_call_usd")
         if self.spool_dir is not None and (not isinstance(self.spool_dir, str)
                                            or not self.spool_dir.strip()):
             raise ConfigError(f"spool_dir must be a directory path, got {self.spool_dir!r}")
@@ -114,28 +106,22 @@ class BudgetConfig:
 
         ttl = self.lease_ttl_s
         if ttl is not None:
-            if not _is_number(ttl) or not math.isfinite(ttl) or not (0.2 <= ttl <= 86_400):
+            if not is_number(ttl) or not math.isfinite(ttl) or not (0.2 <= ttl <= 86_400):
                 raise ConfigError(f"lease_ttl_s must be between 0.2 and 86400 seconds, got {ttl!r}")
             object.__setattr__(self, "lease_ttl_s", float(ttl))
 
         for key, low, high in (("start_timeout_s", 0.0, 3600.0),
                                ("alert_delivery_timeout_s", 0.0, 7 * 86_400.0)):
             value = getattr(self, key)
-            if not _is_number(value) or not math.isfinite(value) or not low <= value <= high:
+            if not is_number(value) or not math.isfinite(value) or not low <= value <= high:
                 raise ConfigError(f"{key} must be between {low:g} and {high:g} seconds, "
                                   f"got {value!r}")
             object.__setattr__(self, key, float(value))
 
         object.__setattr__(self, "model_aliases", check_model_aliases(self.model_aliases))
 
-        every = self.checkpoint_every
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ConfigError(f"checkpoint_every must be an integer >= 1, got {every!r}")
-
-        interval = self.collect_interval_s
-        if not _is_number(interval) or not math.isfinite(interval) or interval <= 0:
-            raise ConfigError(f"collect_interval_s must be a finite number > 0, got {interval!r}")
-        object.__setattr__(self, "collect_interval_s", float(interval))
+        self._check_count("checkpoint_every")
+        self._check_positive("collect_interval_s")
 
         try:
             tz = ZoneInfo(self.timezone) if isinstance(self.timezone, str) else None
@@ -154,6 +140,18 @@ class BudgetConfig:
                 f"store_url must be a URL such as sqlite:///otel_budget.db, "
                 f"got {redact_url(str(self.store_url))!r}"
             )
+
+    def _check_count(self, key: str) -> None:
+        value = getattr(self, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+
+    def _check_positive(self, key: str) -> None:
+        """`key` is a finite number > 0; kept as a float."""
+        value = getattr(self, key)
+        if not is_number(value) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{key} must be a finite number > 0, got {value!r}")
+        object.__setattr__(self, key, float(value))
 
     @property
     def tzinfo(self) -> ZoneInfo:
@@ -314,8 +312,6 @@ def resource_attributes(raw: str) -> dict[str, str]:
     return out
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 
