@@ -29,12 +29,13 @@ from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 
-from . import enforcement, ledger, lifecycle, money
+from . import enforcement, health_report, ledger, lifecycle, money
 from . import provider as provider_wiring
 from .config import BudgetConfig
 from .enforcement import Enforcement
 from .errors import BudgetError
-from .health import MatchKeyWatch, build_health
+from .health import MatchKeyWatch
+from .health_report import HealthSources
 from .instruments import WRITER_ATTRIBUTE, register_instruments
 from .money import UsdAmount
 from .notify import Notifier, NotifierDispatcher
@@ -132,6 +133,9 @@ class BudgetMeter:
         self._tracker.add_round_hook(self._watch_match_keys)
         self._providers_to_shutdown: list[MeterProvider] = []
         self._wire_provider(meter_provider, metric_readers)
+        self._health = HealthSources(
+            config, self._instance_id, tracker, self._reader, self._dispatcher, self._book,
+            self._match_watch, self._perkey)
         self._prices = prices
         self._usage: UsageRecorder | None = None
         self._usage_lock = threading.Lock()
@@ -436,27 +440,9 @@ class BudgetMeter:
         return self._enforcement.lease_stats()
 
     def health(self) -> dict[str, Any]:
-        out = self._health()
-        if self._perkey is not None:
-            # The per-key budgets' keys today, key leases held, the last read of the
-            # fleet's keys and any failure of it or of an alert claim per key.
-            out["per_key"] = self._perkey.describe()
-        return out
-
-    def _health(self) -> dict[str, Any]:
-        return build_health(
-            self._tracker.state(), self.budgets(), instance_id=self._instance_id,
-            timezone=self._config.timezone,
-            timer_expected=self._started and not self._closed,
-            timer_running=self._reader.timer_running,
-            overdue_after_s=2 * self._config.checkpoint_every * self._config.collect_interval_s
-            + self._config.collect_interval_s,
-            spool=self._tracker.spool_summary(),
-            pending_nudges=self._dispatcher.pending(),
-            unpriced_calls=self.unpriced_calls(),
-            unsettled_usd=self._book.unsettled_usd(),
-            unmatched_match_keys=self._match_watch.unmatched(),
-        )
+        return self._health.report(self.budgets(),
+                                   timer_expected=self._started and not self._closed,
+                                   unpriced_calls=self.unpriced_calls())
 
     def render_metrics(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of this meter's instruments (one collection of
@@ -469,18 +455,7 @@ class BudgetMeter:
                      status_page: bool = True) -> HealthServer:
         """Serve GET /healthz (200 ok / 503 degraded) and GET /metrics, and (unless
         `status_page=False`) the status page at GET / and its JSON at GET /api/status."""
-        from .health_server import serve_health
-
-        pages = None
-        if status_page:
-            from functools import partial
-
-            from .web.app import respond
-            from .web.status import StatusSource
-
-            pages = partial(respond, StatusSource(self))
-        return serve_health(self.health, self.render_metrics, host=host, port=port,
-                            pages=pages)
+        return health_report.serve(self, host, port, status_page=status_page)
 
     # --- accessors ------------------------------------------------------------------------
 
