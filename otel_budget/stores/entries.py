@@ -1,4 +1,5 @@
-"""Version 2 writer rows: their names, their validation, and the sum of a day.
+"""Writer rows: their validation, and the sum of a day (their types and names:
+layout.py).
 
 Pure: no I/O. Every store validates with `validate_writer_entry` before it writes,
 and `summarize` is the reference the SQL aggregates are tested against.
@@ -19,17 +20,17 @@ from decimal import Decimal
 from typing import Any, NamedTuple, TypedDict
 
 from ..errors import CheckpointError, CorruptRowError
+from ..money import MAX_STORED_USD as MAX_STORED_USD
+from ..money import is_stored_amount, round_usd
 
-WRITER_TYPE = "budget_writer"
-#: One row per day (`name='budget_YYYY-MM-DD'`) summing the day's retired writer rows.
-SUMMARY_TYPE = "budget_summary"
-#: Version 1 day documents (`name='budget_YYYY-MM-DD'`): still read, never written.
-LEGACY_TYPE = "budget"
+# The row types and names live in layout.py; importable from here as before.
+from .layout import LEGACY_TYPE as LEGACY_TYPE
+from .layout import SUMMARY_TYPE as SUMMARY_TYPE
+from .layout import WRITER_TYPE as WRITER_TYPE
+from .layout import summary_row_name as summary_row_name
+from .layout import writer_row_name as writer_row_name
 
 MAX_ID_CHARS = 200
-#: The largest amount a stored row may hold: max_call_usd's default (1e6) times a
-#: million calls. A bigger one is a hand edit or a foreign row, never spend.
-MAX_STORED_USD = 1e12
 _DECIMALS = 9
 _DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
@@ -52,19 +53,6 @@ class MergeResult(TypedDict):
     others: DayTotals
 
 
-def writer_row_name(day: str, writer_id: str) -> str:
-    return f"budget_{day}/{writer_id}"
-
-
-def summary_row_name(day: str) -> str:
-    return f"budget_{day}"
-
-
-def round_usd(value: float) -> float:
-    """Round to 1e-9 USD; -0.0 folds into 0.0."""
-    return round(float(value), _DECIMALS) + 0.0
-
-
 def is_day(value: Any) -> bool:
     if not isinstance(value, str) or not _DAY.match(value):
         return False
@@ -75,14 +63,8 @@ def is_day(value: Any) -> bool:
     return True
 
 
-def is_amount(value: Any) -> bool:
-    """A stored amount: a finite number >= 0 and <= MAX_STORED_USD (not a bool)."""
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and 0 <= value <= MAX_STORED_USD
-    )
+#: A stored amount: a finite number >= 0 and <= MAX_STORED_USD (not a bool).
+is_amount = is_stored_amount
 
 
 def _string_problem(value: str) -> str | None:

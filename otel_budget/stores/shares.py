@@ -92,7 +92,7 @@ def day_spend_from_entries(
     """{day: {budget: spend}} over well-formed entries (a writer's own figure, else
     its breakdown's share): the Python reference of otel_budget_budget_spend."""
     from ..fleet import entry_budget_spend, entry_problem
-    from .entries import round_usd
+    from ..money import round_usd
 
     out: dict[str, dict[str, float]] = {}
     for entry in entries:
