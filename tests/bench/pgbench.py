@@ -165,7 +165,11 @@ def _writer(url: str, day: str, index: int, merges: int,
             barrier: Any = None) -> tuple[float, float, list[float]]:
     from otel_budget.stores.postgres import PostgresStore
 
-    store = PostgresStore(url, min_size=1, max_size=1)
+    # No reaper: the scenarios' rows are meant to stay live (never retired). With it,
+    # each writer's first merge retired up to 100 rows older than 900 s, and by the
+    # PgBouncer scenarios every earlier scenario's rows were: 64 writers x 100 one-row
+    # retirements, serialised on each day's summary row, during the warm-up.
+    store = PostgresStore(url, min_size=1, max_size=1, stale_after_s=None)
     writer = f"bench-{index}-{uuid.uuid4().hex[:8]}"
     try:
         seq = 0

@@ -80,11 +80,17 @@ class PgBouncer:
         if as_root:  # pgbouncer refuses to run as root
             for path in (self.root, ini, userlist):
                 shutil.chown(path, user="postgres", group="postgres")
+        # stderr to a file, not a pipe: PgBouncer logs every login there too, and a
+        # pipe nobody reads fills after ~64 KB (some 500 connections); PgBouncer then
+        # blocks writing to it and stops answering (the 64-writer bench scenarios
+        # that "timed out in the pooler").
+        self._stderr_path = self.root / "stderr.log"
+        self._stderr = open(self._stderr_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [binary, str(ini)],
             user="postgres" if as_root else None,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             cwd=self.root,
         )
         try:
@@ -97,7 +103,7 @@ class PgBouncer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                err = self._stderr_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"pgbouncer exited with {self.process.returncode}: "
                                    f"{err.strip()}\n{self._log_tail()}")
             with contextlib.suppress(OSError), socket.create_connection(
@@ -121,8 +127,7 @@ class PgBouncer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
-        if self.process.stderr:
-            self.process.stderr.close()
+        self._stderr.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
