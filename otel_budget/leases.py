@@ -69,11 +69,6 @@ DOWN_RETRY_S = 30.0
 # --- the client ---------------------------------------------------------------------------
 
 
-def supports_leases(store: object) -> bool:
-    """`isinstance(store, LeaseStore)`, the check itself (kept for version 2's callers)."""
-    return isinstance(store, LeaseStore)
-
-
 class Draw:
     """One reservation's hold on a lease (its generation, so a settle after the lease
     ended changes nothing)."""
@@ -439,5 +434,5 @@ __all__ = [
     "DEFAULT_SURPLUS_SHARE", "LEASE_TYPE", "Draw", "FleetLease", "LeaseStore",
     "LeaseStoreDown", "apply_acquire", "apply_release", "check_lease_request",
     "empty_lease_doc", "expire_leases", "grant_size", "lease_answer", "lease_doc_problem",
-    "lease_row_name", "lease_totals", "supports_leases", "surplus_room",
+    "lease_row_name", "lease_totals", "surplus_room",
 ]

@@ -19,9 +19,11 @@ optional, never by probing for a method:
 - `SummingStore`: the budget and per-key sums computed inside the store (one row
   per budget or key comes back, not every writer's entry). Without it they are
   summed in Python over `writer_entries`.
+- `BudgetEntriesStore`: today's writer entries with each budget computed in the
+  store instead of their breakdowns (PostgreSQL). Without it they are read whole.
 
 Every bundled store (memory, SQLite, PostgreSQL, Supabase) implements all of them
-(`BundledStore`; tests/stores/test_store_contract.py checks it).
+but the last (`BundledStore`; tests/stores/test_store_contract.py checks it).
 
 A store that wraps another (to count or fail calls) should define the methods it
 passes on: from Python 3.12, `isinstance` against a protocol no longer sees what
@@ -214,6 +216,17 @@ class SummingStore(Protocol):
         leaving out the rows of `exclude_writer`, and the rows left out as malformed.
         An item that is no amount is skipped (SQL) or leaves its row out, named
         (Python: `otel_budget.stores.keysums`)."""
+        ...
+
+
+@runtime_checkable
+class BudgetEntriesStore(Protocol):
+    def writer_budget_entries(self, days: Sequence[str],
+                              budgets: Sequence[Budget]) -> list[dict[str, Any]]:
+        """`writer_entries(days)` without the breakdowns, every budget of `budgets` an
+        entry lacks computed from its breakdown in the store (a malformed row comes
+        whole, for the caller to name); NotImplementedError for a match the store
+        cannot mirror. PostgreSQL only so far: the others' entries are read whole."""
         ...
 
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError
-from .base import BudgetStore, SummingStore
+from .base import BudgetEntriesStore, BudgetStore, SummingStore
 from .layout import SHARE_TYPE as SHARE_TYPE  # kept importable here
 
 if TYPE_CHECKING:
@@ -150,15 +150,14 @@ def incomplete_day_entries(
 def open_day_entries(store: BudgetStore, days: Sequence[str],
                      budgets: Sequence[Budget]) -> list[dict[str, Any]]:
     """The writer entries of days still being written (today), one per writer: from
-    the store's `writer_budget_entries` when it has one (every budget an entry lacks
-    computed from its breakdown in the store, the breakdowns not sent: PostgreSQL
-    and Supabase), else read whole."""
+    the store's `writer_budget_entries` (a BudgetEntriesStore: every budget an entry
+    lacks computed from its breakdown in the store, the breakdowns not sent), else
+    read whole."""
     if not days:
         return []
-    method = getattr(store, "writer_budget_entries", None)
-    if method is not None:
+    if isinstance(store, BudgetEntriesStore):
         try:
-            return list(method(days, budgets))
+            return list(store.writer_budget_entries(days, budgets))
         except NotImplementedError:  # a match SQL cannot mirror
             pass
     return list(store.writer_entries(list(days)))

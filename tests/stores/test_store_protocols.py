@@ -14,6 +14,7 @@ from otel_budget import Budget, BudgetConfig, BudgetMeter, ConfigError
 from otel_budget.perkey import read_key_sums
 from otel_budget.spool import Spool, store_locator
 from otel_budget.stores.base import (
+    BudgetEntriesStore,
     BudgetStore,
     ClaimStore,
     IdentifiedStore,
@@ -75,7 +76,8 @@ class CoreOnlyStore:
 def test_a_core_only_store_is_a_budget_store_and_nothing_more() -> None:
     store = CoreOnlyStore()
     assert isinstance(store, BudgetStore)
-    for optional in (ClaimStore, LeaseStore, IdentifiedStore, ReapingStore, SummingStore):
+    for optional in (ClaimStore, LeaseStore, IdentifiedStore, ReapingStore, SummingStore,
+                     BudgetEntriesStore):
         assert not isinstance(store, optional), optional.__name__
 
 
@@ -127,3 +129,24 @@ def test_sums_fall_back_to_the_entries_of_a_core_only_store() -> None:
                                      today=day)
     assert CLOSED_DAY_WRITER not in {e["writer_id"] for e in entries}, "no sums in the store"
     assert sorted(e["writer_id"] for e in entries) == ["w1", "w2", "w3"]
+
+
+def test_no_module_probes_a_store_for_a_method() -> None:
+    """What a store can do is asked with isinstance against the protocols of
+    stores/base.py, never with getattr/hasattr on the store."""
+    import ast
+
+    import otel_budget
+
+    root = Path(otel_budget.__file__).parent
+    probes = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("getattr", "hasattr") and node.args
+                    and "store" in ast.unparse(node.args[0]).lower()):
+                probes.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+    assert probes == []
+    sample = ast.parse('getattr(self._store, "replace_claim", None)').body[0]
+    assert isinstance(sample, ast.Expr) and isinstance(sample.value, ast.Call)
+    assert "store" in ast.unparse(sample.value.args[0]), "the check above would see it"
