@@ -292,6 +292,9 @@ def stop_all(timeout: float = STOP_DEADLINE_S, *, in_thread: bool = False,
 
     def run() -> None:
         for meter in meters:
+            # Closing from here on: a meter marks itself closed before it tells us, and
+            # a stop signal in between would find nothing to stop and nothing to wait for.
+            stopping(meter)
             try:
                 meter.shutdown(max(0.0, deadline - time.monotonic()) * 0.9)
             except Exception:

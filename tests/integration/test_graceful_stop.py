@@ -360,6 +360,43 @@ def test_a_stop_signal_inside_the_lifecycle_lock_still_stores_the_spend(
     assert total == _nanos(0.25) and by_writer == {writer: total}, done.stderr[-3000:]
 
 
+SIGNALLED_CLOSING = """
+import atexit, json, os, signal
+import otel_budget
+from otel_budget import lifecycle
+
+meter = otel_budget.from_env()
+meter.record(0.25, {"phase": "script"})
+print(json.dumps({"writer_id": meter.writer_id}), flush=True)
+real_unregister, calls = atexit.unregister, []
+
+def unregister(func):
+    # shutdown() calls this once it has marked the meter closed: the stop signal comes
+    # right then (as Pool.terminate()'s does while a worker's finalizer stops it).
+    calls.append(func)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real_unregister(func)
+
+atexit.unregister = unregister
+lifecycle.stop_all()  # what a multiprocessing finalizer runs
+raise SystemExit(f"the signal did not take effect ({len(calls)} unregister calls)")
+"""
+
+
+def test_a_stop_signal_while_a_finalizer_stops_the_meter_still_stores_the_spend(
+        tmp_path: Path) -> None:
+    """Such a signal used to find the meter closed but not yet closing: the process
+    died at once with nothing stored (and nothing said)."""
+    store_url = f"sqlite:///{tmp_path / 'budget.db'}"
+    done = subprocess.run([PYTHON, "-c", SIGNALLED_CLOSING], cwd=ROOT,
+                          env=_budget_env(tmp_path, store_url), capture_output=True,
+                          timeout=60)
+    assert done.returncode == -signal.SIGTERM, done.stderr[-3000:]
+    writer = json.loads(done.stdout.splitlines()[-1])["writer_id"]
+    total, by_writer = _stored(store_url)
+    assert total == _nanos(0.25) and by_writer == {writer: total}, done.stderr[-3000:]
+
+
 SCRIPT = """
 import os, signal, sys, time
 import otel_budget
