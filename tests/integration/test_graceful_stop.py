@@ -311,15 +311,20 @@ print(json.dumps({"writer_id": meter.writer_id, "killed_by": killed_by}), flush=
 """
 
 
+def _run_script(script: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess[bytes], str]:
+    """`python -c script` with a meter's environment; what it did and its store."""
+    store_url = f"sqlite:///{tmp_path / 'budget.db'}"
+    done = subprocess.run([PYTHON, "-c", script], cwd=ROOT, env=_budget_env(tmp_path, store_url),
+                          capture_output=True, timeout=60)
+    return done, store_url
+
+
 def test_a_child_stopped_during_its_fork_hooks_leaves_the_parents_row_alone(
         tmp_path: Path) -> None:
     """The cause of test_multiprocessing_children_store_their_spend's rare failure
     under load: such a child stopped the meter while it was still the parent's
     writer, retiring the parent's row, so the parent's final entry was refused."""
-    store_url = f"sqlite:///{tmp_path / 'budget.db'}"
-    done = subprocess.run([PYTHON, "-c", FORK_SIGNALLED], cwd=ROOT,
-                          env=_budget_env(tmp_path, store_url), capture_output=True,
-                          timeout=60)
+    done, store_url = _run_script(FORK_SIGNALLED, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["killed_by"] == signal.SIGTERM, "the child dies by the signal, as it would"
@@ -345,21 +350,6 @@ raise SystemExit("the signal did not take effect")
 """
 
 
-def test_a_stop_signal_inside_the_lifecycle_lock_still_stores_the_spend(
-        tmp_path: Path) -> None:
-    """Such a signal used to start the stop on a thread that waited for the lock the
-    interrupted main thread held: nothing was stored (nor spooled) before the signal
-    took effect at the deadline."""
-    store_url = f"sqlite:///{tmp_path / 'budget.db'}"
-    done = subprocess.run([PYTHON, "-c", SIGNALLED_INSIDE], cwd=ROOT,
-                          env=_budget_env(tmp_path, store_url), capture_output=True,
-                          timeout=60)
-    assert done.returncode == -signal.SIGTERM, done.stderr[-3000:]
-    writer = json.loads(done.stdout.splitlines()[-1])["writer_id"]
-    total, by_writer = _stored(store_url)
-    assert total == _nanos(0.25) and by_writer == {writer: total}, done.stderr[-3000:]
-
-
 SIGNALLED_CLOSING = """
 import atexit, json, os, signal
 import otel_budget
@@ -383,14 +373,15 @@ raise SystemExit(f"the signal did not take effect ({len(calls)} unregister calls
 """
 
 
-def test_a_stop_signal_while_a_finalizer_stops_the_meter_still_stores_the_spend(
-        tmp_path: Path) -> None:
-    """Such a signal used to find the meter closed but not yet closing: the process
-    died at once with nothing stored (and nothing said)."""
-    store_url = f"sqlite:///{tmp_path / 'budget.db'}"
-    done = subprocess.run([PYTHON, "-c", SIGNALLED_CLOSING], cwd=ROOT,
-                          env=_budget_env(tmp_path, store_url), capture_output=True,
-                          timeout=60)
+@pytest.mark.parametrize("script", [SIGNALLED_INSIDE, SIGNALLED_CLOSING],
+                         ids=["inside-lifecycle-lock", "while-a-finalizer-stops"])
+def test_a_stop_signal_while_lifecycle_stops_the_meter_still_stores_the_spend(
+        tmp_path: Path, script: str) -> None:
+    """Inside the lock, the stop used to start on a thread that waited for the lock
+    the interrupted main thread held: nothing was stored (nor spooled) before the
+    signal took effect at the deadline. Between the meter marking itself closed and
+    lifecycle hearing of it, the signal found nothing to stop: nothing was stored."""
+    done, store_url = _run_script(script, tmp_path)
     assert done.returncode == -signal.SIGTERM, done.stderr[-3000:]
     writer = json.loads(done.stdout.splitlines()[-1])["writer_id"]
     total, by_writer = _stored(store_url)
