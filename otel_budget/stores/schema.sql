@@ -1364,6 +1364,14 @@ begin
         raise exception using errcode = 'OB001',
             message = 'otel_budget_reap: p_stale_after_s must be >= 0 and p_limit >= 1';
     end if;
+    -- One reaper at a time, fleet-wide; the others find nothing to do this round.
+    -- Every process's first merge reaps: after a mass kill, a restarting fleet of 64
+    -- processes would each retire 100 rows, all queued on the day's one summary row,
+    -- and behind a transaction pooler the waiting transactions hold its server
+    -- connections while the merges queue for them.
+    if not pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended('otel_budget_reap', 0)) then
+        return v_names;
+    end if;
     for v_row in
         select q.name, q.content
           from public.quilt_patches as q
@@ -1396,12 +1404,16 @@ $fn$;
 -- a newer seq replaces it, it stays retired, the summary moves by the difference.
 create or replace function public.otel_budget_merge_writer(p_entry jsonb)
 returns jsonb
-language sql
+language plpgsql
 volatile
 security invoker
 set search_path = ''
 as $fn$
-    select public.otel_budget_write_writer(p_entry, false)
+begin
+    -- PL/pgSQL, not SQL: a SQL function with its own search_path is never inlined,
+    -- and its body was parsed and planned again at every call (a tenth of a merge).
+    return public.otel_budget_write_writer(p_entry, false);
+end
 $fn$;
 
 
@@ -1412,12 +1424,16 @@ $fn$;
 -- as a merge on a retired row). Returns what otel_budget_merge_writer returns.
 create or replace function public.otel_budget_retire_writer(p_entry jsonb)
 returns jsonb
-language sql
+language plpgsql
 volatile
 security invoker
 set search_path = ''
 as $fn$
-    select public.otel_budget_write_writer(p_entry, true)
+begin
+    -- PL/pgSQL, not SQL: a SQL function with its own search_path is never inlined,
+    -- and its body was parsed and planned again at every call (a tenth of a merge).
+    return public.otel_budget_write_writer(p_entry, true);
+end
 $fn$;
 
 
