@@ -175,10 +175,16 @@ class PgServer:
         even when the test fails."""
         stopped: list[int] = []
         try:
-            for pid in self.server_pids():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGSTOP)
-                    stopped.append(pid)
+            # The postmaster first, then its children until no new one shows: a
+            # backend it forked between listing and stopping (a pool connecting in
+            # the background) would otherwise go on answering.
+            tried: set[int] = set()
+            while pids := [p for p in self.server_pids() if p not in tried]:
+                for pid in pids:
+                    tried.add(pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                        stopped.append(pid)
             yield
         finally:
             for pid in stopped:
