@@ -199,3 +199,47 @@ def test_runnable_example_runs(page: Path, start: int, code: str, tmp_path: Path
     namespace: dict[str, object] = {"__name__": f"docs_example_{page.stem}_{start}"}
     # exec: the examples are our own documentation, run as a reader would paste them.
     exec(compile(code, f"{page}:{start}", "exec"), namespace)
+
+
+# --- docs/architecture.md: the module map is the package's -------------------------------
+
+
+def _package_modules(package: Path) -> set[str]:
+    names = set()
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(package).with_suffix("").parts)
+        if parts[-1] in ("__init__", "__main__") or parts[-1].startswith("_"):
+            parts = parts[:-1]
+        if parts:
+            names.add(".".join(parts))
+    return names
+
+
+def _mapped_modules(text: str) -> set[str]:
+    """The modules the map's tables name: backticked names in a row's first cell."""
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            names.update(re.findall(r"`([a-z_][a-z_.*]*)`", line.split("|")[1]))
+    return names
+
+
+def _unmapped(modules: set[str], mapped: set[str]) -> set[str]:
+    def covered(module: str) -> bool:
+        parts = module.split(".")
+        return any(".".join(parts[:i]) in mapped or ".".join(parts[:i]) + ".*" in mapped
+                   for i in range(1, len(parts) + 1))
+    return {m for m in modules if not covered(m)}
+
+
+def test_the_architecture_map_names_every_module_and_only_real_ones() -> None:
+    modules = _package_modules(ROOT / "otel_budget")
+    mapped = _mapped_modules((DOCS / "architecture.md").read_text())
+    assert _unmapped(modules, mapped) == set(), "modules missing from docs/architecture.md"
+    real = modules | {m.removesuffix(".*") for m in mapped if m.endswith(".*")}
+    assert {m for m in mapped if m.removesuffix(".*") not in real} == set(), "no such module"
+
+
+def test_the_architecture_map_check_finds_a_missing_module() -> None:
+    mapped = _mapped_modules("| `meter` | the facade |\n| `cli.*` | commands |\n")
+    assert _unmapped({"meter", "cli.demo", "tracker"}, mapped) == {"tracker"}
