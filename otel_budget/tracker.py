@@ -28,7 +28,7 @@ from .budgets import Budget
 from .checkpoint import Checkpointer, CheckpointResult, describe, new_writer_id
 from .claims import AlertClaims, read_claims
 from .config import BudgetConfig
-from .errors import CheckpointError, StoreError
+from .errors import CheckpointError, CorruptRowError, StoreError
 from .fleet import FleetView
 from .rounds import RoundGate
 from .spend import DaySnapshot, SpendLedger
@@ -509,7 +509,7 @@ class BudgetTracker:
         if restore.get("ok") is False and self._read_up:
             raise CheckpointError(str(restore.get("error")))
         if quarantined:
-            raise CheckpointError("malformed stored rows (quarantined): " + ", ".join(quarantined))
+            raise CorruptRowError("malformed stored rows (quarantined): " + ", ".join(quarantined))
 
     def _claim_alerts(self) -> None:
         with self._state:

@@ -40,7 +40,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
-from ..errors import CheckpointError, ConfigError, CorruptRowError, InvalidEntryError
+from ..errors import ConfigError, CorruptRowError, InvalidEntryError
 from .entries import DayTotals, MergeResult
 
 if TYPE_CHECKING:
@@ -340,10 +340,10 @@ class ReapSchedule:
 def check_reap_args(stale_after_s: float, limit: int) -> tuple[float, int]:
     """reap_stale's arguments, or CheckpointError before any I/O."""
     if not is_finite_number(stale_after_s) or stale_after_s < 0:
-        raise CheckpointError(f"reap_stale: stale_after_s must be a number >= 0, "
+        raise InvalidEntryError(f"reap_stale: stale_after_s must be a number >= 0, "
                               f"got {stale_after_s!r:.40}")
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise CheckpointError(f"reap_stale: limit must be an integer >= 1, got {limit!r:.40}")
+        raise InvalidEntryError(f"reap_stale: limit must be an integer >= 1, got {limit!r:.40}")
     return float(stale_after_s), limit
 
 

@@ -19,7 +19,7 @@ from datetime import date as _date
 from decimal import Decimal
 from typing import Any, NamedTuple, TypedDict
 
-from ..errors import CheckpointError, CorruptRowError
+from ..errors import CheckpointError, CorruptRowError, InvalidEntryError
 from ..money import MAX_STORED_USD as MAX_STORED_USD
 from ..money import is_stored_amount, round_usd
 
@@ -222,7 +222,7 @@ def normalize_writer_entry(entry: Any, *, where: str) -> dict[str, Any]:
     `retired` is the store's mark (set by retire_writer), never a writer's."""
     checked = dict(validate_writer_entry(entry, where=where))
     if "retired" in checked:
-        raise CheckpointError(f"{where}: retired is set by the store (retire_writer), "
+        raise InvalidEntryError(f"{where}: retired is set by the store (retire_writer), "
                               "not by a writer")
     checked["spend_usd"] = round_usd(checked["spend_usd"])
     if "by_attributes" in checked:
@@ -428,7 +428,7 @@ def summary_add(
     if spend < 0 or writers < 0 or any(v < 0 for v in budgets.values()) or any(
             v < 0 for v in counts.values()):
         writer = sub.get("writer_id") if sub is not None else None
-        raise CheckpointError(
+        raise CorruptRowError(
             f"row {SUMMARY_TYPE}/{summary_row_name(summary['date'])} does not hold the "
             f"retired writer {writer!r:.80}")
     if add is not None:
@@ -493,7 +493,7 @@ def plan_write(
 def totals_from_json(day: str, value: Any) -> DayTotals:
     """A DayTotals as a database returned it (numbers may come back as int)."""
     if not isinstance(value, dict):
-        raise CheckpointError(f"day totals for {day}: got {type(value).__name__}, expected an object")
+        raise CorruptRowError(f"day totals for {day}: got {type(value).__name__}, expected an object")
     try:
         return {
             "date": str(value.get("date", day)),
@@ -507,17 +507,17 @@ def totals_from_json(day: str, value: Any) -> DayTotals:
             "quarantined": sorted(str(n) for n in (value.get("quarantined") or [])),
         }
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"day totals for {day} are malformed: {exc!r}") from None
+        raise CorruptRowError(f"day totals for {day} are malformed: {exc!r}") from None
 
 
 def check_days(days: Iterable[str]) -> list[str]:
     """The days, each a 'YYYY-MM-DD' string (CheckpointError otherwise), deduplicated in order."""
     if isinstance(days, str):
-        raise CheckpointError("days must be a sequence of 'YYYY-MM-DD' strings, not one string")
+        raise InvalidEntryError("days must be a sequence of 'YYYY-MM-DD' strings, not one string")
     out: list[str] = []
     for day in days:
         if not is_day(day):
-            raise CheckpointError(f"day must be a 'YYYY-MM-DD' string, got {day!r:.60}")
+            raise InvalidEntryError(f"day must be a 'YYYY-MM-DD' string, got {day!r:.60}")
         if day not in out:
             out.append(day)
     return out

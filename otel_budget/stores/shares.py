@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CheckpointError
+from ..errors import CorruptRowError
 from .base import BudgetEntriesStore, BudgetStore, SummingStore
 from .layout import SHARE_TYPE as SHARE_TYPE  # kept importable here
 
@@ -109,7 +109,7 @@ def check_spend_answer(value: Any, days: Sequence[str], names: Sequence[str]) ->
     """otel_budget_budget_spend's answer: every day and budget asked, numbers only;
     a day answered null (left for the next call) is left out."""
     if not isinstance(value, dict):
-        raise CheckpointError(f"otel_budget_budget_spend answered {str(value)[:80]!r}")
+        raise CorruptRowError(f"otel_budget_budget_spend answered {str(value)[:80]!r}")
     out: dict[str, dict[str, float]] = {}
     for day in days:
         row = value.get(day)
@@ -118,7 +118,7 @@ def check_spend_answer(value: Any, days: Sequence[str], names: Sequence[str]) ->
         if not isinstance(row, dict) or any(
                 isinstance(row.get(n), bool) or not isinstance(row.get(n), (int, float))
                 for n in names):
-            raise CheckpointError(f"otel_budget_budget_spend answered {str(row)[:80]!r} "
+            raise CorruptRowError(f"otel_budget_budget_spend answered {str(row)[:80]!r} "
                                   f"for {day}")
         out[day] = {n: float(row[n]) for n in names}
     return out

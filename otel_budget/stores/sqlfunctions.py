@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CheckpointError, StoreError
+from ..errors import CheckpointError, CorruptRowError, StoreError
 from .base import dumps_content
 from .entries import (
     DayTotals,
@@ -44,7 +44,7 @@ def prepare_writer_entry(entry: dict[str, Any]) -> tuple[dict[str, Any], str]:
 def days_totals(days: list[str], value: Any) -> dict[str, DayTotals]:
     """The answer of otel_budget_day_totals as {day: DayTotals}, every day present."""
     if not isinstance(value, dict):
-        raise CheckpointError(
+        raise CorruptRowError(
             f"otel_budget_day_totals answered {type(value).__name__}, expected an object"
         )
     return {day: totals_from_json(day, value.get(day, empty_totals(day))) for day in days}
@@ -53,7 +53,7 @@ def days_totals(days: list[str], value: Any) -> dict[str, DayTotals]:
 def merge_result(value: Any, day: str) -> MergeResult:
     """The answer of otel_budget_merge_writer as a MergeResult."""
     if not isinstance(value, dict) or not isinstance(value.get("applied"), bool):
-        raise CheckpointError(
+        raise CorruptRowError(
             f"otel_budget_merge_writer answered {str(value)[:80]!r}, expected an object"
         )
     return {
@@ -66,7 +66,7 @@ def merge_result(value: Any, day: str) -> MergeResult:
 def entry_list(value: Any) -> list[dict[str, Any]]:
     """The answer of otel_budget_writer_entries: a list of objects."""
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise CheckpointError(
+        raise CorruptRowError(
             f"otel_budget_writer_entries answered {str(value)[:80]!r}, expected a list of objects"
         )
     return value
@@ -75,7 +75,7 @@ def entry_list(value: Any) -> list[dict[str, Any]]:
 def entry_list_of_names(value: Any) -> list[str]:
     """The answer of otel_budget_reap: a list of row names."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise CheckpointError(
+        raise CorruptRowError(
             f"otel_budget_reap answered {str(value)[:80]!r}, expected a list of row names"
         )
     return value
@@ -139,7 +139,7 @@ def spend_in_rounds(ask: Callable[[list[str]], Any], days: list[str],
 def as_object(value: Any, *, patch_type: str, name: str) -> dict[str, Any]:
     """A row's content as returned by the database, or CheckpointError naming the row."""
     if not isinstance(value, dict):
-        raise CheckpointError(
+        raise CorruptRowError(
             f"row {patch_type}/{name} holds {type(value).__name__}, expected a JSON object"
         )
     return value

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CheckpointError, ConfigError, StoreError
+from ..errors import CheckpointError, ConfigError, CorruptRowError, StoreError
 from .base import (
     DEFAULT_STALE_AFTER_S,
     ContextStore,
@@ -594,7 +594,7 @@ class SQLiteStore(ContextStore):
                     if row is not None:
                         doc = loads_content(row[0], patch_type=LEASE_TYPE, name=name)
                         if (problem := lease_doc_problem(doc)) is not None:
-                            raise CheckpointError(f"row {LEASE_TYPE}/{name}: {problem}")
+                            raise CorruptRowError(f"row {LEASE_TYPE}/{name}: {problem}")
                     new_doc, answer = step(doc, req, time.time())
                     if new_doc is not None:
                         conn.execute(
