@@ -1589,6 +1589,7 @@ declare
     v_out jsonb := '{}'::jsonb;
     v_started timestamptz := pg_catalog.clock_timestamp();
     v_computed boolean := false;
+    v_path jsonpath;
 begin
     if jsonb_typeof(p_budgets) is distinct from 'array' or exists (
            select 1 from pg_catalog.jsonb_array_elements(p_budgets) as b
@@ -1625,9 +1626,16 @@ begin
                 exit;
             end if;
             v_computed := true;
+            v_path := public.otel_budget_match_path(v_budget -> 'match');
             select coalesce(sum(
                        case when jsonb_typeof(q.content -> 'by_budget' -> v_name) = 'number'
                             then (q.content -> 'by_budget' ->> v_name)::numeric
+                            -- The matching items by jsonpath (in C), when the rules allow.
+                            when v_path is not null and jsonb_typeof(q.content -> 'by_attributes') = 'array'
+                            then (select coalesce(sum((v.value #>> '{}')::numeric), 0)
+                                    from pg_catalog.jsonb_path_query(q.content, v_path) as v(value)
+                                   where jsonb_typeof(v.value) = 'number')
+                            when v_path is not null then 0
                             else (select coalesce(sum((i.value ->> 'spend_usd')::numeric), 0)
                                     from pg_catalog.jsonb_array_elements(
                                          case when jsonb_typeof(q.content -> 'by_attributes') = 'array'
