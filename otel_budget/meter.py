@@ -207,6 +207,9 @@ class BudgetMeter:
         next meter on this host with this store). Idempotent."""
         if self._closed:
             return
+        # Before the mark: a stop signal from here on waits for this shutdown rather
+        # than finding no live meter and ending the process with nothing stored.
+        lifecycle.stopping(self._stop)
         self._closed = True
         self._enforcement.stop_rounds()
         atexit.unregister(self.shutdown)

@@ -373,8 +373,14 @@ raise SystemExit(f"the signal did not take effect ({len(calls)} unregister calls
 """
 
 
-@pytest.mark.parametrize("script", [SIGNALLED_INSIDE, SIGNALLED_CLOSING],
-                         ids=["inside-lifecycle-lock", "while-a-finalizer-stops"])
+# The same, with the shutdown called directly (by atexit, or by the app's own code).
+SIGNALLED_SHUTDOWN = SIGNALLED_CLOSING.replace(
+    "lifecycle.stop_all()  # what a multiprocessing finalizer runs", "meter.shutdown()")
+
+
+@pytest.mark.parametrize("script", [SIGNALLED_INSIDE, SIGNALLED_CLOSING, SIGNALLED_SHUTDOWN],
+                         ids=["inside-lifecycle-lock", "while-a-finalizer-stops",
+                              "while-shutdown-starts"])
 def test_a_stop_signal_while_lifecycle_stops_the_meter_still_stores_the_spend(
         tmp_path: Path, script: str) -> None:
     """Inside the lock, the stop used to start on a thread that waited for the lock
