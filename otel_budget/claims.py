@@ -25,6 +25,7 @@ from .alerts import AlertBook, AlertKey, build_nudge
 from .budgets import Budget
 from .checkpoint import describe
 from .errors import CheckpointError
+from .stores import layout
 from .stores.base import ClaimStore, PatchStore
 
 _log = logging.getLogger("otel_budget")
@@ -38,7 +39,7 @@ WindowSpend = tuple[Budget, str, float]
 def claim_state(store: PatchStore, name: str) -> tuple[bool, bool]:
     """(the claim row exists, it is not known delivered)."""
     try:
-        content = store.get(ledger.NUDGE_TYPE, name)
+        content = store.get(layout.NUDGE_TYPE, name)
     except CheckpointError:
         return True, False  # a row is there, however malformed: someone claimed it
     return content is not None, alerts.claim_undelivered(content)
@@ -54,7 +55,7 @@ def read_claims(
     for budget in budgets:
         window = ledger.window_id(day, budget.period)
         for ratio in budget.alert_ratios:
-            name = ledger.budget_nudge_name(budget.name, window, ratio)
+            name = layout.nudge_row_name(budget.name, window, ratio)
             exists, open_claim = claim_state(store, name)
             if exists:
                 claimed.append((budget.name, window, ratio))
@@ -146,14 +147,14 @@ class AlertClaims:
 
     def _claim(self, day: date, budget: Budget, window: str, ratio: float,
                spend: float) -> bool | None:
-        name = ledger.budget_nudge_name(budget.name, window, ratio)
+        name = layout.nudge_row_name(budget.name, window, ratio)
         nudge = build_nudge(
             sibling=self._sibling, budget=budget, window=window, ratio=ratio,
             spend_usd=spend, instance_id=self._instance_id, now=self._now(),
             day=day.isoformat(), row_name=name, claimed_by=self._writer_id(),
         )
         try:
-            inserted = self._store.insert_if_absent(ledger.NUDGE_TYPE, name, nudge)
+            inserted = self._store.insert_if_absent(layout.NUDGE_TYPE, name, nudge)
         except Exception as exc:
             with self._lock:
                 # A refused claim (a row the store will not take) is not an outage,
@@ -170,7 +171,7 @@ class AlertClaims:
                 self._mine[name] = nudge
         if inserted:
             _log.info("otel_budget: %s%% of budget %r (%s) reached; nudging %s",
-                      ledger.ratio_pct(ratio), budget.name, window, self._sibling)
+                      layout.ratio_pct(ratio), budget.name, window, self._sibling)
             self._submit(nudge)
         return None
 
@@ -201,7 +202,7 @@ class AlertClaims:
 
     def _record_delivery(self, replace: Callable[..., bool], name: str, nudge: Nudge,
                          now: datetime) -> None:
-        done = replace(ledger.NUDGE_TYPE, name, nudge, alerts.delivered(nudge, now))
+        done = replace(layout.NUDGE_TYPE, name, nudge, alerts.delivered(nudge, now))
         with self._lock:
             self._mine.pop(name, None)
             if done:
@@ -210,7 +211,7 @@ class AlertClaims:
     def _check_delivered(self, replace: Callable[..., bool], name: str, now: datetime) -> None:
         """Another writer's claim: forget it once delivered, look again at its timeout,
         take it over (compare and set) past it."""
-        row = self._store.get(ledger.NUDGE_TYPE, name)
+        row = self._store.get(layout.NUDGE_TYPE, name)
         if not alerts.claim_undelivered(row):
             with self._lock:
                 self._watch.pop(name, None)
@@ -222,7 +223,7 @@ class AlertClaims:
                 self._watch[name] = stamp + self._timeout
             return
         nudge = alerts.taken_over(row, writer_id=self._writer_id(), now=now)
-        if not replace(ledger.NUDGE_TYPE, name, row, nudge):
+        if not replace(layout.NUDGE_TYPE, name, row, nudge):
             return  # another writer took it over first: look again later
         _log.warning("otel_budget: alert %s was claimed by %s but not delivered "
                      "within %g s; delivering it", name, row.get("claimed_by"),

@@ -27,6 +27,7 @@ from typing import Any
 
 from . import ledger, money
 from .budgets import Budget
+from .stores import legacy
 from .stores.entries import DayTotals, amounts_problem, summary_quarantine_name, writer_row_name
 
 _EMPTY: Mapping[str, float] = MappingProxyType({})
@@ -207,7 +208,7 @@ def legacy_spend(document: Mapping[str, Any] | None, budgets: Sequence[Budget]) 
     a budget without `match` from its total."""
     if not document:
         return Spend()
-    total = ledger.document_total(document)
+    total = legacy.document_total(document)
     items = [item for e in (document.get("instances") or {}).values()
              for item in e.get("by_attributes", [])]
     return Spend.of(total, {

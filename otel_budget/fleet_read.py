@@ -24,6 +24,8 @@ from .checkpoint import describe
 from .errors import CheckpointError
 from .fleet import FleetView
 from .spend import DaySnapshot
+from .stores import layout
+from .stores import legacy as legacy_rows
 from .stores.base import PatchStore
 from .stores.entries import WRITER_TYPE, DayTotals
 from .stores.shares import incomplete_day_entries
@@ -60,11 +62,11 @@ def days_to_read(day: date, budgets: Iterable[Budget]) -> list[str]:
 
 def read_legacy(store: PatchStore, day: date) -> tuple[dict[str, Any] | None, list[str]]:
     """Today's version 1 document and, when it is malformed, its name (quarantined)."""
-    name = ledger.budget_name(day)
+    name = legacy_rows.document_name(day)
     try:
-        legacy = store.get(ledger.BUDGET_TYPE, name)
+        legacy = store.get(layout.LEGACY_TYPE, name)
         if legacy is not None:
-            ledger.validate_budget_document(legacy, name=name)
+            legacy_rows.validate_budget_document(legacy, name=name)
     except CheckpointError as exc:
         _log.error("otel_budget: quarantined %s: %s", name, describe(exc))
         return None, [name]

@@ -11,18 +11,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .money import round_usd
-from .stores import layout, legacy
-
-# Row types and names live in stores.layout, version 1's day documents in
-# stores.legacy; these names stay for the callers of this module.
-BUDGET_TYPE = layout.LEGACY_TYPE
-NUDGE_TYPE = layout.NUDGE_TYPE
-ratio_pct = layout.ratio_pct
-budget_nudge_name = layout.nudge_row_name
-budget_name = legacy.document_name
-validate_entry = legacy.validate_entry
-validate_budget_document = legacy.validate_budget_document
-document_total = legacy.document_total
 
 AttributesKey = tuple[tuple[str, Any], ...]
 

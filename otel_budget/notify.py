@@ -27,8 +27,8 @@ import httpcore
 import httpx
 
 from .errors import ConfigError, NotifyError
-from .ledger import ratio_pct
 from .redact import describe_exception, redact_secrets
+from .stores.layout import ratio_pct
 
 __all__ = [
     "LoggingNotifier",

@@ -46,6 +46,7 @@ from .alerts import build_nudge
 from .budgets import Budget
 from .errors import BudgetError
 from .leases import FleetLease
+from .stores import layout
 from .stores.base import SummingStore
 from .stores.keysums import add_entry_keys, sum_entry_keys
 from .stores.layout import KEY_FIELD
@@ -606,7 +607,7 @@ class PerKey:
         current = {(b.name, self._window_of(b.name)) for b in self.budgets}
         self._claimed = {c for c in self._claimed if (c[0], c[1]) in current}
         for budget, window, kjson, ratio, spend in due[:MAX_CLAIMS_PER_ROUND]:
-            name = ledger.budget_nudge_name(key_budget_name(budget.name, kjson), window, ratio)
+            name = layout.nudge_row_name(key_budget_name(budget.name, kjson), window, ratio)
             nudge = build_nudge(
                 sibling=self._sibling, budget=budget, window=window, ratio=ratio,
                 spend_usd=spend, instance_id=self._instance_id, now=self._now(),
@@ -614,7 +615,7 @@ class PerKey:
             nudge["key"] = key_dict(budget, kjson)
             nudge["per"] = list(budget.per or ())
             try:
-                inserted = self._store.insert_if_absent(ledger.NUDGE_TYPE, name, nudge)
+                inserted = self._store.insert_if_absent(layout.NUDGE_TYPE, name, nudge)
             except Exception as exc:
                 self.claim_error = f"{name}: " + (str(exc) if isinstance(exc, BudgetError)
                                                   else type(exc).__name__)[:300]
@@ -627,7 +628,7 @@ class PerKey:
                 self._watch_claim(name, nudge if inserted else None)
             if inserted:
                 _log.info("otel_budget: %s%% of budget %r for %s (%s) reached; nudging %s",
-                          ledger.ratio_pct(ratio), budget.name,
+                          layout.ratio_pct(ratio), budget.name,
                           key_label(nudge["key"]), window, self._sibling)
                 self._submit(nudge)
 

@@ -9,6 +9,8 @@ from typing import Any
 from . import ledger, money
 from .errors import CheckpointError
 from .fleet import sort_entries
+from .stores import layout
+from .stores import legacy as legacy_rows
 from .stores.base import PatchStore
 from .stores.entries import SUMMARY_TYPE, summary_problem, summary_quarantine_name, summary_row_name
 
@@ -29,12 +31,12 @@ def read_day(store: PatchStore, day: date | str) -> dict[str, Any]:
     by_day, bad = sort_entries(store.writer_entries([name], breakdown=True))
     quarantined.extend(bad)
     entries = by_day.get(name, [])
-    legacy_name = ledger.budget_name(date.fromisoformat(name))
+    legacy_name = legacy_rows.document_name(date.fromisoformat(name))
     legacy: dict[str, Any] | None
     try:
-        legacy = store.get(ledger.BUDGET_TYPE, legacy_name)
+        legacy = store.get(layout.LEGACY_TYPE, legacy_name)
         if legacy is not None:
-            ledger.validate_budget_document(legacy, name=legacy_name)
+            legacy_rows.validate_budget_document(legacy, name=legacy_name)
     except CheckpointError:
         legacy = None
         quarantined.append(legacy_name)
@@ -52,7 +54,7 @@ def read_day(store: PatchStore, day: date | str) -> dict[str, Any]:
                                     ledger.by_attributes_to_map(entry.get("by_attributes", [])))
     total = sum(float(e["spend_usd"]) for e in entries)
     if legacy:
-        total += ledger.document_total(legacy)
+        total += legacy_rows.document_total(legacy)
     instances = ledger.group_instances(entries, legacy)
     nudges = list_nudges(store, name)
     return {

@@ -21,6 +21,7 @@ from . import ledger, money
 from .budgets import Budget
 from .errors import BudgetError, CheckpointError, ConfigError, StoreError
 from .read import read_day
+from .stores import layout, legacy
 from .stores.base import PatchStore
 from .windows import read_window_spend
 
@@ -123,7 +124,7 @@ def load_report(
         except CheckpointError as exc:
             # One corrupt old row must not hide the other 29 days; it is reported.
             _log.warning("otel_budget report: skipping %s: %s", day, exc)
-            unreadable.append(ledger.budget_name(day))
+            unreadable.append(legacy.document_name(day))
             spent = None
         if spent is not None:
             unreadable.extend(name for name in spent.get("quarantined", ())
@@ -228,7 +229,7 @@ def _draw_days(ax: Any, report: BudgetReport) -> None:
             handles.append(ax.stairs(
                 [c * ratio for c in cap_line], edges, color="#dd8452", linestyle="--",
                 linewidth=1.5, zorder=3, baseline=None,
-                label=f"alert at {ledger.ratio_pct(ratio)}%",
+                label=f"alert at {layout.ratio_pct(ratio)}%",
             ))
         handles += [
             Patch(color="#55a868", label="below the alert ratios"),

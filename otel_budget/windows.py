@@ -27,6 +27,8 @@ from . import ledger, money
 from .budgets import Budget
 from .errors import CheckpointError
 from .fleet import Spend, entry_budget_spend, incomplete, legacy_spend, sort_entries
+from .stores import layout
+from .stores import legacy as legacy_rows
 from .stores.base import PatchStore
 from .stores.entries import DayTotals
 
@@ -139,11 +141,11 @@ def read_window_spend(
     if legacy:
         priced = _priced(budgets)
         for name in names:
-            row = ledger.budget_name(date.fromisoformat(name))
+            row = legacy_rows.document_name(date.fromisoformat(name))
             try:
-                document = store.get(ledger.BUDGET_TYPE, row)
+                document = store.get(layout.LEGACY_TYPE, row)
                 if document is not None:
-                    ledger.validate_budget_document(document, name=row)
+                    legacy_rows.validate_budget_document(document, name=row)
                     documents[name] = legacy_spend(document, priced)
             except CheckpointError:
                 bad.append(row)

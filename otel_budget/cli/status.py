@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..read import read_day
 from ..refusals import ENTRY_KEY as REFUSALS_KEY
 from ..refusals import merge_entry_fields
+from ..stores import layout, legacy
 from ..stores.base import PatchStore, open_store
 from ..stores.sqlite import sqlite_path
 from .text import printable_data
@@ -73,7 +74,7 @@ def status_report(store: PatchStore, day: date, budgets: list[str] | None = None
     cap, if any) and, filtered by `budgets`, each budget's spend that day."""
     report = read_day(store, day)
     report["found"] = bool(report["instances"])
-    report["document"] = ledger.budget_name(day)
+    report["document"] = legacy.document_name(day)
     report["daily_cap_usd"] = daily_cap_usd
     report["utilization"] = (money.utilization(report["total_usd"], daily_cap_usd)
                              if daily_cap_usd else None)
@@ -110,7 +111,7 @@ def format_status(report: dict[str, Any]) -> str:
     for nudge in report["nudges"]:
         lines.append(
             f"nudge: {nudge.get('budget', 'daily')} {nudge.get('window', nudge['date'])} "
-            f"{ledger.ratio_pct(float(nudge['ratio']))}% -> {nudge['to']} "
+            f"{layout.ratio_pct(float(nudge['ratio']))}% -> {nudge['to']} "
             f"by {nudge['instance_id']} at {nudge['created_at']}")
     if not report["nudges"]:
         lines.append("nudges: none")

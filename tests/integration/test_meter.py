@@ -21,8 +21,8 @@ from otel_budget import (
     StoreError,
     read_day,
 )
-from otel_budget.ledger import NUDGE_TYPE
 from otel_budget.stores.base import PatchStore
+from otel_budget.stores.layout import NUDGE_TYPE
 from otel_budget.stores.memory import MemoryStore
 from tests.support.helpers import FakeClock, StoreFactory, spend_points, wait_for
 

@@ -19,7 +19,6 @@ from otel_budget import Budget, BudgetConfig, BudgetMeter
 from otel_budget.budgets import load_budgets_file
 from otel_budget.errors import BudgetExceeded, ConfigError
 from otel_budget.leases import LEASE_TYPE, lease_row_name
-from otel_budget.ledger import NUDGE_TYPE, budget_nudge_name
 from otel_budget.perkey import (
     KEY_FIELD,
     OVERFLOW_KEY,
@@ -29,6 +28,8 @@ from otel_budget.perkey import (
     key_json,
 )
 from otel_budget.stores.base import open_store
+from otel_budget.stores.layout import NUDGE_TYPE
+from otel_budget.stores.layout import nudge_row_name as budget_nudge_name
 from otel_budget.stores.memory import MemoryStore
 from tests.support.apps.procs import PYTHON, ROOT, child_env, ensure_stopped
 from tests.support.helpers import FakeClock, StoreFactory

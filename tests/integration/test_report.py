@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from otel_budget import Budget, ledger, money
+from otel_budget import Budget, money
 from otel_budget.cli import main
 from otel_budget.errors import BudgetError, ConfigError
 from otel_budget.report import breakdown, load_report, render_png
+from otel_budget.stores import legacy
 from otel_budget.stores.sqlite import SQLiteStore
 
 TODAY = date(2026, 11, 25)
@@ -49,7 +50,7 @@ def _fill(store: SQLiteStore, today: date) -> None:
         day = today - timedelta(days=back)
         spend = 52.5 if back == 3 else 10.0 + (back % 7) * 5.0
         entry = _entry(1, [({"gen_ai.request.model": SONNET, "agent": "cloud_lu"}, spend)])
-        assert store.insert_if_absent("budget", ledger.budget_name(day), {
+        assert store.insert_if_absent("budget", legacy.document_name(day), {
             "date": day.isoformat(), "timezone": "UTC", "daily_cap_usd": 50.0,
             "total_usd": spend, "instances": {"host-a-1": entry}})
     store.merge_writer(_writer(today, "w1", "host-a-1", 1, [
@@ -101,7 +102,7 @@ def test_breakdown_ignores_zero_and_sums_sets() -> None:
 
 def test_a_corrupt_document_is_skipped_and_named(store: SQLiteStore) -> None:
     _fill(store, TODAY)
-    bad = ledger.budget_name(TODAY - timedelta(days=4))
+    bad = legacy.document_name(TODAY - timedelta(days=4))
     assert store.insert_if_absent("budget", bad, {"instances": {"x": {"spend_usd": "lots"}}})
     report = load_report(store, days=7, today=TODAY)
     assert report.unreadable == (bad,)

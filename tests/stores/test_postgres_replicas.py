@@ -27,8 +27,8 @@ import pytest
 
 import otel_budget
 from otel_budget import BudgetConfig, BudgetMeter
-from otel_budget.ledger import NUDGE_TYPE
 from otel_budget.stores.base import PatchStore, open_store
+from otel_budget.stores.layout import NUDGE_TYPE
 from otel_budget.stores.postgres import PostgresStore
 from tests.support.apps.procs import PYTHON, ROOT, child_env, ensure_stopped
 from tests.support.supabase_gateway import SupabaseGateway

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from otel_budget import Budget, BudgetConfig, BudgetExceeded, BudgetMeter, ConfigError, read_day
-from otel_budget.ledger import NUDGE_TYPE, window_days_before, window_id
+from otel_budget.ledger import window_days_before, window_id
 from otel_budget.stores.base import PatchStore
+from otel_budget.stores.layout import NUDGE_TYPE
 from otel_budget.stores.sqlite import SQLiteStore
 from tests.support.helpers import FakeClock, StoreFactory, wait_for
 

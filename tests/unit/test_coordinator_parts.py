@@ -24,11 +24,14 @@ from otel_budget.fleet_read import (
     view_info,
     view_of,
 )
-from otel_budget.ledger import BUDGET_TYPE, NUDGE_TYPE, budget_name, budget_nudge_name
 from otel_budget.live import budget_row, inherited_spend, live_spend
 from otel_budget.rounds import RoundGate, within
 from otel_budget.spend import DaySnapshot
 from otel_budget.stores.entries import WRITER_TYPE, writer_row_name
+from otel_budget.stores.layout import LEGACY_TYPE as BUDGET_TYPE
+from otel_budget.stores.layout import NUDGE_TYPE
+from otel_budget.stores.layout import nudge_row_name as budget_nudge_name
+from otel_budget.stores.legacy import document_name as budget_name
 from otel_budget.stores.memory import MemoryStore
 
 DAY = date(2026, 11, 25)  # a Wednesday

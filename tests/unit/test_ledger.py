@@ -13,6 +13,7 @@ import pytest
 from otel_budget import CheckpointError, ledger, money
 from otel_budget.alerts import AlertBook, build_nudge
 from otel_budget.budgets import Budget
+from otel_budget.stores import layout, legacy
 
 UTC = timezone.utc
 NAME = "budget_2026-11-25"
@@ -140,8 +141,8 @@ def test_naive_datetimes_are_refused() -> None:
 # --- names -------------------------------------------------------------------------
 
 def test_budget_name() -> None:
-    assert ledger.budget_name(date(2026, 11, 25)) == "budget_2026-11-25"
-    assert ledger.budget_name(date(2026, 1, 5)) == "budget_2026-01-05"
+    assert legacy.document_name(date(2026, 11, 25)) == "budget_2026-11-25"
+    assert legacy.document_name(date(2026, 1, 5)) == "budget_2026-01-05"
 
 
 @pytest.mark.parametrize(("ratio", "pct"), [
@@ -149,9 +150,9 @@ def test_budget_name() -> None:
     (0.95, "95"), (1.0, "100"), (0.005, "0.5"), (0.123, "12.3"),
 ])
 def test_ratio_pct_and_nudge_names(ratio: float, pct: str) -> None:
-    assert ledger.ratio_pct(ratio) == pct
-    assert ledger.budget_nudge_name("daily", "2026-11-25", ratio) == f"budget_alert_2026-11-25_{pct}"
-    assert (ledger.budget_nudge_name("coder", "2026-W48", ratio)
+    assert layout.ratio_pct(ratio) == pct
+    assert layout.nudge_row_name("daily", "2026-11-25", ratio) == f"budget_alert_2026-11-25_{pct}"
+    assert (layout.nudge_row_name("coder", "2026-W48", ratio)
             == f"budget_alert_coder_2026-W48_{pct}")
 
 
@@ -274,23 +275,23 @@ def test_add_maps_does_not_mutate() -> None:
 ])
 def test_validate_budget_document_names_the_row(content: Any, fragment: str) -> None:
     with pytest.raises(CheckpointError) as info:
-        ledger.validate_budget_document(content, name=NAME)
+        legacy.validate_budget_document(content, name=NAME)
     message = str(info.value)
     assert NAME in message and fragment in message
 
 
 def test_validate_budget_document_accepts_good_and_empty_documents() -> None:
     good = {**META, "total_usd": 1.5, "instances": {"a": entry(1.0, 3), "b": entry(0.5, 1)}}
-    assert ledger.validate_budget_document(good, name=NAME) is good
-    assert ledger.validate_budget_document({}, name=NAME) == {}
-    assert ledger.validate_budget_document({"instances": {"a": {"spend_usd": 0, "seq": 0}}},
+    assert legacy.validate_budget_document(good, name=NAME) is good
+    assert legacy.validate_budget_document({}, name=NAME) == {}
+    assert legacy.validate_budget_document({"instances": {"a": {"spend_usd": 0, "seq": 0}}},
                                            name=NAME)
 
 
 def test_document_total_of_a_version_1_day() -> None:
     doc = {"instances": {"a": entry(0.1, 1), "b": entry(0.2, 1), "me": entry(5.0, 9)}}
-    assert ledger.document_total(doc) == 5.3
-    assert ledger.document_total({}) == 0.0
+    assert legacy.document_total(doc) == 5.3
+    assert legacy.document_total({}) == 0.0
 
 
 # --- alert book -----------------------------------------------------------------------------
