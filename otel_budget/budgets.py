@@ -107,6 +107,12 @@ class Budget:
                 for key, values in self._match
             })
 
+    @property
+    def match_rules(self) -> tuple[tuple[str, frozenset[Any]], ...]:
+        """The match, compiled: (attribute, the values or shell patterns it allows)
+        pairs, sorted by attribute; empty when the budget matches every call."""
+        return self._match
+
     def matches(self, attributes: Mapping[str, Any] | None) -> bool:
         """True when a call with these attributes counts toward this budget."""
         if not self._match:

@@ -42,7 +42,7 @@ def budget_key(budget: Budget) -> str:
 
 
 def _match_pairs(budget: Budget) -> list[list[Any]]:
-    return [[key, sorted(values, key=repr)] for key, values in budget._match]
+    return [[key, sorted(values, key=repr)] for key, values in budget.match_rules]
 
 
 def budget_spec(budget: Budget) -> dict[str, Any] | None:
@@ -50,7 +50,7 @@ def budget_spec(budget: Budget) -> dict[str, Any] | None:
     [[attribute, [exact JSON values], [LIKE patterns]], ...]}, or None when SQL
     cannot mirror its match exactly (a `[...]` pattern: read the breakdowns)."""
     rules: list[list[Any]] = []
-    for key, values in budget._match:
+    for key, values in budget.match_rules:
         exact: list[Any] = []
         likes: list[str] = []
         for value in sorted(values, key=repr):
