@@ -1599,8 +1599,11 @@ begin
         raise exception using errcode = 'OB001',
             message = 'otel_budget_budget_spend: p_budgets must be [{"name", "key", "match"}]';
     end if;
+    -- Days and budgets in one order (by day, then key) whatever the caller's: the
+    -- share rows' locks are then taken in one order by every caller, so two starts
+    -- computing at once wait for each other instead of deadlocking.
     for v_day in select distinct u.day from pg_catalog.unnest(p_days) as u(day)
-                  where u.day is not null loop
+                  where u.day is not null order by u.day loop
         v_day_out := '{}'::jsonb;
         select pg_catalog.md5(coalesce(pg_catalog.string_agg(
                    s.shard || ':' || s.live_usd || ':' || s.live_writers || ':' || s.retired_usd
@@ -1608,7 +1611,8 @@ begin
                    '|' order by s.shard), ''))
           into v_fingerprint
           from public.otel_budget_day_shards as s where s.day = v_day;
-        for v_budget in select b.value from pg_catalog.jsonb_array_elements(p_budgets) as b loop
+        for v_budget in select b.value from pg_catalog.jsonb_array_elements(p_budgets) as b
+                         order by b.value ->> 'key', b.value ->> 'name' loop
             v_name := v_budget ->> 'name';
             v_row := 'share_' || v_day || '_' || (v_budget ->> 'key');
             v_kept := null;
