@@ -312,52 +312,40 @@ class SupabaseStore(ContextStore):
                               exclude_writer=exclude_writer)
 
     def insert_if_absent(self, patch_type: str, name: str, content: dict[str, Any]) -> bool:
-        self._check_open()
-        dumps_content(content)  # CheckpointError for NaN/inf, before any I/O
-        params = {"p_type": patch_type, "p_name": name, "p_content": content}
-        attempts: list[int] = []
-
-        def claim() -> Any:
-            attempts.append(1)
-            return self._current_client().rpc("otel_budget_claim", params).execute()
-
-        inserted = self._call(f"claiming {patch_type}/{name}", claim).data
-        if inserted is not True and inserted is not False:
-            raise StoreError(
-                f"Supabase {self._where}: otel_budget_claim answered {inserted!r:.80}, "
-                "expected true or false (is the migration applied?)"
-            )
-        if not inserted and len(attempts) > 1:
-            # An earlier attempt may have inserted the row before its answer was
-            # lost; it did exactly when the row holds our content.
-            stored = self.get(patch_type, name)
-            return stored is not None and stored == json.loads(dumps_content(content))
-        return inserted
+        return self._claim_rpc("otel_budget_claim", f"claiming {patch_type}/{name}", {
+            "p_type": patch_type, "p_name": name, "p_content": content})
 
     def replace_claim(self, patch_type: str, name: str, expected: dict[str, Any],
                       content: dict[str, Any]) -> bool:
         """Replace the row's content if it still holds `expected` (compare and set in
         the otel_budget_claim_replace RPC): True if this call replaced it."""
+        return self._claim_rpc("otel_budget_claim_replace", f"replacing {patch_type}/{name}", {
+            "p_type": patch_type, "p_name": name, "p_expected": expected, "p_content": content})
+
+    def _claim_rpc(self, function: str, what: str, params: dict[str, Any]) -> bool:
+        """Call a claim RPC (true: this call wrote `p_content`; false: the row was
+        taken, or held something else)."""
         self._check_open()
-        dumps_content(content)
-        params = {"p_type": patch_type, "p_name": name, "p_expected": expected,
-                  "p_content": content}
+        content = params["p_content"]
+        dumps_content(content)  # CheckpointError for NaN/inf, before any I/O
         attempts: list[int] = []
 
-        def replace() -> Any:
+        def call() -> Any:
             attempts.append(1)
-            return self._current_client().rpc("otel_budget_claim_replace", params).execute()
+            return self._current_client().rpc(function, params).execute()
 
-        replaced = self._call(f"replacing {patch_type}/{name}", replace).data
-        if replaced is not True and replaced is not False:
+        answer = self._call(what, call).data
+        if answer is not True and answer is not False:
             raise StoreError(
-                f"Supabase {self._where}: otel_budget_claim_replace answered {replaced!r:.80}, "
+                f"Supabase {self._where}: {function} answered {answer!r:.80}, "
                 "expected true or false (is the migration applied?)"
             )
-        if not replaced and len(attempts) > 1:
-            stored = self.get(patch_type, name)
+        if not answer and len(attempts) > 1:
+            # An earlier attempt may have written the row before its answer was lost;
+            # it did exactly when the row holds our content.
+            stored = self.get(params["p_type"], params["p_name"])
             return stored is not None and stored == json.loads(dumps_content(content))
-        return replaced
+        return answer
 
     # --- budget leases (otel_budget.leases) --------------------------------------------
 
