@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date as _date
 from decimal import Decimal
 from typing import Any, NamedTuple, TypedDict
@@ -367,9 +367,16 @@ class SummaryBase(NamedTuple):
     quarantined: list[str]
 
 
-def stored_summary(day: str, content: Any) -> dict[str, Any] | None:
-    """`content` (a stored summary row) if well-formed, else None."""
-    return content if summary_problem(content, day) is None else None
+def summary_base(
+    day: str, stored: Any, *, present: bool,
+    retired: Callable[[], Iterable[tuple[str, Any]]],
+) -> SummaryBase:
+    """The day's summary to build on: the stored row (`stored`, when `present`) if
+    well-formed; else rebuilt from `retired()`, the day's retired writer rows (only
+    read then), the stored row quarantined when present (see rebuild_summary)."""
+    if present and summary_problem(stored, day) is None:
+        return SummaryBase(stored, True, [])
+    return rebuild_summary(day, retired(), malformed=present)
 
 
 def rebuild_summary(

@@ -19,9 +19,8 @@ from .entries import (
     check_days,
     normalize_writer_entry,
     plan_write,
-    rebuild_summary,
-    stored_summary,
     summarize,
+    summary_base,
     validate_writer_entry,
     writer_entry_problem,
 )
@@ -187,13 +186,10 @@ class MemoryStore(ContextStore):
         return out
 
     def _summary(self, day: str) -> SummaryBase:
-        name = summary_row_name(day)
-        stored = self._rows.get((SUMMARY_TYPE, name))
-        if stored is not None and stored_summary(day, stored) is not None:
-            return SummaryBase(stored, True, [])
-        retired = [(n, self._rows[(WRITER_TYPE, n)]) for n in sorted(self._days.get(day, ()))
-                   if _is_retired(self._rows[(WRITER_TYPE, n)])]
-        return rebuild_summary(day, retired, malformed=(SUMMARY_TYPE, name) in self._rows)
+        key = (SUMMARY_TYPE, summary_row_name(day))
+        return summary_base(day, self._rows.get(key), present=key in self._rows, retired=lambda: [
+            (n, self._rows[(WRITER_TYPE, n)]) for n in sorted(self._days.get(day, ()))
+            if _is_retired(self._rows[(WRITER_TYPE, n)])])
 
     def _summarize(self, day: str, *, exclude: str | None, base: dict[str, Any] | None,
                    quarantined: Sequence[str] = ()) -> DayTotals:

@@ -42,9 +42,8 @@ from .entries import (
     check_days,
     normalize_writer_entry,
     plan_write,
-    rebuild_summary,
-    stored_summary,
     summarize,
+    summary_base,
     validate_writer_entry,
     writer_entry_problem,
 )
@@ -650,21 +649,23 @@ class SQLiteStore(ContextStore):
     def _summary(conn: sqlite3.Connection, day: str) -> SummaryBase:
         name = summary_row_name(day)
         row = conn.execute(_ROW, (SUMMARY_TYPE, name)).fetchone()
+        stored: Any = None
         if row is not None:
             try:
-                content = stored_summary(day, loads_content(row[0], patch_type=SUMMARY_TYPE,
-                                                            name=name))
+                stored = loads_content(row[0], patch_type=SUMMARY_TYPE, name=name)
             except CheckpointError:  # not JSON: as malformed as a wrong field
-                content = None
-            if content is not None:
-                return SummaryBase(content, True, [])
-        retired: list[tuple[str, Any]] = []
-        for writer, text in conn.execute(_RETIRED_ROWS, (day,)):
-            try:
-                retired.append((writer, json.loads(text)))
-            except ValueError:
-                retired.append((writer, None))  # named by rebuild_summary
-        return rebuild_summary(day, retired, malformed=row is not None)
+                stored = None
+
+        def retired() -> list[tuple[str, Any]]:
+            rows: list[tuple[str, Any]] = []
+            for writer, text in conn.execute(_RETIRED_ROWS, (day,)):
+                try:
+                    rows.append((writer, json.loads(text)))
+                except ValueError:
+                    rows.append((writer, None))  # named by rebuild_summary
+            return rows
+
+        return summary_base(day, stored, present=row is not None, retired=retired)
 
     @staticmethod
     def _totals(conn: sqlite3.Connection, day: str, *, exclude: str | None,
