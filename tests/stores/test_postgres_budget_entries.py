@@ -16,24 +16,16 @@ from otel_budget.budgets import Budget
 from otel_budget.fleet import entry_budget_spend, entry_problem
 from otel_budget.stores.postgres import PostgresStore
 from otel_budget.stores.shares import open_day_entries
+from tests.support.match_cases import MATCH_BUDGETS, MATCH_ITEMS
 
 DAY = "2026-11-25"
 BUDGETS = [
-    Budget("opus", 10.0, period="month", match={"gen_ai.request.model": "claude-opus-4*"}),
-    Budget("one", 10.0, period="month", match={"agent": ["a?", "exact%_\\"]}),
-    Budget("flag", 10.0, period="month", match={"prod": True, "tier": [2, "x"]}),
-    Budget("daily", 10.0, period="month"),
+    *MATCH_BUDGETS,
     Budget("dots", 10.0, period="month", match={"team": ["t.*(x)", "é?", "line*"]}),
 ]
 ITEMS: list[tuple[dict[str, Any], float]] = [
-    ({"gen_ai.request.model": "claude-opus-4-1", "agent": "ab", "prod": 1, "tier": 2.0}, 1.25),
-    ({"gen_ai.request.model": "claude-sonnet-4", "agent": "abc", "prod": True}, 0.5),
-    ({"gen_ai.request.model": "claude-opus-4", "agent": "exact%_\\", "tier": "x",
-      "prod": True}, 2.0),
-    ({"agent": "a_", "prod": False}, 0.125),
-    ({"otel.metric.overflow": True}, 4.0),
+    *MATCH_ITEMS,
     ({"otel.metric.overflow": 1, "agent": "ax"}, 0.03125),  # not the overflow bucket
-    ({}, 0.0625),
     ({"agent": ["ab"], "gen_ai.request.model": ["claude-opus-4"]}, 8.0),  # arrays: no match
     ({"team": "t.*(x)"}, 0.25), ({"team": "tX*(x)"}, 16.0), ({"team": "éa"}, 0.5),
     ({"team": "line\nbreak"}, 0.75), ({"team": "LINE"}, 32.0), ({"team": {"a": 1}}, 64.0),

@@ -34,6 +34,7 @@ from otel_budget.stores.entries import (
     writer_row_name,
 )
 from tests.support.helpers import StoreFactory, run_in_threads
+from tests.support.match_cases import MATCH_BUDGETS, MATCH_ITEMS
 from tests.support.store_kinds import STORE_KINDS
 
 # The PostgreSQL store is run once more through PgBouncer in transaction mode
@@ -647,24 +648,10 @@ def _breakdown_entry(writer: str, seq: int, items: list[tuple[dict[str, Any], fl
 
 
 def test_budget_day_spend_is_every_writers_share_of_the_budget(store: Any) -> None:
-    from otel_budget.budgets import Budget
     from otel_budget.stores.shares import day_spend_from_entries
 
-    budgets = [
-        Budget("opus", 10.0, period="month", match={"gen_ai.request.model": "claude-opus-4*"}),
-        Budget("one", 10.0, period="month", match={"agent": ["a?", "exact%_\\"]}),
-        Budget("flag", 10.0, period="month", match={"prod": True, "tier": [2, "x"]}),
-        Budget("daily", 10.0, period="month"),
-    ]
-    items: list[tuple[dict[str, Any], float]] = [
-        ({"gen_ai.request.model": "claude-opus-4-1", "agent": "ab", "prod": 1, "tier": 2.0}, 1.25),
-        ({"gen_ai.request.model": "claude-sonnet-4", "agent": "abc", "prod": True}, 0.5),
-        ({"gen_ai.request.model": "claude-opus-4", "agent": "exact%_\\", "tier": "x",
-          "prod": True}, 2.0),
-        ({"agent": "a_", "prod": False}, 0.125),
-        ({"otel.metric.overflow": True}, 4.0),
-        ({}, 0.0625),
-    ]
+    budgets = list(MATCH_BUDGETS)
+    items = list(MATCH_ITEMS)
     store.merge_writer(_breakdown_entry("old-config", 1, items))
     # A writer that reported "opus" itself: its own figure counts, not its breakdown.
     store.merge_writer(_breakdown_entry("new-config", 1, items[:2], budgets={"opus": 9.0}))
