@@ -13,6 +13,7 @@ given them as parameters (schema.sql spells them too: a test checks they agree).
 | `sibling_nudge`  | `budget_alert_[{budget}_]{window}_{pct}` | an alert's claim and nudge   |
 | `budget_lease`   | `lease_{budget}_{window}`              | a fleet budget's leases        |
 | `budget_share`   | `share_{date}_{key}`                   | a budget's share of a closed day |
+| `budget_figures` | `figures_{date}/{writer_id}/{key}`     | a writer row's budgets, kept   |
 
 A per-key budget's key goes by `{budget}~{hash}` in lease and alert rows; a writer
 entry carries its keys' spend under `by_key`.
@@ -34,6 +35,9 @@ NUDGE_TYPE = "sibling_nudge"
 LEASE_TYPE = "budget_lease"
 #: A closed day's spend of one budget, computed in the store and kept (stores.shares).
 SHARE_TYPE = "budget_share"
+#: A writer row version's answer to otel_budget_writer_budget_entries (its budgets
+#: computed from its breakdown), kept in the store so start() reads it once.
+FIGURES_TYPE = "budget_figures"
 
 #: A writer entry's spend per key of each per-key budget: {budget: {key_json: usd}}.
 KEY_FIELD = "by_key"
@@ -58,6 +62,12 @@ def share_row_name(day: str, key: str) -> str:
     return f"share_{day}_{key}"
 
 
+def figures_row_name(day: str, writer_id: str, key: str) -> str:
+    """Where otel_budget_writer_budget_entries keeps a writer row's answer (`key`:
+    the md5 of the budgets asked, as the SQL spells them)."""
+    return f"figures_{day}/{writer_id}/{key}"
+
+
 def ratio_pct(ratio: float) -> str:
     """0.8 -> '80', 0.825 -> '82.5' (the nudge row's suffix)."""
     return format(round(ratio * 100, 2), "g")
@@ -71,7 +81,7 @@ def nudge_row_name(budget: str, window: str, ratio: float) -> str:
 
 
 __all__ = [
-    "KEY_FIELD", "KEY_SEP", "LEASE_TYPE", "LEGACY_TYPE", "NUDGE_TYPE", "SHARE_TYPE",
-    "SUMMARY_TYPE", "WRITER_TYPE", "lease_row_name", "nudge_row_name", "ratio_pct",
-    "share_row_name", "summary_row_name", "writer_row_name",
+    "FIGURES_TYPE", "KEY_FIELD", "KEY_SEP", "LEASE_TYPE", "LEGACY_TYPE", "NUDGE_TYPE", "SHARE_TYPE",
+    "SUMMARY_TYPE", "WRITER_TYPE", "figures_row_name", "lease_row_name", "nudge_row_name",
+    "ratio_pct", "share_row_name", "summary_row_name", "writer_row_name",
 ]

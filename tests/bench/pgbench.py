@@ -284,6 +284,8 @@ def run_start_bench(url: str, *, days: int = 31, writers: int = 100, sets: int =
                     "by_budget": {"daily": round(0.001 * sets, 9)}, "by_attributes": items}),))
             cur.executemany("select public.otel_budget_merge_writer(%s::jsonb)", rows)
         conn.execute("vacuum analyze public.quilt_patches")
+        # As autovacuum would after the seeding burst (see _seed_live).
+        conn.execute("vacuum analyze public.otel_budget_day_shards")
     today = datetime.fromisoformat(f"{names[-1]}T18:00:00+00:00")
     base = [Budget("daily", 1e6)]
     added = [*base, Budget("team-3", 1e6, period="month", match={"team": "team-3"})]
@@ -316,7 +318,7 @@ def run_start_bench(url: str, *, days: int = 31, writers: int = 100, sets: int =
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("delete from public.quilt_patches where (patch_type in "
-                         "('budget_writer', 'budget_summary', 'budget_share') and "
+                         "('budget_writer', 'budget_summary', 'budget_share', 'budget_figures') and "
                          "(content ->> 'date') like %s) or patch_type = 'sibling_nudge'",
                          (f"{month}-%",))
             conn.execute("delete from public.otel_budget_day_shards where day like %s",

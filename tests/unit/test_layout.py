@@ -16,7 +16,7 @@ from otel_budget.stores import entries, layout, legacy
 PACKAGE = Path(layout.__file__).resolve().parent.parent
 #: The row types specific enough to find in code (LEGACY_TYPE, "budget", is not).
 SPELLED = (layout.WRITER_TYPE, layout.SUMMARY_TYPE, layout.NUDGE_TYPE, layout.LEASE_TYPE,
-           layout.SHARE_TYPE)
+           layout.SHARE_TYPE, layout.FIGURES_TYPE)
 
 
 def _strings(path: Path) -> list[tuple[int, str]]:
@@ -45,7 +45,7 @@ def test_schema_sql_names_only_the_layouts_row_types() -> None:
     sql = (PACKAGE / "stores" / "schema.sql").read_text(encoding="utf-8")
     named = set(re.findall(r"patch_type\s*(?:=|<>)\s*'([a-z_]+)'", sql))
     known = {layout.WRITER_TYPE, layout.SUMMARY_TYPE, layout.LEGACY_TYPE, layout.NUDGE_TYPE,
-             layout.LEASE_TYPE, layout.SHARE_TYPE}
+             layout.LEASE_TYPE, layout.SHARE_TYPE, layout.FIGURES_TYPE}
     assert named and named <= known, named - known
 
 
@@ -56,6 +56,7 @@ def test_row_names(ratio: float, pct: str) -> None:
     assert legacy.document_name(date(2026, 11, 25)) == "budget_2026-11-25"
     assert layout.lease_row_name("team", "2026-W48") == "lease_team_2026-W48"
     assert layout.share_row_name("2026-11-25", "k") == "share_2026-11-25_k"
+    assert layout.figures_row_name("2026-11-25", "w", "k") == "figures_2026-11-25/w/k"
     assert layout.nudge_row_name("daily", "2026-11-25", ratio) == f"budget_alert_2026-11-25_{pct}"
     assert layout.nudge_row_name("team", "2026-W48", ratio) == f"budget_alert_team_2026-W48_{pct}"
 
