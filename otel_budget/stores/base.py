@@ -226,7 +226,7 @@ class BudgetEntriesStore(Protocol):
         """`writer_entries(days)` without the breakdowns, every budget of `budgets` an
         entry lacks computed from its breakdown in the store (a malformed row comes
         whole, for the caller to name); NotImplementedError for a match the store
-        cannot mirror. PostgreSQL only so far: the others' entries are read whole."""
+        cannot mirror. PostgreSQL and Supabase; the others' entries are read whole."""
         ...
 
 

@@ -280,6 +280,21 @@ class SupabaseStore(ContextStore):
 
         return spend_in_rounds(ask, wanted, [b.name for b in budgets])
 
+    def writer_budget_entries(self, days: Sequence[str],
+                              budgets: Sequence[Budget]) -> list[dict[str, Any]]:
+        """As PostgresStore.writer_budget_entries: otel_budget_writer_budget_entries
+        over RPC (a POST: it keeps what it computes)."""
+        self._check_open()
+        wanted = check_days(days)
+        specs = budget_specs(budgets)
+        dumps_content({"budgets": specs})  # CheckpointError before any I/O
+        response = self._call(
+            "reading writer entries with their budgets",
+            lambda: self._current_client().rpc("otel_budget_writer_budget_entries", {
+                "p_days": wanted, "p_budgets": specs}).execute(),
+        )
+        return entry_list(response.data)
+
     def writer_entries(
         self, days: Sequence[str], *, breakdown: bool = True
     ) -> list[dict[str, Any]]:

@@ -139,6 +139,45 @@ def test_requests_are_the_documented_ones(
     assert entries == [_entry(1.0, 2)]
 
 
+
+def test_writer_budget_entries_is_one_rpc_answering_as_postgres_does(
+    gateway: SupabaseGateway, supabase_store_factory: StoreMaker, pg_clean: str
+) -> None:
+    """start() with a budget added mid-window reads today's entries with that budget
+    computed in the store, breakdowns left there: the same SQL function as
+    PostgreSQL's, over one POST (it keeps what it computes)."""
+    from otel_budget.budgets import Budget
+    from otel_budget.fleet import entry_budget_spend
+    from otel_budget.stores.base import BudgetEntriesStore
+    from otel_budget.stores.postgres import PostgresStore
+
+    store = supabase_store_factory()
+    assert isinstance(store, BudgetEntriesStore)
+    items = [{"attributes": {"team": "t3", "agent": "x"}, "spend_usd": 0.25},
+             {"attributes": {"team": "t1"}, "spend_usd": 0.5}]
+    whole = _entry(0.75, 1) | {"by_attributes": items}
+    store.merge_writer(whole)
+    store.merge_writer(_entry(1.0, 1, writer="b") | {"by_budget": {"t3": 1.0}})
+    budgets = [Budget("t3", 5.0, period="month", match={"team": "t3"})]
+    gateway.requests.clear()
+    got = store.writer_budget_entries([DAY], budgets)
+    assert [(m, urlsplit(p).path) for m, p in gateway.requests] == [
+        ("POST", "/rest/v1/rpc/otel_budget_writer_budget_entries")]
+    assert [e["writer_id"] for e in got] == ["a", "b"]
+    assert "by_attributes" not in got[0]
+    assert got[0]["by_budget"] == {"t3": entry_budget_spend(whole, budgets[0])} == {"t3": 0.25}
+    assert got[1]["by_budget"] == {"t3": 1.0}, "a writer's own figure is kept"
+    direct = PostgresStore(pg_clean)
+    try:
+        assert direct.writer_budget_entries([DAY], budgets) == got
+    finally:
+        direct.close()
+    gateway.requests.clear()
+    with pytest.raises(NotImplementedError):
+        store.writer_budget_entries([DAY], [Budget("odd", 1.0, match={"team": "[ab]*"})])
+    assert gateway.requests == [], "refused before any request"
+
+
 # --- retries -----------------------------------------------------------------------------
 
 def test_5xx_and_dropped_connections_are_retried_and_applied_once(
