@@ -2,9 +2,11 @@
 computation behind `otel-budget report` and the status page's store rows.
 
 The cheap way, the one the tracker's FleetView takes too: one `day_totals` call for
-every day of every window, and the writers' entries with their breakdowns only for
-the days some writer left a configured budget out (an older configuration in a
-rolling deploy: its share is priced from its breakdown, fleet.entry_budget_spend).
+every day of every window, and more only for the days some writer left a configured
+budget out (an older configuration in a rolling deploy: its share is priced from its
+breakdown, fleet.entry_budget_spend), as `stores.shares.incomplete_day_entries`
+reads them: each closed day's share kept in the store, today's entries with the
+budgets computed there, or the breakdowns whole from a store that cannot.
 `spend_of_window` is the pure sum over what was read; `read_window_spend` does the
 reads it needs and nothing else.
 
@@ -31,6 +33,7 @@ from .stores import layout
 from .stores import legacy as legacy_rows
 from .stores.base import PatchStore
 from .stores.entries import DayTotals
+from .stores.shares import incomplete_day_entries
 
 __all__ = ["NamedBudget", "WindowSpend", "read_window_spend", "spend_of_window",
            "window_days"]
@@ -131,7 +134,11 @@ def read_window_spend(
             missing.append(name)
     if missing:
         try:
-            entries.extend(store.writer_entries(missing, breakdown=True))
+            # As the tracker's start(): a closed day's shares computed and kept in
+            # the store, today's entries with the budgets computed there; the
+            # breakdowns are read whole only from a store that cannot.
+            entries.extend(incomplete_day_entries(store, missing, totals, _priced(budgets),
+                                                  today=day.isoformat()))
         except Exception as exc:
             if on_error is None:
                 raise

@@ -1592,6 +1592,7 @@ declare
     v_path jsonpath;
     v_fingerprints jsonb;
     v_kept_rows jsonb;
+    v_keep boolean := true;
 begin
     if jsonb_typeof(p_budgets) is distinct from 'array' or exists (
            select 1 from pg_catalog.jsonb_array_elements(p_budgets) as b
@@ -1671,13 +1672,19 @@ begin
              where q.patch_type = 'budget_writer' and (q.content ->> 'date') = v_day
                and public.otel_budget_amounts_ok(q.content);
             v_spend := pg_catalog.trim_scale(round(v_spend, 9));
-            if v_day < p_closed_before then
-                insert into public.quilt_patches as q (patch_type, name, content)
-                values ('budget_share', v_row, pg_catalog.jsonb_build_object(
-                            'date', v_day, 'budget', v_name, 'key', v_budget ->> 'key',
-                            'fingerprint', v_fingerprint, 'spend_usd', v_spend))
-                on conflict (patch_type, name) do update
-                    set content = excluded.content, updated_at = pg_catalog.now();
+            if v_day < p_closed_before and v_keep then
+                -- A status page or report may read with a read-only role or on a
+                -- replica: the figure is then computed, not kept.
+                begin
+                    insert into public.quilt_patches as q (patch_type, name, content)
+                    values ('budget_share', v_row, pg_catalog.jsonb_build_object(
+                                'date', v_day, 'budget', v_name, 'key', v_budget ->> 'key',
+                                'fingerprint', v_fingerprint, 'spend_usd', v_spend))
+                    on conflict (patch_type, name) do update
+                        set content = excluded.content, updated_at = pg_catalog.now();
+                exception when read_only_sql_transaction or insufficient_privilege then
+                    v_keep := false;
+                end;
             end if;
             v_day_out := v_day_out || pg_catalog.jsonb_build_object(v_name, v_spend);
         end loop;

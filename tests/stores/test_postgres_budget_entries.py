@@ -284,3 +284,34 @@ def test_kept_answers_a_week_older_than_the_day_asked_are_deleted(pg_clean: str)
         assert len(names) == 2
     finally:
         store.close()
+
+
+def test_a_read_only_session_gets_a_closed_days_share_and_keeps_nothing(
+    pg_clean: str,
+) -> None:
+    """The status page or report with a read-only role (or on a replica): the
+    closed day's share is computed, not kept, and the answer is the same."""
+    from otel_budget.stores.shares import budget_spec
+
+    closed = "2026-11-24"
+    store = PostgresStore(pg_clean)
+    try:
+        store.merge_writer(_entry("w", ITEMS) | {"date": closed})
+        specs = json.dumps([budget_spec(b) for b in BUDGETS])
+        with psycopg.connect(pg_clean, autocommit=True,
+                             options="-c default_transaction_read_only=on") as conn:
+            row = conn.execute("select public.otel_budget_budget_spend(%s::text[], %s::jsonb, "
+                               "%s)", ([closed], specs, DAY)).fetchone()
+        assert row is not None
+        with psycopg.connect(pg_clean, autocommit=True) as conn:
+            shares = conn.execute("select count(*) from public.quilt_patches "
+                                  "where patch_type = 'budget_share'").fetchone()
+        assert shares == (0,)
+        assert row[0] == {closed: store.budget_day_spend([closed], BUDGETS, closed_before=DAY)[
+            closed]}
+        with psycopg.connect(pg_clean, autocommit=True) as conn:
+            shares = conn.execute("select count(*) from public.quilt_patches "
+                                  "where patch_type = 'budget_share'").fetchone()
+        assert shares == (len(BUDGETS),), "kept by a session that can write"
+    finally:
+        store.close()

@@ -91,6 +91,41 @@ def test_breakdowns_are_read_only_for_the_days_a_writer_left_a_budget_out(
     assert store.entry_reads == [[TODAY.isoformat()]]  # Monday comes from its totals
 
 
+class SummingCountingStore(CountingStore):
+    """Also counts the days asked of budget_day_spend (the kept shares of closed
+    days), and leaves its inner reads uncounted: they stand for the store's own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.share_reads: list[list[str]] = []
+
+    def budget_day_spend(self, days: Sequence[str], budgets: Sequence[Budget], *,
+                         closed_before: str) -> dict[str, dict[str, float]]:
+        self.share_reads.append(sorted(days))
+        reads = list(self.entry_reads)
+        try:
+            return super().budget_day_spend(days, budgets, closed_before=closed_before)
+        finally:
+            self.entry_reads[:] = reads
+
+
+def test_a_closed_day_a_writer_left_a_budget_out_comes_from_the_stores_shares() -> None:
+    """A budget added mid-window: the closed days' shares come from the store
+    (budget_day_spend: kept there), never from reading their breakdowns here."""
+    store = SummingCountingStore()
+    for row in [*ROWS, entry(MONDAY, "old", [({"agent": "coder"}, 0.5)], budgets=(DAILY,))]:
+        store.merge_writer(row)
+    try:
+        spent = read_window_spend(store, TODAY, [CODER, DAILY])
+        assert dict(spent.spend_usd) == {"coder": WANT["coder"] + 0.5, "daily": 3.75}
+        assert store.share_reads == [[MONDAY.isoformat()]]
+        assert store.entry_reads == [[TODAY.isoformat()]]
+        report = load_report(store, days=1, today=TODAY, budgets=[CODER, DAILY])
+        assert {b.name: b.spend_usd for b in report.budgets} == dict(spent.spend_usd)
+    finally:
+        store.close()
+
+
 def test_the_status_page_reads_today_once(store: CountingStore) -> None:
     clock = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
     StatusSource(store, budgets=[CODER, DAILY], clock=lambda: clock).status()
