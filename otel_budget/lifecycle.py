@@ -114,6 +114,8 @@ _real_getsignal = signal.getsignal
 _chained: dict[int, Handler] = {}
 # Meters whose shutdown has begun and whose final write may still be running.
 _closing: weakref.WeakSet[Stoppable] = weakref.WeakSet()
+# Meters whose shutdown has begun, ever (begin_stop: each shuts down once).
+_begun: weakref.WeakSet[Stoppable] = weakref.WeakSet()
 # Stop signals held while a shutdown is under way, and until when.
 _pending: list[int] = []
 _hold_until: dict[int, float] = {}
@@ -135,6 +137,20 @@ def register(meter: Stoppable) -> None:
         from . import celery as _celery
 
         _celery.connect()
+
+
+def begin_stop(meter: Stoppable) -> bool:
+    """A meter's own shutdown begins: True for the first call, which then does it
+    (and the meter is closing, as `stopping` makes it); False for any later or
+    concurrent call. Under this module's lock: a stop signal that interrupts it is
+    held, never raced by a second shutdown."""
+    with _lock:
+        if meter in _begun:
+            return False
+        _begun.add(meter)
+        _live.discard(meter)
+        _closing.add(meter)
+    return True
 
 
 def stopping(meter: Stoppable) -> None:

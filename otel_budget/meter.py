@@ -141,6 +141,7 @@ class BudgetMeter:
         self._usage_lock = threading.Lock()
         self._started = False
         self._closed = False
+        self._shut_down = threading.Event()
         self._stop = MeterStop(self.shutdown)
 
     # --- wiring -------------------------------------------------------------------
@@ -204,20 +205,27 @@ class BudgetMeter:
     def shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> None:
         """Stop, writing this process's final entries within `timeout` seconds in all.
         Entries the store does not take in time are spooled locally (replayed by the
-        next meter on this host with this store). Idempotent."""
-        if self._closed:
+        next meter on this host with this store). Idempotent: a call while another
+        thread's shutdown runs (a signal handler's and the app's own, say) waits for
+        that one, up to `timeout`, instead of writing the final entries twice or
+        returning before they are stored or spooled."""
+        # Before the mark, and once (atomically, where a stop signal is held rather
+        # than raced): a stop signal from here on waits for this shutdown rather than
+        # finding no live meter and ending the process with nothing stored.
+        if not lifecycle.begin_stop(self._stop):
+            self._shut_down.wait(max(0.0, float(timeout)))
             return
-        # Before the mark: a stop signal from here on waits for this shutdown rather
-        # than finding no live meter and ending the process with nothing stored.
-        lifecycle.stopping(self._stop)
         self._closed = True
-        self._enforcement.stop_rounds()
-        atexit.unregister(self.shutdown)
-        self._stop.run(
-            timeout, reader=self._reader, tracker=self._tracker,
-            release=self._enforcement.release, dispatcher=self._dispatcher,
-            providers=self._providers_to_shutdown,
-            store_to_close=self._store if self._owns_store else None)
+        try:
+            self._enforcement.stop_rounds()
+            atexit.unregister(self.shutdown)
+            self._stop.run(
+                timeout, reader=self._reader, tracker=self._tracker,
+                release=self._enforcement.release, dispatcher=self._dispatcher,
+                providers=self._providers_to_shutdown,
+                store_to_close=self._store if self._owns_store else None)
+        finally:
+            self._shut_down.set()
 
     def __enter__(self) -> BudgetMeter:
         return self.start()

@@ -66,7 +66,7 @@ class MeterStop:
     ) -> None:
         """The sequence above; `store_to_close` is the store when the meter opened it."""
         deadline = time.monotonic() + max(0.0, float(timeout))
-        # lifecycle.stopping(self) was called by the meter, before it marked itself
+        # lifecycle.begin_stop(self) was called by the meter, before it marked itself
         # closed; lifecycle.stopped(self) ends this.
         reader.stop_timer(_left(deadline) * 0.2)
         entries = tracker.final_entries()

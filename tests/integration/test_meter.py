@@ -419,6 +419,61 @@ def test_lifecycle_context_manager_and_record_after_shutdown(store: PatchStore,
     assert store.get("budget", "budget_1999-01-01") is None, "a store passed in stays open"
 
 
+class HeldRetireStore(MemoryStore):
+    """A memory store whose retire_writer waits until the test lets it go, counting
+    its calls: a store slow to take the final entry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.retires = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def retire_writer(self, entry: dict[str, Any]) -> Any:
+        self.retires += 1
+        self.entered.set()
+        assert self.release.wait(30), "the test never let the final write go"
+        return super().retire_writer(entry)
+
+
+def test_concurrent_shutdowns_write_once_and_each_returns_after_the_final_write(
+        clock: FakeClock) -> None:
+    """The app's own shutdown and a signal handler's (or two threads') at once: the
+    final entry is written once, and the call that did not write it returns only
+    once it is written, not while it is still in flight."""
+    alone = HeldRetireStore()
+    alone.release.set()
+    once = make(alone, clock).start()
+    once.record(2.5)
+    once.shutdown(timeout=20)
+    store = HeldRetireStore()
+    meter = make(store, clock).start()
+    meter.record(2.5)
+    first = threading.Thread(target=meter.shutdown, kwargs={"timeout": 20})
+    first.start()
+    assert store.entered.wait(10), "the first shutdown reached the store"
+    seen: list[float | None] = []
+
+    def second() -> None:
+        meter.shutdown(timeout=20)
+        seen.append(read_day(store, TODAY)["total_usd"] if store.retires else None)
+
+    late = threading.Thread(target=second)
+    late.start()
+    late.join(0.3)
+    assert late.is_alive(), "the second shutdown waits for the first one's final write"
+    store.release.set()
+    first.join(20)
+    late.join(20)
+    assert not first.is_alive() and not late.is_alive()
+    assert store.retires == alone.retires, "what one shutdown writes, not twice that"
+    assert seen == [2.5]
+    rows = own_entries(store, meter)
+    assert [r.get("retired") for r in rows] == [True]
+    meter.shutdown(timeout=1)  # later calls: at once, nothing written again
+    assert store.retires == alone.retires
+
+
 def test_store_opened_from_url_is_closed_at_shutdown(tmp_path: Any, clock: FakeClock) -> None:
     cfg = BudgetConfig(daily_cap_usd=5, instance_id="a",
                        store_url=f"sqlite:///{tmp_path}/own.db")
