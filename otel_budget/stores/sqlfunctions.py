@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError, CorruptRowError, StoreError
-from .base import dumps_content
+from .base import dumps_jsonb, jsonb_text
 from .entries import (
     DayTotals,
     MergeResult,
     empty_totals,
     normalize_writer_entry,
+    plain_writer_entry,
     totals_from_json,
 )
 from .shares import budget_spec, check_spend_answer
@@ -32,13 +34,33 @@ CHECKPOINT_SQLSTATES = frozenset({BAD_ARGUMENT, BAD_DOCUMENT})
 MIGRATE_HINT = "apply the schema first: otel-budget migrate, or schema.sql in the SQL editor"
 
 
+#: In jsonb_text's output (ASCII: every other character is escaped, in lowercase
+#: hex), what a string jsonb refuses leaves: NUL, and a surrogate (lone, or half of a
+#: pair: a character beyond the BMP is written as two of them, and looked at closer).
+_REFUSED_ESCAPE = re.compile(r"\\u(?:0000|d[89a-f])")
+
+
 def prepare_writer_entry(entry: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """Check and round the entry as every store does, before any I/O (the same
     CheckpointError as the other stores). Rounded here: the SQL rounds a decimal,
     Python a binary float, and the two differ on exact ties. Returns the entry and
-    its JSON text (serialised once)."""
+    its JSON text for a jsonb argument (serialised once).
+
+    The usual entry takes plain_writer_entry's shorter checks, the rest of them done
+    on its JSON text: json refuses NaN and inf anywhere, and a string jsonb would
+    refuse shows as an escape. Anything it does not take (unusual or malformed)
+    takes normalize_writer_entry, which gives the same result or names the problem."""
+    checked = plain_writer_entry(entry)
+    if checked is not None:
+        try:
+            text = jsonb_text(checked)
+        except (TypeError, ValueError):  # NaN or inf, say: named below
+            pass
+        else:
+            if "\\u" not in text or _REFUSED_ESCAPE.search(text) is None:
+                return checked, text
     checked = normalize_writer_entry(entry, where="writer entry")
-    return checked, dumps_content(checked)
+    return checked, dumps_jsonb(checked)
 
 
 def days_totals(days: list[str], value: Any) -> dict[str, DayTotals]:
