@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -44,7 +45,8 @@ def _entry(writer: str, items: list[tuple[dict[str, Any], float]],
     return out
 
 
-def _reference(whole: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _reference(whole: list[dict[str, Any]],
+               budgets: list[Budget] = BUDGETS) -> list[dict[str, Any]]:
     """What the SQL must answer, from the whole entries: the Python rule."""
     out = []
     for entry in whole:
@@ -53,7 +55,7 @@ def _reference(whole: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         light = {k: v for k, v in entry.items() if k != "by_attributes"}
         own = entry.get("by_budget") or {}
-        missing = {b.name: entry_budget_spend(entry, b) for b in BUDGETS if b.name not in own}
+        missing = {b.name: entry_budget_spend(entry, b) for b in budgets if b.name not in own}
         if missing:
             light["by_budget"] = {**own, **missing}
         out.append(light)
@@ -118,6 +120,13 @@ def test_a_match_sql_cannot_mirror_reads_the_entries_whole(pg_clean: str) -> Non
         store.close()
 
 
+@pytest.fixture
+def store(pg_clean: str) -> Iterator[PostgresStore]:
+    opened = PostgresStore(pg_clean)
+    yield opened
+    opened.close()
+
+
 def _kept(url: str) -> dict[str, dict[str, Any]]:
     with psycopg.connect(url, autocommit=True) as conn:
         return {name: content for name, content in conn.execute(
@@ -134,18 +143,7 @@ def _set_kept(url: str, name: str, content: Any) -> None:
 
 def _want(store: PostgresStore, budgets: list[Budget]) -> list[dict[str, Any]]:
     """The Python rule over the rows as they are now."""
-    out = []
-    for entry in store.writer_entries([DAY]):
-        if entry_problem(entry) is not None:
-            out.append(entry)
-            continue
-        light = {k: v for k, v in entry.items() if k != "by_attributes"}
-        own = entry.get("by_budget") or {}
-        missing = {b.name: entry_budget_spend(entry, b) for b in budgets if b.name not in own}
-        if missing:
-            light["by_budget"] = {**own, **missing}
-        out.append(light)
-    return out
+    return _reference(store.writer_entries([DAY]), budgets)
 
 
 def _assert_equal(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
@@ -157,104 +155,90 @@ def _assert_equal(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None
 
 
 def test_each_row_versions_answer_is_kept_and_a_new_version_is_computed_again(
-    pg_clean: str,
+    store: PostgresStore, pg_clean: str,
 ) -> None:
     """A finished writer's breakdown is read once, not at every start(): the answer
     is kept per row version, and a merge, a retirement or a hand edit of the row
     (each a new version) is computed again."""
-    store = PostgresStore(pg_clean)
-    try:
-        store.merge_writer(_entry("old-config", ITEMS))
-        store.merge_writer(_entry("finished", ITEMS[:4]))
-        store.retire_writer(_entry("finished", ITEMS[:4]) | {"seq": 2, "final": True})
-        store.merge_writer(_entry("new-config", ITEMS[:3], budgets={"opus": 9.0, "daily": 3.75}))
-        with psycopg.connect(pg_clean, autocommit=True) as conn:
-            conn.execute("insert into public.quilt_patches (patch_type, name, content) "
-                         "values ('budget_writer', %s, %s::jsonb)",
-                         (f"budget_{DAY}/bad", json.dumps(_entry("bad", ITEMS[:1]) | {
-                             "by_attributes": [{"attributes": None, "spend_usd": 1}]})))
-        first = store.writer_budget_entries([DAY], BUDGETS)
-        _assert_equal(first, _want(store, BUDGETS))
-        kept = _kept(pg_clean)
-        assert sorted(n.split("/")[1] for n in kept) == ["finished", "new-config", "old-config"], (
-            "well-formed rows only: a malformed one comes whole, named at every start")
-        assert all(n.startswith(f"figures_{DAY}/") for n in kept)
-        assert store.writer_budget_entries([DAY], BUDGETS) == first
+    store.merge_writer(_entry("old-config", ITEMS))
+    store.merge_writer(_entry("finished", ITEMS[:4]))
+    store.retire_writer(_entry("finished", ITEMS[:4]) | {"seq": 2, "final": True})
+    store.merge_writer(_entry("new-config", ITEMS[:3], budgets={"opus": 9.0, "daily": 3.75}))
+    with psycopg.connect(pg_clean, autocommit=True) as conn:
+        conn.execute("insert into public.quilt_patches (patch_type, name, content) "
+                     "values ('budget_writer', %s, %s::jsonb)",
+                     (f"budget_{DAY}/bad", json.dumps(_entry("bad", ITEMS[:1]) | {
+                         "by_attributes": [{"attributes": None, "spend_usd": 1}]})))
+    first = store.writer_budget_entries([DAY], BUDGETS)
+    _assert_equal(first, _want(store, BUDGETS))
+    kept = _kept(pg_clean)
+    assert sorted(n.split("/")[1] for n in kept) == ["finished", "new-config", "old-config"], (
+        "well-formed rows only: a malformed one comes whole, named at every start")
+    assert all(n.startswith(f"figures_{DAY}/") for n in kept)
+    assert store.writer_budget_entries([DAY], BUDGETS) == first
 
-        # The kept answer is what the next call reads (changed by hand to show it) ...
-        name = next(n for n in kept if n.split("/")[1] == "old-config")
-        forged = json.loads(json.dumps(kept[name]))
-        forged["entry"]["by_budget"]["opus"] = 999.0
-        _set_kept(pg_clean, name, forged)
-        got = store.writer_budget_entries([DAY], BUDGETS)
-        assert next(e for e in got if e["writer_id"] == "old-config")["by_budget"]["opus"] == 999.0
-        # ... until the row has a new version: a merge,
-        store.merge_writer(_entry("old-config", ITEMS[:5]) | {"seq": 2})
-        _assert_equal(store.writer_budget_entries([DAY], BUDGETS), _want(store, BUDGETS))
-        # a hand edit that keeps the seq (and the updated_at column),
-        _set_kept(pg_clean, name, forged | {"version": _kept(pg_clean)[name]["version"]})
-        with psycopg.connect(pg_clean, autocommit=True) as conn:
-            conn.execute("update public.quilt_patches set content = jsonb_set(content, "
-                         "'{by_attributes,0,spend_usd}', '0.5') where name = %s",
-                         (f"budget_{DAY}/old-config",))
-        again = store.writer_budget_entries([DAY], BUDGETS)
-        _assert_equal(again, _want(store, BUDGETS))
-        assert next(e for e in again if e["writer_id"] == "old-config")["by_budget"]["opus"] != 999
-        # or the retirement of the row as it stands (what the reaper does to a writer
-        # that stopped: the row keeps its content and seq, and is marked retired).
-        before = _kept(pg_clean)[name]["version"]
-        store.retire_writer(_entry("old-config", ITEMS[:5]) | {"seq": 2, "final": True})
-        _assert_equal(store.writer_budget_entries([DAY], BUDGETS), _want(store, BUDGETS))
-        assert _kept(pg_clean)[name]["version"] != before
-    finally:
-        store.close()
+    # The kept answer is what the next call reads (changed by hand to show it) ...
+    name = next(n for n in kept if n.split("/")[1] == "old-config")
+    forged = json.loads(json.dumps(kept[name]))
+    forged["entry"]["by_budget"]["opus"] = 999.0
+    _set_kept(pg_clean, name, forged)
+    got = store.writer_budget_entries([DAY], BUDGETS)
+    assert next(e for e in got if e["writer_id"] == "old-config")["by_budget"]["opus"] == 999.0
+    # ... until the row has a new version: a merge,
+    store.merge_writer(_entry("old-config", ITEMS[:5]) | {"seq": 2})
+    _assert_equal(store.writer_budget_entries([DAY], BUDGETS), _want(store, BUDGETS))
+    # a hand edit that keeps the seq (and the updated_at column),
+    _set_kept(pg_clean, name, forged | {"version": _kept(pg_clean)[name]["version"]})
+    with psycopg.connect(pg_clean, autocommit=True) as conn:
+        conn.execute("update public.quilt_patches set content = jsonb_set(content, "
+                     "'{by_attributes,0,spend_usd}', '0.5') where name = %s",
+                     (f"budget_{DAY}/old-config",))
+    again = store.writer_budget_entries([DAY], BUDGETS)
+    _assert_equal(again, _want(store, BUDGETS))
+    assert next(e for e in again if e["writer_id"] == "old-config")["by_budget"]["opus"] != 999
+    # or the retirement of the row as it stands (what the reaper does to a writer
+    # that stopped: the row keeps its content and seq, and is marked retired).
+    before = _kept(pg_clean)[name]["version"]
+    store.retire_writer(_entry("old-config", ITEMS[:5]) | {"seq": 2, "final": True})
+    _assert_equal(store.writer_budget_entries([DAY], BUDGETS), _want(store, BUDGETS))
+    assert _kept(pg_clean)[name]["version"] != before
 
 
 @pytest.mark.parametrize("content", [
     "junk", None, [], {"version": None, "entry": {}}, {"entry": "x"},
 ])
 def test_a_malformed_kept_answer_is_computed_again_and_replaced(
-    pg_clean: str, content: Any,
+    store: PostgresStore, pg_clean: str, content: Any,
 ) -> None:
-    store = PostgresStore(pg_clean)
-    try:
-        store.merge_writer(_entry("w", ITEMS))
-        first = store.writer_budget_entries([DAY], BUDGETS)
-        (name,) = _kept(pg_clean)
-        good = _kept(pg_clean)[name]
-        if isinstance(content, dict) and content.get("version") is None and "version" in content:
-            content = {"version": good["version"], "entry": "not an object"}
-        _set_kept(pg_clean, name, content)
-        assert store.writer_budget_entries([DAY], BUDGETS) == first
-        assert _kept(pg_clean)[name] == good
-    finally:
-        store.close()
+    store.merge_writer(_entry("w", ITEMS))
+    first = store.writer_budget_entries([DAY], BUDGETS)
+    (name,) = _kept(pg_clean)
+    good = _kept(pg_clean)[name]
+    if isinstance(content, dict) and content.get("version") is None and "version" in content:
+        content = {"version": good["version"], "entry": "not an object"}
+    _set_kept(pg_clean, name, content)
+    assert store.writer_budget_entries([DAY], BUDGETS) == first
+    assert _kept(pg_clean)[name] == good
 
 
-def test_other_budgets_keep_answers_of_their_own(pg_clean: str) -> None:
-    store = PostgresStore(pg_clean)
-    try:
-        store.merge_writer(_entry("w", ITEMS))
-        few = BUDGETS[:1]
-        a = store.writer_budget_entries([DAY], BUDGETS)
-        b = store.writer_budget_entries([DAY], few)
-        _assert_equal(a, _want(store, BUDGETS))
-        _assert_equal(b, _want(store, few))
-        assert set(a[0]["by_budget"]) != set(b[0]["by_budget"])
-        assert len(_kept(pg_clean)) == 2
-        assert store.writer_budget_entries([DAY], BUDGETS) == a
-    finally:
-        store.close()
+def test_other_budgets_keep_answers_of_their_own(store: PostgresStore, pg_clean: str) -> None:
+    store.merge_writer(_entry("w", ITEMS))
+    few = BUDGETS[:1]
+    a = store.writer_budget_entries([DAY], BUDGETS)
+    b = store.writer_budget_entries([DAY], few)
+    _assert_equal(a, _want(store, BUDGETS))
+    _assert_equal(b, _want(store, few))
+    assert set(a[0]["by_budget"]) != set(b[0]["by_budget"])
+    assert len(_kept(pg_clean)) == 2
+    assert store.writer_budget_entries([DAY], BUDGETS) == a
 
 
-def test_a_read_only_session_gets_the_answer_and_keeps_nothing(pg_clean: str) -> None:
+def test_a_read_only_session_gets_the_answer_and_keeps_nothing(
+    store: PostgresStore, pg_clean: str,
+) -> None:
     """A replica or a read-only role: nothing can be kept, everything is computed."""
-    store = PostgresStore(pg_clean)
-    try:
-        store.merge_writer(_entry("w", ITEMS))
-        want = _want(store, BUDGETS)
-    finally:
-        store.close()
+    store.merge_writer(_entry("w", ITEMS))
+    want = _want(store, BUDGETS)
     from otel_budget.stores.shares import budget_spec
 
     specs = json.dumps([budget_spec(b) for b in BUDGETS])
