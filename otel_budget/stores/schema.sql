@@ -676,7 +676,8 @@ $fn$;
 -- Version 3: the day's aggregate, so a merge costs the same with 10 writers or
 -- 10,000 (live or not). public.otel_budget_day_shards holds, per (day, shard),
 -- the sums of the day's counted writer rows: live ones and retired ones apart,
--- per budget [amount, writers], and the two latest updated_at stamps with their
+-- per budget [amount, writers] (in otel_budget_day_budgets, per (day, shard,
+-- budget)), and the two latest updated_at stamps with their
 -- row names (enough to give "the others' latest" exactly: a writer's own stamp
 -- only grows). A row is counted when its date is a string and its amounts are
 -- amounts (otel_budget_amounts_ok); one that is not is quarantined: left out of
@@ -701,6 +702,23 @@ create table if not exists public.otel_budget_day_shards (
     constraint otel_budget_day_shards_pkey primary key (day, shard)
 );
 alter table public.otel_budget_day_shards enable row level security;
+
+-- The shards' sums per budget, one row per (day, shard, budget): [usd, writers]
+-- as numeric columns. A merge sums the day's rows as they are; in one jsonb per
+-- shard it had to unpack every shard's object and cast each amount through text,
+-- half of the others' cost. A shard row's `budgets` column is no longer used
+-- ('{}'; the migration moves what an older version kept there into this table).
+-- Rows are locked after their shard's row, so writers wait on the shard as before;
+-- every move updates the shard's row too (its xmin changes with its budgets).
+create table if not exists public.otel_budget_day_budgets (
+    day     text     not null,
+    shard   smallint not null,
+    budget  text     not null,
+    usd     numeric  not null default 0,
+    writers bigint   not null default 0,
+    constraint otel_budget_day_budgets_pkey primary key (day, shard, budget)
+);
+alter table public.otel_budget_day_budgets enable row level security;
 
 
 -- True if the amounts of a stored writer row are amounts: spend_usd a number in
@@ -768,54 +786,9 @@ end
 $fn$;
 
 
--- {budget: [amount, writers]} of a writer row, times p_sign; {} for NULL.
-create or replace function public.otel_budget_budgets_of(p_content jsonb, p_sign integer)
-returns jsonb
-language plpgsql
-immutable
-security invoker
-set search_path = ''
-as $fn$
-begin
-    if jsonb_typeof(p_content -> 'by_budget') is distinct from 'object'
-       or p_content -> 'by_budget' = '{}'::jsonb then
-        return '{}'::jsonb;
-    end if;
-    return (select coalesce(pg_catalog.jsonb_object_agg(
-                e.key, pg_catalog.jsonb_build_array(p_sign * (e.value #>> '{}')::numeric, p_sign)),
-            '{}'::jsonb)
-       from pg_catalog.jsonb_each(p_content -> 'by_budget') as e);
-end
-$fn$;
-
-
--- Two {budget: [amount, writers]} objects added; a budget left with no writer and
--- no amount is dropped.
-create or replace function public.otel_budget_budgets_sum(p_a jsonb, p_b jsonb)
-returns jsonb
-language plpgsql
-immutable
-security invoker
-set search_path = ''
-as $fn$
-begin
-    if p_b is null or p_b = '{}'::jsonb then
-        return coalesce(p_a, '{}'::jsonb);
-    end if;
-    if p_a is null or p_a = '{}'::jsonb then
-        return p_b;
-    end if;
-    return (select coalesce(pg_catalog.jsonb_object_agg(
-               x.key, pg_catalog.jsonb_build_array(pg_catalog.trim_scale(x.usd), x.n))
-               filter (where x.n <> 0 or x.usd <> 0), '{}'::jsonb)
-      from (select e.key, sum((e.value ->> 0)::numeric) as usd, sum((e.value ->> 1)::bigint) as n
-              from (select a.key, a.value from pg_catalog.jsonb_each(coalesce(p_a, '{}'::jsonb)) as a
-                    union all
-                    select b.key, b.value from pg_catalog.jsonb_each(coalesce(p_b, '{}'::jsonb)) as b
-                   ) as e
-             group by e.key) as x);
-end
-$fn$;
+-- Helpers of an earlier version of the shards' budgets.
+drop function if exists public.otel_budget_budgets_of(jsonb, integer);
+drop function if exists public.otel_budget_budgets_sum(jsonb, jsonb);
 
 
 -- A shard's two latest [updated_at, row name] pairs, with p_name's stamp replaced
@@ -847,7 +820,7 @@ $fn$;
 
 
 -- Move the day's shard of row p_name by (p_add - p_sub): each a counted writer
--- row's content or NULL.
+-- row's content or NULL. The shard's row first, then its budgets' rows.
 create or replace function public.otel_budget_shard_apply(
     p_day text, p_name text, p_sub jsonb, p_add jsonb
 )
@@ -863,52 +836,42 @@ declare
     v_retired numeric := 0;
     v_retired_n bigint := 0;
     v_stamp text;
-    v_budgets jsonb;
+    -- otel_budget_shard(p_name)
+    v_shard smallint := (('x' || pg_catalog.substr(pg_catalog.md5(p_name), 1, 8))::bit(32)::bigint % 32)::smallint;
+    v_add jsonb := '{}'::jsonb;
+    v_sub jsonb := '{}'::jsonb;
 begin
+    -- Amounts cast from jsonb straight to numeric (`->> ...::numeric` goes through text).
     if p_sub is not null then
         if p_sub ? 'retired' then
-            v_retired := v_retired - (p_sub ->> 'spend_usd')::numeric;
+            v_retired := v_retired - (p_sub -> 'spend_usd')::numeric;
             v_retired_n := v_retired_n - 1;
         else
-            v_live := v_live - (p_sub ->> 'spend_usd')::numeric;
+            v_live := v_live - (p_sub -> 'spend_usd')::numeric;
             v_live_n := v_live_n - 1;
+        end if;
+        if jsonb_typeof(p_sub -> 'by_budget') = 'object' then
+            v_sub := p_sub -> 'by_budget';
         end if;
     end if;
     if p_add is not null then
         if p_add ? 'retired' then
-            v_retired := v_retired + (p_add ->> 'spend_usd')::numeric;
+            v_retired := v_retired + (p_add -> 'spend_usd')::numeric;
             v_retired_n := v_retired_n + 1;
         else
-            v_live := v_live + (p_add ->> 'spend_usd')::numeric;
+            v_live := v_live + (p_add -> 'spend_usd')::numeric;
             v_live_n := v_live_n + 1;
         end if;
         if jsonb_typeof(p_add -> 'updated_at') = 'string' then
             v_stamp := p_add ->> 'updated_at';
         end if;
+        if jsonb_typeof(p_add -> 'by_budget') = 'object' then
+            v_add := p_add -> 'by_budget';
+        end if;
     end if;
-    -- The budgets' move (budgets_of(p_add) + budgets_of(p_sub, -1)) in one query,
-    -- and the helpers below inlined where the common case allows: each call of a
-    -- function with its own search_path costs a settings save and restore.
-    select coalesce(pg_catalog.jsonb_object_agg(
-               x.key, pg_catalog.jsonb_build_array(pg_catalog.trim_scale(x.usd), x.n))
-               filter (where x.n <> 0 or x.usd <> 0), '{}'::jsonb)
-      into v_budgets
-      from (select e.key, sum(e.usd) as usd, sum(e.n) as n
-              from (select b.key, (b.value #>> '{}')::numeric as usd, 1 as n
-                      from pg_catalog.jsonb_each(case when jsonb_typeof(p_add -> 'by_budget') = 'object'
-                                                      then p_add -> 'by_budget' else '{}'::jsonb end) as b
-                    union all
-                    select b.key, -(b.value #>> '{}')::numeric, -1
-                      from pg_catalog.jsonb_each(case when jsonb_typeof(p_sub -> 'by_budget') = 'object'
-                                                      then p_sub -> 'by_budget' else '{}'::jsonb end) as b
-                   ) as e
-             group by e.key) as x;
     insert into public.otel_budget_day_shards as s
-           (day, shard, live_usd, live_writers, retired_usd, retired_writers, budgets, stamps)
-    values (p_day,
-            -- otel_budget_shard(p_name)
-            (('x' || pg_catalog.substr(pg_catalog.md5(p_name), 1, 8))::bit(32)::bigint % 32)::smallint,
-            v_live, v_live_n, v_retired, v_retired_n, v_budgets,
+           (day, shard, live_usd, live_writers, retired_usd, retired_writers, stamps)
+    values (p_day, v_shard, v_live, v_live_n, v_retired, v_retired_n,
             -- otel_budget_stamps_put(null, p_name, v_stamp)
             case when v_stamp is null then '[]'::jsonb
                  else pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_array(v_stamp, p_name)) end)
@@ -917,8 +880,6 @@ begin
             live_writers = s.live_writers + excluded.live_writers,
             retired_usd = s.retired_usd + excluded.retired_usd,
             retired_writers = s.retired_writers + excluded.retired_writers,
-            budgets = case when excluded.budgets = '{}'::jsonb then s.budgets
-                           else public.otel_budget_budgets_sum(s.budgets, excluded.budgets) end,
             -- A merge of the shard's latest writer: its stamp moves on in place (the
             -- second stamp is older than the old first one, so the order holds).
             stamps = case when v_stamp is not null and (s.stamps -> 0 ->> 1) = p_name
@@ -926,6 +887,25 @@ begin
                           then pg_catalog.jsonb_set(s.stamps, '{0}',
                                                     pg_catalog.jsonb_build_array(v_stamp, p_name))
                           else public.otel_budget_stamps_put(s.stamps, p_name, v_stamp) end;
+    if v_add = '{}'::jsonb and v_sub = '{}'::jsonb then
+        return;
+    end if;
+    -- Only the budgets whose amount or writers move (a live writer's next merge
+    -- moves the budgets it spent on since).
+    insert into public.otel_budget_day_budgets as b (day, shard, budget, usd, writers)
+    select p_day, v_shard, e.key, sum(e.usd), sum(e.n)
+      from (select a.key, a.value::numeric as usd, 1 as n from pg_catalog.jsonb_each(v_add) as a
+            union all
+            select o.key, -o.value::numeric, -1 from pg_catalog.jsonb_each(v_sub) as o) as e
+     group by e.key
+    having sum(e.usd) <> 0 or sum(e.n) <> 0
+    on conflict (day, shard, budget) do update
+        set usd = b.usd + excluded.usd, writers = b.writers + excluded.writers;
+    -- A budget that left the row may leave its shard's row with no writer: gone.
+    if exists (select 1 from pg_catalog.jsonb_object_keys(v_sub) as k where not v_add ? k) then
+        delete from public.otel_budget_day_budgets as b
+         where b.day = p_day and b.shard = v_shard and b.writers = 0 and b.usd = 0;
+    end if;
 end
 $fn$;
 
@@ -942,6 +922,7 @@ declare
     v_new jsonb;
 begin
     if tg_op = 'TRUNCATE' then
+        delete from public.otel_budget_day_budgets;
         delete from public.otel_budget_day_shards;
         return null;
     end if;
@@ -1005,17 +986,14 @@ begin
           from counted as c group by c.day, c.shard
     ),
     budgets as (
-        select b.day, b.shard,
-               pg_catalog.jsonb_object_agg(b.key, pg_catalog.jsonb_build_array(
-                   pg_catalog.trim_scale(b.usd), b.n)) as budgets
-          from (select c.day, c.shard, e.key, sum((e.value #>> '{}')::numeric) as usd,
-                       count(*) as n
-                  from counted as c
-                 cross join lateral pg_catalog.jsonb_each(
-                       case when jsonb_typeof(c.content -> 'by_budget') = 'object'
-                            then c.content -> 'by_budget' else '{}'::jsonb end) as e
-                 group by c.day, c.shard, e.key) as b
-         group by b.day, b.shard
+        insert into public.otel_budget_day_budgets (day, shard, budget, usd, writers)
+        select c.day, c.shard, e.key, sum(e.value::numeric), count(*)
+          from counted as c
+         cross join lateral pg_catalog.jsonb_each(
+               case when jsonb_typeof(c.content -> 'by_budget') = 'object'
+                    then c.content -> 'by_budget' else '{}'::jsonb end) as e
+         group by c.day, c.shard, e.key
+        returning 1
     ),
     stamps as (
         select r.day, r.shard,
@@ -1028,14 +1006,32 @@ begin
          group by r.day, r.shard
     )
     insert into public.otel_budget_day_shards
-           (day, shard, live_usd, live_writers, retired_usd, retired_writers, budgets, stamps)
+           (day, shard, live_usd, live_writers, retired_usd, retired_writers, stamps)
     select s.day, s.shard, s.live_usd, s.live_writers, s.retired_usd, s.retired_writers,
-           coalesce(b.budgets, '{}'::jsonb), coalesce(t.stamps, '[]'::jsonb)
+           coalesce(t.stamps, '[]'::jsonb)
       from sums as s
-      left join budgets as b on b.day = s.day and b.shard = s.shard
       left join stamps as t on t.day = s.day and t.shard = s.shard;
 end
 $backfill$;
+
+-- A database whose shards kept their budgets as jsonb ({budget: [amount,
+-- writers]} in `budgets`): moved into otel_budget_day_budgets once, writes held off.
+do $budgets$
+begin
+    if not exists (select 1 from public.otel_budget_day_shards as s where s.budgets <> '{}'::jsonb) then
+        return;
+    end if;
+    lock table public.quilt_patches in share row exclusive mode;
+    insert into public.otel_budget_day_budgets as b (day, shard, budget, usd, writers)
+    select s.day, s.shard, e.key, (e.value -> 0)::numeric, (e.value -> 1)::bigint
+      from public.otel_budget_day_shards as s
+     cross join lateral pg_catalog.jsonb_each(s.budgets) as e
+     where s.budgets <> '{}'::jsonb
+    on conflict (day, shard, budget) do update
+        set usd = b.usd + excluded.usd, writers = b.writers + excluded.writers;
+    update public.otel_budget_day_shards as s set budgets = '{}'::jsonb where s.budgets <> '{}'::jsonb;
+end
+$budgets$;
 
 create or replace trigger otel_budget_writer_rows_inserted
     after insert on public.quilt_patches
@@ -1061,9 +1057,10 @@ create or replace trigger otel_budget_writer_rows_truncated
 -- out), whose stored content is p_own (NULL if absent): {"date", "total_usd",
 -- "writers", "updated_at", "by_budget", "budget_writers", "quarantined"}, equal to
 -- otel_budget.stores.entries.summarize over the day's other counted rows. Reads
--- the day's shards (at most 32 small rows), the summary row (checked: a malformed
--- one raises OB002 naming it) and the quarantined rows' index; never the other
--- writers' rows.
+-- the day's shards (at most 32 small rows, and their budgets' rows), the summary
+-- row (a malformed one is named in "quarantined") and the quarantined rows' index;
+-- never the other writers' rows. A merge's path; otel_budget_day_totals_minus
+-- computes the same for many days at once, in one query.
 create or replace function public.otel_budget_others(p_day text, p_name text, p_own jsonb)
 returns jsonb
 language plpgsql
@@ -1085,10 +1082,12 @@ begin
       from public.quilt_patches as s
      where s.patch_type = 'budget_summary' and s.name = 'budget_' || p_day
        and public.otel_budget_summary_problem(s.content, p_day) is not null;
+    -- The writer's own row, where the day counts it: its by_budget ({} if none).
     if p_own is not null and jsonb_typeof(p_own -> 'date') = 'string'
        and (p_own ->> 'date') = p_day then
         if public.otel_budget_amounts_ok(p_own) then
-            v_own := p_own;
+            v_own := case when jsonb_typeof(p_own -> 'by_budget') = 'object'
+                          then p_own -> 'by_budget' else '{}'::jsonb end;
         end if;
     end if;
     select coalesce(sum(s.live_usd + s.retired_usd), 0),
@@ -1104,18 +1103,14 @@ begin
                'budget_writers', coalesce(pg_catalog.jsonb_object_agg(x.key, x.n)
                    filter (where x.n > 0), '{}'::jsonb))
       into v_budgets
-      from (select e.key, sum((e.value ->> 0)::numeric) as usd, sum((e.value ->> 1)::bigint) as n
-              from (select b.key, b.value
-                      from public.otel_budget_day_shards as s
-                     cross join lateral pg_catalog.jsonb_each(s.budgets) as b
-                     where s.day = p_day
-                    union all
-                    select o.key, o.value
-                      from pg_catalog.jsonb_each(public.otel_budget_budgets_of(v_own, -1)) as o
-                   ) as e
-             group by e.key) as x;
+      from (select b.budget as key,
+                   sum(b.usd) - coalesce((v_own -> b.budget)::numeric, 0) as usd,
+                   sum(b.writers) - case when v_own ? b.budget then 1 else 0 end as n
+              from public.otel_budget_day_budgets as b
+             where b.day = p_day
+             group by b.budget) as x;
     if v_own is not null then
-        v_total := v_total - (v_own ->> 'spend_usd')::numeric;
+        v_total := v_total - (p_own -> 'spend_usd')::numeric;
         v_writers := v_writers - 1;
     end if;
     select pg_catalog.jsonb_agg(q.name order by q.name) into v_bad
@@ -1137,26 +1132,102 @@ $fn$;
 
 -- otel_budget_day_totals leaving out the writer p_exclude_writer, whatever its
 -- row's state (version 2 took a retired row p_minus out of the summary here; the
--- shards hold every row, so p_minus is no longer needed and is ignored).
+-- shards hold every row, so p_minus is no longer needed and is ignored). Equal to
+-- otel_budget_others day by day, in one query over all the days' shards, budget
+-- rows, summary rows and the quarantined rows' index (a month: one query, not
+-- four per day).
 create or replace function public.otel_budget_day_totals_minus(
     p_days text[],
     p_exclude_writer text,
     p_minus jsonb
 )
 returns jsonb
-language sql
+language plpgsql
 stable
 security invoker
 set search_path = ''
 as $fn$
-    select coalesce(pg_catalog.jsonb_object_agg(d.day, public.otel_budget_others(
-               d.day,
-               case when p_exclude_writer is not null then 'budget_' || d.day || '/' || p_exclude_writer end,
-               (select o.content from public.quilt_patches as o
-                 where p_exclude_writer is not null and o.patch_type = 'budget_writer'
-                   and o.name = 'budget_' || d.day || '/' || p_exclude_writer))), '{}'::jsonb)
-      from (select distinct u.day from pg_catalog.unnest(p_days) as u(day)
-             where u.day is not null) as d
+begin
+    return (
+    with d as materialized (
+        select u.day,
+               case when p_exclude_writer is not null then 'budget_' || u.day || '/' || p_exclude_writer end as name
+          from (select distinct x.day from pg_catalog.unnest(p_days) as x(day) where x.day is not null) as u
+    ),
+    -- The left-out writer's row where its day counts it (its date that day, its
+    -- amounts amounts): its sums come off the day's.
+    own as materialized (
+        select d.day, o.content
+          from d
+         -- One index probe per day (OFFSET 0 keeps the planner from joining the
+         -- day's writer rows wholesale).
+         cross join lateral (select q.content from public.quilt_patches as q
+                              where q.patch_type = 'budget_writer' and q.name = d.name
+                             offset 0) as o
+         where jsonb_typeof(o.content -> 'date') = 'string'
+           and (o.content ->> 'date') = d.day and public.otel_budget_amounts_ok(o.content)
+    ),
+    sums as (
+        select s.day, sum(s.live_usd + s.retired_usd) as usd, sum(s.live_writers + s.retired_writers) as n,
+               max(case when (s.stamps -> 0 ->> 1) is distinct from d.name
+                        then s.stamps -> 0 ->> 0 else s.stamps -> 1 ->> 0 end) as stamp
+          from d join public.otel_budget_day_shards as s on s.day = d.day
+         group by s.day
+    ),
+    budgets as (
+        select x.day,
+               pg_catalog.jsonb_object_agg(x.budget, pg_catalog.trim_scale(round(x.usd, 9))) as by_budget,
+               pg_catalog.jsonb_object_agg(x.budget, x.n) as budget_writers
+          from (select e.day, e.budget, sum(e.usd) as usd, sum(e.n) as n
+                  from (select b.day, b.budget, b.usd, b.writers as n
+                          from d join public.otel_budget_day_budgets as b on b.day = d.day
+                        union all
+                        select own.day, e.key, -e.value::numeric, -1
+                          from own
+                         cross join lateral pg_catalog.jsonb_each(
+                               case when jsonb_typeof(own.content -> 'by_budget') = 'object'
+                                    then own.content -> 'by_budget' else '{}'::jsonb end) as e
+                       ) as e
+                 group by e.day, e.budget) as x
+         where x.n > 0
+         group by x.day
+    ),
+    bad as (
+        select (q.content ->> 'date') as day, pg_catalog.jsonb_agg(q.name order by q.name) as names
+          from public.quilt_patches as q
+          join d on d.day = (q.content ->> 'date')
+         where q.patch_type = 'budget_writer'
+           and (q.content ->> 'date') = any (array(select d.day from d))
+           and not public.otel_budget_amounts_ok(q.content)
+           and q.name is distinct from d.name
+         group by (q.content ->> 'date')
+    ),
+    summary_bad as (
+        -- A malformed summary row is named, never fatal: the shards hold every row.
+        select d.day, pg_catalog.jsonb_build_array('budget_summary/' || s.name) as names
+          from d
+         cross join lateral (select q.name, q.content from public.quilt_patches as q
+                              where q.patch_type = 'budget_summary' and q.name = 'budget_' || d.day
+                             offset 0) as s
+         where public.otel_budget_summary_problem(s.content, d.day) is not null
+    )
+    select coalesce(pg_catalog.jsonb_object_agg(d.day, pg_catalog.jsonb_build_object(
+               'date', d.day,
+               'total_usd', pg_catalog.trim_scale(round(
+                   coalesce(sums.usd, 0) - coalesce((own.content -> 'spend_usd')::numeric, 0), 9)),
+               'writers', coalesce(sums.n, 0) - case when own.day is null then 0 else 1 end,
+               'updated_at', sums.stamp,
+               'by_budget', coalesce(budgets.by_budget, '{}'::jsonb),
+               'budget_writers', coalesce(budgets.budget_writers, '{}'::jsonb),
+               'quarantined', coalesce(summary_bad.names, '[]'::jsonb) || coalesce(bad.names, '[]'::jsonb))),
+           '{}'::jsonb)
+      from d
+      left join own on own.day = d.day
+      left join sums on sums.day = d.day
+      left join budgets on budgets.day = d.day
+      left join bad on bad.day = d.day
+      left join summary_bad on summary_bad.day = d.day);
+end
 $fn$;
 
 
@@ -1166,8 +1237,8 @@ $fn$;
 -- "quarantined"}}. Every day in p_days is a key, zero when it has no rows. Equal
 -- to otel_budget.stores.entries.summarize over the day's rows; a row whose
 -- amounts are not amounts is left out and named in "quarantined" (never counted
--- as 0, never fatal); a malformed summary row raises OB002. Cost: the day's
--- shards, not its writers (otel_budget_others).
+-- as 0, never fatal), as is a malformed summary row. Cost: the days' shards, not
+-- their writers (otel_budget_day_totals_minus).
 create or replace function public.otel_budget_day_totals(
     p_days text[],
     p_exclude_writer text default null
@@ -2284,8 +2355,6 @@ declare
         'public.otel_budget_nudges_on(text)',
         'public.otel_budget_amounts_ok(jsonb)',
         'public.otel_budget_shard(text)',
-        'public.otel_budget_budgets_of(jsonb, integer)',
-        'public.otel_budget_budgets_sum(jsonb, jsonb)',
         'public.otel_budget_stamps_put(jsonb, text, text)',
         'public.otel_budget_shard_apply(text, text, jsonb, jsonb)',
         'public.otel_budget_writer_rows_changed()',
@@ -2300,6 +2369,7 @@ begin
     revoke all on table public.quilt_patches from public;
     revoke all on table public.otel_budget_days from public;
     revoke all on table public.otel_budget_day_shards from public;
+    revoke all on table public.otel_budget_day_budgets from public;
     foreach v_object in array v_functions loop
         execute format('revoke all on function %s from public', v_object);
     end loop;
@@ -2316,6 +2386,7 @@ begin
             execute format('revoke all on table public.quilt_patches from %I', v_role);
             execute format('revoke all on table public.otel_budget_days from %I', v_role);
             execute format('revoke all on table public.otel_budget_day_shards from %I', v_role);
+            execute format('revoke all on table public.otel_budget_day_budgets from %I', v_role);
             foreach v_object in array v_functions loop
                 execute format('revoke all on function %s from %I', v_object, v_role);
             end loop;
@@ -2338,15 +2409,19 @@ begin
     if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
         execute 'grant select, insert, update, delete on table public.quilt_patches to service_role';
         execute 'grant select on table public.otel_budget_days to service_role';
-        execute 'grant select, insert, update, delete on table public.otel_budget_day_shards to service_role';
-        if not exists (
-            select 1 from pg_catalog.pg_policies
-             where schemaname = 'public' and tablename = 'otel_budget_day_shards'
-               and policyname = 'otel_budget_service_role'
-        ) then
-            create policy otel_budget_service_role on public.otel_budget_day_shards
-                for all to service_role using (true) with check (true);
-        end if;
+        -- The day's aggregate tables: service_role writes them through the trigger.
+        foreach v_object in array array['otel_budget_day_shards', 'otel_budget_day_budgets'] loop
+            execute format('grant select, insert, update, delete on table public.%I to service_role',
+                           v_object);
+            if not exists (
+                select 1 from pg_catalog.pg_policies
+                 where schemaname = 'public' and tablename = v_object
+                   and policyname = 'otel_budget_service_role'
+            ) then
+                execute format('create policy otel_budget_service_role on public.%I '
+                               'for all to service_role using (true) with check (true)', v_object);
+            end if;
+        end loop;
         foreach v_object in array v_functions loop
             execute format('grant execute on function %s to service_role', v_object);
         end loop;
