@@ -282,40 +282,60 @@ def plain_writer_entry(entry: Any) -> dict[str, Any] | None:
             "final" in entry and type(entry["final"]) is not bool):
         return None
     checked = dict(entry)
-    checked["spend_usd"] = round(float(spend), _DECIMALS) + 0.0  # round_usd, inlined
+    checked["spend_usd"] = _round_amount(spend)
     if "by_attributes" in entry:
         items = entry["by_attributes"]
         if type(items) is not list:
             return None
-        rounded: list[dict[str, Any]] = []
         attribute_sets: list[dict[str, Any]] = []
+        amounts: list[float] = []
         for item in items:
             # Exactly the two fields: their keys are strs, and nothing else is in it.
             if type(item) is not dict or len(item) != 2:
                 return None
-            attributes, amount = item.get("attributes"), item.get("spend_usd")
-            if type(attributes) is not dict or not _plain_amount(amount):
+            attributes, amount = item.get("attributes"), item.get("spend_usd", -1)
+            kind = type(amount)  # _plain_amount, inlined: it is the loop of the entry
+            if type(attributes) is not dict or not (
+                    (kind is float or kind is int) and 0 <= amount <= MAX_STORED_USD):
                 return None
             attribute_sets.append(attributes)
-            rounded.append({**item, "spend_usd": round(float(amount), _DECIMALS) + 0.0})
+            amounts.append(amount)
         chain = itertools.chain.from_iterable
         if not set(map(type, chain(attribute_sets))) <= _STR_ONLY:
             return None
         if not set(map(type, chain(map(dict.values, attribute_sets)))) <= _SCALARS and (
                 not _plainly_clean(attribute_sets)):  # a sequence value, say
             return None
-        checked["by_attributes"] = rounded
+        checked["by_attributes"] = [
+            {**item, "spend_usd": amount}
+            for item, amount in zip(items, map(_round_amount, amounts), strict=True)]
     if "by_budget" in entry:
         budgets = entry["by_budget"]
         if type(budgets) is not dict:
             return None
-        out: dict[str, float] = {}
-        for name, amount in budgets.items():
-            if type(name) is not str or not _plain_amount(amount):
-                return None
-            out[name] = round(float(amount), _DECIMALS) + 0.0
-        checked["by_budget"] = out
+        if not (set(map(type, budgets)) <= _STR_ONLY
+                and all(map(_plain_amount, budgets.values()))):
+            return None
+        checked["by_budget"] = {name: _round_amount(amount) for name, amount in budgets.items()}
     return checked
+
+
+def _round_amount(value: float) -> float:
+    """round_usd(value) for a stored amount (a float or an int, 0 to MAX_STORED_USD),
+    without round()'s decimal conversion when the value is rounded already (a
+    meter's amounts are: money.from_nanos), which is most of an entry's checking.
+
+    Rounded already when n = value * 1e9 is a whole number and n / 1e9 is value
+    again: value is then the float nearest to n / 1e9, within half its ulp of it;
+    below 2**23 that ulp is at most 2**-30, so n / 1e9 is the 9-decimal number
+    nearest to value, whose nearest float, what round() returns, is value. From
+    2**23 on, the ulp is at least 2**-29: rounding to 9 decimals moves value by at
+    most 5e-10, less than half an ulp, so round() returns value itself."""
+    amount = float(value)
+    nanos = amount * 1e9
+    if nanos.is_integer() and nanos / 1e9 == amount:
+        return amount + 0.0  # + 0.0 folds -0.0 into 0.0, as round_usd does
+    return round(amount, _DECIMALS) + 0.0
 
 
 def _exact(value: float) -> Decimal:

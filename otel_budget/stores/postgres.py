@@ -526,9 +526,13 @@ class PostgresStore(ContextStore):
                 break
             hung = False
             try:
-                with self._current_pool().connection(
-                    timeout=min(self._pool_timeout, left)
-                ) as conn:
+                # getconn/putconn rather than pool.connection(): its `with conn` only
+                # commits or rolls back, and every transaction here is explicit
+                # (conn.transaction()) or one message, over on return; putconn still
+                # rolls back or discards a connection left otherwise.
+                pool = self._current_pool()
+                conn = pool.getconn(timeout=min(self._pool_timeout, left))
+                try:
                     token = _WATCHDOG.arm(min(self._io_timeout, max(0.05, left)),
                                           _severer(conn))
                     try:
@@ -544,6 +548,8 @@ class PostgresStore(ContextStore):
                         return result
                     finally:
                         hung = not _WATCHDOG.disarm(token)
+                finally:
+                    pool.putconn(conn)
             except psycopg.Error as exc:
                 if exc.sqlstate in CHECKPOINT_SQLSTATES:
                     raise CheckpointError(self._message(exc)) from None

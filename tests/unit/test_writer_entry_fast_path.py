@@ -218,3 +218,34 @@ def test_non_string_keys_and_unknown_types_are_refused_as_before() -> None:
     entry = _meter_entry(2) | {"retired": True}
     with pytest.raises(InvalidEntryError, match="retired is set by the store"):
         prepare_writer_entry(entry)
+
+
+def test_the_shortcut_rounding_is_round_usd_on_every_kind_of_amount() -> None:
+    from otel_budget.money import MAX_STORED_USD, round_usd
+    from otel_budget.stores.entries import _round_amount
+
+    rng = random.Random(23)
+    values: list[float] = [0.0, -0.0, 0, 1, 5e-324, 1e-10, 5e-10, 1.5e-9, 0.1 + 0.2, 1e12,
+                           MAX_STORED_USD, 10**12, 2.0**23, 2.0**24, 9007199.254740992]
+    for _ in range(20000):
+        magnitude = 10.0 ** rng.uniform(-12, 12)
+        raw = rng.random() * magnitude
+        values += [raw, round(raw, rng.randint(0, 12)), round_usd(raw)]
+        # A rounded amount's neighbours: not rounded, though x * 1e9 may look whole.
+        values += [math.nextafter(round_usd(raw), math.inf), math.nextafter(round_usd(raw), 0)]
+        values.append(rng.randint(0, 10**12))
+    for edge in (2.0**23, 2.0**24, 2.0**52 / 1e9, 2.0**53 / 1e9):
+        below = above = edge
+        for _ in range(50):
+            below, above = math.nextafter(below, 0), math.nextafter(above, math.inf)
+            values += [below, above]
+    shortcut = 0
+    for value in values:
+        if not 0 <= value <= MAX_STORED_USD:
+            continue
+        expected = round_usd(value)
+        got = _round_amount(value)
+        assert got == expected and math.copysign(1, got) == 1.0, (value, got, expected)
+        assert type(got) is float
+        shortcut += float(value) == expected
+    assert shortcut > 20000  # the already-rounded values were met, and often
