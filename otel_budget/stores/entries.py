@@ -243,7 +243,7 @@ _CHECKED_FIELDS = frozenset({"date", "writer_id", "instance_id", "spend_usd", "s
 #: Values plain_writer_entry takes as they are (exactly these types): their strings
 #: and floats are checked on the JSON text (see it).
 _SCALARS = frozenset({str, int, float, bool, type(None)})
-_STR_ONLY = {str}
+_STR_ONLY = frozenset({str})
 
 
 def _plain_amount(value: Any) -> TypeGuard[float]:
@@ -253,8 +253,8 @@ def _plain_amount(value: Any) -> TypeGuard[float]:
 
 
 def plain_writer_entry(entry: Any) -> dict[str, Any] | None:
-    """normalize_writer_entry(entry) for an entry of the shape a meter writes, with
-    about a fifth of its checks' cost (a merge's client CPU is part of what bounds a
+    """normalize_writer_entry(entry) for an entry of the shape a meter writes, for
+    about a third of its cost (a merge's client CPU is part of what bounds a
     fleet's merges per second on a small database host); None for anything else,
     well-formed or not (a subclass, a field of a type it does not expect, `retired`):
     the caller then takes normalize_writer_entry, which names what is wrong.
@@ -327,10 +327,10 @@ def _round_amount(value: float) -> float:
 
     Rounded already when n = value * 1e9 is a whole number and n / 1e9 is value
     again: value is then the float nearest to n / 1e9, within half its ulp of it;
-    below 2**23 that ulp is at most 2**-30, so n / 1e9 is the 9-decimal number
-    nearest to value, whose nearest float, what round() returns, is value. From
-    2**23 on, the ulp is at least 2**-29: rounding to 9 decimals moves value by at
-    most 5e-10, less than half an ulp, so round() returns value itself."""
+    below 2**23 that is at most 2**-31 (< 5e-10), so n / 1e9 is the 9-decimal
+    number nearest to value, whose nearest float, what round() returns, is value.
+    From 2**23 on, the ulp is at least 2**-29: rounding to 9 decimals moves value by
+    at most 5e-10, less than half an ulp, so round() returns value itself."""
     amount = float(value)
     nanos = amount * 1e9
     if nanos.is_integer() and nanos / 1e9 == amount:

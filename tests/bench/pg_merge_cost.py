@@ -7,9 +7,10 @@ share the cores), so this measures that CPU directly, one writer at a time:
 - server: the backend process's CPU (utime + stime from /proc) per merge, and
   the statement's mean execution time from pg_stat_statements, with each SQL
   function's own time (pg_stat_user_functions, track_functions = all);
-- client: the writer process's CPU per merge (time.process_time), split into
-  preparing the entry (checks + JSON text), the psycopg call, and reading the
-  answer.
+- client: the writer process's CPU per merge (time.process_time), with apart
+  the CPU of preparing the entry (checks + JSON text; and the full path, which
+  the fast one replaces for the usual entry, on the same entries) and of reading
+  an answer.
 
 Scenarios: a fresh day, and a day with NEVER_RETIRED live rows nobody updates.
 Rounds are interleaved and each figure is the median of ROUNDS rounds with its
@@ -62,6 +63,8 @@ def _spread(values: list[float], digits: int = 3) -> str:
 def _one_round(url: str, day: str, merges: int, sets: int) -> dict[str, float]:
     """One writer, `merges` merges into `day`: per-merge CPU and time, in ms."""
     from otel_budget.stores import postgres as pgmod
+    from otel_budget.stores.base import dumps_content
+    from otel_budget.stores.entries import normalize_writer_entry
     from otel_budget.stores.sqlfunctions import merge_result, prepare_writer_entry
 
     store = pgmod.PostgresStore(url, min_size=1, max_size=1, stale_after_s=None)
@@ -84,10 +87,16 @@ def _one_round(url: str, day: str, merges: int, sets: int) -> dict[str, float]:
         wall = time.perf_counter() - wall0
         client = time.process_time() - client0
         server = _proc_cpu_s(backend) - server0
-        # The client's parts apart: preparing, and reading an answer.
+        # The client's parts apart: preparing (and the full path every entry took
+        # before the fast one: normalize_writer_entry, then sorted-key JSON), and
+        # reading an answer.
         t0 = time.process_time()
         prepared = [prepare_writer_entry(e) for e in timed]
         prepare = time.process_time() - t0
+        t0 = time.process_time()
+        full = [dumps_content(normalize_writer_entry(e, where="writer entry")) for e in timed]
+        prepare_full = time.process_time() - t0
+        del full
         answer = {"applied": True, "stored_seq": 5, "others": {
             "date": day, "total_usd": 1.5, "writers": 3, "updated_at": None,
             "by_budget": {"daily": 1.5, "team-a": 0.1},
@@ -114,6 +123,7 @@ def _one_round(url: str, day: str, merges: int, sets: int) -> dict[str, float]:
         "wall_ms": wall / n * 1e3,
         "client_cpu_ms": client / n * 1e3,
         "client_prepare_ms": prepare / n * 1e3,
+        "client_prepare_full_path_ms": prepare_full / n * 1e3,
         "client_decode_ms": decode / n * 1e3,
         "server_cpu_ms": server / n * 1e3,
         "server_exec_ms": float(stmt[0]) / max(1, int(stmt[1])),
