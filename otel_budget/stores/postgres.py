@@ -711,7 +711,9 @@ def _write_trip(conn: psycopg.Connection[Any], head: bytes, entry: bytes) -> Any
     parsing, adaptation and result machinery took a third of a merge's client CPU
     (about 0.1 ms), and these two calls are a writer's every checkpoint. Errors are
     psycopg's own (errors.error_from_result, as a cursor raises them), so _run tells
-    them apart as before; the watchdog's sever ends a wait here as in a cursor's."""
+    them apart as before; the watchdog's sever ends a wait here as in a cursor's.
+    Unlike a cursor's wait, PQexec's is not cut short by Ctrl-C: KeyboardInterrupt
+    comes when the call returns (a merge's milliseconds; at worst the deadline)."""
     pgconn = conn.pgconn
     result = pgconn.exec_(head + pq.Escaping(pgconn).escape_literal(entry) + b"::jsonb)")
     status = result.status

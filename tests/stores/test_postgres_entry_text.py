@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from otel_budget.errors import CheckpointError
+from otel_budget.stores.base import jsonb_text
 from otel_budget.stores.entries import (
     WRITER_TYPE,
     normalize_writer_entry,
@@ -24,6 +25,7 @@ from otel_budget.stores.entries import (
     writer_row_name,
 )
 from otel_budget.stores.postgres import PostgresStore
+from otel_budget.stores.sqlfunctions import _REFUSED_ESCAPE
 
 DAY = "2026-11-25"
 
@@ -57,9 +59,14 @@ def test_awkward_texts_are_stored_as_the_entry_holds_them(
 
 
 def test_both_paths_are_met_by_the_texts_above() -> None:
-    # The fast path declines nothing here; the text check sends the ones whose JSON
-    # holds a surrogate escape (a character beyond the BMP) to the full path.
-    assert all(plain_writer_entry(_entry("w", 1, t)) is not None for t in AWKWARD)
+    # plain_writer_entry takes every one; the text check sends to the full path the
+    # ones whose JSON holds what looks like a NUL or surrogate escape: a character
+    # beyond the BMP (a surrogate pair), and a backslash followed by such text.
+    fast = [plain_writer_entry(_entry("w", 1, t)) for t in AWKWARD]
+    full = [t for t, entry in zip(AWKWARD, fast, strict=True)
+            if entry is not None and _REFUSED_ESCAPE.search(jsonb_text(entry))]
+    assert None not in fast
+    assert full == ["a literal \\u0000", "\\ud800 spelled out", "emoji \U0001f600"]
 
 
 def test_a_server_side_refusal_is_a_checkpoint_error_and_nothing_is_written(
