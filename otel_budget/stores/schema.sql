@@ -880,12 +880,17 @@ begin
             live_writers = s.live_writers + excluded.live_writers,
             retired_usd = s.retired_usd + excluded.retired_usd,
             retired_writers = s.retired_writers + excluded.retired_writers,
-            -- A merge of the shard's latest writer: its stamp moves on in place (the
-            -- second stamp is older than the old first one, so the order holds).
-            stamps = case when v_stamp is not null and (s.stamps -> 0 ->> 1) = p_name
-                               and v_stamp >= (s.stamps -> 0 ->> 0)
-                          then pg_catalog.jsonb_set(s.stamps, '{0}',
-                                                    pg_catalog.jsonb_build_array(v_stamp, p_name))
+            -- The usual merge: its stamp is the shard's latest. Then the others'
+            -- latest is the old first stamp, or the old second if the first was
+            -- this row's own: no sort (a shard of many writers takes this path at
+            -- nearly every merge, each the latest when it writes).
+            stamps = case when v_stamp is not null and v_stamp >= (s.stamps -> 0 ->> 0)
+                          then case when (s.stamps -> 0 ->> 1) = p_name
+                                    then pg_catalog.jsonb_set(s.stamps, '{0}',
+                                             pg_catalog.jsonb_build_array(v_stamp, p_name))
+                                    else pg_catalog.jsonb_build_array(
+                                             pg_catalog.jsonb_build_array(v_stamp, p_name),
+                                             s.stamps -> 0) end
                           else public.otel_budget_stamps_put(s.stamps, p_name, v_stamp) end;
     if v_add = '{}'::jsonb and v_sub = '{}'::jsonb then
         return;
