@@ -895,6 +895,16 @@ begin
     if v_add = '{}'::jsonb and v_sub = '{}'::jsonb then
         return;
     end if;
+    -- The usual merge: the same budgets as the row it replaces (jsonb lists an
+    -- object's keys in one order), so no writer count moves and every budget has
+    -- its row already: only the amounts that changed, in place.
+    if array(select pg_catalog.jsonb_object_keys(v_add)) = array(select pg_catalog.jsonb_object_keys(v_sub)) then
+        update public.otel_budget_day_budgets as b
+           set usd = b.usd + ((v_add -> b.budget)::numeric - (v_sub -> b.budget)::numeric)
+         where b.day = p_day and b.shard = v_shard and v_add ? b.budget
+           and (v_add -> b.budget) <> (v_sub -> b.budget);
+        return;
+    end if;
     -- Only the budgets whose amount or writers move (a live writer's next merge
     -- moves the budgets it spent on since).
     insert into public.otel_budget_day_budgets as b (day, shard, budget, usd, writers)
@@ -1074,19 +1084,8 @@ security invoker
 set search_path = ''
 as $fn$
 declare
-    v_total numeric;
-    v_writers bigint;
-    v_stamp text;
-    v_budgets jsonb;
-    v_bad jsonb;
-    v_summary_bad jsonb;
     v_own jsonb;
 begin
-    -- A malformed summary row is named, never fatal: the shards hold every row.
-    select pg_catalog.jsonb_build_array('budget_summary/' || s.name) into v_summary_bad
-      from public.quilt_patches as s
-     where s.patch_type = 'budget_summary' and s.name = 'budget_' || p_day
-       and public.otel_budget_summary_problem(s.content, p_day) is not null;
     -- The writer's own row, where the day counts it: its by_budget ({} if none).
     if p_own is not null and jsonb_typeof(p_own -> 'date') = 'string'
        and (p_own ->> 'date') = p_day then
@@ -1095,42 +1094,44 @@ begin
                           then p_own -> 'by_budget' else '{}'::jsonb end;
         end if;
     end if;
-    select coalesce(sum(s.live_usd + s.retired_usd), 0),
-           coalesce(sum(s.live_writers + s.retired_writers), 0),
-           max(case when (s.stamps -> 0 ->> 1) is distinct from p_name
-                    then s.stamps -> 0 ->> 0 else s.stamps -> 1 ->> 0 end)
-      into v_total, v_writers, v_stamp
-      from public.otel_budget_day_shards as s
-     where s.day = p_day;
+    -- One statement: each one a PL/pgSQL function runs costs an executor start and end.
+    return (
     select pg_catalog.jsonb_build_object(
-               'by_budget', coalesce(pg_catalog.jsonb_object_agg(
-                   x.key, pg_catalog.trim_scale(round(x.usd, 9))) filter (where x.n > 0), '{}'::jsonb),
-               'budget_writers', coalesce(pg_catalog.jsonb_object_agg(x.key, x.n)
-                   filter (where x.n > 0), '{}'::jsonb))
-      into v_budgets
-      from (select b.budget as key,
-                   sum(b.usd) - coalesce((v_own -> b.budget)::numeric, 0) as usd,
-                   sum(b.writers) - case when v_own ? b.budget then 1 else 0 end as n
-              from public.otel_budget_day_budgets as b
-             where b.day = p_day
-             group by b.budget) as x;
-    if v_own is not null then
-        v_total := v_total - (p_own -> 'spend_usd')::numeric;
-        v_writers := v_writers - 1;
-    end if;
-    select pg_catalog.jsonb_agg(q.name order by q.name) into v_bad
-      from public.quilt_patches as q
-     where q.patch_type = 'budget_writer' and (q.content ->> 'date') = p_day
-       and not public.otel_budget_amounts_ok(q.content)
-       and q.name is distinct from p_name;
-    return pg_catalog.jsonb_build_object(
-        'date', p_day,
-        'total_usd', pg_catalog.trim_scale(round(v_total, 9)),
-        'writers', v_writers,
-        'updated_at', v_stamp,
-        'by_budget', v_budgets -> 'by_budget',
-        'budget_writers', v_budgets -> 'budget_writers',
-        'quarantined', coalesce(v_summary_bad, '[]'::jsonb) || coalesce(v_bad, '[]'::jsonb));
+               'date', p_day,
+               'total_usd', pg_catalog.trim_scale(round(
+                   t.usd - case when v_own is null then 0 else (p_own -> 'spend_usd')::numeric end, 9)),
+               'writers', t.n - case when v_own is null then 0 else 1 end,
+               'updated_at', t.stamp,
+               'by_budget', coalesce(b.by_budget, '{}'::jsonb),
+               'budget_writers', coalesce(b.budget_writers, '{}'::jsonb),
+               -- A malformed summary row is named, never fatal: the shards hold every row.
+               'quarantined', coalesce(
+                   (select pg_catalog.jsonb_build_array('budget_summary/' || s.name)
+                      from public.quilt_patches as s
+                     where s.patch_type = 'budget_summary' and s.name = 'budget_' || p_day
+                       and public.otel_budget_summary_problem(s.content, p_day) is not null),
+                   '[]'::jsonb) || coalesce(
+                   (select pg_catalog.jsonb_agg(q.name order by q.name)
+                      from public.quilt_patches as q
+                     where q.patch_type = 'budget_writer' and (q.content ->> 'date') = p_day
+                       and not public.otel_budget_amounts_ok(q.content)
+                       and q.name is distinct from p_name),
+                   '[]'::jsonb))
+      from (select coalesce(sum(s.live_usd + s.retired_usd), 0) as usd,
+                   coalesce(sum(s.live_writers + s.retired_writers), 0) as n,
+                   max(case when (s.stamps -> 0 ->> 1) is distinct from p_name
+                            then s.stamps -> 0 ->> 0 else s.stamps -> 1 ->> 0 end) as stamp
+              from public.otel_budget_day_shards as s
+             where s.day = p_day) as t,
+           (select pg_catalog.jsonb_object_agg(x.key, pg_catalog.trim_scale(round(x.usd, 9)))
+                       filter (where x.n > 0) as by_budget,
+                   pg_catalog.jsonb_object_agg(x.key, x.n) filter (where x.n > 0) as budget_writers
+              from (select b.budget as key,
+                           sum(b.usd) - coalesce((v_own -> b.budget)::numeric, 0) as usd,
+                           sum(b.writers) - case when v_own ? b.budget then 1 else 0 end as n
+                      from public.otel_budget_day_budgets as b
+                     where b.day = p_day
+                     group by b.budget) as x) as b);
 end
 $fn$;
 
