@@ -110,3 +110,95 @@ def test_amounts_ok_agrees_with_the_python_check(pg_url: str, content: Any, ok: 
     got = _sql(pg_url, "select public.otel_budget_amounts_ok(%s::jsonb)", [content])
     assert got == [ok]
     assert (amounts_problem(content) is None) is ok
+
+
+SUMMARY_DAY = "2026-01-02"
+SUMMARY: dict[str, Any] = {
+    "date": SUMMARY_DAY, "spend_nanos": 1_500_000_000, "writers": 3,
+    "updated_at": "2026-01-02T10:00:00+00:00",
+    "by_budget_nanos": {"a": 1_000_000_000, "team.b": 0},
+    "budget_writers": {"a": 2, "team.b": 1},
+}
+
+
+def _summary(**changes: Any) -> dict[str, Any]:
+    out = copy.deepcopy(SUMMARY)
+    for key, value in changes.items():
+        if value is _DROP:
+            out.pop(key)
+        else:
+            out[key] = value
+    return out
+
+
+WELL_FORMED_SUMMARIES = [
+    SUMMARY, _summary(updated_at=None), _summary(updated_at=_DROP),
+    _summary(by_budget_nanos={}, budget_writers={}),
+    _summary(by_budget_nanos={"a": 0.5}, budget_writers={"a": 1}),  # SQL keeps decimals
+    _summary(by_budget_nanos={"a": 10**30}, budget_writers={"a": 10**20}),
+    _summary(by_budget_nanos={"b": 1, "a": 0}, budget_writers={"a": 1, "b": 1}),
+]
+MALFORMED_SUMMARIES = [
+    _summary(updated_at=5), _summary(updated_at=[]), _summary(date="2026-01-03"),
+    _summary(date=None), _summary(date=_DROP), _summary(spend_nanos=1.5),
+    _summary(spend_nanos=-1), _summary(spend_nanos="1"), _summary(spend_nanos=[1]),
+    _summary(writers=2.0), _summary(writers=_DROP), _summary(by_budget_nanos=[1]),
+    _summary(by_budget_nanos=None), _summary(budget_writers={"a": 2}),
+    _summary(budget_writers={"a": 2, "team.b": 1, "c": 1}),
+    _summary(budget_writers={"a": 2.0, "team.b": 1}),
+    _summary(budget_writers={"a": -2, "team.b": 1}),
+    _summary(budget_writers={"a": "2", "team.b": 1}),
+    _summary(budget_writers={"a": [2], "team.b": 1}),
+    _summary(budget_writers={"a": [[2]], "team.b": 1}),
+    _summary(budget_writers={"a": {"n": 2}, "team.b": 1}),
+    _summary(budget_writers={"a": None, "team.b": 1}),
+    _summary(by_budget_nanos={"a": -1, "team.b": 0}),
+    _summary(by_budget_nanos={"a": [1], "team.b": 0}),
+    _summary(by_budget_nanos={"a": [-1], "team.b": 0}),
+    _summary(by_budget_nanos={"a": "1", "team.b": 0}),
+    _summary(by_budget_nanos={"a": True, "team.b": 0}),
+    _summary(by_budget_nanos={"a": 1, "team.c": 0}),
+    [SUMMARY], None, "x", 5,
+]
+
+
+def _without_fast_path(function: str, name: str) -> str:
+    """schema.sql's `function` without its fast path, as pg_temp.`name`: the checks
+    that name each problem, which the fast path must agree with."""
+    import re
+
+    from otel_budget.stores.migrate import schema_sql
+
+    sql = schema_sql()
+    start = sql.index(f"create or replace function public.{function}(")
+    body = sql[start:sql.index("$fn$;", start) + len("$fn$;")]
+    fast = body.index("    -- The fast path")
+    end = body.index("\n    end if;\n", fast) + len("\n    end if;\n")
+    assert "return null;" in body[fast:end]
+    slow = body[:fast] + body[end:]
+    return re.sub(rf"public\.{function}\(", f"pg_temp.{name}(", slow, count=1)
+
+
+def test_the_summary_checks_fast_path_answers_as_its_checks_do(pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(_without_fast_path("otel_budget_summary_problem", "summary_slow"))
+        answers = []
+        for content in WELL_FORMED_SUMMARIES + MALFORMED_SUMMARIES:
+            row = conn.execute(
+                "select public.otel_budget_summary_problem(%s::jsonb, %s), "
+                "pg_temp.summary_slow(%s::jsonb, %s)",
+                (Jsonb(content), SUMMARY_DAY, Jsonb(content), SUMMARY_DAY)).fetchone()
+            assert row is not None and row[0] == row[1], content
+            answers.append(row[0])
+    assert answers[:len(WELL_FORMED_SUMMARIES)] == [None] * len(WELL_FORMED_SUMMARIES)
+    assert None not in answers[len(WELL_FORMED_SUMMARIES):]
+
+
+def test_the_writer_checks_fast_path_answers_as_its_checks_do(pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(_without_fast_path("otel_budget_writer_problem", "writer_slow"))
+        for entry in WELL_FORMED + MALFORMED:
+            row = conn.execute("select public.otel_budget_writer_problem(%s::jsonb), "
+                               "pg_temp.writer_slow(%s::jsonb)",
+                               (Jsonb(entry), Jsonb(entry))).fetchone()
+            assert row is not None and row[0] == row[1], entry
