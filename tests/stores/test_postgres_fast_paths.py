@@ -25,14 +25,19 @@ GOOD: dict[str, Any] = {
 }
 
 
-def _with(**changes: Any) -> dict[str, Any]:
-    out = copy.deepcopy(GOOD)
+def _changed(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A copy of `base` with `changes` made (a key set to _DROP is left out)."""
+    out = copy.deepcopy(base)
     for key, value in changes.items():
         if value is _DROP:
             out.pop(key)
         else:
             out[key] = value
     return out
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    return _changed(GOOD, **changes)
 
 
 _DROP = object()
@@ -122,13 +127,7 @@ SUMMARY: dict[str, Any] = {
 
 
 def _summary(**changes: Any) -> dict[str, Any]:
-    out = copy.deepcopy(SUMMARY)
-    for key, value in changes.items():
-        if value is _DROP:
-            out.pop(key)
-        else:
-            out[key] = value
-    return out
+    return _changed(SUMMARY, **changes)
 
 
 WELL_FORMED_SUMMARIES = [
