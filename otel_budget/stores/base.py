@@ -20,7 +20,8 @@ optional, never by probing for a method:
   per budget or key comes back, not every writer's entry). Without it they are
   summed in Python over `writer_entries`.
 - `BudgetEntriesStore`: today's writer entries with each budget computed in the
-  store instead of their breakdowns (PostgreSQL). Without it they are read whole.
+  store instead of their breakdowns (PostgreSQL, Supabase). Without it they are
+  read whole.
 
 Every bundled store (memory, SQLite, PostgreSQL, Supabase) implements all of them
 but the last (`BundledStore`; tests/stores/test_store_contract.py checks it).
@@ -37,7 +38,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from ..errors import ConfigError, CorruptRowError, InvalidEntryError
@@ -273,27 +274,29 @@ def redact_url(url: str) -> str:
     return redact_dsn(url)
 
 
-def dumps_content(content: dict[str, Any]) -> str:
-    """Serialise a row's content, refusing NaN/inf (not JSON) with a clear error."""
+#: One encoder each for every call (json.dumps with arguments builds a new one each
+#: time). Sorted keys for rows stored as text (SQLite's: their texts are compared);
+#: the dict's own order for a jsonb argument: jsonb keeps no key order, and sorting a
+#: merge's entry took half its serialising time.
+_sorted_text = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False).encode
+jsonb_text = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _serialised(encode: Callable[[Any], str], content: dict[str, Any]) -> str:
     try:
-        return json.dumps(content, separators=(",", ":"), sort_keys=True, allow_nan=False)
+        return encode(content)
     except (TypeError, ValueError) as exc:
         raise InvalidEntryError(f"content is not JSON-serialisable: {exc}") from None
 
 
-#: Keys in the dict's own order: jsonb keeps no key order, and sorting a merge's
-#: entry took half its serialising time. (Rows stored as text, SQLite's, keep
-#: dumps_content's sorted keys: their texts are compared.) One encoder for every
-#: call: json.dumps with arguments builds a new one each time.
-jsonb_text = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+def dumps_content(content: dict[str, Any]) -> str:
+    """Serialise a row's content, refusing NaN/inf (not JSON) with a clear error."""
+    return _serialised(_sorted_text, content)
 
 
 def dumps_jsonb(content: dict[str, Any]) -> str:
     """dumps_content for a jsonb argument: the same checks and errors, keys unsorted."""
-    try:
-        return jsonb_text(content)
-    except (TypeError, ValueError) as exc:
-        raise InvalidEntryError(f"content is not JSON-serialisable: {exc}") from None
+    return _serialised(jsonb_text, content)
 
 
 def loads_content(raw: str | bytes | dict[str, Any], *, patch_type: str, name: str) -> dict[str, Any]:
