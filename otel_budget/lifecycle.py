@@ -148,8 +148,7 @@ def begin_stop(meter: Stoppable) -> bool:
         if meter in _begun:
             return False
         _begun.add(meter)
-        _live.discard(meter)
-        _closing.add(meter)
+        stopping(meter)  # the lock is reentrant
     return True
 
 

@@ -69,6 +69,15 @@ URL_ENV = "SUPABASE_URL"
 KEY_ENVS = ("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_KEY")
 
 
+def _checked_specs(budgets: Sequence[Budget]) -> list[dict[str, Any]]:
+    """The budgets as the SQL functions take them (budget_specs), refused with a
+    CheckpointError before any I/O if they are not JSON (supabase-py would fail
+    later, inside the request)."""
+    specs = budget_specs(budgets)
+    dumps_content({"budgets": specs})
+    return specs
+
+
 class SupabaseStore(ContextStore):
     """`supabase://`: the project URL from SUPABASE_URL and the service role key
     from SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_KEY). Or pass `url` and `key`, or
@@ -267,8 +276,7 @@ class SupabaseStore(ContextStore):
         self._check_open()
         wanted = check_days(days)
         (closed_before,) = check_days([closed_before])
-        specs = budget_specs(budgets)
-        dumps_content({"budgets": specs})  # CheckpointError before any I/O
+        specs = _checked_specs(budgets)
 
         def ask(left: list[str]) -> Any:
             return self._call(
@@ -286,8 +294,7 @@ class SupabaseStore(ContextStore):
         over RPC (a POST: it keeps what it computes)."""
         self._check_open()
         wanted = check_days(days)
-        specs = budget_specs(budgets)
-        dumps_content({"budgets": specs})  # CheckpointError before any I/O
+        specs = _checked_specs(budgets)
         response = self._call(
             "reading writer entries with their budgets",
             lambda: self._current_client().rpc("otel_budget_writer_budget_entries", {
