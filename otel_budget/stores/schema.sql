@@ -1922,13 +1922,13 @@ begin
     -- xmin and updated_at are in the row's header and columns; the content, most
     -- of a row's bytes, stays toasted).
     for v_row in
-        select q.name, q.version,
+        select x.name, x.version, x.kept,
+               case when x.kept is null then x.content end as content
+          from (
+        select q.name, q.version, q.content,
                case when k.content ->> 'version' = q.version
                          and jsonb_typeof(k.content -> 'entry') = 'object'
-                    then k.content -> 'entry' end as kept,
-               case when k.content ->> 'version' = q.version
-                         and jsonb_typeof(k.content -> 'entry') = 'object'
-                    then null else q.content end as content
+                    then k.content -> 'entry' end as kept
           from (select r.name, r.content,
                        r.xmin::text || ' ' || coalesce(extract(epoch from r.updated_at)::text, '') as version
                   from public.quilt_patches as r
@@ -1943,7 +1943,8 @@ begin
           left join public.quilt_patches as k
             on k.patch_type = 'budget_figures'
            and k.name = 'figures_' || pg_catalog.substr(q.name, 8) || '/' || v_key
-         order by q.name
+             ) as x
+         order by x.name
     loop
         if v_row.kept is not null then
             v_out := v_out || v_row.kept;
