@@ -63,9 +63,8 @@ def _spread(values: list[float], digits: int = 3) -> str:
 def _one_round(url: str, day: str, merges: int, sets: int) -> dict[str, float]:
     """One writer, `merges` merges into `day`: per-merge CPU and time, in ms."""
     from otel_budget.stores import postgres as pgmod
-    from otel_budget.stores.base import dumps_content
-    from otel_budget.stores.entries import normalize_writer_entry
     from otel_budget.stores.sqlfunctions import merge_result, prepare_writer_entry
+    from tests.bench.prepare_cost import full_path
 
     store = pgmod.PostgresStore(url, min_size=1, max_size=1, stale_after_s=None)
     writer = f"cost-{uuid.uuid4().hex[:8]}"
@@ -94,7 +93,7 @@ def _one_round(url: str, day: str, merges: int, sets: int) -> dict[str, float]:
         prepared = [prepare_writer_entry(e) for e in timed]
         prepare = time.process_time() - t0
         t0 = time.process_time()
-        full = [dumps_content(normalize_writer_entry(e, where="writer entry")) for e in timed]
+        full = [full_path(e) for e in timed]
         prepare_full = time.process_time() - t0
         del full
         answer = {"applied": True, "stored_seq": 5, "others": {

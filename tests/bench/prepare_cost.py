@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -22,10 +21,12 @@ from typing import Any
 from otel_budget.stores.base import dumps_content
 from otel_budget.stores.entries import normalize_writer_entry
 from otel_budget.stores.sqlfunctions import prepare_writer_entry
-from tests.bench import pgbench
+from tests.bench import pgbench, stats
 
 
-def _full_path(entry: dict[str, Any]) -> str:
+def full_path(entry: dict[str, Any]) -> str:
+    """What preparing an entry cost before the fast path: the full check, then
+    sorted-key JSON."""
     return dumps_content(normalize_writer_entry(entry, where="writer entry"))
 
 
@@ -36,28 +37,23 @@ def measure(sets: int, rounds: int, number: int) -> dict[str, str]:
         entry = pgbench._entry("2999-01-01", "bench-writer", 12345)
     finally:
         pgbench.ATTRIBUTE_SETS = old_sets
-    ways: dict[str, Callable[[], Any]] = {
-        "prepare_writer_entry_us": lambda: prepare_writer_entry(entry),
-        "full_path_us": lambda: _full_path(entry),
-    }
-    figures: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(rounds):
-        for name, way in ways.items():  # interleaved
+
+    def per_entry_us(way: Callable[[], Any]) -> Callable[[], float]:
+        def run() -> float:
             t0 = time.process_time()
             for _ in range(number):
                 way()
-            figures[name].append((time.process_time() - t0) / number * 1e6)
-    ratios = sorted(a / b for a, b in zip(figures["prepare_writer_entry_us"],
-                                          figures["full_path_us"], strict=True))
-    out = {name: _spread(values) for name, values in figures.items()}
-    out["ratio"] = _spread(ratios, 3)
+            return (time.process_time() - t0) / number * 1e6
+        return run
+
+    figures = stats.interleaved({
+        "prepare_writer_entry_us": per_entry_us(lambda: prepare_writer_entry(entry)),
+        "full_path_us": per_entry_us(lambda: full_path(entry)),
+    }, rounds)
+    out = {name: stats.Spread.of(values).text() for name, values in figures.items()}
+    out["ratio"] = stats.Spread.of(stats.ratios(figures["prepare_writer_entry_us"],
+                                                figures["full_path_us"])).text()
     return out
-
-
-def _spread(values: list[float], digits: int = 1) -> str:
-    ordered = sorted(values)
-    return (f"{statistics.median(ordered):.{digits}f} "
-            f"[{ordered[0]:.{digits}f}-{ordered[-1]:.{digits}f}]")
 
 
 def main() -> int:
