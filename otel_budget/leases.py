@@ -15,8 +15,10 @@ Invariant kept by every grant: ``settled + external + sum(max(granted, used)) <=
 A writer draws its reservations from its own lease in memory and talks to the row
 only to get a new chunk (when the lease runs low: in the background, ahead of
 need), at its store rounds (to report its use and renew), and to give the lease
-back (idle, shutdown). An expired lease (a writer killed with SIGKILL) is settled
-at its last reported use; the rest returns to the pool.
+back (idle, shutdown). An expired lease (a writer killed with SIGKILL, or one that
+did not renew in time) is settled at its whole grant: the writer may have drawn all
+of it since its last report. If the writer reports it later (its next round trip
+asks for the lease by its id), what it did not use returns to the pool.
 
 This module is the per-process client, ``FleetLease``; the row's pure arithmetic
 (``apply_acquire``, ``apply_release``: the reference the SQL functions
@@ -251,12 +253,15 @@ class FleetLease:
                         f"budget {self.budget!r}: the store failed {self.last_error or ''}; "
                         "not asking again until a probe reaches it")
                 window = self._window_of()
-                if self._lease_id is not None and (self._window != window
-                                                   or now >= self._valid_until):
-                    self._reset_lease()  # ended here: the store settles it at expiry
+                if self._lease_id is not None and self._window != window:
+                    self._reset_lease()  # the window ended: the store settles it at expiry
+                # A lease past its time here is still asked for by its id: the store
+                # renews it if it has not expired there; else expiry settled its whole
+                # grant, this report gives back what it did not use, and the answer
+                # is "expired" (a new lease follows).
                 if self._closed:
                     return False
-                if want > 0 and self._lease_id is not None and \
+                if want > 0 and self._valid_locked(now) and \
                         self._granted - self._used >= want - EPS:
                     return True  # a prefetch or another caller got it meanwhile
                 new = self._lease_id is None

@@ -31,6 +31,10 @@ MIN_SHARERS = 4
 #: Lease lengths (seconds): the TTL after which a dead writer's lease returns.
 MIN_TTL_S = 0.2
 MAX_TTL_S = 86_400.0
+#: An expired lease's late report is honoured this long after its expiry, for the
+#: ENDED_MAX latest expired leases of the row (older ones keep their whole grant).
+ENDED_KEEP_S = 3_600.0
+ENDED_MAX = 64
 
 
 r9 = round_usd  # the lease arithmetic's short name for it
@@ -115,11 +119,56 @@ def _held(entry: Mapping[str, Any]) -> float:
 
 
 def expire_leases(doc: dict[str, Any], now: float) -> list[str]:
-    """Settle every lease whose expiry passed at its last reported use (in place)."""
-    gone = [lid for lid, e in doc["leases"].items() if float(e["expires_at"]) <= now]
+    """Settle every lease whose expiry passed at all it may have drawn (in place):
+    its grant, or its reported use if more. A writer spends from its lease between
+    its reports, so its last report is not all it may have spent; the unspent rest
+    comes back only if the writer reports it late (`settle_late_report`). Each
+    settled lease is kept under "ended" for that (ENDED_KEEP_S, the ENDED_MAX latest)."""
+    leases: dict[str, Any] = doc["leases"]
+    gone = [lid for lid, e in leases.items() if float(e["expires_at"]) <= now]
+    ended = _ended_of(doc)
     for lid in sorted(gone):
-        doc["settled_usd"] = r9(doc["settled_usd"] + float(doc["leases"].pop(lid)["used_usd"]))
+        entry = leases.pop(lid)
+        held = _held(entry)
+        doc["settled_usd"] = r9(doc["settled_usd"] + held)
+        ended[lid] = {"held_usd": r9(held), "expired_at": float(entry["expires_at"])}
+    _prune_ended(ended, now)
+    if ended or "ended" in doc:
+        doc["ended"] = ended
     return gone
+
+
+def _ended_of(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's ended leases; a malformed one is dropped (it only loses its refund)."""
+    ended = doc.get("ended")
+    if not isinstance(ended, dict):
+        return {}
+    return {lid: dict(e) for lid, e in ended.items()
+            if isinstance(e, dict) and _amount(e.get("held_usd"))
+            and _amount(e.get("expired_at"))}
+
+
+def _prune_ended(ended: dict[str, Any], now: float) -> None:
+    for lid in [lid for lid, e in ended.items() if float(e["expired_at"]) < now - ENDED_KEEP_S]:
+        del ended[lid]
+    if len(ended) > ENDED_MAX:
+        keep = sorted(ended, key=lambda lid: (-float(ended[lid]["expired_at"]), lid))[:ENDED_MAX]
+        for lid in set(ended) - set(keep):
+            del ended[lid]
+
+
+def settle_late_report(doc: dict[str, Any], lid: str, used: float) -> bool:
+    """A writer reports lease `lid` after it expired: it spent at most `used` of it
+    (open holds at their maximum; later settles are ignored by the writer), so what
+    expiry settled beyond that comes back, once. True if the lease was found."""
+    ended = _ended_of(doc)
+    entry = ended.pop(lid, None)
+    if entry is None:
+        return False
+    refund = max(0.0, float(entry["held_usd"]) - used)
+    doc["settled_usd"] = r9(max(0.0, float(doc["settled_usd"]) - refund))
+    doc["ended"] = ended
+    return True
 
 
 def grant_size(*, avail: float, want: float, active: int, share: float, min_chunk: float,
@@ -161,7 +210,9 @@ def apply_acquire(doc: dict[str, Any] | None, req: Mapping[str, Any],
     want = r9(req["want_usd"])
     ttl = float(req["ttl_s"])
     if own is None and not req["new"]:
-        # Expired here (settled at its last report): the writer starts a new lease.
+        # Expired here (settled at its whole grant): what the writer did not use of
+        # it comes back, and the writer starts a new lease.
+        settle_late_report(doc, lid, used)
         return doc, _answer(doc, lid, None, ok=False, expired=True, now=now, ttl=0.0)
     others = r9(sum(_held(e) for k, e in leases.items() if k != lid))
     live = r9(others + (max(float(own["granted_usd"]), used) if own else used))
@@ -212,6 +263,8 @@ def apply_release(doc: dict[str, Any] | None, req: Mapping[str, Any],
     own = doc["leases"].pop(req["lease_id"], None)
     if own is not None:
         doc["settled_usd"] = r9(float(doc["settled_usd"]) + float(req["used_usd"]))
+    else:
+        settle_late_report(doc, req["lease_id"], r9(req["used_usd"]))
     return doc, _answer(doc, req["lease_id"], None, ok=True, expired=own is None, now=now,
                         ttl=0.0)
 
@@ -259,6 +312,8 @@ def lease_answer(value: Any, what: str) -> dict[str, Any]:
 __all__ = [
     "DEFAULT_SHARE",
     "DEFAULT_SURPLUS_SHARE",
+    "ENDED_KEEP_S",
+    "ENDED_MAX",
     "EPS",
     "LEASE_TYPE",
     "MAX_TTL_S",
@@ -276,5 +331,6 @@ __all__ = [
     "lease_row_name",
     "lease_totals",
     "r9",
+    "settle_late_report",
     "surplus_room",
 ]

@@ -2091,6 +2091,7 @@ as $fn$
 declare
     v_doc jsonb;
     v_expired numeric;
+    v_ended jsonb;
 begin
     select q.content into v_doc
       from public.quilt_patches as q
@@ -2111,15 +2112,65 @@ begin
         raise exception using errcode = 'OB002',
             message = format('row budget_lease/%s is malformed', p_name);
     end if;
-    select coalesce(sum((e.value ->> 'used_usd')::numeric), 0) into v_expired
+    -- An expired lease is settled at all it may have drawn (its grant, or its
+    -- reported use if more) and kept under "ended" for a late report
+    -- (leaserows.expire_leases: ENDED_KEEP_S 3600, ENDED_MAX 64).
+    select coalesce(sum(greatest((e.value ->> 'granted_usd')::numeric,
+                                 (e.value ->> 'used_usd')::numeric)), 0)
+      into v_expired
       from pg_catalog.jsonb_each(v_doc -> 'leases') as e
      where (e.value ->> 'expires_at')::numeric <= p_now;
+    select coalesce(pg_catalog.jsonb_object_agg(k.key, k.value), '{}'::jsonb) into v_ended
+      from (select a.key, a.value
+              from (select e.key, e.value
+                      from pg_catalog.jsonb_each(case when jsonb_typeof(v_doc -> 'ended') = 'object'
+                                                      then v_doc -> 'ended' else '{}'::jsonb end) as e
+                     where jsonb_typeof(e.value) = 'object'
+                       and jsonb_typeof(e.value -> 'held_usd') = 'number'
+                       and (e.value ->> 'held_usd')::numeric >= 0
+                       and jsonb_typeof(e.value -> 'expired_at') = 'number'
+                       and (e.value ->> 'expired_at')::numeric >= 0
+                    union all
+                    select e.key, jsonb_build_object(
+                               'held_usd', pg_catalog.trim_scale(round(greatest(
+                                   (e.value ->> 'granted_usd')::numeric,
+                                   (e.value ->> 'used_usd')::numeric), 9)),
+                               'expired_at', e.value -> 'expires_at')
+                      from pg_catalog.jsonb_each(v_doc -> 'leases') as e
+                     where (e.value ->> 'expires_at')::numeric <= p_now) as a
+             where (a.value ->> 'expired_at')::numeric >= p_now - 3600
+             order by (a.value ->> 'expired_at')::numeric desc, a.key collate "C"
+             limit 64) as k;
+    if v_ended <> '{}'::jsonb or v_doc ? 'ended' then
+        v_doc := v_doc || jsonb_build_object('ended', v_ended);
+    end if;
     return v_doc || jsonb_build_object(
         'settled_usd', pg_catalog.trim_scale(round((v_doc ->> 'settled_usd')::numeric + v_expired, 9)),
         'leases', coalesce((select pg_catalog.jsonb_object_agg(e.key, e.value)
                               from pg_catalog.jsonb_each(v_doc -> 'leases') as e
                              where (e.value ->> 'expires_at')::numeric > p_now), '{}'::jsonb));
 end
+$fn$;
+
+
+-- A writer reports lease p_lid after it expired, having used at most p_used of it:
+-- what expiry settled beyond that comes back, once (leaserows.settle_late_report).
+-- p_doc is a locked row's content (otel_budget_lease_locked).
+create or replace function public.otel_budget_lease_late_report(p_doc jsonb, p_lid text,
+                                                                p_used numeric)
+returns jsonb
+language sql
+immutable
+security invoker
+set search_path = ''
+as $fn$
+    select case when p_doc -> 'ended' -> p_lid is null then p_doc
+           else p_doc || jsonb_build_object(
+               'settled_usd', pg_catalog.trim_scale(round(greatest(0,
+                   (p_doc ->> 'settled_usd')::numeric
+                   - greatest(0, (p_doc -> 'ended' -> p_lid ->> 'held_usd')::numeric
+                                 - round(p_used, 9))), 9)),
+               'ended', (p_doc -> 'ended') - p_lid) end
 $fn$;
 
 
@@ -2210,6 +2261,7 @@ begin
              || jsonb_build_object('cap_usd', pg_catalog.trim_scale(v_cap));
     v_own := v_doc -> 'leases' -> v_lid;
     if v_own is null and not (p_request ->> 'new')::boolean then
+        v_doc := public.otel_budget_lease_late_report(v_doc, v_lid, v_used);
         update public.quilt_patches as q set content = v_doc, updated_at = now()
          where q.patch_type = 'budget_lease' and q.name = v_name;
         return public.otel_budget_lease_answer(v_doc, v_lid, null, false, true, v_now, 0);
@@ -2285,7 +2337,8 @@ $fn$;
 
 -- Give one lease back: settle its exact use (p_request: {budget, window,
 -- writer_id, lease_id, used_usd}); the unused rest returns to the pool. A lease
--- that already expired (settled at its last report) answers expired = true.
+-- that already expired (settled at its whole grant) answers expired = true, and
+-- what it did not use comes back (otel_budget_lease_late_report).
 create or replace function public.otel_budget_lease_release(p_request jsonb)
 returns jsonb
 language plpgsql
@@ -2316,6 +2369,9 @@ begin
             'settled_usd', pg_catalog.trim_scale(round((v_doc ->> 'settled_usd')::numeric
                                                        + round((p_request ->> 'used_usd')::numeric, 9), 9)),
             'leases', (v_doc -> 'leases') - v_lid);
+    else
+        v_doc := public.otel_budget_lease_late_report(
+            v_doc, v_lid, (p_request ->> 'used_usd')::numeric);
     end if;
     update public.quilt_patches as q set content = v_doc, updated_at = now()
      where q.patch_type = 'budget_lease' and q.name = v_name;
@@ -2333,6 +2389,7 @@ declare
         'public.otel_budget_lease_problem(jsonb, boolean)',
         'public.otel_budget_lease_locked(text, numeric)',
         'public.otel_budget_lease_answer(jsonb, text, jsonb, boolean, boolean, numeric, numeric)',
+        'public.otel_budget_lease_late_report(jsonb, text, numeric)',
         'public.otel_budget_lease_acquire(jsonb)',
         'public.otel_budget_lease_release(jsonb)'
     ];

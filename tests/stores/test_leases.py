@@ -148,17 +148,54 @@ def test_contention_makes_holders_give_back_their_unused_lease() -> None:
     assert invariant(doc)
 
 
-def test_expired_lease_settles_at_its_last_reported_use() -> None:
+def test_expired_lease_settles_at_its_whole_grant_until_reported_late() -> None:
     doc, _ = apply_acquire(None, req("a", want=0.05, ttl=5.0), now=0.0)
     doc, _ = apply_acquire(doc, req("a", used=0.2, new=False, ttl=5.0), now=1.0)
-    assert doc["leases"]["a"]["expires_at"] == 6.0
+    assert doc["leases"]["a"] == {"writer_id": "w", "granted_usd": 0.5, "used_usd": 0.2,
+                                  "expires_at": 6.0}
     assert expire_leases(dict(doc, leases=dict(doc["leases"])), 5.9) == []
+    # The writer may have drawn all of its grant since it reported 0.2: expiry
+    # settles 0.5, not 0.2, so no other writer is granted what it may have spent.
     doc, b = apply_acquire(doc, req("b", want=0.05, writer="w2"), now=6.0)
-    assert "a" not in doc["leases"] and doc["settled_usd"] == 0.2
-    assert b["ok"] and b["granted_usd"] == 0.4  # half of the 0.8 that came back
-    # the dead lease's owner coming back learns its lease ended
-    doc, late = apply_acquire(doc, req("a", used=0.25, new=False), now=7.0)
+    assert "a" not in doc["leases"] and doc["settled_usd"] == 0.5
+    assert doc["ended"] == {"a": {"held_usd": 0.5, "expired_at": 6.0}}
+    assert b["ok"] and b["granted_usd"] == 0.25  # half of the 0.5 left
+    assert invariant(doc)
+    # Its owner comes back having used 0.3 (open holds at their maximum): the 0.2 it
+    # did not use returns, once; it learns its lease ended.
+    doc, late = apply_acquire(doc, req("a", used=0.3, new=False), now=7.0)
     assert late["expired"] and not late["ok"] and "a" not in doc["leases"]
+    assert doc["settled_usd"] == 0.3 and doc["ended"] == {}
+    doc, again = apply_acquire(doc, req("a", used=0.0, new=False), now=7.5)
+    assert again["expired"] and doc["settled_usd"] == 0.3
+    # a release after expiry is a late report too
+    doc, _ = apply_acquire(doc, req("c", want=0.05, writer="w3", ttl=1.0), now=8.0)
+    c_grant = doc["leases"]["c"]["granted_usd"]
+    doc, _ = apply_acquire(doc, req("b", used=0.25, new=False, ttl=10.0), now=9.5)
+    assert doc["settled_usd"] == pytest.approx(0.3 + c_grant)
+    released, answer = apply_release(doc, {"lease_id": "c", "used_usd": 0.01}, now=9.6)
+    assert released is not None and answer["expired"]
+    assert released["settled_usd"] == pytest.approx(0.31) and "c" not in released["ended"]
+    assert invariant(released)
+
+
+def test_ended_leases_are_kept_an_hour_and_64_at_most() -> None:
+    doc = empty_lease_doc("fleet", W, 1000.0)
+    for i in range(70):
+        doc, _ = apply_acquire(doc, req(f"l{i:02d}", want=1.0, cap=1000.0, ttl=1.0, share=0.001),
+                               now=float(i))
+    doc, _ = apply_acquire(doc, req("x", cap=1000.0, ttl=1.0), now=100.0)
+    assert sorted(doc["ended"]) == [f"l{i:02d}" for i in range(6, 70)]
+    settled = doc["settled_usd"]
+    # a late report of a lease no longer kept: its whole grant stays settled
+    doc, late = apply_acquire(doc, req("l00", cap=1000.0, new=False), now=101.0)
+    assert late["expired"] and doc["settled_usd"] == settled
+    doc, _ = apply_acquire(doc, req("y", cap=1000.0, ttl=1.0), now=69.0 + 1.0 + 3600.5)
+    assert doc["ended"] == {}
+    # a hand-edited ended entry is dropped, not an error: it only loses its refund
+    doc["ended"] = {"bad": {"held_usd": "x"}, "l69": [1]}
+    doc, ok = apply_acquire(doc, req("z", want=0.5, cap=1000.0), now=5000.0)
+    assert ok["ok"] and doc["ended"] == {}
 
 
 def test_release_settles_exact_use_and_returns_the_rest() -> None:
@@ -251,12 +288,22 @@ def test_store_lease_steps(store: Any) -> None:
     assert row is not None and set(row["leases"]) == {"a"}
     renewed = store.lease_acquire(req("a", used=0.2, new=False, ttl=0.5))
     assert renewed["granted_usd"] == pytest.approx(0.2)  # contended: gives back
+    e = store.lease_acquire(req("e", want=0.05, writer="w5", ttl=0.5))
+    assert e["ok"] and e["granted_usd"] >= 0.05
     time.sleep(0.6)
     later = store.lease_acquire(req("d", want=0.05, writer="w4", ttl=0.5))
-    # a expired at its reported 0.2: 1 - 0.1 - 0.2 free
-    assert later["ok"] and later["settled_usd"] == pytest.approx(0.3)
+    # a expired at its grant (0.2), e at its grant: it may have drawn all of it
+    assert later["ok"] and later["settled_usd"] == pytest.approx(0.3 + e["granted_usd"])
     expired = store.lease_acquire(req("a", used=0.2, new=False, ttl=0.5))
     assert expired["expired"] and not expired["ok"]
+    assert expired["settled_usd"] == pytest.approx(0.3 + e["granted_usd"])
+    # e's owner reports it late, having used 0.01: the rest comes back, once
+    for _ in range(2):
+        late = store.lease_release({"budget": "fleet", "window": W, "writer_id": "w5",
+                                    "lease_id": "e", "used_usd": 0.01})
+        assert late["expired"] and late["settled_usd"] == pytest.approx(0.31)
+    row = store.get(LEASE_TYPE, lease_row_name("fleet", W))
+    assert row is not None and row["ended"] == {}
 
 
 def test_store_lease_grants_bound_the_fleets_surplus(store: Any) -> None:
@@ -286,6 +333,69 @@ def test_store_lease_grants_bound_the_fleets_surplus(store: Any) -> None:
         store.lease_acquire(req("g", want=0.05, cap=1000.0, surplus_share=1.5))
     with pytest.raises(CheckpointError, match="keep_usd"):
         store.lease_acquire(req("a", used=9.5, cap=1000.0, new=False) | {"keep_usd": -1})
+
+
+class _RequestLog(MemoryStore):
+    """A real MemoryStore that keeps the lease requests it was sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[dict[str, Any]] = []
+
+    def lease_acquire(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.sent.append(dict(request))
+        return super().lease_acquire(request)
+
+
+def _lone_lease(store: MemoryStore, writer: str, ttl_s: float,
+                monotonic: Any = time.monotonic) -> FleetLease:
+    return FleetLease(budget="fleet", cap_usd=1.0, store=store, writer_id=lambda: writer,
+                      window_of=lambda: W, seen_of=lambda: 0.0, ttl_s=ttl_s, idle_s=1e9,
+                      surplus_share=None, monotonic=monotonic)
+
+
+def test_a_lease_past_its_time_here_is_reported_by_its_id() -> None:
+    """A writer whose round came late (a busy host) asks for its lease by its id, with
+    what it drew since its last report; starting a new lease instead left that draw
+    unreported, and the store settled the old lease without it (the fleet passed a
+    per-customer cap by $0.006 in CI)."""
+    store = _RequestLog()
+    now = [0.0]
+    lease = _lone_lease(store, "a", ttl_s=10.0, monotonic=lambda: now[0])
+    assert lease.acquire(0.1) and lease.remaining() == pytest.approx(0.5)
+    lid = store.sent[-1]["lease_id"]
+    draw = lease.try_draw(0.1)
+    assert isinstance(draw, object) and draw not in (None, False)
+    lease.close_draw(draw, 0.08)  # type: ignore[arg-type]
+    now[0] = 9.5  # past 0.9 of the TTL here; the store's clock has not moved
+    assert lease.try_draw(0.1) is None  # only the store can tell now
+    assert lease.acquire(0.1)
+    assert {k: store.sent[-1][k] for k in ("lease_id", "new", "used_usd")} == {
+        "lease_id": lid, "new": False, "used_usd": 0.08}
+    assert lease.try_draw(0.1) not in (None, False)
+
+
+def test_a_lease_expired_at_the_store_counts_what_its_writer_may_have_drawn() -> None:
+    store = _RequestLog()
+    a = _lone_lease(store, "a", ttl_s=0.3)
+    assert a.acquire(0.1)
+    grant = a.remaining()
+    draw = a.try_draw(0.1)
+    assert draw not in (None, False)
+    a.close_draw(draw, 0.1)  # type: ignore[arg-type]
+    time.sleep(0.35)  # a's round never came: its lease expired at the store
+    b = _lone_lease(store, "b", ttl_s=10.0)
+    assert b.acquire(0.05)
+    row = store.get(LEASE_TYPE, lease_row_name("fleet", W))
+    assert row is not None and row["settled_usd"] == pytest.approx(grant)  # not 0
+    assert invariant(row)
+    # a comes back: its late report gives back what it did not draw, and it is
+    # granted a new lease
+    assert a.acquire(0.1)
+    assert [r["new"] for r in store.sent if r["writer_id"] == "a"] == [True, False, True]
+    row = store.get(LEASE_TYPE, lease_row_name("fleet", W))
+    assert row is not None and row["settled_usd"] == pytest.approx(0.1) and row["ended"] == {}
+    assert invariant(row)
 
 
 def test_a_lease_granted_before_the_others_joined_gives_its_surplus_back() -> None:
@@ -652,6 +762,44 @@ def test_lease_sql_refuses_a_malformed_request(pg_clean: str) -> None:
                      "'{\"budget\": \"f\", \"window\": \"w\", \"writer_id\": \"x\", "
                      "\"lease_id\": \"l\", \"used_usd\": \"abc\"}'::jsonb)")
     assert caught.value.sqlstate == "OB001"
+
+
+def test_lease_sql_expiry_matches_the_reference(pg_clean: str) -> None:
+    """otel_budget_lease_locked (its `now` is a parameter) settles and keeps ended
+    leases as leaserows.expire_leases does: the grant, the hour, the 64 latest, a
+    malformed ended entry dropped."""
+    import json
+
+    import psycopg
+
+    doc = empty_lease_doc("fleet", W, 1000.0)
+    for i in range(70):
+        doc["leases"][f"l{i:02d}"] = {"writer_id": "w", "granted_usd": 1.5 + i,
+                                      "used_usd": 1.0 if i % 2 else 2.0 + i,
+                                      "expires_at": float(i)}
+    doc["leases"]["live"] = {"writer_id": "w", "granted_usd": 1.0, "used_usd": 0.0,
+                             "expires_at": 5000.0}
+    doc["ended"] = {"old": {"held_usd": 1.0, "expired_at": 1.0},
+                    "kept": {"held_usd": 2.0, "expired_at": 4000.0},
+                    "bad": {"held_usd": -1, "expired_at": 4000.0}}
+    sizes = []
+    for now in (69.5, 3650.0, 4100.0):
+        expected = json.loads(json.dumps(doc))
+        expire_leases(expected, now)
+        sizes.append(len(expected["ended"]))
+        with psycopg.connect(pg_clean) as conn:
+            conn.execute("delete from public.quilt_patches where patch_type = %s", (LEASE_TYPE,))
+            conn.execute("insert into public.quilt_patches (patch_type, name, content) "
+                         "values (%s, 'lease_x', %s::jsonb)", (LEASE_TYPE, json.dumps(doc)))
+            row = conn.execute("select public.otel_budget_lease_locked('lease_x', %s::numeric)",
+                               (now,)).fetchone()
+        assert row is not None
+        got = row[0]
+        assert got["ended"] == expected["ended"], now
+        assert set(got["leases"]) == set(expected["leases"]) == {"live"} | {
+            f"l{i:02d}" for i in range(70) if i > now}
+        assert got["settled_usd"] == pytest.approx(expected["settled_usd"])
+    assert sizes == [64, 21, 1]  # the 64 latest; the last hour's 20 and kept; kept
 
 
 def test_an_idle_writer_gives_its_lease_back() -> None:
