@@ -276,6 +276,9 @@ class FleetLease:
                     keep = min(self._granted, self._used + self._fair_surplus())
                     self._granted = keep
                 lid, used, generation = self._lease_id, self._used, self._generation
+                # Other threads go on drawing up to the grant while this request is
+                # on its way; the store keeps at least that much of it granted.
+                floor = self._granted if self._valid_locked(now) else min(self._granted, used)
             assert lid is not None
             request = {
                 "budget": self.budget, "window": window, "cap_usd": self.cap_usd,
@@ -283,6 +286,7 @@ class FleetLease:
                 "used_usd": r9(used), "want_usd": r9(max(0.0, want - 0.0)),
                 "seen_usd": r9(max(0.0, self._seen_of())), "ttl_s": self.ttl_s,
                 "min_chunk_usd": self.min_chunk_usd, "share": self.share,
+                "floor_usd": r9(floor),
             }
             if self.surplus_share is not None:
                 request["surplus_share"] = self.surplus_share

@@ -72,8 +72,9 @@ def lease_request_problem(req: Any, *, release: bool = False) -> str | None:
     if "surplus_share" in req and not (_amount(req["surplus_share"])
                                        and 0 < req["surplus_share"] <= 1):
         return f"surplus_share must be in (0, 1], got {req['surplus_share']!r:.60}"
-    if "keep_usd" in req and not _amount(req["keep_usd"]):
-        return f"keep_usd must be a finite number >= 0, got {req['keep_usd']!r:.60}"
+    for key in ("keep_usd", "floor_usd"):
+        if key in req and not _amount(req[key]):
+            return f"{key} must be a finite number >= 0, got {req[key]!r:.60}"
     ttl = req.get("ttl_s")
     if not isinstance(ttl, (int, float)) or not _amount(ttl) or not (MIN_TTL_S <= ttl <= MAX_TTL_S):
         return f"ttl_s must be between {MIN_TTL_S} and {MAX_TTL_S} seconds, got {ttl!r:.60}"
@@ -245,6 +246,14 @@ def apply_acquire(doc: dict[str, Any] | None, req: Mapping[str, Any],
         # the writer says it keeps (`keep_usd`: it already draws no further).
         keep = float(req["keep_usd"]) if "keep_usd" in req else old_granted
         granted = used if contended else r9(max(used, min(old_granted, free, keep)))
+    if own is not None:
+        # The writer draws on its grant while this request is on its way (another
+        # thread's call, during a prefetch or a renewal): `floor_usd` is what it may
+        # have drawn by the answer. Taking that back would leave those draws
+        # counted nowhere, so the grant never falls below it (nor rises above
+        # what it was: the row already counts it).
+        floor = min(float(req.get("floor_usd") or 0.0), old_granted)
+        granted = r9(max(granted, floor))
     if own is None and granted <= 0 and used <= 0:
         return doc, _answer(doc, lid, None, ok=ok, expired=False, now=now, ttl=0.0)
     leases[lid] = {"writer_id": req["writer_id"], "granted_usd": granted, "used_usd": used,

@@ -2066,10 +2066,12 @@ begin
            or (p_req ->> 'surplus_share')::numeric <= 0 or (p_req ->> 'surplus_share')::numeric > 1) then
             return 'surplus_share must be in (0, 1]';
         end if;
-        if p_req ? 'keep_usd' and (jsonb_typeof(p_req -> 'keep_usd') is distinct from 'number'
-           or (p_req ->> 'keep_usd')::numeric < 0) then
-            return 'keep_usd must be a finite number >= 0';
-        end if;
+        foreach v_key in array array['keep_usd', 'floor_usd'] loop
+            if p_req ? v_key and (jsonb_typeof(p_req -> v_key) is distinct from 'number'
+               or (p_req ->> v_key)::numeric < 0) then
+                return format('%s must be a finite number >= 0', v_key);
+            end if;
+        end loop;
         if jsonb_typeof(p_req -> 'new') is distinct from 'boolean' then
             return 'new must be true or false';
         end if;
@@ -2316,6 +2318,13 @@ begin
                                                   coalesce((p_request ->> 'keep_usd')::numeric,
                                                            (v_own ->> 'granted_usd')::numeric,
                                                            0))), 9);
+    end if;
+    -- floor_usd: what the writer may have drawn by the answer (leaserows.apply_acquire);
+    -- the grant never falls below it, nor rises above what it was.
+    if v_own is not null then
+        v_granted := round(greatest(v_granted,
+                                    least(coalesce((p_request ->> 'floor_usd')::numeric, 0),
+                                          (v_own ->> 'granted_usd')::numeric)), 9);
     end if;
     v_doc := v_doc || jsonb_build_object('external_usd', pg_catalog.trim_scale(v_external));
     if v_own is null and v_granted <= 0 and v_used <= 0 then

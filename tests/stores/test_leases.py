@@ -398,6 +398,67 @@ def test_a_lease_expired_at_the_store_counts_what_its_writer_may_have_drawn() ->
     assert invariant(row)
 
 
+class _DrawsWhileAsked(MemoryStore):
+    """A real MemoryStore; while it answers a lease request, `during` runs first (a
+    reservation on another thread drawing on the lease meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.during: Any = None
+
+    def lease_acquire(self, request: dict[str, Any]) -> dict[str, Any]:
+        during, self.during = self.during, None
+        if during is not None:
+            during()
+        return super().lease_acquire(request)
+
+
+def test_what_is_drawn_while_a_request_is_on_its_way_stays_granted() -> None:
+    """A renewal (or a prefetch) on a contended pool used to take the grant back to
+    the use it reported, while another thread drew on the lease: those draws were
+    counted nowhere, and the pool granted them again. (Draws of 0.1 leave the lease
+    far from low: no background prefetch runs beside the test's requests.)"""
+    store = _DrawsWhileAsked()
+    a = _lone_lease(store, "a", ttl_s=10.0)
+    b = _lone_lease(store, "b", ttl_s=10.0)
+
+    def held_by_a() -> float:
+        row = store.get(LEASE_TYPE, lease_row_name("fleet", W))
+        assert row is not None and invariant(row)
+        (entry,) = [e for e in row["leases"].values() if e["writer_id"] == "a"]
+        return max(float(entry["granted_usd"]), float(entry["used_usd"]))
+
+    assert a.acquire(0.1) and a.remaining() == pytest.approx(0.5)
+    assert not b.acquire(0.6)  # refused: the pool is contended now
+    drawn: list[Any] = []
+    store.during = lambda: drawn.append(a.try_draw(0.1))
+    assert a.acquire(0.0)  # the renewal that gives back what is not in use
+    assert drawn[-1] not in (None, False)
+    assert held_by_a() >= 0.1 - 1e-9  # not the 0 it reported
+    assert b.acquire(0.4)  # contended: exactly what b asks
+    # a asks for more than the pool has, drawing 0.1 more meanwhile: refused, and
+    # the grant stays over both draws
+    store.during = lambda: drawn.append(a.try_draw(0.1))
+    assert not a.acquire(0.6)
+    assert drawn[-1] not in (None, False)
+    assert held_by_a() >= 0.2 - 1e-9
+    # b's 0.4 and a's 0.5 leave 0.1: what a drew is not granted again
+    assert not b.acquire(0.55)
+
+
+def test_a_floor_never_raises_a_grant_past_what_it_was(store: Any) -> None:
+    a = store.lease_acquire(req("a", want=0.05))
+    assert a["granted_usd"] == pytest.approx(0.5)
+    refused = store.lease_acquire(req("b", want=0.9, writer="w2"))
+    assert not refused["ok"] and refused["contended"]
+    kept = store.lease_acquire(req("a", used=0.1, new=False) | {"floor_usd": 0.3})
+    assert kept["granted_usd"] == pytest.approx(0.3)  # contended: back to the floor, not 0.1
+    capped = store.lease_acquire(req("a", used=0.1, new=False) | {"floor_usd": 5.0})
+    assert capped["granted_usd"] == pytest.approx(0.3)  # never above what it was
+    with pytest.raises(CheckpointError, match="floor_usd"):
+        store.lease_acquire(req("a", used=0.1, new=False) | {"floor_usd": -1})
+
+
 def test_a_lease_granted_before_the_others_joined_gives_its_surplus_back() -> None:
     store = MemoryStore()
     now = [0.0]
