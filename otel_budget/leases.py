@@ -9,7 +9,9 @@ window), of type ``LEASE_TYPE`` named ``lease_{budget}_{window}`` (stores.layout
                      (spend from before leases, record() without a reservation,
                      a dead writer's tail), a running maximum of the estimates,
      "short_until":  epoch seconds; while in the future, the pool is contended,
-     "leases": {lease_id: {"writer_id", "granted_usd", "used_usd", "expires_at"}}}
+     "leases": {lease_id: {"writer_id", "granted_usd", "used_usd", "expires_at"}},
+     "ended":  {lease_id: {"held_usd", "expired_at"}}: leases that expired, settled
+               at held_usd, awaiting a late report (the last hour's, 64 at most)}
 
 Invariant kept by every grant: ``settled + external + sum(max(granted, used)) <= cap``.
 A writer draws its reservations from its own lease in memory and talks to the row
