@@ -165,7 +165,7 @@ class BudgetConfig:
     @property
     def resolved_lease_ttl_s(self) -> float:
         """How long a fleet budget's lease lives without a renewal (a dead writer's
-        unused lease returns after it): lease_ttl_s, else 5 collections, at least 30 s."""
+        lease is settled after it): lease_ttl_s, else 5 collections, at least 30 s."""
         if self.lease_ttl_s is not None:
             return self.lease_ttl_s
         return min(86_400.0, max(30.0, 5 * self.collect_interval_s))

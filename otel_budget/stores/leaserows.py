@@ -28,7 +28,7 @@ DEFAULT_SURPLUS_SHARE = 0.025
 #: the day must not take all of it while the others join (they would get one call
 #: per round trip until it gives the surplus back).
 MIN_SHARERS = 4
-#: Lease lengths (seconds): the TTL after which a dead writer's lease returns.
+#: Lease lengths (seconds): the TTL after which a dead writer's lease is settled.
 MIN_TTL_S = 0.2
 MAX_TTL_S = 86_400.0
 #: An expired lease's late report is honoured this long after its expiry, for the
