@@ -201,3 +201,61 @@ def test_the_writer_checks_fast_path_answers_as_its_checks_do(pg_url: str) -> No
                                "pg_temp.writer_slow(%s::jsonb)",
                                (Jsonb(entry), Jsonb(entry))).fetchone()
             assert row is not None and row[0] == row[1], entry
+
+
+def test_a_merge_trusts_only_the_row_version_its_session_wrote(pg_clean: str) -> None:
+    """otel_budget_write_writer skips checking the stored row only when it is the
+    version this session wrote last (otel_budget.checked_row names it): a hand edit,
+    from this session or another, is a new version and is checked again, so a
+    malformed row is still named and left as it is."""
+    name = "budget_2026-01-02/w"
+
+    def merge(conn: psycopg.Connection[Any], seq: int) -> dict[str, Any]:
+        row = conn.execute("select public.otel_budget_merge_writer(%s)",
+                           (Jsonb(_with(seq=seq)),)).fetchone()
+        assert row is not None
+        result: dict[str, Any] = row[0]
+        return result
+
+    def content(conn: psycopg.Connection[Any]) -> Any:
+        row = conn.execute("select content from public.quilt_patches "
+                           "where patch_type = 'budget_writer' and name = %s", (name,)).fetchone()
+        assert row is not None
+        return row[0]
+
+    with psycopg.connect(pg_clean, autocommit=True) as writer, \
+            psycopg.connect(pg_clean, autocommit=True) as editor:
+        assert merge(writer, 3)["applied"]
+        xmin = writer.execute("select xmin::text from public.quilt_patches "
+                              "where patch_type = 'budget_writer' and name = %s",
+                              (name,)).fetchone()
+        assert xmin is not None
+        assert writer.execute("select current_setting('otel_budget.checked_row')"
+                              ).fetchone() == (f"{xmin[0]}/{name}",)
+        # the trusted version: the seq rule still holds
+        assert merge(writer, 4)["applied"] and not merge(writer, 4)["applied"]
+        assert content(writer)["seq"] == 4
+        for edit in (editor, writer):  # another session's edit, then this session's own
+            bad = _with(seq=4, by_budget={"a": [1]})
+            edit.execute("update public.quilt_patches set content = %s "
+                         "where patch_type = 'budget_writer' and name = %s", (Jsonb(bad), name))
+            with pytest.raises(psycopg.Error) as caught:
+                merge(writer, 5)
+            assert caught.value.sqlstate == "OB002" and name in str(caught.value)
+            assert content(editor) == bad
+            edit.execute("update public.quilt_patches set content = %s "
+                         "where patch_type = 'budget_writer' and name = %s",
+                         (Jsonb(_with(seq=4)), name))
+        # a rolled-back merge leaves no trust behind: the setting is as it was
+        before = writer.execute("select current_setting('otel_budget.checked_row')").fetchone()
+        writer.execute("begin")
+        merge(writer, 6)
+        writer.execute("rollback")
+        assert writer.execute("select current_setting('otel_budget.checked_row')"
+                              ).fetchone() == before
+        editor.execute("update public.quilt_patches set content = %s "
+                       "where patch_type = 'budget_writer' and name = %s",
+                       (Jsonb(_with(seq="4")), name))
+        with pytest.raises(psycopg.Error) as caught:
+            merge(writer, 7)
+        assert caught.value.sqlstate == "OB002"
