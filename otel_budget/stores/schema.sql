@@ -1333,7 +1333,7 @@ declare
     v_kept jsonb;
     v_final jsonb;
     v_found boolean := false;
-    v_xmin text;
+    v_version text;
 begin
     v_problem := public.otel_budget_writer_problem(p_entry);
     if v_problem is null and p_entry ? 'retired' then
@@ -1364,22 +1364,23 @@ begin
         -- moves the row's shard by the difference. The stored row is checked
         -- (otel_budget_stored_seq) unless it is the very version this session
         -- wrote last, from an entry checked above: the setting
-        -- otel_budget.checked_row names that version (xmin/name), and any other
+        -- otel_budget.checked_row names that version (xmin:ctid/name), and any other
         -- write of the row (a hand edit, another writer's session) makes a new
         -- one. A tenth of a merge's server time.
         insert into public.quilt_patches as q (patch_type, name, content)
         values ('budget_writer', v_name, v_entry)
         on conflict (patch_type, name) do update
             set content = excluded.content, updated_at = now()
-            where case when q.xmin::text || '/' || v_name
+            where case when q.xmin::text || ':' || q.ctid::text || '/' || v_name
                             = pg_catalog.current_setting('otel_budget.checked_row', true)
                        then (q.content ->> 'seq')::numeric
                        else public.otel_budget_stored_seq(q.content, v_name) end < v_seq
               and not (q.content ? 'retired')
-        returning q.xmin::text into v_xmin;
+        returning q.xmin::text || ':' || q.ctid::text into v_version;
         if found then
-            -- Session-wide, and undone with the transaction if it rolls back.
-            perform pg_catalog.set_config('otel_budget.checked_row', v_xmin || '/' || v_name, false);
+            -- Session-wide, and undone with the transaction if it rolls back. The
+            -- ctid tells apart a later version written by this same transaction.
+            perform pg_catalog.set_config('otel_budget.checked_row', v_version || '/' || v_name, false);
             return jsonb_build_object(
                 'applied', true,
                 'stored_seq', v_seq,

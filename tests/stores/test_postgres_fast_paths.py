@@ -205,9 +205,10 @@ def test_the_writer_checks_fast_path_answers_as_its_checks_do(pg_url: str) -> No
 
 def test_a_merge_trusts_only_the_row_version_its_session_wrote(pg_clean: str) -> None:
     """otel_budget_write_writer skips checking the stored row only when it is the
-    version this session wrote last (otel_budget.checked_row names it): a hand edit,
-    from this session or another, is a new version and is checked again, so a
-    malformed row is still named and left as it is."""
+    version this session wrote last (otel_budget.checked_row names it by xmin and
+    ctid): a hand edit, from another session, this one, or the merge's own
+    transaction, is a new version and is checked again, so a malformed row is still
+    named and left as it is."""
     name = "budget_2026-01-02/w"
 
     def merge(conn: psycopg.Connection[Any], seq: int) -> dict[str, Any]:
@@ -226,12 +227,12 @@ def test_a_merge_trusts_only_the_row_version_its_session_wrote(pg_clean: str) ->
     with psycopg.connect(pg_clean, autocommit=True) as writer, \
             psycopg.connect(pg_clean, autocommit=True) as editor:
         assert merge(writer, 3)["applied"]
-        xmin = writer.execute("select xmin::text from public.quilt_patches "
-                              "where patch_type = 'budget_writer' and name = %s",
-                              (name,)).fetchone()
-        assert xmin is not None
+        version = writer.execute("select xmin::text || ':' || ctid::text from public.quilt_patches "
+                                 "where patch_type = 'budget_writer' and name = %s",
+                                 (name,)).fetchone()
+        assert version is not None
         assert writer.execute("select current_setting('otel_budget.checked_row')"
-                              ).fetchone() == (f"{xmin[0]}/{name}",)
+                              ).fetchone() == (f"{version[0]}/{name}",)
         # the trusted version: the seq rule still holds
         assert merge(writer, 4)["applied"] and not merge(writer, 4)["applied"]
         assert content(writer)["seq"] == 4
@@ -246,6 +247,19 @@ def test_a_merge_trusts_only_the_row_version_its_session_wrote(pg_clean: str) ->
             edit.execute("update public.quilt_patches set content = %s "
                          "where patch_type = 'budget_writer' and name = %s",
                          (Jsonb(_with(seq=4)), name))
+        # an edit in the merge's own transaction: the same xmin, another version
+        writer.execute("begin")
+        merge(writer, 5)
+        writer.execute("update public.quilt_patches set content = %s "
+                       "where patch_type = 'budget_writer' and name = %s",
+                       (Jsonb(_with(seq=5, by_budget={"a": [1]})), name))
+        writer.execute("commit")
+        with pytest.raises(psycopg.Error) as caught:
+            merge(writer, 6)
+        assert caught.value.sqlstate == "OB002"
+        editor.execute("update public.quilt_patches set content = %s "
+                       "where patch_type = 'budget_writer' and name = %s",
+                       (Jsonb(_with(seq=5)), name))
         # a rolled-back merge leaves no trust behind: the setting is as it was
         before = writer.execute("select current_setting('otel_budget.checked_row')").fetchone()
         writer.execute("begin")
