@@ -291,7 +291,7 @@ def test_store_lease_steps(store: Any) -> None:
     e = store.lease_acquire(req("e", want=0.05, writer="w5", ttl=0.5))
     assert e["ok"] and e["granted_usd"] >= 0.05
     time.sleep(0.6)
-    later = store.lease_acquire(req("d", want=0.05, writer="w4", ttl=0.5))
+    later = store.lease_acquire(req("d", want=0.05, writer="w4", ttl=30.0))  # outlives the test
     # a expired at its grant (0.2), e at its grant: it may have drawn all of it
     assert later["ok"] and later["settled_usd"] == pytest.approx(0.3 + e["granted_usd"])
     expired = store.lease_acquire(req("a", used=0.2, new=False, ttl=0.5))
