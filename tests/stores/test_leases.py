@@ -377,13 +377,15 @@ def test_a_lease_past_its_time_here_is_reported_by_its_id() -> None:
 
 def test_a_lease_expired_at_the_store_counts_what_its_writer_may_have_drawn() -> None:
     store = _RequestLog()
-    a = _lone_lease(store, "a", ttl_s=0.3)
+    now = [0.0]  # a's own clock: its lease stays valid here until the test moves it
+    a = _lone_lease(store, "a", ttl_s=0.3, monotonic=lambda: now[0])
     assert a.acquire(0.1)
     grant = a.remaining()
     draw = a.try_draw(0.1)
     assert draw not in (None, False)
     a.close_draw(draw, 0.1)  # type: ignore[arg-type]
     time.sleep(0.35)  # a's round never came: its lease expired at the store
+    now[0] = 1.0
     b = _lone_lease(store, "b", ttl_s=10.0)
     assert b.acquire(0.05)
     row = store.get(LEASE_TYPE, lease_row_name("fleet", W))
