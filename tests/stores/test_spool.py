@@ -98,6 +98,11 @@ def test_postgres_crash_across_midnight_and_shutdown_is_replayed(
         first.shutdown(timeout=3)  # the store is down: the final entries stay spooled
         spool_dir = tmp_path / "spool"
         assert len(list(spool_dir.glob("*/*.json"))) == 2  # one directory per store
+        # The process ends here, its store with it. In this one test process the
+        # shutdown's round, still retrying past its deadline, would otherwise reach
+        # the restarted server and take the spool before the next meter starts
+        # (CI saw the next meter load the day first, then 0.0 instead of 4.5).
+        stores[0].close()
 
         server.start()
         second = open_meter()  # a new process on this host, same store and spool_dir
