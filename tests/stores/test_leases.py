@@ -335,15 +335,21 @@ def test_store_lease_grants_bound_the_fleets_surplus(store: Any) -> None:
         store.lease_acquire(req("a", used=9.5, cap=1000.0, new=False) | {"keep_usd": -1})
 
 
-class _RequestLog(MemoryStore):
-    """A real MemoryStore that keeps the lease requests it was sent."""
+class _WatchedStore(MemoryStore):
+    """A real MemoryStore that keeps the lease requests it was sent; while it answers
+    one, `during` (if set, once) runs first: a reservation on another thread drawing
+    on the lease meanwhile."""
 
     def __init__(self) -> None:
         super().__init__()
         self.sent: list[dict[str, Any]] = []
+        self.during: Any = None
 
     def lease_acquire(self, request: dict[str, Any]) -> dict[str, Any]:
         self.sent.append(dict(request))
+        during, self.during = self.during, None
+        if during is not None:
+            during()
         return super().lease_acquire(request)
 
 
@@ -359,7 +365,7 @@ def test_a_lease_past_its_time_here_is_reported_by_its_id() -> None:
     what it drew since its last report; starting a new lease instead left that draw
     unreported, and the store settled the old lease without it (the fleet passed a
     per-customer cap by $0.006 in CI)."""
-    store = _RequestLog()
+    store = _WatchedStore()
     now = [0.0]
     lease = _lone_lease(store, "a", ttl_s=10.0, monotonic=lambda: now[0])
     assert lease.acquire(0.1) and lease.remaining() == pytest.approx(0.5)
@@ -376,7 +382,7 @@ def test_a_lease_past_its_time_here_is_reported_by_its_id() -> None:
 
 
 def test_a_lease_expired_at_the_store_counts_what_its_writer_may_have_drawn() -> None:
-    store = _RequestLog()
+    store = _WatchedStore()
     now = [0.0]  # a's own clock: its lease stays valid here until the test moves it
     a = _lone_lease(store, "a", ttl_s=0.3, monotonic=lambda: now[0])
     assert a.acquire(0.1)
@@ -400,27 +406,12 @@ def test_a_lease_expired_at_the_store_counts_what_its_writer_may_have_drawn() ->
     assert invariant(row)
 
 
-class _DrawsWhileAsked(MemoryStore):
-    """A real MemoryStore; while it answers a lease request, `during` runs first (a
-    reservation on another thread drawing on the lease meanwhile)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.during: Any = None
-
-    def lease_acquire(self, request: dict[str, Any]) -> dict[str, Any]:
-        during, self.during = self.during, None
-        if during is not None:
-            during()
-        return super().lease_acquire(request)
-
-
 def test_what_is_drawn_while_a_request_is_on_its_way_stays_granted() -> None:
     """A renewal (or a prefetch) on a contended pool used to take the grant back to
     the use it reported, while another thread drew on the lease: those draws were
     counted nowhere, and the pool granted them again. (Draws of 0.1 leave the lease
     far from low: no background prefetch runs beside the test's requests.)"""
-    store = _DrawsWhileAsked()
+    store = _WatchedStore()
     a = _lone_lease(store, "a", ttl_s=10.0)
     b = _lone_lease(store, "b", ttl_s=10.0)
 
