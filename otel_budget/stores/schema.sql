@@ -2130,32 +2130,31 @@ begin
     -- An expired lease is settled at all it may have drawn (its grant, or its
     -- reported use if more) and kept under "ended" for a late report
     -- (leaserows.expire_leases: ENDED_KEEP_S 3600, ENDED_MAX 64).
-    select coalesce(sum(greatest((e.value ->> 'granted_usd')::numeric,
-                                 (e.value ->> 'used_usd')::numeric)), 0)
-      into v_expired
-      from pg_catalog.jsonb_each(v_doc -> 'leases') as e
-     where (e.value ->> 'expires_at')::numeric <= p_now;
-    select coalesce(pg_catalog.jsonb_object_agg(k.key, k.value), '{}'::jsonb) into v_ended
-      from (select a.key, a.value
-              from (select e.key, e.value
-                      from pg_catalog.jsonb_each(case when jsonb_typeof(v_doc -> 'ended') = 'object'
-                                                      then v_doc -> 'ended' else '{}'::jsonb end) as e
-                     where jsonb_typeof(e.value) = 'object'
-                       and jsonb_typeof(e.value -> 'held_usd') = 'number'
-                       and (e.value ->> 'held_usd')::numeric >= 0
-                       and jsonb_typeof(e.value -> 'expired_at') = 'number'
-                       and (e.value ->> 'expired_at')::numeric >= 0
-                    union all
-                    select e.key, jsonb_build_object(
-                               'held_usd', pg_catalog.trim_scale(round(greatest(
-                                   (e.value ->> 'granted_usd')::numeric,
-                                   (e.value ->> 'used_usd')::numeric), 9)),
-                               'expired_at', e.value -> 'expires_at')
-                      from pg_catalog.jsonb_each(v_doc -> 'leases') as e
-                     where (e.value ->> 'expires_at')::numeric <= p_now) as a
-             where (a.value ->> 'expired_at')::numeric >= p_now - 3600
-             order by (a.value ->> 'expired_at')::numeric desc, a.key collate "C"
-             limit 64) as k;
+    with gone as materialized (
+        select e.key, pg_catalog.trim_scale(round(greatest((e.value ->> 'granted_usd')::numeric,
+                                                           (e.value ->> 'used_usd')::numeric), 9)) as held,
+               e.value -> 'expires_at' as expired_at
+          from pg_catalog.jsonb_each(v_doc -> 'leases') as e
+         where (e.value ->> 'expires_at')::numeric <= p_now
+    )
+    select (select coalesce(sum(g.held), 0) from gone as g),
+           (select coalesce(pg_catalog.jsonb_object_agg(k.key, k.value), '{}'::jsonb)
+              from (select a.key, a.value
+                      from (select e.key, e.value
+                              from pg_catalog.jsonb_each(case when jsonb_typeof(v_doc -> 'ended') = 'object'
+                                                              then v_doc -> 'ended' else '{}'::jsonb end) as e
+                             where jsonb_typeof(e.value) = 'object'
+                               and jsonb_typeof(e.value -> 'held_usd') = 'number'
+                               and (e.value ->> 'held_usd')::numeric >= 0
+                               and jsonb_typeof(e.value -> 'expired_at') = 'number'
+                               and (e.value ->> 'expired_at')::numeric >= 0
+                            union all
+                            select g.key, jsonb_build_object('held_usd', g.held, 'expired_at', g.expired_at)
+                              from gone as g) as a
+                     where (a.value ->> 'expired_at')::numeric >= p_now - 3600
+                     order by (a.value ->> 'expired_at')::numeric desc, a.key collate "C"
+                     limit 64) as k)
+      into v_expired, v_ended;
     if v_ended <> '{}'::jsonb or v_doc ? 'ended' then
         v_doc := v_doc || jsonb_build_object('ended', v_ended);
     end if;
