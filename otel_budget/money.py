@@ -35,8 +35,21 @@ UsdAmount: TypeAlias = float | Decimal | Fraction
 
 
 def round_usd(value: float) -> float:
-    """Round to 1e-9 USD so float drift (0.1 + 0.2) never reaches a document."""
-    return round(float(value), _DECIMALS) + 0.0  # + 0.0 folds -0.0 into 0.0
+    """Round to 1e-9 USD so float drift (0.1 + 0.2) never reaches a document.
+
+    A value rounded already (most are: from_nanos) skips round()'s decimal
+    conversion, which was most of a writer entry's checking. It is rounded already
+    when n = value * 1e9 is a whole number and n / 1e9 is value again: value is then
+    the float nearest to n / 1e9, within half its ulp of it; below 2**23 in size that
+    is at most 2**-31 (< 5e-10), so n / 1e9 is the 9-decimal number nearest to value,
+    whose nearest float, what round() returns, is value. From 2**23 on, the ulp is at
+    least 2**-29: rounding to 9 decimals moves value by at most 5e-10, less than half
+    an ulp, so round() returns value itself. (inf and nan are never whole: round().)"""
+    amount = float(value)
+    nanos = amount * 1e9
+    if nanos.is_integer() and nanos / 1e9 == amount:
+        return amount + 0.0  # + 0.0 folds -0.0 into 0.0
+    return round(amount, _DECIMALS) + 0.0
 
 
 def to_nanos(usd: float) -> int:

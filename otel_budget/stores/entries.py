@@ -282,7 +282,7 @@ def plain_writer_entry(entry: Any) -> dict[str, Any] | None:
             "final" in entry and type(entry["final"]) is not bool):
         return None
     checked = dict(entry)
-    checked["spend_usd"] = _round_amount(spend)
+    checked["spend_usd"] = round_usd(spend)
     if "by_attributes" in entry:
         items = entry["by_attributes"]
         if type(items) is not list:
@@ -308,7 +308,7 @@ def plain_writer_entry(entry: Any) -> dict[str, Any] | None:
             return None
         checked["by_attributes"] = [
             {**item, "spend_usd": amount}
-            for item, amount in zip(items, map(_round_amount, amounts), strict=True)]
+            for item, amount in zip(items, map(round_usd, amounts), strict=True)]
     if "by_budget" in entry:
         budgets = entry["by_budget"]
         if type(budgets) is not dict:
@@ -316,26 +316,8 @@ def plain_writer_entry(entry: Any) -> dict[str, Any] | None:
         if not (set(map(type, budgets)) <= _STR_ONLY
                 and all(map(_plain_amount, budgets.values()))):
             return None
-        checked["by_budget"] = {name: _round_amount(amount) for name, amount in budgets.items()}
+        checked["by_budget"] = {name: round_usd(amount) for name, amount in budgets.items()}
     return checked
-
-
-def _round_amount(value: float) -> float:
-    """round_usd(value) for a stored amount (a float or an int, 0 to MAX_STORED_USD),
-    without round()'s decimal conversion when the value is rounded already (a
-    meter's amounts are: money.from_nanos), which is most of an entry's checking.
-
-    Rounded already when n = value * 1e9 is a whole number and n / 1e9 is value
-    again: value is then the float nearest to n / 1e9, within half its ulp of it;
-    below 2**23 that is at most 2**-31 (< 5e-10), so n / 1e9 is the 9-decimal
-    number nearest to value, whose nearest float, what round() returns, is value.
-    From 2**23 on, the ulp is at least 2**-29: rounding to 9 decimals moves value by
-    at most 5e-10, less than half an ulp, so round() returns value itself."""
-    amount = float(value)
-    nanos = amount * 1e9
-    if nanos.is_integer() and nanos / 1e9 == amount:
-        return amount + 0.0  # + 0.0 folds -0.0 into 0.0, as round_usd does
-    return round(amount, _DECIMALS) + 0.0
 
 
 def _exact(value: float) -> Decimal:

@@ -221,8 +221,12 @@ def test_non_string_keys_and_unknown_types_are_refused_as_before() -> None:
 
 
 def test_the_shortcut_rounding_is_round_usd_on_every_kind_of_amount() -> None:
+    """money.round_usd skips round() for a value rounded already: on every kind of
+    amount it answers what round(value, 9) + 0.0 answers."""
     from otel_budget.money import MAX_STORED_USD, round_usd
-    from otel_budget.stores.entries import _round_amount
+
+    def reference(value: float) -> float:
+        return round(float(value), 9) + 0.0
 
     rng = random.Random(23)
     values: list[float] = [0.0, -0.0, 0, 1, 5e-324, 1e-10, 5e-10, 1.5e-9, 0.1 + 0.2, 1e12,
@@ -243,9 +247,18 @@ def test_the_shortcut_rounding_is_round_usd_on_every_kind_of_amount() -> None:
     for value in values:
         if not 0 <= value <= MAX_STORED_USD:
             continue
-        expected = round_usd(value)
-        got = _round_amount(value)
+        expected = reference(value)
+        got = round_usd(value)
         assert got == expected and math.copysign(1, got) == 1.0, (value, got, expected)
         assert type(got) is float
         shortcut += float(value) == expected
     assert shortcut > 20000  # the already-rounded values were met, and often
+    # Everywhere else round_usd is used too: negatives, beyond the stored bound,
+    # the float's ends, inf and nan.
+    others = [-v for v in values if v != 0] + [1e15, 1e20, 1e299, 1.7e308, 2.0**63 + 0.5]
+    for value in others + [-x for x in (1e15, 1e20, 1e299, 1.7e308)]:
+        expected, got = reference(value), round_usd(value)
+        assert got == expected and type(got) is float, (value, got, expected)
+        assert math.copysign(1, got) == math.copysign(1, expected)
+    assert round_usd(math.inf) == math.inf and round_usd(-math.inf) == -math.inf
+    assert math.isnan(round_usd(math.nan))
