@@ -30,7 +30,7 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -45,15 +45,23 @@ FINISHED_WRITERS = 1000
 #: that nobody updates any more. Version 2 merges summed every one of them.
 NEVER_RETIRED = (1000, 10000)
 RESTORE_REPEATS = 20
+#: The rows the targets name (a fresh day; the most never-retired writers; 16 and 64
+#: writers) run ROUNDS times, a round being one pass over every path, interleaved:
+#: on a shared 2-core host one run of 16 writers varies by +-15% from the next.
+HEADLINE_WRITERS = (16, 64)
+ROUNDS = 3
 
 
 def run_postgres_bench(url: str, *, pooler_url: str | None = None,
+                       poolers: Mapping[str, str] | None = None,
                        progress: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
     """{"writers_1": {...}, ..., "writers_16_with_1000_finished": {...},
     "writers_16_with_10000_never_retired": {...}, "restore_1000_writers": {...}}
     with merges/s, median/p99 in ms. `pooler_url` (default
     OTEL_BUDGET_BENCH_PGBOUNCER_URL): the same database through a transaction
-    pooler (PgBouncer); its rows are keyed "pgbouncer_writers_...". Backgrounds:
+    pooler (PgBouncer); its rows are keyed "pgbouncer_writers_...". `poolers`: more
+    of them, {row prefix: URL}, say one whose pool is sized to the server's cores.
+    Backgrounds:
     a fresh day for each run; FINISHED_WRITERS writers retired as a shutdown retires
     them, or NEVER_RETIRED live rows nobody updates, each seeded once into its own
     day that every writer count (and path) then shares. A scenario that fails is
@@ -68,37 +76,53 @@ def run_postgres_bench(url: str, *, pooler_url: str | None = None,
         "attribute_sets_per_entry": ATTRIBUTE_SETS,
         "host": f"{os.cpu_count()} CPUs, shared with whatever else runs: compare rows "
                 "of one run, not runs",
+        "rounds": f"{ROUNDS} interleaved runs of the rows of {HEADLINE_WRITERS} writers on a "
+                  f"fresh day and with {max(NEVER_RETIRED)} never-retired (median, min, max); "
+                  "one of the others",
     }
     context = multiprocessing.get_context("spawn")  # no inherited pools or threads
     days: list[str] = []
     backgrounds: list[tuple[str, int]] = [("", 0), ("finished", FINISHED_WRITERS)]
     backgrounds += [("never_retired", n) for n in NEVER_RETIRED]
     paths = [("", url)] + ([("pgbouncer_", pooler_url)] if pooler_url else [])
+    paths += list((poolers or {}).items())
     seeded: dict[tuple[str, int], str] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
+
+    def scenario(prefix: str, target: str, kind: str, count: int, writers: int) -> None:
+        key = f"{prefix}writers_{writers}" + (f"_with_{count}_{kind}" if kind else "")
+        try:
+            if kind and (kind, count) in seeded:
+                day = seeded[(kind, count)]
+            else:
+                day = _bench_day(days)
+                days.append(day)
+                if kind == "finished":
+                    _seed(url, day, count)
+                elif kind == "never_retired":
+                    _seed_live(url, day, count)
+                if kind:
+                    seeded[(kind, count)] = day
+            per_writer = max(1, TOTAL_MERGES // writers)
+            figures = _figures(writers, _run_writers(context, target, day, writers, per_writer))
+        except Exception as exc:  # one scenario's failure is a figure too
+            figures = {"writers": writers, "error": f"{exc}"[:300]}
+        runs.setdefault(key, []).append(figures)
+        results[key] = _median_run(runs[key])
+        if progress is not None:
+            progress(key, figures)
+
+    headline = [("", 0), ("never_retired", max(NEVER_RETIRED))]
     try:
         for prefix, target in paths:
             for kind, count in backgrounds:
                 for writers in WRITER_COUNTS:
-                    key = f"{prefix}writers_{writers}" + (f"_with_{count}_{kind}" if kind else "")
-                    try:
-                        if kind and (kind, count) in seeded:
-                            day = seeded[(kind, count)]
-                        else:
-                            day = _bench_day(days)
-                            days.append(day)
-                            if kind == "finished":
-                                _seed(url, day, count)
-                            elif kind == "never_retired":
-                                _seed_live(url, day, count)
-                            if kind:
-                                seeded[(kind, count)] = day
-                        per_writer = max(1, TOTAL_MERGES // writers)
-                        batches = _run_writers(context, target, day, writers, per_writer)
-                        results[key] = _figures(writers, batches)
-                    except Exception as exc:  # one scenario's failure is a figure too
-                        results[key] = {"writers": writers, "error": f"{exc}"[:300]}
-                    if progress is not None:
-                        progress(key, results[key])
+                    scenario(prefix, target, kind, count, writers)
+        for _ in range(ROUNDS - 1):
+            for prefix, target in paths:
+                for kind, count in headline:
+                    for writers in HEADLINE_WRITERS:
+                        scenario(prefix, target, kind, count, writers)
         day = _bench_day(days)
         days.append(day)
         _seed(url, day, FINISHED_WRITERS)
@@ -106,6 +130,23 @@ def run_postgres_bench(url: str, *, pooler_url: str | None = None,
     finally:
         _delete(url, days)
     return results
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run's figures as they are; several runs' as the median of each figure
+    with its min and max ("p99_ms_min", ...), and "runs": how many. A failed run is
+    left out, and named under "errors"."""
+    good = [run for run in runs if "error" not in run]
+    if len(runs) == 1 or not good:
+        return runs[-1]
+    out: dict[str, Any] = {"writers": good[0]["writers"], "runs": len(good)}
+    for figure in ("merges_per_s", "median_ms", "p99_ms", "max_ms"):
+        values = sorted(run[figure] for run in good)
+        out[figure] = round(statistics.median(values), 3)
+        out[f"{figure}_min"], out[f"{figure}_max"] = values[0], values[-1]
+    if len(good) < len(runs):
+        out["errors"] = [run["error"] for run in runs if "error" in run]
+    return out
 
 
 def _figures(writers: int, batches: list[tuple[float, float, list[float]]]) -> dict[str, Any]:

@@ -25,8 +25,8 @@ from otel_budget.stores.entries import (
     writer_row_name,
 )
 from otel_budget.stores.postgres import PostgresStore
-from tests.bench import pgbench
-from tests.support.pg_server import PgServer
+from tests.bench import pg_c_client, pgbench
+from tests.support.pg_server import PgServer, find_bindir
 from tests.support.pgbouncer_server import PgBouncer
 
 DAY = "2026-11-25"
@@ -204,19 +204,66 @@ def test_the_benchmark_reports_throughput_and_latency(
     monkeypatch.setattr(pgbench, "FINISHED_WRITERS", 50)
     monkeypatch.setattr(pgbench, "NEVER_RETIRED", (30,))
     monkeypatch.setattr(pgbench, "RESTORE_REPEATS", 2)
+    monkeypatch.setattr(pgbench, "HEADLINE_WRITERS", (4,))
+    monkeypatch.setattr(pgbench, "ROUNDS", 2)
     url = pg_fresh_database()  # the bench applies the migration itself
     result = pgbench.run_postgres_bench(url)
-    for key, writers in (("writers_1", 1), ("writers_4", 4), ("writers_4_with_50_finished", 4),
-                         ("writers_4_with_30_never_retired", 4)):
+    for key, writers in (("writers_1", 1), ("writers_4_with_50_finished", 4)):
         figures = result[key]
         assert figures["writers"] == writers and figures["merges"] == 48
         assert figures["merges_per_s"] > 0
         assert 0 < figures["median_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    for key in ("writers_4", "writers_4_with_30_never_retired"):  # the rows run twice
+        figures = result[key]
+        assert figures["writers"] == 4 and figures["runs"] == 2
+        for name in ("merges_per_s", "median_ms", "p99_ms", "max_ms"):
+            assert 0 < figures[f"{name}_min"] <= figures[name] <= figures[f"{name}_max"]
+        assert figures["median_ms"] <= figures["p99_ms"] <= figures["max_ms"]
     assert result["restore_50_writers"]["day_totals_median_ms"] > 0
     with psycopg.connect(url) as conn:  # it cleans up after itself
         assert conn.execute("select count(*) from public.quilt_patches").fetchone() == (0,)
         assert conn.execute(
             "select count(*) from public.otel_budget_day_shards").fetchone() == (0,)
+
+
+def test_the_c_client_benchmark_sends_the_same_entry_and_every_merge_applies(
+    pg_clean: str, pgbouncer_url: str
+) -> None:
+    day = "2999-02-03"
+    sql = pg_c_client.merge_script(day).splitlines()[-1]
+    for seq in (1, 7, 12345):  # pgbench's substitution: doubles with 15 digits
+        spend, share = seq * 0.001234, seq * (0.001234 / pgbench.ATTRIBUTE_SETS)
+        text = (sql.replace(":client_id", "3").replace(":seq", str(seq))
+                .replace(":spend", f"{spend:.15g}").replace(":share", f"{share:.15g}"))
+        sent = json.loads(text[text.index("'") + 1:text.rindex("'")])
+        assert _same_entry(sent, pgbench._entry(day, "c-client-3", seq))
+    bindir = find_bindir()
+    assert bindir is not None  # the server fixture found it already
+    result = pg_c_client.run_c_client_bench(
+        pg_clean, bindir / "pgbench", poolers={20: pgbouncer_url},
+        writer_counts=(1, 3), seconds=1, repeats=2)
+    for key, writers in (("c_client_writers_1", 1), ("c_client_writers_3", 3),
+                         ("c_client_pgbouncer_pool_20_writers_3", 3)):
+        figures = result[key]
+        assert figures["writers"] == writers
+        assert figures["merges_per_s"]["n"] == 2 and figures["merges_per_s"]["min"] > 0
+        assert 0 < figures["median_ms"]["median"] <= figures["p99_ms"]["median"]
+        assert figures["p99_ms"]["median"] <= figures["max_ms"]["median"]
+    with psycopg.connect(pg_clean) as conn:  # it cleans up after itself
+        assert conn.execute("select count(*) from public.quilt_patches").fetchone() == (0,)
+    with pytest.raises(RuntimeError, match="hold seqs"):  # a merge that did not apply shows
+        pg_c_client._check_every_merge_applied(pg_clean, day, {"c-client-0": 1001})
+
+
+def _same_entry(sent: dict[str, Any], expected: dict[str, Any]) -> bool:
+    """The entries alike, amounts within a rounding's width."""
+    def flat(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: flat(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [flat(v) for v in value]
+        return round(value, 9) if isinstance(value, float) else value
+    return bool(flat(sent) == flat(expected))
 
 
 def _use_after_fork(store: Any, writer: str) -> None:

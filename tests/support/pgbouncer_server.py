@@ -41,6 +41,9 @@ INSTALL_HINT = (
     "tests again."
 )
 
+#: Server connections per database and user: PgBouncer's own default.
+DEFAULT_POOL_SIZE = 20
+
 
 def find_pgbouncer() -> str | None:
     found = shutil.which("pgbouncer")
@@ -53,7 +56,7 @@ def find_pgbouncer() -> str | None:
 
 
 class PgBouncer:
-    def __init__(self, binary: str, server_port: int) -> None:
+    def __init__(self, binary: str, server_port: int, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="otel-budget-pgbouncer-"))
         self.port = free_port()
         self.log = self.root / "pgbouncer.log"
@@ -71,7 +74,7 @@ class PgBouncer:
             f"auth_file = {userlist}\n"
             "pool_mode = transaction\n"
             "max_client_conn = 400\n"
-            "default_pool_size = 20\n"
+            f"default_pool_size = {pool_size}\n"
             "server_reset_query =\n"
             f"logfile = {self.log}\n"
             f"pidfile = {self.root / 'pgbouncer.pid'}\n"
