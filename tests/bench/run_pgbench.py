@@ -4,11 +4,11 @@ PgBouncer in transaction mode in front of it, and print the JSON:
 
     python3 -m tests.bench.run_pgbench [--durable] [--start] > pgbench.json
 
-Two PgBouncers: the test fixture's (PgBouncer's default 20 server connections: rows "pgbouncer_...") and
-one sized to this host, 2 server connections per core (rows
-"pgbouncer_pool_<n>_..."), the usual sizing of a PostgreSQL pool: more backends
-than that on the server's cores only queue for them, and a backend preempted while
-it holds a shard's row or a page lock stalls the others behind it.
+Two PgBouncers: the test fixture's, with PgBouncer's default of 20 server
+connections (rows "pgbouncer_..."), and one sized to this host, 2 server connections
+per core (rows "pgbouncer_pool_<n>_..."), the usual sizing of a PostgreSQL pool: more
+backends than that on the server's cores only queue for them, and a backend
+preempted while it holds a shard's row or a page lock stalls the others behind it.
 
 Then `tests.bench.pg_c_client`: the same merges sent by PostgreSQL's own `pgbench`
 (C) instead of Python writer processes, directly and through both pools: the
