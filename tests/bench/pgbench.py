@@ -64,9 +64,12 @@ def run_postgres_bench(url: str, *, pooler_url: str | None = None,
     Backgrounds:
     a fresh day for each run; FINISHED_WRITERS writers retired as a shutdown retires
     them, or NEVER_RETIRED live rows nobody updates, each seeded once into its own
-    day that every writer count (and path) then shares. A scenario that fails is
-    reported as {"error": ...} and the others still run; `progress(key, figures)`
-    is called after each."""
+    day that every writer count (and path) then shares. The rows of HEADLINE_WRITERS
+    on a fresh day and with the most never-retired writers run ROUNDS times (each
+    round after the first a pass over every path): their figures are medians, with
+    "<figure>_min", "<figure>_max" and "runs". A scenario that fails is reported as
+    {"error": ...} and the others still run; `progress(key, figures)` is called after
+    each run."""
     apply_migration(url)
     if pooler_url is None:
         pooler_url = os.environ.get("OTEL_BUDGET_BENCH_PGBOUNCER_URL") or None

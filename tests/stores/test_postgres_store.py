@@ -27,7 +27,7 @@ from otel_budget.stores.entries import (
 from otel_budget.stores.postgres import PostgresStore
 from tests.bench import pg_c_client, pgbench
 from tests.support.pg_server import PgServer, find_bindir
-from tests.support.pgbouncer_server import PgBouncer
+from tests.support.pgbouncer_server import DEFAULT_POOL_SIZE, PgBouncer
 
 DAY = "2026-11-25"
 NAME = writer_row_name(DAY, "a")
@@ -240,10 +240,10 @@ def test_the_c_client_benchmark_sends_the_same_entry_and_every_merge_applies(
     bindir = find_bindir()
     assert bindir is not None  # the server fixture found it already
     result = pg_c_client.run_c_client_bench(
-        pg_clean, bindir / "pgbench", poolers={20: pgbouncer_url},
+        pg_clean, bindir / "pgbench", poolers={DEFAULT_POOL_SIZE: pgbouncer_url},
         writer_counts=(1, 3), seconds=1, repeats=2)
     for key, writers in (("c_client_writers_1", 1), ("c_client_writers_3", 3),
-                         ("c_client_pgbouncer_pool_20_writers_3", 3)):
+                         (f"c_client_pgbouncer_pool_{DEFAULT_POOL_SIZE}_writers_3", 3)):
         figures = result[key]
         assert figures["writers"] == writers
         assert figures["merges_per_s"]["n"] == 2 and figures["merges_per_s"]["min"] > 0
