@@ -21,7 +21,6 @@ hits all alike); each figure is the median of the runs with its min and max.
 
 from __future__ import annotations
 
-import math
 import statistics
 import subprocess
 import tempfile
@@ -29,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.bench.pgbench import ATTRIBUTE_SETS, _bench_day, _delete
+from tests.bench.pgbench import ATTRIBUTE_SETS, _bench_day, _delete, _percentile
 from tests.bench.stats import Spread
 
 WRITER_COUNTS = (1, 16, 64)
@@ -118,7 +117,7 @@ def _one_run(url: str, target: str, binary: Path, day: str, writers: int,
     return {
         "merges_per_s": len(latencies) / max(max(ends) - min(starts), 1e-9),
         "median_ms": statistics.median(latencies),
-        "p99_ms": latencies[max(1, math.ceil(0.99 * len(latencies))) - 1],
+        "p99_ms": _percentile(latencies, 0.99),
         "max_ms": latencies[-1],
     }
 

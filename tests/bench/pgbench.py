@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from otel_budget.stores.migrate import apply_migration
+from tests.bench.stats import Spread
 
 TOTAL_MERGES = 3200
 WARMUP_MERGES = 10
@@ -144,9 +145,9 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return runs[-1]
     out: dict[str, Any] = {"writers": good[0]["writers"], "runs": len(good)}
     for figure in ("merges_per_s", "median_ms", "p99_ms", "max_ms"):
-        values = sorted(run[figure] for run in good)
-        out[figure] = round(statistics.median(values), 3)
-        out[f"{figure}_min"], out[f"{figure}_max"] = values[0], values[-1]
+        spread = Spread.of([run[figure] for run in good])
+        out[figure] = round(spread.median, 3)
+        out[f"{figure}_min"], out[f"{figure}_max"] = spread.low, spread.high
     if len(good) < len(runs):
         out["errors"] = [run["error"] for run in runs if "error" in run]
     return out
