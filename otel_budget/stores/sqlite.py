@@ -67,6 +67,30 @@ from .leaserows import (
 )
 from .shares import day_spend_from_entries
 
+# The day view's version, kept in its SQL text: an older view is replaced at open.
+_VIEW_VERSION = "otel_budget_days v3: retired rows when the summary row is malformed"
+
+# entries.summary_problem(s.content, day) is None, in SQL, for the summary row `s`.
+_WELL_FORMED_SUMMARY = """(
+       json_valid(s.content) AND json_type(s.content) = 'object'
+       AND json_type(s.content, '$.date') = 'text'
+       AND s.name = 'budget_' || json_extract(s.content, '$.date')
+       AND json_type(s.content, '$.spend_nanos') = 'integer'
+       AND json_extract(s.content, '$.spend_nanos') >= 0
+       AND json_type(s.content, '$.writers') = 'integer'
+       AND json_extract(s.content, '$.writers') >= 0
+       AND coalesce(json_type(s.content, '$.updated_at'), 'null') IN ('text', 'null')
+       AND json_type(s.content, '$.by_budget_nanos') = 'object'
+       AND json_type(s.content, '$.budget_writers') = 'object'
+       AND NOT EXISTS (SELECT 1 FROM json_each(s.content, '$.by_budget_nanos') AS e
+                        WHERE e.type <> 'integer' OR e.value < 0)
+       AND NOT EXISTS (SELECT 1 FROM json_each(s.content, '$.budget_writers') AS e
+                        WHERE e.type <> 'integer' OR e.value < 0)
+       AND NOT EXISTS (SELECT key FROM json_each(s.content, '$.by_budget_nanos')
+                       EXCEPT SELECT key FROM json_each(s.content, '$.budget_writers'))
+       AND NOT EXISTS (SELECT key FROM json_each(s.content, '$.budget_writers')
+                       EXCEPT SELECT key FROM json_each(s.content, '$.by_budget_nanos')))"""
+
 # The row types are the layout's constants, put into the SQL text itself: SQLite uses a
 # partial index only for a query that spells its predicate the same (a ? would not).
 _SCHEMA = (
@@ -102,10 +126,13 @@ CREATE INDEX IF NOT EXISTS quilt_patches_writer_retired
     ON quilt_patches (json_extract(content, '$.date'))
     WHERE patch_type = '{WRITER_TYPE}' AND json_extract(content, '$.retired') IS NOT NULL
 """,
-    # One row per date: the summary row (retired writers), the writer rows not retired,
-    # and version 1 day documents together.
+    # One row per date: the writer rows not retired, the retired ones (the day's summary
+    # row when well-formed, else the retired rows themselves, as the store's own sums
+    # do: a malformed summary row must not hide them), and version 1 day documents.
+    # _VIEW_VERSION marks this version; a store file with an older view gets this one.
     f"""
 CREATE VIEW IF NOT EXISTS otel_budget_days (date, total_usd, writers, updated_at) AS
+/* {_VIEW_VERSION} */
 SELECT day, round(sum(total), 9), sum(writers), max(updated_at) FROM (
     SELECT json_extract(content, '$.date') AS day,
            CASE WHEN json_type(content, '$.spend_usd') IN ('integer', 'real')
@@ -117,13 +144,25 @@ SELECT day, round(sum(total), 9), sum(writers), max(updated_at) FROM (
        AND json_extract(content, '$.retired') IS NULL
     UNION ALL
     SELECT json_extract(content, '$.date'),
-           CASE WHEN json_type(content, '$.spend_nanos') = 'integer'
-                THEN json_extract(content, '$.spend_nanos') / 1e9 END,
-           CASE WHEN json_type(content, '$.writers') = 'integer'
-                THEN json_extract(content, '$.writers') ELSE 0 END,
+           json_extract(content, '$.spend_nanos') / 1e9,
+           json_extract(content, '$.writers'),
            json_extract(content, '$.updated_at')
-      FROM quilt_patches
-     WHERE patch_type = '{SUMMARY_TYPE}' AND json_valid(content)
+      FROM quilt_patches AS s
+     WHERE patch_type = '{SUMMARY_TYPE}' AND {_WELL_FORMED_SUMMARY}
+    UNION ALL
+    SELECT json_extract(w.content, '$.date'),
+           CASE WHEN json_type(w.content, '$.spend_usd') IN ('integer', 'real')
+                THEN json_extract(w.content, '$.spend_usd') END,
+           1,
+           json_extract(w.content, '$.updated_at')
+      FROM quilt_patches AS w
+     WHERE w.patch_type = '{WRITER_TYPE}' AND json_valid(w.content)
+       AND json_extract(w.content, '$.retired') IS NOT NULL
+       AND NOT EXISTS (
+           SELECT 1 FROM quilt_patches AS s
+            WHERE s.patch_type = '{SUMMARY_TYPE}'
+              AND s.name = 'budget_' || json_extract(w.content, '$.date')
+              AND {_WELL_FORMED_SUMMARY})
     UNION ALL
     SELECT coalesce(json_extract(content, '$.date'), substr(name, 8)),
            CASE WHEN json_type(content, '$.total_usd') IN ('integer', 'real')
@@ -202,16 +241,16 @@ def _schema_is_current(conn: sqlite3.Connection) -> bool:
         tuple(_SCHEMA_OBJECTS),
     ).fetchall()
     found = {name: sql for name, sql in rows}
-    return set(found) == _SCHEMA_OBJECTS and SUMMARY_TYPE in str(found["otel_budget_days"])
+    return set(found) == _SCHEMA_OBJECTS and _VIEW_VERSION in str(found["otel_budget_days"])
 
 
 def _drop_outdated_view(conn: sqlite3.Connection) -> None:
-    """The first version of otel_budget_days summed every writer row; the summary row
-    stands for retired ones now. CREATE VIEW IF NOT EXISTS would keep the old one."""
+    """An otel_budget_days of an earlier version (the first summed every writer row, the
+    second trusted a malformed summary row): CREATE VIEW IF NOT EXISTS would keep it."""
     row = conn.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'view' AND name = 'otel_budget_days'"
     ).fetchone()
-    if row is not None and SUMMARY_TYPE not in str(row[0]):
+    if row is not None and _VIEW_VERSION not in str(row[0]):
         conn.execute("DROP VIEW IF EXISTS otel_budget_days")
 
 

@@ -32,7 +32,7 @@ from otel_budget.stores.layout import NUDGE_TYPE
 from otel_budget.stores.layout import nudge_row_name as budget_nudge_name
 from otel_budget.stores.memory import MemoryStore
 from tests.support.apps.procs import PYTHON, ROOT, child_env, ensure_stopped
-from tests.support.helpers import FakeClock, StoreFactory
+from tests.support.helpers import FakeClock, StoreFactory, wait_for
 
 # --- validation and keys ----------------------------------------------------------------
 
@@ -430,8 +430,6 @@ def test_gauges_show_the_biggest_key_against_the_cap(tmp_path: Path) -> None:
 
 
 def test_key_leases_are_given_back_and_dropped_when_idle(tmp_path: Path) -> None:
-    from tests.support.helpers import wait_for
-
     budget = Budget("per-customer", 1.0, hard=True, per="customer")
     url = _sqlite(tmp_path)
     with BudgetMeter(_config(budget, instance_id="w", collect_interval_s=0.05,
@@ -504,6 +502,7 @@ def test_a_key_alert_claimed_by_a_writer_that_died_is_delivered_once_by_another(
         deadline = time.monotonic() + 10
         while not (got[0] or got[1]) and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert wait_for(lambda: not any(m.health()["pending_nudges"] for m in meters))
         for meter in meters * 2:
             meter.checkpoint()
         delivered = got[0] + got[1]

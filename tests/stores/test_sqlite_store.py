@@ -390,17 +390,64 @@ def test_retired_writers_count_once_in_the_view(db: tuple[Path, SQLiteStore]) ->
     assert "USING INDEX quilt_patches_writer_live" in str(plan)
 
 
-def test_a_store_file_from_before_the_summary_row_gets_the_new_view(tmp_path: Path) -> None:
+@pytest.mark.parametrize("summary", [
+    None,  # deleted by hand
+    '{"date": "2026-11-25", "spend_nanos": "2750000000", "writers": 2}',  # a string amount
+    '{"date": "2026-11-25", "spend_nanos": 2750000000, "writers": 2, "updated_at": null, '
+    '"by_budget_nanos": {"daily": 1}, "budget_writers": {"team": 1}}',  # budgets disagree
+    '{"date": "2026-11-24", "spend_nanos": 2750000000, "writers": 2, "updated_at": null, '
+    '"by_budget_nanos": {}, "budget_writers": {}}',  # another day's
+    "not json",
+])
+def test_the_view_counts_retired_rows_when_the_summary_row_is_malformed_or_gone(
+        db: tuple[Path, SQLiteStore], summary: str | None) -> None:
+    path, store = db
+    store.merge_writer(entry(1.25, 1, writer="a"))
+    store.retire_writer(entry(2.5, 2, writer="b") | {"updated_at": "2026-11-25T11:00:00+00:00"})
+    store.retire_writer(entry(0.25, 1, writer="c"))
+    view = "SELECT date, total_usd, writers, updated_at FROM otel_budget_days"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute(view).fetchall() == [(DAY, 4.0, 3, "2026-11-25T11:00:00+00:00")]
+        if summary is None:
+            conn.execute("DELETE FROM quilt_patches WHERE patch_type = 'budget_summary'")
+        else:
+            assert conn.execute("UPDATE quilt_patches SET content = ? WHERE "
+                                "patch_type = 'budget_summary'", (summary,)).rowcount == 1
+        rows = conn.execute(view).fetchall()
+    assert rows == [(DAY, 4.0, 3, "2026-11-25T11:00:00+00:00")], "as the store's own sums"
+    assert store.day_totals([DAY])[DAY]["total_usd"] == 4.0
+
+
+def test_the_view_uses_a_well_formed_summary_row_not_the_retired_rows(
+        db: tuple[Path, SQLiteStore]) -> None:
+    path, store = db
+    store.retire_writer(entry(2.5, 2, writer="b"))
+    with sqlite3.connect(path) as conn:
+        # What only the summary row says shows: the view reads it, not the rows behind it.
+        conn.execute("UPDATE quilt_patches SET content = json_set(content, '$.spend_nanos', "
+                     "7000000000) WHERE patch_type = 'budget_summary'")
+        assert conn.execute("SELECT total_usd, writers FROM otel_budget_days").fetchall() == [
+            (7.0, 1)]
+
+
+@pytest.mark.parametrize("old_view", [
+    # The first version: every writer row.
+    "SELECT json_extract(content, '$.date'), sum(json_extract(content, '$.spend_usd')), "
+    "count(*), NULL FROM quilt_patches WHERE patch_type = 'budget_writer' GROUP BY 1",
+    # The second (its shape): the summary row for the retired ones, whatever it holds.
+    "SELECT json_extract(content, '$.date'), 0, 0, NULL FROM quilt_patches "
+    "WHERE patch_type IN ('budget_writer', 'budget_summary') GROUP BY 1",
+])
+def test_a_store_file_with_an_older_view_gets_the_new_one(tmp_path: Path,
+                                                          old_view: str) -> None:
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as conn:  # the first version's table and view
+    with sqlite3.connect(path) as conn:  # an earlier version's table and view
         conn.execute("CREATE TABLE quilt_patches (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                      "patch_type TEXT NOT NULL, name TEXT NOT NULL, "
                      "content TEXT NOT NULL DEFAULT '{}', created_at TEXT NOT NULL DEFAULT '', "
                      "updated_at TEXT NOT NULL DEFAULT '', UNIQUE (patch_type, name))")
         conn.execute("CREATE VIEW otel_budget_days (date, total_usd, writers, updated_at) AS "
-                     "SELECT json_extract(content, '$.date'), "
-                     "sum(json_extract(content, '$.spend_usd')), count(*), NULL "
-                     "FROM quilt_patches WHERE patch_type = 'budget_writer' GROUP BY 1")
+                     + old_view)
     store = SQLiteStore(path)
     try:
         store.merge_writer(entry(1.0, 1, writer="a"))
@@ -413,7 +460,7 @@ def test_a_store_file_from_before_the_summary_row_gets_the_new_view(tmp_path: Pa
             (3.0, 2)]
         (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'otel_budget_days'"
                               ).fetchone()
-    assert "budget_summary" in sql, "replaced, not kept"
+    assert "otel_budget_days v3" in sql, "replaced, not kept"
 
 
 # --- several processes ---------------------------------------------------------------------

@@ -251,6 +251,7 @@ def test_alerts_once_per_budget_window_and_ratio(store_factory: StoreFactory,
     assert nudge["period"] == "month" and nudge["match"] is None and nudge["spend_usd"] == 5.0
     # A claim's delivery is recorded by the first collection that finds the notifiers
     # took it: the same one when the delivery thread was quick, else this one.
+    assert wait_for(lambda: not meter.health()["pending_nudges"])
     meter.collect()
     store = store_factory()
     assert store.get(NUDGE_TYPE, "budget_alert_month_2026-11_50") == \
