@@ -71,8 +71,10 @@ from .shares import day_spend_from_entries
 _VIEW_VERSION = "otel_budget_days v3: retired rows when the summary row is malformed"
 
 # entries.summary_problem(s.content, day) is None, in SQL, for the summary row `s`.
-_WELL_FORMED_SUMMARY = """(
-       json_valid(s.content) AND json_type(s.content) = 'object'
+# CASE, not AND: SQLite may evaluate AND's terms in any order, and the JSON functions
+# raise on text that is not JSON.
+_WELL_FORMED_SUMMARY = """(CASE WHEN NOT json_valid(s.content) THEN 0 ELSE
+       json_type(s.content) = 'object'
        AND json_type(s.content, '$.date') = 'text'
        AND s.name = 'budget_' || json_extract(s.content, '$.date')
        AND json_type(s.content, '$.spend_nanos') = 'integer'
@@ -89,7 +91,8 @@ _WELL_FORMED_SUMMARY = """(
        AND NOT EXISTS (SELECT key FROM json_each(s.content, '$.by_budget_nanos')
                        EXCEPT SELECT key FROM json_each(s.content, '$.budget_writers'))
        AND NOT EXISTS (SELECT key FROM json_each(s.content, '$.budget_writers')
-                       EXCEPT SELECT key FROM json_each(s.content, '$.by_budget_nanos')))"""
+                       EXCEPT SELECT key FROM json_each(s.content, '$.by_budget_nanos'))
+       END)"""
 
 # The row types are the layout's constants, put into the SQL text itself: SQLite uses a
 # partial index only for a query that spells its predicate the same (a ? would not).
