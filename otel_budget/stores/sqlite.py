@@ -129,22 +129,28 @@ CREATE INDEX IF NOT EXISTS quilt_patches_writer_retired
     ON quilt_patches (json_extract(content, '$.date'))
     WHERE patch_type = '{WRITER_TYPE}' AND json_extract(content, '$.retired') IS NOT NULL
 """,
-    # One row per date: the writer rows not retired, the retired ones (the day's summary
-    # row when well-formed, else the retired rows themselves, as the store's own sums
-    # do: a malformed summary row must not hide them), and version 1 day documents.
+    # One row per date: the writer rows, the retired ones among them only while the
+    # day's summary row is not well-formed (else that row stands for them: the store's
+    # own sums do the same, and a malformed summary row must not hide them), and
+    # version 1 day documents.
     # _VIEW_VERSION marks this version; a store file with an older view gets this one.
     f"""
 CREATE VIEW IF NOT EXISTS otel_budget_days (date, total_usd, writers, updated_at) AS
 /* {_VIEW_VERSION} */
 SELECT day, round(sum(total), 9), sum(writers), max(updated_at) FROM (
-    SELECT json_extract(content, '$.date') AS day,
-           CASE WHEN json_type(content, '$.spend_usd') IN ('integer', 'real')
-                THEN json_extract(content, '$.spend_usd') END AS total,
+    SELECT json_extract(w.content, '$.date') AS day,
+           CASE WHEN json_type(w.content, '$.spend_usd') IN ('integer', 'real')
+                THEN json_extract(w.content, '$.spend_usd') END AS total,
            1 AS writers,
-           json_extract(content, '$.updated_at') AS updated_at
-      FROM quilt_patches
-     WHERE patch_type = '{WRITER_TYPE}' AND json_valid(content)
-       AND json_extract(content, '$.retired') IS NULL
+           json_extract(w.content, '$.updated_at') AS updated_at
+      FROM quilt_patches AS w
+     WHERE w.patch_type = '{WRITER_TYPE}' AND json_valid(w.content)
+       AND (json_extract(w.content, '$.retired') IS NULL
+            OR NOT EXISTS (
+                SELECT 1 FROM quilt_patches AS s
+                 WHERE s.patch_type = '{SUMMARY_TYPE}'
+                   AND s.name = 'budget_' || json_extract(w.content, '$.date')
+                   AND {_WELL_FORMED_SUMMARY}))
     UNION ALL
     SELECT json_extract(content, '$.date'),
            json_extract(content, '$.spend_nanos') / 1e9,
@@ -152,20 +158,6 @@ SELECT day, round(sum(total), 9), sum(writers), max(updated_at) FROM (
            json_extract(content, '$.updated_at')
       FROM quilt_patches AS s
      WHERE patch_type = '{SUMMARY_TYPE}' AND {_WELL_FORMED_SUMMARY}
-    UNION ALL
-    SELECT json_extract(w.content, '$.date'),
-           CASE WHEN json_type(w.content, '$.spend_usd') IN ('integer', 'real')
-                THEN json_extract(w.content, '$.spend_usd') END,
-           1,
-           json_extract(w.content, '$.updated_at')
-      FROM quilt_patches AS w
-     WHERE w.patch_type = '{WRITER_TYPE}' AND json_valid(w.content)
-       AND json_extract(w.content, '$.retired') IS NOT NULL
-       AND NOT EXISTS (
-           SELECT 1 FROM quilt_patches AS s
-            WHERE s.patch_type = '{SUMMARY_TYPE}'
-              AND s.name = 'budget_' || json_extract(w.content, '$.date')
-              AND {_WELL_FORMED_SUMMARY})
     UNION ALL
     SELECT coalesce(json_extract(content, '$.date'), substr(name, 8)),
            CASE WHEN json_type(content, '$.total_usd') IN ('integer', 'real')
